@@ -1,0 +1,84 @@
+"""The etcdkit error tree.
+
+Every error etcdkit raises on purpose derives from :class:`EtcdkitError`::
+
+    EtcdkitError
+    ├── ConnectionUnavailableError   no etcd endpoint answered (down, partitioned, refused)
+    ├── EtcdTimeoutError             a deadline passed (also a built-in TimeoutError)
+    ├── CompactedError               the requested revision was compacted away
+    ├── AuthError                    authentication failed (bad user/password, expired token)
+    │   └── PermissionDeniedError    authenticated, but the role may not touch that key
+    ├── InvalidArgumentError         etcd rejected a request as malformed (also a ValueError)
+    ├── LeaseNotFoundError           the lease expired or was revoked
+    ├── ClosedError                  the client, watch or lease was already closed
+    ├── WatchEndedError              a watch ended for a reason other than close or success
+    └── ServerError                  any other error reported by etcd
+
+Errors from grpc are converted at the boundary (``raise ... from exc``) so the original gRPC
+status stays available as ``__cause__``. Argument checks done before any I/O raise the plain
+built-in ``TypeError`` / ``ValueError`` with a message that says what to pass instead.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ClosedError",
+    "CompactedError",
+    "ConnectionUnavailableError",
+    "EtcdTimeoutError",
+    "EtcdkitError",
+    "InvalidArgumentError",
+    "LeaseNotFoundError",
+    "PermissionDeniedError",
+    "ServerError",
+    "WatchEndedError",
+]
+
+
+class EtcdkitError(Exception):
+    """Base class of every error etcdkit raises on purpose."""
+
+
+class ConnectionUnavailableError(EtcdkitError):
+    """No etcd endpoint could serve the request (down, refused, partitioned, no leader)."""
+
+
+class EtcdTimeoutError(EtcdkitError, TimeoutError):
+    """A deadline passed before the operation finished."""
+
+
+class CompactedError(EtcdkitError):
+    """The requested revision is older than the store's compaction point."""
+
+    def __init__(self, message: str, *, compact_revision: int = 0) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class AuthError(EtcdkitError):
+    """Authentication failed: wrong user name or password, or auth misconfigured."""
+
+
+class PermissionDeniedError(AuthError):
+    """The user is authenticated but its roles do not allow this key range."""
+
+
+class InvalidArgumentError(EtcdkitError, ValueError):
+    """etcd rejected the request as malformed (empty key, value too large, ...)."""
+
+
+class LeaseNotFoundError(EtcdkitError):
+    """The lease does not exist any more: it expired or was revoked."""
+
+
+class ClosedError(EtcdkitError):
+    """The object was already closed; create a new one."""
+
+
+class WatchEndedError(EtcdkitError):
+    """A watch ended for a reason other than being closed (e.g. canceled by the server)."""
+
+
+class ServerError(EtcdkitError):
+    """etcd reported an error that has no more specific class."""

@@ -1,0 +1,411 @@
+"""PersistentLease: a key that stays registered under a lease, and comes back by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aetcd import rpc
+
+from etcdkit._conn import key_bytes, to_bytes
+from etcdkit._errors import (
+    AuthError,
+    ClosedError,
+    CompactedError,
+    EtcdkitError,
+    EtcdTimeoutError,
+    LeaseNotFoundError,
+)
+from etcdkit._retry import Backoff
+from etcdkit._watchstream import WatchSub
+
+if TYPE_CHECKING:
+    from etcdkit._client import AsyncClient
+
+__all__ = ["LeaseState", "PersistentLease"]
+
+log = logging.getLogger("etcdkit.lease")
+
+T = TypeVar("T")
+
+_DELETE = 1  # mvccpb.Event.EventType.DELETE
+REVOKE_TIMEOUT = 2.0
+
+
+class LeaseState(enum.Enum):
+    """Health of a :class:`PersistentLease`, as its owner should read it.
+
+    - ``CONNECTING``: not registered yet (first grant/put in flight, or etcd unreachable since
+      the start). Nobody sees the key yet.
+    - ``REGISTERED``: the key holds our value under a lease that etcd confirmed alive. Others
+      see us.
+    - ``SUSPENDED``: etcd is unreachable; our lease may still be alive until its TTL runs out,
+      so others may or may not see us. Do not assume you are registered; keep going.
+    - ``LOST``: the key is known to be gone or not ours (deleted, lease revoked or expired,
+      overwritten by another writer). Another process may already see you gone and act on it
+      (e.g. take over your work). Re-registration is under way; it becomes REGISTERED again
+      with a new ``lease_id`` / ``create_revision``.
+    - ``CLOSED``: closed; the lease was revoked (or will expire by itself if etcd was down).
+    """
+
+    CONNECTING = "connecting"
+    REGISTERED = "registered"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+    CLOSED = "closed"
+
+
+class PersistentLease:
+    """Keeps ``key=value`` in etcd under a lease of ``ttl`` seconds while open.
+
+    Create with :meth:`AsyncClient.persistent_lease` and use as an async context manager (or
+    call :meth:`start` and :meth:`aclose`). The key is put back, immediately on detection,
+    after an external delete, a revoke, an expiry, an outage, a leader change or a cut
+    connection; detection watches the key from the revision of our own put, so no delete is
+    missed. Backoff applies only while etcd is unreachable.
+
+    Another writer: if someone else overwrites the key (other value or lease), the lease goes
+    LOST, logs a warning and re-asserts its value at backoff pace (0.5 s doubling to 30 s),
+    never in a hot loop.
+
+    Fencing: ``lease_id`` and ``create_revision`` identify this registration; guard writes with
+    a txn comparing them. ``close()`` revokes the lease so the key disappears at once; it is
+    idempotent, bounded in time when etcd is down, and safe after the client closed.
+    """
+
+    def __init__(
+        self, client: AsyncClient, key: str | bytes, value: str | bytes, ttl: int = 10
+    ) -> None:
+        self._raw_key = key_bytes(key)
+        self._key = key
+        self._value = to_bytes(value, "value")
+        if not isinstance(ttl, int) or isinstance(ttl, bool):
+            raise TypeError(f"ttl must be a whole number of seconds (int), got {ttl!r}")
+        if ttl < 1:
+            raise ValueError(f"ttl must be >= 1 second, got {ttl}")
+        self._client = client
+        self._ttl = ttl
+        self._granted_ttl = 0
+        self._state = LeaseState.CONNECTING
+        self._lease_id = 0
+        self._create_revision = 0
+        self._put_revision = 0  # revision of our newest own put
+        self._written: bytes | None = None  # value of that put
+        self._need_put = True
+        self._conflict_at = 0.0  # monotonic time a conflicting write may be overwritten
+        self._conflicts = Backoff(initial=0.5, cap=30.0)
+        self._sub: WatchSub | None = None
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._listeners: list[Callable[[LeaseState], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<PersistentLease key={self._key!r} state={self._state.name} "
+            f"lease={self._lease_id:#x} ttl={self._ttl}>"
+        )
+
+    # -- public -----------------------------------------------------------------------------------
+
+    @property
+    def key(self) -> str | bytes:
+        return self._key
+
+    @property
+    def value(self) -> bytes:
+        """The value to keep (the newest passed to ``set_value``)."""
+        return self._value
+
+    @property
+    def ttl(self) -> int:
+        """The TTL etcd granted (may be above the requested one); the requested before that."""
+        return self._granted_ttl or self._ttl
+
+    @property
+    def state(self) -> LeaseState:
+        return self._state
+
+    @property
+    def lease_id(self) -> int:
+        """The current lease id (0 while none is granted)."""
+        return self._lease_id
+
+    @property
+    def create_revision(self) -> int:
+        """The key's create_revision of the current registration (0 while unregistered)."""
+        return self._create_revision
+
+    def add_listener(self, callback: Callable[[LeaseState], None]) -> Callable[[], None]:
+        """Call ``callback(state)`` on every state change (on the event loop); returns a
+        function that removes it. Callback errors are logged, not raised."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    async def wait_state(self, *states: LeaseState, timeout: float | None = None) -> LeaseState:
+        """Wait until the state is one of ``states``; returns it."""
+        if not states:
+            raise ValueError("pass at least one LeaseState to wait for")
+        return await self._until(
+            lambda: self._state if self._state in states else None,
+            timeout,
+            f"state {'/'.join(s.name for s in states)}",
+        )
+
+    async def registered(self, timeout: float | None = None) -> int:
+        """Wait until the key is in etcd under a live lease; returns the revision of that put."""
+        return await self._until(
+            lambda: self._put_revision if self._state is LeaseState.REGISTERED else None,
+            timeout,
+            "registration",
+        )
+
+    async def synced(self, timeout: float | None = None) -> int:
+        """Wait until the *current* value is in etcd under a live lease; returns the revision."""
+        return await self._until(
+            lambda: (
+                self._put_revision
+                if self._state is LeaseState.REGISTERED
+                and self._written == self._value
+                and not self._need_put
+                else None
+            ),
+            timeout,
+            "the current value to be stored",
+        )
+
+    def set_value(self, value: str | bytes) -> None:
+        """Change the value; non-blocking, the latest value wins."""
+        if self._closing:
+            raise ClosedError(f"set_value on a closed PersistentLease for {self._key!r}")
+        self._value = to_bytes(value, "value")
+        self._need_put = True
+        self._wake.set()
+
+    async def __aenter__(self) -> PersistentLease:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def start(self) -> None:
+        """Start keeping the key (idempotent); needs a running event loop."""
+        if self._closing:
+            raise ClosedError("this PersistentLease is closed; create a new one")
+        if self._task is None:
+            self._client._check_open()
+            self._client._children.add(self)
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"etcdkit-lease {self._key!r}"
+            )
+
+    async def aclose(self) -> None:
+        """Revoke the lease (key gone at once) and stop; idempotent, bounded when etcd is down."""
+        if self._closing:
+            return
+        self._closing = True
+        self._client._children.discard(self)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sub is not None:
+            self._sub.cancel()
+        lease_id = self._lease_id
+        if lease_id and self._client._state in ("open", "closing"):
+            self._client._keepalives.remove(lease_id) if self._client._keepalive_hub else None
+            try:
+                async with asyncio.timeout(REVOKE_TIMEOUT):
+                    await self._client.revoke(lease_id)
+            except (EtcdkitError, TimeoutError) as exc:
+                log.warning(
+                    "lease %r: could not revoke lease %#x on close (%s); the key goes away "
+                    "when its TTL (%d s) runs out",
+                    self._key,
+                    lease_id,
+                    exc,
+                    self.ttl,
+                )
+        self._set_state(LeaseState.CLOSED)
+
+    close = aclose
+
+    # -- internals --------------------------------------------------------------------------------
+
+    async def _until(self, pick: Callable[[], T | None], timeout: float | None, what: str) -> T:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    got = pick()
+                    if got is not None:
+                        return got
+                    if self._state is LeaseState.CLOSED or self._closing:
+                        raise ClosedError(f"PersistentLease for {self._key!r} is closed")
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError as exc:
+            if isinstance(exc, EtcdkitError):
+                raise
+            raise EtcdTimeoutError(
+                f"PersistentLease {self._key!r}: no {what} within {timeout} s "
+                f"(state {self._state.name}; endpoints {self._client._conn.where})"
+            ) from None
+
+    def _set_state(self, state: LeaseState) -> None:
+        if state is self._state:
+            self._changed.set()
+            return
+        log.info("lease %r: %s -> %s", self._key, self._state.name, state.name)
+        self._state = state
+        self._changed.set()
+        for cb in list(self._listeners):
+            try:
+                cb(state)
+            except Exception:
+                log.exception("lease %r: state listener failed", self._key)
+
+    def _lost(self, why: str) -> None:
+        if self._closing:
+            return
+        log.info("lease %r: %s; re-registering", self._key, why)
+        self._need_put = True
+        self._create_revision = 0
+        self._set_state(LeaseState.LOST)
+        self._wake.set()
+
+    # keepalive hub callbacks
+    def _on_alive(self, ttl: int) -> None:
+        if self._state is LeaseState.SUSPENDED and not self._need_put:
+            self._set_state(LeaseState.REGISTERED)
+
+    def _on_expired(self) -> None:
+        self._lease_id = 0
+        self._lost("lease expired or was revoked")
+
+    def _on_suspended(self) -> None:
+        if self._state is LeaseState.REGISTERED:
+            self._set_state(LeaseState.SUSPENDED)
+        self._wake.set()
+
+    # key watch callbacks
+    def _on_key_events(self, resp: Any) -> None:
+        for ev in resp.events:
+            kv = ev.kv
+            if kv.mod_revision <= self._put_revision:
+                continue
+            if ev.type == _DELETE:
+                self._lost("key was deleted (externally, or its lease revoked or expired)")
+            elif kv.lease != self._lease_id:  # our lease is only ever used by us
+                log.warning(
+                    "lease %r: another writer put value %r with lease %#x over ours; "
+                    "re-asserting at backoff pace",
+                    self._key,
+                    kv.value[:80],
+                    kv.lease,
+                )
+                delay = self._conflicts.next_delay() or 0.0
+                self._conflict_at = time.monotonic() + delay
+                self._lost("key overwritten by another writer")
+
+    def _on_watch_end(self, err: EtcdkitError) -> None:
+        self._sub = None
+        if isinstance(err, CompactedError):
+            self._need_put = True  # history gone: re-put, then watch from our new revision
+            self._wake.set()
+        else:
+            log.warning("lease %r: key watch ended: %s", self._key, err)
+            self._wake.set()
+
+    async def _run(self) -> None:
+        backoff = Backoff(initial=0.05, cap=2.0)
+        keepalives = self._client._keepalives
+        while True:
+            try:
+                if self._need_put:
+                    wait = self._conflict_at - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    await self._register(keepalives)
+                    backoff.reset()
+                elif self._sub is None:
+                    self._need_put = True
+                    continue
+                timeout = None
+                if self._state is LeaseState.SUSPENDED:
+                    expires = keepalives.expires(self._lease_id)
+                    timeout = None if expires is None else max(0.0, expires - time.monotonic())
+                self._wake.clear()
+                if not self._need_put:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        self._lost(f"no keepalive answer for the lease's TTL ({self.ttl} s)")
+            except LeaseNotFoundError:
+                keepalives.remove(self._lease_id)
+                self._lease_id = 0
+                self._lost("lease not found (revoked or expired)")
+            except (AuthError, ClosedError):
+                raise
+            except EtcdkitError as exc:
+                log.info("lease %r: etcd unreachable (%s); retrying", self._key, exc)
+                if self._state is LeaseState.REGISTERED:
+                    self._set_state(LeaseState.SUSPENDED)
+                await backoff.wait()
+
+    async def _register(self, keepalives: Any) -> None:
+        if not self._lease_id:
+            grant = await self._client.grant(self._ttl)
+            self._lease_id, self._granted_ttl = grant.id, grant.ttl
+            if grant.ttl != self._ttl:
+                log.warning(
+                    "lease %r: etcd granted ttl %d s instead of the requested %d s "
+                    "(its minimum lease TTL)",
+                    self._key,
+                    grant.ttl,
+                    self._ttl,
+                )
+            keepalives.add(
+                grant.id,
+                grant.ttl,
+                on_alive=self._on_alive,
+                on_lost=self._on_expired,
+                on_suspended=self._on_suspended,
+            )
+        value = self._value
+        req = rpc.PutRequest(key=self._raw_key, value=value, lease=self._lease_id, prev_kv=True)
+        self._need_put = False
+        try:
+            resp = await self._client._call(f"put {self._raw_key!r}", "Put", "kv", req)
+        except BaseException:
+            self._need_put = True
+            raise
+        rev = int(resp.header.revision)
+        prev = resp.prev_kv
+        if not prev.key or prev.lease != self._lease_id or not self._create_revision:
+            self._create_revision = (
+                rev if not prev.key or prev.lease != self._lease_id else int(prev.create_revision)
+            )
+        self._put_revision = rev
+        self._written = value
+        if self._sub is None or self._sub.ended:
+            self._sub = self._client._watches.watch(
+                self._raw_key,
+                b"",
+                rev + 1,
+                on_events=self._on_key_events,
+                on_end=self._on_watch_end,
+            )
+        if not self._need_put:
+            self._conflicts.reset() if time.monotonic() > self._conflict_at + 60 else None
+            self._set_state(LeaseState.REGISTERED)

@@ -1,0 +1,356 @@
+"""One multiplexed etcd Watch stream per client, resumed after every fault.
+
+Every watcher (prefix watch, wait_for, a persistent lease's key watch) is a :class:`WatchSub`
+on the client's single bidirectional Watch stream. The hub owns the stream:
+
+- it (re)creates every registered watcher from its own ``next_rev`` after a disconnect, so no
+  event is lost and none is delivered twice; ``next_rev`` advances only by delivered events
+  (last event's mod_revision + 1) or by progress notifications (header revision + 1), never by
+  an events response's header revision, which may run ahead of undelivered events;
+- it retries with exponential backoff (jitter, cap) while etcd is unreachable, forever;
+- it asks for ``hasleader`` so a member cut off from its cluster ends the stream instead of
+  serving silence, and it sends progress requests so idle watchers can tell they are current;
+- a watcher whose resume revision was compacted, or that etcd canceled, is ended with
+  :class:`CompactedError` / :class:`WatchEndedError` through its ``on_end`` callback; its owner
+  decides (a prefix watch relists, wait_for re-reads).
+
+Callbacks run on the hub's reader task and must be quick and must not raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+from aetcd import rpc
+
+from etcdkit._conn import Connection, map_rpc_error
+from etcdkit._errors import CompactedError, EtcdkitError, WatchEndedError
+from etcdkit._retry import Backoff
+
+__all__ = ["WatchHub", "WatchSub"]
+
+log = logging.getLogger("etcdkit.watch")
+
+EventsCallback = Callable[[Any], None]  # receives the WatchResponse (events non-empty)
+ProgressCallback = Callable[[int], None]
+StatusCallback = Callable[[bool, "EtcdkitError | None"], None]
+EndCallback = Callable[[EtcdkitError], None]
+
+PROGRESS_INTERVAL = 2.0  # seconds between progress requests on an otherwise quiet stream
+
+
+def _noop(*_args: object) -> None:
+    return None
+
+
+class WatchSub:
+    """One watcher on the shared stream. Create with :meth:`WatchHub.watch`."""
+
+    __slots__ = (
+        "_hub",
+        "confirmed_at",
+        "connected",
+        "ended",
+        "key",
+        "next_rev",
+        "on_end",
+        "on_events",
+        "on_progress",
+        "on_status",
+        "prev_kv",
+        "range_end",
+        "watch_id",
+    )
+
+    def __init__(
+        self,
+        hub: WatchHub,
+        key: bytes,
+        range_end: bytes,
+        start_revision: int,
+        *,
+        prev_kv: bool,
+        on_events: EventsCallback,
+        on_progress: ProgressCallback,
+        on_status: StatusCallback,
+        on_end: EndCallback,
+    ) -> None:
+        self._hub = hub
+        self.key = key
+        self.range_end = range_end
+        self.next_rev = start_revision  # 0 = "from now"; fixed on creation
+        self.prev_kv = prev_kv
+        self.on_events = on_events
+        self.on_progress = on_progress
+        self.on_status = on_status
+        self.on_end = on_end
+        self.watch_id: int | None = None
+        self.connected = False
+        self.ended = False
+        self.confirmed_at = 0.0  # monotonic time the data was last confirmed current
+
+    def cancel(self) -> None:
+        """Stop watching; idempotent, no callback is called afterwards."""
+        if not self.ended:
+            self.ended = True
+            self._hub._remove(self)
+
+    def create_request(self) -> Any:
+        return rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(
+                key=self.key,
+                range_end=self.range_end,
+                start_revision=self.next_rev,
+                prev_kv=self.prev_kv,
+                progress_notify=True,
+            )
+        )
+
+
+class WatchHub:
+    """Owns the client's Watch stream and its reconnect loop (started lazily, on first watch)."""
+
+    def __init__(self, conn: Connection, *, require_leader: bool = True) -> None:
+        self._conn = conn
+        self._require_leader = require_leader
+        self._subs: set[WatchSub] = set()
+        self._by_id: dict[int, WatchSub] = {}
+        self._pending: collections.deque[WatchSub] = collections.deque()
+        self._call: Any = None
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.connected = False
+        self.reconnects = 0
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def watch(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        start_revision: int = 0,
+        *,
+        prev_kv: bool = False,
+        on_events: EventsCallback,
+        on_progress: ProgressCallback = _noop,
+        on_status: StatusCallback = _noop,
+        on_end: EndCallback,
+    ) -> WatchSub:
+        if self._closed:
+            raise RuntimeError("watch hub closed")
+        sub = WatchSub(
+            self,
+            key,
+            range_end,
+            start_revision,
+            prev_kv=prev_kv,
+            on_events=on_events,
+            on_progress=on_progress,
+            on_status=on_status,
+            on_end=on_end,
+        )
+        self._subs.add(sub)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="etcdkit-watch-stream"
+            )
+        elif self._call is not None:
+            self._send_create(sub)
+        self._wake.set()
+        return sub
+
+    def request_progress(self) -> None:
+        if self._call is not None:
+            self._spawn_write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+
+    async def close(self) -> None:
+        self._closed = True
+        for sub in list(self._subs):
+            sub.ended = True
+        self._subs.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _remove(self, sub: WatchSub) -> None:
+        self._subs.discard(sub)
+        wid = sub.watch_id
+        if wid is not None and self._by_id.get(wid) is sub:
+            del self._by_id[wid]
+            if self._call is not None:
+                self._spawn_write(
+                    rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid))
+                )
+
+    def _send_create(self, sub: WatchSub) -> None:
+        self._pending.append(sub)
+        self._spawn_write(sub.create_request())
+
+    def _spawn_write(self, request: Any) -> None:
+        # Queued for the stream's writer task, which keeps requests in order; dropped with
+        # the stream on a disconnect (every watcher is re-created on the next stream anyway).
+        if self._call is not None:
+            self._outbox.put_nowait(request)
+
+    async def _writer(self, call: Any, outbox: asyncio.Queue[Any]) -> None:
+        while True:
+            request = await outbox.get()
+            await call.write(request)
+
+    async def _run(self) -> None:
+        backoff = Backoff(initial=0.05, cap=2.0)
+        try:
+            while not self._closed:
+                if not self._subs:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                try:
+                    await self._stream_once(backoff)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    err = map_rpc_error(exc, self._conn.where, "watch stream")
+                    log.info("watch stream down: %s", err)
+                    self._disconnected(err)
+                    if isinstance(exc, grpc.aio.AioRpcError) and (
+                        exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                        or "invalid auth token" in (exc.details() or "")
+                    ):
+                        with contextlib.suppress(EtcdkitError):
+                            await self._conn.metadata(refresh=True)
+                else:
+                    self._disconnected(None)
+                self.reconnects += 1
+                await backoff.wait()
+        finally:
+            self._disconnected(None)
+
+    def _disconnected(self, err: EtcdkitError | None) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+        self.connected = False
+        self._by_id.clear()
+        self._pending.clear()
+        for sub in list(self._subs):
+            sub.watch_id = None
+            if sub.connected:
+                sub.connected = False
+                sub.on_status(False, err)
+
+    async def _stream_once(self, backoff: Backoff) -> None:
+        md = list(await self._conn.metadata())
+        if self._require_leader:
+            md.append(("hasleader", "true"))
+        call = self._conn.stubs.watch.Watch(metadata=md)
+        self._call = call
+        self._outbox = asyncio.Queue()
+        for sub in list(self._subs):
+            self._send_create(sub)
+        loop = asyncio.get_running_loop()
+        helpers = [
+            loop.create_task(self._writer(call, self._outbox), name="etcdkit-watch-writer"),
+            loop.create_task(self._progress_loop(call), name="etcdkit-watch-progress"),
+        ]
+        try:
+            while True:
+                if helpers[0].done():
+                    helpers[0].result()  # a failed write ends this stream
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    return
+                self._dispatch(resp, backoff)
+                if not self._subs and not self._pending:
+                    return  # nothing left to watch: release the stream
+        finally:
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _progress_loop(self, call: Any) -> None:
+        while call is self._call:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            self.request_progress()
+
+    def _dispatch(self, resp: Any, backoff: Backoff) -> None:
+        now = time.monotonic()
+        wid = resp.watch_id
+        if resp.created:
+            if not self._pending:
+                log.warning("watch stream: unexpected created response for id %d", wid)
+                return
+            sub = self._pending.popleft()
+            if sub.ended:
+                self._spawn_write(
+                    rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid))
+                )
+                return
+            if resp.canceled:
+                self._end(sub, resp)
+                return
+            self.connected = True
+            backoff.reset()
+            sub.watch_id = wid
+            self._by_id[wid] = sub
+            if sub.next_rev == 0:
+                sub.next_rev = resp.header.revision + 1
+            sub.connected = True
+            sub.confirmed_at = now
+            sub.on_status(True, None)
+            return
+        if resp.canceled:
+            sub_c = self._by_id.pop(wid, None)
+            if sub_c is not None:
+                self._end(sub_c, resp)
+            return
+        events = resp.events
+        if events:
+            sub_e = self._by_id.get(wid)
+            if sub_e is None or sub_e.ended:
+                return
+            sub_e.next_rev = events[-1].kv.mod_revision + 1
+            sub_e.confirmed_at = now
+            sub_e.on_events(resp)
+            return
+        # A progress notification: everything up to header.revision was delivered.
+        rev = resp.header.revision
+        targets = list(self._by_id.values()) if wid == -1 else [self._by_id.get(wid)]
+        for sub_p in targets:
+            if sub_p is None or sub_p.ended:
+                continue
+            sub_p.confirmed_at = now
+            if rev + 1 > sub_p.next_rev:
+                sub_p.next_rev = rev + 1
+                sub_p.on_progress(rev)
+
+    def _end(self, sub: WatchSub, resp: Any) -> None:
+        self._subs.discard(sub)
+        sub.ended = True
+        sub.connected = False
+        if resp.compact_revision:
+            err: EtcdkitError = CompactedError(
+                f"watch on {sub.key!r} from revision {sub.next_rev} at {self._conn.where}: "
+                f"history was compacted up to revision {resp.compact_revision}",
+                compact_revision=resp.compact_revision,
+            )
+        else:
+            err = WatchEndedError(
+                f"etcd at {self._conn.where} canceled the watch on {sub.key!r}: "
+                f"{resp.cancel_reason or 'no reason given'}"
+            )
+        sub.on_end(err)
