@@ -182,7 +182,8 @@ class AsyncClient:
         return self._keepalive_hub
 
     def _check_open(self) -> None:
-        if self._state != "open":
+        # "closing": children (leases) still revoke while the client closes them.
+        if self._state not in ("open", "closing"):
             if self._state == "unopened":
                 raise ClosedError("the client is not open: use 'async with AsyncClient(...)'")
             raise ClosedError("this AsyncClient is closed; create a new one")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -223,7 +224,7 @@ class PersistentLease:
             self._sub.cancel()
         lease_id = self._lease_id
         if lease_id and self._client._state in ("open", "closing"):
-            self._client._keepalives.remove(lease_id) if self._client._keepalive_hub else None
+            self._client._keepalives.remove(lease_id)
             try:
                 async with asyncio.timeout(REVOKE_TIMEOUT):
                     await self._client.revoke(lease_id)
@@ -288,7 +289,9 @@ class PersistentLease:
         if self._state is LeaseState.SUSPENDED and not self._need_put:
             self._set_state(LeaseState.REGISTERED)
 
-    def _on_expired(self) -> None:
+    def _on_expired(self, lease_id: int) -> None:
+        if lease_id != self._lease_id:
+            return  # an older lease of ours, already replaced
         self._lease_id = 0
         self._lost("lease expired or was revoked")
 
@@ -379,7 +382,7 @@ class PersistentLease:
                 grant.id,
                 grant.ttl,
                 on_alive=self._on_alive,
-                on_lost=self._on_expired,
+                on_lost=functools.partial(self._on_expired, grant.id),
                 on_suspended=self._on_suspended,
             )
         value = self._value

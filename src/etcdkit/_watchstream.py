@@ -275,8 +275,6 @@ class WatchHub:
                 if resp is grpc.aio.EOF:
                     return
                 self._dispatch(resp, backoff)
-                if not self._subs and not self._pending:
-                    return  # nothing left to watch: release the stream
         finally:
             for t in helpers:
                 t.cancel()

@@ -1,0 +1,145 @@
+"""Scenario ``wait``: ``wait_for`` wake-up latency, and many concurrent waiters.
+
+- ``wakeup``: one ``wait_for(key)`` at a time on a fresh key, given 50 ms to read and start
+  watching; then a second client puts the key. Reported: from calling ``put`` to ``wait_for``
+  returning, p50/p99 over the rounds.
+- ``concurrent``: COUNT ``wait_for`` calls on distinct absent keys at once. ``setup_s``: until
+  etcd reports all their watchers (its ``etcd_debugging_mvcc_watcher_total`` metric); then
+  every key is written (transactions of 128 puts) and ``release_s`` runs until all calls
+  returned. Memory: this process's RSS before, once all wait, and its peak (``ru_maxrss``;
+  the case runs in a process of its own, so the peak is this case's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.request
+from typing import Any
+
+from bench._common import (
+    Env,
+    Job,
+    ms,
+    peak_rss_mb,
+    percentile,
+    preload,
+    progress,
+    result,
+    rss_mb,
+)
+from etcdkit import AsyncClient
+
+PREFIX = b"/bench/wait/"
+WARMUP = 10
+_WATCHERS = re.compile(rb"^etcd_debugging_mvcc_watcher_total (\S+)$", re.MULTILINE)
+
+
+def jobs(quick: bool) -> list[Job]:
+    return [
+        Job("wait", {"case": "wakeup", "rounds": 50 if quick else 100}),
+        Job("wait", {"case": "concurrent", "count": 2_000 if quick else 10_000}),
+    ]
+
+
+def _watchers(endpoint: str) -> int | None:
+    with urllib.request.urlopen(f"{endpoint}/metrics", timeout=5.0) as resp:
+        m = _WATCHERS.search(resp.read())
+    return None if m is None else int(float(m.group(1)))
+
+
+async def etcd_watchers(endpoint: str) -> int | None:
+    """How many watchers etcd has (None if this etcd does not export the metric)."""
+    return await asyncio.to_thread(_watchers, endpoint)
+
+
+async def wakeup(env: Env, params: dict[str, Any]) -> None:
+    rounds = int(params["rounds"])
+    lat: list[float] = []
+    async with AsyncClient(env.endpoint) as client, AsyncClient(env.endpoint) as writer:
+        for i in range(WARMUP + rounds):
+            key = PREFIX + b"w%d" % i
+            returned_at = 0.0
+
+            async def waiter(key: bytes = key) -> None:
+                nonlocal returned_at
+                await client.wait_for(key, timeout=10.0)
+                returned_at = time.perf_counter()
+
+            task = asyncio.create_task(waiter())
+            await asyncio.sleep(0.05)
+            t0 = time.perf_counter()
+            await writer.put(key, b"1")
+            await task
+            if i >= WARMUP:
+                lat.append(returned_at - t0)
+    figures = {
+        "p50_ms": ms(percentile(lat, 50)),
+        "p99_ms": ms(percentile(lat, 99)),
+        "max_ms": ms(max(lat)),
+    }
+    progress(f"wait wakeup: p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
+    env.emit(result("wait", "wakeup", {**params, "warmup": WARMUP}, figures))
+
+
+async def concurrent(env: Env, params: dict[str, Any]) -> None:
+    count = int(params["count"])
+    keys = [PREFIX + b"c%06d" % i for i in range(count)]
+    async with AsyncClient(env.endpoint) as client, AsyncClient(env.endpoint) as writer:
+        base = await etcd_watchers(env.endpoint)
+        rss_before = rss_mb()
+        cpu0 = time.process_time()
+        t0 = time.monotonic()
+        tasks = [asyncio.create_task(client.wait_for(k, timeout=600.0)) for k in keys]
+        if base is None:
+            progress("wait: etcd exports no watcher metric; allowing 5 s for setup")
+            await asyncio.sleep(5.0)
+        else:
+            async with asyncio.timeout(300.0):
+                while True:  # etcd's count is the ground truth of "every call is waiting"
+                    if (await etcd_watchers(env.endpoint) or 0) >= base + count:
+                        break
+                    await asyncio.sleep(0.05)
+        t1 = time.monotonic()
+        cpu1 = time.process_time()
+        rss_waiting = rss_mb()
+        progress(f"wait: {count:,} waiters set up in {t1 - t0:.2f} s; releasing")
+        await preload(writer, ((k, b"1") for k in keys), what="released keys")
+        t_written = time.monotonic()
+        async with asyncio.timeout(300.0):
+            revisions = await asyncio.gather(*tasks)
+        t2 = time.monotonic()
+        cpu2 = time.process_time()
+    if not all(r > 0 for r in revisions):
+        raise RuntimeError("a wait_for returned no revision")
+    figures = {
+        "setup_s": round(t1 - t0, 4),
+        "release_s": round(t2 - t1, 4),
+        "total_s": round(t2 - t0, 4),
+        "writes_s": round(t_written - t1, 4),
+        "setup_cpu_s": round(cpu1 - cpu0, 3),
+        "release_cpu_s": round(cpu2 - cpu1, 3),
+        "rss_before_mb": rss_before,
+        "rss_waiting_mb": rss_waiting,
+        "peak_rss_mb": peak_rss_mb(),
+        "kb_per_waiter": round((rss_waiting - rss_before) * 1024 / count, 2),
+    }
+    progress(f"wait concurrent: {figures}")
+    env.emit(
+        result(
+            "wait",
+            "concurrent",
+            params,
+            figures,
+            notes="own process; setup = until etcd reports every watcher; release = writes "
+            "(txns of 128 puts) until every call returned",
+        )
+    )
+
+
+async def run(env: Env, params: dict[str, Any]) -> None:
+    if params["case"] == "wakeup":
+        await wakeup(env, params)
+    else:
+        await concurrent(env, params)

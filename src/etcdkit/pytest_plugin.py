@@ -1,0 +1,120 @@
+"""pytest fixtures backed by real etcd processes (registered through the ``pytest11`` entry point).
+
+Fixtures:
+
+- ``etcd_server`` (session): one real etcd on free loopback ports, shared by the session.
+  Do not kill it; use ``etcd_server_factory`` for fault tests.
+- ``etcd_cluster`` (session): a real 3-member cluster on loopback.
+- ``etcd_server_factory`` (function): ``factory(**kwargs) -> EtcdServer``, started; every
+  server it made is closed after the test.
+- ``etcd_prefix`` (function): a unique key prefix for the test (``/etcdkit-test/<name>-<hex>/``);
+  everything under it is deleted after the test.
+- ``etcd`` (function, async, needs pytest-asyncio): a connected :class:`AsyncClient` on
+  ``etcd_server``.
+- ``etcd_sync`` (function): a connected :class:`Client` on ``etcd_server``.
+
+When a test fails, the logs of the etcd processes it used are attached to its report.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from etcdkit._client import AsyncClient
+from etcdkit._sync import Client
+from etcdkit.server import EtcdCluster, EtcdServer
+
+_SERVERS_KEY = pytest.StashKey[list[Any]]()
+
+
+def _track(request: pytest.FixtureRequest, server: Any) -> None:
+    node = request.node
+    if _SERVERS_KEY not in node.stash:
+        node.stash[_SERVERS_KEY] = []
+    node.stash[_SERVERS_KEY].append(server)
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    with EtcdCluster(size=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def etcd_server_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., EtcdServer]]:
+    made: list[EtcdServer] = []
+
+    def factory(**kwargs: Any) -> EtcdServer:
+        server = EtcdServer(**kwargs)
+        made.append(server)
+        _track(request, server)
+        server.start()
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in made:
+            server.close()
+
+
+@pytest.fixture
+def etcd_prefix(request: pytest.FixtureRequest, etcd_server: EtcdServer) -> Iterator[str]:
+    _track(request, etcd_server)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60]
+    prefix = f"/etcdkit-test/{name}-{uuid.uuid4().hex[:8]}/"
+    try:
+        yield prefix
+    finally:
+        if etcd_server.running:
+            try:
+                with Client(etcd_server.endpoint, timeout=5.0) as client:
+                    client.delete_prefix(prefix)
+            except Exception:  # cleanup must not mask the test's own outcome
+                pass
+
+
+@pytest.fixture
+def etcd_sync(etcd_server: EtcdServer, etcd_prefix: str) -> Iterator[Client]:
+    with Client(etcd_server.endpoint) as client:
+        yield client
+
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - the async fixture needs pytest-asyncio
+    pass
+else:
+
+    @pytest_asyncio.fixture
+    async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[AsyncClient]:
+        async with AsyncClient(etcd_server.endpoint) as client:
+            yield client
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and _SERVERS_KEY in item.stash:
+        for server in item.stash[_SERVERS_KEY]:
+            try:
+                logs = server.logs()
+            except Exception as exc:  # a broken server must not hide the failure
+                logs = f"(logs unavailable: {exc})"
+            report.sections.append((f"etcd logs ({getattr(server, 'endpoint', '?')})", logs))
+    return report
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "etcd: the test talks to a real etcd server")

@@ -1,0 +1,228 @@
+"""PersistentLease against real etcd, with real faults."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+import etcdkit
+from etcdkit import AsyncClient, Client, LeaseState, PersistentLease
+from etcdkit.server import EtcdCluster, EtcdServer, Proxy
+
+WAIT = 20.0
+
+
+async def value_becomes(client: AsyncClient, key: str, value: bytes | None) -> int:
+    """Poll until the key holds ``value`` (None = absent); returns its mod revision."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            try:
+                kv = await client.get(key)
+            except (etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError):
+                kv = None
+                await asyncio.sleep(0.05)
+                continue
+            if (kv.value if kv else None) == value:
+                return kv.mod_revision if kv else 0
+            await asyncio.sleep(0.01)
+
+
+async def test_seed_cycles_delete_and_revoke(etcd: AsyncClient, etcd_prefix: str) -> None:
+    key = etcd_prefix + "node"
+    async with etcd.persistent_lease(key, "10.0.0.1:80", ttl=5) as lease:
+        rev = await lease.registered(timeout=WAIT)
+        assert lease.state is LeaseState.REGISTERED
+        kv = await etcd.get(key)
+        assert kv is not None
+        assert (kv.value, kv.lease, kv.mod_revision) == (b"10.0.0.1:80", lease.lease_id, rev)
+        assert lease.create_revision == kv.create_revision
+        for cycle in range(5):
+            old_lease = lease.lease_id
+            if cycle % 2 == 0:
+                await etcd.delete(key)
+            else:
+                await etcd.revoke(old_lease)
+            await value_becomes(etcd, key, b"10.0.0.1:80")
+            await lease.wait_state(LeaseState.REGISTERED, timeout=WAIT)
+            kv = await etcd.get(key)
+            assert kv is not None
+            assert kv.lease == lease.lease_id
+            if cycle % 2 == 1:
+                assert lease.lease_id != old_lease
+        lease.set_value("10.0.0.1:81")
+        rev = await lease.synced(timeout=WAIT)
+        kv = await etcd.get(key)
+        assert kv is not None
+        assert (kv.value, kv.mod_revision) == (b"10.0.0.1:81", rev)
+        assert lease.value == b"10.0.0.1:81"
+    assert lease.state is LeaseState.CLOSED
+    assert await etcd.get(key) is None  # revoked on close: gone at once
+    await lease.aclose()  # idempotent
+    with pytest.raises(etcdkit.ClosedError, match="closed"):
+        lease.set_value("x")
+
+
+async def test_state_listener_sees_lost_and_back(etcd: AsyncClient, etcd_prefix: str) -> None:
+    key = etcd_prefix + "l"
+    states: list[LeaseState] = []
+    async with etcd.persistent_lease(key, "v", ttl=5) as lease:
+        lease.add_listener(states.append)
+        await lease.registered(timeout=WAIT)
+        await etcd.delete(key)
+        await value_becomes(etcd, key, b"v")
+        await lease.wait_state(LeaseState.REGISTERED, timeout=WAIT)
+    assert LeaseState.LOST in states
+    assert states[-1] is LeaseState.CLOSED
+    assert "PersistentLease" in repr(lease)
+
+
+async def test_expiry_while_the_loop_is_blocked(etcd: AsyncClient, etcd_prefix: str) -> None:
+    key = etcd_prefix + "exp"
+    async with etcd.persistent_lease(key, "v", ttl=2) as lease:
+        await lease.registered(timeout=WAIT)
+        first = lease.lease_id
+        time.sleep(lease.ttl + 2.5)  # noqa: ASYNC251 - blocks the loop on purpose: a paused process
+        async with asyncio.timeout(WAIT):
+            while lease.lease_id in (first, 0) or lease.state is not LeaseState.REGISTERED:
+                await asyncio.sleep(0.02)
+        kv = await etcd.get(key)
+        assert kv is not None
+        assert kv.lease == lease.lease_id != first
+
+
+async def test_server_kill_and_restart(etcd_server_factory: Callable[..., EtcdServer]) -> None:
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as client:
+        async with client.persistent_lease("/k/a", "v", ttl=2) as lease:
+            await lease.registered(timeout=WAIT)
+            server.kill()
+            await lease.wait_state(LeaseState.SUSPENDED, LeaseState.LOST, timeout=WAIT)
+            await asyncio.sleep(3)  # longer than the TTL: the lease is gone when etcd is back
+            lease.set_value("during-outage")  # latest value wins after recovery
+            server.restart()
+            await lease.synced(timeout=WAIT)
+            assert (await client.get("/k/a")).value == b"during-outage"  # type: ignore[union-attr]
+
+
+async def test_proxy_cut_and_restore(etcd_server_factory: Callable[..., EtcdServer]) -> None:
+    server = etcd_server_factory()
+    with Proxy(server.endpoint) as proxy:
+        async with AsyncClient(server.endpoint) as admin, AsyncClient(proxy.endpoint) as client:
+            async with client.persistent_lease("/k/p", "v", ttl=2) as lease:
+                await lease.registered(timeout=WAIT)
+                proxy.cut()
+                await lease.wait_state(LeaseState.SUSPENDED, LeaseState.LOST, timeout=WAIT)
+                await value_becomes(admin, "/k/p", None)  # expired on the server meanwhile
+                proxy.restore()
+                await value_becomes(admin, "/k/p", b"v")
+                await lease.wait_state(LeaseState.REGISTERED, timeout=WAIT)
+
+
+async def test_close_during_outage_is_bounded(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint, timeout=1) as client:
+        lease = client.persistent_lease("/k/c", "v", ttl=2)
+        await lease.__aenter__()
+        await lease.registered(timeout=WAIT)
+        server.pause()
+        try:
+            t0 = time.monotonic()
+            await lease.aclose()
+            assert time.monotonic() - t0 < 5
+            assert lease.state is LeaseState.CLOSED
+        finally:
+            server.resume()
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("etcdkit")] == []
+
+
+async def test_another_writer_is_not_fought_in_a_hot_loop(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    key = etcd_prefix + "contested"
+    async with etcd.persistent_lease(key, "mine", ttl=5) as lease:
+        await lease.registered(timeout=WAIT)
+        start_rev = await etcd.put(key, "theirs")
+        await lease.wait_state(LeaseState.LOST, timeout=WAIT)
+        await value_becomes(etcd, key, b"mine")  # re-asserted, at backoff pace
+        kv = await etcd.get(key)
+        assert kv is not None
+        assert kv.mod_revision - start_rev <= 3  # not hundreds of writes
+
+
+@pytest.mark.cluster
+async def test_leader_kill_in_cluster(etcd_cluster: EtcdCluster) -> None:
+    async with AsyncClient(etcd_cluster.endpoints) as client:
+        async with client.persistent_lease("/cl/node", "v", ttl=3) as lease:
+            await lease.registered(timeout=WAIT)
+            leader = etcd_cluster.leader()
+            leader.kill()
+            try:
+                await value_becomes(client, "/cl/node", b"v")
+                await lease.wait_state(LeaseState.REGISTERED, timeout=WAIT)
+                await asyncio.sleep(4)  # past the TTL: keepalives kept going through the change
+                await value_becomes(client, "/cl/node", b"v")
+            finally:
+                leader.restart()
+            await lease.wait_state(LeaseState.REGISTERED, timeout=WAIT)
+
+
+@pytest.mark.slow
+async def test_a_thousand_leases_share_one_stream(etcd: AsyncClient, etcd_prefix: str) -> None:
+    leases = [etcd.persistent_lease(f"{etcd_prefix}n{i}", str(i), ttl=10) for i in range(1000)]
+    for lease in leases:
+        lease.start()
+    try:
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(lease.registered() for lease in leases))
+        assert len((await etcd.get_prefix(etcd_prefix)).kvs) == 1000
+        assert len(etcd._keepalives) == 1000
+        assert etcd._watches.reconnects == 0
+    finally:
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(lease.aclose() for lease in leases))
+    assert (await etcd.get_prefix(etcd_prefix)).kvs == []
+    assert len(etcd._keepalives) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "match"),
+    [
+        (("", "v", 5), ValueError, "key must not be empty"),
+        (("k", 5, 5), TypeError, "value must be str or bytes"),
+        (("k", "v", 0), ValueError, "ttl must be >= 1"),
+        (("k", "v", -2), ValueError, "ttl must be >= 1"),
+        (("k", "v", 1.5), TypeError, "whole number"),
+    ],
+)
+async def test_bad_arguments_fail_at_the_call(
+    etcd: AsyncClient, args: tuple[object, object, object], exc: type, match: str
+) -> None:
+    with pytest.raises(exc, match=match):
+        etcd.persistent_lease(*args)  # type: ignore[arg-type]
+    with pytest.raises(exc, match=match):
+        PersistentLease(etcd, *args)  # type: ignore[arg-type]
+
+
+def test_threaded_lease(etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None) -> None:
+    key = etcd_prefix + "sync"
+    with Client(etcd_sync.endpoints) as client:
+        with client.persistent_lease(key, "a", ttl=5) as lease:
+            assert lease.registered(timeout=WAIT) > 0
+            lease.set_value("b")
+            lease.synced(timeout=WAIT)
+            assert client.get(key).value == b"b"  # type: ignore[union-attr]
+            client.delete(key)
+            lease.wait_state(LeaseState.LOST, LeaseState.REGISTERED, timeout=WAIT)
+            deadline = time.monotonic() + WAIT
+            while client.get(key) is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert client.get(key) is not None
+        assert client.get(key) is None
+        with pytest.raises(etcdkit.ClosedError):
+            lease.set_value("c")

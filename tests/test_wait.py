@@ -1,0 +1,115 @@
+"""wait_for against real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+import etcdkit
+from etcdkit import AsyncClient, Client
+from etcdkit.server import EtcdServer
+
+WAIT = 20.0
+
+
+async def test_returns_at_once_when_condition_holds(etcd: AsyncClient, etcd_prefix: str) -> None:
+    rev = await etcd.put(etcd_prefix + "k", "v")
+    assert await etcd.wait_for(etcd_prefix + "k", exists=True, timeout=5) >= rev
+    assert await etcd.wait_for(etcd_prefix + "absent", exists=False, timeout=5) >= rev
+
+
+async def test_wakes_on_put_and_on_delete(etcd: AsyncClient, etcd_prefix: str) -> None:
+    key = etcd_prefix + "ready"
+    waiter = asyncio.create_task(etcd.wait_for(key, exists=True, timeout=WAIT))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    rev = await etcd.put(key, "1")
+    assert await waiter == rev
+    gone = asyncio.create_task(etcd.wait_for(key, exists=False, timeout=WAIT))
+    await asyncio.sleep(0.2)
+    assert not gone.done()
+    await etcd.put(key, "2")  # still exists: keep waiting
+    await asyncio.sleep(0.2)
+    assert not gone.done()
+    await etcd.delete(key)
+    assert await gone > rev
+
+
+async def test_no_gap_between_read_and_watch(etcd: AsyncClient, etcd_prefix: str) -> None:
+    # Put and delete right away, many times: every waiter must see its put, never hang.
+    for i in range(20):
+        key = f"{etcd_prefix}flash{i}"
+        waiter = asyncio.create_task(etcd.wait_for(key, timeout=WAIT))
+        await asyncio.sleep(0)
+        await etcd.put(key, "x")
+        await etcd.delete(key)
+        assert await waiter > 0
+
+
+async def test_timeout_raises_timeout_error(etcd: AsyncClient, etcd_prefix: str) -> None:
+    with pytest.raises(TimeoutError, match="did not exist within 0.3 s") as info:
+        await etcd.wait_for(etcd_prefix + "never", timeout=0.3)
+    assert isinstance(info.value, etcdkit.EtcdTimeoutError)
+    assert not etcd._watches._subs  # the key's watcher was removed from the shared stream
+
+
+async def test_cancellation_propagates(etcd: AsyncClient, etcd_prefix: str) -> None:
+    waiter = asyncio.create_task(etcd.wait_for(etcd_prefix + "never"))
+    await asyncio.sleep(0.1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+
+async def test_survives_server_restart(etcd_server_factory: Callable[..., EtcdServer]) -> None:
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as client:
+        waiter = asyncio.create_task(client.wait_for("/w/key", timeout=WAIT))
+        await asyncio.sleep(0.3)
+        server.kill()
+        await asyncio.sleep(0.3)
+        server.restart()
+        async with asyncio.timeout(WAIT):
+            while True:
+                try:
+                    rev = await client.put("/w/key", "1")
+                    break
+                except etcdkit.ConnectionUnavailableError:
+                    await asyncio.sleep(0.1)
+        assert await waiter == rev
+
+
+async def test_waiting_while_etcd_is_down_then_comes_up(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as client:
+        server.stop()
+        waiter = asyncio.create_task(client.wait_for("/w/x", exists=False, timeout=WAIT))
+        await asyncio.sleep(0.5)
+        assert not waiter.done()
+        server.restart()
+        assert await waiter > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"key": ""}, ValueError),
+        ({"key": 5}, TypeError),
+        ({"key": "k", "exists": "yes"}, TypeError),
+        ({"key": "k", "timeout": -1}, ValueError),
+    ],
+)
+async def test_bad_arguments(etcd: AsyncClient, kwargs: dict[str, object], exc: type) -> None:
+    with pytest.raises(exc):
+        await etcd.wait_for(**kwargs)  # type: ignore[arg-type]
+
+
+def test_threaded_wait_for(etcd_sync: Client, etcd_prefix: str) -> None:
+    rev = etcd_sync.put(etcd_prefix + "t", "1")
+    assert etcd_sync.wait_for(etcd_prefix + "t", timeout=5) >= rev
+    with pytest.raises(etcdkit.EtcdTimeoutError):
+        etcd_sync.wait_for(etcd_prefix + "t", exists=False, timeout=0.2)
