@@ -34,8 +34,9 @@ def free_port() -> int:
 
 
 def test_parse_endpoints_forms(monkeypatch: pytest.MonkeyPatch) -> None:
-    e = parse_endpoints("127.0.0.1:1, http://127.0.0.1:2,https://[::1]:3")
-    assert [(x.host, x.port) for x in e[:2]] == [("127.0.0.1", 1), ("127.0.0.1", 2)]
+    e = parse_endpoints("127.0.0.1:1, http://127.0.0.1:2,http://[::1]:3")
+    assert [(x.host, x.port) for x in e] == [("127.0.0.1", 1), ("127.0.0.1", 2), ("::1", 3)]
+    assert parse_endpoints("https://127.0.0.1:7")[0].tls
     with pytest.raises(ValueError, match="mix http and https"):
         AsyncClient("http://127.0.0.1:1,https://127.0.0.1:2")
     assert parse_endpoints(["localhost:5"])[0].host == "localhost"

@@ -160,7 +160,10 @@ async def test_slow_consumer_gets_latest_with_merged_changes(
             last = await etcd.put(f"{etcd_prefix}k{i % 10}", str(i))
         await etcd.delete(etcd_prefix + "k0")
         last = await etcd.put(etcd_prefix + "k0", "1000")
-        snap = await until(watch, lambda s: s.revision >= last)
+        async with asyncio.timeout(WAIT):  # the watch drains etcd while nobody reads
+            while watch.revision < last:
+                await asyncio.sleep(0.01)
+        snap = await anext(watch)
         assert snap.revision == last
         assert dict(snap.tree) == {f"k{j}": 290 + j for j in range(1, 10)} | {"k0": 1000}
         assert len(snap.changes) == 10  # one merged change per key, whatever the write count
@@ -189,6 +192,7 @@ async def test_server_restart_resumes_without_relist(
         await client.put("/r/a", "1")
         async with client.watch_prefix("/r/", int_transform) as watch:
             await watch.synced(timeout=WAIT)
+            await until_state(watch, WatchState.LIVE)  # the watch stream is up
             server.kill()
             server.restart()
             rev = await put_retrying(client, "/r/b", "2")

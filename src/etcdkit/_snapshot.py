@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
@@ -53,6 +53,50 @@ class Change(Generic[K, V]):
     key: K
     old: V | None
     new: V | None
+
+
+class Tree(Mapping[K, V]):
+    """A read-only view of a persistent map; equal to any mapping with the same items.
+
+    Wrapping costs O(1): the map is shared, never copied. (``immutables.Map`` itself only
+    compares equal to another ``Map``; this view compares like a ``dict``.)
+    """
+
+    __slots__ = ("_map",)
+
+    def __init__(self, m: immutables.Map[K, V]) -> None:
+        self._map = m
+
+    def __getitem__(self, key: K) -> V:
+        return self._map[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map
+
+    def get(self, key: K, default: Any = None) -> Any:
+        return self._map.get(key, default)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Tree):
+            return bool(self._map == other._map)
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return len(self._map) == len(other) and all(
+            k in other and _same(other[k], v) for k, v in self._map.items()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k!r}: {v!r}" for k, v in list(self._map.items())[:20])
+        more = ", ..." if len(self._map) > 20 else ""
+        return f"Tree({{{items}{more}}})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +290,7 @@ class SnapshotEngine(Generic[K, V]):
         self._pending = {}
         self._fresh = False
         self._delivered = self._revision
-        return Snapshot(tree, self._revision, changes)
+        return Snapshot(Tree(tree), self._revision, changes)
 
     # -- internals ------------------------------------------------------------------------------
 

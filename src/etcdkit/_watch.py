@@ -30,7 +30,7 @@ from etcdkit._errors import (
     EtcdTimeoutError,
 )
 from etcdkit._retry import Backoff
-from etcdkit._snapshot import Snapshot, SnapshotEngine, Transform
+from etcdkit._snapshot import Snapshot, SnapshotEngine, Transform, Tree
 from etcdkit._watchstream import PROGRESS_INTERVAL, WatchSub
 
 if TYPE_CHECKING:
@@ -181,6 +181,8 @@ class PrefixWatch(Generic[K, V]):
         return self
 
     async def __anext__(self) -> Snapshot[K, V]:
+        if self._closed:  # closing ends the iteration, also for a later loop
+            raise StopAsyncIteration
         self.start()
         while True:
             if self._error is not None:
@@ -257,7 +259,7 @@ class PrefixWatch(Generic[K, V]):
         changes = (
             last.changes if last is not None and last.revision == self._engine.revision else {}
         )
-        return Snapshot(self._engine.tree, self._engine.revision, changes)
+        return Snapshot(Tree(self._engine.tree), self._engine.revision, changes)
 
     async def _run(self) -> None:
         backoff = Backoff(initial=0.05, cap=2.0)

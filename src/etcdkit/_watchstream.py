@@ -325,16 +325,26 @@ class WatchHub:
             sub_e.confirmed_at = now
             sub_e.on_events(resp)
             return
-        # A progress notification: everything up to header.revision was delivered.
+        # A progress notification.
         rev = resp.header.revision
-        targets = list(self._by_id.values()) if wid == -1 else [self._by_id.get(wid)]
-        for sub_p in targets:
-            if sub_p is None or sub_p.ended:
-                continue
-            sub_p.confirmed_at = now
-            if rev + 1 > sub_p.next_rev:
-                sub_p.next_rev = rev + 1
-                sub_p.on_progress(rev)
+        if wid == -1:
+            # The answer to a progress *request*: it proves the stream and the leader are alive,
+            # but its revision is not trusted. etcd < 3.5.8 / 3.4.24 sends it on a control
+            # channel that can overtake events still queued for the watchers (etcd-io/etcd#15220),
+            # so advancing to it could skip those events. Liveness only.
+            for sub_p in self._by_id.values():
+                if not sub_p.ended:
+                    sub_p.confirmed_at = now
+            return
+        # A per-watch progress notification (progress_notify=True) travels on the watcher's own
+        # channel, after every event it covers: everything up to header.revision was delivered.
+        sub_p = self._by_id.get(wid)
+        if sub_p is None or sub_p.ended:
+            return
+        sub_p.confirmed_at = now
+        if rev + 1 > sub_p.next_rev:
+            sub_p.next_rev = rev + 1
+            sub_p.on_progress(rev)
 
     def _end(self, sub: WatchSub, resp: Any) -> None:
         self._subs.discard(sub)
