@@ -8,8 +8,10 @@ through callbacks, called on the hub's task:
 - ``on_alive(ttl)``: etcd confirmed the lease with this remaining TTL;
 - ``on_lost()``: etcd answered TTL 0 (the lease expired or was revoked); the lease is dropped
   from the hub, its owner must grant a new one;
-- ``on_suspended()``: the stream broke; refreshes resume as soon as it is back. Whether the
-  lease survived is known from the first answer after that.
+- ``on_suspended()``: the stream broke, or stalled (a refresh got no answer within
+  :func:`stall_after` its TTL, e.g. a black-holed connection that TCP has not noticed yet);
+  the stream is re-opened and refreshes resume as soon as etcd answers. Whether the lease
+  survived is known from the first answer after that.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import grpc.aio
 from aetcd import rpc
 
 from etcdkit._conn import Connection, map_rpc_error
+from etcdkit._errors import ConnectionUnavailableError
 from etcdkit._retry import Backoff
 
 __all__ = ["KeepAliveHub"]
@@ -36,6 +39,11 @@ log = logging.getLogger("etcdkit.lease")
 
 def _noop(*_args: object) -> None:
     return None
+
+
+def stall_after(ttl: int) -> float:
+    """Seconds without an answer to a refresh after which the stream counts as broken."""
+    return min(max(ttl / 3.0, 1.0), 3.0)
 
 
 @dataclass(eq=False)
@@ -59,6 +67,7 @@ class KeepAliveHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._unanswered: dict[int, float] = {}  # lease id -> deadline for an answer
         self.connected = False
 
     def add(
@@ -85,6 +94,7 @@ class KeepAliveHub:
 
     def remove(self, lease_id: int) -> None:
         self._entries.pop(lease_id, None)  # its heap item is skipped lazily
+        self._unanswered.pop(lease_id, None)
 
     def expires(self, lease_id: int) -> float | None:
         entry = self._entries.get(lease_id)
@@ -131,8 +141,16 @@ class KeepAliveHub:
             for entry in self._entries.values():
                 entry.due = 0.0
             self._heap = [(0.0, lid) for lid in self._entries]
+            self._unanswered = {}
             loop = asyncio.get_running_loop()
             while not reader.done():
+                now = time.monotonic()
+                stalled = min(self._unanswered.values(), default=now + 3600.0)
+                if stalled <= now:
+                    raise ConnectionUnavailableError(
+                        f"lease keepalive stream at {self._conn.where}: no answer to a refresh "
+                        "in time (connection black-holed or etcd stuck)"
+                    )
                 # Leases due within the next half second are refreshed together (early is
                 # harmless), so a thousand leases wake this task a few times a second at most.
                 horizon = time.monotonic() + 0.5
@@ -144,8 +162,11 @@ class KeepAliveHub:
                     entry = found
                     entry.due = time.monotonic() + max(entry.ttl / 3.0, 0.2)
                     heapq.heappush(self._heap, (entry.due, lid))
+                    self._unanswered.setdefault(lid, time.monotonic() + stall_after(entry.ttl))
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lid))
-                delay = self._heap[0][0] - time.monotonic() if self._heap else 3600.0
+                delay = self._heap[0][0] if self._heap else time.monotonic() + 3600.0
+                stalled = min(self._unanswered.values(), default=delay)
+                delay = min(delay, stalled) - time.monotonic()
                 self._wake.clear()
                 waiter = loop.create_task(self._wake.wait())
                 try:
@@ -169,6 +190,7 @@ class KeepAliveHub:
             if not self.connected:
                 self.connected = True
                 backoff.reset()
+            self._unanswered.pop(resp.ID, None)
             entry = self._entries.get(resp.ID)
             if entry is None:
                 continue
