@@ -85,22 +85,12 @@ CTOR_CASES = [
         ValueError,
         "timeout",
         id="timeout-nan",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: _conn.py Connection.__init__ accepts timeout=nan (nan <= 0 is False); "
-            "every call then gets a NaN gRPC deadline",
-        ),
     ),
     pytest.param(
         {"timeout": True},
         (TypeError, ValueError),
         "timeout",
         id="timeout-bool",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: _conn.py Connection.__init__ accepts timeout=True as 1 s "
-            "(bool is an int); other arguments reject bools",
-        ),
     ),
 ]
 
@@ -304,14 +294,7 @@ def returns_a_string(key: bytes, value: bytes) -> Any:
         returns_none,
         returns_triple,
         returns_unhashable_key,
-        pytest.param(
-            returns_a_string,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a str of length 2 unpacks into (key, value); nothing can tell it apart "
-                "from a tuple without checking the type",
-            ),
-        ),
+        returns_a_string,
     ],
 )
 async def test_transform_that_rejects_is_counted_never_hangs(

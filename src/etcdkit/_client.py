@@ -63,8 +63,8 @@ class LeaseGrant(NamedTuple):
 
 
 def _revision_arg(revision: int, what: str = "revision") -> int:
-    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
-        raise ValueError(f"{what} must be an int >= 0 (0 = latest), got {revision!r}")
+    if not isinstance(revision, int) or isinstance(revision, bool) or not 0 <= revision < 2**63:
+        raise ValueError(f"{what} must be an int64 >= 0 (0 = latest), got {revision!r}")
     return revision
 
 
@@ -294,8 +294,10 @@ class AsyncClient:
 
     async def grant(self, ttl: int) -> LeaseGrant:
         """Grant a lease of ``ttl`` seconds; returns its id and the TTL the server granted."""
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
-            raise ValueError(f"ttl must be a whole number of seconds >= 1, got {ttl!r}")
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl < 2**63:
+            raise ValueError(
+                f"ttl must be a whole number of seconds >= 1 (and fit etcd's int64), got {ttl!r}"
+            )
         resp = await self._call(
             f"grant lease ttl={ttl}", "LeaseGrant", "lease", rpc.LeaseGrantRequest(TTL=ttl)
         )
@@ -362,6 +364,6 @@ class AsyncClient:
 
 
 def _lease_arg(lease: int) -> int:
-    if not isinstance(lease, int) or isinstance(lease, bool) or lease < 0:
-        raise ValueError(f"lease must be a lease id (int >= 0, 0 = none), got {lease!r}")
+    if not isinstance(lease, int) or isinstance(lease, bool) or not 0 <= lease < 2**63:
+        raise ValueError(f"lease must be a lease id (int64 >= 0, 0 = none), got {lease!r}")
     return lease

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -243,7 +244,11 @@ class Connection:
             raise TypeError(f"password must be str, got {type(password).__name__}")
         if (cert is None) != (key is None):
             raise ValueError("pass both cert and key (client certificate), or neither")
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        if timeout is not None and (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not 0 < timeout < math.inf
+        ):
             raise ValueError(
                 f"timeout must be a positive number of seconds or None, not {timeout!r}"
             )

@@ -21,6 +21,7 @@ from etcdkit._errors import (
     CompactedError,
     EtcdkitError,
     EtcdTimeoutError,
+    InvalidArgumentError,
     LeaseNotFoundError,
 )
 from etcdkit._retry import Backoff
@@ -52,6 +53,9 @@ class LeaseState(enum.Enum):
       overwritten by another writer). Another process may already see you gone and act on it
       (e.g. take over your work). Re-registration is under way; it becomes REGISTERED again
       with a new ``lease_id`` / ``create_revision``.
+    - ``FAILED``: stopped on a permanent error that retrying cannot fix (wrong credentials,
+      no permission for the key, a TTL etcd refuses); :attr:`PersistentLease.error` says which,
+      and the waiting methods raise it. The key is not held. Close the lease.
     - ``CLOSED``: closed; the lease was revoked (or will expire by itself if etcd was down).
     """
 
@@ -59,6 +63,7 @@ class LeaseState(enum.Enum):
     REGISTERED = "registered"
     SUSPENDED = "suspended"
     LOST = "lost"
+    FAILED = "failed"
     CLOSED = "closed"
 
 
@@ -107,6 +112,7 @@ class PersistentLease:
         self._listeners: list[Callable[[LeaseState], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._error: EtcdkitError | None = None
 
     def __repr__(self) -> str:
         return (
@@ -143,6 +149,11 @@ class PersistentLease:
     def create_revision(self) -> int:
         """The key's create_revision of the current registration (0 while unregistered)."""
         return self._create_revision
+
+    @property
+    def error(self) -> EtcdkitError | None:
+        """The permanent error that stopped this lease (state FAILED), else ``None``."""
+        return self._error
 
     def add_listener(self, callback: Callable[[LeaseState], None]) -> Callable[[], None]:
         """Call ``callback(state)`` on every state change (on the event loop); returns a
@@ -250,6 +261,8 @@ class PersistentLease:
                     got = pick()
                     if got is not None:
                         return got
+                    if self._error is not None:
+                        raise self._error
                     if self._state is LeaseState.CLOSED or self._closing:
                         raise ClosedError(f"PersistentLease for {self._key!r} is closed")
                     self._changed.clear()
@@ -330,6 +343,17 @@ class PersistentLease:
             self._wake.set()
 
     async def _run(self) -> None:
+        try:
+            await self._keep()
+        except (AuthError, InvalidArgumentError) as exc:  # permanent: retrying cannot help
+            log.error("lease %r: giving up: %s", self._key, exc)
+            self._error = exc
+            self._set_state(LeaseState.FAILED)
+        except ClosedError as exc:  # the client closed under us
+            self._error = exc
+            self._changed.set()
+
+    async def _keep(self) -> None:
         backoff = Backoff(initial=0.05, cap=2.0)
         keepalives = self._client._keepalives
         while True:
@@ -358,7 +382,7 @@ class PersistentLease:
                 keepalives.remove(self._lease_id)
                 self._lease_id = 0
                 self._lost("lease not found (revoked or expired)")
-            except (AuthError, ClosedError):
+            except (AuthError, ClosedError, InvalidArgumentError):
                 raise
             except EtcdkitError as exc:
                 log.info("lease %r: etcd unreachable (%s); retrying", self._key, exc)

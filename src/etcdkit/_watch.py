@@ -12,6 +12,7 @@ fix (permission denied), which the consumer then receives.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import contextlib
 import enum
 import logging
@@ -97,6 +98,13 @@ class PrefixWatch(Generic[K, V]):
             raise TypeError(
                 f"transform must be a callable (key: bytes, value: bytes) -> (K, V), "
                 f"got {transform!r:.80}"
+            )
+        if inspect.iscoroutinefunction(transform) or inspect.iscoroutinefunction(
+            getattr(transform, "__call__", None)  # noqa: B004
+        ):
+            raise TypeError(
+                "transform must be a plain (synchronous) function returning (K, V); "
+                f"{transform!r:.80} is async. Do I/O outside the transform."
             )
         self._client = client
         self.prefix = raw
