@@ -190,8 +190,13 @@ def map_rpc_error(exc: BaseException, where: str, what: str) -> EtcdkitError:
         return CompactedError(msg)
     if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in low:
         return PermissionDeniedError(msg)
-    if code == grpc.StatusCode.UNAUTHENTICATED or "authentication failed" in low or "auth" in low:
-        return AuthError(msg)
+    if (
+        code == grpc.StatusCode.UNAUTHENTICATED
+        or "authentication failed" in low
+        or "auth" in low
+        or "user name is empty" in low  # an auth-enabled etcd called without credentials
+    ):
+        return AuthError(msg + (" (pass username and password)" if "name is empty" in low else ""))
     if "lease not found" in low:
         return LeaseNotFoundError(msg)
     if code == grpc.StatusCode.INVALID_ARGUMENT or code == grpc.StatusCode.OUT_OF_RANGE:
