@@ -232,6 +232,10 @@ class History:
     def record(self, revision: int, tree: Tree) -> None:
         if self._revs and revision <= self._revs[-1]:
             raise AssertionError(f"history went back: {revision} after {self._revs[-1]}")
+        if revision <= self.covered and tree != self.at(revision):
+            raise AssertionError(
+                f"history changed at {revision}, which was already covered up to {self.covered}"
+            )
         if not self._trees or tree != self._trees[-1]:
             self._revs.append(revision)
             self._trees.append(dict(tree))
@@ -402,16 +406,18 @@ class _Writer:
                 self.run.mismatch("harness", "writer", 0, f"{kind} refused: {exc.details()}")
                 return
             self.run.report.uncertain_ops += 1
-            landed = await self.resolve(op_id)
+            landed, read_rev = await self.resolve(op_id)
             if landed:
                 self.run.report.landed_anyway += 1
                 self._commit(kind, ops, landed)
+            self.run.history.cover(read_rev)  # only now: the record must precede the cover
             return
         if not resp.succeeded:
             self.run.mismatch(
                 "harness", "writer", resp.header.revision, "fence moved behind the writer"
             )
-            await self.resolve(op_id)
+            _landed, read_rev = await self.resolve(op_id)
+            self.run.history.cover(read_rev)
             return
         self.fence = op_id
         self._commit(kind, ops, int(resp.header.revision))
@@ -423,19 +429,18 @@ class _Writer:
         kv = resp.kvs[0]
         return kv.value, int(kv.mod_revision), int(resp.header.revision)
 
-    async def resolve(self, op_id: bytes) -> int:
-        """Settle an op with an unknown outcome: its revision if it landed, else 0 (and it
-        never will: the fence moved on)."""
+    async def resolve(self, op_id: bytes) -> tuple[int, int]:
+        """Settle an op with an unknown outcome: (its revision if it landed, else 0 -- and it
+        never will: the fence moved on; the revision up to which that is known). The caller
+        records the op, then covers the history up to the second number."""
         while True:
             value, mod_rev, read_rev = await self.read_fence()
             if value == op_id:
                 self.fence = op_id
-                self.run.history.cover(read_rev)
-                return mod_rev
+                return mod_rev, read_rev
             if value != self.fence:  # one of our burns landed
                 self.fence = value
-                self.run.history.cover(read_rev)
-                return 0
+                return 0, read_rev
             self.seq += 1
             burn = f"burn-{self.seq}".encode()
             try:
@@ -445,8 +450,7 @@ class _Writer:
                 continue  # unknown again: the next read tells
             if resp.succeeded:
                 self.fence = burn
-                self.run.history.cover(int(resp.header.revision))
-                return 0
+                return 0, int(resp.header.revision)
 
     async def revoke(self, lease: int) -> None:
         attached = [k for k, (_v, lid) in self.raw.items() if lid == lease]

@@ -1,0 +1,139 @@
+"""The real-etcd controls: binary lookup, EtcdServer, EtcdCluster and the cut/restore Proxy."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from etcdkit import Client
+from etcdkit import server as server_mod
+from etcdkit.server import (
+    EtcdBinaryNotFoundError,
+    EtcdCluster,
+    EtcdServer,
+    Proxy,
+    etcd_version,
+    find_etcd_binary,
+)
+
+
+def test_binary_lookup_prefers_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real = find_etcd_binary()
+    assert etcd_version(real).count(".") == 2
+    monkeypatch.setenv("ETCDKIT_ETCD_BIN", str(real))
+    assert find_etcd_binary() == real
+    monkeypatch.setenv("ETCDKIT_ETCD_BIN", str(tmp_path / "nope"))
+    with pytest.raises(EtcdBinaryNotFoundError) as info:
+        find_etcd_binary()
+    assert "not an executable" in str(info.value)
+    monkeypatch.delenv("ETCDKIT_ETCD_BIN")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(server_mod, "_distro_binary", lambda: None)
+    with pytest.raises(EtcdBinaryNotFoundError) as info:
+        find_etcd_binary()
+    msg = str(info.value)
+    assert "ETCDKIT_ETCD_BIN" in msg and "etcdkit[server]" in msg and "PATH" in msg
+
+
+def test_kill_and_restart_keep_the_data(etcd_server_factory: Callable[..., EtcdServer]) -> None:
+    server = etcd_server_factory()
+    with Client(server.endpoint, timeout=2) as c:
+        rev = c.put("/s/k", "v")
+        pid = server.pid
+        server.kill()
+        assert not server.running and not server.healthy()
+        server.restart()
+        assert server.running and server.pid != pid
+        kv = c.get("/s/k")
+        assert kv is not None and kv.value == b"v" and kv.mod_revision == rev
+        server.stop()
+        assert not server.running
+        server.start()
+        assert c.get("/s/k") is not None
+    assert "starting" in server.logs()
+
+
+def test_pause_freezes_and_resume_thaws(etcd_server_factory: Callable[..., EtcdServer]) -> None:
+    server = etcd_server_factory()
+    with Client(server.endpoint, timeout=1) as c:
+        c.put("/s/p", "1")
+        server.pause()
+        try:
+            assert not server.healthy(timeout=0.3)
+            with pytest.raises(TimeoutError):
+                c.get("/s/p")
+        finally:
+            server.resume()
+        server.wait_healthy(10)
+        assert c.get("/s/p") is not None
+
+
+def test_startup_failure_shows_the_log(tmp_path: Path) -> None:
+    server = EtcdServer(extra_args=["--no-such-flag"], start_timeout=10)
+    try:
+        with pytest.raises(Exception, match="no-such-flag"):
+            server.start()
+    finally:
+        server.close()
+
+
+@pytest.mark.cluster
+def test_cluster_leader_kill_elects_another(etcd_cluster: EtcdCluster) -> None:
+    assert len(etcd_cluster.endpoints) == 3
+    leader = etcd_cluster.leader()
+    with Client(etcd_cluster.endpoints, timeout=2) as c:
+        c.put("/s/cluster", "1")
+        leader.kill()
+        try:
+            other = etcd_cluster.leader(timeout=15)
+            assert other is not leader
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    c.put("/s/cluster", "2")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            leader.restart()
+        kv = c.get("/s/cluster")
+        assert kv is not None and kv.value == b"2"
+
+
+def _echo_server() -> tuple[socket.socket, int]:
+    srv = socket.create_server(("127.0.0.1", 0))
+    return srv, srv.getsockname()[1]
+
+
+def test_proxy_cut_holds_bytes_and_restore_delivers_them() -> None:
+    srv, port = _echo_server()
+    with srv, Proxy(f"127.0.0.1:{port}") as proxy:
+        assert proxy.endpoint.startswith("127.0.0.1:") or "://" in proxy.endpoint
+        host_port = proxy.endpoint.split("://")[-1]
+        host, p = host_port.rsplit(":", 1)
+        cli = socket.create_connection((host, int(p)), timeout=5)
+        conn, _ = srv.accept()
+        with cli, conn:
+            cli.sendall(b"one")
+            conn.settimeout(5)
+            assert conn.recv(10) == b"one"
+            proxy.cut()
+            assert proxy.is_cut
+            cli.sendall(b"two")
+            conn.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                conn.recv(10)  # black-holed, not refused
+            proxy.restore()
+            conn.settimeout(5)
+            assert conn.recv(10) == b"two"
+            proxy.drop_connections()
+            cli.settimeout(5)
+            assert cli.recv(10) == b""  # reset or closed
