@@ -547,7 +547,9 @@ class _Run:
         return time.monotonic() - self.t0
 
     def mismatch(self, kind: str, where: str, revision: int, detail: str) -> None:
-        m = Mismatch(kind, self.seed, round(self.elapsed(), 2), where, revision, detail, self.context)
+        m = Mismatch(
+            kind, self.seed, round(self.elapsed(), 2), where, revision, detail, self.context
+        )
         self.report.mismatch_count += 1
         if len(self.report.mismatches) < self.cfg.max_recorded:
             self.report.mismatches.append(m)
@@ -636,7 +638,9 @@ class _Run:
                 keys = [kv.key.decode() for kv in left.kvs]
                 self.mismatch("lease-close", "leases", left.revision, f"still there: {keys}")
         await asyncio.sleep(0)
-        names = sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("etcdkit"))
+        names = sorted(
+            t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("etcdkit")
+        )
         if names:
             self.mismatch("task-leak", "clients", 0, f"tasks left after close: {names}")
 
@@ -745,7 +749,10 @@ class _Run:
                     problems.append(f"{key}: new {ch.new!r} but tree has {new.get(key)!r}")
                 applied[key] = ch.new
         if applied != new:
-            problems.append("changes do not turn the previous tree into this one: " + _diff(new, applied, "changes"))
+            problems.append(
+                "changes do not turn the previous tree into this one: "
+                + _diff(new, applied, "changes")
+            )
         if problems:
             self.mismatch("changes", d.consumer, d.snap.revision, "; ".join(problems[:5]))
 
@@ -789,9 +796,7 @@ class _Run:
             await asyncio.sleep(rng.uniform(0.0, 1.0))
             if task.done():
                 outcome = repr(task.exception()) if task.exception() else f"rev {task.result()}"
-                self.mismatch(
-                    "wait_for", key, 0, f"returned before the condition held ({outcome})"
-                )
+                self.mismatch("wait_for", key, 0, f"returned before the condition held ({outcome})")
                 continue
             if exists:
                 low = await self.put_once(key)

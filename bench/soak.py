@@ -17,7 +17,9 @@ from bench.chaos import FAULTS, ChaosConfig, run_chaos
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to inject faults")
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: random)")
     parser.add_argument(

@@ -194,7 +194,7 @@ async def test_async_call(
     match: str,
 ) -> None:
     async with fresh_client(etcd_server.endpoint) as client:
-        with quickly(), pytest.raises(exc, match=match):
+        with quickly(), pytest.raises(exc, match=match):  # noqa: PT012
             async with asyncio.timeout(BOUND):
                 result = getattr(client, method)(*args, **kwargs)
                 if inspect.isawaitable(result):
@@ -369,8 +369,9 @@ async def test_black_holed_endpoint_times_out() -> None:
         hole.listen(16)
         port = hole.getsockname()[1]
         async with fresh_client(f"127.0.0.1:{port}", timeout=1) as client:
-            with quickly(3.0), pytest.raises(
-                (etcdkit.EtcdTimeoutError, etcdkit.ConnectionUnavailableError)
+            with (
+                quickly(3.0),
+                pytest.raises((etcdkit.EtcdTimeoutError, etcdkit.ConnectionUnavailableError)),
             ):
                 await client.get("/k")
             with quickly(3.0), pytest.raises(etcdkit.EtcdTimeoutError):
@@ -379,8 +380,9 @@ async def test_black_holed_endpoint_times_out() -> None:
 
 async def test_unresolvable_host() -> None:
     async with fresh_client("etcd.does-not-exist.invalid:2379", timeout=2) as client:
-        with quickly(), pytest.raises(
-            (etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError)
+        with (
+            quickly(),
+            pytest.raises((etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError)),
         ):
             await client.get("/k")
 
@@ -388,8 +390,9 @@ async def test_unresolvable_host() -> None:
 async def test_tls_client_to_plain_server(etcd_server: EtcdServer) -> None:
     host_port = etcd_server.endpoint.split("://")[-1]
     async with fresh_client(f"https://{host_port}", timeout=2) as client:
-        with quickly(), pytest.raises(
-            (etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError)
+        with (
+            quickly(),
+            pytest.raises((etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError)),
         ):
             await client.get("/k")
 

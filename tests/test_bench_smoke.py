@@ -40,7 +40,7 @@ def test_quick_subset_prints_json_lines() -> None:
         ("wait", "concurrent"),
     }
     for line in lines:
-        assert KEYS <= line.keys(), line
+        assert line.keys() >= KEYS, line
         assert line["figures"], line
         assert all(isinstance(v, int | float | list) for v in line["figures"].values()), line
         for verdict in line["goal"].values():

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-
 from bench.chaos import FAULTS, ChaosConfig, History, _Delivery, _Run, run_chaos, tree_of
+
 from etcdkit import Change, ChangeKind, RangeResult, Snapshot
 from etcdkit._client import KeyValue
 
@@ -27,7 +27,9 @@ SECONDS = float(os.environ.get("ETCDKIT_CHAOS_SECONDS", "150"))
 @pytest.mark.slow
 @pytest.mark.cluster
 @pytest.mark.timeout(SECONDS + 240)
-async def test_snapshots_stay_exact_through_random_faults(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_snapshots_stay_exact_through_random_faults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     seed = int(os.environ.get("ETCDKIT_CHAOS_SEED", DEFAULT_SEED))
     report = await run_chaos(seed, SECONDS)
     with capsys.disabled():

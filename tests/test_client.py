@@ -97,7 +97,7 @@ async def test_get_prefix_paginates_at_one_revision(etcd: AsyncClient, etcd_pref
     await etcd.put(etcd_prefix.rstrip("/") + "x", "sibling")  # "/p" vs "/px": not under "/p/"
     result = await etcd.get_prefix(etcd_prefix, page_size=4)
     assert [kv.value for kv in result.kvs] == [str(i).encode() for i in range(25)]
-    kvs, revision = result
+    _kvs, revision = result
     assert revision == await etcd.get_revision()
     # A revision in the middle of the writes: exactly the keys that existed then.
     mid = (await etcd.get(f"{etcd_prefix}k009")).mod_revision  # type: ignore[union-attr]

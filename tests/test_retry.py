@@ -73,4 +73,5 @@ def test_delays_are_positive_bounded_and_never_above_the_cap(
     b = Backoff(initial=initial, cap=cap, multiplier=multiplier, rand=lambda: next(it))
     for _ in rands:
         d = b.next_delay()
-        assert d is not None and 0 < d <= cap * (1 + 1e-9)
+        assert d is not None
+        assert 0 < d <= cap * (1 + 1e-9)

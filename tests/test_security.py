@@ -170,8 +170,9 @@ async def test_tls_mismatch_fails_fast(tls_server: EtcdServer, pki: Pki, variant
         "system-roots": (tls_server.endpoint, {}),
     }[variant]
     async with client_of(endpoint, timeout=2, **kwargs) as client:
-        with quickly(), pytest.raises(
-            (etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError)
+        with (
+            quickly(),
+            pytest.raises((etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError)),
         ):
             await client.get("/tls/a")
         with quickly(), pytest.raises(etcdkit.EtcdTimeoutError):

@@ -38,7 +38,9 @@ def test_binary_lookup_prefers_the_environment(
     with pytest.raises(EtcdBinaryNotFoundError) as info:
         find_etcd_binary()
     msg = str(info.value)
-    assert "ETCDKIT_ETCD_BIN" in msg and "etcdkit[server]" in msg and "PATH" in msg
+    assert "ETCDKIT_ETCD_BIN" in msg
+    assert "etcdkit[server]" in msg
+    assert "PATH" in msg
 
 
 def test_kill_and_restart_keep_the_data(etcd_server_factory: Callable[..., EtcdServer]) -> None:
@@ -47,11 +49,15 @@ def test_kill_and_restart_keep_the_data(etcd_server_factory: Callable[..., EtcdS
         rev = c.put("/s/k", "v")
         pid = server.pid
         server.kill()
-        assert not server.running and not server.healthy()
+        assert not server.running
+        assert not server.healthy()
         server.restart()
-        assert server.running and server.pid != pid
+        assert server.running
+        assert server.pid != pid
         kv = c.get("/s/k")
-        assert kv is not None and kv.value == b"v" and kv.mod_revision == rev
+        assert kv is not None
+        assert kv.value == b"v"
+        assert kv.mod_revision == rev
         server.stop()
         assert not server.running
         server.start()
@@ -105,7 +111,8 @@ def test_cluster_leader_kill_elects_another(etcd_cluster: EtcdCluster) -> None:
         finally:
             leader.restart()
         kv = c.get("/s/cluster")
-        assert kv is not None and kv.value == b"2"
+        assert kv is not None
+        assert kv.value == b"2"
 
 
 def _echo_server() -> tuple[socket.socket, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -92,10 +93,13 @@ def test_invalid_records_are_dropped_counted_and_logged_once(
         e.reset([(b"good", b"1"), (b"bad", b"x")], 2)  # relist: same bad value, no new warning
     assert dict(take(e).tree) == {"good": 1}
     assert e.invalid_records == 1
-    assert len(caplog.records) == 1 and "bad" in caplog.text and "ValueError" in caplog.text
+    assert len(caplog.records) == 1
+    assert "bad" in caplog.text
+    assert "ValueError" in caplog.text
     e.apply(3, [(b"good", b"oops")])  # update to invalid: removed, not left stale
     s = take(e)
-    assert dict(s.tree) == {} and s.changes["good"].kind is ChangeKind.REMOVED
+    assert dict(s.tree) == {}
+    assert s.changes["good"].kind is ChangeKind.REMOVED
     e.apply(4, [(b"bad", None)])  # deleting an invalid record: nothing to show
     assert e.take() is None
     assert e.invalid_records == 2
@@ -166,7 +170,8 @@ def test_old_snapshots_stay_intact_and_tree_compares_like_a_dict() -> None:
     assert second.tree == {"a": 2, "b": 3}
     assert first.tree != second.tree
     assert isinstance(second.tree, Tree)
-    assert "b" in second.tree and second.tree.get("z") is None
+    assert "b" in second.tree
+    assert second.tree.get("z") is None
     with pytest.raises(TypeError):
         second.tree["c"] = 1  # type: ignore[index]
 
@@ -188,10 +193,8 @@ step = st.one_of(
 def model_tree(raw: dict[bytes, bytes]) -> dict[str, int]:
     out: dict[str, int] = {}
     for k, v in raw.items():
-        try:
+        with contextlib.suppress(ValueError):
             out[k.decode()] = int(v)
-        except ValueError:
-            pass
     return out
 
 
@@ -233,12 +236,14 @@ def test_engine_matches_a_model_dict(
             for k, c in snap.changes.items():
                 assert c.key == k
                 if c.kind is ChangeKind.ADDED:
-                    assert k not in applied and c.old is None
+                    assert k not in applied
+                    assert c.old is None
                     applied[k] = c.new  # type: ignore[assignment]
                 elif c.kind is ChangeKind.UPDATED:
                     assert applied[k] == c.old != c.new
                     applied[k] = c.new  # type: ignore[assignment]
                 else:
-                    assert applied.pop(k) == c.old and c.new is None
+                    assert applied.pop(k) == c.old
+                    assert c.new is None
             assert applied == dict(snap.tree)
             delivered, last_rev = dict(snap.tree), snap.revision

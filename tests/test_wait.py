@@ -49,7 +49,7 @@ async def test_no_gap_between_read_and_watch(etcd: AsyncClient, etcd_prefix: str
 
 
 async def test_timeout_raises_timeout_error(etcd: AsyncClient, etcd_prefix: str) -> None:
-    with pytest.raises(TimeoutError, match="did not exist within 0.3 s") as info:
+    with pytest.raises(TimeoutError, match=r"did not exist within 0\.3 s") as info:
         await etcd.wait_for(etcd_prefix + "never", timeout=0.3)
     assert isinstance(info.value, etcdkit.EtcdTimeoutError)
     assert not etcd._watches._subs  # the key's watcher was removed from the shared stream

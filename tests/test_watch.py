@@ -242,7 +242,9 @@ async def test_cut_connection_with_writes_and_compaction_relists(
                 assert dict(snap.tree) == {"b": 2, "c": 1, "d": 4}
                 assert snap.changes["a"].kind is ChangeKind.REMOVED  # synthesized delete
                 assert watch.stats.relists >= 1
-                assert snap.tree == await expected_tree(writer, "/cut/", snap.revision, int_transform)
+                assert snap.tree == await expected_tree(
+                    writer, "/cut/", snap.revision, int_transform
+                )
 
 
 async def test_black_hole_marks_stale_then_recovers(
@@ -317,7 +319,9 @@ async def test_every_snapshot_is_exact_under_random_writes(
     assert revisions == sorted(revisions)
     prev: Mapping[str, int] = {}
     for snap in seen:
-        assert dict(snap.tree) == await expected_tree(etcd, etcd_prefix, snap.revision, int_transform)
+        assert dict(snap.tree) == await expected_tree(
+            etcd, etcd_prefix, snap.revision, int_transform
+        )
         applied = dict(prev)
         for key, change in snap.changes.items():
             assert change.old == prev.get(key)

@@ -32,11 +32,11 @@ async def wait_for(
     if not isinstance(exists, bool):
         raise TypeError(f"exists must be True or False, got {exists!r}")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
     ):
         raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
     client._check_open()
-    want = "exist" if exists else "be absent"
+    want = "did not exist within" if exists else "still existed after"
     try:
         async with asyncio.timeout(timeout):
             return await _wait(client, raw, exists)
@@ -44,7 +44,7 @@ async def wait_for(
         if isinstance(exc, EtcdkitError):
             raise
         raise EtcdTimeoutError(
-            f"key {raw!r} did not {want} within {timeout} s (endpoints {client._conn.where})"
+            f"key {raw!r} {want} {timeout} s (endpoints {client._conn.where})"
         ) from None
 
 
