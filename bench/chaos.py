@@ -47,16 +47,18 @@ import asyncio
 import bisect
 import collections
 import contextlib
+import functools
 import json
 import logging
 import random
+import re
 import statistics
 import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -128,6 +130,9 @@ class ChaosConfig:
     op_timeout: float = 2.0  # the writer's per-request deadline
     slow_delay: tuple[float, float] = (0.2, 1.0)
     max_recorded: int = 100  # mismatches kept in full (all are counted)
+    # How "kill" faults stop a member: "auto" = SIGKILL, except on etcd 3.5.0-3.5.2, where a
+    # SIGKILL can make members diverge (etcd-io/etcd#13766, fixed in 3.5.3): SIGTERM there.
+    kill_signal: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,9 @@ class ChaosReport:
     lease_recovery: list[float] = field(default_factory=list)
     catch_up: list[float] = field(default_factory=list)
     convergence: dict[str, float] = field(default_factory=dict)
+    etcd_version: str = ""
+    kill_signal: str = ""  # SIGKILL or SIGTERM, see ChaosConfig.kill_signal
+    members_agree: bool | None = None  # every member's HashKV equal at the end
     watch_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     mismatch_count: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
@@ -191,7 +199,9 @@ class ChaosReport:
         consumers = ", ".join(f"{k} {v}" for k, v in sorted(self.per_consumer.items()))
         conv = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(self.convergence.items()))
         lines = [
-            f"chaos run: seed {self.seed}, {self.elapsed:.0f} s (asked {self.duration:.0f} s)",
+            f"chaos run: seed {self.seed}, {self.elapsed:.0f} s (asked {self.duration:.0f} s), "
+            f"etcd {self.etcd_version}, kill faults by {self.kill_signal}, members agree at the "
+            f"end: {self.members_agree}",
             f"snapshots checked: {self.snapshots_checked} ({self.checked_by_get} against "
             f"get_prefix, {self.checked_by_history} against history; {self.skipped} skipped)",
             f"  per consumer: {consumers}",
@@ -487,7 +497,7 @@ class _Writer:
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 res = await self.run.retry(
-                    lambda mid=mid: self.run.direct.get_prefix(self.run.data, revision=mid)
+                    functools.partial(self.run.direct.get_prefix, self.run.data, revision=mid)
                 )
                 if any(kv.lease == lease for kv in res.kvs):
                     lo = mid
@@ -617,6 +627,7 @@ class _Run:
                 self.context = "final"
                 await self.settle([writer, *waiters], 90.0)
             await self.converge(watches)
+            await self.members_agree()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(60):
                     await self.queue.join()
@@ -747,7 +758,7 @@ class _Run:
                     problems.append(f"{key}: {ch.kind.name}, expected {want.name}")
                 if ch.new != new.get(key):
                     problems.append(f"{key}: new {ch.new!r} but tree has {new.get(key)!r}")
-                applied[key] = ch.new
+                applied[key] = cast(int, ch.new)
         if applied != new:
             problems.append(
                 "changes do not turn the previous tree into this one: "
@@ -885,7 +896,7 @@ class _Run:
             self.context = f"during {what}"
             self.event(what)
             if kind.startswith("kill"):
-                await asyncio.to_thread(victim.kill)
+                await asyncio.to_thread(self.kill, victim)
                 try:
                     await asyncio.sleep(dur)
                 finally:
@@ -922,13 +933,59 @@ class _Run:
             self.context = f"during {what}"
             self.event(what)
             try:
-                await asyncio.gather(*(asyncio.to_thread(m.kill) for m in members))
+                await asyncio.gather(*(asyncio.to_thread(self.kill, m) for m in members))
                 await asyncio.sleep(dur)
             finally:
                 await asyncio.gather(*(asyncio.to_thread(m.restart) for m in members))
         else:
             raise ValueError(f"unknown fault {kind!r}; choose from {FAULTS}")
         return what
+
+    def kill(self, member: EtcdServer) -> None:
+        if self.report.kill_signal == "SIGTERM":
+            member.stop()
+        else:
+            member.kill()
+
+    async def members_agree(self) -> None:
+        """etcd's own consistency: every member's KV hash at one revision is the same.
+
+        A difference is etcd's fault, not the client's, but it makes every other check
+        meaningless, so it is reported as a mismatch of its own kind ("etcd-divergence").
+        """
+        clients = [AsyncClient(m.endpoint, timeout=5) for m in self.cluster.members]
+        try:
+            for c in clients:
+                await c.connect()
+            revs = []
+            for c in clients:
+                resp = await self.retry(
+                    functools.partial(
+                        c.raw.kv.Range, rpc.RangeRequest(key=b"\0", serializable=True), timeout=5
+                    )
+                )
+                revs.append(int(resp.header.revision))
+            rev = min(revs)
+            hashes = []
+            for c in clients:
+                resp = await self.retry(
+                    functools.partial(
+                        c.raw.maintenance.HashKV, rpc.HashKVRequest(revision=rev), timeout=5
+                    )
+                )
+                hashes.append(int(resp.hash))
+        finally:
+            for c in clients:
+                await c.close()
+        self.report.members_agree = len(set(hashes)) == 1
+        if not self.report.members_agree:
+            self.mismatch(
+                "etcd-divergence",
+                "cluster",
+                rev,
+                f"members' KV hashes differ at revision {rev} (revisions {revs}): etcd itself "
+                "lost or reordered writes; see etcd-io/etcd#13766 for etcd 3.5.0-3.5.2",
+            )
 
     async def compact(self) -> str:
         async with self.writer.gate:  # the writer is between ops: its history is complete
@@ -1010,6 +1067,15 @@ class _Run:
         await self.lease_recovery(start)
 
 
+def _kill_signal(choice: str, version: str) -> str:
+    if choice in ("SIGKILL", "SIGTERM"):
+        return choice
+    if choice != "auto":
+        raise ValueError(f"kill_signal must be auto, SIGKILL or SIGTERM, not {choice!r}")
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    return "SIGTERM" if (3, 5, 0) <= parts < (3, 5, 3) else "SIGKILL"
+
+
 def _diff(expected: Mapping[Any, Any], got: Mapping[Any, Any], source: str) -> str:
     missing = {k: expected[k] for k in expected if k not in got}
     extra = {k: got[k] for k in got if k not in expected}
@@ -1037,6 +1103,8 @@ async def run_chaos(
     report = ChaosReport(seed=seed, duration=duration)
     started = time.monotonic()
     cluster = EtcdCluster(size=3)
+    report.etcd_version = cluster.members[0].version
+    report.kill_signal = _kill_signal(cfg.kill_signal, report.etcd_version)
     await asyncio.to_thread(cluster.start)
     try:
         proxies = [Proxy(m.endpoint) for m in cluster.members]

@@ -549,9 +549,9 @@ class Proxy:
             target=self._run, args=(fn, *args), name=f"etcdkit-proxy-{self.port}-{what}",
             daemon=True,
         )  # fmt: skip
+        t.start()  # registered only once started: close() joins it
         with self._lock:
             self._threads.add(t)
-        t.start()
 
     def _run(self, fn: object, *args: object) -> None:
         try:
