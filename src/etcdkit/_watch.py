@@ -12,9 +12,9 @@ fix (permission denied), which the consumer then receives.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import contextlib
 import enum
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
