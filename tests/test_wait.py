@@ -113,3 +113,10 @@ def test_threaded_wait_for(etcd_sync: Client, etcd_prefix: str) -> None:
     assert etcd_sync.wait_for(etcd_prefix + "t", timeout=5) >= rev
     with pytest.raises(etcdkit.EtcdTimeoutError):
         etcd_sync.wait_for(etcd_prefix + "t", exists=False, timeout=0.2)
+
+
+async def test_timeout_zero_answers_from_one_read(etcd: AsyncClient, etcd_prefix: str) -> None:
+    rev = await etcd.put(etcd_prefix + "z", "1")
+    assert await etcd.wait_for(etcd_prefix + "z", timeout=0) >= rev
+    with pytest.raises(etcdkit.EtcdTimeoutError, match="still existed"):
+        await etcd.wait_for(etcd_prefix + "z", exists=False, timeout=0)

@@ -38,6 +38,12 @@ async def wait_for(
     client._check_open()
     want = "did not exist within" if exists else "still existed after"
     try:
+        if timeout is not None and timeout <= 0:
+            # No time to wait: one read (bounded by the client's timeout) answers.
+            resp = await client._call(f"get {raw!r}", "Range", "kv", rpc.RangeRequest(key=raw))
+            if bool(resp.kvs) == exists:
+                return int(resp.header.revision)
+            raise TimeoutError
         async with asyncio.timeout(timeout):
             return await _wait(client, raw, exists)
     except TimeoutError as exc:

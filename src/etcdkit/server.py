@@ -386,8 +386,8 @@ class EtcdServer:
                 return
             self._closed = True
             self.kill()
-            if self._own_dir:
-                shutil.rmtree(self._work, ignore_errors=True)
+            # The work dir (log, and the data unless the caller gave a data_dir) is ours.
+            shutil.rmtree(self._work, ignore_errors=True)
 
 
 class EtcdCluster:

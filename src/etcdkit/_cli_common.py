@@ -1,0 +1,257 @@
+"""Shared plumbing of the ``etcdkit`` command: errors, connection, signals, output helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import TypeVar
+
+from etcdkit._client import AsyncClient
+from etcdkit._errors import (
+    AuthError,
+    ConnectionUnavailableError,
+    EtcdTimeoutError,
+    PermissionDeniedError,
+)
+
+log = logging.getLogger("etcdkit.cli")
+
+T = TypeVar("T")
+
+ENV_ENDPOINTS = "ETCDKIT_ENDPOINTS"
+ENV_PASSWORD = "ETCDKIT_PASSWORD"
+DEFAULT_ENDPOINT = "127.0.0.1:2379"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line ``etcdkit: <message>``, exit ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UsageError(CliError):
+    """A bad argument found after parsing (exit 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_USAGE)
+
+
+@dataclass(frozen=True)
+class ConnOptions:
+    """The global connection options, as given on the command line."""
+
+    endpoints: str | None
+    user: str | None
+    password: str | None
+    cacert: str | None
+    cert: str | None
+    key: str | None
+    timeout: float
+
+    @property
+    def configured(self) -> bool:
+        """Whether an endpoint was given (``--endpoints`` or ``$ETCDKIT_ENDPOINTS``)."""
+        return bool(self.endpoints or os.environ.get(ENV_ENDPOINTS))
+
+    def with_endpoints(self, endpoints: str) -> ConnOptions:
+        return replace(self, endpoints=endpoints)
+
+
+def make_client(opts: ConnOptions) -> AsyncClient:
+    """An AsyncClient for ``opts``; bad values become a :class:`UsageError` (no I/O)."""
+    try:
+        return AsyncClient(
+            opts.endpoints,
+            username=opts.user,
+            password=opts.password,
+            ca_cert=opts.cacert,
+            cert=opts.cert,
+            key=opts.key,
+            timeout=opts.timeout,
+        )
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The last clause of a gRPC failure ("Connection refused"), for a one-line message."""
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    text = str(exc).replace(" (is etcd running and reachable?)", "").strip()
+    reason = text.rsplit(": ", 1)[-1].strip()
+    return reason[:100] or type(exc).__name__
+
+
+async def check_reachable(client: AsyncClient, opts: ConnOptions) -> None:
+    """One bounded read, so that commands fail at once (never hang) when etcd is not there."""
+    where = ",".join(client.endpoints)
+    try:
+        async with asyncio.timeout(opts.timeout):
+            await client.get_revision()
+    except PermissionDeniedError:
+        return  # authenticated and answering; the role just may not read that key
+    except AuthError as exc:
+        hint = "" if opts.user else "; pass --user NAME --password PASSWORD"
+        raise CliError(f"{exc}{hint}") from exc
+    except (ConnectionUnavailableError, EtcdTimeoutError, TimeoutError) as exc:
+        log.debug("connectivity check failed: %r", exc)
+        what = "" if opts.configured else " (the default endpoint)"
+        raise CliError(
+            f"cannot reach etcd at {where}{what}: {_short_reason(exc)}; "
+            "start one with `etcdkit dev` or pass --endpoints"
+        ) from exc
+
+
+@contextlib.asynccontextmanager
+async def connected(opts: ConnOptions) -> AsyncIterator[AsyncClient]:
+    """An open client whose endpoint answered (see :func:`check_reachable`)."""
+    client = make_client(opts)
+    async with client:
+        await check_reachable(client, opts)
+        yield client
+
+
+class Stopper:
+    """SIGINT / SIGTERM ask the command to stop cleanly; a second signal cancels it outright.
+
+    Use as ``async with Stopper() as stop:``; ``await stop.wait()`` returns the signal.
+    """
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._event = asyncio.Event()
+        self._task: asyncio.Task[object] | None = None
+        self._installed: list[signal.Signals] = []
+
+    @property
+    def stopped(self) -> bool:
+        return self._event.is_set()
+
+    async def __aenter__(self) -> Stopper:
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+            self._installed.append(sig)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._installed:
+            loop.remove_signal_handler(sig)
+        self._installed.clear()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._event.is_set():
+            log.info("second %s: aborting", sig.name)
+            if self._task is not None:
+                self._task.cancel()
+            return
+        log.info("%s: stopping", sig.name)
+        self.signal = sig
+        self._event.set()
+
+    async def wait(self) -> signal.Signals:
+        await self._event.wait()
+        assert self.signal is not None
+        return self.signal
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by this signal (128 + number)."""
+        return 128 + int(self.signal) if self.signal is not None else EXIT_INTERRUPTED
+
+    async def run(self, aw: Awaitable[T]) -> T | None:
+        """Await ``aw`` unless a stop signal comes first (then cancel it and return ``None``)."""
+        task = asyncio.ensure_future(aw)
+        waiter = asyncio.ensure_future(self._event.wait())
+        interrupted = False
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                interrupted = True
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return None if interrupted else task.result()
+
+
+class StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is *now* (rich's live view redirects it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+class _NotRaisedAgain(logging.Filter):
+    """Drops the library's error lines for a watch or lease that gave up: the error also
+    reaches the command, which prints it as its own one-line message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.ERROR
+            and record.exc_info is None
+            and record.name in ("etcdkit.lease", "etcdkit.watch")
+        )
+
+
+def setup_logging(level: str) -> None:
+    handler = StderrHandler()
+    if level in ("warning", "error"):
+        handler.addFilter(_NotRaisedAgain())
+    fmt = "etcdkit: %(levelname)s %(name)s: %(message)s"
+    if level == "debug":
+        fmt = "%(asctime)s " + fmt
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def timestamp() -> str:
+    """Local wall-clock time for status lines, e.g. ``2024-05-01 12:00:00.123``."""
+    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def out(line: str) -> None:
+    """A status line on stdout, flushed at once (the output may be a pipe)."""
+    print(line, flush=True)
+
+
+def err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def need_rich(what: str, hint: str = "") -> None:
+    """Raise a one-line :class:`CliError` when the optional ``rich`` package is missing."""
+    try:
+        import rich  # noqa: F401
+    except ImportError as exc:
+        raise CliError(
+            f"{what} needs the 'rich' package: install etcdkit[cli] "
+            f"(pip install 'etcdkit[cli]'){hint}"
+        ) from exc

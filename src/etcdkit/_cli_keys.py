@@ -1,0 +1,140 @@
+"""``etcdkit wait`` and ``etcdkit register``: one key, from a shell script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from etcdkit import EtcdkitError, EtcdTimeoutError, LeaseState
+from etcdkit._cli_common import (
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    ConnOptions,
+    Stopper,
+    UsageError,
+    connected,
+    err,
+    out,
+    timestamp,
+)
+
+
+async def run_wait(args: argparse.Namespace, opts: ConnOptions) -> int:
+    key: str = args.key
+    if not key:
+        raise UsageError("KEY must not be empty")
+    exists = not args.absent
+    want = "exist" if exists else "be absent"
+    limit: float | None = args.wait_timeout
+    async with connected(opts) as client, Stopper() as stop:
+        if limit == 0:  # check once
+            holds = (await client.get(key) is not None) == exists
+            if not holds:
+                err(f"etcdkit: {key} does not {want} (checked once: --timeout 0)")
+            return EXIT_OK if holds else EXIT_TIMEOUT
+        progress = _Progress(f"waiting for {key} to {want}", limit) if sys.stderr.isatty() else None
+        try:
+            if progress is not None:
+                progress.start()
+            revision = await stop.run(client.wait_for(key, exists=exists, timeout=limit))
+        except EtcdTimeoutError:
+            if progress is not None:
+                progress.stop()
+            err(f"etcdkit: timed out after {limit:g} s waiting for {key} to {want}")
+            return EXIT_TIMEOUT
+        finally:
+            if progress is not None:
+                progress.stop()
+        if stop.stopped:
+            err(f"etcdkit: interrupted while waiting for {key} to {want}")
+            return stop.exit_code
+        if progress is not None:
+            err(f"etcdkit: {key} does {want} (revision {revision})")
+        return EXIT_OK
+
+
+class _Progress:
+    """A one-line spinner with the elapsed time on a terminal's stderr."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, what: str, limit: float | None) -> None:
+        self.what = what
+        self.limit = limit
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        i = 0
+        while True:
+            elapsed = loop.time() - t0
+            of = f" of {self.limit:g} s" if self.limit is not None else ""
+            frame = self.FRAMES[i % len(self.FRAMES)]
+            sys.stderr.write(f"\r\033[K{frame} {self.what} ({elapsed:.1f} s{of})")
+            sys.stderr.flush()
+            i += 1
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+async def run_register(args: argparse.Namespace, opts: ConnOptions) -> int:
+    key: str = args.key
+    if not key:
+        raise UsageError("KEY must not be empty")
+    async with connected(opts) as client, Stopper() as stop:
+        lease = client.persistent_lease(key, args.value, ttl=args.ttl)
+        changes: asyncio.Queue[LeaseState] = asyncio.Queue()
+        lease.add_listener(changes.put_nowait)
+        previous = lease.state
+        out(f"{timestamp()} connecting: {key}={args.value} (ttl {args.ttl} s)")
+        async with lease:
+            while True:
+                state = await stop.run(changes.get())
+                if state is None:
+                    break
+                if state is LeaseState.REGISTERED:
+                    what = {
+                        LeaseState.CONNECTING: "registered",
+                        LeaseState.SUSPENDED: "resumed",  # etcd answers again; same lease
+                    }.get(previous, "re-registered")
+                    out(
+                        f"{timestamp()} {what}: {key} (lease {lease.lease_id:#x}, "
+                        f"ttl {lease.ttl} s)"
+                    )
+                elif state is LeaseState.SUSPENDED:
+                    out(
+                        f"{timestamp()} suspended: etcd unreachable; the key stays until the "
+                        f"lease TTL ({lease.ttl} s) runs out"
+                    )
+                elif state is LeaseState.LOST:
+                    out(
+                        f"{timestamp()} lost: the key was deleted, overwritten, or its lease "
+                        "expired or was revoked; re-registering"
+                    )
+                elif lease.error is not None:
+                    raise lease.error
+                else:
+                    out(f"{timestamp()} {state.value}")
+                previous = state
+        # Leaving the block revoked the lease (bounded in time); say whether the key is gone.
+        try:
+            async with asyncio.timeout(min(opts.timeout, 2.0)):
+                gone = await client.get(key) is None
+        except (EtcdkitError, TimeoutError):
+            gone = False
+        if gone:
+            out(f"{timestamp()} closed: lease revoked, {key} removed")
+        else:
+            out(f"{timestamp()} closed: {key} goes away when its lease TTL runs out")
+    return EXIT_OK
