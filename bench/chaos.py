@@ -133,6 +133,7 @@ class ChaosConfig:
     # How "kill" faults stop a member: "auto" = SIGKILL, except on etcd 3.5.0-3.5.2, where a
     # SIGKILL can make members diverge (etcd-io/etcd#13766, fixed in 3.5.3): SIGTERM there.
     kill_signal: str = "auto"
+    history_wait: float = 60.0  # how long a check waits for the writer's history to cover it
 
 
 @dataclass(frozen=True)
@@ -543,6 +544,8 @@ class _Run:
         self.queue: asyncio.Queue[_Delivery] = asyncio.Queue()
         self.prev: dict[str, Snapshot[Any, Any]] = {}
         self.latest: dict[str, Snapshot[Any, Any]] = {}
+        # a few recently checked data snapshots per consumer, re-checked after a compaction
+        self.recent: dict[str, collections.deque[Snapshot[Any, Any]]] = {}
         self.cache: dict[str, collections.OrderedDict[int, Mapping[Any, Any]]] = {}
         self.context = "starting"
         self.t0 = time.monotonic()
@@ -719,6 +722,8 @@ class _Run:
                 "revision-back", d.consumer, snap.revision, f"after revision {prev.revision}"
             )
         self.prev[d.consumer] = snap
+        if d.prefix == self.data:
+            self.recent.setdefault(d.consumer, collections.deque(maxlen=8)).append(snap)
         expected, how = await self.expected(d.prefix, snap.revision)
         report = self.report
         if expected is None:
@@ -733,7 +738,7 @@ class _Run:
             if expected != tree:
                 self.mismatch("tree", d.consumer, snap.revision, _diff(expected, tree, how))
         if d.prefix == self.data and report.snapshots_checked % 200 == 0:
-            revs = [s.revision for n, s in self.prev.items() if n != "leases"]
+            revs = [r[0].revision for r in self.recent.values() if r]  # oldest kept
             if len(revs) == self.cfg.consumers:
                 self.history.prune(min(revs))
 
@@ -776,7 +781,7 @@ class _Run:
         except etcdkit.CompactedError:
             if prefix != self.data:
                 return None, "skipped"
-            tree = await self.history.wait_at(revision, timeout=60)
+            tree = await self.history.wait_at(revision, timeout=self.cfg.history_wait)
             return tree, "history"
         if prefix == self.data:
             got: Mapping[Any, Any] = tree_of((kv.key, kv.value) for kv in res.kvs)
@@ -997,20 +1002,17 @@ class _Run:
             await self.retry(lambda: self.direct.compact(rev))
         # Each consumer's newest snapshot older than the compaction can now only be checked
         # against the writer's history: check it again that way (the history path, end to end).
-        for name, snap in list(self.latest.items()):
-            if name == "leases" or snap.revision >= rev:
-                continue
-            expected, how = await self.expected(self.data, snap.revision)
-            if expected is None:
-                self.report.skipped += 1
-                continue
-            self.report.snapshots_checked += 1
-            if how == "get":
-                self.report.checked_by_get += 1
-            else:
+        for name, recent in list(self.recent.items()):
+            for snap in [s for s in recent if s.revision < rev]:
+                expected = self.history.at(snap.revision)
+                if expected is None:
+                    self.report.skipped += 1
+                    continue
+                self.report.snapshots_checked += 1
                 self.report.checked_by_history += 1
-            if expected != dict(snap.tree):
-                self.mismatch("tree", name, snap.revision, _diff(expected, dict(snap.tree), how))
+                if expected != dict(snap.tree):
+                    diff = _diff(expected, dict(snap.tree), "history")
+                    self.mismatch("tree", name, snap.revision, diff)
         what = f"compact to {rev}"
         self.context = f"during {what}"
         self.event(what)

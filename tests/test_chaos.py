@@ -83,7 +83,8 @@ class _FakeDirect:
 
 
 def _run_with(table: Mapping[int, dict[bytes, bytes]]) -> _Run:
-    run = _Run(7, 1.0, ChaosConfig(), report_for(7), None, [], None)  # type: ignore[arg-type]
+    cfg = ChaosConfig(history_wait=0.5)
+    run = _Run(7, 1.0, cfg, report_for(7), None, [], None)  # type: ignore[arg-type]
     run.direct = _FakeDirect(table)  # type: ignore[assignment]
     return run
 
