@@ -10,40 +10,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import etcdkit
+from _helpers import BOUND, etcdkit_tasks, fresh_client, quickly
 from etcdkit import AsyncClient, Client, WatchState
 from etcdkit.server import EtcdServer
 
-BOUND = 5.0
 ErrorType = type[BaseException] | tuple[type[BaseException], ...]
-
-
-def etcdkit_tasks() -> list[str]:
-    return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("etcdkit"))
-
-
-@asynccontextmanager
-async def fresh_client(endpoints: str, **kwargs: Any) -> AsyncIterator[AsyncClient]:
-    """A client of the test's own; after it closes no etcdkit task may be left."""
-    async with AsyncClient(endpoints, **kwargs) as client:
-        yield client
-    await asyncio.sleep(0)
-    assert etcdkit_tasks() == []
-
-
-@contextmanager
-def quickly(bound: float = BOUND) -> Iterator[None]:
-    t0 = time.monotonic()
-    yield
-    took = time.monotonic() - t0
-    assert took < bound, f"took {took:.1f} s, more than {bound} s"
 
 
 def free_port() -> int:
@@ -176,7 +153,7 @@ CALL_CASES = [
 ]
 
 
-def _case_id(case: tuple[str, tuple[Any, ...], dict[str, Any], ErrorType, str]) -> str:
+def _case_id(case: tuple[Any, ...]) -> str:
     method, args, kwargs, _exc, _match = case
     shown = [repr(a)[:12] for a in args] + [f"{k}={v!r:.12}" for k, v in kwargs.items()]
     return f"{method}({','.join(shown)})"
@@ -325,7 +302,7 @@ async def test_async_transform_is_refused_at_the_call(etcd_server: EtcdServer) -
 
     async with fresh_client(etcd_server.endpoint) as client:
         with pytest.raises(TypeError, match="transform"):
-            client.watch_prefix("/p/", transform)  # type: ignore[call-overload]
+            client.watch_prefix("/p/", transform)  # type: ignore[arg-type]
 
 
 # -- unreachable, black-holed and misnamed endpoints ----------------------------------------------

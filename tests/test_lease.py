@@ -58,7 +58,8 @@ async def test_seed_cycles_delete_and_revoke(etcd: AsyncClient, etcd_prefix: str
         assert kv is not None
         assert (kv.value, kv.mod_revision) == (b"10.0.0.1:81", rev)
         assert lease.value == b"10.0.0.1:81"
-    assert lease.state is LeaseState.CLOSED
+    final_state: LeaseState = lease.state  # (read again: it changed on close)
+    assert final_state is LeaseState.CLOSED
     assert await etcd.get(key) is None  # revoked on close: gone at once
     await lease.aclose()  # idempotent
     with pytest.raises(etcdkit.ClosedError, match="closed"):

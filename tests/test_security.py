@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,37 +17,17 @@ import pytest
 from aetcd import rpc
 
 import etcdkit
+from _helpers import fresh_client as client_of
+from _helpers import quickly
 from etcdkit import AsyncClient, Client, LeaseState
 from etcdkit.server import EtcdServer
 
 WAIT = 20.0
-BOUND = 5.0  # a refusal must arrive within this
 APP = "/app/"  # the prefix alice's role may read and write
 ROOT_PW = "root-pw"
 ALICE_PW = "alice-pw"
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
-
-
-def etcdkit_tasks() -> list[str]:
-    return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("etcdkit"))
-
-
-@asynccontextmanager
-async def client_of(endpoints: str, **kwargs: Any) -> AsyncIterator[AsyncClient]:
-    """A client of the test's own; after it closes no etcdkit task may be left."""
-    async with AsyncClient(endpoints, **kwargs) as client:
-        yield client
-    await asyncio.sleep(0)
-    assert etcdkit_tasks() == []
-
-
-@contextmanager
-def quickly(bound: float = BOUND) -> Iterator[None]:
-    t0 = time.monotonic()
-    yield
-    took = time.monotonic() - t0
-    assert took < bound, f"took {took:.1f} s, more than {bound} s"
 
 
 # -- a throw-away PKI made with the openssl CLI ---------------------------------------------------

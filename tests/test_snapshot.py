@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -182,7 +182,7 @@ KEYS = [b"a", b"b", b"c", b"d", b"e"]
 VALUES = [b"0", b"1", b"2", b"x"]  # "x" is rejected by the transform
 
 event = st.tuples(st.sampled_from(KEYS), st.one_of(st.none(), st.sampled_from(VALUES)))
-step = st.one_of(
+step: st.SearchStrategy[tuple[str, list[tuple[bytes, bytes | None]]]] = st.one_of(
     st.tuples(st.just("apply"), st.lists(event, min_size=1, max_size=4)),
     st.tuples(st.just("take"), st.just([])),
     st.tuples(st.just("relist"), st.just([])),
@@ -233,17 +233,17 @@ def test_engine_matches_a_model_dict(
             assert dict(snap.tree) == model_tree(raw)
             # the changes turn the previously delivered tree into this one, one per key
             applied = dict(delivered)
-            for k, c in snap.changes.items():
-                assert c.key == k
+            for ck, c in snap.changes.items():
+                assert c.key == ck
                 if c.kind is ChangeKind.ADDED:
-                    assert k not in applied
+                    assert ck not in applied
                     assert c.old is None
-                    applied[k] = c.new  # type: ignore[assignment]
+                    applied[ck] = cast(int, c.new)
                 elif c.kind is ChangeKind.UPDATED:
-                    assert applied[k] == c.old != c.new
-                    applied[k] = c.new  # type: ignore[assignment]
+                    assert applied[ck] == c.old != c.new
+                    applied[ck] = cast(int, c.new)
                 else:
-                    assert applied.pop(k) == c.old
+                    assert applied.pop(ck) == c.old
                     assert c.new is None
             assert applied == dict(snap.tree)
             delivered, last_rev = dict(snap.tree), snap.revision

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aetcd import rpc
@@ -81,7 +81,8 @@ async def test_seed_scenario_four_trees_in_order(etcd: AsyncClient, etcd_prefix:
         assert watch.snapshot.revision == rev
         with pytest.raises(TypeError):
             snap.tree["x"] = 1  # type: ignore[index]
-    assert watch.state is WatchState.CLOSED
+    final_state: WatchState = watch.state  # (read again: it changed on close)
+    assert final_state is WatchState.CLOSED
 
 
 async def test_default_transform_and_byte_prefix(etcd: AsyncClient, etcd_prefix: str) -> None:
@@ -328,7 +329,7 @@ async def test_every_snapshot_is_exact_under_random_writes(
             if change.kind is ChangeKind.REMOVED:
                 applied.pop(key)
             else:
-                applied[key] = change.new
+                applied[key] = cast(int, change.new)
         assert applied == dict(snap.tree)
         prev = snap.tree
 

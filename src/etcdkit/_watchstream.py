@@ -338,13 +338,13 @@ class WatchHub:
             return
         # A per-watch progress notification (progress_notify=True) travels on the watcher's own
         # channel, after every event it covers: everything up to header.revision was delivered.
-        sub_p = self._by_id.get(wid)
-        if sub_p is None or sub_p.ended:
+        one = self._by_id.get(wid)
+        if one is None or one.ended:
             return
-        sub_p.confirmed_at = now
-        if rev + 1 > sub_p.next_rev:
-            sub_p.next_rev = rev + 1
-            sub_p.on_progress(rev)
+        one.confirmed_at = now
+        if rev + 1 > one.next_rev:
+            one.next_rev = rev + 1
+            one.on_progress(rev)
 
     def _end(self, sub: WatchSub, resp: Any) -> None:
         self._subs.discard(sub)
