@@ -35,7 +35,7 @@ from bench._common import (
 from etcdkit import AsyncClient
 
 PREFIX = b"/bench/initial/"
-PAGE = 2_000
+PAGE = 10_000
 
 
 def jobs(quick: bool) -> list[Job]:

@@ -62,6 +62,9 @@ class LeaseGrant(NamedTuple):
     ttl: int
 
 
+_PAGE_BYTES = 16 * 1024 * 1024
+
+
 def _revision_arg(revision: int, what: str = "revision") -> int:
     if not isinstance(revision, int) or isinstance(revision, bool) or not 0 <= revision < 2**63:
         raise ValueError(f"{what} must be an int64 >= 0 (0 = latest), got {revision!r}")
@@ -256,6 +259,8 @@ class AsyncClient:
                 raise
             if rev == 0:
                 rev = resp.header.revision
+            if page_size > 100 and resp.ByteSize() > _PAGE_BYTES:
+                page_size //= 2  # big values: keep each message well below gRPC/etcd limits
             yield resp.kvs, rev
             if not resp.more or not resp.kvs:
                 return

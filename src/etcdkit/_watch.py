@@ -46,7 +46,10 @@ V = TypeVar("V")
 
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
 STALE_AFTER = 2 * PROGRESS_INTERVAL + 1.0
-LIST_PAGE_SIZE = 2000
+# Keys per listing page. etcd 3.5 counts every key of the range for each page, so a page costs
+# O(prefix size): few large pages beat many small ones (1M keys: 52.9 s at 2,000 per page).
+# Pages of big values shrink by themselves (see AsyncClient._pages).
+LIST_PAGE_SIZE = 10_000
 
 
 class WatchState(enum.Enum):
