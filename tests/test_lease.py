@@ -182,7 +182,8 @@ async def test_a_thousand_leases_share_one_stream(etcd: AsyncClient, etcd_prefix
         async with asyncio.timeout(60):
             await asyncio.gather(*(lease.registered() for lease in leases))
         assert len((await etcd.get_prefix(etcd_prefix)).kvs) == 1000
-        assert len(etcd._keepalives) == 1000
+        assert len({lease.lease_id for lease in leases}) == 1  # one etcd lease for them all
+        assert len(etcd._keepalives) == 1  # so one keepalive per ttl/3, not a thousand
         assert etcd._watches.reconnects == 0
     finally:
         async with asyncio.timeout(60):
@@ -227,3 +228,28 @@ def test_threaded_lease(etcd_sync: Client, etcd_prefix: str, no_leaked_threads: 
         assert client.get(key) is None
         with pytest.raises(etcdkit.ClosedError):
             lease.set_value("c")
+
+
+async def test_shared_lease_close_revoke_and_own_lease(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    async with (
+        etcd.persistent_lease(p + "a", "1", ttl=5) as a,
+        etcd.persistent_lease(p + "b", "2", ttl=5) as b,
+        etcd.persistent_lease(p + "c", "3", ttl=5, own_lease=True) as c,
+    ):
+        await asyncio.gather(a.registered(timeout=WAIT), b.registered(timeout=WAIT))
+        await c.registered(timeout=WAIT)
+        assert a.lease_id == b.lease_id != c.lease_id
+        assert a.create_revision != b.create_revision
+        await etcd.revoke(a.lease_id)  # both keys on it go, both come back on a new lease
+        await value_becomes(etcd, p + "a", b"1")
+        await value_becomes(etcd, p + "b", b"2")
+        await asyncio.gather(a.registered(timeout=WAIT), b.registered(timeout=WAIT))
+        assert a.lease_id == b.lease_id
+        await a.aclose()  # b still hangs on the lease: only a's key goes
+        assert await etcd.get(p + "a") is None
+        kv = await etcd.get(p + "b")
+        assert kv is not None
+        assert kv.lease == b.lease_id
+        assert await etcd.time_to_live(b.lease_id) > 0
+    assert (await etcd.get_prefix(p)).kvs == []

@@ -109,6 +109,7 @@ class AsyncClient:
         )
         self._watch_hub: WatchHub | None = None
         self._keepalive_hub: KeepAliveHub | None = None
+        self._lease_pool: Any = None  # etcdkit._lease.LeasePool, made by the first lease
         self._children: set[Any] = set()  # open watches and leases, closed with the client
         self._state = "unopened"
 
@@ -357,15 +358,17 @@ class AsyncClient:
         return PrefixWatch(self, prefix, transform or default_transform)
 
     def persistent_lease(
-        self, key: str | bytes, value: str | bytes, ttl: int = 10
+        self, key: str | bytes, value: str | bytes, ttl: int = 10, *, own_lease: bool = False
     ) -> PersistentLease:
         """Keep ``key=value`` in etcd under a lease while open (see :class:`PersistentLease`).
 
-        Use as ``async with client.persistent_lease(key, value, ttl=10) as lease``.
+        Use as ``async with client.persistent_lease(key, value, ttl=10) as lease``. The
+        client's PersistentLeases of one TTL share one etcd lease (one keepalive for all);
+        ``own_lease=True`` gives this one an etcd lease of its own.
         """
         from etcdkit._lease import PersistentLease
 
-        return PersistentLease(self, key, value, ttl)
+        return PersistentLease(self, key, value, ttl, own_lease=own_lease)
 
 
 def _lease_arg(lease: int) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -67,6 +66,108 @@ class LeaseState(enum.Enum):
     CLOSED = "closed"
 
 
+class _Shared:
+    """One etcd lease and the PersistentLeases whose keys hang on it."""
+
+    __slots__ = ("lease_id", "ttl", "users")
+
+    def __init__(self, lease_id: int, ttl: int) -> None:
+        self.lease_id = lease_id
+        self.ttl = ttl
+        self.users: set[PersistentLease] = set()
+
+
+class LeasePool:
+    """Hands out etcd leases to one client's PersistentLeases: by default one lease per TTL,
+    shared by every PersistentLease asking for that TTL (like an etcd ``concurrency.Session``
+    or a ZooKeeper session with its ephemeral nodes), so a thousand registrations cost one
+    keepalive message per ttl/3, not a thousand. Keepalive outcomes fan out to every user.
+    """
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._by_ttl: dict[int, _Shared] = {}
+        self._by_id: dict[int, _Shared] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    async def acquire(self, user: PersistentLease, ttl: int, *, shared: bool) -> tuple[int, int]:
+        """A live lease for ``user``: (lease id, granted TTL)."""
+        if not shared:
+            lease = await self._grant(ttl, user)
+        else:
+            async with self._locks.setdefault(ttl, asyncio.Lock()):
+                found = self._by_ttl.get(ttl)
+                lease = found if found is not None else await self._grant(ttl, user)
+                self._by_ttl[ttl] = lease
+        lease.users.add(user)
+        return lease.lease_id, lease.ttl
+
+    def release(self, user: PersistentLease, lease_id: int) -> bool:
+        """``user`` leaves the lease; ``True`` when nobody is left on it (revoke it then)."""
+        lease = self._by_id.get(lease_id)
+        if lease is None:
+            return True
+        lease.users.discard(user)
+        if lease.users:
+            return False
+        self._drop(lease)
+        return True
+
+    def invalidate(self, lease_id: int) -> None:
+        """etcd no longer knows ``lease_id`` (revoked or expired): never hand it out again."""
+        lease = self._by_id.get(lease_id)
+        if lease is not None:
+            self._drop(lease)
+
+    def _drop(self, lease: _Shared) -> None:
+        self._by_id.pop(lease.lease_id, None)
+        if self._by_ttl.get(lease.ttl) is lease:
+            del self._by_ttl[lease.ttl]
+        for ttl, other in list(self._by_ttl.items()):
+            if other is lease:
+                del self._by_ttl[ttl]
+        self._client._keepalives.remove(lease.lease_id)
+
+    async def _grant(self, ttl: int, user: PersistentLease) -> _Shared:
+        grant = await self._client.grant(ttl)
+        if grant.ttl != ttl:
+            log.warning(
+                "lease %r: etcd granted ttl %d s instead of the requested %d s "
+                "(its minimum lease TTL)",
+                user.key,
+                grant.ttl,
+                ttl,
+            )
+        lease = _Shared(grant.id, grant.ttl)
+        self._by_id[grant.id] = lease
+
+        def on_alive(remaining: int) -> None:
+            for u in list(lease.users):
+                u._on_alive(remaining)
+
+        def on_lost() -> None:
+            self._drop(lease)
+            for u in list(lease.users):
+                u._on_expired(lease.lease_id)
+
+        def on_suspended() -> None:
+            for u in list(lease.users):
+                u._on_suspended()
+
+        self._client._keepalives.add(
+            grant.id, grant.ttl, on_alive=on_alive, on_lost=on_lost, on_suspended=on_suspended
+        )
+        return lease
+
+
+def _pool(client: AsyncClient) -> LeasePool:
+    pool = client._lease_pool
+    if pool is None:
+        pool = client._lease_pool = LeasePool(client)
+    assert isinstance(pool, LeasePool)
+    return pool
+
+
 class PersistentLease:
     """Keeps ``key=value`` in etcd under a lease of ``ttl`` seconds while open.
 
@@ -80,13 +181,26 @@ class PersistentLease:
     LOST, logs a warning and re-asserts its value at backoff pace (0.5 s doubling to 30 s),
     never in a hot loop.
 
-    Fencing: ``lease_id`` and ``create_revision`` identify this registration; guard writes with
-    a txn comparing them. ``close()`` revokes the lease so the key disappears at once; it is
-    idempotent, bounded in time when etcd is down, and safe after the client closed.
+    One etcd lease per TTL is shared by all PersistentLeases of a client (a session, as in
+    etcd's Go ``concurrency`` package or ZooKeeper): one keepalive message per ttl/3 for all of
+    them. Revoking that lease deletes all their keys; each puts its key back at once.
+    ``own_lease=True`` gives this PersistentLease an etcd lease of its own instead.
+
+    Fencing: ``create_revision`` identifies this registration (with ``lease_id``, which is
+    shared unless ``own_lease``); guard writes with a txn comparing them. ``close()`` removes
+    the key at once (it revokes the lease when no other key of the client hangs on it, else
+    deletes the key if it still holds our lease); it is idempotent, bounded in time when etcd
+    is down, and safe after the client closed.
     """
 
     def __init__(
-        self, client: AsyncClient, key: str | bytes, value: str | bytes, ttl: int = 10
+        self,
+        client: AsyncClient,
+        key: str | bytes,
+        value: str | bytes,
+        ttl: int = 10,
+        *,
+        own_lease: bool = False,
     ) -> None:
         self._raw_key = key_bytes(key)
         self._key = key
@@ -95,8 +209,11 @@ class PersistentLease:
             raise TypeError(f"ttl must be a whole number of seconds (int), got {ttl!r}")
         if ttl < 1:
             raise ValueError(f"ttl must be >= 1 second, got {ttl}")
+        if not isinstance(own_lease, bool):
+            raise TypeError(f"own_lease must be True or False, got {own_lease!r}")
         self._client = client
         self._ttl = ttl
+        self._own_lease = own_lease
         self._granted_ttl = 0
         self._state = LeaseState.CONNECTING
         self._lease_id = 0
@@ -235,22 +352,36 @@ class PersistentLease:
             self._sub.cancel()
         lease_id = self._lease_id
         if lease_id and self._client._state in ("open", "closing"):
-            self._client._keepalives.remove(lease_id)
+            last = _pool(self._client).release(self, lease_id)
             try:
                 async with asyncio.timeout(REVOKE_TIMEOUT):
-                    await self._client.revoke(lease_id)
+                    if last:
+                        await self._client.revoke(lease_id)
+                    else:  # others still hang on this lease: delete our key, if still ours
+                        await self._delete_own_key(lease_id)
             except (EtcdkitError, TimeoutError) as exc:
                 log.warning(
-                    "lease %r: could not revoke lease %#x on close (%s); the key goes away "
-                    "when its TTL (%d s) runs out",
+                    "lease %r: could not remove the key on close (%s); it goes away when "
+                    "lease %#x ends (TTL %d s after its last refresh)",
                     self._key,
-                    lease_id,
                     exc,
+                    lease_id,
                     self.ttl,
                 )
         self._set_state(LeaseState.CLOSED)
 
     close = aclose
+
+    async def _delete_own_key(self, lease_id: int) -> None:
+        own = rpc.Compare(
+            key=self._raw_key,
+            target=rpc.Compare.CompareTarget.LEASE,
+            result=rpc.Compare.CompareResult.EQUAL,
+            lease=lease_id,
+        )
+        delete = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._raw_key))
+        req = rpc.TxnRequest(compare=[own], success=[delete])
+        await self._client._call(f"delete {self._raw_key!r} on close", "Txn", "kv", req)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -379,7 +510,7 @@ class PersistentLease:
                     except TimeoutError:
                         self._lost(f"no keepalive answer for the lease's TTL ({self.ttl} s)")
             except LeaseNotFoundError:
-                keepalives.remove(self._lease_id)
+                _pool(self._client).invalidate(self._lease_id)
                 self._lease_id = 0
                 self._lost("lease not found (revoked or expired)")
             except (AuthError, ClosedError, InvalidArgumentError):
@@ -392,22 +523,8 @@ class PersistentLease:
 
     async def _register(self, keepalives: Any) -> None:
         if not self._lease_id:
-            grant = await self._client.grant(self._ttl)
-            self._lease_id, self._granted_ttl = grant.id, grant.ttl
-            if grant.ttl != self._ttl:
-                log.warning(
-                    "lease %r: etcd granted ttl %d s instead of the requested %d s "
-                    "(its minimum lease TTL)",
-                    self._key,
-                    grant.ttl,
-                    self._ttl,
-                )
-            keepalives.add(
-                grant.id,
-                grant.ttl,
-                on_alive=self._on_alive,
-                on_lost=functools.partial(self._on_expired, grant.id),
-                on_suspended=self._on_suspended,
+            self._lease_id, self._granted_ttl = await _pool(self._client).acquire(
+                self, self._ttl, shared=not self._own_lease
             )
         value = self._value
         req = rpc.PutRequest(key=self._raw_key, value=value, lease=self._lease_id, prev_kv=True)

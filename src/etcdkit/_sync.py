@@ -8,6 +8,7 @@ A ``KeyboardInterrupt`` (or any exception) in the waiting thread cancels the cor
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -195,10 +196,12 @@ class Client:
         return SyncPrefixWatch(self._portal, watch)
 
     def persistent_lease(
-        self, key: str | bytes, value: str | bytes, ttl: int = 10
+        self, key: str | bytes, value: str | bytes, ttl: int = 10, *, own_lease: bool = False
     ) -> SyncPersistentLease:
         """See :meth:`AsyncClient.persistent_lease`; use with ``with``."""
-        lease = self._portal.run_sync(self.aio.persistent_lease, key, value, ttl)
+        lease = self._portal.run_sync(
+            functools.partial(self.aio.persistent_lease, own_lease=own_lease), key, value, ttl
+        )
         return SyncPersistentLease(self._portal, lease)
 
 
