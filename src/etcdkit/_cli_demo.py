@@ -182,7 +182,10 @@ class Scene:
         await asyncio.sleep(PAUSE)
         lease = self.leases[min(2, n - 1)]
         old = lease.lease_id
-        self.step(f"revoking the lease {old:#x} of {self.name(lease.key)} (as an expiry would)")
+        self.step(
+            f"revoking the lease {old:#x} of {self.name(lease.key)} (as an expiry would; the"
+            " workers share it, like a session: every key on it goes, and comes back)"
+        )
         t0 = time.monotonic()
         before = self.registrations.get(str(lease.key), 0)
         await self.client.revoke(old)
@@ -204,7 +207,7 @@ class Scene:
             await self.recovered("an etcd restart", t0)
 
         await asyncio.sleep(PAUSE)
-        self.step("closing the workers (each lease is revoked: its key goes at once)")
+        self.step("closing the workers (each key goes at once; the last one revokes the lease)")
         t0 = time.monotonic()
         for lease in self.leases:
             await lease.aclose()
