@@ -253,3 +253,20 @@ async def test_shared_lease_close_revoke_and_own_lease(etcd: AsyncClient, etcd_p
         assert kv.lease == b.lease_id
         assert await etcd.time_to_live(b.lease_id) > 0
     assert (await etcd.get_prefix(p)).kvs == []
+
+
+async def test_constructor_starts_at_once_like_the_seed(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    lease = PersistentLease(etcd, etcd_prefix + "seed", "v", 5)
+    try:
+        rev = await lease.registered(timeout=WAIT)
+        kv = await etcd.get(etcd_prefix + "seed")
+        assert kv is not None
+        assert kv.mod_revision == rev
+    finally:
+        await lease.aclose()
+        await lease.aclose()  # idempotent
+    assert await etcd.get(etcd_prefix + "seed") is None
+    with pytest.raises(etcdkit.ClosedError):
+        lease.set_value("late")

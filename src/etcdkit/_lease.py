@@ -171,8 +171,10 @@ def _pool(client: AsyncClient) -> LeasePool:
 class PersistentLease:
     """Keeps ``key=value`` in etcd under a lease of ``ttl`` seconds while open.
 
-    Create with :meth:`AsyncClient.persistent_lease` and use as an async context manager (or
-    call :meth:`start` and :meth:`aclose`). The key is put back, immediately on detection,
+    Create with :meth:`AsyncClient.persistent_lease` (or ``PersistentLease(client, key, value,
+    ttl)``) and use as an async context manager, or call :meth:`aclose` when done. Created
+    inside a running event loop it starts at once; otherwise on :meth:`start`, ``async with``
+    or the first wait. The key is put back, immediately on detection,
     after an external delete, a revoke, an expiry, an outage, a leader change or a cut
     connection; detection watches the key from the revision of our own put, so no delete is
     missed. Backoff applies only while etcd is unreachable.
@@ -230,6 +232,12 @@ class PersistentLease:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._error: EtcdkitError | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop yet: starts on start(), ``async with`` or the first wait
+        else:
+            self.start()  # starts at once, as the seed's constructor did
 
     def __repr__(self) -> str:
         return (
@@ -386,6 +394,8 @@ class PersistentLease:
     # -- internals --------------------------------------------------------------------------------
 
     async def _until(self, pick: Callable[[], T | None], timeout: float | None, what: str) -> T:
+        if not self._closing:
+            self.start()
         try:
             async with asyncio.timeout(timeout):
                 while True:
