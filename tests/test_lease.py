@@ -270,3 +270,21 @@ async def test_constructor_starts_at_once_like_the_seed(
     assert await etcd.get(etcd_prefix + "seed") is None
     with pytest.raises(etcdkit.ClosedError):
         lease.set_value("late")
+
+
+async def test_client_close_during_outage_with_many_leases_is_bounded(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    server = etcd_server_factory()
+    client = AsyncClient(server.endpoint, timeout=1)
+    await client.connect()
+    leases = [client.persistent_lease(f"/many/{i}", "v", ttl=3) for i in range(50)]
+    await asyncio.gather(*(lease.registered(timeout=WAIT) for lease in leases))
+    server.pause()
+    try:
+        t0 = time.monotonic()
+        await client.close()  # every lease removes its key at once, in parallel
+        assert time.monotonic() - t0 < 10
+        assert all(lease.state is LeaseState.CLOSED for lease in leases)
+    finally:
+        server.resume()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -146,8 +147,8 @@ class AsyncClient:
             return
         was_open = self._state == "open"
         self._state = "closing"
-        for child in list(self._children):
-            await child.aclose()
+        # All at once: during an outage each waits its bounded revoke/delete in parallel.
+        await asyncio.gather(*(child.aclose() for child in list(self._children)))
         if self._watch_hub is not None:
             await self._watch_hub.close()
         if self._keepalive_hub is not None:
