@@ -144,13 +144,6 @@ class KeepAliveHub:
             self._unanswered = {}
             loop = asyncio.get_running_loop()
             while not reader.done():
-                now = time.monotonic()
-                stalled = min(self._unanswered.values(), default=now + 3600.0)
-                if stalled <= now:
-                    raise ConnectionUnavailableError(
-                        f"lease keepalive stream at {self._conn.where}: no answer to a refresh "
-                        "in time (connection black-holed or etcd stuck)"
-                    )
                 # Leases due within the next half second are refreshed together (early is
                 # harmless), so a thousand leases wake this task a few times a second at most.
                 horizon = time.monotonic() + 0.5
@@ -164,9 +157,15 @@ class KeepAliveHub:
                     heapq.heappush(self._heap, (entry.due, lid))
                     self._unanswered.setdefault(lid, time.monotonic() + stall_after(entry.ttl))
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lid))
-                delay = self._heap[0][0] if self._heap else time.monotonic() + 3600.0
-                stalled = min(self._unanswered.values(), default=delay)
-                delay = min(delay, stalled) - time.monotonic()
+                now = time.monotonic()
+                stalled = min(self._unanswered.values(), default=now + 3600.0)
+                if stalled <= now:
+                    raise ConnectionUnavailableError(
+                        f"lease keepalive stream at {self._conn.where}: no answer to a refresh "
+                        "in time (connection black-holed or etcd stuck)"
+                    )
+                next_due = self._heap[0][0] if self._heap else now + 3600.0
+                delay = min(next_due, stalled) - now
                 self._wake.clear()
                 waiter = loop.create_task(self._wake.wait())
                 try:

@@ -69,11 +69,12 @@ class LeaseState(enum.Enum):
 class _Shared:
     """One etcd lease and the PersistentLeases whose keys hang on it."""
 
-    __slots__ = ("lease_id", "ttl", "users")
+    __slots__ = ("lease_id", "pooled_as", "ttl", "users")
 
     def __init__(self, lease_id: int, ttl: int) -> None:
         self.lease_id = lease_id
-        self.ttl = ttl
+        self.ttl = ttl  # as granted
+        self.pooled_as: int | None = None  # the requested TTL it is shared under, if shared
         self.users: set[PersistentLease] = set()
 
 
@@ -98,6 +99,7 @@ class LeasePool:
             async with self._locks.setdefault(ttl, asyncio.Lock()):
                 found = self._by_ttl.get(ttl)
                 lease = found if found is not None else await self._grant(ttl, user)
+                lease.pooled_as = ttl
                 self._by_ttl[ttl] = lease
         lease.users.add(user)
         return lease.lease_id, lease.ttl
@@ -121,11 +123,8 @@ class LeasePool:
 
     def _drop(self, lease: _Shared) -> None:
         self._by_id.pop(lease.lease_id, None)
-        if self._by_ttl.get(lease.ttl) is lease:
-            del self._by_ttl[lease.ttl]
-        for ttl, other in list(self._by_ttl.items()):
-            if other is lease:
-                del self._by_ttl[ttl]
+        if lease.pooled_as is not None and self._by_ttl.get(lease.pooled_as) is lease:
+            del self._by_ttl[lease.pooled_as]
         self._client._keepalives.remove(lease.lease_id)
 
     async def _grant(self, ttl: int, user: PersistentLease) -> _Shared:

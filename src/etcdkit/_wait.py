@@ -40,9 +40,9 @@ async def wait_for(
     try:
         if timeout is not None and timeout <= 0:
             # No time to wait: one read (bounded by the client's timeout) answers.
-            resp = await client._call(f"get {raw!r}", "Range", "kv", rpc.RangeRequest(key=raw))
-            if bool(resp.kvs) == exists:
-                return int(resp.header.revision)
+            present, rev = await _read(client, raw)
+            if present == exists:
+                return rev
             raise TimeoutError
         async with asyncio.timeout(timeout):
             return await _wait(client, raw, exists)
@@ -54,6 +54,12 @@ async def wait_for(
         ) from None
 
 
+async def _read(client: AsyncClient, raw: bytes) -> tuple[bool, int]:
+    """Whether the key exists, and the revision that answer holds at."""
+    resp = await client._call(f"get {raw!r}", "Range", "kv", rpc.RangeRequest(key=raw))
+    return bool(resp.kvs), int(resp.header.revision)
+
+
 async def _wait(client: AsyncClient, raw: bytes, exists: bool) -> int:
     backoff = Backoff(initial=0.05, cap=2.0)
     loop = asyncio.get_running_loop()
@@ -61,8 +67,7 @@ async def _wait(client: AsyncClient, raw: bytes, exists: bool) -> int:
         try:
             # One read gives both the answer and the revision it holds at; watching from the
             # next revision leaves no gap in between.
-            resp = await client._call(f"get {raw!r}", "Range", "kv", rpc.RangeRequest(key=raw))
-            present, rev = bool(resp.kvs), int(resp.header.revision)
+            present, rev = await _read(client, raw)
         except (ConnectionUnavailableError, EtcdTimeoutError) as exc:
             log.debug("wait_for %r: read failed, retrying: %s", raw, exc)
             await backoff.wait()

@@ -184,7 +184,6 @@ class EtcdServer:
         self.client_port = client_port or _free_port()
         self.peer_port = peer_port or _free_port()
         self.metrics_port = _free_port()
-        self._own_dir = data_dir is None
         self._work = Path(tempfile.mkdtemp(prefix="etcdkit-etcd-"))
         self.data_dir = Path(data_dir) if data_dir is not None else self._work / "data"
         self.log_path = self._work / "etcd.log"
