@@ -725,22 +725,29 @@ class _Run:
         if d.prefix == self.data:
             self.recent.setdefault(d.consumer, collections.deque(maxlen=8)).append(snap)
         expected, how = await self.expected(d.prefix, snap.revision)
+        self.compare(d.consumer, snap.revision, tree, expected, how)
         report = self.report
-        if expected is None:
-            report.skipped += 1
-        else:
-            report.snapshots_checked += 1
-            report.per_consumer[d.consumer] = report.per_consumer.get(d.consumer, 0) + 1
-            if how == "get":
-                report.checked_by_get += 1
-            else:
-                report.checked_by_history += 1
-            if expected != tree:
-                self.mismatch("tree", d.consumer, snap.revision, _diff(expected, tree, how))
         if d.prefix == self.data and report.snapshots_checked % 200 == 0:
             revs = [r[0].revision for r in self.recent.values() if r]  # oldest kept
             if len(revs) == self.cfg.consumers:
                 self.history.prune(min(revs))
+
+    def compare(
+        self, consumer: str, revision: int, tree: Tree, expected: Mapping[Any, Any] | None, how: str
+    ) -> None:
+        """Count one tree check (``expected`` None: it could not be checked) and its outcome."""
+        report = self.report
+        if expected is None:
+            report.skipped += 1
+            return
+        report.snapshots_checked += 1
+        report.per_consumer[consumer] = report.per_consumer.get(consumer, 0) + 1
+        if how == "get":
+            report.checked_by_get += 1
+        else:
+            report.checked_by_history += 1
+        if expected != tree:
+            self.mismatch("tree", consumer, revision, _diff(expected, tree, how))
 
     def check_changes(self, d: _Delivery, old: Tree, new: Tree, first: bool) -> None:
         changes = d.snap.changes
@@ -1005,14 +1012,7 @@ class _Run:
         for name, recent in list(self.recent.items()):
             for snap in [s for s in recent if s.revision < rev]:
                 expected = self.history.at(snap.revision)
-                if expected is None:
-                    self.report.skipped += 1
-                    continue
-                self.report.snapshots_checked += 1
-                self.report.checked_by_history += 1
-                if expected != dict(snap.tree):
-                    diff = _diff(expected, dict(snap.tree), "history")
-                    self.mismatch("tree", name, snap.revision, diff)
+                self.compare(name, snap.revision, dict(snap.tree), expected, "history")
         what = f"compact to {rev}"
         self.context = f"during {what}"
         self.event(what)
