@@ -385,3 +385,5 @@ async def test_huge_ttl_persistent_lease_reports_the_refusal(etcd_server: EtcdSe
         async with client.persistent_lease("/bad-input/huge-ttl", "v", ttl=10**10) as lease:
             with quickly(), pytest.raises(etcdkit.InvalidArgumentError, match="too large"):
                 await lease.registered(timeout=BOUND)
+            assert lease.state is etcdkit.LeaseState.FAILED
+            assert isinstance(lease.error, etcdkit.InvalidArgumentError)

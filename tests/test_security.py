@@ -258,6 +258,8 @@ async def test_persistent_lease_outside_the_prefix_is_denied(auth_server: EtcdSe
         async with alice.persistent_lease("/other/node", "n", ttl=5) as lease:
             with quickly(), pytest.raises(etcdkit.PermissionDeniedError):
                 await lease.registered(timeout=WAIT)
+            assert lease.state is LeaseState.FAILED
+            assert isinstance(lease.error, etcdkit.PermissionDeniedError)
 
 
 async def test_read_only_role(auth_server: EtcdServer) -> None:
