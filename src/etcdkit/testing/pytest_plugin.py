@@ -27,7 +27,7 @@ import pytest
 
 from etcdkit._client import AsyncClient
 from etcdkit._sync import Client
-from etcdkit.server import EtcdCluster, EtcdServer
+from etcdkit.testing.server import EtcdCluster, EtcdServer
 
 _SERVERS_KEY = pytest.StashKey[list[Any]]()
 

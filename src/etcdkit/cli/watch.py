@@ -22,7 +22,7 @@ from etcdkit import (
     Snapshot,
     WatchState,
 )
-from etcdkit._cli_common import EXIT_OK, ConnOptions, Stopper, connected, need_rich
+from etcdkit.cli.common import EXIT_OK, ConnOptions, Stopper, connected, need_rich
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

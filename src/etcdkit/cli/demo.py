@@ -25,7 +25,7 @@ from etcdkit import (
     PrefixWatch,
     WatchState,
 )
-from etcdkit._cli_common import (
+from etcdkit.cli.common import (
     EXIT_OK,
     CliError,
     ConnOptions,
@@ -33,12 +33,12 @@ from etcdkit._cli_common import (
     connected,
     need_rich,
 )
-from etcdkit._cli_watch import text_transform
+from etcdkit.cli.watch import text_transform
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from etcdkit.server import EtcdServer
+    from etcdkit.testing.server import EtcdServer
 
 PREFIX = "/demo/workers/"
 TTL = 5
@@ -233,7 +233,7 @@ async def run_demo(args: argparse.Namespace, opts: ConnOptions) -> int:
     need_rich("etcdkit demo")
     from rich.console import Console
 
-    from etcdkit.server import EtcdServer
+    from etcdkit.testing.server import EtcdServer
 
     console = Console(highlight=False, soft_wrap=True)
     server: EtcdServer | None = None

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from etcdkit import EtcdkitError, __version__
-from etcdkit._cli_common import (
+from etcdkit.cli.common import (
     ENV_ENDPOINTS,
     ENV_PASSWORD,
     EXIT_ERROR,
@@ -312,31 +312,31 @@ def _conn_options(args: argparse.Namespace) -> ConnOptions:
 
 
 async def cmd_wait(args: argparse.Namespace, opts: ConnOptions) -> int:
-    from etcdkit._cli_keys import run_wait
+    from etcdkit.cli.keys import run_wait
 
     return await run_wait(args, opts)
 
 
 async def cmd_register(args: argparse.Namespace, opts: ConnOptions) -> int:
-    from etcdkit._cli_keys import run_register
+    from etcdkit.cli.keys import run_register
 
     return await run_register(args, opts)
 
 
 async def cmd_dev(args: argparse.Namespace, opts: ConnOptions) -> int:
-    from etcdkit._cli_dev import run_dev
+    from etcdkit.cli.dev import run_dev
 
     return await run_dev(args, opts)
 
 
 async def cmd_watch(args: argparse.Namespace, opts: ConnOptions) -> int:
-    from etcdkit._cli_watch import run_watch
+    from etcdkit.cli.watch import run_watch
 
     return await run_watch(args, opts)
 
 
 async def cmd_demo(args: argparse.Namespace, opts: ConnOptions) -> int:
-    from etcdkit._cli_demo import run_demo
+    from etcdkit.cli.demo import run_demo
 
     return await run_demo(args, opts)
 

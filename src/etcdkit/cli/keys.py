@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from etcdkit import EtcdkitError, EtcdTimeoutError, LeaseState
-from etcdkit._cli_common import (
+from etcdkit.cli.common import (
     EXIT_OK,
     EXIT_TIMEOUT,
     ConnOptions,

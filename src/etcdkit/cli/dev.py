@@ -10,8 +10,8 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from etcdkit._cli_common import EXIT_ERROR, EXIT_OK, CliError, ConnOptions, Stopper, UsageError, out
-from etcdkit.server import HOST, EtcdCluster, EtcdServer, etcd_version, find_etcd_binary
+from etcdkit.cli.common import EXIT_ERROR, EXIT_OK, CliError, ConnOptions, Stopper, UsageError, out
+from etcdkit.testing import HOST, EtcdCluster, EtcdServer, etcd_version, find_etcd_binary
 
 log = logging.getLogger("etcdkit.cli")
 

@@ -1,0 +1,168 @@
+"""A TCP proxy in front of an etcd endpoint, for fault tests: black-hole (``cut()``) and
+``restore()`` the path, or reset every connection (``drop_connections()``). Loopback only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+from types import TracebackType
+
+from etcdkit.testing.ports import HOST
+
+__all__ = ["Proxy"]
+
+
+class Proxy:
+    """A TCP proxy on a free loopback port in front of ``target`` (an endpoint).
+
+    Starts at once. ``cut()`` black-holes the path both ways (bytes are held, no RST is sent,
+    new connections hang), as a network partition does; ``restore()`` lets traffic flow again;
+    ``drop_connections()`` resets every open connection. ``endpoint`` keeps the target's scheme.
+    """
+
+    def __init__(self, target: str, *, port: int = 0) -> None:
+        m = re.fullmatch(r"(?:(https?)://)?([^:/]+):(\d+)/?", target.strip())
+        if m is None:
+            raise ValueError(f"target must look like http://127.0.0.1:2379, got {target!r}")
+        self._scheme = m.group(1) or "http"
+        self._target = (m.group(2), int(m.group(3)))
+        self._open = threading.Event()
+        self._open.set()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._listener = socket.create_server((HOST, port))
+        self._listener.settimeout(0.2)
+        self.port = int(self._listener.getsockname()[1])
+        self._spawn(self._accept_loop, "accept")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self._scheme}://{HOST}:{self.port}"
+
+    @property
+    def is_cut(self) -> bool:
+        return not self._open.is_set()
+
+    def __repr__(self) -> str:
+        return f"<Proxy {self.endpoint} -> {self._target[0]}:{self._target[1]}>"
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def cut(self) -> None:
+        self._open.clear()
+
+    def restore(self) -> None:
+        self._open.set()
+
+    def drop_connections(self) -> None:
+        """Reset every open connection (RST to both sides)."""
+        with self._lock:
+            conns = list(self._conns)
+        for s in conns:
+            self._reset(s)
+
+    def close(self) -> None:
+        """Stop accepting, reset every connection, and join every thread; idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._open.set()
+        self.drop_connections()
+        for t in list(self._threads):
+            if t is not threading.current_thread():
+                t.join(5.0)
+        self._listener.close()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _spawn(self, fn: object, what: str, *args: object) -> None:
+        t = threading.Thread(
+            target=self._run, args=(fn, *args), name=f"etcdkit-proxy-{self.port}-{what}",
+            daemon=True,
+        )  # fmt: skip
+        t.start()  # registered only once started: close() joins it
+        with self._lock:
+            self._threads.add(t)
+
+    def _run(self, fn: object, *args: object) -> None:
+        try:
+            fn(*args)  # type: ignore[operator]
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    @staticmethod
+    def _reset(s: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            s.close()
+
+    def _wait_open(self) -> bool:
+        while not self._open.wait(0.1):
+            if self._closed.is_set():
+                return False
+        return not self._closed.is_set()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            with self._lock:
+                self._conns.add(client)
+            self._spawn(self._connect, "conn", client)
+
+    def _connect(self, client: socket.socket) -> None:
+        if not self._wait_open():
+            self._forget(client)
+            return
+        try:
+            upstream = socket.create_connection(self._target, timeout=5.0)
+        except OSError:
+            self._forget(client)
+            return
+        upstream.settimeout(None)
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._conns.add(upstream)
+        self._spawn(self._pump, "up", client, upstream)
+        self._pump(upstream, client)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not self._wait_open():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._forget(src)
+            self._forget(dst)
+
+    def _forget(self, s: socket.socket) -> None:
+        with self._lock:
+            self._conns.discard(s)
+        self._reset(s)

