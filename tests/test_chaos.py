@@ -1,4 +1,4 @@
-"""The fault and correctness checker (bench/chaos.py) in the test suite.
+"""The fault and correctness checker (the bench.chaos package) in the test suite.
 
 ``pytest -m chaos`` runs it once on a real 3-member cluster for a couple of minutes with a fixed
 seed (override with ``ETCDKIT_CHAOS_SEED``, the length with ``ETCDKIT_CHAOS_SECONDS``) and
@@ -13,11 +13,21 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import bench.chaos
 import pytest
-from bench.chaos import FAULTS, ChaosConfig, History, _Delivery, _Run, run_chaos, tree_of
+from bench.chaos import (
+    FAULTS,
+    ChaosConfig,
+    ChaosReport,
+    Checker,
+    Delivery,
+    History,
+    Run,
+    run_chaos,
+    tree_of,
+)
 
-from etcdkit import Change, ChangeKind, RangeResult, Snapshot
-from etcdkit._client import KeyValue
+from etcdkit import Change, ChangeKind, KeyValue, RangeResult, Snapshot
 
 DEFAULT_SEED = 20250611
 SECONDS = float(os.environ.get("ETCDKIT_CHAOS_SECONDS", "150"))
@@ -82,16 +92,14 @@ class _FakeDirect:
         return RangeResult(kvs, revision)
 
 
-def _run_with(table: Mapping[int, dict[bytes, bytes]]) -> _Run:
+def _checker_with(table: Mapping[int, dict[bytes, bytes]]) -> Checker:
     cfg = ChaosConfig(history_wait=0.5)
-    run = _Run(7, 1.0, cfg, report_for(7), None, [], None)  # type: ignore[arg-type]
+    run = Run(7, 1.0, cfg, report_for(7), None, [], None)  # type: ignore[arg-type]
     run.direct = _FakeDirect(table)  # type: ignore[assignment]
-    return run
+    return Checker(run)
 
 
-def report_for(seed: int) -> Any:
-    from bench.chaos import ChaosReport
-
+def report_for(seed: int) -> ChaosReport:
     return ChaosReport(seed=seed, duration=1.0)
 
 
@@ -106,7 +114,8 @@ async def test_checker_flags_wrong_trees_changes_and_going_back() -> None:
         6: {f"{d}a".encode(): b"1", f"{d}b".encode(): b"2"},
         7: {f"{d}b".encode(): b"2"},
     }
-    run = _run_with(table)
+    checker = _checker_with(table)
+    run = checker.run
     run.data = d
     added_b = {"b": Change(ChangeKind.ADDED, "b", None, 2)}
     deliveries = [
@@ -116,7 +125,7 @@ async def test_checker_flags_wrong_trees_changes_and_going_back() -> None:
         snap({"b": 3}, 6, {"b": Change(ChangeKind.UPDATED, "b", 2, 3)}),  # back; wrong
     ]
     for s in deliveries:
-        await run.check(_Delivery("c0", d, s, 0.0))
+        await checker.check(Delivery("c0", d, s, 0.0))
     kinds = sorted(m.kind for m in run.report.mismatches)
     assert kinds == ["changes", "revision-back", "tree", "tree"]
     assert all(m.seed == 7 for m in run.report.mismatches)
@@ -131,13 +140,14 @@ async def test_checker_falls_back_to_history_when_compacted() -> None:
         async def get_prefix(self, prefix: str, *, revision: int = 0) -> RangeResult:
             raise etcdkit.CompactedError("compacted", compact_revision=100)
 
-    run = _run_with({})
+    checker = _checker_with({})
+    run = checker.run
     run.direct = Compacted({})  # type: ignore[assignment]
     run.data = "/chaos/data/"
     run.history.record(3, {"a": 1})
     run.history.record(8, {"a": 2})
-    await run.check(_Delivery("c0", run.data, snap({"a": 1}, 5, {}), 0.0))
-    await run.check(_Delivery("c0", run.data, snap({"a": 1}, 9, {}), 0.0))  # wrong
+    await checker.check(Delivery("c0", run.data, snap({"a": 1}, 5, {}), 0.0))
+    await checker.check(Delivery("c0", run.data, snap({"a": 1}, 9, {}), 0.0))  # wrong
     assert run.report.checked_by_history == 1  # 9 is beyond the cover: waits, then skips
     assert [m.kind for m in run.report.mismatches] == ["changes"] or run.report.skipped == 1
 
@@ -145,3 +155,22 @@ async def test_checker_falls_back_to_history_when_compacted() -> None:
 def test_fault_names_are_known() -> None:
     with pytest.raises(ValueError, match="unknown faults"):
         asyncio.run(run_chaos(1, 1.0, config=ChaosConfig(faults=("kill_everything",))))
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(bench.chaos.__all__) == sorted(
+        [
+            "FAULTS",
+            "ChaosConfig",
+            "ChaosReport",
+            "Checker",
+            "Delivery",
+            "History",
+            "Mismatch",
+            "Run",
+            "run_chaos",
+            "transform",
+            "tree_of",
+        ]
+    )
+    assert all(hasattr(bench.chaos, name) for name in bench.chaos.__all__)

@@ -1,0 +1,162 @@
+"""The faults: one at a time, each bounded and healed in ``finally``.
+
+Kill -9 and restart a member (or the leader), SIGSTOP/SIGCONT a member (or the leader),
+black-hole the client's connections (briefly, or past the keepalive detection time), black-hole
+one of its links, reset its connections, compact to the current revision, and a full outage
+(every member down) with recovery. After each heal :class:`Faults` has the checker wait for
+the PersistentLeases to come back and the consumers to catch up.
+
+How a "kill" stops a member is :func:`kill_signal_for`'s choice: SIGKILL, except on etcd
+3.5.0-3.5.2, where a SIGKILL can make members diverge (etcd-io/etcd#13766).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import time
+
+from bench.chaos.checker import Checker
+from bench.chaos.report import FAULTS
+from bench.chaos.state import Run
+from bench.chaos.writer import Writer
+from etcdkit.server import EtcdServer
+
+
+class Faults:
+    """Injects the configured faults at random until the run's duration is up."""
+
+    def __init__(self, run: Run, writer: Writer, checker: Checker) -> None:
+        self.run = run
+        self.writer = writer
+        self.checker = checker
+
+    async def loop(self) -> None:
+        rng = random.Random(f"{self.run.seed}/faults")
+        cfg = self.run.cfg
+        last_note = 0.0
+        while self.run.elapsed() < self.run.duration:
+            await asyncio.sleep(rng.uniform(*cfg.fault_gap))
+            if self.run.elapsed() >= self.run.duration:
+                break
+            if self.run.leases and rng.random() < 0.3:
+                lease = rng.choice(self.run.leases)
+                lease.set_value(f"{lease.value.decode().split(':')[0]}:{rng.randrange(10**6)}")
+            kind = rng.choice(cfg.faults)
+            what = await self.inject(kind, rng)
+            healed = time.monotonic()
+            self.run.report.faults[kind] = self.run.report.faults.get(kind, 0) + 1
+            self.run.context = f"after {what}"
+            lease_times, catch_up = await asyncio.gather(
+                self.checker.lease_recovery(healed), self.checker.catch_up(healed)
+            )
+            self.run.event(
+                f"healed {what}: leases back in {max(lease_times, default=0):.2f} s, "
+                f"consumers caught up in {max(catch_up, default=0):.2f} s"
+            )
+            self.run.context = "idle"
+            if self.run.progress and self.run.elapsed() - last_note > 30:
+                last_note = self.run.elapsed()
+                r = self.run.report
+                self.run.progress(
+                    f"t={self.run.elapsed():.0f}s snapshots={r.snapshots_checked} "
+                    f"faults={sum(r.faults.values())} mismatches={r.mismatch_count}"
+                )
+
+    async def inject(self, kind: str, rng: random.Random) -> str:
+        """Inject one fault and heal it; returns a description."""
+        dur = rng.uniform(*self.run.cfg.fault_duration)
+        members: list[EtcdServer] = list(self.run.cluster.members)
+        if kind in ("kill_member", "kill_leader", "pause_member", "pause_leader"):
+            victim = rng.choice(members)
+            if kind.endswith("leader"):
+                with contextlib.suppress(Exception):
+                    victim = await asyncio.to_thread(self.run.cluster.leader)
+            idx = members.index(victim)
+            what = f"{kind} m{idx} {dur:.1f}s"
+            self.run.context = f"during {what}"
+            self.run.event(what)
+            if kind.startswith("kill"):
+                await asyncio.to_thread(self.kill, victim)
+                try:
+                    await asyncio.sleep(dur)
+                finally:
+                    await asyncio.to_thread(victim.restart)
+            else:
+                await asyncio.to_thread(victim.pause)
+                try:
+                    await asyncio.sleep(dur)
+                finally:
+                    await asyncio.to_thread(victim.resume)
+        elif kind in ("cut_client", "cut_client_long", "cut_one_link"):
+            if kind == "cut_client_long":
+                dur = rng.uniform(*self.run.cfg.long_cut)
+            cut = (
+                [rng.choice(self.run.proxies)] if kind == "cut_one_link" else list(self.run.proxies)
+            )
+            what = f"{kind} {dur:.1f}s"
+            self.run.context = f"during {what}"
+            self.run.event(what)
+            try:
+                for p in cut:
+                    await asyncio.to_thread(p.cut)
+                await asyncio.sleep(dur)
+            finally:
+                for p in cut:
+                    await asyncio.to_thread(p.restore)
+        elif kind == "drop_client":
+            what = kind
+            self.run.event(what)
+            for p in self.run.proxies:
+                await asyncio.to_thread(p.drop_connections)
+        elif kind == "compact":
+            what = await self.compact()
+        elif kind == "full_outage":
+            what = f"{kind} {dur:.1f}s"
+            self.run.context = f"during {what}"
+            self.run.event(what)
+            try:
+                await asyncio.gather(*(asyncio.to_thread(self.kill, m) for m in members))
+                await asyncio.sleep(dur)
+            finally:
+                await asyncio.gather(*(asyncio.to_thread(m.restart) for m in members))
+        else:
+            raise ValueError(f"unknown fault {kind!r}; choose from {FAULTS}")
+        return what
+
+    def kill(self, member: EtcdServer) -> None:
+        if self.run.report.kill_signal == "SIGTERM":
+            member.stop()
+        else:
+            member.kill()
+
+    async def compact(self) -> str:
+        async with self.writer.gate:  # the writer is between ops: its history is complete
+            rev = await self.run.retry(self.run.direct.get_revision)
+            self.run.history.cover(rev)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await self.checker.queue.join()  # check what was delivered while it is readable
+            await self.run.retry(lambda: self.run.direct.compact(rev))
+        # Each consumer's newest snapshot older than the compaction can now only be checked
+        # against the writer's history: check it again that way (the history path, end to end).
+        for name, recent in list(self.checker.recent.items()):
+            for snap in [s for s in recent if s.revision < rev]:
+                expected = self.run.history.at(snap.revision)
+                self.checker.compare(name, snap.revision, dict(snap.tree), expected, "history")
+        what = f"compact to {rev}"
+        self.run.context = f"during {what}"
+        self.run.event(what)
+        return what
+
+
+def kill_signal_for(choice: str, version: str) -> str:
+    """The signal a "kill" fault sends, for ``ChaosConfig.kill_signal`` on etcd ``version``."""
+    if choice in ("SIGKILL", "SIGTERM"):
+        return choice
+    if choice != "auto":
+        raise ValueError(f"kill_signal must be auto, SIGKILL or SIGTERM, not {choice!r}")
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    return "SIGTERM" if (3, 5, 0) <= parts < (3, 5, 3) else "SIGKILL"
