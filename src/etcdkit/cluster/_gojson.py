@@ -1,0 +1,96 @@
+"""JSON as Go's ``encoding/json`` writes and reads it, for the records Go processes share.
+
+Writing: compact, fields in declaration order, UTF-8 text as is, and ``<``, ``>``, ``&``,
+U+2028, U+2029 escaped as ``\\u003c``-style escapes, as ``json.Marshal`` does, so a Python
+process writes byte-for-byte the value a Go process would (a compare-and-swap on the value, or a
+diff in ``etcdctl``, sees no difference).
+
+Reading follows ``json.Unmarshal`` into a struct: object keys match field names case-insensitively
+(the last occurrence wins), unknown keys are ignored, ``null`` leaves a field at its zero value,
+a value of the wrong JSON type is an error, and invalid UTF-8 (or a lone surrogate escape) reads
+as U+FFFD.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["GoObject", "dumps", "field", "loads_object"]
+
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+_GO_ESCAPED = re.compile("[<>&\u2028\u2029]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class GoObject(list[tuple[str, Any]]):
+    """A decoded JSON object as its (key, value) pairs in document order, duplicates kept."""
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    """Encode *obj* (str/int/dict values, keys in field order) as Go's ``json.Marshal`` would.
+
+    Raises ValueError for a string that is not valid Unicode text (a lone surrogate).
+    """
+    for text in _strings(obj):
+        if _SURROGATE.search(text):
+            raise ValueError(
+                f"{text!r} contains a lone surrogate; pass text that can be encoded as UTF-8"
+            )
+    # The characters Go escapes cannot occur outside strings in JSON, so a textual replace
+    # after dumping touches only string contents.
+    out = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _GO_ESCAPED.sub(lambda m: _GO_ESCAPES[m.group()], out)
+
+
+def loads_object(data: str | bytes, what: str) -> GoObject:
+    """Parse *data* as one JSON object; ValueError (saying it is not a valid *what*) otherwise."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    try:
+        obj = json.loads(text, object_pairs_hook=GoObject, parse_constant=_no_constant)
+    except ValueError as exc:  # json.JSONDecodeError and our NaN refusal
+        raise ValueError(f"not a valid {what}: invalid JSON ({exc})") from exc
+    if not isinstance(obj, GoObject):
+        raise ValueError(f"not a valid {what}: expected a JSON object, got {text[:80]!r}")
+    return obj
+
+
+def field(obj: GoObject, name: str, kind: type, what: str) -> Any:
+    """The value of field *name* (lower case) in *obj*, as ``json.Unmarshal`` would fill it.
+
+    Returns None when the field is absent or null. Raises ValueError when its value is not of
+    *kind* (``bool`` never counts as ``int``).
+    """
+    value: Any = None
+    for key, item in obj:
+        if key.lower() != name or item is None:
+            continue
+        if not isinstance(item, kind) or (kind is int and isinstance(item, bool)):
+            raise ValueError(
+                f"not a valid {what}: {name!r} must be a JSON {_json_type(kind)}, got {item!r}"
+            )
+        value = _SURROGATE.sub("\ufffd", item) if isinstance(item, str) else item
+    return value
+
+
+def _strings(obj: Any) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in (*_strings(k), *_strings(v))]
+    return []
+
+
+def _json_type(kind: type) -> str:
+    return {str: "string", int: "integer", GoObject: "object"}.get(kind, kind.__name__)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -1,0 +1,125 @@
+"""The newest membership view, and watches on it where the latest view wins.
+
+A cluster implementation feeds :class:`ViewHub` with each new view; every :class:`MemberWatch`
+then hands its reader the newest view it has not seen. Publishing never waits for readers and
+queues nothing: a slow reader skips the views it missed, and blocks nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+
+from etcdkit._errors import ClosedError
+from etcdkit.cluster._member import Member
+
+__all__ = ["MemberWatch", "ViewHub"]
+
+View = tuple[Member, ...]
+
+
+class ViewHub:
+    """Holds a cluster's current view (members sorted by id, and its revision)."""
+
+    def __init__(self) -> None:
+        self._members: View = ()
+        self._revision = 0
+        self._version = 0  # counts distinct views, so an unchanged view wakes no watch
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    @property
+    def members(self) -> View:
+        return self._members
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def publish(self, members: View, revision: int) -> None:
+        """Make (*members*, *revision*) the current view; wake watches if the members changed."""
+        if self._closed:
+            return
+        self._revision = max(self._revision, revision)
+        if members != self._members:
+            self._members = members
+            self._version += 1
+            self.wake()
+
+    def watch(self) -> MemberWatch:
+        if self._closed:
+            raise ClosedError("the cluster is closed; create a new one to watch its members")
+        return MemberWatch(self)
+
+    async def wait_until(self, done: Callable[[View], bool]) -> int:
+        """Return the revision once ``done(members)`` holds; ClosedError if the hub closes."""
+        while True:
+            if self._closed:
+                raise ClosedError("the cluster was closed")
+            if done(self._members):
+                return self._revision
+            await self._wakeup.wait()
+
+    def close(self) -> None:
+        """End every watch and wake every waiter (they raise ClosedError)."""
+        self._closed = True
+        self.wake()
+
+    def wake(self) -> None:
+        # A fresh event per round: every waiter of this round wakes, nobody misses the next one.
+        event, self._wakeup = self._wakeup, asyncio.Event()
+        event.set()
+
+
+class MemberWatch:
+    """An async iterator of membership views: the current one first, then each newer one.
+
+    Each ``__anext__`` returns the newest view this watch has not returned yet, waiting for a
+    change if there is none: views you were too slow for are skipped, never queued. Iteration
+    ends (StopAsyncIteration) when the watch or its cluster is closed. Use it as
+    ``async for members in cluster.watch_members(): ...`` or ``async with`` it to close it.
+    """
+
+    def __init__(self, hub: ViewHub) -> None:
+        self._hub = hub
+        self._seen = -1
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed or self._hub.closed else "open"
+        return f"<MemberWatch {state} members={len(self._hub.members)}>"
+
+    def __aiter__(self) -> MemberWatch:
+        return self
+
+    async def __anext__(self) -> View:
+        hub = self._hub
+        while True:
+            if self._closed or hub.closed:
+                raise StopAsyncIteration
+            if hub._version != self._seen:
+                self._seen = hub._version
+                return hub.members
+            await hub._wakeup.wait()
+
+    async def aclose(self) -> None:
+        """Stop the watch: a pending or later ``__anext__`` ends the iteration. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._hub.wake()
+
+    async def __aenter__(self) -> MemberWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
