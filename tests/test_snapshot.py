@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any, cast
+import sys
+import threading
+from typing import Any, TypeAlias, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etcdkit import Change, ChangeKind, Snapshot
-from etcdkit._snapshot import SnapshotEngine, Tree
+from etcdkit._snapshot import SnapshotEngine, Transform, Tree
 
 
 def int_transform(key: bytes, value: bytes) -> tuple[str, int]:
     return key.decode(), int(value)
+
+
+def folding_transform(key: bytes, value: bytes) -> tuple[str, int]:
+    """Keys fold to lower case (so ``A`` and ``a`` collide); a value ``name:n`` files the record
+    under ``name`` instead; a value that is not an integer is invalid."""
+    text = value.decode()
+    if ":" in text:
+        name, _, number = text.partition(":")
+        return name, int(number)
+    return key.decode().lower(), int(text)
+
+
+QUIET = logging.Logger("etcdkit-test-quiet", logging.CRITICAL)
+
+
+def fresh_tree(
+    transform: Transform[str, int], listing: list[tuple[bytes, bytes]]
+) -> dict[str, int]:
+    """What a new engine shows for a listing: the reference for any history."""
+    e = SnapshotEngine(transform, logger=QUIET)
+    e.reset(listing, 1)
+    return dict(e.tree)
 
 
 def engine() -> SnapshotEngine[str, int]:
@@ -176,61 +199,297 @@ def test_old_snapshots_stay_intact_and_tree_compares_like_a_dict() -> None:
         second.tree["c"] = 1  # type: ignore[index]
 
 
+# -- bounded pending state -------------------------------------------------------------------------
+
+
+def test_keys_that_come_and_go_leave_no_pending_state() -> None:
+    e = engine()
+    e.reset([(b"long%d" % i, b"0") for i in range(5)], 1)
+    delivered = dict(take(e).tree)
+    model = dict(delivered)
+    bound = len(delivered) + 7  # at most 7 long-lived keys and 1 short-lived key at any time
+    rev = 1
+    for i in range(100_000):
+        key = b"tmp%d" % i
+        rev += 1
+        e.apply(rev, [(key, b"1")])
+        rev += 1
+        if i % 10_000 == 5_000:  # a long-lived key changes (or appears) with the delete
+            long = b"long%d" % (i // 10_000 % 7)
+            e.apply(rev, [(key, None), (long, b"%d" % i)])
+            model[long.decode()] = i
+        else:
+            e.apply(rev, [(key, None)])
+        if i % 1_000 == 0:
+            assert e.pending <= len(delivered) + len(e.tree) <= bound
+    rev += 1
+    e.apply(rev, [(b"long4", None)])
+    del model["long4"]
+    rev += 1
+    e.apply(rev, [(b"long6", None)])  # appeared since the delivery and went again: no change
+    del model["long6"]
+    assert e.pending <= len(delivered) + len(e.tree)
+    s = take(e)
+    assert (dict(s.tree), s.revision) == (model, rev)
+    assert s.changes == {
+        "long0": Change(ChangeKind.UPDATED, "long0", 0, 75_000),
+        "long1": Change(ChangeKind.UPDATED, "long1", 0, 85_000),
+        "long2": Change(ChangeKind.UPDATED, "long2", 0, 95_000),
+        "long3": Change(ChangeKind.UPDATED, "long3", 0, 35_000),
+        "long4": Change(ChangeKind.REMOVED, "long4", 0, None),
+        "long5": Change(ChangeKind.ADDED, "long5", None, 55_000),
+    }
+    assert e.pending == 0
+
+
+def test_a_relist_forgets_keys_that_came_and_went() -> None:
+    e = engine()
+    e.reset([(b"a", b"1")], 1)
+    take(e)
+    e.apply(2, [(b"b", b"2"), (b"c", b"3")])
+    assert e.pending == 2
+    e.reset([(b"a", b"1"), (b"c", b"3")], 3)  # b was created and deleted meanwhile
+    assert e.pending == 1
+    assert take(e).changes == {"c": Change(ChangeKind.ADDED, "c", None, 3)}
+
+
+def test_changes_that_cancel_out_still_deliver_the_revision() -> None:
+    e = engine()
+    e.reset([(b"a", b"1")], 1)
+    take(e)
+    e.apply(2, [(b"b", b"2")])
+    e.apply(3, [(b"b", None)])
+    assert e.pending == 0
+    s = take(e)  # a consumer waiting for revision 3 gets it
+    assert (dict(s.tree), s.revision, dict(s.changes)) == ({"a": 1}, 3, {})
+    e.advance(4)
+    assert e.take() is None  # progress alone delivers nothing
+
+
+# -- colliding raw keys ----------------------------------------------------------------------------
+
+
+def folding_engine() -> SnapshotEngine[str, int]:
+    return SnapshotEngine(folding_transform, name="test")
+
+
+class Checked:
+    """Applies events to an engine and to a model of the raw records; checks the rule each time."""
+
+    def __init__(self, listing: list[tuple[bytes, bytes]]) -> None:
+        self.engine = folding_engine()
+        self.raw = dict(listing)
+        self.rev = 1
+        self.engine.reset(listing, self.rev)
+        self.check()
+
+    def apply(self, *events: tuple[bytes, bytes | None]) -> Snapshot[str, int] | None:
+        self.rev += 1
+        for k, v in events:
+            if v is None:
+                del self.raw[k]
+            else:
+                self.raw[k] = v
+        self.engine.apply(self.rev, events)
+        self.check()
+        return self.engine.take()
+
+    def take(self, *events: tuple[bytes, bytes | None]) -> Snapshot[str, int]:
+        snap = self.apply(*events)
+        assert snap is not None
+        return snap
+
+    def check(self) -> None:
+        tree = dict(self.engine.tree)
+        assert tree == fresh_tree(folding_transform, sorted(self.raw.items()))
+        assert tree == fresh_tree(folding_transform, sorted(self.raw.items(), reverse=True))
+
+
+def test_colliding_raw_keys_the_smallest_one_wins_whatever_the_order() -> None:
+    c = Checked([])
+    take(c.engine)
+    c.take((b"/c/A", b"1"))
+    assert c.apply((b"/c/a", b"2")) is None  # b"/c/A" < b"/c/a": hidden, nothing to deliver
+    assert dict(c.engine.tree) == {"/c/a": 1}
+    s = c.take((b"/c/A", None))  # the hidden record comes back
+    assert dict(s.tree) == {"/c/a": 2}
+    assert s.changes == {"/c/a": Change(ChangeKind.UPDATED, "/c/a", 1, 2)}
+    listing = [(b"/c/a", b"2"), (b"/c/A", b"1"), (b"/c/B", b"3"), (b"/c/b", b"4")]
+    assert fresh_tree(folding_transform, listing) == {"/c/a": 1, "/c/b": 3}
+    assert fresh_tree(folding_transform, listing[::-1]) == {"/c/a": 1, "/c/b": 3}
+
+
+def test_a_hidden_record_takes_over_when_the_winner_goes() -> None:
+    # b"AB" < b"Ab" < b"ab": all three are key "ab"
+    c = Checked([(b"ab", b"3"), (b"Ab", b"2"), (b"AB", b"1")])
+    assert dict(take(c.engine).tree) == {"ab": 1}
+    s = c.take((b"AB", b"x"))  # the winner becomes invalid
+    assert s.changes == {"ab": Change(ChangeKind.UPDATED, "ab", 1, 2)}
+    s = c.take((b"Ab", None))  # the winner is deleted
+    assert s.changes == {"ab": Change(ChangeKind.UPDATED, "ab", 2, 3)}
+    s = c.take((b"AB", b"3"))  # valid again: takes over at once, with the same value
+    assert (dict(s.tree), dict(s.changes)) == ({"ab": 3}, {})
+    s = c.take((b"AB", b"zz:7"))  # the winner maps to another key
+    assert dict(s.tree) == {"ab": 3, "zz": 7}
+    assert s.changes == {"zz": Change(ChangeKind.ADDED, "zz", None, 7)}
+    s = c.take((b"ab", None))
+    assert s.changes == {"ab": Change(ChangeKind.REMOVED, "ab", 3, None)}
+    assert c.apply((b"zz", b"8")) is None  # b"AB" < b"zz": hidden
+    s = c.take((b"AB", None))
+    assert s.changes == {"zz": Change(ChangeKind.UPDATED, "zz", 7, 8)}
+
+
+def test_a_smaller_raw_key_takes_over_at_once() -> None:
+    c = Checked([(b"b", b"1")])
+    take(c.engine)
+    s = c.take((b"B", b"2"))
+    assert s.changes == {"b": Change(ChangeKind.UPDATED, "b", 1, 2)}
+    s = c.take((b"A", b"b:2"))  # yet smaller, same value: no change
+    assert (dict(s.tree), dict(s.changes)) == ({"b": 2}, {})
+    s = c.take((b"B", None), (b"A", None), (b"b", b"5"))  # one revision, every step at once
+    assert s.changes == {"b": Change(ChangeKind.UPDATED, "b", 2, 5)}
+    assert c.engine.pending == 0
+
+
+def test_hidden_records_are_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    e = folding_engine()
+    with caplog.at_level(logging.WARNING, "etcdkit"):
+        e.apply(1, [(b"a", b"1")])
+        e.apply(2, [(b"A", b"2")])  # pushes b"a" out of the tree
+        assert e.invalid_records == 1
+        e.reset([(b"a", b"1"), (b"A", b"2")], 2)  # a relist finds it hidden again
+        assert e.invalid_records == 1
+        e.apply(3, [(b"A", None)])
+        e.apply(4, [(b"A", b"2")])  # in and out again at the same value
+        assert e.invalid_records == 1
+        e.apply(5, [(b"a", b"5")])  # a new value, hidden
+        e.apply(6, [(b"b", b"x")])  # and one the transform rejects
+        assert e.invalid_records == 3
+        e.reset([(b"a", b"5"), (b"A", b"2"), (b"b", b"x")], 6)
+    assert e.invalid_records == 3
+    assert dict(e.tree) == {"a": 2}
+    assert [r.getMessage().count("b'a'") for r in caplog.records] == [1, 1, 0]
+
+
+# -- one consistent (tree, revision) pair --------------------------------------------------------
+
+
+def test_view_pairs_the_tree_with_its_revision() -> None:
+    e = engine()
+    e.reset([(b"a", b"1")], 5)
+    first = e.view
+    assert first[0] is e.tree
+    assert first[1] == e.revision == 5
+    e.apply(6, [(b"a", b"2")])
+    assert (dict(first[0]), first[1]) == ({"a": 1}, 5)  # an old view stays intact
+    assert (dict(e.view[0]), e.view[1]) == ({"a": 2}, 6)
+    e.advance(9)
+    assert e.view == (e.tree, 9)
+    assert e.view[0] is e.tree
+
+
+def test_a_reader_thread_never_sees_a_tree_with_another_revision() -> None:
+    e = engine()
+    e.reset([(b"rev", b"1")], 1)
+    stop = threading.Event()
+    torn: list[tuple[int, int]] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            tree, rev = e.view
+            if tree["rev"] != rev:
+                torn.append((tree["rev"], rev))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for rev in range(2, 20_000):
+            e.apply(rev, [(b"rev", b"%d" % rev)])
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert torn == []
+
+
 # -- property test: the engine against a model dict ----------------------------------------------
 
 KEYS = [b"a", b"b", b"c", b"d", b"e"]
 VALUES = [b"0", b"1", b"2", b"x"]  # "x" is rejected by the transform
+FOLDING_KEYS = [b"a", b"A", b"b", b"B", b"ab", b"aB", b"Ab"]
+FOLDING_VALUES = [b"0", b"1", b"2", b"x", b"b:1", b"b:2", b"m:0"]  # "b:1" collides with b and B
 
-event = st.tuples(st.sampled_from(KEYS), st.one_of(st.none(), st.sampled_from(VALUES)))
-step: st.SearchStrategy[tuple[str, list[tuple[bytes, bytes | None]]]] = st.one_of(
-    st.tuples(st.just("apply"), st.lists(event, min_size=1, max_size=4)),
-    st.tuples(st.just("take"), st.just([])),
-    st.tuples(st.just("relist"), st.just([])),
-    st.tuples(st.just("progress"), st.just([])),
-)
+Step: TypeAlias = tuple[str, list[tuple[bytes, bytes | None]]]
 
 
-def model_tree(raw: dict[bytes, bytes]) -> dict[str, int]:
+def step_lists(keys: list[bytes], values: list[bytes]) -> st.SearchStrategy[list[Step]]:
+    event = st.tuples(st.sampled_from(keys), st.one_of(st.none(), st.sampled_from(values)))
+    step: st.SearchStrategy[Step] = st.one_of(
+        st.tuples(st.just("apply"), st.lists(event, min_size=1, max_size=4)),
+        st.tuples(st.just("take"), st.just([])),
+        st.tuples(st.just("relist"), st.just([])),
+        st.tuples(st.just("relist-reversed"), st.just([])),  # a listing in another order
+        # the watch misses these events (history compacted): a relist finds their outcome
+        st.tuples(st.just("compacted"), st.lists(event, min_size=1, max_size=4)),
+        st.tuples(st.just("progress"), st.just([])),
+    )
+    return st.lists(step, max_size=40)
+
+
+def model_tree(
+    raw: dict[bytes, bytes], transform: Transform[str, int] = int_transform
+) -> dict[str, int]:
+    """The rule, written plainly: valid records only, the smallest raw key wins a collision."""
     out: dict[str, int] = {}
-    for k, v in raw.items():
-        with contextlib.suppress(ValueError):
-            out[k.decode()] = int(v)
+    for k, v in sorted(raw.items()):
+        try:
+            key, value = transform(k, v)
+        except ValueError:
+            continue
+        out.setdefault(key, value)
     return out
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(step, max_size=40))
-def test_engine_matches_a_model_dict(
-    steps: list[tuple[str, list[tuple[bytes, bytes | None]]]],
-) -> None:
-    e = engine()
+def check_against_model(transform: Transform[str, int], steps: list[Step]) -> None:
+    e = SnapshotEngine(transform, name="test")
     raw: dict[bytes, bytes] = {}
     rev = 1
     e.reset([], rev)
     delivered: dict[str, int] = dict(take(e).tree)
     last_rev = rev
     for kind, events in steps:
-        if kind == "apply":
+        if kind in ("apply", "compacted"):
             rev += 1
             for k, v in events:
                 if v is None:
                     raw.pop(k, None)
                 else:
                     raw[k] = v
-            e.apply(rev, events)
+            if kind == "apply":
+                e.apply(rev, events)
+            else:
+                e.reset(sorted(raw.items()), rev)
         elif kind == "relist":
             e.reset(sorted(raw.items()), rev)
+        elif kind == "relist-reversed":
+            e.reset(sorted(raw.items(), reverse=True), rev)
         elif kind == "progress":
             rev += 1
             e.advance(rev)
-        assert dict(e.tree) == model_tree(raw)
-        if kind == "take" or kind == "relist":
+        assert dict(e.tree) == model_tree(raw, transform)
+        assert dict(e.tree) == fresh_tree(transform, sorted(raw.items()))
+        assert e.view == (e.tree, e.revision)
+        assert e.view[0] is e.tree
+        assert e.pending <= len(delivered) + len(e.tree)
+        if kind in ("take", "relist", "relist-reversed", "compacted"):
             snap = e.take()
             if snap is None:
-                assert model_tree(raw) == delivered
+                assert model_tree(raw, transform) == delivered
                 continue
             assert snap.revision >= last_rev
-            assert dict(snap.tree) == model_tree(raw)
+            assert dict(snap.tree) == model_tree(raw, transform)
             # the changes turn the previously delivered tree into this one, one per key
             applied = dict(delivered)
             for ck, c in snap.changes.items():
@@ -247,3 +506,16 @@ def test_engine_matches_a_model_dict(
                     assert c.new is None
             assert applied == dict(snap.tree)
             delivered, last_rev = dict(snap.tree), snap.revision
+            assert e.pending == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(step_lists(KEYS, VALUES))
+def test_engine_matches_a_model_dict(steps: list[Step]) -> None:
+    check_against_model(int_transform, steps)
+
+
+@settings(max_examples=300, deadline=None)
+@given(step_lists(FOLDING_KEYS, FOLDING_VALUES))
+def test_engine_with_colliding_keys_matches_a_model_dict(steps: list[Step]) -> None:
+    check_against_model(folding_transform, steps)

@@ -6,15 +6,32 @@ Free of I/O. :class:`SnapshotEngine` keeps
   snapshot costs O(changes), never O(tree);
 - a raw-key -> K index, so a delete never depends on transforming the old value;
 - the pending deltas since the last *delivered* snapshot (``take()``), merged per key, so a slow
-  consumer always gets the newest snapshot next with one change per key, in bounded memory.
+  consumer always gets the newest snapshot next with one change per key. A key added and removed
+  again between two deliveries leaves nothing behind, so the pending deltas never outnumber the
+  keys of the last delivered tree plus those of the current one, however many keys came and went.
 
 A record whose transform raises (or returns something that is not a ``(key, value)`` tuple with a
 hashable key) is invalid: it is left out of the tree, counted and logged once with its key and
-error. Two raw keys that transform to the same K are a collision: the second is invalid.
+error.
+
+Two raw keys that transform to the same K collide. Among all valid records of one K, the one with
+the smallest raw key (bytes order) is in the tree; the others are kept hidden (their transformed
+values, one sorted list of raw keys per colliding K). When the record in the tree is deleted,
+becomes invalid or maps to another K, the smallest hidden one takes over; a new record with a
+smaller raw key takes over at once. So the tree never depends on the order of events: it always
+equals what a fresh engine builds from a listing at the same revision.
+
+``invalid_records`` counts the records left out, each with one warning:
+
+- every put the transform rejects (a relist finding the same rejected value does not count again);
+- every put the first time it is hidden by a collision, whether it arrives hidden or is pushed
+  out of the tree later by a smaller raw key. Taking over and being pushed out again, or being
+  found hidden again by a relist (at the same value), does not count again; a new put does.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
@@ -132,7 +149,11 @@ def _same(old: object, new: object) -> bool:
 
 
 class SnapshotEngine(Generic[K, V]):
-    """Applies listings and watch events to a persistent map; see the module docstring."""
+    """Applies listings and watch events to a persistent map; see the module docstring.
+
+    Invariant: after any sequence of :meth:`reset` and :meth:`apply`, ``tree`` equals the tree
+    a fresh engine builds from ``reset(<the raw listing at that revision>)``.
+    """
 
     def __init__(
         self,
@@ -144,49 +165,64 @@ class SnapshotEngine(Generic[K, V]):
         self._transform = transform
         self._log = logger or _log
         self._name = name
-        self._tree: immutables.Map[K, V] = immutables.Map()
-        self._index: dict[bytes, K] = {}  # raw key -> K of every valid record
-        self._owner: dict[K, bytes] = {}  # K -> raw key (to detect collisions)
+        # (tree, revision), replaced in one assignment so a reader never pairs two revisions
+        self._view: tuple[immutables.Map[K, V], int] = (immutables.Map(), 0)
+        self._index: dict[bytes, K] = {}  # raw key -> K of every valid record, hidden or not
+        self._owner: dict[K, bytes] = {}  # K -> raw key of the record in the tree
+        self._losers: dict[K, list[bytes]] = {}  # K -> sorted raw keys of its hidden records
+        self._hidden: dict[bytes, V] = {}  # raw key of a hidden record -> its value
+        self._reported: dict[bytes, Any] = {}  # raw key -> the value it was counted hidden at
         self._invalid: dict[bytes, bytes] = {}  # raw key -> its rejected value
         self._invalid_count = 0
-        self._revision = 0
         self._pending: dict[K, Any] = {}  # K -> value at the last delivery (or _ABSENT)
-        self._fresh = False  # a reset happened since the last take()
+        self._dirty = False  # a listing, or an event that touched the tree, since the last take()
         self._delivered = 0
 
     # -- read side ------------------------------------------------------------------------------
 
     @property
+    def view(self) -> tuple[immutables.Map[K, V], int]:
+        """``(tree, revision)`` as one consistent pair, safe to read from another thread."""
+        return self._view
+
+    @property
     def revision(self) -> int:
         """The revision the tree is exact at."""
-        return self._revision
+        return self._view[1]
 
     @property
     def tree(self) -> immutables.Map[K, V]:
-        return self._tree
+        return self._view[0]
 
     @property
     def invalid_records(self) -> int:
-        """How many records the transform rejected so far (each rejected value counts once)."""
+        """Records left out so far: see the module docstring for what counts."""
         return self._invalid_count
 
     @property
     def pending(self) -> int:
-        """How many keys changed since the last delivered snapshot."""
+        """Keys that may have changed since the last delivered snapshot.
+
+        At most the size of the last delivered tree plus the size of the current tree, however
+        many keys came and went in between.
+        """
         return len(self._pending)
 
     # -- write side -----------------------------------------------------------------------------
 
     def reset(self, kvs: Iterable[tuple[bytes, bytes]], revision: int) -> None:
-        """Replace the tree with a full listing at ``revision``.
+        """Replace the tree with a full listing at ``revision`` (each raw key at most once).
 
         Keys that disappeared become synthesized REMOVED changes, so deltas stay consistent across
         a relist. The next :meth:`take` always returns a snapshot.
         """
-        old_tree = self._tree
+        old_tree = self._view[0]
         old_invalid = self._invalid
-        self._index = {}
-        self._owner = {}
+        old_reported = self._reported
+        index: dict[bytes, K] = {}
+        owner: dict[K, bytes] = {}
+        losers: dict[K, list[bytes]] = {}
+        hidden: dict[bytes, V] = {}
         self._invalid = {}
         mm = immutables.Map[K, V]().mutate()
         for raw, value in kvs:
@@ -194,14 +230,29 @@ class SnapshotEngine(Generic[K, V]):
             if rec is None:
                 continue
             k, v = rec
-            owner = self._owner.get(k)
-            if owner is not None:
-                self._reject(raw, value, f"its key {k!r} collides with {owner!r}")
-                continue
-            self._index[raw] = k
-            self._owner[k] = raw
-            mm[k] = v
+            index[raw] = k
+            cur = owner.get(k)
+            if cur is None:
+                owner[k] = raw
+                mm[k] = v
+            elif raw < cur:
+                bisect.insort(losers.setdefault(k, []), cur)
+                hidden[cur] = mm[k]
+                owner[k] = raw
+                mm[k] = v
+            else:
+                bisect.insort(losers.setdefault(k, []), raw)
+                hidden[raw] = v
         new_tree = mm.finish()
+        self._index, self._owner, self._losers, self._hidden = index, owner, losers, hidden
+        # a record hidden before the relist at the same value was counted already
+        self._reported = {}
+        for raw, was in old_reported.items():
+            k = index.get(raw, _ABSENT)
+            if k is not _ABSENT and _same(was, hidden[raw] if raw in hidden else new_tree[k]):
+                self._reported[raw] = was
+        for raw, v in hidden.items():
+            self._report_hidden(raw, v, index[raw])
         pending = self._pending
         for k, old in old_tree.items():
             if k not in new_tree:
@@ -211,9 +262,10 @@ class SnapshotEngine(Generic[K, V]):
                 old = old_tree.get(k, _ABSENT)
                 if old is _ABSENT or not _same(old, v):
                     pending[k] = old
-        self._tree = new_tree
-        self._revision = revision
-        self._fresh = True
+        for k in [k for k, old in pending.items() if old is _ABSENT and k not in new_tree]:
+            del pending[k]  # came and went since the last delivery: no change at all
+        self._dirty = True
+        self._view = (new_tree, revision)
 
     def apply(self, revision: int, events: Iterable[tuple[bytes, bytes | None]]) -> bool:
         """Apply every event of one etcd revision at once; ``value=None`` means a delete.
@@ -221,62 +273,84 @@ class SnapshotEngine(Generic[K, V]):
         Events at or below the current revision are ignored (a resumed watch may repeat them).
         Returns whether anything was applied.
         """
-        if revision <= self._revision:
+        tree, current = self._view
+        if revision <= current:
             return False
-        mm = self._tree.mutate()
+        mm = tree.mutate()
         index = self._index
         owner = self._owner
+        losers = self._losers
         pending = self._pending
+        invalid = self._invalid
+        reported = self._reported
+        touched = False
         for raw, value in events:
             old_k = index.get(raw, _ABSENT)
+            if reported:
+                reported.pop(raw, None)  # a new value (or none): a new record to count
             if value is None:
-                self._invalid.pop(raw, None)
-                if old_k is not _ABSENT:
-                    del index[raw]
-                    del owner[old_k]
-                    if old_k not in pending:
-                        pending[old_k] = mm.get(old_k, _ABSENT)
-                    del mm[old_k]
-                continue
-            rec = self._convert(raw, value, known_bad=None)
-            if rec is not None:
-                k, v = rec
-                other = owner.get(k)
-                if other is not None and other != raw:
-                    self._reject(raw, value, f"its key {k!r} collides with {other!r}")
-                    rec = None
-            if old_k is not _ABSENT and (rec is None or rec[0] != old_k):
-                # the record became invalid, or now maps to another K: the old K goes away
+                if invalid:
+                    invalid.pop(raw, None)
+                if old_k is _ABSENT:
+                    continue
                 del index[raw]
+                if losers:
+                    touched = self._withdraw(mm, raw, old_k) or touched
+                    continue
+                # no collision anywhere: every valid record is in the tree
                 del owner[old_k]
                 if old_k not in pending:
-                    pending[old_k] = mm.get(old_k, _ABSENT)
+                    pending[old_k] = mm[old_k]
+                elif pending[old_k] is _ABSENT:
+                    del pending[old_k]  # came and went since the last delivery: no change
                 del mm[old_k]
+                touched = True
+                continue
+            rec = self._convert(raw, value, known_bad=None)
             if rec is None:
+                if old_k is not _ABSENT:
+                    del index[raw]
+                    touched = self._withdraw(mm, raw, old_k) or touched
                 continue
             k, v = rec
-            self._invalid.pop(raw, None)
-            if k not in pending:
-                pending[k] = mm.get(k, _ABSENT)
-            index[raw] = k
-            owner[k] = raw
-            mm[k] = v
-        self._tree = mm.finish()
-        self._revision = revision
+            if invalid:
+                invalid.pop(raw, None)
+            if old_k is not _ABSENT and old_k != k:
+                del index[raw]
+                touched = self._withdraw(mm, raw, old_k) or touched
+            cur = owner.get(k)
+            if cur is None or cur == raw:
+                if cur is None:
+                    index[raw] = k
+                    owner[k] = raw
+                if k not in pending:
+                    pending[k] = mm.get(k, _ABSENT)
+                mm[k] = v
+                touched = True
+            else:
+                touched = self._contend(mm, raw, k, v, cur) or touched
+        if touched:
+            self._dirty = True
+        self._view = (mm.finish(), revision)
         return True
 
     def advance(self, revision: int) -> None:
         """Nothing under the prefix changed up to ``revision`` (a progress notification)."""
-        if revision > self._revision:
-            self._revision = revision
+        tree, current = self._view
+        if revision > current:
+            self._view = (tree, revision)
 
     def take(self) -> Snapshot[K, V] | None:
-        """The snapshot to deliver next, or ``None`` when nothing changed since the last one."""
-        if not self._pending and not self._fresh:
+        """The snapshot to deliver next, or ``None`` when nothing arrived since the last one.
+
+        A listing, or any event that touched the tree, yields a snapshot, even when its changes
+        cancelled out (its ``changes`` are then empty); a progress notification alone does not.
+        """
+        if not self._dirty and not self._pending:
             return None
-        if self._revision < self._delivered:
+        tree, revision = self._view
+        if revision < self._delivered:
             return None  # a relist answered at an older revision: never deliver going back
-        tree = self._tree
         changes: dict[K, Change[K, V]] = {}
         for k, old in self._pending.items():
             new = tree.get(k, _ABSENT)
@@ -288,11 +362,85 @@ class SnapshotEngine(Generic[K, V]):
             elif not _same(old, new):
                 changes[k] = Change(ChangeKind.UPDATED, k, old, new)
         self._pending = {}
-        self._fresh = False
-        self._delivered = self._revision
-        return Snapshot(Tree(tree), self._revision, changes)
+        self._dirty = False
+        self._delivered = revision
+        return Snapshot(Tree(tree), revision, changes)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _set(self, mm: immutables.MapMutation[K, V], k: K, v: V) -> None:
+        if k not in self._pending:
+            self._pending[k] = mm.get(k, _ABSENT)
+        mm[k] = v
+
+    def _withdraw(self, mm: immutables.MapMutation[K, V], raw: bytes, k: K) -> bool:
+        """``raw`` (already out of the index) no longer holds a record for ``k``.
+
+        Returns whether the tree changed: the next hidden record takes over, or ``k`` goes.
+        """
+        owner = self._owner
+        losers = self._losers.get(k)
+        if owner[k] != raw:
+            assert losers is not None
+            del losers[bisect.bisect_left(losers, raw)]
+            if not losers:
+                del self._losers[k]
+            del self._hidden[raw]
+            return False
+        if losers:
+            nxt = losers.pop(0)
+            if not losers:
+                del self._losers[k]
+            owner[k] = nxt
+            self._set(mm, k, self._hidden.pop(nxt))
+            return True
+        del owner[k]
+        pending = self._pending
+        if k not in pending:
+            pending[k] = mm[k]
+        elif pending[k] is _ABSENT:
+            del pending[k]
+        del mm[k]
+        return True
+
+    def _contend(
+        self, mm: immutables.MapMutation[K, V], raw: bytes, k: K, v: V, cur: bytes
+    ) -> bool:
+        """A valid record ``raw -> (k, v)`` meets ``cur``, the raw key holding ``k`` now.
+
+        The smallest raw key wins. Returns whether the tree changed.
+        """
+        self._index[raw] = k
+        hidden = self._hidden
+        if cur < raw:  # raw stays hidden, or goes hidden (a hidden raw key is never the smallest)
+            if raw not in hidden:
+                bisect.insort(self._losers.setdefault(k, []), raw)
+            hidden[raw] = v
+            self._report_hidden(raw, v, k)
+            return False
+        # raw takes over: the record in the tree goes hidden
+        was = mm[k]
+        bisect.insort(self._losers.setdefault(k, []), cur)
+        hidden[cur] = was
+        self._owner[k] = raw
+        self._set(mm, k, v)
+        self._report_hidden(cur, was, k)
+        return True
+
+    def _report_hidden(self, raw: bytes, v: V, k: K) -> None:
+        was = self._reported.get(raw, _ABSENT)
+        if was is not _ABSENT and _same(was, v):
+            return
+        self._reported[raw] = v
+        self._invalid_count += 1
+        self._log.warning(
+            "watch %s: hiding record %r: its key %r is also the key of %r, which wins"
+            " (the smallest raw key does)",
+            self._name,
+            raw,
+            k,
+            self._owner[k],
+        )
 
     def _convert(self, raw: bytes, value: bytes, *, known_bad: bytes | None) -> tuple[K, V] | None:
         try:
