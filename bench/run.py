@@ -3,7 +3,7 @@
 ``python -m bench [--quick] [--only SCENARIO[,..]] [--etcd-bin PATH] [--profile DIR]``
 (or ``python bench/run.py ...``) from the repository root.
 
-Scenarios: watch, latency, wait, lease, initial (see bench/README.md). Every job (a scenario
+Scenarios: watch, latency, wait, lease, initial, hung (see bench/README.md). Every job (a scenario
 at one set of parameters) runs in a process of its own with an etcd of its own (single
 member, loopback, the packaged binary unless ``--etcd-bin``), so peak memory and CPU figures
 belong to that job and no job sees another's data. JSON lines go to stdout, progress to
@@ -42,7 +42,7 @@ from bench._common import (
     run_async,
 )
 
-SCENARIOS = ("watch", "latency", "wait", "lease", "initial")
+SCENARIOS = ("watch", "latency", "wait", "lease", "initial", "hung")
 JOB_TIMEOUT = 900.0
 
 

@@ -18,7 +18,7 @@ def etcdkit_tasks() -> list[str]:
 
 
 @asynccontextmanager
-async def fresh_client(endpoints: str, **kwargs: Any) -> AsyncIterator[AsyncClient]:
+async def fresh_client(endpoints: str | list[str], **kwargs: Any) -> AsyncIterator[AsyncClient]:
     """A client of the test's own; after it closes no etcdkit task may be left."""
     async with AsyncClient(endpoints, **kwargs) as client:
         yield client

@@ -46,7 +46,6 @@ CTOR_CASES = [
     pytest.param(
         {"endpoints": "http://127.0.0.1:1,https://127.0.0.1:2"}, ValueError, "mix", id="mixed-tls"
     ),
-    pytest.param({"endpoints": "a.invalid:1,b.invalid:2"}, ValueError, "IP", id="many-hostnames"),
     pytest.param({"username": "u"}, ValueError, "both username and password", id="user-only"),
     pytest.param({"password": "p"}, ValueError, "both username and password", id="password-only"),
     pytest.param({"username": 5, "password": "p"}, TypeError, "username", id="user-int"),
@@ -70,6 +69,14 @@ CTOR_CASES = [
         id="timeout-bool",
     ),
 ]
+
+
+def test_several_hostnames_are_accepted() -> None:
+    # One channel per endpoint (issue 12/17): host names need not be IP addresses any more.
+    assert AsyncClient("a.invalid:1,b.invalid:2").endpoints == [
+        "http://a.invalid:1",
+        "http://b.invalid:2",
+    ]
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), CTOR_CASES)

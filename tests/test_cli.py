@@ -569,3 +569,35 @@ def test_demo_against_a_given_etcd(etcd_server: EtcdServer, etcd_sync: Client) -
     assert "skipping the etcd restart" in out
     assert re.search(r"recovered from a lease revoke in \d+ ms", out), out
     assert etcd_sync.get_prefix("/demo/workers/").kvs == []
+
+
+def test_watch_json_keys_are_unambiguous(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    # Issue 17: a non-UTF-8 key byte and a literal backslash must not print the same.
+    etcd_sync.put(etcd_prefix.encode() + b"\xff", "bin")
+    etcd_sync.put(etcd_prefix + "\\xff", "text")
+    ep = ["--endpoints", etcd_server.endpoint]
+    with Cli(*ep, "watch", etcd_prefix, "--json", "--transform", "raw") as cli:
+        tree = JsonLines(cli).next()["tree"]
+        cli.signal(signal.SIGTERM)
+        assert cli.wait() == 0
+    raw = {k.encode("utf-8", "surrogateescape"): base64.b64decode(v) for k, v in tree.items()}
+    assert raw == {
+        etcd_prefix.encode() + b"\xff": b"bin",
+        etcd_prefix.encode() + b"\\xff": b"text",
+    }
+
+
+def test_wait_once_says_what_holds(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    key = etcd_prefix + "present"
+    etcd_sync.put(key, "v")
+    ep = ["--endpoints", etcd_server.endpoint]
+    absent = run(*ep, "wait", key, "--absent", "--timeout", "0")
+    assert absent.returncode == 3
+    assert f"{key} still exists" in absent.stderr
+    missing = run(*ep, "wait", etcd_prefix + "nope", "--timeout", "0")
+    assert missing.returncode == 3
+    assert "does not exist" in missing.stderr

@@ -11,7 +11,8 @@ from aetcd import rpc
 
 import etcdkit
 from etcdkit import AsyncClient, Client
-from etcdkit._conn import parse_endpoints, prefix_range_end
+from etcdkit._conn import parse_endpoints
+from etcdkit._types import prefix_range_end
 from etcdkit.server import EtcdServer
 
 
@@ -148,13 +149,19 @@ async def test_bad_input_is_rejected_before_io(
         await call(etcd)  # type: ignore[operator]
 
 
-async def test_unreachable_endpoint_fails_fast() -> None:
+async def test_unreachable_endpoint_fails_within_the_timeout() -> None:
+    # Issue 12: a call waits for a ready endpoint within its timeout (as Go's clientv3 does),
+    # then fails with the endpoint's address and the last connection error.
     port = free_port()
-    async with AsyncClient(f"127.0.0.1:{port}", timeout=3) as client:
+    async with AsyncClient(f"127.0.0.1:{port}", timeout=1) as client:
         t0 = time.monotonic()
-        with pytest.raises(etcdkit.ConnectionUnavailableError, match=f"127.0.0.1:{port}"):
+        with pytest.raises(etcdkit.ConnectionUnavailableError, match=f"127.0.0.1:{port}") as info:
             await client.get("k")
-        assert time.monotonic() - t0 < 3  # fails on the refused connection, not the deadline
+        assert time.monotonic() - t0 < 1.5
+        assert "last error" in str(info.value)
+        with pytest.raises(etcdkit.ConnectionUnavailableError, match=f"127.0.0.1:{port}"):
+            await client.put("k", "v")  # a write that never left is retried the same way
+        assert time.monotonic() - t0 < 3.0
 
 
 async def test_timeout_is_a_builtin_timeout_error(etcd_server_factory: object) -> None:
@@ -208,11 +215,13 @@ def test_public_names_are_pinned() -> None:
     assert sorted(etcdkit.__all__) == sorted(
         [
             "AsyncClient", "AuthError", "Change", "ChangeKind", "Client", "ClosedError",
-            "CompactedError", "ConnectionUnavailableError", "EtcdTimeoutError", "EtcdkitError",
-            "InvalidArgumentError", "KeyValue", "LeaseGrant", "LeaseNotFoundError", "LeaseState",
-            "PermissionDeniedError", "PersistentLease", "PrefixWatch", "RangeResult",
-            "ServerError", "Snapshot", "SyncPersistentLease", "SyncPrefixWatch",
-            "WatchEndedError", "WatchState", "WatchStats", "__version__", "default_transform",
+            "CompactedError", "Compare", "ConnectionUnavailableError", "DeleteResult",
+            "EtcdTimeoutError", "EtcdkitError", "EventType", "InvalidArgumentError", "KeyValue",
+            "LeaseGrant", "LeaseNotFoundError", "LeaseState", "Op", "PermissionDeniedError",
+            "PersistentLease", "PrefixWatch", "PutResult", "RangeResult", "RetryPolicy",
+            "ServerError", "Session", "SessionState", "Snapshot", "SyncPersistentLease",
+            "SyncPrefixWatch", "SyncSession", "TxnResult", "WatchEndedError", "WatchEvent",
+            "WatchState", "WatchStats", "WrongContextError", "__version__", "default_transform",
         ]
     )  # fmt: skip
     assert isinstance(etcdkit.__version__, str)

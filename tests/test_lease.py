@@ -183,13 +183,13 @@ async def test_a_thousand_leases_share_one_stream(etcd: AsyncClient, etcd_prefix
             await asyncio.gather(*(lease.registered() for lease in leases))
         assert len((await etcd.get_prefix(etcd_prefix)).kvs) == 1000
         assert len({lease.lease_id for lease in leases}) == 1  # one etcd lease for them all
-        assert len(etcd._keepalives) == 1  # so one keepalive per ttl/3, not a thousand
-        assert etcd._watches.reconnects == 0
+        assert len(etcd.core.keepalives) == 1  # so one keepalive per ttl/3, not a thousand
+        assert etcd.core.watches.reconnects == 0
     finally:
         async with asyncio.timeout(60):
             await asyncio.gather(*(lease.aclose() for lease in leases))
     assert (await etcd.get_prefix(etcd_prefix)).kvs == []
-    assert len(etcd._keepalives) == 0
+    assert len(etcd.core.keepalives) == 0
 
 
 @pytest.mark.parametrize(

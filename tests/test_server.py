@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from etcdkit import Client
-from etcdkit import server as server_mod
 from etcdkit.server import (
     EtcdBinaryNotFoundError,
     EtcdCluster,
@@ -19,6 +18,7 @@ from etcdkit.server import (
     etcd_version,
     find_etcd_binary,
 )
+from etcdkit.testing import server as server_mod
 
 
 def test_binary_lookup_prefers_the_environment(

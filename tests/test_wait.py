@@ -52,7 +52,7 @@ async def test_timeout_raises_timeout_error(etcd: AsyncClient, etcd_prefix: str)
     with pytest.raises(TimeoutError, match=r"did not exist within 0\.3 s") as info:
         await etcd.wait_for(etcd_prefix + "never", timeout=0.3)
     assert isinstance(info.value, etcdkit.EtcdTimeoutError)
-    assert not etcd._watches._subs  # the key's watcher was removed from the shared stream
+    assert not etcd.core.watches._subs  # the key's watcher was removed from the shared stream
 
 
 async def test_cancellation_propagates(etcd: AsyncClient, etcd_prefix: str) -> None:

@@ -7,14 +7,16 @@ that decides behaviour (retries, streams, recovery) is ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -32,12 +34,12 @@ from etcdkit._errors import (
     PermissionDeniedError,
     ServerError,
 )
+from etcdkit._retry import RetryPolicy
 
-__all__ = ["Connection", "Endpoint", "map_rpc_error", "parse_endpoints", "to_bytes"]
+__all__ = ["Connection", "Endpoint", "Stubs", "map_rpc_error", "parse_endpoints"]
 
 log = logging.getLogger("etcdkit.client")
 
-T = TypeVar("T")
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 ENV_ENDPOINTS = "ETCDKIT_ENDPOINTS"
 
@@ -47,6 +49,8 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # Detect dead peers (black-holed connections) within ~keepalive_time + timeout.
     ("grpc.keepalive_time_ms", 5_000),
     ("grpc.keepalive_timeout_ms", 3_000),
+    # Without this a hung peer (SIGSTOP) is noticed only after ~65 s (issue 17); with it, ~3 s.
+    ("grpc.http2.ping_timeout_ms", 3_000),
     # etcd's server policy rejects pings without active streams (GOAWAY too_many_pings).
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
@@ -54,36 +58,8 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 1_000),
-    ("grpc.lb_policy_name", "round_robin"),
     ("grpc.enable_retries", 0),
 ]
-
-
-def to_bytes(value: str | bytes, what: str) -> bytes:
-    """Accept ``str`` (UTF-8 encoded) or ``bytes``; anything else is a TypeError."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    raise TypeError(f"{what} must be str or bytes, got {type(value).__name__}: {value!r:.80}")
-
-
-def key_bytes(key: str | bytes, what: str = "key") -> bytes:
-    raw = to_bytes(key, what)
-    if not raw:
-        raise ValueError(f"{what} must not be empty")
-    return raw
-
-
-def prefix_range_end(prefix: bytes) -> bytes:
-    """The etcd range end that covers every key starting with ``prefix`` (byte-wise)."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"  # all keys
 
 
 @dataclass(frozen=True)
@@ -147,19 +123,15 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _grpc_target(endpoints: list[Endpoint]) -> str:
-    if len(endpoints) == 1 and not _is_ip(endpoints[0].host):
-        return f"dns:///{endpoints[0].host}:{endpoints[0].port}"
-    if all(_is_ip(e.host) for e in endpoints):
-        v6 = [ipaddress.ip_address(e.host).version == 6 for e in endpoints]
-        if all(v6):
-            return "ipv6:" + ",".join(f"[{e.host}]:{e.port}" for e in endpoints)
-        if not any(v6):
-            return "ipv4:" + ",".join(f"{e.host}:{e.port}" for e in endpoints)
-    raise ValueError(
-        "several endpoints must all be IP addresses of one family (e.g. 127.0.0.1:2379,"
-        f"127.0.0.1:22379); got {[str(e) for e in endpoints]}"
-    )
+CLOSE_SETTLE = 0.02  # seconds a closing connection gives grpc to hand back its last events
+
+
+def _grpc_target(e: Endpoint) -> str:
+    if not _is_ip(e.host):
+        return f"dns:///{e.host}:{e.port}"
+    if ipaddress.ip_address(e.host).version == 6:
+        return f"ipv6:[{e.host}]:{e.port}"
+    return f"ipv4:{e.host}:{e.port}"
 
 
 def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
@@ -212,6 +184,25 @@ def is_invalid_token(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and "invalid auth token" in (exc.details() or "")
 
 
+def _pick_failed(exc: grpc.aio.AioRpcError) -> bool:
+    """The RPC never left this process: no connection could be made for it (so even a write
+    is safe to send again). grpc says so in the details of a fail-fast pick failure."""
+    details = (exc.details() or "").lower()
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in details or "no address" in details or "no connection" in details
+    )
+
+
+async def _final_status(call: Any) -> None:
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await call.code()
+
+
+def _cancelled_from_outside() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Stubs:
     """The raw escape hatch: the grpc.aio channel and the generated etcd v3 stubs."""
 
@@ -225,8 +216,38 @@ class Stubs:
         self.auth = rpc.AuthStub(channel)
 
 
+class Channel:
+    """One grpc.aio channel to one endpoint, and the calls in flight on it."""
+
+    __slots__ = ("calls", "ended", "endpoint", "kicked", "live", "stubs")
+
+    def __init__(self, endpoint: Endpoint, stubs: Stubs) -> None:
+        self.endpoint = endpoint
+        self.stubs = stubs
+        self.calls: set[Any] = set()  # unary calls in flight
+        self.kicked: set[Any] = set()  # calls cancelled by a failover (to be sent elsewhere)
+        self.ended: set[Any] = set()  # calls cancelled because the client is closing
+        self.live: weakref.WeakSet[Any] = weakref.WeakSet()  # every call not known finished
+
+    def stream(self, service: str, method: str, metadata: list[tuple[str, str]]) -> Any:
+        """Open a bidirectional stream call (its owner reads, writes and cancels it)."""
+        call = getattr(getattr(self.stubs, service), method)(metadata=metadata)
+        self.live.add(call)
+        return call
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.endpoint}>"
+
+
 class Connection:
-    """One grpc.aio channel over all endpoints, plus the auth token (fetched lazily)."""
+    """One grpc.aio channel per endpoint, the auth token, and every unary call.
+
+    The connection prefers one endpoint at a time (like a sticky client). When that endpoint
+    fails (unavailable, no answer in time, or a stream owner reports it hung), it fails over to
+    the next: new calls and re-opened streams go there, and unary calls in flight on the failed
+    one are sent again there when that is safe. A single endpoint (or a DNS name, which grpc
+    resolves and balances itself) is simply always the preferred one.
+    """
 
     def __init__(
         self,
@@ -238,6 +259,7 @@ class Connection:
         cert: str | os.PathLike[str] | None,
         key: str | os.PathLike[str] | None,
         timeout: float | None,
+        retry: RetryPolicy,
     ) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.where = ",".join(str(e) for e in self.endpoints)
@@ -257,51 +279,124 @@ class Connection:
             raise ValueError(
                 f"timeout must be a positive number of seconds or None, not {timeout!r}"
             )
+        if not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be an etcdkit.RetryPolicy, got {retry!r:.80}")
         self.timeout = None if timeout is None else float(timeout)
+        self.retry = retry
         self._username = username
         self._password = password
-        self._target = _grpc_target(self.endpoints)
         self._tls = self.endpoints[0].tls or ca_cert is not None or cert is not None
         self._ca = _read(ca_cert, "ca_cert")
         self._cert = _read(cert, "cert")
         self._key = _read(key, "key")
         self._token: str | None = None
         self._token_lock: asyncio.Lock | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._stubs: Stubs | None = None
+        self._channels: list[Channel] = []
+        self._current = 0
+        self._closed_event: asyncio.Event | None = None
+        self.closing = False  # the owner is closing: calls in flight end, its own may still run
         self.closed = False
+        self.failovers = 0
+        self.last_error: str | None = None  # the newest connection-level failure, for messages
+        self.answered = False  # etcd answered at least one call or stream
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the channel (no network I/O: grpc connects lazily)."""
-        if self._channel is not None:
+        """Create the channels (no network I/O: grpc connects lazily)."""
+        if self._channels:
             return
-        options = list(_CHANNEL_OPTIONS)
-        host = self.endpoints[0].host
-        if self._tls:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=self._ca, private_key=self._key, certificate_chain=self._cert
-            )
-            options.append(("grpc.ssl_target_name_override", host))
-            self._channel = grpc.aio.secure_channel(self._target, creds, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(self._target, options=options)
-        self._stubs = Stubs(self._channel)
+        for endpoint in self.endpoints:
+            options = list(_CHANNEL_OPTIONS)
+            target = _grpc_target(endpoint)
+            if self._tls:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=self._ca, private_key=self._key, certificate_chain=self._cert
+                )
+                options.append(("grpc.ssl_target_name_override", endpoint.host))
+                channel = grpc.aio.secure_channel(target, creds, options=options)
+            else:
+                channel = grpc.aio.insecure_channel(target, options=options)
+            self._channels.append(Channel(endpoint, Stubs(channel)))
         self._token_lock = asyncio.Lock()
+        self._closed_event = asyncio.Event()
 
     async def close(self) -> None:
+        """Cancel every call in flight (their callers get :class:`ClosedError`) and close the
+        channels, then give grpc's completion callbacks the loop turns they need to finish."""
+        if self.closed:
+            return
+        self.end_calls()
         self.closed = True
-        if self._channel is not None:
-            await self._channel.close(grace=None)
+        # Cancel every call and wait (bounded) until grpc has delivered each one's final status:
+        # grpc.aio finishes calls in callbacks on this loop, and one still pending when the loop
+        # closes logs "Event loop is closed" from its poller, or "Task was destroyed".
+        calls = [call for ch in self._channels for call in list(ch.live) if not call.done()]
+        for call in calls:
+            call.cancel()
+        if calls:
+            await asyncio.wait(
+                [asyncio.ensure_future(_final_status(c)) for c in calls], timeout=1.0
+            )
+        await asyncio.gather(*(ch.stubs.channel.close(grace=None) for ch in self._channels))
+        # Closing a channel still completes a few operations on grpc's poller thread; they are
+        # handed to this loop within a millisecond or two. Without this pause they may reach
+        # it after it closed ("Event loop is closed"): 19 such errors in 20 sequential loops.
+        await asyncio.sleep(CLOSE_SETTLE)
+
+    def end_calls(self) -> None:
+        """The client is closing: every call in flight now, and every retry pause, ends with
+        :class:`ClosedError` at once. Calls made from here on (the owner's last revokes) run."""
+        self.closing = True
+        if self._closed_event is not None:
+            self._closed_event.set()
+        for ch in self._channels:
+            for call in list(ch.calls):
+                ch.ended.add(call)
+                call.cancel()
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClosedError("the etcdkit client is closed; create a new one")
+        if not self._channels:
+            raise ClosedError("the etcdkit client is not open; use 'async with AsyncClient()'")
+
+    @property
+    def channel(self) -> Channel:
+        """The preferred endpoint's channel."""
+        self.check_open()
+        return self._channels[self._current]
 
     @property
     def stubs(self) -> Stubs:
-        if self.closed:
-            raise ClosedError("the etcdkit client is closed; create a new one")
-        if self._stubs is None:
-            raise ClosedError("the etcdkit client is not open; use 'async with AsyncClient()'")
-        return self._stubs
+        return self.channel.stubs
+
+    def failover(self, failed: Channel, why: str) -> None:
+        """``failed`` misbehaved: prefer the next endpoint, and send the unary calls in flight
+        on ``failed`` again there (their callers decide whether that is safe)."""
+        if self.closed or len(self._channels) < 2 or self._channels[self._current] is not failed:
+            return
+        self._current = (self._current + 1) % len(self._channels)
+        self.failovers += 1
+        log.warning(
+            "etcd endpoint %s failed (%s); using %s", failed.endpoint, why, self.channel.endpoint
+        )
+        for call in list(failed.calls):
+            failed.kicked.add(call)
+            call.cancel()
+
+    async def pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds; :class:`ClosedError` at once if the connection closes."""
+        assert self._closed_event is not None
+        if not self._closed_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._closed_event.wait()
+        if self.closing:
+            raise ClosedError("the etcdkit client was closed")
+
+    def note_failure(self, err: BaseException) -> None:
+        self.last_error = str(err)
 
     # -- auth -------------------------------------------------------------------------------------
 
@@ -312,36 +407,103 @@ class Connection:
         assert self._token_lock is not None
         async with self._token_lock:
             if self._token is None or refresh:
+                ch = self.channel
                 req = rpc.AuthenticateRequest(name=self._username, password=self._password)
                 try:
-                    resp = await self.stubs.auth.Authenticate(req, timeout=self.timeout)
+                    resp = await ch.stubs.auth.Authenticate(req, timeout=self.timeout)
                 except grpc.aio.AioRpcError as exc:
-                    err = map_rpc_error(exc, self.where, f"authenticate as {self._username!r}")
+                    err = map_rpc_error(
+                        exc, str(ch.endpoint), f"authenticate as {self._username!r}"
+                    )
                     if not isinstance(err, ConnectionUnavailableError | EtcdTimeoutError):
                         err = AuthError(
-                            f"authentication as {self._username!r} at {self.where} failed: "
+                            f"authentication as {self._username!r} at {ch.endpoint} failed: "
                             f"{exc.details()} (check username and password)"
                         )
                     raise err from exc
                 self._token = resp.token
         return [("token", self._token)]
 
+    # -- unary calls ------------------------------------------------------------------------------
+
     async def call(
-        self,
-        what: str,
-        fn: Callable[..., Awaitable[T]],
-        request: Any,
-    ) -> T:
-        """One unary RPC with the client's timeout, auth metadata and error mapping."""
-        t = self.timeout
-        md = await self.metadata()
-        try:
+        self, what: str, service: str, method: str, request: Any, *, idempotent: bool
+    ) -> Any:
+        """One unary RPC with the client's timeout, auth metadata and error mapping.
+
+        Within the timeout it waits for a ready endpoint and retries what is safe to retry:
+        any read (``idempotent``), and a write only when it provably never left this process.
+        A call cancelled because the client closed raises :class:`ClosedError`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        backoff = self.retry.backoff(cap=self.retry.call_cap)
+        last: EtcdkitError | None = None
+        refreshed = False
+        while True:
+            ch = self.channel  # raises ClosedError once closed
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise self._gave_up(what, last)
+            call: Any = None
             try:
-                return await fn(request, timeout=t, metadata=md)
-            except grpc.aio.AioRpcError as exc:
-                if not is_invalid_token(exc):
+                md = await self.metadata()
+                fn = getattr(getattr(ch.stubs, service), method)
+                call = fn(request, timeout=left, metadata=md)
+                ch.calls.add(call)
+                ch.live.add(call)
+                try:
+                    resp = await call
+                finally:
+                    ch.calls.discard(call)
+                self.answered = True
+                return resp
+            except asyncio.CancelledError:
+                if _cancelled_from_outside():
                     raise
-                md = await self.metadata(refresh=True)
-                return await fn(request, timeout=t, metadata=md)
-        except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc, self.where, what) from exc
+                if self.closed or (call is not None and call in ch.ended):
+                    ch.ended.discard(call)
+                    raise ClosedError(f"{what}: the etcdkit client was closed") from None
+                if call is None or call not in ch.kicked:
+                    raise
+                ch.kicked.discard(call)
+                last = ConnectionUnavailableError(
+                    f"{what} at {ch.endpoint}: the endpoint stopped answering"
+                )
+                if not idempotent:
+                    raise ConnectionUnavailableError(
+                        f"{what} at {ch.endpoint}: the endpoint stopped answering while the "
+                        "request was in flight; it may or may not have been applied"
+                    ) from None
+            except grpc.aio.AioRpcError as exc:
+                if self.closed:
+                    raise ClosedError(f"{what}: the etcdkit client was closed") from exc
+                if is_invalid_token(exc) and not refreshed:
+                    refreshed = True
+                    await self.metadata(refresh=True)
+                    continue
+                err = map_rpc_error(exc, str(ch.endpoint), what)
+                code = exc.code()
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    self.note_failure(err)
+                    self.failover(ch, f"{code.name}: {exc.details()}")
+                if code != grpc.StatusCode.UNAVAILABLE or not (idempotent or _pick_failed(exc)):
+                    raise err from exc
+                last = err
+            except (ConnectionUnavailableError, EtcdTimeoutError) as exc:  # from authenticate
+                self.note_failure(exc)
+                last = exc
+            delay = backoff.next_delay() or 0.0
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - loop.time()))
+            await self.pause(delay)
+
+    def _gave_up(self, what: str, last: EtcdkitError | None) -> EtcdkitError:
+        if last is None:
+            return EtcdTimeoutError(f"{what}: no answer from {self.where} within {self.timeout} s")
+        err = type(last)(
+            f"{what}: no etcd endpoint answered within {self.timeout} s ({self.where}; is etcd "
+            f"running and reachable?); last error: {last}"
+        )
+        err.__cause__ = last
+        return err

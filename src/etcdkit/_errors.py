@@ -10,8 +10,11 @@ Every error etcdkit raises on purpose derives from :class:`EtcdkitError`::
     │   └── PermissionDeniedError    authenticated, but the role may not touch that key
     ├── InvalidArgumentError         etcd rejected a request as malformed (also a ValueError)
     ├── LeaseNotFoundError           the lease expired or was revoked
-    ├── ClosedError                  the client, watch or lease was already closed
+    ├── ClosedError                  the client, watch or lease was closed (also while in flight)
+    ├── WrongContextError            used from the wrong event loop, or a blocking call made
+    │                                inside a running event loop (also a RuntimeError)
     ├── WatchEndedError              a watch ended for a reason other than close or success
+    ├── NotHeldError                 a lock or leadership is not held (never taken, released, lost)
     └── ServerError                  any other error reported by etcd
 
 Errors from grpc are converted at the boundary (``raise ... from exc``) so the original gRPC
@@ -30,9 +33,11 @@ __all__ = [
     "EtcdkitError",
     "InvalidArgumentError",
     "LeaseNotFoundError",
+    "NotHeldError",
     "PermissionDeniedError",
     "ServerError",
     "WatchEndedError",
+    "WrongContextError",
 ]
 
 
@@ -76,8 +81,18 @@ class ClosedError(EtcdkitError):
     """The object was already closed; create a new one."""
 
 
+class WrongContextError(EtcdkitError, RuntimeError):
+    """An object was used where it cannot work: an AsyncClient from another event loop than its
+    own, or a blocking Client call inside a running event loop (it would block that loop)."""
+
+
 class WatchEndedError(EtcdkitError):
     """A watch ended for a reason other than being closed (e.g. canceled by the server)."""
+
+
+class NotHeldError(EtcdkitError):
+    """An operation needs a lock or leadership that is not held: never acquired, released, or
+    lost (its key deleted, its lease expired or revoked). Another holder may exist now."""
 
 
 class ServerError(EtcdkitError):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "RetryPolicy"]
 
 
 @dataclass
@@ -73,3 +73,40 @@ class Backoff:
             return False
         await self.sleep(delay)
         return True
+
+
+def _default_retryable() -> tuple[type[BaseException], ...]:
+    from etcdkit._errors import ConnectionUnavailableError, EtcdTimeoutError
+
+    return (ConnectionUnavailableError, EtcdTimeoutError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How etcdkit retries: one object, injected into the client, used by every recipe.
+
+    ``retryable`` names the errors worth retrying (an allow-list: by default the connection
+    being unavailable and a deadline passing; auth, permission and bad-request errors are
+    permanent). ``backoff()`` makes a fresh :class:`Backoff` with this policy's pacing; the
+    recipes keep one per loop and reset it after each success. ``call_cap`` caps the pause
+    between attempts of one unary call (which retries only within its own timeout).
+    """
+
+    initial: float = 0.05
+    cap: float = 2.0
+    multiplier: float = 2.0
+    call_cap: float = 0.5
+    retryable: tuple[type[BaseException], ...] = field(default_factory=_default_retryable)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def __post_init__(self) -> None:
+        Backoff(self.initial, self.cap, self.multiplier)  # validates the numbers
+        if not self.call_cap > 0:
+            raise ValueError(f"RetryPolicy.call_cap must be > 0, got {self.call_cap!r}")
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.retryable)
+
+    def backoff(self, *, cap: float | None = None, deadline: float | None = None) -> Backoff:
+        c = self.cap if cap is None else max(cap, self.initial)
+        return Backoff(self.initial, c, self.multiplier, deadline=deadline, sleep=self.sleep)

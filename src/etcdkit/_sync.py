@@ -1,40 +1,57 @@
-"""The threaded facade: the asyncio core run on one private event-loop thread.
+"""The threaded face: the asyncio core run on one private event-loop thread.
 
-Nothing here re-implements behaviour: every call is forwarded to the asyncio object through
-a :class:`Portal` (the model is anyio's ``BlockingPortal``) and blocks until it finishes.
-A ``KeyboardInterrupt`` (or any exception) in the waiting thread cancels the coroutine.
+Nothing here re-implements behaviour: every call is forwarded to the asyncio object through a
+:class:`Portal` (the model is anyio's ``BlockingPortal``) and blocks until it finishes. A
+``KeyboardInterrupt`` (or any exception) in the waiting thread cancels the coroutine. Values
+are read either as one immutable object the loop publishes in one assignment (snapshots) or
+through the portal (states, stats), so a reader never sees a half-applied change.
+
+``tests/test_sync_parity.py`` compares every public name and signature here with its asyncio
+twin, so the two faces cannot drift.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
-from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient, KeyValue, LeaseGrant, RangeResult
+from etcdkit._client import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, AsyncClient
 from etcdkit._conn import Stubs
-from etcdkit._errors import ClosedError
-from etcdkit._lease import LeaseState, PersistentLease
+from etcdkit._errors import ClosedError, EtcdTimeoutError, WrongContextError
+from etcdkit._persistent_lease import LeaseState, PersistentLease
+from etcdkit._prefix_watch import PrefixWatch, WatchState, WatchStats
+from etcdkit._retry import RetryPolicy
+from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Snapshot, Transform
-from etcdkit._watch import PrefixWatch, WatchState, WatchStats
+from etcdkit._types import Compare, KeyValue, LeaseGrant, Op, RangeResult, TxnResult
 
-__all__ = ["Client", "Portal", "SyncPersistentLease", "SyncPrefixWatch"]
+__all__ = ["Client", "Portal", "SyncPersistentLease", "SyncPrefixWatch", "SyncSession"]
 
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
 
+SHUTDOWN_BOUND = 1.0  # seconds a stopping portal waits for cancelled work to finish
+
 
 class Portal:
-    """Runs coroutines on a private event loop thread for blocking callers."""
+    """Runs coroutines on a private event loop thread for blocking callers.
+
+    ``stop()`` ends every call still in flight: its caller gets :class:`ClosedError`, never a
+    raw ``CancelledError`` and never an endless wait.
+    """
 
     def __init__(self, name: str = "etcdkit-loop") -> None:
         self.loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self._stopping = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -42,43 +59,120 @@ class Portal:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def call(self, coro: Awaitable[T]) -> T:
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("a blocking etcdkit call was made from its own event-loop thread")
-        if self.loop.is_closed():
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            raise ClosedError("this etcdkit Client is closed; create a new one")
+    @property
+    def closed(self) -> bool:
+        return self._stopping or self.loop.is_closed()
+
+    def in_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _check_caller(self) -> None:
+        if self.in_loop_thread():
+            raise WrongContextError(
+                "a blocking etcdkit call was made from the client's own event-loop thread "
+                "(e.g. inside a listener callback); do the call from another thread"
+            )
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        raise WrongContextError(
+            "a blocking etcdkit.Client call was made inside a running event loop, which it "
+            "would block; use etcdkit.AsyncClient (await its methods) there, or run the "
+            "blocking call in a thread (await asyncio.to_thread(...))"
+        )
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for it."""
+        try:
+            self._check_caller()
+        except BaseException:
+            coro.close()
+            raise
 
         async def run() -> T:
-            return await coro
+            try:
+                return await coro
+            except asyncio.CancelledError:
+                if self._stopping:
+                    raise ClosedError("the etcdkit Client was closed during this call") from None
+                raise
 
-        fut: Future[T] = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        with self._lock:
+            if self.closed:
+                coro.close()
+                raise ClosedError("this etcdkit Client is closed; create a new one")
+            fut = asyncio.run_coroutine_threadsafe(run(), self.loop)
+            self._futures.add(fut)
         try:
             return fut.result()
+        except concurrent.futures.CancelledError:
+            raise ClosedError("the etcdkit Client was closed during this call") from None
         except BaseException:
             fut.cancel()
             raise
+        finally:
+            with self._lock:
+                self._futures.discard(fut)
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` on the loop thread and return its result."""
+
         async def run() -> T:
             return fn(*args)
 
         return self.call(run())
 
+    def read(self, fn: Callable[[], T]) -> T:
+        """Read a value on the loop thread (directly once the loop is gone, or from inside it)."""
+        if self.closed or self.in_loop_thread():
+            return fn()
+        try:
+            return self.run_sync(fn)
+        except ClosedError:
+            return fn()
+
     def stop(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
+        """Cancel what still runs (bounded), stop the loop thread and close the loop."""
+        with self._lock:
+            if self.closed:
+                return
+            self._stopping = True
+            pending = list(self._futures)
+
+        async def shutdown() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=SHUTDOWN_BOUND)
+
+        if not self.in_loop_thread():
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+            self.loop.close()
+        for fut in pending:
+            fut.cancel()
 
 
-class Client:
+class _Face:
+    """Shared plumbing of the blocking twins."""
+
+    _portal: Portal
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._portal.call(coro)
+
+
+class Client(_Face):
     """The blocking twin of :class:`AsyncClient`: same arguments, same methods, same errors.
 
     Runs one :class:`AsyncClient` on a private event-loop thread, which ``close()`` stops.
-    Use as ``with Client(...) as etcd:``.
+    Use as ``with Client(...) as etcd:``. Safe to call from any number of threads; a call
+    made inside a running event loop raises :class:`WrongContextError` (use AsyncClient there).
+    ``close()`` ends every call in flight in other threads with :class:`ClosedError`.
     """
 
     def __init__(
@@ -91,6 +185,7 @@ class Client:
         cert: str | os.PathLike[str] | None = None,
         key: str | os.PathLike[str] | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.aio = AsyncClient(
             endpoints,
@@ -100,16 +195,17 @@ class Client:
             cert=cert,
             key=key,
             timeout=timeout,
+            retry=retry,
         )
         self._portal = Portal()
         try:
-            self._portal.call(self.aio.connect())
+            self._call(self.aio.connect())
         except BaseException:
             self._portal.stop()
             raise
 
     def __repr__(self) -> str:
-        return f"<Client endpoints={','.join(self.aio.endpoints)!r}>"
+        return repr(self.aio).replace("<AsyncClient", "<Client", 1)
 
     def __enter__(self) -> Client:
         return self
@@ -120,9 +216,15 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close watches, leases and the connection, then stop the loop thread. Idempotent."""
-        if not self._portal.loop.is_closed():
-            self._portal.call(self.aio.close())
+        """Close watches, leases and the connection, then stop the loop thread. Idempotent;
+        calls in flight in other threads end with :class:`ClosedError`."""
+        if self._portal.closed:
+            return
+        try:
+            self._call(self.aio.close())
+        except ClosedError:
+            pass  # another thread is closing it
+        finally:
             self._portal.stop()
 
     @property
@@ -132,55 +234,77 @@ class Client:
     @property
     def raw(self) -> Stubs:
         """The async stubs (see :attr:`AsyncClient.raw`); run them with :meth:`run`."""
-        return self.aio.raw
+        return self._portal.read(lambda: self.aio.raw)
 
     def run(self, coro: Awaitable[T]) -> T:
         """Run a coroutine (e.g. a raw stub call) on the client's loop and return its result."""
-        return self._portal.call(coro)
+
+        async def wrap() -> T:
+            return await coro
+
+        return self._call(wrap())
+
+    def auth_metadata(self) -> list[tuple[str, str]]:
+        return self._call(self.aio.auth_metadata())
 
     def get(
         self, key: str | bytes, *, revision: int = 0, serializable: bool = False
     ) -> KeyValue | None:
-        return self._portal.call(self.aio.get(key, revision=revision, serializable=serializable))
+        return self._call(self.aio.get(key, revision=revision, serializable=serializable))
 
     def get_revision(self) -> int:
-        return self._portal.call(self.aio.get_revision())
+        return self._call(self.aio.get_revision())
 
     def get_prefix(
         self,
         prefix: str | bytes,
         *,
         revision: int = 0,
-        page_size: int = 1000,
+        page_size: int = DEFAULT_PAGE_SIZE,
         keys_only: bool = False,
     ) -> RangeResult:
-        return self._portal.call(
+        return self._call(
             self.aio.get_prefix(prefix, revision=revision, page_size=page_size, keys_only=keys_only)
         )
 
     def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0) -> int:
-        return self._portal.call(self.aio.put(key, value, lease=lease))
+        return self._call(self.aio.put(key, value, lease=lease))
 
     def delete(self, key: str | bytes) -> bool:
-        return self._portal.call(self.aio.delete(key))
+        return self._call(self.aio.delete(key))
 
     def delete_prefix(self, prefix: str | bytes) -> int:
-        return self._portal.call(self.aio.delete_prefix(prefix))
+        return self._call(self.aio.delete_prefix(prefix))
 
     def compact(self, revision: int, *, physical: bool = False) -> None:
-        self._portal.call(self.aio.compact(revision, physical=physical))
+        self._call(self.aio.compact(revision, physical=physical))
+
+    def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[Op] = (),
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        return self._call(self.aio.txn(compare, success, failure))
 
     def grant(self, ttl: int) -> LeaseGrant:
-        return self._portal.call(self.aio.grant(ttl))
+        return self._call(self.aio.grant(ttl))
 
     def revoke(self, lease_id: int) -> None:
-        self._portal.call(self.aio.revoke(lease_id))
+        self._call(self.aio.revoke(lease_id))
 
     def time_to_live(self, lease_id: int) -> int:
-        return self._portal.call(self.aio.time_to_live(lease_id))
+        return self._call(self.aio.time_to_live(lease_id))
+
+    def session(self, ttl: int = 60) -> SyncSession:
+        """See :meth:`AsyncClient.session`: grants the lease (blocking) and returns the open
+        session; use with ``with`` to close it."""
+        session = self._portal.run_sync(self.aio.session, ttl)
+        self._call(session.open())
+        return SyncSession(self._portal, session)
 
     def wait_for(self, key: str | bytes, exists: bool = True, timeout: float | None = None) -> int:
-        return self._portal.call(self.aio.wait_for(key, exists=exists, timeout=timeout))
+        return self._call(self.aio.wait_for(key, exists=exists, timeout=timeout))
 
     @overload
     def watch_prefix(self, prefix: str | bytes) -> SyncPrefixWatch[str, bytes]: ...
@@ -205,7 +329,7 @@ class Client:
         return SyncPersistentLease(self._portal, lease)
 
 
-class SyncPrefixWatch(Generic[K, V]):
+class SyncPrefixWatch(_Face, Generic[K, V]):
     """Blocking view of a :class:`PrefixWatch`: ``with``, ``synced()``, ``for snap in watch``."""
 
     def __init__(self, portal: Portal, watch: PrefixWatch[K, V]) -> None:
@@ -213,10 +337,12 @@ class SyncPrefixWatch(Generic[K, V]):
         self.aio = watch
 
     def __repr__(self) -> str:
-        return repr(self.aio).replace("<PrefixWatch", "<SyncPrefixWatch", 1)
+        return self._portal.read(lambda: repr(self.aio)).replace(
+            "<PrefixWatch", "<SyncPrefixWatch", 1
+        )
 
     def __enter__(self) -> SyncPrefixWatch[K, V]:
-        self._portal.run_sync(self.aio.start)
+        self.start()
         return self
 
     def __exit__(
@@ -224,40 +350,51 @@ class SyncPrefixWatch(Generic[K, V]):
     ) -> None:
         self.close()
 
+    def start(self) -> None:
+        self._portal.run_sync(self.aio.start)
+
     def close(self) -> None:
-        if not self._portal.loop.is_closed():
-            self._portal.call(self.aio.aclose())
+        if not self._portal.closed:
+            self._call(self.aio.aclose())
 
     def synced(self, timeout: float | None = None) -> Snapshot[K, V]:
-        return self._portal.call(self.aio.synced(timeout))
+        return self._call(self.aio.synced(timeout))
 
     def __iter__(self) -> Iterator[Snapshot[K, V]]:
         return self
 
     def __next__(self) -> Snapshot[K, V]:
         try:
-            return self._portal.call(self.aio.__anext__())
+            return self._call(self.aio.__anext__())
         except StopAsyncIteration:
             raise StopIteration from None
 
     @property
+    def prefix(self) -> bytes:
+        return self.aio.prefix
+
+    @property
     def snapshot(self) -> Snapshot[K, V] | None:
-        return self.aio.snapshot
+        return self.aio.snapshot  # immutable objects, each published in one assignment
+
+    @property
+    def revision(self) -> int:
+        return self.aio.revision
 
     @property
     def state(self) -> WatchState:
-        return self.aio.state
+        return self._portal.read(lambda: self.aio.state)
 
     @property
     def age(self) -> float:
-        return self.aio.age
+        return self._portal.read(lambda: self.aio.age)
 
     @property
     def stats(self) -> WatchStats:
-        return self.aio.stats
+        return self._portal.read(lambda: WatchStats(**vars(self.aio.stats)))
 
 
-class SyncPersistentLease:
+class SyncPersistentLease(_Face):
     """Blocking view of a :class:`PersistentLease`."""
 
     def __init__(self, portal: Portal, lease: PersistentLease) -> None:
@@ -265,7 +402,7 @@ class SyncPersistentLease:
         self.aio = lease
 
     def __repr__(self) -> str:
-        return repr(self.aio)
+        return self._portal.read(lambda: repr(self.aio))
 
     def __enter__(self) -> SyncPersistentLease:
         self.start()
@@ -280,17 +417,17 @@ class SyncPersistentLease:
         self._portal.run_sync(self.aio.start)
 
     def close(self) -> None:
-        if not self._portal.loop.is_closed():
-            self._portal.call(self.aio.aclose())
+        if not self._portal.closed:
+            self._call(self.aio.aclose())
 
     def registered(self, timeout: float | None = None) -> int:
-        return self._portal.call(self.aio.registered(timeout))
+        return self._call(self.aio.registered(timeout))
 
     def synced(self, timeout: float | None = None) -> int:
-        return self._portal.call(self.aio.synced(timeout))
+        return self._call(self.aio.synced(timeout))
 
     def wait_state(self, *states: LeaseState, timeout: float | None = None) -> LeaseState:
-        return self._portal.call(self.aio.wait_state(*states, timeout=timeout))
+        return self._call(self.aio.wait_state(*states, timeout=timeout))
 
     def set_value(self, value: str | bytes) -> None:
         self._portal.run_sync(self.aio.set_value, value)
@@ -305,20 +442,87 @@ class SyncPersistentLease:
 
     @property
     def value(self) -> bytes:
-        return self.aio.value
+        return self._portal.read(lambda: self.aio.value)
 
     @property
     def state(self) -> LeaseState:
-        return self.aio.state
+        return self._portal.read(lambda: self.aio.state)
+
+    @property
+    def lease_id(self) -> int:
+        return self._portal.read(lambda: self.aio.lease_id)
+
+    @property
+    def create_revision(self) -> int:
+        return self._portal.read(lambda: self.aio.create_revision)
+
+    @property
+    def ttl(self) -> int:
+        return self._portal.read(lambda: self.aio.ttl)
+
+    @property
+    def error(self) -> Exception | None:
+        return self._portal.read(lambda: self.aio.error)
+
+
+class SyncSession(_Face):
+    """Blocking view of a :class:`Session`; ``lost`` is a :class:`threading.Event` here."""
+
+    def __init__(self, portal: Portal, session: Session) -> None:
+        self._portal = portal
+        self.aio = session
+        self.lost = threading.Event()
+        if session.lost.is_set():
+            self.lost.set()
+        else:
+            portal.run_sync(
+                session.add_listener,
+                lambda state: (
+                    self.lost.set() if state in (SessionState.LOST, SessionState.CLOSED) else None
+                ),
+            )
+
+    def __repr__(self) -> str:
+        return self._portal.read(lambda: repr(self.aio)).replace("<Session", "<SyncSession", 1)
+
+    def __enter__(self) -> SyncSession:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def open(self) -> SyncSession:
+        self._call(self.aio.open())
+        return self
+
+    def close(self) -> None:
+        if not self._portal.closed:
+            self._call(self.aio.close())
+
+    def wait_lost(self, timeout: float | None = None) -> SessionState:
+        if not self.lost.wait(timeout):
+            raise EtcdTimeoutError(
+                f"session {self.aio.lease_id:#x} was not lost within {timeout} s"
+            )
+        return self.state
+
+    def mark_lost(self, why: str) -> None:
+        self._portal.run_sync(self.aio.mark_lost, why)
+
+    def add_listener(self, callback: Callable[[SessionState], None]) -> Callable[[], None]:
+        """``callback`` runs on the client's loop thread; keep it quick."""
+        return self._portal.run_sync(self.aio.add_listener, callback)
 
     @property
     def lease_id(self) -> int:
         return self.aio.lease_id
 
     @property
-    def create_revision(self) -> int:
-        return self.aio.create_revision
-
-    @property
     def ttl(self) -> int:
         return self.aio.ttl
+
+    @property
+    def state(self) -> SessionState:
+        return self._portal.read(lambda: self.aio.state)

@@ -4,84 +4,82 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
 
-from aetcd import rpc
+from etcdkit._core import Core
+from etcdkit._errors import CompactedError, EtcdkitError, EtcdTimeoutError
+from etcdkit._types import EventType, WatchEvent, key_bytes
 
-from etcdkit._conn import key_bytes
-from etcdkit._errors import (
-    CompactedError,
-    ConnectionUnavailableError,
-    EtcdkitError,
-    EtcdTimeoutError,
-)
-from etcdkit._retry import Backoff
-
-if TYPE_CHECKING:
-    from etcdkit._client import AsyncClient
+__all__ = ["wait_for"]
 
 log = logging.getLogger("etcdkit.wait")
 
-_PUT = 0  # mvccpb.Event.EventType.PUT
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
 
 
 async def wait_for(
-    client: AsyncClient, key: str | bytes, *, exists: bool = True, timeout: float | None = None
+    core: Core, key: str | bytes, *, exists: bool = True, timeout: float | None = None
 ) -> int:
+    """See :meth:`AsyncClient.wait_for`."""
     raw = key_bytes(key)
     if not isinstance(exists, bool):
         raise TypeError(f"exists must be True or False, got {exists!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
-    ):
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-    client._check_open()
-    want = "did not exist within" if exists else "still existed after"
+    _check_timeout(timeout)
+    core.check_open()
     try:
         if timeout is not None and timeout <= 0:
             # No time to wait: one read (bounded by the client's timeout) answers.
-            present, rev = await _read(client, raw)
-            if present == exists:
+            kv, rev = await core.kv.get(raw)
+            if (kv is not None) == exists:
                 return rev
             raise TimeoutError
         async with asyncio.timeout(timeout):
-            return await _wait(client, raw, exists)
+            return await _wait(core, raw, exists)
     except TimeoutError as exc:
         if isinstance(exc, EtcdkitError):
             raise
-        raise EtcdTimeoutError(
-            f"key {raw!r} {want} {timeout} s (endpoints {client._conn.where})"
-        ) from None
+        want = "did not exist within" if exists else "still existed after"
+        conn = core.conn
+        if not conn.answered:
+            why = (
+                f"etcd never answered ({core.where}; last error: "
+                f"{conn.last_error or 'none, no connection was made'})"
+            )
+        else:
+            why = f"endpoints {core.where}"
+        raise EtcdTimeoutError(f"key {raw!r} {want} {timeout} s ({why})") from None
 
 
-async def _read(client: AsyncClient, raw: bytes) -> tuple[bool, int]:
-    """Whether the key exists, and the revision that answer holds at."""
-    resp = await client._call(f"get {raw!r}", "Range", "kv", rpc.RangeRequest(key=raw))
-    return bool(resp.kvs), int(resp.header.revision)
-
-
-async def _wait(client: AsyncClient, raw: bytes, exists: bool) -> int:
-    backoff = Backoff(initial=0.05, cap=2.0)
+async def _wait(core: Core, raw: bytes, exists: bool) -> int:
+    backoff = core.retry.backoff()
     loop = asyncio.get_running_loop()
     while True:
         try:
             # One read gives both the answer and the revision it holds at; watching from the
             # next revision leaves no gap in between.
-            present, rev = await _read(client, raw)
-        except (ConnectionUnavailableError, EtcdTimeoutError) as exc:
+            kv, rev = await core.kv.get(raw)
+        except EtcdkitError as exc:
+            if not core.retry.is_retryable(exc):
+                raise
             log.debug("wait_for %r: read failed, retrying: %s", raw, exc)
-            await backoff.wait()
+            await core.conn.pause(backoff.next_delay() or 0.0)
             continue
-        if present == exists:
+        if (kv is not None) == exists:
             return rev
         done: asyncio.Future[int | None] = loop.create_future()
 
-        def on_events(resp: Any, done: asyncio.Future[int | None] = done) -> None:
+        def on_events(events: list[WatchEvent], done: asyncio.Future[int | None] = done) -> None:
             if done.done():
                 return
-            for ev in resp.events:
-                if (ev.type == _PUT) == exists:
-                    done.set_result(int(ev.kv.mod_revision))
+            for ev in events:
+                if (ev.type is EventType.PUT) == exists:
+                    done.set_result(ev.kv.mod_revision)
                     return
 
         def on_end(err: EtcdkitError, done: asyncio.Future[int | None] = done) -> None:
@@ -92,7 +90,7 @@ async def _wait(client: AsyncClient, raw: bytes, exists: bool) -> int:
             else:
                 done.set_exception(err)
 
-        sub = client._watches.watch(raw, b"", rev + 1, on_events=on_events, on_end=on_end)
+        sub = core.watches.watch(raw, b"", rev + 1, on_events=on_events, on_end=on_end)
         try:
             result = await done
         finally:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TypeVar
 
-from etcdkit._client import AsyncClient
+from etcdkit import AsyncClient
 from etcdkit._errors import (
     AuthError,
     ConnectionUnavailableError,
@@ -28,7 +28,6 @@ T = TypeVar("T")
 
 ENV_ENDPOINTS = "ETCDKIT_ENDPOINTS"
 ENV_PASSWORD = "ETCDKIT_PASSWORD"
-DEFAULT_ENDPOINT = "127.0.0.1:2379"
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -26,12 +26,13 @@ async def run_wait(args: argparse.Namespace, opts: ConnOptions) -> int:
         raise UsageError("KEY must not be empty")
     exists = not args.absent
     want = "exist" if exists else "be absent"
+    state_now = "does not exist" if exists else "still exists"
     limit: float | None = args.wait_timeout
     async with connected(opts) as client, Stopper() as stop:
         if limit == 0:  # check once
             holds = (await client.get(key) is not None) == exists
             if not holds:
-                err(f"etcdkit: {key} does not {want} (checked once: --timeout 0)")
+                err(f"etcdkit: {key} {state_now} (checked once: --timeout 0)")
             return EXIT_OK if holds else EXIT_TIMEOUT
         progress = _Progress(f"waiting for {key} to {want}", limit) if sys.stderr.isatty() else None
         try:
@@ -50,7 +51,7 @@ async def run_wait(args: argparse.Namespace, opts: ConnOptions) -> int:
             err(f"etcdkit: interrupted while waiting for {key} to {want}")
             return stop.exit_code
         if progress is not None:
-            err(f"etcdkit: {key} does {want} (revision {revision})")
+            err(f"etcdkit: {key} {'exists' if exists else 'is absent'} (revision {revision})")
         return EXIT_OK
 
 

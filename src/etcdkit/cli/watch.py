@@ -9,6 +9,7 @@ import contextlib
 import heapq
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,7 +33,6 @@ log = logging.getLogger("etcdkit.cli")
 
 TICK = 0.5  # seconds between refreshes of the state line when nothing changes
 META_TIMEOUT = 2.0
-SETTLE_STEPS, SETTLE_STEP = 20, 0.05  # up to 1 s for a new watch to turn LIVE
 META_BATCH = 100  # above this many changed keys, one prefix listing instead of per-key reads
 
 
@@ -67,6 +67,17 @@ TRANSFORMS: dict[str, Callable[[bytes, bytes], tuple[str, Any]]] = {
 def show_key(key: str) -> str:
     """A key as printable text (undecodable bytes as \\x escapes)."""
     return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_LONE_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def json_line(doc: Any) -> str:
+    """``doc`` as one JSON line. Keys are text; a byte that is not UTF-8 is written as the
+    escape ``\\udc80``..``\\udcff`` (Python's surrogateescape), which no UTF-8 text can
+    contain, so ``key.encode("utf-8", "surrogateescape")`` gives the raw key back exactly."""
+    text = json.dumps(doc, ensure_ascii=False)
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def json_value(value: Any, mode: str) -> Any:
@@ -110,7 +121,7 @@ class JsonView:
             "changes": [
                 {
                     "kind": ch.kind.value,
-                    "key": show_key(ch.key),
+                    "key": ch.key,
                     "old": json_value(ch.old, mode),
                     "new": json_value(ch.new, mode),
                 }
@@ -118,9 +129,9 @@ class JsonView:
             ],
         }
         if self.first:
-            doc["tree"] = {show_key(k): json_value(v, mode) for k, v in sorted(snap.tree.items())}
+            doc["tree"] = {k: json_value(v, mode) for k, v in sorted(snap.tree.items())}
             self.first = False
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_line(doc) + "\n")
         sys.stdout.flush()
 
     def tick(self, watch: PrefixWatch[str, Any]) -> None:
@@ -291,19 +302,9 @@ class LiveView:
 # -- the command -----------------------------------------------------------------------------------
 
 
-async def _settle(watch: PrefixWatch[str, Any]) -> None:
-    """Right after the first listing the stream is not confirmed yet (state STALE); give it a
-    moment, so that the first snapshot reports the state it has once the watch is running."""
-    for _ in range(SETTLE_STEPS):
-        if watch.state is not WatchState.STALE:
-            return
-        await asyncio.sleep(SETTLE_STEP)
-
-
 async def _pump(watch: PrefixWatch[str, Any], view: View, stop: Stopper) -> None:
     stopped = asyncio.ensure_future(stop.wait())
     nxt: asyncio.Task[Snapshot[str, Any]] | None = None
-    first = True
     try:
         while True:
             if nxt is None:
@@ -319,9 +320,6 @@ async def _pump(watch: PrefixWatch[str, Any], view: View, stop: Stopper) -> None
                     snap = task.result()
                 except StopAsyncIteration:
                     return
-                if first:
-                    first = False
-                    await _settle(watch)
                 await view.snapshot(snap, watch)
             else:
                 view.tick(watch)

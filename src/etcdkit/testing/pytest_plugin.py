@@ -25,8 +25,7 @@ from typing import Any
 
 import pytest
 
-from etcdkit._client import AsyncClient
-from etcdkit._sync import Client
+from etcdkit import AsyncClient, Client
 from etcdkit.testing.server import EtcdCluster, EtcdServer
 
 _SERVERS_KEY = pytest.StashKey[list[Any]]()

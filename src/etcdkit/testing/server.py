@@ -199,10 +199,11 @@ class EtcdServer:
     ) -> None:
         self.close()
 
-    def start(self) -> EtcdServer:
-        """Start the process and wait until it is healthy."""
+    def start(self, *, wait: bool = True) -> EtcdServer:
+        """Start the process and (unless ``wait=False``) wait until it is healthy."""
         self._spawn()
-        self.wait_healthy()
+        if wait:
+            self.wait_healthy()
         return self
 
     def _args(self) -> list[str]:

@@ -20,22 +20,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from etcdkit._conn import prefix_range_end, to_bytes
-from etcdkit._errors import (
-    AuthError,
-    ClosedError,
-    CompactedError,
-    EtcdkitError,
-    EtcdTimeoutError,
-)
-from etcdkit._retry import Backoff
+from etcdkit._core import Core, SupportsCore, core_of
+from etcdkit._errors import ClosedError, CompactedError, EtcdkitError, EtcdTimeoutError
 from etcdkit._snapshot import Snapshot, SnapshotEngine, Transform, Tree
-from etcdkit._watchstream import PROGRESS_INTERVAL, WatchSub
-
-if TYPE_CHECKING:
-    from etcdkit._client import AsyncClient
+from etcdkit._types import EventType, WatchEvent, prefix_range_end, to_bytes
+from etcdkit._watch_hub import PROGRESS_INTERVAL, WatchSub
 
 __all__ = ["PrefixWatch", "WatchState", "WatchStats"]
 
@@ -44,7 +35,6 @@ log = logging.getLogger("etcdkit.watch")
 K = TypeVar("K")
 V = TypeVar("V")
 
-_DELETE = 1  # mvccpb.Event.EventType.DELETE
 STALE_AFTER = 2 * PROGRESS_INTERVAL + 1.0
 # Keys per listing page. etcd 3.5 counts every key of the range for each page, so a page costs
 # O(prefix size): few large pages beat many small ones (1M keys: 52.9 s at 2,000 per page).
@@ -55,7 +45,8 @@ LIST_PAGE_SIZE = 10_000
 class WatchState(enum.Enum):
     """What a :class:`PrefixWatch` knows about the freshness of its data.
 
-    - ``SYNCING``: the first complete listing is not loaded yet; there is no snapshot.
+    - ``SYNCING``: the first complete listing is not loaded yet (there is no snapshot), or it is
+      and etcd has not yet confirmed the watch that follows it.
     - ``LIVE``: the stream is up and etcd confirmed within the last few seconds that every
       change was delivered. The snapshot is current (up to network latency).
     - ``STALE``: the stream is down, the member lost its leader, or a relist is in progress.
@@ -94,7 +85,7 @@ class PrefixWatch(Generic[K, V]):
     """
 
     def __init__(
-        self, client: AsyncClient, prefix: str | bytes, transform: Transform[K, V]
+        self, client: SupportsCore | Core, prefix: str | bytes, transform: Transform[K, V]
     ) -> None:
         raw = to_bytes(prefix, "prefix")
         if not callable(transform):
@@ -109,8 +100,8 @@ class PrefixWatch(Generic[K, V]):
                 "transform must be a plain (synchronous) function returning (K, V); "
                 f"{transform!r:.80} is async. Do I/O outside the transform."
             )
-        self._client = client
-        self.prefix = raw
+        self._core = core_of(client)
+        self._prefix = raw
         self._engine: SnapshotEngine[K, V] = SnapshotEngine(
             transform, logger=log, name=raw.decode(errors="replace")
         )
@@ -122,7 +113,11 @@ class PrefixWatch(Generic[K, V]):
         self._listing = False
         self._error: BaseException | None = None
         self._closed = False
-        self._last: Snapshot[K, V] | None = None
+        self._last: Snapshot[K, V] | None = None  # the newest delivered snapshot
+        # The newest state, published in one assignment after every change (other threads
+        # read it: a tree is never paired with another revision).
+        self._now: Snapshot[K, V] | None = None
+        self._watching = False  # etcd confirmed the watch after the newest listing
         self._confirmed_at = 0.0
 
     def __repr__(self) -> str:
@@ -147,8 +142,7 @@ class PrefixWatch(Generic[K, V]):
         if self._closed:
             raise ClosedError("this PrefixWatch is closed; open a new one")
         if self._task is None:
-            self._client._check_open()
-            self._client._children.add(self)
+            self._core.adopt(self, self._close_by_client)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"etcdkit-watch-prefix {self.prefix!r}"
             )
@@ -158,7 +152,7 @@ class PrefixWatch(Generic[K, V]):
         if self._closed:
             return
         self._closed = True
-        self._client._children.discard(self)
+        self._core.disown(self)
         if self._sub is not None:
             self._sub.cancel()
         if self._task is not None:
@@ -169,10 +163,16 @@ class PrefixWatch(Generic[K, V]):
 
     close = aclose
 
+    async def _close_by_client(self) -> None:
+        if self._error is None:
+            self._error = ClosedError(f"the watch on {self.prefix!r} ended: its client closed")
+        await self.aclose()
+
     # -- consumer side ----------------------------------------------------------------------------
 
     async def synced(self, timeout: float | None = None) -> Snapshot[K, V]:
-        """Wait for the first complete snapshot and return the newest one (delivering it)."""
+        """Wait for the first complete snapshot and for etcd to confirm the watch that follows
+        it (the state is then LIVE); return the newest snapshot (delivering it)."""
         self.start()
         try:
             async with asyncio.timeout(timeout):
@@ -183,7 +183,7 @@ class PrefixWatch(Generic[K, V]):
                 raise
             raise EtcdTimeoutError(
                 f"watch on {self.prefix!r} did not sync within {timeout} s "
-                f"(endpoints {self._client._conn.where}; is etcd reachable?)"
+                f"(endpoints {self._core.where}; is etcd reachable?)"
             ) from None
         snap = self._take()
         return snap if snap is not None else self._current()
@@ -192,6 +192,10 @@ class PrefixWatch(Generic[K, V]):
         return self
 
     async def __anext__(self) -> Snapshot[K, V]:
+        """The next snapshot. Closing the watch ends the iteration; closing its client raises
+        :class:`ClosedError`; a fatal error (e.g. permission denied) is raised."""
+        if self._error is not None:
+            raise self._error
         if self._closed:  # closing ends the iteration, also for a later loop
             raise StopAsyncIteration
         self.start()
@@ -200,6 +204,9 @@ class PrefixWatch(Generic[K, V]):
                 raise self._error
             if self._closed:
                 raise StopAsyncIteration
+            if not self._engine_ready():  # the first snapshot comes once synced() would return
+                await self._wait_update()
+                continue
             snap = self._take()
             if snap is not None:
                 return snap
@@ -212,13 +219,16 @@ class PrefixWatch(Generic[K, V]):
         Its ``changes`` are those of the last delivered snapshot; reading this property does
         not consume changes from the iterator.
         """
-        return self._current() if self._synced else None
+        last, now = self._last, self._now
+        if now is None:
+            return None
+        return last if last is not None and last.revision == now.revision else now
 
     @property
     def state(self) -> WatchState:
         if self._closed:
             return WatchState.CLOSED
-        if not self._synced:
+        if not self._synced or (not self._watching and self._stats.relists == 0):
             return WatchState.SYNCING
         sub = self._sub
         if self._listing or sub is None or not sub.connected:
@@ -242,8 +252,15 @@ class PrefixWatch(Generic[K, V]):
         return self._stats
 
     @property
+    def prefix(self) -> bytes:
+        """The watched byte prefix."""
+        return self._prefix
+
+    @property
     def revision(self) -> int:
-        return int(self._engine.revision)
+        """The revision of the newest state (0 before the first listing)."""
+        now = self._now
+        return 0 if now is None else now.revision
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -252,7 +269,7 @@ class PrefixWatch(Generic[K, V]):
             raise self._error
         if self._closed:
             raise ClosedError(f"the watch on {self.prefix!r} was closed")
-        return self._synced
+        return self._synced and (self._watching or self._stats.relists > 0)
 
     async def _wait_update(self) -> None:
         self._updated.clear()
@@ -266,22 +283,29 @@ class PrefixWatch(Generic[K, V]):
         return snap
 
     def _current(self) -> Snapshot[K, V]:
-        last = self._last
-        changes = (
-            last.changes if last is not None and last.revision == self._engine.revision else {}
-        )
-        return Snapshot(Tree(self._engine.tree), self._engine.revision, changes)
+        snap = self.snapshot
+        assert snap is not None
+        return snap
+
+    def _publish(self) -> None:
+        tree, revision = self._engine.view
+        self._now = Snapshot(Tree(tree), revision, {})
+        self._updated.set()
 
     async def _run(self) -> None:
-        backoff = Backoff(initial=0.05, cap=2.0)
+        core = self._core
+        backoff = core.retry.backoff()
         first = True
         try:
             while True:
                 try:
                     await self._list()
-                except (AuthError, ClosedError):
-                    raise
+                except CompactedError as exc:  # the revision went while paging: list again
+                    log.info("watch %r: %s; listing again", self.prefix, exc)
+                    continue
                 except EtcdkitError as exc:
+                    if not core.retry.is_retryable(exc):
+                        raise
                     log.info("watch %r: listing failed, retrying: %s", self.prefix, exc)
                     await backoff.wait()
                     continue
@@ -293,47 +317,61 @@ class PrefixWatch(Generic[K, V]):
                 if isinstance(err, CompactedError):
                     log.info("watch %r: %s; relisting", self.prefix, err)
                     continue
-                if isinstance(err, AuthError):
+                if not core.retry.is_retryable(err):
                     raise err
                 log.warning("watch %r ended (%s); restarting after backoff", self.prefix, err)
                 await backoff.wait()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self._error = exc
+            if self._error is None:
+                self._error = exc
             self._updated.set()
-            log.error("watch %r failed: %s", self.prefix, exc)
+            if not isinstance(exc, ClosedError):
+                log.error("watch %r failed: %s", self.prefix, exc)
 
     async def _list(self) -> None:
         self._listing = True
+        self._watching = False
         kvs: list[tuple[bytes, bytes]] = []
         revision = 0
-        async for page, rev in self._client._pages(self.prefix, 0, LIST_PAGE_SIZE):
-            kvs.extend((kv.key, kv.value) for kv in page)
+        async for page, rev in self._core.kv.item_pages(
+            self.prefix, revision=0, page_size=LIST_PAGE_SIZE
+        ):
+            kvs.extend(page)
             revision = rev
         self._engine.reset(kvs, revision)
         self._confirmed_at = time.monotonic()
         self._listing = False
         self._synced = True
-        self._updated.set()
+        self._publish()
 
     async def _watch(self) -> EtcdkitError:
         ended: asyncio.Future[EtcdkitError] = asyncio.get_running_loop().create_future()
         engine = self._engine
         stats = self._stats
-        updated = self._updated
 
-        def on_events(resp: Any) -> None:
-            events = resp.events
+        def on_events(events: list[WatchEvent]) -> None:
             engine.apply(
                 events[-1].kv.mod_revision,
-                [(ev.kv.key, None if ev.type == _DELETE else ev.kv.value) for ev in events],
+                [
+                    (ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.value)
+                    for ev in events
+                ],
             )
             stats.events += len(events)
-            updated.set()
+            self._publish()
+
+        def on_progress(revision: int) -> None:
+            engine.advance(revision)
+            self._publish()
 
         def on_status(connected: bool, err: EtcdkitError | None) -> None:
-            if not connected:
+            if connected:
+                if not self._watching:
+                    self._watching = True
+                    self._updated.set()
+            else:
                 stats.disconnects += 1
                 log.info("watch %r: stream lost (%s); resuming", self.prefix, err)
 
@@ -341,12 +379,12 @@ class PrefixWatch(Generic[K, V]):
             if not ended.done():
                 ended.set_result(err)
 
-        self._sub = self._client._watches.watch(
+        self._sub = self._core.watches.watch(
             self.prefix or b"\0",
             prefix_range_end(self.prefix),
             engine.revision + 1,
             on_events=on_events,
-            on_progress=engine.advance,
+            on_progress=on_progress,
             on_status=on_status,
             on_end=on_end,
         )

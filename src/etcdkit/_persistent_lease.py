@@ -5,38 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TypeVar
 
-from aetcd import rpc
-
-from etcdkit._conn import key_bytes, to_bytes
+from etcdkit._core import Core, SupportsCore, core_of
 from etcdkit._errors import (
-    AuthError,
     ClosedError,
     CompactedError,
     EtcdkitError,
     EtcdTimeoutError,
-    InvalidArgumentError,
     LeaseNotFoundError,
 )
 from etcdkit._retry import Backoff
-from etcdkit._watchstream import WatchSub
-
-if TYPE_CHECKING:
-    from etcdkit._client import AsyncClient
+from etcdkit._session import REVOKE_TIMEOUT, Session, SessionState
+from etcdkit._types import Compare, EventType, Op, WatchEvent, key_bytes, to_bytes
+from etcdkit._watch_hub import WatchSub
 
 __all__ = ["LeaseState", "PersistentLease"]
 
 log = logging.getLogger("etcdkit.lease")
 
 T = TypeVar("T")
-
-_DELETE = 1  # mvccpb.Event.EventType.DELETE
-REVOKE_TIMEOUT = 2.0
 
 
 class LeaseState(enum.Enum):
@@ -66,107 +59,6 @@ class LeaseState(enum.Enum):
     CLOSED = "closed"
 
 
-class _Shared:
-    """One etcd lease and the PersistentLeases whose keys hang on it."""
-
-    __slots__ = ("lease_id", "pooled_as", "ttl", "users")
-
-    def __init__(self, lease_id: int, ttl: int) -> None:
-        self.lease_id = lease_id
-        self.ttl = ttl  # as granted
-        self.pooled_as: int | None = None  # the requested TTL it is shared under, if shared
-        self.users: set[PersistentLease] = set()
-
-
-class LeasePool:
-    """Hands out etcd leases to one client's PersistentLeases: by default one lease per TTL,
-    shared by every PersistentLease asking for that TTL (like an etcd ``concurrency.Session``
-    or a ZooKeeper session with its ephemeral nodes), so a thousand registrations cost one
-    keepalive message per ttl/3, not a thousand. Keepalive outcomes fan out to every user.
-    """
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
-        self._by_ttl: dict[int, _Shared] = {}
-        self._by_id: dict[int, _Shared] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
-
-    async def acquire(self, user: PersistentLease, ttl: int, *, shared: bool) -> tuple[int, int]:
-        """A live lease for ``user``: (lease id, granted TTL)."""
-        if not shared:
-            lease = await self._grant(ttl, user)
-        else:
-            async with self._locks.setdefault(ttl, asyncio.Lock()):
-                found = self._by_ttl.get(ttl)
-                lease = found if found is not None else await self._grant(ttl, user)
-                lease.pooled_as = ttl
-                self._by_ttl[ttl] = lease
-        lease.users.add(user)
-        return lease.lease_id, lease.ttl
-
-    def release(self, user: PersistentLease, lease_id: int) -> bool:
-        """``user`` leaves the lease; ``True`` when nobody is left on it (revoke it then)."""
-        lease = self._by_id.get(lease_id)
-        if lease is None:
-            return True
-        lease.users.discard(user)
-        if lease.users:
-            return False
-        self._drop(lease)
-        return True
-
-    def invalidate(self, lease_id: int) -> None:
-        """etcd no longer knows ``lease_id`` (revoked or expired): never hand it out again."""
-        lease = self._by_id.get(lease_id)
-        if lease is not None:
-            self._drop(lease)
-
-    def _drop(self, lease: _Shared) -> None:
-        self._by_id.pop(lease.lease_id, None)
-        if lease.pooled_as is not None and self._by_ttl.get(lease.pooled_as) is lease:
-            del self._by_ttl[lease.pooled_as]
-        self._client._keepalives.remove(lease.lease_id)
-
-    async def _grant(self, ttl: int, user: PersistentLease) -> _Shared:
-        grant = await self._client.grant(ttl)
-        if grant.ttl != ttl:
-            log.warning(
-                "lease %r: etcd granted ttl %d s instead of the requested %d s "
-                "(its minimum lease TTL)",
-                user.key,
-                grant.ttl,
-                ttl,
-            )
-        lease = _Shared(grant.id, grant.ttl)
-        self._by_id[grant.id] = lease
-
-        def on_alive(remaining: int) -> None:
-            for u in list(lease.users):
-                u._on_alive(remaining)
-
-        def on_lost() -> None:
-            self._drop(lease)
-            for u in list(lease.users):
-                u._on_expired(lease.lease_id)
-
-        def on_suspended() -> None:
-            for u in list(lease.users):
-                u._on_suspended()
-
-        self._client._keepalives.add(
-            grant.id, grant.ttl, on_alive=on_alive, on_lost=on_lost, on_suspended=on_suspended
-        )
-        return lease
-
-
-def _pool(client: AsyncClient) -> LeasePool:
-    pool = client._lease_pool
-    if pool is None:
-        pool = client._lease_pool = LeasePool(client)
-    assert isinstance(pool, LeasePool)
-    return pool
-
-
 class PersistentLease:
     """Keeps ``key=value`` in etcd under a lease of ``ttl`` seconds while open.
 
@@ -179,8 +71,9 @@ class PersistentLease:
     missed. Backoff applies only while etcd is unreachable.
 
     Another writer: if someone else overwrites the key (other value or lease), the lease goes
-    LOST, logs a warning and re-asserts its value at backoff pace (0.5 s doubling to 30 s),
-    never in a hot loop.
+    LOST, logs a warning and re-asserts its value at backoff pace: 0.5 s, doubling with each of
+    its own re-asserts that is overwritten again, up to the retry policy's cap (2 s by default);
+    never in a hot loop, and never later than that cap after the other writer stops.
 
     One etcd lease per TTL is shared by all PersistentLeases of a client (a session, as in
     etcd's Go ``concurrency`` package or ZooKeeper): one keepalive message per ttl/3 for all of
@@ -196,7 +89,7 @@ class PersistentLease:
 
     def __init__(
         self,
-        client: AsyncClient,
+        client: SupportsCore | Core,
         key: str | bytes,
         value: str | bytes,
         ttl: int = 10,
@@ -212,18 +105,21 @@ class PersistentLease:
             raise ValueError(f"ttl must be >= 1 second, got {ttl}")
         if not isinstance(own_lease, bool):
             raise TypeError(f"own_lease must be True or False, got {own_lease!r}")
-        self._client = client
+        self._core = core_of(client)
         self._ttl = ttl
         self._own_lease = own_lease
-        self._granted_ttl = 0
         self._state = LeaseState.CONNECTING
-        self._lease_id = 0
+        self._session: Session | None = None
+        self._unlisten: Callable[[], None] | None = None
         self._create_revision = 0
         self._put_revision = 0  # revision of our newest own put
         self._written: bytes | None = None  # value of that put
         self._need_put = True
         self._conflict_at = 0.0  # monotonic time a conflicting write may be overwritten
-        self._conflicts = Backoff(initial=0.5, cap=30.0)
+        policy = self._core.retry
+        self._conflicts = Backoff(
+            initial=min(0.5, policy.cap), cap=policy.cap, multiplier=policy.multiplier
+        )
         self._sub: WatchSub | None = None
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
@@ -241,7 +137,7 @@ class PersistentLease:
     def __repr__(self) -> str:
         return (
             f"<PersistentLease key={self._key!r} state={self._state.name} "
-            f"lease={self._lease_id:#x} ttl={self._ttl}>"
+            f"lease={self.lease_id:#x} ttl={self._ttl}>"
         )
 
     # -- public -----------------------------------------------------------------------------------
@@ -258,7 +154,7 @@ class PersistentLease:
     @property
     def ttl(self) -> int:
         """The TTL etcd granted (may be above the requested one); the requested before that."""
-        return self._granted_ttl or self._ttl
+        return self._session.ttl if self._session is not None else self._ttl
 
     @property
     def state(self) -> LeaseState:
@@ -267,7 +163,8 @@ class PersistentLease:
     @property
     def lease_id(self) -> int:
         """The current lease id (0 while none is granted)."""
-        return self._lease_id
+        session = self._session
+        return session.lease_id if session is not None else 0
 
     @property
     def create_revision(self) -> int:
@@ -339,56 +236,54 @@ class PersistentLease:
         if self._closing:
             raise ClosedError("this PersistentLease is closed; create a new one")
         if self._task is None:
-            self._client._check_open()
-            self._client._children.add(self)
+            self._core.adopt(self, self._close_by_client)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"etcdkit-lease {self._key!r}"
             )
 
     async def aclose(self) -> None:
-        """Revoke the lease (key gone at once) and stop; idempotent, bounded when etcd is down."""
+        """Remove the key at once and stop; idempotent, bounded when etcd is down."""
         if self._closing:
             return
         self._closing = True
-        self._client._children.discard(self)
+        self._changed.set()  # waiters end with ClosedError now
+        self._core.disown(self)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._sub is not None:
             self._sub.cancel()
-        lease_id = self._lease_id
-        if lease_id and self._client._state in ("open", "closing"):
-            last = _pool(self._client).release(self, lease_id)
-            try:
-                async with asyncio.timeout(REVOKE_TIMEOUT):
-                    if last:
-                        await self._client.revoke(lease_id)
-                    else:  # others still hang on this lease: delete our key, if still ours
-                        await self._delete_own_key(lease_id)
-            except (EtcdkitError, TimeoutError) as exc:
-                log.warning(
-                    "lease %r: could not remove the key on close (%s); it goes away when "
-                    "lease %#x ends (TTL %d s after its last refresh)",
-                    self._key,
-                    exc,
-                    lease_id,
-                    self.ttl,
-                )
+        session, self._session = self._session, None
+        if self._unlisten is not None:
+            self._unlisten()
+        if session is not None and self._core.state.value in ("open", "closing"):
+            last = self._core.sessions.release(self, session)
+            if last:
+                await session.close()  # revokes: our key goes with the lease
+            elif session.state is not SessionState.LOST:
+                # Others still hang on this lease: delete our key, if it is still ours.
+                try:
+                    async with asyncio.timeout(REVOKE_TIMEOUT):
+                        await self._core.kv.txn(
+                            [Compare.lease(self._raw_key, "==", session.lease_id)],
+                            [Op.delete(self._raw_key)],
+                        )
+                except (EtcdkitError, TimeoutError) as exc:
+                    log.warning(
+                        "lease %r: could not remove the key on close (%s); it goes away when "
+                        "lease %#x ends (TTL %d s after its last refresh)",
+                        self._key,
+                        exc,
+                        session.lease_id,
+                        session.ttl,
+                    )
         self._set_state(LeaseState.CLOSED)
 
     close = aclose
 
-    async def _delete_own_key(self, lease_id: int) -> None:
-        own = rpc.Compare(
-            key=self._raw_key,
-            target=rpc.Compare.CompareTarget.LEASE,
-            result=rpc.Compare.CompareResult.EQUAL,
-            lease=lease_id,
-        )
-        delete = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._raw_key))
-        req = rpc.TxnRequest(compare=[own], success=[delete])
-        await self._client._call(f"delete {self._raw_key!r} on close", "Txn", "kv", req)
+    async def _close_by_client(self) -> None:
+        await self.aclose()
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -412,7 +307,7 @@ class PersistentLease:
                 raise
             raise EtcdTimeoutError(
                 f"PersistentLease {self._key!r}: no {what} within {timeout} s "
-                f"(state {self._state.name}; endpoints {self._client._conn.where})"
+                f"(state {self._state.name}; endpoints {self._core.where})"
             ) from None
 
     def _set_state(self, state: LeaseState) -> None:
@@ -437,31 +332,38 @@ class PersistentLease:
         self._set_state(LeaseState.LOST)
         self._wake.set()
 
-    # keepalive hub callbacks
-    def _on_alive(self, ttl: int) -> None:
-        if self._state is LeaseState.SUSPENDED and not self._need_put:
-            self._set_state(LeaseState.REGISTERED)
+    # session callbacks
+    def _on_session(self, session: Session, state: SessionState) -> None:
+        if session is not self._session:
+            return  # an older session of ours, already replaced
+        if state is SessionState.ALIVE:
+            if self._state is LeaseState.SUSPENDED and not self._need_put:
+                self._set_state(LeaseState.REGISTERED)
+        elif state is SessionState.SUSPENDED:
+            if self._state is LeaseState.REGISTERED:
+                self._set_state(LeaseState.SUSPENDED)
+            self._wake.set()
+        elif state is SessionState.LOST:
+            self._drop_session()
+            self._lost("lease expired or was revoked")
 
-    def _on_expired(self, lease_id: int) -> None:
-        if lease_id != self._lease_id:
-            return  # an older lease of ours, already replaced
-        self._lease_id = 0
-        self._lost("lease expired or was revoked")
-
-    def _on_suspended(self) -> None:
-        if self._state is LeaseState.REGISTERED:
-            self._set_state(LeaseState.SUSPENDED)
-        self._wake.set()
+    def _drop_session(self) -> None:
+        session, self._session = self._session, None
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        if session is not None:
+            self._core.sessions.release(self, session)
 
     # key watch callbacks
-    def _on_key_events(self, resp: Any) -> None:
-        for ev in resp.events:
+    def _on_key_events(self, events: list[WatchEvent]) -> None:
+        for ev in events:
             kv = ev.kv
             if kv.mod_revision <= self._put_revision:
                 continue
-            if ev.type == _DELETE:
+            if ev.type is EventType.DELETE:
                 self._lost("key was deleted (externally, or its lease revoked or expired)")
-            elif kv.lease != self._lease_id:  # our lease is only ever used by us
+            elif kv.lease != self.lease_id:  # our lease is only ever used by us
                 log.warning(
                     "lease %r: another writer put value %r with lease %#x over ours; "
                     "re-asserting at backoff pace",
@@ -469,96 +371,94 @@ class PersistentLease:
                     kv.value[:80],
                     kv.lease,
                 )
-                delay = self._conflicts.next_delay() or 0.0
-                self._conflict_at = time.monotonic() + delay
+                now = time.monotonic()
+                if self._conflict_at <= now:
+                    # Pace our own re-asserts, not the other writer's events: one more delay
+                    # per re-assert of ours that was overwritten, never pushed further out.
+                    self._conflict_at = now + (self._conflicts.next_delay() or 0.0)
                 self._lost("key overwritten by another writer")
 
     def _on_watch_end(self, err: EtcdkitError) -> None:
+        # Either way the loop re-puts and watches again from the new put's revision: after a
+        # compaction the history since our put is gone, so only a fresh put knows the key.
         self._sub = None
-        if isinstance(err, CompactedError):
-            self._need_put = True  # history gone: re-put, then watch from our new revision
-            self._wake.set()
-        else:
+        if not isinstance(err, CompactedError | ClosedError):
             log.warning("lease %r: key watch ended: %s", self._key, err)
-            self._wake.set()
+        self._wake.set()
 
     async def _run(self) -> None:
         try:
             await self._keep()
-        except (AuthError, InvalidArgumentError) as exc:  # permanent: retrying cannot help
-            log.error("lease %r: giving up: %s", self._key, exc)
-            self._error = exc
-            self._set_state(LeaseState.FAILED)
         except ClosedError as exc:  # the client closed under us
             self._error = exc
             self._changed.set()
+        except EtcdkitError as exc:  # permanent (auth, permission, a refused TTL): give up
+            log.error("lease %r: giving up: %s", self._key, exc)
+            self._error = exc
+            self._set_state(LeaseState.FAILED)
 
     async def _keep(self) -> None:
-        backoff = Backoff(initial=0.05, cap=2.0)
-        keepalives = self._client._keepalives
+        backoff = self._core.retry.backoff()
         while True:
             try:
                 if self._need_put:
                     wait = self._conflict_at - time.monotonic()
                     if wait > 0:
                         await asyncio.sleep(wait)
-                    await self._register(keepalives)
+                    await self._register()
                     backoff.reset()
                 elif self._sub is None:
                     self._need_put = True
                     continue
-                timeout = None
-                if self._state is LeaseState.SUSPENDED:
-                    expires = keepalives.expires(self._lease_id)
-                    timeout = None if expires is None else max(0.0, expires - time.monotonic())
                 self._wake.clear()
                 if not self._need_put:
-                    try:
-                        async with asyncio.timeout(timeout):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        self._lost(f"no keepalive answer for the lease's TTL ({self.ttl} s)")
+                    await self._wake.wait()
             except LeaseNotFoundError:
-                _pool(self._client).invalidate(self._lease_id)
-                self._lease_id = 0
+                if self._session is not None:
+                    self._session.mark_lost("etcd said lease not found")
+                self._drop_session()
                 self._lost("lease not found (revoked or expired)")
-            except (AuthError, ClosedError, InvalidArgumentError):
-                raise
             except EtcdkitError as exc:
+                if not self._core.retry.is_retryable(exc):
+                    raise
                 log.info("lease %r: etcd unreachable (%s); retrying", self._key, exc)
                 if self._state is LeaseState.REGISTERED:
                     self._set_state(LeaseState.SUSPENDED)
                 await backoff.wait()
 
-    async def _register(self, keepalives: Any) -> None:
-        if not self._lease_id:
-            self._lease_id, self._granted_ttl = await _pool(self._client).acquire(
-                self, self._ttl, shared=not self._own_lease
-            )
+    async def _register(self) -> None:
+        session = self._session
+        if session is None or session.state in (SessionState.LOST, SessionState.CLOSED):
+            self._drop_session()
+            session = await self._core.sessions.acquire(self, self._ttl, shared=not self._own_lease)
+            self._session = session
+            self._unlisten = session.add_listener(functools.partial(self._on_session, session))
         value = self._value
-        req = rpc.PutRequest(key=self._raw_key, value=value, lease=self._lease_id, prev_kv=True)
         self._need_put = False
         try:
-            resp = await self._client._call(f"put {self._raw_key!r}", "Put", "kv", req)
+            put = await self._core.kv.put(
+                self._raw_key, value, lease=session.lease_id, prev_kv=True
+            )
         except BaseException:
             self._need_put = True
             raise
-        rev = int(resp.header.revision)
-        prev = resp.prev_kv
-        if not prev.key or prev.lease != self._lease_id or not self._create_revision:
+        prev = put.prev_kv
+        ours_before = prev is not None and prev.lease == session.lease_id
+        if not ours_before or not self._create_revision:
             self._create_revision = (
-                rev if not prev.key or prev.lease != self._lease_id else int(prev.create_revision)
+                prev.create_revision if ours_before and prev is not None else put.revision
             )
-        self._put_revision = rev
+        self._put_revision = put.revision
         self._written = value
         if self._sub is None or self._sub.ended:
-            self._sub = self._client._watches.watch(
+            self._sub = self._core.watches.watch(
                 self._raw_key,
                 b"",
-                rev + 1,
+                put.revision + 1,
                 on_events=self._on_key_events,
                 on_end=self._on_watch_end,
             )
         if not self._need_put:
-            self._conflicts.reset() if time.monotonic() > self._conflict_at + 60 else None
+            if time.monotonic() > self._conflict_at + 60:
+                self._conflicts.reset()
             self._set_state(LeaseState.REGISTERED)

@@ -10,11 +10,16 @@ on the client's single bidirectional Watch stream. The hub owns the stream:
 - it retries with exponential backoff (jitter, cap) while etcd is unreachable, forever;
 - it asks for ``hasleader`` so a member cut off from its cluster ends the stream instead of
   serving silence, and it sends progress requests so idle watchers can tell they are current;
+- a stream that hears nothing for :data:`STALL_AFTER` seconds although a progress request is
+  out (a hung member: SIGSTOP, a stuck disk) is abandoned: the connection fails over to the
+  next endpoint and every watcher is re-created there from its own ``next_rev``;
 - a watcher whose resume revision was compacted, or that etcd canceled, is ended with
   :class:`CompactedError` / :class:`WatchEndedError` through its ``on_end`` callback; its owner
-  decides (a prefix watch relists, wait_for re-reads).
+  decides (a prefix watch relists, wait_for re-reads). Closing the hub ends every watcher with
+  :class:`ClosedError`.
 
-Callbacks run on the hub's reader task and must be quick and must not raise.
+Watchers receive typed :class:`WatchEvent` lists, never wire messages. Callbacks run on the
+hub's reader task and must be quick and must not raise.
 """
 
 from __future__ import annotations
@@ -31,20 +36,30 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
-from etcdkit._conn import Connection, map_rpc_error
-from etcdkit._errors import CompactedError, EtcdkitError, WatchEndedError
+from etcdkit._conn import Channel, Connection, map_rpc_error
+from etcdkit._errors import (
+    ClosedError,
+    CompactedError,
+    ConnectionUnavailableError,
+    EtcdkitError,
+    WatchEndedError,
+)
+from etcdkit._kv import kv_of
 from etcdkit._retry import Backoff
+from etcdkit._types import EventType, WatchEvent
 
 __all__ = ["WatchHub", "WatchSub"]
 
 log = logging.getLogger("etcdkit.watch")
 
-EventsCallback = Callable[[Any], None]  # receives the WatchResponse (events non-empty)
+EventsCallback = Callable[[list[WatchEvent]], None]  # the events of one response (non-empty)
 ProgressCallback = Callable[[int], None]
 StatusCallback = Callable[[bool, "EtcdkitError | None"], None]
 EndCallback = Callable[[EtcdkitError], None]
 
-PROGRESS_INTERVAL = 2.0  # seconds between progress requests on an otherwise quiet stream
+PROGRESS_INTERVAL = 1.0  # seconds between progress requests on an otherwise quiet stream
+STALL_AFTER = 2.0  # seconds of silence, with a progress request out, that make a stream hung
+_DELETE = 1  # mvccpb.Event.EventType.DELETE
 
 
 def _noop(*_args: object) -> None:
@@ -115,6 +130,15 @@ class WatchSub:
         )
 
 
+def _events(resp: Any) -> list[WatchEvent]:
+    out = []
+    for ev in resp.events:
+        prev = kv_of(ev.prev_kv) if ev.HasField("prev_kv") else None
+        kind = EventType.DELETE if ev.type == _DELETE else EventType.PUT
+        out.append(WatchEvent(kind, kv_of(ev.kv), prev))
+    return out
+
+
 class WatchHub:
     """Owns the client's Watch stream and its reconnect loop (started lazily, on first watch)."""
 
@@ -129,8 +153,9 @@ class WatchHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self.connected = False
+        self._heard = 0.0  # monotonic time of the newest response on the current stream
         self.reconnects = 0
+        self.stalls = 0
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -146,8 +171,9 @@ class WatchHub:
         on_status: StatusCallback = _noop,
         on_end: EndCallback,
     ) -> WatchSub:
+        """Watch ``[key, range_end)`` from ``start_revision`` (0: from now) until cancelled."""
         if self._closed:
-            raise RuntimeError("watch hub closed")
+            raise ClosedError("the etcdkit client is closed; create a new one")
         sub = WatchSub(
             self,
             key,
@@ -169,20 +195,22 @@ class WatchHub:
         self._wake.set()
         return sub
 
-    def request_progress(self) -> None:
-        if self._call is not None:
-            self._spawn_write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-
     async def close(self) -> None:
+        """Stop the stream; every watcher still open ends with :class:`ClosedError`."""
         self._closed = True
-        for sub in list(self._subs):
-            sub.ended = True
+        subs = list(self._subs)
         self._subs.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        err = ClosedError("the etcdkit client was closed")
+        for sub in subs:
+            if not sub.ended:
+                sub.ended = True
+                sub.connected = False
+                sub.on_end(err)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -191,16 +219,13 @@ class WatchHub:
         wid = sub.watch_id
         if wid is not None and self._by_id.get(wid) is sub:
             del self._by_id[wid]
-            if self._call is not None:
-                self._spawn_write(
-                    rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid))
-                )
+            self._queue_write(rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid)))
 
     def _send_create(self, sub: WatchSub) -> None:
         self._pending.append(sub)
-        self._spawn_write(sub.create_request())
+        self._queue_write(sub.create_request())
 
-    def _spawn_write(self, request: Any) -> None:
+    def _queue_write(self, request: Any) -> None:
         # Queued for the stream's writer task, which keeps requests in order; dropped with
         # the stream on a disconnect (every watcher is re-created on the next stream anyway).
         if self._call is not None:
@@ -212,21 +237,25 @@ class WatchHub:
             await call.write(request)
 
     async def _run(self) -> None:
-        backoff = Backoff(initial=0.05, cap=2.0)
+        backoff = self._conn.retry.backoff()
         try:
             while not self._closed:
                 if not self._subs:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                ch = self._conn.channel
                 try:
-                    await self._stream_once(backoff)
+                    await self._stream_once(ch, backoff)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    err = map_rpc_error(exc, self._conn.where, "watch stream")
+                    err = map_rpc_error(exc, str(ch.endpoint), "watch stream")
                     log.info("watch stream down: %s", err)
+                    self._conn.note_failure(err)
                     self._disconnected(err)
+                    if isinstance(err, ConnectionUnavailableError):
+                        self._conn.failover(ch, str(err))
                     if isinstance(exc, grpc.aio.AioRpcError) and (
                         exc.code() == grpc.StatusCode.UNAUTHENTICATED
                         or "invalid auth token" in (exc.details() or "")
@@ -244,7 +273,6 @@ class WatchHub:
         call, self._call = self._call, None
         if call is not None:
             call.cancel()
-        self.connected = False
         self._by_id.clear()
         self._pending.clear()
         for sub in list(self._subs):
@@ -253,40 +281,57 @@ class WatchHub:
                 sub.connected = False
                 sub.on_status(False, err)
 
-    async def _stream_once(self, backoff: Backoff) -> None:
+    async def _stream_once(self, ch: Channel, backoff: Backoff) -> None:
         md = list(await self._conn.metadata())
         if self._require_leader:
             md.append(("hasleader", "true"))
-        call = self._conn.stubs.watch.Watch(metadata=md)
+        call = ch.stream("watch", "Watch", md)
         self._call = call
+        self._heard = time.monotonic()
         self._outbox = asyncio.Queue()
         for sub in list(self._subs):
             self._send_create(sub)
         loop = asyncio.get_running_loop()
-        helpers = [
-            loop.create_task(self._writer(call, self._outbox), name="etcdkit-watch-writer"),
-            loop.create_task(self._progress_loop(call), name="etcdkit-watch-progress"),
-        ]
+        reader = loop.create_task(self._reader(call, backoff), name="etcdkit-watch-reader")
+        writer = loop.create_task(self._writer(call, self._outbox), name="etcdkit-watch-writer")
         try:
+            # Every PROGRESS_INTERVAL: ask for progress (idle watchers learn they are current),
+            # and give up on a stream that has said nothing since the last ask.
+            asked = False
             while True:
-                if helpers[0].done():
-                    helpers[0].result()  # a failed write ends this stream
-                resp = await call.read()
-                if resp is grpc.aio.EOF:
-                    return
-                self._dispatch(resp, backoff)
+                done, _ = await asyncio.wait(
+                    {reader, writer}, timeout=PROGRESS_INTERVAL, return_when="FIRST_COMPLETED"
+                )
+                if done:
+                    for t in done:
+                        t.result()  # a failed read or write ends this stream
+                    return  # EOF
+                silent = time.monotonic() - self._heard
+                if asked and silent > STALL_AFTER:
+                    self.stalls += 1
+                    raise ConnectionUnavailableError(
+                        f"watch stream at {ch.endpoint}: no answer for {silent:.1f} s "
+                        "(member hung or connection black-holed)"
+                    )
+                asked = bool(self._by_id or self._pending)
+                if asked:
+                    self._queue_write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
         finally:
-            for t in helpers:
+            for t in (reader, writer):
                 t.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await asyncio.gather(reader, writer, return_exceptions=True)
 
-    async def _progress_loop(self, call: Any) -> None:
-        while call is self._call:
-            await asyncio.sleep(PROGRESS_INTERVAL)
-            self.request_progress()
+    async def _reader(self, call: Any, backoff: Backoff) -> None:
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                return
+            self._heard = time.monotonic()
+            self._conn.answered = True
+            self._dispatch(resp, backoff)
 
     def _dispatch(self, resp: Any, backoff: Backoff) -> None:
-        now = time.monotonic()
+        now = self._heard
         wid = resp.watch_id
         if resp.created:
             if not self._pending:
@@ -294,14 +339,13 @@ class WatchHub:
                 return
             sub = self._pending.popleft()
             if sub.ended:
-                self._spawn_write(
+                self._queue_write(
                     rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid))
                 )
                 return
             if resp.canceled:
                 self._end(sub, resp)
                 return
-            self.connected = True
             backoff.reset()
             sub.watch_id = wid
             self._by_id[wid] = sub
@@ -316,14 +360,13 @@ class WatchHub:
             if sub_c is not None:
                 self._end(sub_c, resp)
             return
-        events = resp.events
-        if events:
+        if resp.events:
             sub_e = self._by_id.get(wid)
             if sub_e is None or sub_e.ended:
                 return
-            sub_e.next_rev = events[-1].kv.mod_revision + 1
+            sub_e.next_rev = resp.events[-1].kv.mod_revision + 1
             sub_e.confirmed_at = now
-            sub_e.on_events(resp)
+            sub_e.on_events(_events(resp))
             return
         # A progress notification.
         rev = resp.header.revision

@@ -1,0 +1,167 @@
+"""The core a client gives its recipes: typed KV, the shared watch hub, lease sessions, the retry
+policy, and the client's lifecycle (open/closed, which event loop, what it owns).
+
+Recipes (wait, prefix watch, persistent lease, election, lock, cluster) are handed a
+:class:`Core` and use nothing else: never the client object, never a wire message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from etcdkit._conn import Connection
+from etcdkit._errors import ClosedError, WrongContextError
+from etcdkit._kv import KV
+from etcdkit._retry import RetryPolicy
+from etcdkit._session import KeepAliveHub, SessionPool
+from etcdkit._watch_hub import WatchHub
+
+__all__ = ["Core", "CoreState", "SupportsCore", "core_of"]
+
+
+class SupportsCore(Protocol):
+    """An object that carries a core: :class:`AsyncClient` does."""
+
+    @property
+    def core(self) -> Core: ...
+
+
+def core_of(owner: Core | SupportsCore) -> Core:
+    """The core of ``owner`` (an :class:`AsyncClient`, or a core itself)."""
+    if isinstance(owner, Core):
+        return owner
+    core = getattr(owner, "core", None)
+    if not isinstance(core, Core):
+        raise TypeError(f"expected an etcdkit.AsyncClient, got {owner!r:.80}")
+    return core
+
+
+class CoreState(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Core:
+    """See the module docstring. Made unopened (no I/O); :meth:`open` in the loop that will
+    use it; :meth:`close` ends everything it owns."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.kv = KV(conn)
+        self._watches: WatchHub | None = None
+        self._keepalives: KeepAliveHub | None = None
+        self._sessions: SessionPool | None = None
+        # what the client owns (watches, leases...) -> how the client closes it
+        self._children: dict[object, Callable[[], Awaitable[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.state = CoreState.UNOPENED
+
+    @property
+    def where(self) -> str:
+        return self.conn.where
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.conn.retry
+
+    @property
+    def watches(self) -> WatchHub:
+        self._check_usable()
+        assert self._watches is not None
+        return self._watches
+
+    @property
+    def keepalives(self) -> KeepAliveHub:
+        self._check_usable()
+        assert self._keepalives is not None
+        return self._keepalives
+
+    @property
+    def sessions(self) -> SessionPool:
+        self._check_usable()
+        assert self._sessions is not None
+        return self._sessions
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self.state is CoreState.CLOSED or self.state is CoreState.CLOSING:
+            raise ClosedError("this etcdkit client was closed; create a new one")
+        if self.state is CoreState.UNOPENED:
+            self._loop = asyncio.get_running_loop()
+            self.conn.open()
+            self._watches = WatchHub(self.conn)
+            self._keepalives = KeepAliveHub(self.conn)
+            self._sessions = SessionPool(self.kv, self._keepalives)
+            self.state = CoreState.OPEN
+
+    def check_loop(self) -> None:
+        """Raise :class:`WrongContextError` when called from another event loop than the one
+        the client was opened in (grpc.aio objects belong to one loop)."""
+        if self._loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            raise WrongContextError(
+                "this etcdkit AsyncClient was used outside its event loop; call it from "
+                "coroutines running in the loop that opened it (or use etcdkit.Client from "
+                "threads)"
+            ) from None
+        if running is not self._loop:
+            raise WrongContextError(
+                "this etcdkit AsyncClient belongs to another event loop (it was opened in "
+                f"{self._loop!r}); open one AsyncClient per event loop, or use etcdkit.Client, "
+                "which runs its own loop thread and may be called from any thread"
+            )
+
+    def check_open(self) -> None:
+        """For every entry point: the client is open, and this is its event loop."""
+        if self.state is not CoreState.OPEN:
+            self._check_usable()
+            raise ClosedError("this etcdkit client is closing; create a new one")
+        self.check_loop()
+
+    def _check_usable(self) -> None:
+        # While closing, the children still use the core to remove their keys.
+        if self.state is CoreState.UNOPENED:
+            raise ClosedError("the client is not open: use 'async with AsyncClient(...)'")
+        if self.state is CoreState.CLOSED:
+            raise ClosedError("this etcdkit client is closed; create a new one")
+
+    def adopt(self, child: object, close: Callable[[], Awaitable[None]]) -> None:
+        """``child`` closes with the client, through ``close()``."""
+        self.check_open()
+        self._children[child] = close
+
+    def disown(self, child: object) -> None:
+        self._children.pop(child, None)
+
+    async def close(self) -> None:
+        """Close every child at once (bounded: each revoke/delete has its own bound), then the
+        streams, the pooled sessions and the channels. Everything in flight ends with
+        :class:`ClosedError`. Idempotent."""
+        if self.state in (CoreState.CLOSED, CoreState.CLOSING):
+            return
+        was_open = self.state is CoreState.OPEN
+        if was_open:
+            self.check_loop()
+        self.state = CoreState.CLOSING
+        self.conn.end_calls()  # what callers wait for ends now, not after the revokes
+        try:
+            await asyncio.gather(*(close() for close in list(self._children.values())))
+            if self._sessions is not None:
+                await self._sessions.close()
+            if self._watches is not None:
+                await self._watches.close()
+            if self._keepalives is not None:
+                await self._keepalives.close()
+        finally:
+            self.state = CoreState.CLOSED
+            if was_open:
+                await self.conn.close()

@@ -1,0 +1,136 @@
+"""Faults that broke a promise (issue 17), each against real etcd: a hung member of three, a
+foreign writer on a PersistentLease's key, and what a user reads when etcd never answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import etcdkit
+from _helpers import fresh_client
+from etcdkit import AsyncClient, LeaseState, WatchState
+from etcdkit.testing import EtcdCluster, EtcdServer
+
+RECOVER = 5.0  # issue 17: pausing one member of three, everything recovers within this
+
+
+async def _until(what: str, check: object, bound: float) -> float:
+    t0 = time.monotonic()
+    while not check():  # type: ignore[operator]
+        if time.monotonic() - t0 > bound:
+            raise AssertionError(f"{what} did not happen within {bound} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - t0
+
+
+async def _put_retrying(client: AsyncClient, key: str, value: str) -> int:
+    for _ in range(100):
+        try:
+            return await client.put(key, value)
+        except (etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError):
+            await asyncio.sleep(0.1)  # an election among the other two may be under way
+    raise AssertionError("no write got through the two live members")
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+async def test_a_hung_member_is_left_within_seconds(
+    etcd_cluster: EtcdCluster, etcd_prefix: str
+) -> None:
+    p = etcd_prefix
+    members = etcd_cluster.members
+    async with fresh_client(etcd_cluster.endpoints, timeout=2) as client:
+        hung = members[0]  # the client prefers the first endpoint: its streams are there
+        async with (
+            client.watch_prefix(p) as watch,
+            client.persistent_lease(p + "lease", "v", ttl=5) as lease,
+            AsyncClient([m.endpoint for m in members[1:]], timeout=2) as writer,
+        ):
+            await watch.synced(timeout=10)
+            await lease.registered(timeout=10)
+            hung.pause()
+            try:
+                t0 = time.monotonic()
+                waiter = asyncio.create_task(client.wait_for(p + "k1", timeout=RECOVER + 5))
+                late_watch = client.watch_prefix(p)
+                late = asyncio.create_task(late_watch.synced(timeout=RECOVER + 5))
+                rev = await _put_retrying(writer, p + "k1", "1")
+                for i in range(20):
+                    rev = await _put_retrying(writer, p + f"n{i}", str(i))
+                await _until("the watch catching up", lambda: watch.revision >= rev, RECOVER)
+                assert await waiter > 0
+                snap = await late
+                await _until(
+                    "the lease registered again",
+                    lambda: lease.state is LeaseState.REGISTERED,
+                    RECOVER,
+                )
+                took = time.monotonic() - t0
+                assert took < RECOVER + 1.0, f"recovery took {took:.1f} s"
+                # nothing lost or duplicated: each view equals etcd at its revision
+                now = watch.snapshot
+                assert now is not None
+                truth = await writer.get_prefix(p, revision=now.revision)
+                assert dict(now.tree) == {kv.key.decode(): kv.value for kv in truth.kvs}
+                truth = await writer.get_prefix(p, revision=snap.revision)
+                assert dict(snap.tree) == {kv.key.decode(): kv.value for kv in truth.kvs}
+                kv = await writer.get(p + "lease")
+                assert kv is not None
+                assert kv.lease == lease.lease_id
+                await late_watch.aclose()
+            finally:
+                hung.resume()
+
+
+async def test_a_foreign_writer_delays_recovery_by_at_most_the_cap(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    key = etcd_prefix + "contested"
+    async with etcd.persistent_lease(key, "ours", ttl=5) as lease:
+        await lease.registered(timeout=5)
+        t_end = time.monotonic() + 4.0
+        while time.monotonic() < t_end:  # another writer, every 50 ms for 4 s
+            await etcd.put(key, "theirs")
+            await asyncio.sleep(0.05)
+        stopped = time.monotonic()
+        await lease.wait_state(LeaseState.REGISTERED, timeout=10)
+        kv = await etcd.get(key)
+        assert kv is not None
+        assert kv.value == b"ours"
+        took = time.monotonic() - stopped
+        assert took < 3.0, f"registered again {took:.1f} s after the other writer stopped"
+
+
+async def test_wait_for_says_when_etcd_never_answered(etcd_server_factory: object) -> None:
+    server: EtcdServer = etcd_server_factory()  # type: ignore[operator]
+    endpoint = server.endpoint
+    server.stop()  # a port nobody listens on
+    async with fresh_client(endpoint, timeout=1) as client:
+        with pytest.raises(etcdkit.EtcdTimeoutError) as info:
+            await client.wait_for("/x", timeout=2)
+    msg = str(info.value)
+    assert "never answered" in msg
+    assert endpoint.split("://")[-1] in msg
+    assert "last error" in msg
+
+
+async def test_state_is_live_right_after_synced(etcd: AsyncClient, etcd_prefix: str) -> None:
+    for _ in range(20):
+        async with etcd.watch_prefix(etcd_prefix) as watch:
+            await watch.synced(timeout=5)
+            assert watch.state is WatchState.LIVE
+
+
+@pytest.mark.parametrize(
+    ("ttl", "exc"),
+    [(1.5, TypeError), (True, TypeError), ("5", TypeError), (0, ValueError), (-1, ValueError)],
+)
+async def test_one_rule_for_bad_ttls(etcd: AsyncClient, ttl: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="ttl"):
+        await etcd.grant(ttl)  # type: ignore[arg-type]
+    with pytest.raises(exc, match="ttl"):
+        etcd.persistent_lease("/k", "v", ttl=ttl)  # type: ignore[arg-type]
+    with pytest.raises(exc, match="ttl"):
+        etcd.session(ttl)  # type: ignore[arg-type]

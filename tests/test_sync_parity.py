@@ -1,0 +1,64 @@
+"""The threaded face cannot drift from the asyncio one: same public names, same parameters."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+import etcdkit
+
+# (asyncio class, threaded twin, names only the asyncio face has, names only the threaded has)
+PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
+    (etcdkit.AsyncClient, etcdkit.Client, {"aclose", "connect", "core"}, {"aio", "run"}),
+    (etcdkit.PrefixWatch, etcdkit.SyncPrefixWatch, {"aclose"}, {"aio"}),
+    (etcdkit.PersistentLease, etcdkit.SyncPersistentLease, {"aclose"}, {"aio"}),
+    (etcdkit.Session, etcdkit.SyncSession, set(), {"aio"}),
+]
+
+# asyncio protocol names and their blocking counterparts
+DUNDERS = {
+    "__aenter__": "__enter__",
+    "__aexit__": "__exit__",
+    "__aiter__": "__iter__",
+    "__anext__": "__next__",
+}
+
+
+def public(cls: type[Any]) -> dict[str, Any]:
+    names: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        for name, value in vars(klass).items():
+            if not name.startswith("_") or name in DUNDERS or name in DUNDERS.values():
+                names[name] = value
+    names.pop("__await__", None)
+    return names
+
+
+def params(fn: Any) -> list[tuple[str, Any, Any]]:
+    if isinstance(fn, property):
+        return []
+    sig = inspect.signature(fn)
+    return [(p.name, p.kind, p.default) for p in sig.parameters.values() if p.name != "self"]
+
+
+@pytest.mark.parametrize(("aio", "sync", "aio_only", "sync_only"), PAIRS)
+def test_names_and_signatures_match(
+    aio: type[Any], sync: type[Any], aio_only: set[str], sync_only: set[str]
+) -> None:
+    a = {DUNDERS.get(n, n): v for n, v in public(aio).items() if n not in aio_only}
+    s = {n: v for n, v in public(sync).items() if n not in sync_only}
+    a.pop("__init__", None)
+    s.pop("__init__", None)
+    assert sorted(set(a) - set(s)) == [], f"{sync.__name__} lacks these of {aio.__name__}"
+    assert sorted(set(s) - set(a)) == [], f"{sync.__name__} has names {aio.__name__} lacks"
+    for name in a:
+        if name in ("__exit__", "__enter__", "__iter__", "__next__"):
+            continue
+        assert isinstance(a[name], property) == isinstance(s[name], property), name
+        assert params(a[name]) == params(s[name]), f"{sync.__name__}.{name} parameters differ"
+
+
+def test_client_constructors_match() -> None:
+    assert params(etcdkit.AsyncClient.__init__) == params(etcdkit.Client.__init__)
