@@ -134,3 +134,35 @@ async def test_one_rule_for_bad_ttls(etcd: AsyncClient, ttl: object, exc: type[E
         etcd.persistent_lease("/k", "v", ttl=ttl)  # type: ignore[arg-type]
     with pytest.raises(exc, match="ttl"):
         etcd.session(ttl)  # type: ignore[arg-type]
+
+
+async def test_a_lease_comes_back_after_an_outage_longer_than_its_ttl(
+    etcd_server_factory: object,
+) -> None:
+    # Regression (found by the chaos run): a grant that failed while etcd was down was
+    # remembered, and every later attempt re-raised it, so the lease stayed LOST for good.
+    server: EtcdServer = etcd_server_factory()  # type: ignore[operator]
+    async with fresh_client(server.endpoint, timeout=1) as client:
+        async with client.persistent_lease("/outage/k", "v", ttl=2) as lease:
+            await lease.registered(timeout=5)
+            server.stop()
+            await lease.wait_state(LeaseState.LOST, timeout=10)
+            await asyncio.sleep(1.5)  # re-registration attempts fail meanwhile
+            server.start()
+            await lease.registered(timeout=10)
+            kv = await client.get("/outage/k")
+            assert kv is not None
+            assert kv.lease == lease.lease_id
+
+
+async def test_a_session_opens_once_etcd_is_back(etcd_server_factory: object) -> None:
+    server: EtcdServer = etcd_server_factory()  # type: ignore[operator]
+    async with fresh_client(server.endpoint, timeout=1) as client:
+        server.stop()
+        session = client.session(5)
+        with pytest.raises(etcdkit.ConnectionUnavailableError):
+            await session.open()
+        server.start()
+        await session.open()
+        assert session.lease_id
+        await session.close()

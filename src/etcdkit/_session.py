@@ -299,11 +299,13 @@ class Session:
         """Grant the lease and start keeping it alive (idempotent); returns the session."""
         if self._state in (SessionState.LOST, SessionState.CLOSED) and not self._lease_id:
             raise ClosedError(f"this session is {self._state.name.lower()}; open a new one")
-        if self._opening is None:
-            self._opening = asyncio.get_running_loop().create_task(
+        opening = self._opening
+        if opening is None or (opening.done() and (opening.cancelled() or opening.exception())):
+            # first open, or the last grant failed (etcd unreachable...): grant anew
+            opening = self._opening = asyncio.get_running_loop().create_task(
                 self._grant(), name="etcdkit-session-grant"
             )
-        await asyncio.shield(self._opening)
+        await asyncio.shield(opening)
         return self
 
     def __await__(self) -> Generator[Any, None, Session]:
