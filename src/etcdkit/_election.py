@@ -1,0 +1,328 @@
+"""Election: one leader at a time, interoperable with Go's ``concurrency.Election`` and
+``etcdctl elect``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable
+from types import TracebackType
+from typing import NamedTuple
+
+from etcdkit._core import Core, SupportsCore, core_of
+from etcdkit._errors import CompactedError, EtcdkitError, EtcdTimeoutError, NotHeldError
+from etcdkit._queue import Contender, HoldState, check_timeout, check_ttl, prefix_of
+from etcdkit._types import Compare, EventType, KeyValue, Op, WatchEvent, to_bytes
+
+__all__ = ["Campaign", "Election", "Leader", "Leadership"]
+
+log = logging.getLogger("etcdkit.election")
+
+
+class Leader(NamedTuple):
+    """The current leader of an election: its key, its value, and its key's create revision
+    (the leader's fencing token)."""
+
+    key: bytes
+    value: bytes
+    revision: int
+
+
+def _leader(kv: KeyValue) -> Leader:
+    return Leader(kv.key, kv.value, kv.create_revision)
+
+
+class Election:
+    """A leader election (Go's ``concurrency.Election``) on the keys under ``name + "/"``.
+
+    Create with :meth:`AsyncClient.election` (no I/O). Candidates :meth:`campaign`; anyone can
+    ask for the :meth:`leader` or :meth:`observe` it. Keys and order are Go's: a candidate's
+    key is ``name/<lease id in hex>`` with its value, on a lease of its own; the oldest key
+    leads. So ``etcdctl elect name`` and Go programs take part in the same election.
+    """
+
+    def __init__(self, client: SupportsCore | Core, name: str | bytes) -> None:
+        self._prefix = prefix_of(name)
+        self._name = name
+        self._core = core_of(client)
+
+    def __repr__(self) -> str:
+        return f"<Election name={self._name!r}>"
+
+    @property
+    def name(self) -> str | bytes:
+        return self._name
+
+    @property
+    def prefix(self) -> bytes:
+        """``name + "/"``: the candidates' keys are directly under it."""
+        return self._prefix
+
+    def campaign(self, value: str | bytes, ttl: int = 10, timeout: float | None = None) -> Campaign:
+        """Stand for leader with ``value``: ``async with election.campaign(value) as
+        leadership:`` returns once we lead (see :class:`Leadership`) and resigns on leaving
+        the block. Waits up to ``timeout`` seconds (``None``: for ever), then raises
+        :class:`EtcdTimeoutError`; a timeout, a cancellation or an error while waiting removes
+        our key. ``ttl``: our lease's TTL in seconds (how long a crashed leader stays leader).
+        """
+        return Campaign(self._core, self._name, self._prefix, value, ttl, timeout)
+
+    async def leader(self) -> Leader | None:
+        """The current leader (the oldest candidate key), or ``None`` when there is none."""
+        self._core.check_open()
+        kvs, _rev = await self._core.kv.by_create_revision(self._prefix)
+        return _leader(kvs[0]) if kvs else None
+
+    async def observe(self) -> AsyncGenerator[Leader, None]:
+        """Each leader, and each new value of the leader (:meth:`Leadership.proclaim`), as
+        they change; latest wins (a slow consumer skips to the newest). Like Go's
+        ``Observe``, nothing is yielded while there is no leader: the next leader comes next.
+        Survives disconnects and compaction; raises :class:`ClosedError` when the client
+        closes. ``async for leader in election.observe():``; break to stop (the watch ends)."""
+        core = self._core
+        core.check_open()
+        backoff = core.retry.backoff()
+        last: Leader | None = None
+        while True:
+            try:
+                kvs, rev = await core.kv.by_create_revision(self._prefix)
+                if kvs:
+                    kv = kvs[0]
+                else:
+                    kv, rev = await self._first_put(rev)
+                backoff.reset()
+            except EtcdkitError as exc:
+                if not core.retry.is_retryable(exc):
+                    raise
+                await core.conn.pause(backoff.next_delay() or 0.0)
+                continue
+            follow = _Follow(core, kv, rev)
+            try:
+                while True:
+                    current = follow.latest
+                    if current != last:
+                        last = current
+                        yield current
+                        continue
+                    if follow.gone:
+                        break
+                    await follow.changed()
+            finally:
+                follow.cancel()
+
+    async def _first_put(self, rev: int) -> tuple[KeyValue, int]:
+        """No candidate at ``rev``: wait for the first to appear (the oldest among the first
+        puts seen together, as Go's ``observe`` does). Returns it and a revision it is known
+        at."""
+        while True:
+            kv = await self._next_put(rev)
+            if kv is not None:
+                return kv, kv.mod_revision
+            found, rev = await self._core.kv.by_create_revision(self._prefix)  # compacted: again
+            if found:
+                return found[0], rev
+
+    async def _next_put(self, rev: int) -> KeyValue | None:
+        done: asyncio.Future[KeyValue | None] = asyncio.get_running_loop().create_future()
+
+        def on_events(events: list[WatchEvent]) -> None:
+            puts = [ev.kv for ev in events if ev.type is EventType.PUT]
+            if puts and not done.done():
+                done.set_result(min(puts, key=lambda kv: kv.create_revision))
+
+        def on_end(err: EtcdkitError) -> None:
+            if not done.done():
+                if isinstance(err, CompactedError):
+                    done.set_result(None)
+                else:
+                    done.set_exception(err)
+
+        sub = self._core.watches.watch(
+            self._prefix, _range_end(self._prefix), rev + 1, on_events=on_events, on_end=on_end
+        )
+        try:
+            return await done
+        finally:
+            sub.cancel()
+
+
+def _range_end(prefix: bytes) -> bytes:
+    # prefixes end with "/", never 0xff
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+class _Follow:
+    """Follows one leader key from a revision: its new values, and its deletion."""
+
+    def __init__(self, core: Core, kv: KeyValue, rev: int) -> None:
+        self.latest = _leader(kv)
+        self.gone = False
+        self._error: EtcdkitError | None = None
+        self._event = asyncio.Event()
+        self._sub = core.watches.watch(
+            kv.key, b"", rev + 1, on_events=self._on_events, on_end=self._on_end
+        )
+
+    def _on_events(self, events: list[WatchEvent]) -> None:
+        for ev in events:
+            if ev.type is EventType.DELETE or ev.kv.create_revision != self.latest.revision:
+                self.gone = True
+                break
+            self.latest = _leader(ev.kv)
+        self._event.set()
+
+    def _on_end(self, err: EtcdkitError) -> None:
+        self.gone = True  # compacted: read the leader again; closed or failed: raised below
+        if not isinstance(err, CompactedError):
+            self._error = err
+        self._event.set()
+
+    async def changed(self) -> None:
+        self._event.clear()
+        if not self.gone:
+            await self._event.wait()
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        self._sub.cancel()
+
+
+class Campaign:
+    """What :meth:`Election.campaign` returns: ``async with`` it to lead (see there)."""
+
+    def __init__(
+        self,
+        core: Core,
+        name: str | bytes,
+        prefix: bytes,
+        value: str | bytes,
+        ttl: int,
+        timeout: float | None,
+    ) -> None:
+        self._value = to_bytes(value, "value")
+        self._ttl = check_ttl(ttl)
+        self._timeout = check_timeout(timeout)
+        self._core = core
+        self._name = name
+        self._prefix = prefix
+        self._leadership: Leadership | None = None
+
+    async def __aenter__(self) -> Leadership:
+        if self._leadership is not None:
+            raise RuntimeError("this campaign was entered already; call campaign() again")
+        leadership = Leadership(self._core, self._name, self._prefix, self._value, self._ttl)
+        self._leadership = leadership
+        await leadership._win(self._timeout)
+        return leadership
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._leadership is not None:
+            await self._leadership.resign()
+
+
+class Leadership:
+    """Our term as leader, from :meth:`Election.campaign`.
+
+    ``key`` (``name/<lease id hex>``), ``revision`` (its create revision: the fencing token,
+    higher for each later leader) and ``lease_id`` say who we are; ``value`` is what we
+    proclaimed last. ``state`` is a :class:`HoldState`; :attr:`lost` (an
+    :class:`asyncio.Event`) is set once leadership can no longer be trusted: our key deleted,
+    our lease revoked, expired or unconfirmed for its TTL (less a margin), or we resigned.
+    Guard what only the leader may write with :meth:`guard` (see :class:`Lock` for why).
+    """
+
+    def __init__(
+        self, core: Core, name: str | bytes, prefix: bytes, value: bytes, ttl: int
+    ) -> None:
+        self._core = core
+        self._name = name
+        self._value = value
+        self._listeners: list[Callable[[HoldState], None]] = []
+        self._c = Contender(
+            core, prefix, value, ttl, what=f"leadership of {name!r}", on_state=self._on_state
+        )
+
+    def __repr__(self) -> str:
+        return f"<Leadership election={self._name!r} {self._c!r}>"
+
+    async def _win(self, timeout: float | None) -> None:
+        c = self._c
+        try:
+            async with asyncio.timeout(timeout):
+                await c.acquire(wait=True)
+        except TimeoutError as exc:
+            if isinstance(exc, EtcdkitError):
+                raise
+            ahead = c.ahead
+            who = f"; waiting behind {ahead.key!r} = {ahead.value[:80]!r}" if ahead else ""
+            raise EtcdTimeoutError(
+                f"not elected in {self._name!r} within {timeout:g} s{who} "
+                f"(endpoints {self._core.where})"
+            ) from None
+
+    @property
+    def key(self) -> bytes:
+        return self._c.key
+
+    @property
+    def revision(self) -> int:
+        """Our key's create revision: the fencing token of this term."""
+        return self._c.token
+
+    @property
+    def lease_id(self) -> int:
+        return self._c.lease_id
+
+    @property
+    def value(self) -> bytes:
+        return self._value
+
+    @property
+    def state(self) -> HoldState:
+        return self._c.state
+
+    @property
+    def lost(self) -> asyncio.Event:
+        return self._c.lost
+
+    def guard(self) -> Compare:
+        """A :class:`Compare` that holds only while we lead (our key exists with our create
+        revision): put it in the ``compare`` of every write only the leader may make."""
+        return Compare.create_revision(self._c.key, "==", self._c.token)
+
+    def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
+        """Call ``callback(state)`` on every state change (on the event loop); returns a
+        function that removes it. Errors are logged."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    async def proclaim(self, value: str | bytes) -> None:
+        """Announce a new value without a new election (observers see it). Raises
+        :class:`NotHeldError` (and sets :attr:`lost`) if we no longer lead."""
+        raw = to_bytes(value, "value")
+        c = self._c
+        if c.state not in (HoldState.HELD, HoldState.SUSPENDED):
+            raise NotHeldError(f"not the leader of {self._name!r} (state {c.state.name})")
+        res = await self._core.kv.txn(
+            [Compare.create_revision(c.key, "==", c.token)],
+            [Op.put(c.key, raw, lease=c.lease_id)],
+        )
+        if not res.succeeded:
+            c.lose("our key is gone (found by proclaim)")
+            raise NotHeldError(f"no longer the leader of {self._name!r}: our key is gone")
+        self._value = raw
+
+    async def resign(self) -> None:
+        """Stop leading: our key goes with its lease, the next candidate leads at once.
+        Idempotent; bounded when etcd is down."""
+        await self._c.release()
+
+    def _on_state(self, state: HoldState) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb(state)
+            except Exception:
+                log.exception("leadership of %r: state listener failed", self._name)

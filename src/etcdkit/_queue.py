@@ -1,0 +1,474 @@
+"""The line of contenders under a name: etcd's Go ``concurrency`` key layout and waiting rules,
+shared by :class:`~etcdkit.Lock` and :class:`~etcdkit.Election` (the analogue of Go's
+``key.go`` and of what ``mutex.go`` and ``election.go`` have in common).
+
+The layout is Go's, so ``etcdctl lock``, ``etcdctl elect`` and Go programs contend with us:
+
+- a contender's key is ``name + "/" + format(lease_id, "x")``, on a lease of its own (a
+  :class:`Session`), created by one transaction ``if create_revision(key) == 0 then put else
+  get``: an attempt retried after an unknown outcome finds its key instead of queuing twice;
+- keys are ordered by create revision and the oldest holds. The holder's create revision is its
+  fencing token: each new holder's is higher than every earlier holder's;
+- a waiter watches only the newest key created before its own (no herd: one hand-off wakes one
+  waiter) and looks again when that key is deleted.
+
+After that, a :class:`Contender` that holds keeps watching its own key and its session, and
+says ``LOST`` as soon as either tells it that etcd may give the lock to another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+
+from etcdkit._core import Core, CoreState
+from etcdkit._errors import (
+    ClosedError,
+    CompactedError,
+    EtcdkitError,
+    LeaseNotFoundError,
+)
+from etcdkit._session import Session, SessionState
+from etcdkit._types import Compare, EventType, KeyValue, Op, RangeResult, WatchEvent, to_bytes
+from etcdkit._watch_hub import WatchSub
+
+__all__ = [
+    "Contender",
+    "HoldState",
+    "check_timeout",
+    "check_ttl",
+    "prefix_of",
+]
+
+log = logging.getLogger("etcdkit.lock")
+
+
+class HoldState(enum.Enum):
+    """Where a :class:`~etcdkit.Lock` or :class:`~etcdkit.Leadership` stands, as its owner
+    should read it.
+
+    - ``IDLE``: not acquired (yet). No key of ours is in etcd.
+    - ``WAITING``: our key is in line; an older key holds. Do nothing that needs the lock.
+    - ``HELD``: our key is the oldest, and etcd confirmed its lease within its TTL.
+    - ``SUSPENDED``: we were the holder, but etcd has not confirmed our lease lately (connection
+      down, member hung). We may still hold until the TTL runs out; we may not. Only writes
+      guarded by the fencing token are safe; ``LOST`` follows before the TTL ends (a margin
+      early) unless etcd answers again.
+    - ``LOST``: etcd may have given the lock to another (or soon will): our key was deleted,
+      replaced, or its lease expired, was revoked or went unconfirmed for its TTL. Final for this
+      acquisition: stop, release, and acquire again if you still need it.
+    - ``RELEASED``: we released it (our key was deleted with its lease). Final.
+    """
+
+    IDLE = "idle"
+    WAITING = "waiting"
+    HELD = "held"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+    RELEASED = "released"
+
+
+def prefix_of(name: str | bytes) -> bytes:
+    """The key prefix of a lock or election: ``name + "/"``, always (as Go does), so that "/a"
+    and "/ab" never share keys, and "/a/" is Go's "/a/" too (keys "/a//<lease>")."""
+    raw = to_bytes(name, "name")
+    if not raw:
+        raise ValueError('name must not be empty: pass e.g. "/locks/invoices"')
+    return raw + b"/"
+
+
+def check_ttl(ttl: object) -> int:
+    if not isinstance(ttl, int) or isinstance(ttl, bool):
+        raise TypeError(f"ttl must be a whole number of seconds (int), got {ttl!r:.40}")
+    if not 1 <= ttl < 2**63:
+        raise ValueError(f"ttl must be >= 1 second, got {ttl!r}")
+    return ttl
+
+
+def check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r:.40}")
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+    return float(timeout)
+
+
+def lost_margin(ttl: int) -> float:
+    """How long before our own estimate of the lease's expiry a SUSPENDED holder says LOST.
+
+    We learn of a refresh when its answer arrives; etcd counts the TTL from when it applied it,
+    a little earlier. The margin covers that delay (and more), so that a cut-off holder stops
+    believing before etcd deletes its key."""
+    return min(1.0, ttl / 10.0)
+
+
+class _Gone(Exception):
+    """Our key or our session is gone while acquiring: start again with a new session."""
+
+
+class Contender:
+    """One acquisition: a session, our key in the line under ``prefix``, and (once we hold)
+    the watches that say when we no longer do.
+
+    ``on_state(state)`` is called on every state change (on the event loop). The core owns a
+    contender from :meth:`acquire` to :meth:`release`: closing the client releases it.
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        prefix: bytes,
+        value: bytes,
+        ttl: int,
+        *,
+        what: str,
+        on_state: Callable[[HoldState], None],
+    ) -> None:
+        self.core = core
+        self.prefix = prefix
+        self.value = value
+        self.ttl = ttl
+        self.what = what  # "lock '/locks/x'", for messages
+        self.state = HoldState.IDLE
+        self.lost = asyncio.Event()
+        self.session: Session | None = None
+        self.key = b""
+        self.revision = 0  # our key's create revision (0 while we have none)
+        self.token = 0  # ... when we came to hold: the fencing token; kept after release/loss
+        self.ahead: KeyValue | None = None  # the key just before ours, last seen while waiting
+        self.wakeups = 0  # times our predecessor's deletion woke us
+        self._on_state = on_state
+        self._own: WatchSub | None = None
+        self._unlisten: Callable[[], None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._recheck: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None  # the revoke started by lose()
+        self._acquiring: asyncio.Task[object] | None = None
+        self._leaving = False
+        self._aborted = False
+
+    def __repr__(self) -> str:
+        lease = self.session.lease_id if self.session is not None else 0
+        return f"key={self.key!r} state={self.state.name} token={self.token} lease={lease:#x}"
+
+    @property
+    def lease_id(self) -> int:
+        return self.session.lease_id if self.session is not None else 0
+
+    # -- acquiring --------------------------------------------------------------------------------
+
+    async def acquire(self, *, wait: bool) -> bool:
+        """Take a place in line and wait for our turn; with ``wait=False`` look only once and,
+        if another holds, leave the line again and return ``False``.
+
+        Transient errors are retried (the place is kept: same session, same key); a lost session
+        starts again with a new one. Any other error, a cancellation or a timeout around this
+        call leaves the line (our key goes with its lease) before it propagates.
+        """
+        self.core.check_open()
+        self.core.adopt(self, self.release)
+        self._acquiring = asyncio.current_task()
+        self._set(HoldState.WAITING)
+        try:
+            try:
+                held_at = await self._acquire(wait)
+            finally:
+                self._leaving = True  # from here on, release() waits instead of cancelling
+        except asyncio.CancelledError:
+            await self._leave()
+            task = asyncio.current_task()
+            if self._aborted and task is not None and task.uncancel() == 0:
+                raise ClosedError(
+                    f"{self.what} was released (or its client closed) while being acquired"
+                ) from None
+            raise
+        except BaseException:
+            await self._leave()
+            raise
+        finally:
+            self._acquiring = None
+        if held_at is None:
+            await self._leave()
+            return False
+        self._hold(held_at)
+        return True
+
+    async def _acquire(self, wait: bool) -> int | None:
+        backoff = self.core.retry.backoff()
+        while True:
+            try:
+                session = await self._session()
+                if not self.revision:
+                    self.revision = await self._enter(session)
+                return await self._turn(session, wait)
+            except _Gone as gone:
+                log.info("%s: %s; queuing again with a new lease", self.what, gone)
+                await self._drop_session()
+                await self.core.conn.pause(backoff.next_delay() or 0.0)
+            except EtcdkitError as exc:
+                if not self.core.retry.is_retryable(exc):
+                    raise
+                log.info("%s: etcd unreachable (%s); retrying", self.what, exc)
+                await self.core.conn.pause(backoff.next_delay() or 0.0)
+
+    async def _session(self) -> Session:
+        session = self.session
+        if session is not None and not session.lost.is_set():
+            return session
+        await self._drop_session()
+        session = self.core.sessions.new(self.ttl)
+        self.session = session
+        try:
+            await session.open()
+        except BaseException:
+            self.session = None
+            await session.close()
+            raise
+        self.key = self.prefix + format(session.lease_id, "x").encode()
+        self.revision = 0
+        return session
+
+    async def _drop_session(self) -> None:
+        session, self.session = self.session, None
+        self.revision = 0
+        if session is not None:
+            await asyncio.shield(session.close())
+
+    async def _enter(self, session: Session) -> int:
+        """Put our key (or find it, when an earlier attempt of ours landed); its create
+        revision."""
+        key = self.key
+        try:
+            res = await self.core.kv.txn(
+                [Compare.create_revision(key, "==", 0)],
+                [Op.put(key, self.value, lease=session.lease_id)],
+                [Op.get(key)],
+            )
+        except LeaseNotFoundError as exc:
+            session.mark_lost("etcd said lease not found")
+            raise _Gone("our lease expired before our key was put") from exc
+        if res.succeeded:
+            return res.revision
+        got = res.responses[0]
+        assert isinstance(got, RangeResult)
+        kv = got.kvs[0]
+        if kv.value != self.value:  # ours from an earlier attempt: say what we say now
+            await self.core.kv.txn(
+                [Compare.create_revision(key, "==", kv.create_revision)],
+                [Op.put(key, self.value, lease=session.lease_id)],
+            )
+        return kv.create_revision
+
+    async def _turn(self, session: Session, wait: bool) -> int | None:
+        """Go's ``waitDeletes``: the revision at which our key was the oldest, or ``None``
+        (``wait=False`` and another holds)."""
+        while True:
+            # One read answers "is our key still there?" and "which key is just before it?"
+            kvs, rev = await self.core.kv.by_create_revision(
+                self.prefix, newest_first=True, max_create_revision=self.revision, limit=2
+            )
+            if not kvs or kvs[0].create_revision != self.revision:
+                raise _Gone("our key is gone (its lease expired or was revoked, or it was deleted)")
+            if len(kvs) == 1:
+                return rev  # nobody before us
+            self.ahead = kvs[1]
+            if not wait:
+                return None
+            await self._wait_deleted(self.ahead.key, rev, session)
+
+    async def _wait_deleted(self, key: bytes, rev: int, session: Session) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_events(events: list[WatchEvent]) -> None:
+            if not done.done() and any(ev.type is EventType.DELETE for ev in events):
+                self.wakeups += 1
+                done.set_result(None)
+
+        def on_end(err: EtcdkitError) -> None:
+            if done.done():
+                return
+            if isinstance(err, CompactedError):
+                done.set_result(None)  # history gone: look again
+            else:
+                done.set_exception(err)
+
+        def on_session(state: SessionState) -> None:
+            if not done.done() and state in (SessionState.LOST, SessionState.CLOSED):
+                done.set_exception(_Gone("our lease expired or was revoked while waiting"))
+
+        if session.lost.is_set():
+            raise _Gone("our lease expired or was revoked while waiting")
+        sub = self.core.watches.watch(key, b"", rev + 1, on_events=on_events, on_end=on_end)
+        unlisten = session.add_listener(on_session)
+        try:
+            await done
+        finally:
+            sub.cancel()
+            unlisten()
+
+    async def _leave(self) -> None:
+        """Leave the line without having held (our key goes with its lease)."""
+        self.core.disown(self)
+        await self._drop_session()
+        if self.state is HoldState.WAITING:
+            self._set(HoldState.IDLE)
+
+    # -- holding ----------------------------------------------------------------------------------
+
+    def _hold(self, rev: int) -> None:
+        """We hold at ``rev`` (our key was the oldest then): watch our key and our session."""
+        session = self.session
+        assert session is not None
+        self.token = self.revision
+        suspended = session.state is SessionState.SUSPENDED
+        self._set(HoldState.SUSPENDED if suspended else HoldState.HELD)
+        self._watch_own(rev)
+        self._unlisten = session.add_listener(self._on_session)
+        if session.lost.is_set():
+            self.lose("our lease expired or was revoked")
+        elif session.state is SessionState.SUSPENDED:
+            self._start_expiry()
+
+    def _watch_own(self, rev: int) -> None:
+        self._own = self.core.watches.watch(
+            self.key, b"", rev + 1, on_events=self._on_own_events, on_end=self._on_own_end
+        )
+
+    def _on_own_events(self, events: list[WatchEvent]) -> None:
+        for ev in events:
+            if ev.type is EventType.DELETE:
+                self.lose("our key was deleted (its lease revoked or expired, or deleted by hand)")
+                return
+            if ev.kv.create_revision != self.revision:
+                self.lose("our key was deleted and created again by someone else")
+                return
+
+    def _on_own_end(self, err: EtcdkitError) -> None:
+        self._own = None
+        if self.state not in (HoldState.HELD, HoldState.SUSPENDED):
+            return
+        if isinstance(err, CompactedError):
+            self._recheck = asyncio.get_running_loop().create_task(
+                self._check_own(), name=f"etcdkit-lock-recheck {self.key!r}"
+            )
+        elif isinstance(err, ClosedError):
+            self.lose("the client closed")
+        else:
+            self.lose(f"cannot watch our key any more ({err})")
+
+    async def _check_own(self) -> None:
+        """After a compaction: is our key still ours? Then watch on from the read."""
+        backoff = self.core.retry.backoff()
+        while self.state in (HoldState.HELD, HoldState.SUSPENDED):
+            try:
+                kv, rev = await self.core.kv.get(self.key)
+            except EtcdkitError as exc:
+                if not self.core.retry.is_retryable(exc):
+                    self.lose(f"cannot read our key ({exc})")
+                    return
+                await self.core.conn.pause(backoff.next_delay() or 0.0)
+                continue
+            if kv is None or kv.create_revision != self.revision:
+                self.lose("our key is gone")
+            else:
+                self._watch_own(rev)
+            return
+
+    def _on_session(self, state: SessionState) -> None:
+        if self.state not in (HoldState.HELD, HoldState.SUSPENDED):
+            return
+        if state is SessionState.ALIVE:
+            self._stop_expiry()
+            self._set(HoldState.HELD)
+        elif state is SessionState.SUSPENDED:
+            self._set(HoldState.SUSPENDED)
+            self._start_expiry()
+        elif state in (SessionState.LOST, SessionState.CLOSED):
+            self.lose("our lease expired or was revoked")
+
+    def _start_expiry(self) -> None:
+        if self._expiry is not None:
+            return
+        expires = self.core.keepalives.expires(self.lease_id)
+        if expires is None:
+            self.lose("our lease is no longer kept alive")
+            return
+        loop = asyncio.get_running_loop()
+        # expires is on time.monotonic(), the loop's clock
+        delay = max(0.0, expires - loop.time() - lost_margin(self.ttl))
+        self._expiry = loop.call_later(
+            delay,
+            self.lose,
+            f"etcd did not confirm our lease for its TTL ({self.ttl} s) minus a margin",
+        )
+
+    def _stop_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def lose(self, why: str) -> None:
+        """We can no longer trust that we hold (final for this acquisition). Our lease is
+        revoked at once, in the background: if our key is still there (we gave up early, a
+        margin before etcd would have), the next in line need not wait for our release."""
+        if self.state not in (HoldState.HELD, HoldState.SUSPENDED):
+            return
+        log.warning("%s lost: %s", self.what, why)
+        self._stop_watching()
+        self._set(HoldState.LOST)
+        self.lost.set()
+        session = self.session
+        if session is not None and self.core.state is CoreState.OPEN:
+            self._closing = asyncio.get_running_loop().create_task(
+                session.close(), name=f"etcdkit-lock-lost {self.key!r}"
+            )
+
+    def _stop_watching(self) -> None:
+        self._stop_expiry()
+        if self._own is not None:
+            self._own.cancel()
+            self._own = None
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+
+    # -- releasing --------------------------------------------------------------------------------
+
+    async def release(self) -> None:
+        """Give it up: revoke our lease, which deletes our key at once (the next in line
+        takes over). Idempotent; bounded when etcd is down (the key then goes when the lease
+        expires). While acquiring, the acquisition ends with :class:`ClosedError`."""
+        acquiring = self._acquiring
+        if acquiring is not None and acquiring is not asyncio.current_task():
+            if not self._leaving:
+                self._aborted = True
+                acquiring.cancel()
+            await asyncio.wait({acquiring})
+            return
+        if self.state in (HoldState.IDLE, HoldState.RELEASED) and self.session is None:
+            return
+        self.core.disown(self)
+        self._stop_watching()
+        if self.state in (HoldState.HELD, HoldState.SUSPENDED):
+            self._set(HoldState.RELEASED)  # (LOST stays LOST: what happened is what it says)
+        self.lost.set()
+        if self._closing is not None:
+            await asyncio.wait({self._closing})
+        await self._drop_session()
+
+    def _set(self, state: HoldState) -> None:
+        if state is self.state:
+            return
+        log.debug("%s: %s -> %s", self.what, self.state.name, state.name)
+        self.state = state
+        try:
+            self._on_state(state)
+        except Exception:
+            log.exception("%s: state listener failed", self.what)

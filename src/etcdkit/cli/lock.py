@@ -1,0 +1,124 @@
+"""``etcdkit lock NAME -- CMD ARGS...``: run a command while holding a lock (as ``etcdctl
+lock``, whose lock it shares)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+
+from etcdkit.cli.common import (
+    EXIT_ERROR,
+    ConnOptions,
+    Stopper,
+    UsageError,
+    connected,
+    err,
+    timestamp,
+)
+
+GRACE = 10.0  # seconds CMD gets to stop after SIGTERM before it is killed
+EXIT_NOT_FOUND = 127  # the shells' codes for a command that cannot be run
+EXIT_NOT_EXECUTABLE = 126
+
+
+def command_of(args: argparse.Namespace) -> tuple[list[str], int]:
+    """CMD and the ttl. argparse hands everything after NAME to CMD (so that CMD's own
+    options stay CMD's); what comes before a ``--`` there is ours: only ``--ttl S``."""
+    rest: list[str] = list(args.cmd)
+    ttl: int = args.ttl
+    if "--" in rest:
+        cut = rest.index("--")
+        ours, rest = rest[:cut], rest[cut + 1 :]
+        while ours:
+            opt = ours.pop(0)
+            if opt.startswith("--ttl="):
+                text = opt.split("=", 1)[1]
+            elif opt == "--ttl" and ours:
+                text = ours.pop(0)
+            else:
+                raise UsageError(f"unexpected {opt!r} before --: only --ttl S goes there")
+            if not text.isdigit() or not 1 <= int(text) <= 2**31:
+                raise UsageError(f"--ttl: expected a whole number of seconds >= 1, got {text!r}")
+            ttl = int(text)
+    if not rest:
+        raise UsageError("give the command to run after --, e.g. etcdkit lock NAME -- ./job.sh")
+    return rest, ttl
+
+
+async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
+    name: str = args.name
+    if not name:
+        raise UsageError("NAME must not be empty")
+    cmd, ttl = command_of(args)
+    async with connected(opts) as client, Stopper() as stop:
+        lock = client.lock(name, ttl=ttl, timeout=None)
+        err(f"{timestamp()} waiting for lock {name}")
+        await stop.run(lock.acquire())
+        if stop.stopped:
+            err(f"etcdkit: interrupted while waiting for lock {name}")
+            await lock.release()
+            return stop.exit_code
+        err(
+            f"{timestamp()} holding lock {name} (key {lock.key.decode(errors='replace')}, "
+            f"fencing token {lock.fencing_token}); running {cmd[0]}"
+        )
+        env = dict(os.environ)
+        env.update(
+            ETCDKIT_LOCK_KEY=lock.key.decode(errors="replace"),
+            ETCDKIT_FENCING_TOKEN=str(lock.fencing_token),
+            ETCD_LOCK_KEY=lock.key.decode(errors="replace"),  # as etcdctl lock sets it
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(*cmd, env=env)
+        except FileNotFoundError:
+            await lock.release()
+            err(f"etcdkit: {cmd[0]}: command not found")
+            return EXIT_NOT_FOUND
+        except PermissionError:
+            await lock.release()
+            err(f"etcdkit: {cmd[0]}: permission denied")
+            return EXIT_NOT_EXECUTABLE
+        try:
+            code = await _supervise(proc, lock.lost, stop)
+        finally:
+            if proc.returncode is None:  # a second signal cancelled us: do not leave CMD behind
+                proc.kill()
+                await proc.wait()
+            lost = lock.lost.is_set()
+            await lock.release()
+        if lost:
+            err(
+                f"etcdkit: lock {name} was lost ({lock.state.value}): another may hold it now; "
+                f"stopped {cmd[0]}"
+            )
+            return EXIT_ERROR
+        err(f"{timestamp()} released lock {name}; {cmd[0]} exited with {code}")
+        return code
+
+
+async def _supervise(proc: asyncio.subprocess.Process, lost: asyncio.Event, stop: Stopper) -> int:
+    """Wait for CMD; stop it (SIGTERM, then SIGKILL after :data:`GRACE`) if the lock is lost or
+    we are asked to stop (it gets the same signal). CMD's exit status, shell style."""
+    done = asyncio.ensure_future(proc.wait())
+    on_lost = asyncio.ensure_future(lost.wait())
+    on_stop = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({done, on_lost, on_stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            sig = stop.signal if on_stop.done() and stop.signal is not None else signal.SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                async with asyncio.timeout(GRACE):
+                    await asyncio.shield(done)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        code = await done
+    finally:
+        for f in (done, on_lost, on_stop):
+            f.cancel()
+    return 128 - code if code < 0 else code

@@ -1,0 +1,225 @@
+"""``etcdkit lock`` and ``etcdkit elect``, run as subprocesses against real etcd."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+from etcdkit import Client, Leader
+from etcdkit.server import EtcdServer
+
+WAIT = 20.0
+CLI = [sys.executable, "-m", "etcdkit"]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.pop("ETCDKIT_ENDPOINTS", None)
+    e.pop("PYTHONASYNCIODEBUG", None)
+    return e
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+class Proc:
+    """A running ``etcdkit`` whose stdout and stderr lines can be waited for."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [*CLI, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+        self.lines: list[str] = []
+        self._q: queue.Queue[str | None] = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._read, args=(s,), daemon=True)
+            for s in (self.proc.stdout, self.proc.stderr)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+            self._q.put(line)
+        self._q.put(None)
+
+    def expect(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        ended = 0
+        while True:
+            try:
+                line = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}: {self.lines}") from None
+            if line is None:
+                ended += 1
+                if ended == 2:
+                    raise AssertionError(f"exited before {pattern!r}: {self.lines}")
+                continue
+            m = re.search(pattern, line)
+            if m is not None:
+                return m
+
+    def wait(self, timeout: float = WAIT) -> int:
+        code = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(WAIT)
+        return code
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+        for s in (self.proc.stdout, self.proc.stderr):
+            if s is not None:
+                s.close()
+
+
+def test_lock_runs_the_command_and_exits_with_its_status(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "job"
+    script = 'echo "token=$ETCDKIT_FENCING_TOKEN key=$ETCDKIT_LOCK_KEY go=$ETCD_LOCK_KEY"; exit 7'
+    r = run(
+        "--endpoints", etcd_server.endpoint, "lock", name, "--ttl", "5", "--", "sh", "-c", script
+    )
+    assert r.returncode == 7, r.stderr
+    m = re.search(r"token=(\d+) key=(\S+) go=(\S+)", r.stdout)
+    assert m is not None, r.stdout
+    assert int(m.group(1)) > 0
+    assert m.group(2) == m.group(3)
+    assert m.group(2).startswith(name + "/")
+    assert etcd_sync.get_prefix(name + "/").kvs == []  # released
+    r = run("--endpoints", etcd_server.endpoint, "lock", name, "true")  # etcdctl's form, no --
+    assert r.returncode == 0, r.stderr
+    r = run("--endpoints", etcd_server.endpoint, "lock", name, "--", "no-such-command-xyz")
+    assert r.returncode == 127
+    assert "not found" in r.stderr
+    assert etcd_sync.get_prefix(name + "/").kvs == []
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["lock", "/x"], "command to run"),
+        (["lock", "", "--", "true"], "NAME"),
+        (["lock", "/x", "--bogus", "--", "true"], "only --ttl"),
+        (["lock", "/x", "--ttl", "0", "--", "true"], "--ttl"),
+        (["elect", "/x"], "VALUE"),
+        (["elect", "/x", "v", "--listen"], "--listen"),
+    ],
+)
+def test_usage_errors_exit_2(etcd_server: EtcdServer, args: list[str], needle: str) -> None:
+    r = run("--endpoints", etcd_server.endpoint, *args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_lock_waits_for_the_holder(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str, tmp_path: Path
+) -> None:
+    name = etcd_prefix + "wait"
+    marker = tmp_path / "ran"
+    with etcd_sync.lock(name) as lock:
+        with Proc(
+            "--endpoints", etcd_server.endpoint, "lock", name, "--", "touch", str(marker)
+        ) as p:
+            p.expect("waiting for lock")
+            deadline = time.monotonic() + WAIT
+            while len(etcd_sync.get_prefix(name + "/").kvs) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.3)
+            assert not marker.exists()
+            token = lock.fencing_token
+            lock.release()
+            assert p.wait() == 0
+            assert marker.exists()
+            assert f"fencing token {token}" not in "\n".join(p.lines)
+
+
+def test_lock_lost_stops_the_command(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "lost"
+    with Proc("--endpoints", etcd_server.endpoint, "lock", name, "--", "sleep", "60") as p:
+        p.expect("holding lock")
+        (kv,) = etcd_sync.get_prefix(name + "/").kvs
+        t0 = time.monotonic()
+        etcd_sync.revoke(kv.lease)
+        assert p.wait() == 1
+        assert time.monotonic() - t0 < 5.0  # sleep got SIGTERM at once
+        assert any("was lost" in line for line in p.lines), p.lines
+
+
+def test_lock_sigterm_stops_the_command_and_releases(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "term"
+    with Proc("--endpoints", etcd_server.endpoint, "lock", name, "--", "sleep", "60") as p:
+        p.expect("holding lock")
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.wait() == 128 + signal.SIGTERM
+        assert etcd_sync.get_prefix(name + "/").kvs == []
+
+
+def test_elect_and_listen(etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str) -> None:
+    name = etcd_prefix + "e"
+    ep = ("--endpoints", etcd_server.endpoint)
+    with Proc(*ep, "elect", name, "--listen") as listener:
+        with Proc(*ep, "elect", name, "node-a", "--ttl", "5") as a:
+            m = a.expect(r"elected: .* revision (\d+)")
+            leader = etcd_sync.election(name).leader()
+            assert leader is not None
+            assert leader.value == b"node-a"
+            assert leader.revision == int(m.group(1))
+            listener.expect(r"leader: node-a \(key ")
+            with Proc(*ep, "elect", name, "node-b") as b:
+                b.expect("campaigning")
+                a.proc.send_signal(signal.SIGINT)
+                assert a.wait() == 0
+                assert any("resigned" in line for line in a.lines)
+                b.expect("elected")
+                listener.expect(r"leader: node-b \(key ")
+                # leadership lost (lease revoked): it says so and exits 1
+                now = etcd_sync.election(name).leader()
+                assert isinstance(now, Leader)
+                (kv,) = [kv for kv in etcd_sync.get_prefix(name + "/").kvs if kv.key == now.key]
+                etcd_sync.revoke(kv.lease)
+                assert b.wait() == 1
+                assert any("lost" in line for line in b.lines), b.lines
+        listener.proc.send_signal(signal.SIGTERM)
+        assert listener.wait() == 0
