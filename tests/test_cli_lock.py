@@ -223,3 +223,13 @@ def test_elect_and_listen(etcd_server: EtcdServer, etcd_sync: Client, etcd_prefi
                 assert any("lost" in line for line in b.lines), b.lines
         listener.proc.send_signal(signal.SIGTERM)
         assert listener.wait() == 0
+
+
+@pytest.mark.parametrize("command", ["lock", "elect"])
+def test_help_shows_examples(command: str) -> None:
+    r = run(command, "--help")
+    assert r.returncode == 0
+    assert "examples:" in r.stdout
+    assert "etcdctl" in r.stdout  # says whose lock / election it shares
+    main = run("--help")
+    assert f"etcdkit {command} " in main.stdout
