@@ -5,6 +5,7 @@ stores, disconnects, close), and the wire format it shares with Go (members, nod
 from __future__ import annotations
 
 import asyncio
+import importlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -211,6 +212,9 @@ def test_store_and_cluster_bad_input() -> None:
 def test_exported_names() -> None:
     assert sorted(etcdkit.cluster.__all__) == [
         "Cluster",
+        "DEFAULT_OPEN_TIMEOUT",
+        "EtcdBackedCluster",
+        "EtcdMembership",
         "HashRing",
         "Member",
         "MemberWatch",
@@ -219,9 +223,26 @@ def test_exported_names() -> None:
         "MemoryMembership",
         "MemoryStore",
         "NodeDescriptor",
+        "Registry",
+        "RegistryView",
+        "SyncCluster",
+        "SyncMemberWatch",
+        "SyncMembership",
         "decode_member",
         "encode_member",
         "member_key",
+    ]
+    routing = importlib.import_module("etcdkit.cluster.grpc")
+    assert sorted(routing.__all__) == [
+        "DEFAULT_ATTEMPTS",
+        "DEFAULT_GRACE",
+        "DEFAULT_OPTIONS",
+        "KeyFunction",
+        "RoutedChannel",
+        "RoutedSyncChannel",
+        "RoutingError",
+        "current_route_key",
+        "route_key",
     ]
 
 

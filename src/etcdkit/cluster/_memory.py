@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from etcdkit.cluster._member import (
     Member,
     check_id,
     check_root,
+    check_timeout,
     decode_member,
     encode_member,
     member_key,
@@ -300,7 +300,7 @@ class MemoryMembership:
 
         Raises ValueError if another live membership registered the same id.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         cluster = self._cluster
         cluster._check_open()
         if not self._registered:
@@ -326,12 +326,12 @@ class MemoryMembership:
 
     async def synced(self, timeout: float | None = None) -> int:
         """Return the revision once the view shows this membership as it is now."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         return await self._cluster._wait(self._in_sync, timeout, f"member {self._id!r} update")
 
     async def deregister(self, timeout: float | None = None) -> int:
         """Leave the cluster; return the revision once the member is gone from the view."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         cluster = self._cluster
         cluster._check_open()
         if self._registered:
@@ -349,15 +349,6 @@ class MemoryMembership:
         if self._registered:
             return self.member in view
         return self._absent(view)
-
-
-def _check_timeout(timeout: object) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
 
 
 def _to_bytes(value: str | bytes, what: str) -> bytes:

@@ -106,6 +106,19 @@ class HashRing:
                     break
         return found
 
+    def shares(self) -> dict[str, float]:
+        """Each node's exact share of the hash space (the part of all keys it owns), by node;
+        they sum to 1.0 (a node whose tokens are all taken by collisions owns 0.0)."""
+        shares = dict.fromkeys(self._claims, 0)
+        hashes, owners = self._hashes, self._owners
+        if not hashes:
+            return {}
+        previous = hashes[-1] - 2**64  # the first token owns the arc that wraps around
+        for h, owner in zip(hashes, owners):
+            shares[owner] += h - previous
+            previous = h
+        return {node: arc / 2**64 for node, arc in shares.items()}
+
     # -- the ring as data ------------------------------------------------------------------------
 
     @property

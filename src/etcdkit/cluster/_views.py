@@ -23,33 +23,47 @@ class ViewHub:
     """Holds a cluster's current view (members sorted by id, and its revision)."""
 
     def __init__(self) -> None:
-        self._members: View = ()
-        self._revision = 0
+        # (members, revision) in one assignment: a reader in another thread never pairs the
+        # members of one view with the revision of another.
+        self._view: tuple[View, int] = ((), 0)
         self._version = 0  # counts distinct views, so an unchanged view wakes no watch
         self._wakeup = asyncio.Event()
         self._closed = False
+        self._error: BaseException | None = None
 
     @property
     def members(self) -> View:
-        return self._members
+        return self._view[0]
 
     @property
     def revision(self) -> int:
-        return self._revision
+        return self._view[1]
+
+    @property
+    def view(self) -> tuple[View, int]:
+        """The current (members, revision), read together."""
+        return self._view
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the view ended, when it ended on a failure rather than a close."""
+        return self._error
+
     def publish(self, members: View, revision: int) -> None:
         """Make (*members*, *revision*) the current view; wake watches if the members changed."""
         if self._closed:
             return
-        self._revision = max(self._revision, revision)
-        if members != self._members:
-            self._members = members
+        old_members, old_revision = self._view
+        if members != old_members:
+            self._view = (members, max(old_revision, revision))
             self._version += 1
             self.wake()
+        elif revision > old_revision:
+            self._view = (old_members, revision)
 
     def watch(self) -> MemberWatch:
         if self._closed:
@@ -57,17 +71,24 @@ class ViewHub:
         return MemberWatch(self)
 
     async def wait_until(self, done: Callable[[View], bool]) -> int:
-        """Return the revision once ``done(members)`` holds; ClosedError if the hub closes."""
+        """Return the revision once ``done(members)`` holds; ClosedError (or the failure that
+        ended the view) if the hub closes first."""
         while True:
             if self._closed:
+                if self._error is not None:
+                    raise self._error
                 raise ClosedError("the cluster was closed")
-            if done(self._members):
-                return self._revision
+            members, revision = self._view
+            if done(members):
+                return revision
             await self._wakeup.wait()
 
-    def close(self) -> None:
-        """End every watch and wake every waiter (they raise ClosedError)."""
-        self._closed = True
+    def close(self, error: BaseException | None = None) -> None:
+        """End every watch and wake every waiter: they raise *error* if given (the failure
+        that ended the view), else watches stop and waiters raise ClosedError. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._error = error
         self.wake()
 
     def wake(self) -> None:
@@ -81,14 +102,22 @@ class MemberWatch:
 
     Each ``__anext__`` returns the newest view this watch has not returned yet, waiting for a
     change if there is none: views you were too slow for are skipped, never queued. Iteration
-    ends (StopAsyncIteration) when the watch or its cluster is closed. Use it as
-    ``async for members in cluster.watch_members(): ...`` or ``async with`` it to close it.
+    ends (StopAsyncIteration) when the watch or its cluster is closed; if the cluster's view
+    ended on a failure (e.g. no permission to read the root), that error is raised instead.
+    Use it as ``async for members in cluster.watch_members(): ...`` or ``async with`` it to
+    close it. ``revision`` is the revision of the view returned last.
     """
 
     def __init__(self, hub: ViewHub) -> None:
         self._hub = hub
         self._seen = -1
         self._closed = False
+        self._revision = 0
+
+    @property
+    def revision(self) -> int:
+        """The revision of the view this watch returned last (0 before the first)."""
+        return self._revision
 
     def __repr__(self) -> str:
         state = "closed" if self._closed or self._hub.closed else "open"
@@ -100,11 +129,16 @@ class MemberWatch:
     async def __anext__(self) -> View:
         hub = self._hub
         while True:
-            if self._closed or hub.closed:
+            if self._closed:
+                raise StopAsyncIteration
+            if hub.closed:
+                if hub.error is not None:
+                    raise hub.error
                 raise StopAsyncIteration
             if hub._version != self._seen:
                 self._seen = hub._version
-                return hub.members
+                members, self._revision = hub.view
+                return members
             await hub._wakeup.wait()
 
     async def aclose(self) -> None:
@@ -112,6 +146,8 @@ class MemberWatch:
         if not self._closed:
             self._closed = True
             self._hub.wake()
+
+    close = aclose
 
     async def __aenter__(self) -> MemberWatch:
         return self

@@ -1,0 +1,270 @@
+"""Routing decisions shared by the asyncio and the blocking channel: the routing key of a call,
+the node table of the current registry view, and the attempts of one call."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import contextvars
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from etcdkit.cluster._descriptor import NodeDescriptor
+from etcdkit.cluster._registry import RegistryView
+
+__all__ = [
+    "DEFAULT_ATTEMPTS",
+    "DEFAULT_GRACE",
+    "DEFAULT_OPTIONS",
+    "Attempts",
+    "ErrorFactory",
+    "KeyFunction",
+    "Nodes",
+    "Targets",
+    "check_args",
+    "current_route_key",
+    "route_key",
+    "route_of",
+]
+
+log = logging.getLogger("etcdkit.cluster.grpc")
+
+C = TypeVar("C")
+
+DEFAULT_ATTEMPTS = 3  # nodes a unary call may try: the owner and two failovers
+DEFAULT_GRACE = 5.0  # seconds the calls on a node that left may take to finish
+# Detect dead peers (black-holed connections) by HTTP/2 pings, so that no call waits forever
+# on a node that vanished without closing its connections.
+DEFAULT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+
+KeyFunction = Callable[[Any], "str | bytes | None"]
+ErrorFactory = Callable[[grpc.StatusCode, str], Exception]
+
+_route: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
+    "etcdkit_route_key", default=None
+)
+
+
+@contextlib.contextmanager
+def route_key(key: str | bytes | None) -> Iterator[None]:
+    """Route the calls made inside the block to the owner of *key* (str as UTF-8, or bytes).
+
+    A contextvar: it holds for this task or thread (and tasks started inside the block).
+    ``None`` routes at random again. It wins over a channel's ``key`` function.
+    """
+    token = _route.set(None if key is None else _key_bytes(key))
+    try:
+        yield
+    finally:
+        _route.reset(token)
+
+
+def current_route_key() -> bytes | None:
+    """The routing key set by the innermost :func:`route_key` block, if any."""
+    return _route.get()
+
+
+def route_of(key_function: KeyFunction | None, request: Any) -> bytes | None:
+    """The routing key of a call: the :func:`route_key` block's, else ``key_function(request)``."""
+    key = _route.get()
+    if key is None and key_function is not None:
+        got = key_function(request)
+        key = None if got is None else _key_bytes(got)
+    return key
+
+
+def _key_bytes(key: object) -> bytes:
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode()
+    raise TypeError(f"a routing key must be str or bytes, got {type(key).__name__}")
+
+
+def check_args(key: object, attempts: object, grace: object) -> None:
+    """Refuse bad channel arguments (TypeError / ValueError) before anything is opened."""
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be a function request -> str | bytes | None, got {key!r}")
+    if isinstance(attempts, bool) or not isinstance(attempts, int):
+        raise TypeError(f"attempts must be an int >= 1, got {attempts!r}")
+    if attempts < 1:
+        raise ValueError(f"attempts must be an int >= 1, got {attempts}")
+    if isinstance(grace, bool) or not isinstance(grace, int | float):
+        raise TypeError(f"grace must be a number of seconds >= 0, got {grace!r}")
+    if not grace >= 0:
+        raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
+
+
+class Targets:
+    """The node channels' multicallables of one method, made once per node channel."""
+
+    def __init__(
+        self,
+        method: str,
+        serializer: Callable[[Any], bytes] | None,
+        deserializer: Callable[[bytes], Any] | None,
+    ) -> None:
+        self.method = method
+        self._ser = serializer
+        self._deser = deserializer
+        self._made: dict[int, tuple[Any, Any]] = {}
+
+    def get(self, kind: str, channel: Any) -> Any:
+        """``channel.<kind>(method, ...)`` (kind: "unary_unary", "unary_stream", ...)."""
+        made = self._made.get(id(channel))
+        if made is None or made[0] is not channel:
+            made = (channel, getattr(channel, kind)(self.method, self._ser, self._deser))
+            if len(self._made) > 64:  # nodes come and go: forget the channels of old ones
+                self._made.clear()
+            self._made[id(channel)] = made
+        return made[1]
+
+
+class Nodes(Generic[C]):
+    """One channel per node of the current registry view, and the routing decisions.
+
+    ``update(view)`` returns the channels to close. ``view`` and ``channels`` are each
+    replaced in one assignment, so calls in any thread route without a lock.
+    """
+
+    def __init__(self, open_channel: Callable[[NodeDescriptor], C]) -> None:
+        self._open = open_channel
+        self.view = RegistryView.empty()
+        self.channels: dict[str, tuple[str, C]] = {}  # node id -> (address, channel)
+        # (node ids with weight, their cumulative weights, the total) for weighted picks
+        self._weights: tuple[list[str], list[int], int] = ([], [], 0)
+        self._random = random.Random().random
+
+    def update(self, view: RegistryView) -> list[C]:
+        old = self.channels
+        new: dict[str, tuple[str, C]] = {}
+        for node_id, node in view.nodes.items():
+            have = old.get(node_id)
+            if have is not None and have[0] == node.address:
+                new[node_id] = have
+            else:
+                new[node_id] = (node.address, self._open(node))
+                log.info("node %s joined at %s", node_id, node.address)
+        gone: list[C] = []
+        for node_id, (address, channel) in old.items():
+            kept = new.get(node_id)
+            if kept is None or kept[1] is not channel:
+                log.info("node %s at %s left; closing its channel", node_id, address)
+                gone.append(channel)
+        ids = [n.id for n in view.nodes.values() if n.weight]
+        cumulative = list(itertools.accumulate(view.nodes[i].weight for i in ids))
+        self._weights = (ids, cumulative, cumulative[-1] if cumulative else 0)
+        self.channels = new
+        self.view = view
+        return gone
+
+    def take_all(self) -> list[C]:
+        """Every node channel, forgotten (for closing)."""
+        channels, self.channels = self.channels, {}
+        return [channel for _, channel in channels.values()]
+
+    def pick(self, key: bytes | None, tried: Sequence[str]) -> tuple[str, C] | None:
+        """The node (id, channel) for the next attempt: the owner of *key* (then the next
+        nodes of the ring), or a weighted random node; never one in *tried*."""
+        view, channels = self.view, self.channels
+        node_id: str | None
+        if key is not None:
+            if not tried:
+                node_id = view.ring.node(key)
+            else:
+                later = view.ring.nodes(key, len(tried) + 1)
+                node_id = next((n for n in later if n not in tried), None)
+        else:
+            ids, cumulative, total = self._weights
+            if tried:  # rare (a retry): pick among the others, weights as they are
+                weights = [w - p for w, p in zip(cumulative, [0, *cumulative])]
+                pairs = [(i, w) for i, w in zip(ids, weights) if i not in tried]
+                ids = [i for i, _ in pairs]
+                cumulative = list(itertools.accumulate(w for _, w in pairs))
+                total = cumulative[-1] if cumulative else 0
+            node_id = ids[bisect.bisect(cumulative, self._random() * total)] if total else None
+        if node_id is None:
+            return None
+        entry = channels.get(node_id)
+        return None if entry is None else (node_id, entry[1])
+
+    def left(self, node_id: str, channel: object) -> bool:
+        """Whether *channel* (of *node_id*) is no longer the node's: the node left or moved."""
+        entry = self.channels.get(node_id)
+        return entry is None or entry[1] is not channel
+
+    def describe(self) -> str:
+        view = self.view
+        return f"{len(view.nodes)} nodes, {len(self._weights[0])} with weight, rev {view.revision}"
+
+
+class Attempts:
+    """The attempts of one call: which node next, how much time is left, when to give up.
+
+    ``next()`` returns (node id, channel, timeout) or raises the error to give up with: the
+    last attempt's error, else one made by *error* (UNAVAILABLE: no node; DEADLINE_EXCEEDED).
+    """
+
+    def __init__(
+        self,
+        nodes: Nodes[Any],
+        key: bytes | None,
+        timeout: float | None,
+        attempts: int,
+        error: ErrorFactory,
+    ) -> None:
+        self.nodes = nodes
+        self.key = key
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.left = attempts
+        self.tried: list[str] = []
+        self.last_error: Exception | None = None
+        self._error = error
+
+    def time_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def next(self) -> tuple[str, Any, float | None]:
+        if self.left <= 0:
+            raise self._give_up("no node answered")
+        timeout = self.time_left()
+        if timeout is not None and timeout <= 0:
+            if self.last_error is not None:
+                raise self.last_error
+            raise self._error(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a node answered"
+            )
+        picked = self.nodes.pick(self.key, self.tried)
+        if picked is None:
+            raise self._give_up(f"no node of the cluster is available ({self.nodes.describe()})")
+        self.left -= 1
+        self.tried.append(picked[0])
+        return picked[0], picked[1], timeout
+
+    def failed(self, error: Exception) -> None:
+        """The attempt in flight failed with *error*, which is worth another node."""
+        self.last_error = error
+
+    def node_left(self, node_id: str) -> None:
+        """The attempt in flight ended because its node left the cluster."""
+        self.last_error = self._error(
+            grpc.StatusCode.UNAVAILABLE, f"node {node_id} left the cluster during the call"
+        )
+
+    def _give_up(self, why: str) -> Exception:
+        if self.last_error is not None:
+            return self.last_error
+        return self._error(grpc.StatusCode.UNAVAILABLE, why)

@@ -1,0 +1,578 @@
+"""etcdkit.cluster.grpc: routed channels over in-process gRPC servers (generic handlers, no
+protoc), on MemoryCluster and on real etcd; the registry view they route on."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from _helpers import etcdkit_tasks, quickly
+from cluster_conformance import BOUND
+from etcdkit import AsyncClient, Client
+from etcdkit.cluster import (
+    HashRing,
+    Member,
+    MemoryCluster,
+    MemoryStore,
+    NodeDescriptor,
+    Registry,
+    RegistryView,
+)
+from etcdkit.cluster.grpc import (
+    RoutedChannel,
+    RoutedSyncChannel,
+    RoutingError,
+    current_route_key,
+    route_key,
+)
+from etcdkit.server import EtcdServer
+
+SERVICE = "test.Echo"
+KEYS = [f"user-{i}".encode() for i in range(60)]
+
+
+class EchoStub:
+    """What protoc generates for a service, by hand: the channel's multicallables."""
+
+    def __init__(self, channel: Any) -> None:
+        self.Who = channel.unary_unary(f"/{SERVICE}/Who", _registered_method=True)
+        self.Slow = channel.unary_unary(f"/{SERVICE}/Slow", _registered_method=True)
+        self.Fail = channel.unary_unary(f"/{SERVICE}/Fail", _registered_method=True)
+        self.Count = channel.unary_stream(f"/{SERVICE}/Count", _registered_method=True)
+        self.Upload = channel.stream_unary(f"/{SERVICE}/Upload", _registered_method=True)
+        self.Chat = channel.stream_stream(f"/{SERVICE}/Chat", _registered_method=True)
+
+
+class Node:
+    """An in-process grpc.aio server that answers with its name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.calls = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def descriptor(self, weight: int = 100) -> str:
+        return NodeDescriptor(self.name, self.address, weight).encode()
+
+    async def start(self, port: int = 0) -> Node:
+        name = self.name.encode()
+
+        async def who(request: bytes, context: Any) -> bytes:
+            self.calls += 1
+            return name + b":" + request
+
+        async def slow(request: bytes, context: Any) -> bytes:
+            await asyncio.sleep(float(request.decode() or "1"))
+            return name
+
+        async def fail(request: bytes, context: Any) -> bytes:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no")
+            return b""
+
+        async def count(request: bytes, context: Any) -> AsyncIterator[bytes]:
+            for i in range(3):
+                yield name + b"%d" % i
+
+        async def upload(requests: AsyncIterator[bytes], context: Any) -> bytes:
+            return name + b":" + b"".join([r async for r in requests])
+
+        async def chat(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+            async for r in requests:
+                yield name + b":" + r
+
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Who": grpc.unary_unary_rpc_method_handler(who),
+                "Slow": grpc.unary_unary_rpc_method_handler(slow),
+                "Fail": grpc.unary_unary_rpc_method_handler(fail),
+                "Count": grpc.unary_stream_rpc_method_handler(count),
+                "Upload": grpc.stream_unary_rpc_method_handler(upload),
+                "Chat": grpc.stream_stream_rpc_method_handler(chat),
+            },
+        )
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port or self.port}")
+        await self.server.start()
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(None)
+            self.server = None
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[list[Node]]:
+    made = [await Node(f"n{i}").start() for i in range(3)]
+    try:
+        yield made
+    finally:
+        for node in made:
+            await node.stop()
+
+
+async def register_all(cluster: MemoryCluster, nodes: list[Node], weight: int = 100) -> None:
+    for node in nodes:
+        await cluster.membership(node.descriptor(weight), id=node.name).register(timeout=BOUND)
+
+
+def owner_name(reply: bytes) -> str:
+    return reply.split(b":", 1)[0].decode()
+
+
+# -- the registry view -----------------------------------------------------------------------------
+
+
+def test_registry_view_is_nodes_and_ring_of_one_revision() -> None:
+    a = NodeDescriptor("a", "10.0.0.1:80", 100)
+    b = NodeDescriptor("b", "[::1]:80", 50)
+    z = NodeDescriptor("z", "10.0.0.3:80")  # weight 0: a node, but owns no keys
+    members = [Member("b", b.encode()), Member("a", a.encode()), Member("z", z.encode())]
+    members.append(Member("junk", "not a descriptor"))
+    view = RegistryView.from_members(members, 7)
+    assert view.revision == 7
+    assert list(view.nodes) == ["a", "b", "z"]
+    assert view.nodes["b"] == b
+    assert view.invalid == (Member("junk", "not a descriptor"),)
+    assert view.ring == HashRing({"a": 100, "b": 50})
+    for key in KEYS:
+        assert view.owner(key) == view.nodes[view.ring.node(key) or ""]
+        assert [n.id for n in view.owners(key, 5)] == view.ring.nodes(key, 5)
+    again = RegistryView.from_members(members[:3], 8, previous=view)
+    assert again.ring is view.ring  # same weights: the ring is reused
+    assert RegistryView.empty().owner(b"k") is None
+    assert repr(view) == "<RegistryView revision=7 nodes=3 tokens=150 invalid=1>"
+    with pytest.raises(AttributeError):
+        view.revision = 9  # type: ignore[misc]
+
+
+async def test_registry_follows_a_cluster(caplog: pytest.LogCaptureFixture) -> None:
+    async with MemoryCluster(MemoryStore("/svc")) as cluster:
+        registry = Registry(cluster)
+        assert registry.view.nodes == {}
+        assert registry.owner(b"k") is None
+        a = cluster.membership(NodeDescriptor("a", "h:1", 10).encode(), id="a")
+        await a.register()
+        assert registry.view is registry.view  # cached while nothing changes
+        assert registry.owner(b"k") == NodeDescriptor("a", "h:1", 10)
+        views = registry.watch()
+        first = await anext(views)
+        assert list(first.nodes) == ["a"]
+        bad = cluster.membership("garbage", id="bad")
+        await bad.register()
+        second = await anext(views)
+        assert second.invalid == (bad.member,)
+        assert second.ring is first.ring
+        assert sum("garbage" in r.getMessage() for r in caplog.records) == 1
+        registry.view  # noqa: B018 (a rebuild must not warn again)
+        assert sum("garbage" in r.getMessage() for r in caplog.records) == 1
+        await views.aclose()
+
+
+# -- routing on a MemoryCluster -------------------------------------------------------------------
+
+
+async def test_calls_go_to_the_ring_owner_of_their_key(nodes: list[Node]) -> None:
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes)
+        async with RoutedChannel(cluster) as channel:
+            stub = EchoStub(channel)
+            view = channel.view
+            assert set(view.nodes) == {"n0", "n1", "n2"}
+            seen = set()
+            for key in KEYS:
+                with route_key(key):
+                    assert current_route_key() == key
+                    reply = await stub.Who(b"x", timeout=BOUND)
+                owner = view.owner(key)
+                assert owner is not None
+                assert owner_name(reply) == owner.id == channel.owner(key).id  # type: ignore[union-attr]
+                seen.add(owner.id)
+            assert seen == {"n0", "n1", "n2"}
+            assert current_route_key() is None
+
+
+async def test_a_key_function_routes_by_request(nodes: list[Node]) -> None:
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes)
+        async with RoutedChannel(cluster, key=lambda request: request) as channel:
+            stub = EchoStub(channel)
+            for key in KEYS[:20]:
+                reply = await stub.Who(key, timeout=BOUND)
+                assert owner_name(reply) == channel.owner(key).id  # type: ignore[union-attr]
+            # a route_key block wins over the function
+            with route_key(KEYS[0]):
+                reply = await stub.Who(KEYS[1], timeout=BOUND)
+            assert owner_name(reply) == channel.owner(KEYS[0]).id  # type: ignore[union-attr]
+
+
+async def test_without_a_key_calls_are_weighted_random(nodes: list[Node]) -> None:
+    async with MemoryCluster() as cluster:
+        for node, weight in zip(nodes, (100, 300, 0)):
+            await cluster.membership(node.descriptor(weight), id=node.name).register()
+        async with RoutedChannel(cluster) as channel:
+            stub = EchoStub(channel)
+            counts = {"n0": 0, "n1": 0, "n2": 0}
+            for _ in range(200):
+                counts[owner_name(await stub.Who(b"", timeout=BOUND))] += 1
+            assert counts["n2"] == 0  # weight 0 takes no calls
+            assert 20 < counts["n0"] < 90 < counts["n1"]
+
+
+async def test_unavailable_owner_is_retried_on_the_next_ring_node(nodes: list[Node]) -> None:
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes)
+        async with RoutedChannel(cluster) as channel:
+            stub = EchoStub(channel)
+            victim = nodes[0]
+            keys = [k for k in KEYS if channel.owner(k).id == victim.name]  # type: ignore[union-attr]
+            assert keys
+            await victim.stop()  # killed: still registered, refuses connections
+            for key in keys:
+                with route_key(key), quickly(2.0):
+                    reply = await stub.Who(b"", timeout=BOUND)
+                assert owner_name(reply) == channel.view.ring.nodes(key, 2)[1]
+            # a failure that is not UNAVAILABLE is not retried
+            with route_key(KEYS[0]), pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Fail(b"", timeout=BOUND)
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            # attempts are bounded: with every node down the call fails UNAVAILABLE
+            for node in nodes:
+                await node.stop()
+            with route_key(KEYS[0]), quickly(3.0), pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Who(b"", timeout=BOUND)
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_no_node_fails_at_once_with_unavailable() -> None:
+    async with MemoryCluster() as cluster, RoutedChannel(cluster) as channel:
+        stub = EchoStub(channel)
+        call = stub.Who(b"")
+        with quickly(1.0), pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "no node" in (err.value.details() or "")
+        assert await call.code() is grpc.StatusCode.UNAVAILABLE
+        assert call.done()
+        assert channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
+async def test_a_node_that_leaves_has_its_channel_closed(nodes: list[Node]) -> None:
+    opened: dict[str, grpc.aio.Channel] = {}
+
+    def factory(address: str) -> grpc.aio.Channel:
+        ch = grpc.aio.insecure_channel(address)
+        opened[address] = ch
+        return ch
+
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes[:2])
+        async with RoutedChannel(cluster, channel_factory=factory, grace=0.2) as channel:
+            stub = EchoStub(channel)
+            assert set(opened) == {nodes[0].address, nodes[1].address}
+            await stub.Who(b"", timeout=BOUND)
+            gone = cluster.membership(id="x")  # an unrelated member changes nothing
+            await gone.register()
+            member = nodes[0]
+            leaving = [m for m in cluster.store.members if m.id == member.name]
+            assert leaving
+            # deregister n0 (registered by register_all through another membership object)
+            cluster.store.delete_raw(f"{cluster.store.root}/{member.name}")
+            await asyncio.sleep(0.05)
+            assert set(channel.view.nodes) == {"n1"}
+            deadline = time.monotonic() + BOUND
+            while opened[member.address].get_state() is not grpc.ChannelConnectivity.SHUTDOWN:
+                assert time.monotonic() < deadline, "the channel of the node that left is open"
+                await asyncio.sleep(0.05)
+            for key in KEYS[:10]:
+                with route_key(key):
+                    assert owner_name(await stub.Who(b"", timeout=BOUND)) == "n1"
+            # a node that joins gets a channel
+            await cluster.membership(nodes[2].descriptor(), id="n9").register()
+            await asyncio.sleep(0.05)
+            assert nodes[2].address in opened
+    assert all(ch.get_state() is grpc.ChannelConnectivity.SHUTDOWN for ch in opened.values())
+
+
+async def test_a_call_on_a_node_that_leaves_finishes_or_moves(nodes: list[Node]) -> None:
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes)
+        async with RoutedChannel(cluster, grace=0.3) as channel:
+            stub = EchoStub(channel)
+            key = next(k for k in KEYS if channel.owner(k).id == "n0")  # type: ignore[union-attr]
+            with route_key(key):
+                quick = asyncio.ensure_future(stub.Slow(b"0.1", timeout=BOUND))
+                stuck = asyncio.ensure_future(stub.Slow(b"30"))  # no deadline at all
+            await asyncio.sleep(0.05)
+            cluster.store.delete_raw(f"{cluster.store.root}/n0")
+            # within the grace: finishes on n0; after it: moves on (to the next ring node,
+            # where it waits its 30 s: cancel it there)
+            assert await quick == b"n0"
+            await asyncio.sleep(0.6)
+            assert not stuck.done()
+            stuck.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stuck
+            assert nodes[1].calls + nodes[2].calls == 0  # Slow does not count
+
+
+async def test_calls_never_block_forever_on_a_black_hole() -> None:
+    """A node whose address accepts TCP but never answers: a call with a deadline ends at it;
+    one without ends when the node leaves the view."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
+    port = hole.getsockname()[1]
+    try:
+        async with MemoryCluster() as cluster:
+            m = cluster.membership(NodeDescriptor("hole", f"127.0.0.1:{port}", 1).encode())
+            await m.register()
+            async with RoutedChannel(cluster, grace=0.1) as channel:
+                stub = EchoStub(channel)
+                with quickly(2.0), pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Who(b"", timeout=0.5)
+                assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                forever = asyncio.ensure_future(stub.Who(b""))
+                await asyncio.sleep(0.2)
+                await m.deregister()
+                with quickly(2.0), pytest.raises(grpc.aio.AioRpcError) as err:
+                    await forever
+                assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert "left the cluster" in (err.value.details() or "")
+    finally:
+        hole.close()
+
+
+async def test_streaming_calls_are_routed(nodes: list[Node]) -> None:
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes)
+        async with RoutedChannel(cluster) as channel:
+            stub = EchoStub(channel)
+            key = KEYS[3]
+            owner = channel.owner(key).id  # type: ignore[union-attr]
+            with route_key(key):
+                got = [r async for r in stub.Count(b"", timeout=BOUND)]
+                assert got == [f"{owner}{i}".encode() for i in range(3)]
+                call = stub.Count(b"", timeout=BOUND)
+                assert await call.read() == f"{owner}0".encode()
+                assert await call.read() == f"{owner}1".encode()
+                assert await call.read() == f"{owner}2".encode()
+                assert await call.read() is grpc.aio.EOF
+                assert await call.code() is grpc.StatusCode.OK
+
+                async def parts() -> AsyncIterator[bytes]:
+                    yield b"a"
+                    yield b"b"
+
+                assert await stub.Upload(parts(), timeout=BOUND) == f"{owner}:ab".encode()
+                chat = stub.Chat(parts(), timeout=BOUND)
+                assert [r async for r in chat] == [f"{owner}:a".encode(), f"{owner}:b".encode()]
+            # server streaming moves on before its first response
+            await next(n for n in nodes if n.name == owner).stop()
+            with route_key(key):
+                got = [r async for r in stub.Count(b"", timeout=BOUND)]
+            assert got[0].startswith(channel.view.ring.nodes(key, 2)[1].encode())
+
+
+async def test_call_api_cancel_and_metadata(nodes: list[Node]) -> None:
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes)
+        async with RoutedChannel(cluster) as channel:
+            stub = EchoStub(channel)
+            call = stub.Who(b"m", timeout=BOUND)
+            done: list[Any] = []
+            call.add_done_callback(done.append)
+            assert (call.time_remaining() or 0) > 0
+            await call.wait_for_connection()
+            assert await call.initial_metadata() is not None
+            assert owner_name(await call) == owner_name(await call)  # awaited twice: one answer
+            assert call.done()
+            assert done == [call]
+            assert await call.code() is grpc.StatusCode.OK
+            assert await call.details() in ("", None)
+            assert await call.trailing_metadata() is not None
+            slow = stub.Slow(b"10")
+            await asyncio.sleep(0.05)
+            assert slow.cancel()
+            assert slow.cancelled()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            assert await slow.code() is grpc.StatusCode.CANCELLED
+            await asyncio.wait_for(channel.channel_ready(), BOUND)
+            assert channel.get_state() is grpc.ChannelConnectivity.READY
+            assert repr(channel).startswith("<RoutedChannel open 3 nodes")
+    assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+    with pytest.raises(grpc.aio.UsageError):
+        stub.Who(b"")
+
+
+def test_bad_arguments() -> None:
+    async def make(**kwargs: Any) -> None:
+        async with MemoryCluster() as cluster:
+            RoutedChannel(cluster, **kwargs)
+
+    for kwargs, error in (
+        ({"key": 5}, TypeError),
+        ({"attempts": 0}, ValueError),
+        ({"attempts": "3"}, TypeError),
+        ({"grace": -1}, ValueError),
+    ):
+        with pytest.raises(error):
+            asyncio.run(make(**kwargs))
+    with pytest.raises(TypeError, match="routing key"), route_key(5):  # type: ignore[arg-type]
+        pass
+
+
+# -- on real etcd --------------------------------------------------------------------------------
+
+
+async def test_routed_channel_on_etcd(
+    etcd_server: EtcdServer, etcd_prefix: str, nodes: list[Node]
+) -> None:
+    root = etcd_prefix + "svc"
+    before = set(asyncio.all_tasks())
+    async with AsyncClient(etcd_server.endpoint) as servers, servers.cluster(root) as joined:
+        members = [joined.membership(n.descriptor(), id=n.name) for n in nodes]
+        for m in members:
+            await m.register(timeout=BOUND)
+        async with AsyncClient(etcd_server.endpoint) as etcd, etcd.cluster(root) as cluster:
+            async with RoutedChannel(cluster) as channel:
+                stub = EchoStub(channel)
+                for key in KEYS[:20]:
+                    with route_key(key):
+                        reply = await stub.Who(b"", timeout=BOUND)
+                    assert owner_name(reply) == channel.owner(key).id  # type: ignore[union-attr]
+                # a graceful leave moves its keys at once
+                await members[0].deregister(timeout=BOUND)
+                deadline = time.monotonic() + BOUND
+                while "n0" in channel.view.nodes:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                for key in KEYS[:20]:
+                    with route_key(key):
+                        assert owner_name(await stub.Who(b"", timeout=BOUND)) != "n0"
+            assert not [
+                t for t in asyncio.all_tasks() - before if t.get_name().startswith("etcdkit-routed")
+            ]
+    await asyncio.sleep(0)
+    assert etcdkit_tasks() == []
+
+
+# -- the blocking channel --------------------------------------------------------------------------
+
+
+class SyncNode:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+
+        def who(request: bytes, context: Any) -> bytes:
+            return name.encode() + b":" + request
+
+        def count(request: bytes, context: Any) -> Iterator[bytes]:
+            yield name.encode()
+
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Who": grpc.unary_unary_rpc_method_handler(who),
+                "Count": grpc.unary_stream_rpc_method_handler(count),
+            },
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def descriptor(self) -> str:
+        return NodeDescriptor(self.name, f"127.0.0.1:{self.port}", 100).encode()
+
+    def stop(self) -> None:
+        self.server.stop(None).wait()
+
+
+@pytest.fixture
+def sync_nodes() -> Iterator[list[SyncNode]]:
+    made = [SyncNode(f"s{i}") for i in range(3)]
+    try:
+        yield made
+    finally:
+        for node in made:
+            node.stop()
+
+
+def test_routed_sync_channel_on_etcd(
+    etcd_sync: Client, etcd_prefix: str, sync_nodes: list[SyncNode], no_leaked_threads: None
+) -> None:
+    root = etcd_prefix + "sync"
+    with etcd_sync.cluster(root) as cluster:
+        members = [cluster.membership(n.descriptor(), id=n.name) for n in sync_nodes]
+        for m in members:
+            m.register(timeout=BOUND)
+        states: list[grpc.ChannelConnectivity] = []
+        with RoutedSyncChannel(cluster) as channel:
+            channel.subscribe(states.append)
+            assert states == [grpc.ChannelConnectivity.READY]
+            stub = EchoStub(channel)
+            for key in KEYS[:20]:
+                with route_key(key):
+                    reply = stub.Who(b"", timeout=BOUND)
+                    reply2, call = stub.Who.with_call(b"", timeout=BOUND)
+                assert owner_name(reply) == owner_name(reply2) == channel.owner(key).id  # type: ignore[union-attr]
+                assert call.code() is grpc.StatusCode.OK
+            with route_key(KEYS[0]):
+                assert list(stub.Count(b"", timeout=BOUND)) == [
+                    channel.owner(KEYS[0]).id.encode()  # type: ignore[union-attr]
+                ]
+                assert owner_name(stub.Who.future(b"", timeout=BOUND).result()) == (
+                    channel.owner(KEYS[0]).id  # type: ignore[union-attr]
+                )
+            # killed: retried on the next ring node
+            victim = channel.owner(KEYS[0]).id  # type: ignore[union-attr]
+            next(n for n in sync_nodes if n.name == victim).stop()
+            with route_key(KEYS[0]):
+                assert (
+                    owner_name(stub.Who(b"", timeout=BOUND))
+                    == channel.view.ring.nodes(KEYS[0], 2)[1]
+                )
+            # gone from the view: no longer a node
+            next(m for m in members if m.id == victim).deregister(timeout=BOUND)
+            deadline = time.monotonic() + BOUND
+            while victim in channel.view.nodes:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            for m in members:
+                m.deregister(timeout=BOUND)
+            deadline = time.monotonic() + BOUND
+            while channel.view.nodes:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Who(b"", timeout=BOUND)
+            assert isinstance(err.value, RoutingError)
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            deadline = time.monotonic() + BOUND  # subscribers hear it from the channel's thread
+            while states[-1] is not grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                assert time.monotonic() < deadline, states
+                time.sleep(0.01)
+            assert states == [
+                grpc.ChannelConnectivity.READY,
+                grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+            ]
+            assert "RoutedSyncChannel open" in repr(channel)
+        with pytest.raises(ValueError, match="closed"):
+            stub.Who(b"")
