@@ -4,13 +4,12 @@ the node table of the current registry view, and the attempts of one call."""
 from __future__ import annotations
 
 import bisect
-import contextlib
 import contextvars
 import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -58,18 +57,28 @@ _route: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def route_key(key: str | bytes | None) -> Iterator[None]:
+class route_key:  # lower case: used like a function, ``with route_key(key):``
     """Route the calls made inside the block to the owner of *key* (str as UTF-8, or bytes).
 
-    A contextvar: it holds for this task or thread (and tasks started inside the block).
-    ``None`` routes at random again. It wins over a channel's ``key`` function.
+    ``with route_key(b"user-42"): await stub.Get(request)``. A contextvar: it holds for this
+    task or thread (and tasks started inside the block). ``None`` routes at random again. It
+    wins over a channel's ``key`` function. (A class, not a generator: it is on every call's
+    path.)
     """
-    token = _route.set(None if key is None else _key_bytes(key))
-    try:
-        yield
-    finally:
-        _route.reset(token)
+
+    __slots__ = ("_key", "_token")
+
+    def __init__(self, key: str | bytes | None) -> None:
+        self._key = None if key is None else _key_bytes(key)
+        self._token: contextvars.Token[bytes | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _route.set(self._key)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _route.reset(self._token)
+            self._token = None
 
 
 def current_route_key() -> bytes | None:
