@@ -102,7 +102,10 @@ def test_members_live_view_in_a_terminal(
         timeout=WAIT,
     )
     try:
-        child.expect("LIVE")
+        try:
+            child.expect("LIVE")
+        except (pexpect.TIMEOUT, pexpect.EOF) as exc:
+            raise AssertionError(f"no live view: {child.before!r}") from exc
         child.expect("Ctrl-C to quit")
         with etcd_sync.cluster(root, ttl=5) as cluster:
             m = cluster.membership(NodeDescriptor("node-a", "10.9.8.7:8080", 100).encode())

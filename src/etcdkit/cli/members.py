@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from etcdkit import WatchState
 from etcdkit.cli.common import EXIT_OK, ConnOptions, Stopper, connected, need_rich
-from etcdkit.cluster import EtcdBackedCluster, Member, MemberWatch, NodeDescriptor, RegistryView
+from etcdkit.cluster import (
+    DEFAULT_OPEN_TIMEOUT,
+    EtcdBackedCluster,
+    Member,
+    MemberWatch,
+    NodeDescriptor,
+    RegistryView,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -188,7 +195,8 @@ async def run_members(args: argparse.Namespace, opts: ConnOptions) -> int:
     async with (
         connected(opts) as client,
         Stopper() as stop,
-        client.cluster(root, timeout=opts.timeout) as cluster,
+        # etcd answered (connected() checked): give the first view more than one request's time
+        client.cluster(root, timeout=max(opts.timeout, DEFAULT_OPEN_TIMEOUT)) as cluster,
     ):
         if json_mode:
             await _pump(cluster, JsonView(), stop)
