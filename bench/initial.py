@@ -1,11 +1,15 @@
 """Scenario ``initial``: the first sync of ``watch_prefix`` on a big tree, time and memory.
 
 The job's process preloads N small keys (``k0000042`` = ``42``), times a bare paged listing of
-them on the raw KV stub (pages of 2,000 read at one revision, nothing kept: the floor), then
-starts a fresh process (``python -m bench.initial ENDPOINT N``) that opens
-``watch_prefix(prefix, transform)`` and waits for ``synced()``. That process reports the
-seconds to the first snapshot and its own RSS before and its peak (``ru_maxrss``), so the
-peak is the sync's alone (plus the interpreter and imports, shown as ``rss_before_mb``).
+them on the raw KV stub (pages of 10,000 read at one revision, nothing kept), then starts fresh
+processes (``python -m bench.initial ENDPOINT N MODE``), one per figure, so each peak RSS
+(``ru_maxrss``) belongs to that figure alone (plus the interpreter and imports, shown as
+``rss_before_mb``):
+
+- ``sync``: ``watch_prefix(prefix, transform)`` until ``synced()`` (the first snapshot);
+- ``seed``: the Go seed's design done in Python, the reference the issue compares with: ONE
+  unpaged Range of the whole prefix on the raw stub, then a dict of the transformed records;
+- ``get_prefix``: ``client.get_prefix(prefix)`` (every ``KeyValue``, one revision).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from aetcd import rpc
 
 from bench._common import (
     Env,
+    Goal,
     Job,
     key_of,
     peak_rss_mb,
@@ -67,17 +72,32 @@ async def run(env: Env, params: dict[str, Any]) -> None:
         progress(f"initial: preloading {n:,} keys")
         await preload(client, ((key_of(PREFIX, i), b"%d" % i) for i in range(n)), what="keys")
         raw_s = await raw_listing(client, n)
-    progress(f"initial n={n:,}: raw listing {raw_s:.2f} s; syncing in a fresh process")
-    probe = await run_probe("bench.initial", [env.endpoint, str(n)], timeout=900.0)
+    progress(f"initial n={n:,}: raw listing {raw_s:.2f} s; syncing in fresh processes")
+    probes = {}
+    for mode in ("sync", "seed", "get_prefix"):
+        probes[mode] = await run_probe("bench.initial", [env.endpoint, str(n), mode], timeout=900)
+    sync, seed, getp = probes["sync"], probes["seed"], probes["get_prefix"]
     figures = {
-        "seconds": round(probe["seconds"], 3),
-        "keys_per_s": round(n / probe["seconds"], 1),
-        "peak_rss_mb": probe["peak_rss_mb"],
-        "rss_before_mb": probe["rss_before_mb"],
-        "rss_after_mb": probe["rss_after_mb"],
-        "rss_after_gc_mb": probe["rss_after_gc_mb"],
+        "seconds": round(sync["seconds"], 3),
+        "keys_per_s": round(n / sync["seconds"], 1),
+        "peak_rss_mb": sync["peak_rss_mb"],
+        "rss_before_mb": sync["rss_before_mb"],
+        "rss_after_mb": sync["rss_after_mb"],
+        "rss_after_gc_mb": sync["rss_after_gc_mb"],
+        "seed_design_s": round(seed["seconds"], 3),
+        "seed_design_peak_rss_mb": seed["peak_rss_mb"],
+        "vs_seed_design": round(sync["seconds"] / seed["seconds"], 2),
+        "get_prefix_s": round(getp["seconds"], 3),
+        "get_prefix_peak_rss_mb": getp["peak_rss_mb"],
         "raw_listing_s": round(raw_s, 3),
     }
+    goals = [Goal("vs_seed_design", "<=", 1.0)]
+    if n >= 1_000_000:
+        goals += [
+            Goal("seconds", "<=", 5.0),
+            Goal("peak_rss_mb", "<=", 350.0),
+            Goal("get_prefix_s", "<=", 3.0),
+        ]
     progress(f"initial n={n:,}: {figures}")
     env.emit(
         result(
@@ -85,26 +105,42 @@ async def run(env: Env, params: dict[str, Any]) -> None:
             f"n={n}",
             {**params, "page_size_raw": PAGE},
             figures,
-            notes="seconds/RSS measured in a fresh process that only syncs; rss_after_mb holds "
-            "the snapshot; raw_listing_s = paged raw Range, nothing kept (the floor)",
+            goals,
+            notes="each of seconds (watch_prefix synced), seed_design_s (one unpaged Range + a "
+            "dict, in Python) and get_prefix_s measured in a fresh process that does only that; "
+            "raw_listing_s = paged raw Range of 10,000 keys, nothing kept",
         )
     )
 
 
-async def probe(endpoint: str, n: int) -> dict[str, Any]:
-    """The measuring process: open the watch, wait for the first snapshot."""
+async def probe(endpoint: str, n: int, mode: str) -> dict[str, Any]:
+    """The measuring process: one of ``sync``, ``seed``, ``get_prefix`` (module docstring)."""
     async with AsyncClient(endpoint, timeout=60.0) as client:
         await client.get_revision()  # connected before the clock starts
         rss_before = rss_mb()
         t0 = time.monotonic()
-        async with client.watch_prefix(PREFIX, transform) as watch:
-            snap = await watch.synced(timeout=900.0)
+        if mode == "sync":
+            async with client.watch_prefix(PREFIX, transform) as watch:
+                snap = await watch.synced(timeout=900.0)
+                seconds = time.monotonic() - t0
+                got = len(snap.tree)
+                rss_after = rss_mb()
+                gc.collect()
+                rss_after_gc = rss_mb()
+        elif mode == "seed":
+            end = PREFIX[:-1] + bytes([PREFIX[-1] + 1])
+            resp = await client.raw.kv.Range(rpc.RangeRequest(key=PREFIX, range_end=end))
+            tree = dict(transform(kv.key, kv.value) for kv in resp.kvs)
             seconds = time.monotonic() - t0
-            if len(snap.tree) != n:
-                raise RuntimeError(f"synced tree has {len(snap.tree)} keys, expected {n}")
-            rss_after = rss_mb()
-            gc.collect()
-            rss_after_gc = rss_mb()
+            got = len(tree)
+            rss_after = rss_after_gc = rss_mb()
+        else:
+            listing = await client.get_prefix(PREFIX)
+            seconds = time.monotonic() - t0
+            got = len(listing.kvs)
+            rss_after = rss_after_gc = rss_mb()
+        if got != n:
+            raise RuntimeError(f"{mode}: {got} keys, expected {n}")
     return {
         "seconds": seconds,
         "rss_before_mb": rss_before,
@@ -115,13 +151,13 @@ async def probe(endpoint: str, n: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    endpoint, n = argv
-    out = run_async(f"initial-probe-n{n}-{os.getpid()}", probe(endpoint, int(n)))
+    endpoint, n, mode = argv
+    out = run_async(f"initial-probe-{mode}-n{n}-{os.getpid()}", probe(endpoint, int(n), mode))
     print(json.dumps(out), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m bench.initial ENDPOINT N  (the sync probe; see bench/run.py)")
+    if len(sys.argv) != 4:
+        sys.exit("usage: python -m bench.initial ENDPOINT N sync|seed|get_prefix  (a probe)")
     sys.exit(main(sys.argv[1:]))

@@ -3,6 +3,7 @@
 - ``wakeup``: one ``wait_for(key)`` at a time on a fresh key, given 50 ms to read and start
   watching; then a second client puts the key. Reported: from calling ``put`` to ``wait_for``
   returning, p50/p99 over the rounds.
+- ``watches``: COUNT ``watch_prefix`` on one client, until every one is LIVE.
 - ``concurrent``: COUNT ``wait_for`` calls on distinct absent keys at once. ``setup_s``: until
   etcd reports all their watchers (its ``etcd_debugging_mvcc_watcher_total`` metric); then
   every key is written (transactions of 128 puts) and ``release_s`` runs until all calls
@@ -20,6 +21,7 @@ from typing import Any
 
 from bench._common import (
     Env,
+    Goal,
     Job,
     ms,
     peak_rss_mb,
@@ -40,6 +42,7 @@ def jobs(quick: bool) -> list[Job]:
     return [
         Job("wait", {"case": "wakeup", "rounds": 50 if quick else 100}),
         Job("wait", {"case": "concurrent", "count": 2_000 if quick else 10_000}),
+        Job("wait", {"case": "watches", "count": 200 if quick else 1_000}),
     ]
 
 
@@ -132,6 +135,7 @@ async def concurrent(env: Env, params: dict[str, Any]) -> None:
             "concurrent",
             params,
             figures,
+            [Goal("setup_s", "<=", 1.0)] if count >= 10_000 else [],
             notes="own process; setup = until etcd reports every watcher; release = writes "
             "(txns of 128 puts) until every call returned",
         )
@@ -141,5 +145,37 @@ async def concurrent(env: Env, params: dict[str, Any]) -> None:
 async def run(env: Env, params: dict[str, Any]) -> None:
     if params["case"] == "wakeup":
         await wakeup(env, params)
+    elif params["case"] == "watches":
+        await watches(env, params)
     else:
         await concurrent(env, params)
+
+
+async def watches(env: Env, params: dict[str, Any]) -> None:
+    """COUNT ``watch_prefix`` on one client (distinct prefixes, one key each): seconds until
+    every one is LIVE (listed, and its watch confirmed by etcd). Issue 15's goal: 1,000 in 2 s."""
+    count = int(params["count"])
+    prefixes = [PREFIX + b"w%05d/" % i for i in range(count)]
+    async with AsyncClient(env.endpoint, timeout=60.0) as client:
+        await preload(client, ((p + b"k", b"1") for p in prefixes), what="keys")
+        t0 = time.monotonic()
+        opened = [client.watch_prefix(p) for p in prefixes]
+        try:
+            async with asyncio.timeout(120.0):
+                await asyncio.gather(*(w.synced() for w in opened))
+            t1 = time.monotonic()
+            live = sum(1 for w in opened if w.state.value == "live")
+        finally:
+            await asyncio.gather(*(w.aclose() for w in opened))
+    figures = {"count": count, "all_live_s": round(t1 - t0, 4), "live": live}
+    progress(f"wait watches: {figures}")
+    env.emit(
+        result(
+            "wait",
+            "watches",
+            params,
+            figures,
+            [Goal("all_live_s", "<=", 2.0)] if count >= 1_000 else [],
+            notes="synced() returns once the listing is loaded and etcd confirmed the watch",
+        )
+    )

@@ -38,6 +38,7 @@ def test_quick_subset_prints_json_lines() -> None:
         ("lease", "idle_cpu"),
         ("wait", "wakeup"),
         ("wait", "concurrent"),
+        ("wait", "watches"),
     }
     for line in lines:
         assert line.keys() >= KEYS, line

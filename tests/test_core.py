@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -371,3 +372,26 @@ async def test_closing_the_client_revokes_its_sessions(etcd_server: EtcdServer) 
     assert session.state is SessionState.CLOSED
     async with fresh_client(etcd_server.endpoint) as other:
         assert await other.time_to_live(lease_id) == -1
+
+
+async def test_listing_pages_by_size_at_one_revision(etcd: AsyncClient, etcd_prefix: str) -> None:
+    for i in range(3000):
+        await etcd.put(f"{etcd_prefix}k{i:05d}", "v" * 10)
+    mid = await etcd.get_revision()
+    await etcd.put(f"{etcd_prefix}late", "x")  # after the listing's revision: not in it
+    at_mid = await etcd.get_prefix(etcd_prefix, revision=mid)
+    assert len(at_mid.kvs) == 3000
+    pages = etcd.core.kv.pages(etcd_prefix, revision=mid, page_size=700)
+    seen = []
+    async with contextlib.aclosing(pages):
+        async for page, rev in pages:
+            assert rev == mid
+            seen.extend(page)
+    assert seen == at_mid.kvs
+    # leaving early cancels the page fetched ahead: nothing keeps running
+    pages = etcd.core.kv.pages(etcd_prefix, page_size=100)
+    async with contextlib.aclosing(pages):
+        async for _page, _rev in pages:
+            break
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if "Range" in repr(t.get_coro())] == []

@@ -120,3 +120,21 @@ async def test_timeout_zero_answers_from_one_read(etcd: AsyncClient, etcd_prefix
     assert await etcd.wait_for(etcd_prefix + "z", timeout=0) >= rev
     with pytest.raises(etcdkit.EtcdTimeoutError, match="still existed"):
         await etcd.wait_for(etcd_prefix + "z", exists=False, timeout=0)
+
+
+async def test_many_concurrent_waiters_share_their_reads(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    present = [f"{etcd_prefix}p{i}" for i in range(300)]
+    absent = [f"{etcd_prefix}a{i}" for i in range(300)]
+    revs = [await etcd.put(k, "v") for k in present[:5]]
+    for k in present[5:]:
+        await etcd.put(k, "v")
+    waiters = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in present + absent]
+    gone = [asyncio.create_task(etcd.wait_for(k, exists=False, timeout=WAIT)) for k in absent]
+    done_present = await asyncio.gather(*waiters[: len(present)])
+    assert min(done_present) >= revs[-1]  # each answer is a read at or after the puts
+    assert all(r > 0 for r in await asyncio.gather(*gone))
+    put_revs = {k: await etcd.put(k, "x") for k in absent}
+    for k, r in zip(absent, await asyncio.gather(*waiters[len(present) :])):
+        assert r == put_revs[k]

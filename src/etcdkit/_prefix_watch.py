@@ -24,6 +24,8 @@ from typing import Generic, TypeVar
 
 from etcdkit._core import Core, SupportsCore, core_of
 from etcdkit._errors import ClosedError, CompactedError, EtcdkitError, EtcdTimeoutError
+from etcdkit._logs import RateLimitedLog
+from etcdkit._metrics import WatchMeter
 from etcdkit._snapshot import Snapshot, SnapshotEngine, Transform, Tree
 from etcdkit._types import EventType, WatchEvent, prefix_range_end, to_bytes
 from etcdkit._watch_hub import PROGRESS_INTERVAL, WatchSub
@@ -31,15 +33,12 @@ from etcdkit._watch_hub import PROGRESS_INTERVAL, WatchSub
 __all__ = ["PrefixWatch", "WatchState", "WatchStats"]
 
 log = logging.getLogger("etcdkit.watch")
+limited = RateLimitedLog(log)  # restarts of a watch that etcd keeps ending
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 STALE_AFTER = 2 * PROGRESS_INTERVAL + 1.0
-# Keys per listing page. etcd 3.5 counts every key of the range for each page, so a page costs
-# O(prefix size): few large pages beat many small ones (1M keys: 52.9 s at 2,000 per page).
-# Pages of big values shrink by themselves (see AsyncClient._pages).
-LIST_PAGE_SIZE = 10_000
 
 
 class WatchState(enum.Enum):
@@ -106,6 +105,7 @@ class PrefixWatch(Generic[K, V]):
             transform, logger=log, name=raw.decode(errors="replace")
         )
         self._stats = WatchStats()
+        self._meter = WatchMeter(raw)  # the same figures for OpenTelemetry, when installed
         self._task: asyncio.Task[None] | None = None
         self._sub: WatchSub | None = None
         self._updated = asyncio.Event()
@@ -143,6 +143,7 @@ class PrefixWatch(Generic[K, V]):
             raise ClosedError("this PrefixWatch is closed; open a new one")
         if self._task is None:
             self._core.adopt(self, self._close_by_client)
+            self._meter.track(self)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"etcdkit-watch-prefix {self.prefix!r}"
             )
@@ -153,6 +154,7 @@ class PrefixWatch(Generic[K, V]):
             return
         self._closed = True
         self._core.disown(self)
+        self._meter.untrack(self)
         if self._sub is not None:
             self._sub.cancel()
         if self._task is not None:
@@ -280,6 +282,7 @@ class PrefixWatch(Generic[K, V]):
         if snap is not None:
             self._last = snap
             self._stats.snapshots += 1
+            self._meter.snapshot()
         return snap
 
     def _current(self) -> Snapshot[K, V]:
@@ -290,12 +293,14 @@ class PrefixWatch(Generic[K, V]):
     def _publish(self) -> None:
         tree, revision = self._engine.view
         self._now = Snapshot(Tree(tree), revision, {})
+        self._meter.invalid_total(self._engine.invalid_records)
         self._updated.set()
 
     async def _run(self) -> None:
         core = self._core
         backoff = core.retry.backoff()
         first = True
+        reason = ""  # why the next listing is a relist
         try:
             while True:
                 try:
@@ -311,15 +316,23 @@ class PrefixWatch(Generic[K, V]):
                     continue
                 if not first:
                     self._stats.relists += 1
+                    self._meter.relist(reason)
                 first = False
                 backoff.reset()
                 err = await self._watch()
                 if isinstance(err, CompactedError):
                     log.info("watch %r: %s; relisting", self.prefix, err)
+                    reason = "compacted"
                     continue
                 if not core.retry.is_retryable(err):
                     raise err
-                log.warning("watch %r ended (%s); restarting after backoff", self.prefix, err)
+                limited.warning(
+                    ("restart", self.prefix),
+                    "watch %r ended (%s); restarting after backoff",
+                    self.prefix,
+                    err,
+                )
+                reason = "ended"
                 await backoff.wait()
         except asyncio.CancelledError:
             raise
@@ -333,14 +346,15 @@ class PrefixWatch(Generic[K, V]):
     async def _list(self) -> None:
         self._listing = True
         self._watching = False
-        kvs: list[tuple[bytes, bytes]] = []
+        # Each page goes into the new tree as it arrives (while etcd reads the next one):
+        # a million keys never sit in memory twice, once as a listing and once as a tree.
+        listing = self._engine.begin_reset()
         revision = 0
-        async for page, rev in self._core.kv.item_pages(
-            self.prefix, revision=0, page_size=LIST_PAGE_SIZE
-        ):
-            kvs.extend(page)
-            revision = rev
-        self._engine.reset(kvs, revision)
+        async with contextlib.aclosing(self._core.kv.item_pages(self.prefix)) as pages:
+            async for page, rev in pages:
+                listing.add(page)
+                revision = rev
+        self._engine.finish_reset(listing, revision)
         self._confirmed_at = time.monotonic()
         self._listing = False
         self._synced = True
@@ -360,6 +374,7 @@ class PrefixWatch(Generic[K, V]):
                 ],
             )
             stats.events += len(events)
+            self._meter.events(len(events))
             self._publish()
 
         def on_progress(revision: int) -> None:

@@ -2,7 +2,8 @@
 
 Free of I/O. :class:`SnapshotEngine` keeps
 
-- ``tree``: an :class:`immutables.Map` (a HAMT) of the transformed records, so that producing a
+- ``tree``: a persistent map (:class:`~etcdkit._pmap.PMap`: a frozen dict from the last listing
+  plus a HAMT of the changes since) of the transformed records, so that producing a
   snapshot costs O(changes), never O(tree);
 - a raw-key -> K index, so a delete never depends on transforming the old value;
 - the pending deltas since the last *delivered* snapshot (``take()``), merged per key, so a slow
@@ -38,7 +39,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
-import immutables
+from etcdkit._pmap import PMap, PMapMutation
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -75,13 +76,12 @@ class Change(Generic[K, V]):
 class Tree(Mapping[K, V]):
     """A read-only view of a persistent map; equal to any mapping with the same items.
 
-    Wrapping costs O(1): the map is shared, never copied. (``immutables.Map`` itself only
-    compares equal to another ``Map``; this view compares like a ``dict``.)
+    Wrapping costs O(1): the map is shared, never copied; the view compares like a ``dict``.
     """
 
     __slots__ = ("_map",)
 
-    def __init__(self, m: immutables.Map[K, V]) -> None:
+    def __init__(self, m: PMap[K, V]) -> None:
         self._map = m
 
     def __getitem__(self, key: K) -> V:
@@ -148,6 +148,89 @@ def _same(old: object, new: object) -> bool:
         return False
 
 
+class _AllAdded(Mapping[K, "Change[K, V]"]):
+    """The changes from an empty tree to ``tree``: every key ADDED, made on access."""
+
+    __slots__ = ("_tree",)
+
+    def __init__(self, tree: PMap[K, V]) -> None:
+        self._tree = tree
+
+    def __getitem__(self, key: K) -> Change[K, V]:
+        return Change(ChangeKind.ADDED, key, None, self._tree[key])
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._tree)
+
+    def __len__(self) -> int:
+        return len(self._tree)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tree
+
+    def __repr__(self) -> str:
+        return f"<{len(self._tree)} changes, all ADDED>"
+
+
+class Listing(Generic[K, V]):
+    """A full listing being loaded page by page (see :meth:`SnapshotEngine.begin_reset`)."""
+
+    __slots__ = (
+        "_convert",
+        "_transform",
+        "hidden",
+        "index",
+        "invalid",
+        "losers",
+        "mm",
+        "old_invalid",
+        "owner",
+    )
+
+    def __init__(self, engine: SnapshotEngine[K, V]) -> None:
+        self._convert = engine._convert
+        self._transform = engine._transform
+        self.old_invalid = engine._invalid
+        self.invalid: dict[bytes, bytes] = {}
+        self.index: dict[bytes, K] = {}
+        self.owner: dict[K, bytes] = {}
+        self.losers: dict[K, list[bytes]] = {}
+        self.hidden: dict[bytes, V] = {}
+        self.mm: dict[K, V] = {}
+
+    def add(self, kvs: Iterable[tuple[bytes, bytes]]) -> None:
+        """Load the next page (raw keys in any order, each at most once per listing)."""
+        index, owner, mm, old_invalid = self.index, self.owner, self.mm, self.old_invalid
+        transform, convert, invalid = self._transform, self._convert, self.invalid
+        for raw, value in kvs:
+            try:
+                # The common case, inline: a (K, V) tuple whose K is hashable (setdefault
+                # hashes it) and not yet taken.
+                out = transform(raw, value)
+                if type(out) is not tuple or len(out) != 2:
+                    raise TypeError
+                k, v = out
+                cur = owner.setdefault(k, raw)
+            except Exception:
+                known_bad = old_invalid.get(raw) if old_invalid else None
+                rec = convert(raw, value, known_bad=known_bad, invalid=invalid)
+                if rec is None:
+                    continue
+                k, v = rec
+                cur = owner.setdefault(k, raw)
+            index[raw] = k
+            if cur is raw:
+                mm[k] = v
+            elif raw < cur:
+                bisect.insort(self.losers.setdefault(k, []), cur)
+                self.hidden[cur] = mm[k]
+                owner[k] = raw
+                mm[k] = v
+            else:
+                bisect.insort(self.losers.setdefault(k, []), raw)
+                self.hidden[raw] = v
+
+
 class SnapshotEngine(Generic[K, V]):
     """Applies listings and watch events to a persistent map; see the module docstring.
 
@@ -166,7 +249,7 @@ class SnapshotEngine(Generic[K, V]):
         self._log = logger or _log
         self._name = name
         # (tree, revision), replaced in one assignment so a reader never pairs two revisions
-        self._view: tuple[immutables.Map[K, V], int] = (immutables.Map(), 0)
+        self._view: tuple[PMap[K, V], int] = (PMap(), 0)
         self._index: dict[bytes, K] = {}  # raw key -> K of every valid record, hidden or not
         self._owner: dict[K, bytes] = {}  # K -> raw key of the record in the tree
         self._losers: dict[K, list[bytes]] = {}  # K -> sorted raw keys of its hidden records
@@ -177,11 +260,12 @@ class SnapshotEngine(Generic[K, V]):
         self._pending: dict[K, Any] = {}  # K -> value at the last delivery (or _ABSENT)
         self._dirty = False  # a listing, or an event that touched the tree, since the last take()
         self._delivered = 0
+        self._base_empty = True  # the last delivered tree was empty (or none was delivered)
 
     # -- read side ------------------------------------------------------------------------------
 
     @property
-    def view(self) -> tuple[immutables.Map[K, V], int]:
+    def view(self) -> tuple[PMap[K, V], int]:
         """``(tree, revision)`` as one consistent pair, safe to read from another thread."""
         return self._view
 
@@ -191,7 +275,7 @@ class SnapshotEngine(Generic[K, V]):
         return self._view[1]
 
     @property
-    def tree(self) -> immutables.Map[K, V]:
+    def tree(self) -> PMap[K, V]:
         return self._view[0]
 
     @property
@@ -216,35 +300,28 @@ class SnapshotEngine(Generic[K, V]):
         Keys that disappeared become synthesized REMOVED changes, so deltas stay consistent across
         a relist. The next :meth:`take` always returns a snapshot.
         """
+        listing = self.begin_reset()
+        listing.add(kvs)
+        self.finish_reset(listing, revision)
+
+    def begin_reset(self) -> Listing[K, V]:
+        """Start a listing that arrives page by page: ``add()`` each page, then
+        :meth:`finish_reset`. The tree stays as it is until then; no page is kept."""
+        return Listing(self)
+
+    def finish_reset(self, listing: Listing[K, V], revision: int) -> None:
+        """Replace the tree with ``listing`` at ``revision`` (see :meth:`reset`)."""
         old_tree = self._view[0]
-        old_invalid = self._invalid
         old_reported = self._reported
-        index: dict[bytes, K] = {}
-        owner: dict[K, bytes] = {}
-        losers: dict[K, list[bytes]] = {}
-        hidden: dict[bytes, V] = {}
-        self._invalid = {}
-        mm = immutables.Map[K, V]().mutate()
-        for raw, value in kvs:
-            rec = self._convert(raw, value, known_bad=old_invalid.get(raw))
-            if rec is None:
-                continue
-            k, v = rec
-            index[raw] = k
-            cur = owner.get(k)
-            if cur is None:
-                owner[k] = raw
-                mm[k] = v
-            elif raw < cur:
-                bisect.insort(losers.setdefault(k, []), cur)
-                hidden[cur] = mm[k]
-                owner[k] = raw
-                mm[k] = v
-            else:
-                bisect.insort(losers.setdefault(k, []), raw)
-                hidden[raw] = v
-        new_tree = mm.finish()
-        self._index, self._owner, self._losers, self._hidden = index, owner, losers, hidden
+        new_tree = PMap.from_dict(listing.mm)
+        index, hidden = listing.index, listing.hidden
+        self._index, self._owner, self._losers, self._hidden = (
+            index,
+            listing.owner,
+            listing.losers,
+            hidden,
+        )
+        self._invalid = listing.invalid
         # a record hidden before the relist at the same value was counted already
         self._reported = {}
         for raw, was in old_reported.items():
@@ -253,17 +330,20 @@ class SnapshotEngine(Generic[K, V]):
                 self._reported[raw] = was
         for raw, v in hidden.items():
             self._report_hidden(raw, v, index[raw])
-        pending = self._pending
-        for k, old in old_tree.items():
-            if k not in new_tree:
-                pending.setdefault(k, old)
-        for k, v in new_tree.items():
-            if k not in pending:
-                old = old_tree.get(k, _ABSENT)
-                if old is _ABSENT or not _same(old, v):
-                    pending[k] = old
-        for k in [k for k, old in pending.items() if old is _ABSENT and k not in new_tree]:
-            del pending[k]  # came and went since the last delivery: no change at all
+        if self._base_empty:
+            self._pending = {}  # every key of the next snapshot is ADDED: nothing to remember
+        else:
+            pending = self._pending
+            for k, old in old_tree.items():
+                if k not in new_tree:
+                    pending.setdefault(k, old)
+            for k, v in new_tree.items():
+                if k not in pending:
+                    old = old_tree.get(k, _ABSENT)
+                    if old is _ABSENT or not _same(old, v):
+                        pending[k] = old
+            for k in [k for k, old in pending.items() if old is _ABSENT and k not in new_tree]:
+                del pending[k]  # came and went since the last delivery: no change at all
         self._dirty = True
         self._view = (new_tree, revision)
 
@@ -351,6 +431,24 @@ class SnapshotEngine(Generic[K, V]):
         tree, revision = self._view
         if revision < self._delivered:
             return None  # a relist answered at an older revision: never deliver going back
+        changes: Mapping[K, Change[K, V]]
+        if self._base_empty:
+            # The consumer had an empty tree: every key is ADDED. Built on demand, so a first
+            # snapshot of a million keys costs nothing here.
+            changes = _AllAdded(tree)
+            self._pending = {}
+            self._dirty = False
+            self._delivered = revision
+            self._base_empty = len(tree) == 0
+            return Snapshot(Tree(tree), revision, changes)
+        changes = self._changes_since_delivery(tree)
+        self._pending = {}
+        self._dirty = False
+        self._delivered = revision
+        self._base_empty = len(tree) == 0
+        return Snapshot(Tree(tree), revision, changes)
+
+    def _changes_since_delivery(self, tree: PMap[K, V]) -> dict[K, Change[K, V]]:
         changes: dict[K, Change[K, V]] = {}
         for k, old in self._pending.items():
             new = tree.get(k, _ABSENT)
@@ -361,19 +459,16 @@ class SnapshotEngine(Generic[K, V]):
                 changes[k] = Change(ChangeKind.REMOVED, k, old, None)
             elif not _same(old, new):
                 changes[k] = Change(ChangeKind.UPDATED, k, old, new)
-        self._pending = {}
-        self._dirty = False
-        self._delivered = revision
-        return Snapshot(Tree(tree), revision, changes)
+        return changes
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _set(self, mm: immutables.MapMutation[K, V], k: K, v: V) -> None:
+    def _set(self, mm: PMapMutation[K, V], k: K, v: V) -> None:
         if k not in self._pending:
             self._pending[k] = mm.get(k, _ABSENT)
         mm[k] = v
 
-    def _withdraw(self, mm: immutables.MapMutation[K, V], raw: bytes, k: K) -> bool:
+    def _withdraw(self, mm: PMapMutation[K, V], raw: bytes, k: K) -> bool:
         """``raw`` (already out of the index) no longer holds a record for ``k``.
 
         Returns whether the tree changed: the next hidden record takes over, or ``k`` goes.
@@ -403,9 +498,7 @@ class SnapshotEngine(Generic[K, V]):
         del mm[k]
         return True
 
-    def _contend(
-        self, mm: immutables.MapMutation[K, V], raw: bytes, k: K, v: V, cur: bytes
-    ) -> bool:
+    def _contend(self, mm: PMapMutation[K, V], raw: bytes, k: K, v: V, cur: bytes) -> bool:
         """A valid record ``raw -> (k, v)`` meets ``cur``, the raw key holding ``k`` now.
 
         The smallest raw key wins. Returns whether the tree changed.
@@ -442,7 +535,16 @@ class SnapshotEngine(Generic[K, V]):
             self._owner[k],
         )
 
-    def _convert(self, raw: bytes, value: bytes, *, known_bad: bytes | None) -> tuple[K, V] | None:
+    def _convert(
+        self,
+        raw: bytes,
+        value: bytes,
+        *,
+        known_bad: bytes | None,
+        invalid: dict[bytes, bytes] | None = None,
+    ) -> tuple[K, V] | None:
+        """``(K, V)`` of a record, or ``None`` when the transform rejects it; rejected records
+        go into ``invalid`` (the engine's own by default; a listing's while it loads)."""
         try:
             out = self._transform(raw, value)
             if not isinstance(out, tuple) or len(out) != 2:
@@ -452,15 +554,18 @@ class SnapshotEngine(Generic[K, V]):
                 )
             hash(cast(Hashable, out[0]))
         except Exception as exc:
+            into = self._invalid if invalid is None else invalid
             if known_bad is not None and known_bad == value:
-                self._invalid[raw] = value  # same rejected value as before a relist: no new warning
+                into[raw] = value  # same rejected value as before a relist: no new warning
                 return None
-            self._reject(raw, value, f"{type(exc).__name__}: {exc}")
+            self._reject(raw, value, f"{type(exc).__name__}: {exc}", into)
             return None
         return out
 
-    def _reject(self, raw: bytes, value: bytes, why: str) -> None:
-        self._invalid[raw] = value
+    def _reject(
+        self, raw: bytes, value: bytes, why: str, invalid: dict[bytes, bytes] | None = None
+    ) -> None:
+        (self._invalid if invalid is None else invalid)[raw] = value
         self._invalid_count += 1
         self._log.warning(
             "watch %s: dropping invalid record %r (%d value bytes): %s",

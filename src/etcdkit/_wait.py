@@ -63,7 +63,7 @@ async def _wait(core: Core, raw: bytes, exists: bool) -> int:
         try:
             # One read gives both the answer and the revision it holds at; watching from the
             # next revision leaves no gap in between.
-            kv, rev = await core.kv.get(raw)
+            kv, rev = await core.kv.get_coalesced(raw)
         except EtcdkitError as exc:
             if not core.retry.is_retryable(exc):
                 raise
