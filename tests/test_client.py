@@ -222,6 +222,9 @@ def test_public_names_are_pinned() -> None:
             "ServerError", "Session", "SessionState", "Snapshot", "SyncPersistentLease",
             "SyncPrefixWatch", "SyncSession", "TxnResult", "WatchEndedError", "WatchEvent",
             "WatchState", "WatchStats", "WrongContextError", "__version__", "default_transform",
+            "Campaign", "Election", "HoldState", "Leader", "Leadership", "Lock", "NotHeldError",
+            "SyncCampaign", "SyncElection", "SyncLeadership", "SyncLock",
+            "ClientStats", "LeaseStats",
         ]
     )  # fmt: skip
     assert isinstance(etcdkit.__version__, str)

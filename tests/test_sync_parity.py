@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import etcdkit
+import etcdkit.cluster
 
 # (asyncio class, threaded twin, names only the asyncio face has, names only the threaded has)
 PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
@@ -15,6 +16,13 @@ PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
     (etcdkit.PrefixWatch, etcdkit.SyncPrefixWatch, {"aclose"}, {"aio"}),
     (etcdkit.PersistentLease, etcdkit.SyncPersistentLease, {"aclose"}, {"aio"}),
     (etcdkit.Session, etcdkit.SyncSession, set(), {"aio"}),
+    (etcdkit.cluster.EtcdBackedCluster, etcdkit.cluster.SyncCluster, {"aclose", "core"}, {"aio"}),
+    (etcdkit.cluster.EtcdMembership, etcdkit.cluster.SyncMembership, set(), {"aio"}),
+    (etcdkit.cluster.MemberWatch, etcdkit.cluster.SyncMemberWatch, {"aclose"}, {"aio"}),
+    (etcdkit.Lock, etcdkit.SyncLock, set(), {"aio"}),
+    (etcdkit.Election, etcdkit.SyncElection, set(), {"aio"}),
+    (etcdkit.Campaign, etcdkit.SyncCampaign, set(), {"aio"}),
+    (etcdkit.Leadership, etcdkit.SyncLeadership, set(), {"aio"}),
 ]
 
 # asyncio protocol names and their blocking counterparts

@@ -5,12 +5,15 @@
 - :meth:`AsyncClient.persistent_lease` — a registration key that comes back by itself.
 - :meth:`AsyncClient.session` — a lease kept alive (Go's ``concurrency.Session``).
 - :meth:`AsyncClient.txn` — atomic compare-and-swap transactions (:class:`Compare`, :class:`Op`).
+- :meth:`AsyncClient.lock` / :meth:`AsyncClient.election` — locks with fencing tokens and leader
+  elections, on the keys of Go's ``concurrency`` package (``etcdctl lock`` / ``elect``).
 
 :class:`Client` is the blocking twin of :class:`AsyncClient`. Real etcd processes for
 development and tests live in :mod:`etcdkit.testing`.
 """
 
 from etcdkit._client import AsyncClient
+from etcdkit._election import Campaign, Election, Leader, Leadership
 from etcdkit._errors import (
     AuthError,
     ClosedError,
@@ -20,17 +23,22 @@ from etcdkit._errors import (
     EtcdTimeoutError,
     InvalidArgumentError,
     LeaseNotFoundError,
+    NotHeldError,
     PermissionDeniedError,
     ServerError,
     WatchEndedError,
     WrongContextError,
 )
+from etcdkit._lock import Lock
+from etcdkit._metrics import ClientStats, LeaseStats
 from etcdkit._persistent_lease import LeaseState, PersistentLease
 from etcdkit._prefix_watch import PrefixWatch, WatchState, WatchStats
+from etcdkit._queue import HoldState
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Change, ChangeKind, Snapshot, default_transform
 from etcdkit._sync import Client, SyncPersistentLease, SyncPrefixWatch, SyncSession
+from etcdkit._sync_locks import SyncCampaign, SyncElection, SyncLeadership, SyncLock
 from etcdkit._types import (
     Compare,
     DeleteResult,
@@ -48,22 +56,31 @@ from etcdkit._version import __version__
 __all__ = [
     "AsyncClient",
     "AuthError",
+    "Campaign",
     "Change",
     "ChangeKind",
     "Client",
+    "ClientStats",
     "ClosedError",
     "CompactedError",
     "Compare",
     "ConnectionUnavailableError",
     "DeleteResult",
+    "Election",
     "EtcdTimeoutError",
     "EtcdkitError",
     "EventType",
+    "HoldState",
     "InvalidArgumentError",
     "KeyValue",
+    "Leader",
+    "Leadership",
     "LeaseGrant",
     "LeaseNotFoundError",
     "LeaseState",
+    "LeaseStats",
+    "Lock",
+    "NotHeldError",
     "Op",
     "PermissionDeniedError",
     "PersistentLease",
@@ -75,6 +92,10 @@ __all__ = [
     "Session",
     "SessionState",
     "Snapshot",
+    "SyncCampaign",
+    "SyncElection",
+    "SyncLeadership",
+    "SyncLock",
     "SyncPersistentLease",
     "SyncPrefixWatch",
     "SyncSession",

@@ -3,6 +3,7 @@ the recipes (wait_for, watch_prefix, persistent_lease)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from types import TracebackType
@@ -10,6 +11,9 @@ from typing import Any, TypeVar, overload
 
 from etcdkit._conn import Connection, Stubs
 from etcdkit._core import Core
+from etcdkit._election import Election
+from etcdkit._lock import Lock
+from etcdkit._metrics import ClientStats
 from etcdkit._persistent_lease import PersistentLease
 from etcdkit._prefix_watch import PrefixWatch
 from etcdkit._retry import RetryPolicy
@@ -17,14 +21,14 @@ from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Transform, default_transform
 from etcdkit._types import Compare, KeyValue, LeaseGrant, Op, RangeResult, TxnResult
 from etcdkit._wait import wait_for
+from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
 
-__all__ = ["DEFAULT_PAGE_SIZE", "DEFAULT_TIMEOUT", "AsyncClient"]
+__all__ = ["DEFAULT_TIMEOUT", "AsyncClient"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 DEFAULT_TIMEOUT = 5.0
-DEFAULT_PAGE_SIZE = 1000
 
 
 class AsyncClient:
@@ -107,6 +111,12 @@ class AsyncClient:
         return [str(e) for e in self._core.conn.endpoints]
 
     @property
+    def stats(self) -> ClientStats:
+        """Calls made, errors by class, failovers, and reconnects of the shared Watch and
+        LeaseKeepAlive streams, so far: a :class:`ClientStats` snapshot (no I/O)."""
+        return self._core.stats()
+
+    @property
     def raw(self) -> Stubs:
         """Escape hatch: ``.channel`` (grpc.aio) and the generated stubs ``.kv``, ``.watch``,
         ``.lease``, ``.cluster``, ``.maintenance``, ``.auth`` (messages in ``aetcd.rpc``) of the
@@ -138,23 +148,26 @@ class AsyncClient:
         prefix: str | bytes,
         *,
         revision: int = 0,
-        page_size: int = DEFAULT_PAGE_SIZE,
+        page_size: int | None = None,
         keys_only: bool = False,
     ) -> RangeResult:
         """Every key starting with ``prefix`` (a byte prefix), read page by page at one revision.
 
         With ``revision=0`` the first page fixes the revision; later pages are read at it, so
-        the result is one consistent cut even for millions of keys. Raises
-        :class:`CompactedError` if that revision is compacted while paging.
+        the result is one consistent cut even for millions of keys. ``page_size``: keys per
+        page, or ``None`` (default) for pages of a few MB each. Raises :class:`CompactedError`
+        if that revision is compacted while paging.
         """
         self._core.check_open()
         kvs: list[KeyValue] = []
         read_at = revision
-        async for page, rev in self._core.kv.pages(
+        pages = self._core.kv.pages(
             prefix, revision=revision, page_size=page_size, keys_only=keys_only
-        ):
-            kvs.extend(page)
-            read_at = rev
+        )
+        async with contextlib.aclosing(pages):
+            async for page, rev in pages:
+                kvs.extend(page)
+                read_at = rev
         return RangeResult(kvs, read_at)
 
     async def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0) -> int:
@@ -268,3 +281,31 @@ class AsyncClient:
         """
         self._core.check_loop()
         return PersistentLease(self._core, key, value, ttl, own_lease=own_lease)
+
+    def election(self, name: str | bytes) -> Election:
+        """The leader election on the keys under ``name + "/"``, with Go's and ``etcdctl
+        elect``'s layout: ``async with election.campaign(value) as leadership``, ``await
+        election.leader()``, ``async for leader in election.observe()`` (see :class:`Election`).
+        """
+        self._core.check_loop()
+        return Election(self._core, name)
+
+    def lock(self, name: str | bytes, ttl: int = 10, timeout: float | None = 30) -> Lock:
+        """The lock on the keys under ``name + "/"``, with Go's and ``etcdctl lock``'s layout:
+        ``async with client.lock(name) as lock`` waits up to ``timeout`` seconds; guard the
+        writes it protects with ``lock.guard()`` in a txn (see :class:`Lock`)."""
+        self._core.check_loop()
+        return Lock(self._core, name, ttl, timeout)
+
+    def cluster(
+        self, root: str, ttl: int = 10, *, timeout: float | None = DEFAULT_OPEN_TIMEOUT
+    ) -> EtcdBackedCluster:
+        """The members of the cluster under ``root``, and the means to join it.
+
+        Use as ``async with client.cluster("/services/api", ttl=10) as cluster``: it returns
+        once the first view of the members is loaded, or raises :class:`EtcdTimeoutError`
+        after ``timeout`` seconds. Members are kept by PersistentLeases of ``ttl`` seconds.
+        See :class:`etcdkit.cluster.EtcdBackedCluster`.
+        """
+        self._core.check_loop()
+        return EtcdBackedCluster(self._core, root, ttl, timeout=timeout)

@@ -15,6 +15,7 @@ from typing import Protocol
 from etcdkit._conn import Connection
 from etcdkit._errors import ClosedError, WrongContextError
 from etcdkit._kv import KV
+from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import KeepAliveHub, SessionPool
 from etcdkit._watch_hub import WatchHub
@@ -86,6 +87,19 @@ class Core:
         self._check_usable()
         assert self._sessions is not None
         return self._sessions
+
+    def stats(self) -> ClientStats:
+        """The client's figures so far (a :class:`ClientStats` snapshot); no I/O, also after
+        close."""
+        meter = self.conn.meter
+        watches, keepalives = self._watches, self._keepalives
+        return ClientStats(
+            calls=meter.calls,
+            errors=dict(meter.errors),
+            failovers=self.conn.failovers,
+            watch_reconnects=0 if watches is None else watches.reconnects,
+            keepalive_reconnects=0 if keepalives is None else keepalives.reconnects,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from etcdkit._errors import (
     EtcdTimeoutError,
     LeaseNotFoundError,
 )
+from etcdkit._logs import RateLimitedLog
+from etcdkit._metrics import LeaseMeter, LeaseStats
 from etcdkit._retry import Backoff
 from etcdkit._session import REVOKE_TIMEOUT, Session, SessionState
 from etcdkit._types import Compare, EventType, Op, WatchEvent, key_bytes, to_bytes
@@ -28,6 +30,7 @@ from etcdkit._watch_hub import WatchSub
 __all__ = ["LeaseState", "PersistentLease"]
 
 log = logging.getLogger("etcdkit.lease")
+limited = RateLimitedLog(log)  # another writer fighting over a key: one line per interval
 
 T = TypeVar("T")
 
@@ -127,6 +130,7 @@ class PersistentLease:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._error: EtcdkitError | None = None
+        self._meter = LeaseMeter()  # lease.stats, and OpenTelemetry when installed
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -175,6 +179,12 @@ class PersistentLease:
     def error(self) -> EtcdkitError | None:
         """The permanent error that stopped this lease (state FAILED), else ``None``."""
         return self._error
+
+    @property
+    def stats(self) -> LeaseStats:
+        """Registrations, recoveries after a loss and how long the newest took, state changes:
+        a :class:`LeaseStats` snapshot (no I/O)."""
+        return self._meter.stats
 
     def add_listener(self, callback: Callable[[LeaseState], None]) -> Callable[[], None]:
         """Call ``callback(state)`` on every state change (on the event loop); returns a
@@ -315,6 +325,7 @@ class PersistentLease:
             self._changed.set()
             return
         log.info("lease %r: %s -> %s", self._key, self._state.name, state.name)
+        self._meter.transition(self._state.value, state.value)
         self._state = state
         self._changed.set()
         for cb in list(self._listeners):
@@ -364,7 +375,8 @@ class PersistentLease:
             if ev.type is EventType.DELETE:
                 self._lost("key was deleted (externally, or its lease revoked or expired)")
             elif kv.lease != self.lease_id:  # our lease is only ever used by us
-                log.warning(
+                limited.warning(
+                    ("conflict", self._raw_key),
                     "lease %r: another writer put value %r with lease %#x over ours; "
                     "re-asserting at backoff pace",
                     self._key,

@@ -36,6 +36,7 @@ from typing import Any
 import grpc.aio
 from aetcd import rpc
 
+from etcdkit import _metrics
 from etcdkit._conn import Channel, Connection, map_rpc_error
 from etcdkit._errors import ClosedError, ConnectionUnavailableError, EtcdkitError, EtcdTimeoutError
 from etcdkit._kv import KV
@@ -143,6 +144,7 @@ class KeepAliveHub:
                     self._conn.failover(ch, str(err))
             self.connected = False
             self.reconnects += 1
+            _metrics.stream_reconnected("keepalive")
             for entry in list(self._entries.values()):
                 entry.on_suspended()
             await backoff.wait()
@@ -208,10 +210,12 @@ class KeepAliveHub:
                 self.connected = True
                 backoff.reset()
             self._conn.answered = True
-            self._unanswered.pop(resp.ID, None)
+            answer_due = self._unanswered.pop(resp.ID, None)
             entry = self._entries.get(resp.ID)
             if entry is None:
                 continue
+            if answer_due is not None:  # due stall_after(ttl) after the refresh was sent
+                _metrics.keepalive_rtt(time.monotonic() - answer_due + stall_after(entry.ttl))
             if resp.TTL <= 0:
                 del self._entries[resp.ID]
                 entry.on_lost()
@@ -366,8 +370,9 @@ class Session:
         grant = await self._kv.grant(self._requested_ttl)
         if grant.ttl != self._requested_ttl:
             log.warning(
-                "session: etcd granted ttl %d s instead of the requested %d s (its minimum "
+                "session %#x: etcd granted ttl %d s instead of the requested %d s (its minimum "
                 "lease TTL)",
+                grant.id,
                 grant.ttl,
                 self._requested_ttl,
             )

@@ -21,15 +21,18 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
-from etcdkit._client import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, AsyncClient
+from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient
 from etcdkit._conn import Stubs
 from etcdkit._errors import ClosedError, EtcdTimeoutError, WrongContextError
+from etcdkit._metrics import ClientStats, LeaseStats
 from etcdkit._persistent_lease import LeaseState, PersistentLease
 from etcdkit._prefix_watch import PrefixWatch, WatchState, WatchStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Snapshot, Transform
+from etcdkit._sync_locks import SyncElection, SyncLock
 from etcdkit._types import Compare, KeyValue, LeaseGrant, Op, RangeResult, TxnResult
+from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, SyncCluster
 
 __all__ = ["Client", "Portal", "SyncPersistentLease", "SyncPrefixWatch", "SyncSession"]
 
@@ -232,6 +235,10 @@ class Client(_Face):
         return self.aio.endpoints
 
     @property
+    def stats(self) -> ClientStats:
+        return self._portal.read(lambda: self.aio.stats)
+
+    @property
     def raw(self) -> Stubs:
         """The async stubs (see :attr:`AsyncClient.raw`); run them with :meth:`run`."""
         return self._portal.read(lambda: self.aio.raw)
@@ -260,7 +267,7 @@ class Client(_Face):
         prefix: str | bytes,
         *,
         revision: int = 0,
-        page_size: int = DEFAULT_PAGE_SIZE,
+        page_size: int | None = None,
         keys_only: bool = False,
     ) -> RangeResult:
         return self._call(
@@ -327,6 +334,24 @@ class Client(_Face):
             functools.partial(self.aio.persistent_lease, own_lease=own_lease), key, value, ttl
         )
         return SyncPersistentLease(self._portal, lease)
+
+    def cluster(
+        self, root: str, ttl: int = 10, *, timeout: float | None = DEFAULT_OPEN_TIMEOUT
+    ) -> SyncCluster:
+        """See :meth:`AsyncClient.cluster`: returns it open (blocking until the first view, or
+        EtcdTimeoutError after ``timeout``); use with ``with`` to close it."""
+        cluster = self._portal.run_sync(
+            functools.partial(self.aio.cluster, timeout=timeout), root, ttl
+        )
+        return SyncCluster(self._portal, cluster).open()
+
+    def election(self, name: str | bytes) -> SyncElection:
+        """See :meth:`AsyncClient.election`; ``with election.campaign(value) as leadership``."""
+        return SyncElection(self._portal, self._portal.run_sync(self.aio.election, name))
+
+    def lock(self, name: str | bytes, ttl: int = 10, timeout: float | None = 30) -> SyncLock:
+        """See :meth:`AsyncClient.lock`; use with ``with``."""
+        return SyncLock(self._portal, self._portal.run_sync(self.aio.lock, name, ttl, timeout))
 
 
 class SyncPrefixWatch(_Face, Generic[K, V]):
@@ -463,6 +488,10 @@ class SyncPersistentLease(_Face):
     @property
     def error(self) -> Exception | None:
         return self._portal.read(lambda: self.aio.error)
+
+    @property
+    def stats(self) -> LeaseStats:
+        return self.aio.stats  # an immutable object, published in one assignment
 
 
 class SyncSession(_Face):

@@ -9,7 +9,9 @@ on the client's single bidirectional Watch stream. The hub owns the stream:
   an events response's header revision, which may run ahead of undelivered events;
 - it retries with exponential backoff (jitter, cap) while etcd is unreachable, forever;
 - it asks for ``hasleader`` so a member cut off from its cluster ends the stream instead of
-  serving silence, and it sends progress requests so idle watchers can tell they are current;
+  serving silence, and it sends progress requests so idle watchers can tell they are current
+  (where none is answered, as by etcd's gRPC proxy, a probe watch created on
+  :data:`PROBE_KEY` and cancelled at once does that instead);
 - a stream that hears nothing for :data:`STALL_AFTER` seconds although a progress request is
   out (a hung member: SIGSTOP, a stuck disk) is abandoned: the connection fails over to the
   next endpoint and every watcher is re-created there from its own ``next_rev``;
@@ -36,6 +38,7 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
+from etcdkit import _metrics
 from etcdkit._conn import Channel, Connection, map_rpc_error
 from etcdkit._errors import (
     ClosedError,
@@ -59,6 +62,10 @@ EndCallback = Callable[[EtcdkitError], None]
 
 PROGRESS_INTERVAL = 1.0  # seconds between progress requests on an otherwise quiet stream
 STALL_AFTER = 2.0  # seconds of silence, with a progress request out, that make a stream hung
+# A watch on this key (from "now", cancelled at once) is the liveness probe for servers that do
+# not answer progress requests (etcd's gRPC proxy): see WatchHub._stream_once.
+PROBE_KEY = b"\0etcdkit/liveness-probe"
+ECHO_ID = 1 << 62  # the watch id a stream's first create asks for: see WatchHub._send_create
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
 
 
@@ -71,6 +78,7 @@ class WatchSub:
 
     __slots__ = (
         "_hub",
+        "asked_id",
         "confirmed_at",
         "connected",
         "ended",
@@ -108,6 +116,7 @@ class WatchSub:
         self.on_status = on_status
         self.on_end = on_end
         self.watch_id: int | None = None
+        self.asked_id = 0  # the watch id its pending create asked for (0: any)
         self.connected = False
         self.ended = False
         self.confirmed_at = 0.0  # monotonic time the data was last confirmed current
@@ -118,7 +127,8 @@ class WatchSub:
             self.ended = True
             self._hub._remove(self)
 
-    def create_request(self) -> Any:
+    def create_request(self, watch_id: int = 0) -> Any:
+        self.asked_id = watch_id
         return rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
                 key=self.key,
@@ -126,6 +136,7 @@ class WatchSub:
                 start_revision=self.next_rev,
                 prev_kv=self.prev_kv,
                 progress_notify=True,
+                watch_id=watch_id,
             )
         )
 
@@ -154,6 +165,12 @@ class WatchHub:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._heard = 0.0  # monotonic time of the newest response on the current stream
+        self._probe: WatchSub | None = None  # the liveness probe awaiting its "created"
+        self._progress_out = 0.0  # when the oldest unanswered progress request was sent
+        self._deaf = False  # this stream's server does not answer progress requests
+        self._deaf_checked = False  # this stream's first progress request went with a probe
+        self._ids_granted: bool | None = None  # the server grants asked ids (None: unknown)
+        self._next_id = ECHO_ID
         self.reconnects = 0
         self.stalls = 0
 
@@ -222,8 +239,58 @@ class WatchHub:
             self._queue_write(rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid)))
 
     def _send_create(self, sub: WatchSub) -> None:
+        # A "created" answer does not say which create it answers. etcd answers creates in
+        # order, but its gRPC proxy does not (a create it joins to a watch it already serves
+        # overtakes one that waits for etcd; a new watch's "created" reaches its joiners in map
+        # order), so pipelined creates could swap ids and deliver one range's events to another
+        # watcher (tests/test_grpc_proxy.py). So a stream's first create goes alone and asks for
+        # watch id ECHO_ID. etcd (>= 3.4) grants asked ids: the rest are pipelined, each asking
+        # for its own id, and answers are matched by id. The proxy ignores them
+        # (etcd-io/etcd#12819): creates go one at a time, as Go's client sends them.
         self._pending.append(sub)
-        self._queue_write(sub.create_request())
+        if self._ids_granted or (self._ids_granted is None and len(self._pending) == 1):
+            self._write_create(sub)
+        elif len(self._pending) == 1:
+            self._queue_write(sub.create_request())
+
+    def _write_create(self, sub: WatchSub) -> None:
+        self._queue_write(sub.create_request(self._next_id))
+        self._next_id += 1
+
+    def _answered(self, wid: int) -> WatchSub | None:
+        """The pending watcher a "created" answer with this watch id is for (see above)."""
+        pending = self._pending
+        if not pending:
+            return None
+        if self._ids_granted is None:
+            self._ids_granted = wid == ECHO_ID
+            if self._ids_granted:
+                for sub in list(pending)[1:]:
+                    self._write_create(sub)
+        if self._ids_granted:
+            for sub in pending:  # nearly always the first
+                if sub.asked_id == wid:
+                    pending.remove(sub)
+                    return sub
+            return pending.popleft()  # a refusal (id -1): etcd answers in order
+        sub = pending.popleft()
+        self._send_next_create()
+        return sub
+
+    def _send_next_create(self) -> None:
+        while self._pending and self._pending[0].ended and self._pending[0] is not self._probe:
+            self._pending.popleft()  # cancelled before its create was sent
+        if self._pending:
+            self._queue_write(self._pending[0].create_request())  # any id: not granted here
+
+    def _send_probe(self) -> None:
+        if self._probe is None:
+            self._probe = WatchSub(
+                self, PROBE_KEY, b"", 0, prev_kv=False, on_events=_noop, on_progress=_noop,
+                on_status=_noop, on_end=_noop,
+            )  # fmt: skip
+            self._probe.confirmed_at = time.monotonic()  # when it was sent
+            self._send_create(self._probe)
 
     def _queue_write(self, request: Any) -> None:
         # Queued for the stream's writer task, which keeps requests in order; dropped with
@@ -265,6 +332,7 @@ class WatchHub:
                 else:
                     self._disconnected(None)
                 self.reconnects += 1
+                _metrics.stream_reconnected("watch")
                 await backoff.wait()
         finally:
             self._disconnected(None)
@@ -275,6 +343,7 @@ class WatchHub:
             call.cancel()
         self._by_id.clear()
         self._pending.clear()
+        self._probe = None
         for sub in list(self._subs):
             sub.watch_id = None
             if sub.connected:
@@ -289,6 +358,10 @@ class WatchHub:
         self._call = call
         self._heard = time.monotonic()
         self._outbox = asyncio.Queue()
+        self._progress_out = 0.0
+        self._deaf = self._deaf_checked = False
+        self._ids_granted = None
+        self._next_id = ECHO_ID
         for sub in list(self._subs):
             self._send_create(sub)
         loop = asyncio.get_running_loop()
@@ -314,8 +387,19 @@ class WatchHub:
                         "(member hung or connection black-holed)"
                     )
                 asked = bool(self._by_id or self._pending)
-                if asked:
+                if asked and self._deaf:
+                    self._send_probe()
+                elif asked:
                     self._queue_write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+                    self._progress_out = self._progress_out or time.monotonic()
+                    if not self._deaf_checked:
+                        self._deaf_checked = True
+                        # The first time, also a probe: etcd answers requests in order, so if
+                        # the probe's "created" comes back while the progress request sent
+                        # before it is unanswered, this server ignores progress requests
+                        # (etcd's gRPC proxy: etcd-io/etcd#19710); from then on, on this
+                        # stream, probes replace progress requests (no error log per request).
+                        self._send_probe()
         finally:
             for t in (reader, writer):
                 t.cancel()
@@ -334,10 +418,17 @@ class WatchHub:
         now = self._heard
         wid = resp.watch_id
         if resp.created:
-            if not self._pending:
-                log.warning("watch stream: unexpected created response for id %d", wid)
+            sub = self._answered(wid)
+            if sub is None:
+                log.warning(
+                    "watch stream at %s: unexpected created response for id %d",
+                    self._conn.where,
+                    wid,
+                )
                 return
-            sub = self._pending.popleft()
+            if sub is self._probe:
+                self._probe_answered(resp, sub.confirmed_at, now)
+                return
             if sub.ended:
                 self._queue_write(
                     rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid))
@@ -375,9 +466,8 @@ class WatchHub:
             # but its revision is not trusted. etcd < 3.5.8 / 3.4.24 sends it on a control
             # channel that can overtake events still queued for the watchers (etcd-io/etcd#15220),
             # so advancing to it could skip those events. Liveness only.
-            for sub_p in self._by_id.values():
-                if not sub_p.ended:
-                    sub_p.confirmed_at = now
+            self._progress_out = 0.0
+            self._confirm_all(now)
             return
         # A per-watch progress notification (progress_notify=True) travels on the watcher's own
         # channel, after every event it covers: everything up to header.revision was delivered.
@@ -388,6 +478,30 @@ class WatchHub:
         if rev + 1 > one.next_rev:
             one.next_rev = rev + 1
             one.on_progress(rev)
+
+    def _confirm_all(self, now: float) -> None:
+        for sub in self._by_id.values():
+            if not sub.ended:
+                sub.confirmed_at = now
+
+    def _probe_answered(self, resp: Any, sent: float, now: float) -> None:
+        # A watch created from "now" came back through the stream, from etcd (etcd's gRPC
+        # proxy joins such a watch to no running one, so etcd itself answers): the stream and
+        # the path to etcd are alive. Like a progress answer, it is liveness only.
+        self._probe = None
+        if not resp.canceled:
+            self._queue_write(
+                rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=resp.watch_id))
+            )
+        if self._progress_out and self._progress_out <= sent:
+            if not self._deaf:
+                log.info(
+                    "watch stream: %s does not answer progress requests (etcd's gRPC "
+                    "proxy?); probing with watch creates instead",
+                    self._conn.where,
+                )
+            self._deaf = True
+        self._confirm_all(now)
 
     def _end(self, sub: WatchSub, resp: Any) -> None:
         self._subs.discard(sub)

@@ -46,6 +46,8 @@ examples:
   etcdkit register /services/api 10.0.0.5:8080 --ttl 10
   etcdkit wait /config/ready --timeout 30 && ./start.sh
   etcdkit demo                         # a self-contained service-registry scene
+  etcdkit lock /locks/backup -- ./backup.sh   # run a command while holding a lock
+  etcdkit elect /election/scheduler node-a     # lead until Ctrl-C (--listen: follow the leader)
 
 connection options go before the command (most also after it):
   etcdkit --endpoints 10.0.0.1:2379,10.0.0.2:2379 --user app:secret watch /app/
@@ -109,6 +111,44 @@ examples:
 
 Exit status: 0 when the condition holds, 3 on timeout, 1 on errors (e.g. etcd unreachable),
 2 on bad usage. Here --timeout is the wait's deadline; the request timeout goes before `wait`.
+"""
+
+LOCK_EPILOG = """\
+examples:
+  etcdkit lock /locks/backup -- ./backup.sh --full
+  etcdkit lock /locks/migrate --ttl 30 -- sh -c 'echo "token $ETCDKIT_FENCING_TOKEN"'
+
+Waits for the lock (the same lock as `etcdctl lock NAME` and Go's concurrency.Mutex), then runs
+CMD with $ETCDKIT_LOCK_KEY, $ETCDKIT_FENCING_TOKEN (higher for every later holder: pass it to
+what CMD writes, so late writes of an old holder can be refused) and $ETCD_LOCK_KEY. Exits
+with CMD's status and releases the lock. SIGINT/SIGTERM are passed on to CMD, then the lock is
+released. If the lock is lost (its lease expired or was revoked, its key deleted), CMD gets
+SIGTERM (SIGKILL after 10 s) and the exit status is 1. 127: CMD not found.
+"""
+
+ELECT_EPILOG = """\
+examples:
+  etcdkit elect /election/scheduler "$(hostname)"      # campaign, lead until Ctrl-C
+  etcdkit elect /election/scheduler --listen           # print each leader and value
+
+The same election as `etcdctl elect NAME` and Go's concurrency.Election. Campaigning prints a
+line when elected and holds leadership until Ctrl-C or SIGTERM, which resign (exit 0); if
+leadership is lost (lease expired or revoked, key deleted) it says so and exits with 1.
+"""
+
+MEMBERS_EPILOG = """\
+examples:
+  etcdkit members /services/api                 # live table (in a terminal)
+  etcdkit members /services/api --json | jq .members   # one JSON line per view
+
+The members of the etcdkit.cluster (or Go pkg/cluster) rooted at ROOT: the keys ROOT/ID whose
+value is {"id": ID, "data": ...}. In a terminal: a table of id, data (for node descriptors:
+address, weight and share of the ring's keys), refreshed in place with the view's revision and
+state (LIVE, or STALE while etcd is unreachable); added rows green, updated yellow, removed red.
+
+With --json, or when stdout is not a terminal: one JSON object per view and line:
+  {"revision": R, "state": "live", "members": [{"id": ID, "data": DATA}, ...],
+   "added": [ID, ...], "updated": [ID, ...], "removed": [ID, ...]}
 """
 
 DEMO_EPILOG = """\
@@ -268,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after SECONDS with exit status 3 (default: wait forever)",
     )
 
+    p = command("lock", "run a command while holding a lock", LOCK_EPILOG)
+    p.add_argument("name", metavar="NAME", help='the lock\'s name, e.g. "/locks/backup"')
+    p.add_argument(
+        "--ttl", type=_int_in(1, 2**31), default=10, help="lease TTL in seconds (default 10)"
+    )
+    p.add_argument("cmd", metavar="-- CMD ARGS", nargs=argparse.REMAINDER, help="the command")
+
+    p = command("elect", "campaign to lead an election, or follow its leader", ELECT_EPILOG)
+    p.add_argument("name", metavar="NAME", help='the election\'s name, e.g. "/election/x"')
+    p.add_argument("value", metavar="VALUE", nargs="?", help="what to lead with")
+    p.add_argument("-l", "--listen", action="store_true", help="only print the leader")
+    p.add_argument(
+        "--ttl", type=_int_in(1, 2**31), default=10, help="lease TTL in seconds (default 10)"
+    )
+
+    p = command("members", "live view of the members of a cluster root", MEMBERS_EPILOG)
+    p.add_argument("root", metavar="ROOT", help='a cluster root, e.g. "/services/api"')
+    p.add_argument("--json", action="store_true", help="one JSON line per view")
+
     p = command("demo", "a self-running service-registry scene with failures", DEMO_EPILOG)
     p.add_argument("--workers", type=_int_in(1, 20), default=3, help="how many workers (default 3)")
     return parser
@@ -335,6 +394,24 @@ async def cmd_watch(args: argparse.Namespace, opts: ConnOptions) -> int:
     return await run_watch(args, opts)
 
 
+async def cmd_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
+    from etcdkit.cli.lock import run_lock
+
+    return await run_lock(args, opts)
+
+
+async def cmd_elect(args: argparse.Namespace, opts: ConnOptions) -> int:
+    from etcdkit.cli.elect import run_elect
+
+    return await run_elect(args, opts)
+
+
+async def cmd_members(args: argparse.Namespace, opts: ConnOptions) -> int:
+    from etcdkit.cli.members import run_members
+
+    return await run_members(args, opts)
+
+
 async def cmd_demo(args: argparse.Namespace, opts: ConnOptions) -> int:
     from etcdkit.cli.demo import run_demo
 
@@ -346,7 +423,10 @@ COMMANDS: dict[str, Command] = {
     "watch": cmd_watch,
     "register": cmd_register,
     "wait": cmd_wait,
+    "members": cmd_members,
     "demo": cmd_demo,
+    "lock": cmd_lock,
+    "elect": cmd_elect,
 }
 
 

@@ -139,9 +139,14 @@ class Proxy:
         except OSError:
             self._forget(client)
             return
-        upstream.settimeout(None)
-        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            upstream.settimeout(None)
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # drop_connections() reset the client while it waited for restore()
+            self._forget(client)
+            self._reset(upstream)
+            return
         with self._lock:
             self._conns.add(upstream)
         self._spawn(self._pump, "up", client, upstream)

@@ -7,6 +7,8 @@ Fixtures:
 - ``etcd_cluster`` (session): a real 3-member cluster on loopback.
 - ``etcd_server_factory`` (function): ``factory(**kwargs) -> EtcdServer``, started; every
   server it made is closed after the test.
+- ``etcd_grpc_proxy`` (function): etcd's own gRPC proxy (:class:`GrpcProxy`) in front of
+  ``etcd_server``, started for the test and killed after it (so a test may kill or restart it).
 - ``etcd_prefix`` (function): a unique key prefix for the test (``/etcdkit-test/<name>-<hex>/``);
   everything under it is deleted after the test.
 - ``etcd`` (function, async, needs pytest-asyncio): a connected :class:`AsyncClient` on
@@ -26,6 +28,7 @@ from typing import Any
 import pytest
 
 from etcdkit import AsyncClient, Client
+from etcdkit.testing.grpc_proxy import GrpcProxy
 from etcdkit.testing.server import EtcdCluster, EtcdServer
 
 _SERVERS_KEY = pytest.StashKey[list[Any]]()
@@ -66,6 +69,13 @@ def etcd_server_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
     finally:
         for server in made:
             server.close()
+
+
+@pytest.fixture
+def etcd_grpc_proxy(request: pytest.FixtureRequest, etcd_server: EtcdServer) -> Iterator[GrpcProxy]:
+    with GrpcProxy(etcd_server) as proxy:
+        _track(request, proxy)
+        yield proxy
 
 
 @pytest.fixture
