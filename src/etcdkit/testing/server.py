@@ -13,17 +13,12 @@ Nothing here listens anywhere but 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
-import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from etcdkit._errors import EtcdkitError
 from etcdkit.testing.ports import HOST, free_port
+from etcdkit.testing.process import LOG_TAIL_LINES, EtcdServerError, ManagedProcess
 
 __all__ = [
     "EtcdBinaryNotFoundError",
@@ -43,14 +38,6 @@ __all__ = [
     "etcd_version",
     "find_etcd_binary",
 ]
-
-log = logging.getLogger("etcdkit.server")
-
-LOG_TAIL_LINES = 200
-
-
-class EtcdServerError(EtcdkitError):
-    """An etcd process could not be started or controlled (the message carries its log tail)."""
 
 
 class EtcdBinaryNotFoundError(EtcdServerError, FileNotFoundError):
@@ -113,7 +100,7 @@ def _is_set(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
 
 
-class EtcdServer:
+class EtcdServer(ManagedProcess):
     """One real etcd process on free loopback ports.
 
     ``EtcdServer()`` does not start anything; ``start()`` (or ``with EtcdServer() as server``)
@@ -147,10 +134,7 @@ class EtcdServer:
         self.data_dir = Path(data_dir) if data_dir is not None else self._work / "data"
         self.log_path = self._work / "etcd.log"
         self._cluster_args = list(_cluster_args) if _cluster_args is not None else None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._paused = False
-        self._closed = False
-        self._lock = threading.RLock()
+        super().__init__()
 
     # -- facts ------------------------------------------------------------------------------------
 
@@ -167,44 +151,20 @@ class EtcdServer:
     def version(self) -> str:
         return etcd_version(self.binary)
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """The process exists and has not exited (a paused process is running)."""
-        return self._proc is not None and self._proc.poll() is None
-
     def __repr__(self) -> str:
         state = "paused" if self._paused else ("running" if self.running else "stopped")
         return f"<EtcdServer {self.name} {self.endpoint} {state}>"
 
-    def logs(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last ``lines`` lines the process wrote (all its runs)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+    @property
+    def what(self) -> str:
+        return f"etcd {self.name} at {self.endpoint}"
+
+    @property
+    def health_url(self) -> str:
+        """``/health`` on the metrics port (a member without a leader is not healthy)."""
+        return f"http://{HOST}:{self.metrics_port}/health"
 
     # -- lifecycle --------------------------------------------------------------------------------
-
-    def __enter__(self) -> EtcdServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def start(self, *, wait: bool = True) -> EtcdServer:
-        """Start the process and (unless ``wait=False``) wait until it is healthy."""
-        self._spawn()
-        if wait:
-            self.wait_healthy()
-        return self
 
     def _args(self) -> list[str]:
         scheme = "https" if self.tls else "http"
@@ -229,104 +189,6 @@ class EtcdServer:
             args += ["--initial-cluster", f"{self.name}={self.peer_url}"]
         return args + self.extra_args
 
-    def _spawn(self) -> None:
-        with self._lock:
-            if self._closed:
-                raise EtcdServerError(f"{self!r} is closed")
-            if self.running:
-                return
-            self._work.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "ab") as out:
-                out.write(f"--- etcdkit: starting {self.name} at {time.ctime()}\n".encode())
-                out.flush()
-                try:
-                    self._proc = subprocess.Popen(
-                        self._args(),
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,  # Ctrl-C in a terminal must not hit etcd first
-                    )
-                except OSError as exc:
-                    raise EtcdServerError(f"cannot start {self.binary}: {exc}") from exc
-            self._paused = False
-            log.debug("started %r (pid %s)", self, self._proc.pid)
-
-    def healthy(self, timeout: float = 1.0) -> bool:
-        """Whether ``/health`` answers ``true`` (a member without a leader is not healthy)."""
-        url = f"http://{HOST}:{self.metrics_port}/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                body = json.loads(resp.read() or b"{}")
-        except (OSError, ValueError, urllib.error.URLError):
-            return False
-        return str(body.get("health")) == "true"
-
-    def wait_healthy(self, timeout: float | None = None) -> None:
-        """Block until healthy; on failure raise :class:`EtcdServerError` with the log tail."""
-        deadline = time.monotonic() + (timeout if timeout is not None else self.start_timeout)
-        while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = proc.returncode if proc is not None else None
-                raise EtcdServerError(
-                    f"etcd {self.name} at {self.endpoint} exited (code {code}) while starting; "
-                    f"its log:\n{self.logs(40)}"
-                )
-            if self.healthy():
-                return
-            if time.monotonic() > deadline:
-                raise EtcdServerError(
-                    f"etcd {self.name} at {self.endpoint} was not healthy within "
-                    f"{timeout or self.start_timeout:.0f}s; its log:\n{self.logs(40)}"
-                )
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL the process (no clean shutdown) and reap it."""
-        self._signal_stop(signal.SIGKILL, 10.0)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process and wait; SIGKILL after ``timeout``."""
-        self._signal_stop(signal.SIGTERM, timeout)
-
-    def _signal_stop(self, sig: signal.Signals, timeout: float) -> None:
-        with self._lock:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-                if self._paused:
-                    proc.send_signal(signal.SIGCONT)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            self._paused = False
-
-    def restart(self) -> None:
-        """Stop (if running) and start again on the same ports and data dir."""
-        self.stop()
-        self.start()
-
-    def pause(self) -> None:
-        """SIGSTOP the process: it keeps its sockets but answers nothing."""
-        with self._lock:
-            if self.running and not self._paused:
-                assert self._proc is not None
-                self._proc.send_signal(signal.SIGSTOP)
-                self._paused = True
-
-    def resume(self) -> None:
-        """SIGCONT a paused process."""
-        with self._lock:
-            if self.running and self._paused:
-                assert self._proc is not None
-                self._proc.send_signal(signal.SIGCONT)
-            self._paused = False
-
     def is_leader(self) -> bool:
         """Whether this member is the raft leader (from its metrics)."""
         url = f"http://{HOST}:{self.metrics_port}/metrics"
@@ -337,16 +199,6 @@ class EtcdServer:
             return False
         m = re.search(r"^etcd_server_is_leader (\S+)$", text, re.MULTILINE)
         return bool(m) and float(m.group(1)) == 1.0  # type: ignore[union-attr]
-
-    def close(self) -> None:
-        """Kill the process and remove the temporary directory; idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self.kill()
-            # The work dir (log, and the data unless the caller gave a data_dir) is ours.
-            shutil.rmtree(self._work, ignore_errors=True)
 
 
 class EtcdCluster:

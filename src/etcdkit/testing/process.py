@@ -1,0 +1,210 @@
+"""What the test kit's processes share: start with a log file, wait until healthy, stop by
+signal, restart, close (an etcd member and an etcd gRPC proxy are both one)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from etcdkit._errors import EtcdkitError
+
+__all__ = ["EtcdServerError", "ManagedProcess"]
+
+log = logging.getLogger("etcdkit.server")
+
+LOG_TAIL_LINES = 200
+P = TypeVar("P", bound="ManagedProcess")
+
+
+class EtcdServerError(EtcdkitError):
+    """A test etcd process (or proxy) could not be started or controlled."""
+
+
+class ManagedProcess:
+    """One child process with a work dir and a log, healthy once ``health_url`` says so.
+
+    Subclasses set ``binary``, ``start_timeout``, ``_work`` and ``log_path``, call
+    ``super().__init__()``, and give ``_args()``, ``health_url`` and ``what``.
+    """
+
+    binary: Path
+    start_timeout: float
+    log_path: Path
+    _work: Path
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
+        self._closed = False
+        self._lock = threading.RLock()
+
+    # -- what a subclass says ---------------------------------------------------------------------
+
+    @property
+    def what(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def health_url(self) -> str:
+        raise NotImplementedError
+
+    def _args(self) -> list[str]:
+        raise NotImplementedError
+
+    def _unhealthy_hint(self) -> str:
+        return ""
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """The process exists and has not exited (a paused process is running)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def logs(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines the process wrote (all its runs)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def __enter__(self: P) -> P:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self: P, *, wait: bool = True) -> P:
+        """Start the process and (unless ``wait=False``) wait until it is healthy."""
+        self._spawn()
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise EtcdServerError(f"{self!r} is closed")
+            if self.running:
+                return
+            self._work.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as out:
+                out.write(f"--- etcdkit: starting {self.what} at {time.ctime()}\n".encode())
+                out.flush()
+                try:
+                    self._proc = subprocess.Popen(
+                        self._args(),
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # Ctrl-C in a terminal must not hit it first
+                    )
+                except OSError as exc:
+                    raise EtcdServerError(f"cannot start {self.binary}: {exc}") from exc
+            self._paused = False
+            log.debug("started %r (pid %s)", self, self._proc.pid)
+
+    def healthy(self, timeout: float = 1.0) -> bool:
+        """Whether ``/health`` answers ``true``."""
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=timeout) as resp:
+                body = json.loads(resp.read() or b"{}")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+        return str(body.get("health")) == "true"
+
+    def wait_healthy(self, timeout: float | None = None) -> None:
+        """Block until healthy; on failure raise :class:`EtcdServerError` with the log tail."""
+        limit = timeout if timeout is not None else self.start_timeout
+        deadline = time.monotonic() + limit
+        while True:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = proc.returncode if proc is not None else None
+                raise EtcdServerError(
+                    f"{self.what} exited (code {code}) while starting; its log:\n{self.logs(40)}"
+                )
+            if self.healthy():
+                return
+            if time.monotonic() > deadline:
+                raise EtcdServerError(
+                    f"{self.what} was not healthy within {limit:.0f}s{self._unhealthy_hint()}; "
+                    f"its log:\n{self.logs(40)}"
+                )
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the process (no clean shutdown) and reap it."""
+        self._signal_stop(signal.SIGKILL, 10.0)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process and wait; SIGKILL after ``timeout``."""
+        self._signal_stop(signal.SIGTERM, timeout)
+
+    def _signal_stop(self, sig: signal.Signals, timeout: float) -> None:
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+                if self._paused:
+                    proc.send_signal(signal.SIGCONT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            self._paused = False
+
+    def restart(self) -> None:
+        """Stop (if running) and start again on the same ports (and data dir)."""
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP the process: it keeps its sockets but answers nothing."""
+        with self._lock:
+            if self.running and not self._paused:
+                assert self._proc is not None
+                self._proc.send_signal(signal.SIGSTOP)
+                self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT a paused process."""
+        with self._lock:
+            if self.running and self._paused:
+                assert self._proc is not None
+                self._proc.send_signal(signal.SIGCONT)
+            self._paused = False
+
+    def close(self) -> None:
+        """Kill the process and remove its temporary directory; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.kill()
+            # The work dir (log, and the data unless the caller gave a data_dir) is ours.
+            shutil.rmtree(self._work, ignore_errors=True)
