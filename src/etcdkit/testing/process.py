@@ -72,6 +72,11 @@ class ManagedProcess:
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def paused(self) -> bool:
+        """Stopped by :meth:`pause` (SIGSTOP) and not resumed."""
+        return self._paused
+
+    @property
     def running(self) -> bool:
         """The process exists and has not exited (a paused process is running)."""
         return self._proc is not None and self._proc.poll() is None

@@ -152,7 +152,7 @@ class EtcdServer(ManagedProcess):
         return etcd_version(self.binary)
 
     def __repr__(self) -> str:
-        state = "paused" if self._paused else ("running" if self.running else "stopped")
+        state = "paused" if self.paused else ("running" if self.running else "stopped")
         return f"<EtcdServer {self.name} {self.endpoint} {state}>"
 
     @property
@@ -257,7 +257,7 @@ class EtcdCluster:
         """Start every member (they need each other for a quorum) and wait until all are healthy."""
         try:
             for m in self.members:
-                m._spawn()
+                m.start(wait=False)
             for m in self.members:
                 m.wait_healthy(self.start_timeout)
         except BaseException:
@@ -270,7 +270,7 @@ class EtcdCluster:
         deadline = time.monotonic() + timeout
         while True:
             for m in self.members:
-                if m.running and not m._paused and m.is_leader():
+                if m.running and not m.paused and m.is_leader():
                     return m
             if time.monotonic() > deadline:
                 raise EtcdServerError(f"no leader in {self!r} within {timeout:.0f}s")
