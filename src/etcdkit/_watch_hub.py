@@ -260,8 +260,8 @@ class WatchHub:
     def _answered(self, wid: int) -> WatchSub | None:
         """The pending watcher a "created" answer with this watch id is for (see above)."""
         pending = self._pending
-        if not pending:
-            return None
+        if not pending or wid in self._by_id:
+            return None  # a second "created" for a live watch (etcd-io/etcd#21881): not ours
         if self._ids_granted is None:
             self._ids_granted = wid == ECHO_ID
             if self._ids_granted:
@@ -272,7 +272,9 @@ class WatchHub:
                 if sub.asked_id == wid:
                     pending.remove(sub)
                     return sub
-            return pending.popleft()  # a refusal (id -1): etcd answers in order
+            if wid == -1:
+                return pending.popleft()  # a refusal: etcd answers those in order
+            return None  # an id nobody asked for: never pin it on another watcher
         sub = pending.popleft()
         self._send_next_create()
         return sub
