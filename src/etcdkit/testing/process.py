@@ -27,6 +27,19 @@ LOG_TAIL_LINES = 200
 P = TypeVar("P", bound="ManagedProcess")
 
 
+def _wait_stopped(pid: int, bound: float = 2.0) -> None:
+    """Wait (bounded) until ``/proc/PID/stat`` shows the process stopped; no-op without /proc."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat[stat.rindex(")") + 2 :].startswith(("T", "t")):
+            return
+        time.sleep(0.005)
+
+
 class EtcdServerError(EtcdkitError):
     """A test etcd process (or proxy) could not be started or controlled."""
 
@@ -189,12 +202,15 @@ class ManagedProcess:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP the process: it keeps its sockets but answers nothing."""
+        """SIGSTOP the process: it keeps its sockets but answers nothing. Returns once the
+        kernel reports it stopped (a signal is delivered asynchronously: a busy machine could
+        otherwise let it answer a request sent right after this returns)."""
         with self._lock:
             if self.running and not self._paused:
                 assert self._proc is not None
                 self._proc.send_signal(signal.SIGSTOP)
                 self._paused = True
+                _wait_stopped(self._proc.pid)
 
     def resume(self) -> None:
         """SIGCONT a paused process."""
