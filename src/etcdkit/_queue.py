@@ -31,7 +31,7 @@ from etcdkit._errors import (
     LeaseNotFoundError,
 )
 from etcdkit._session import Session, SessionState
-from etcdkit._types import Compare, EventType, KeyValue, Op, RangeResult, WatchEvent, to_bytes
+from etcdkit._types import Compare, EventType, KeyValue, Op, WatchEvent, to_bytes
 from etcdkit._watch_hub import WatchSub
 
 __all__ = [
@@ -202,9 +202,10 @@ class Contender:
         while True:
             try:
                 session = await self._session()
+                look = None
                 if not self.revision:
-                    self.revision = await self._enter(session)
-                return await self._turn(session, wait)
+                    look = await self._enter(session)
+                return await self._turn(session, wait, look)
             except _Gone as gone:
                 log.info("%s: %s; queuing again with a new lease", self.what, gone)
                 await self._drop_session()
@@ -238,39 +239,40 @@ class Contender:
         if session is not None:
             await asyncio.shield(session.close())
 
-    async def _enter(self, session: Session) -> int:
-        """Put our key (or find it, when an earlier attempt of ours landed); its create
-        revision."""
+    async def _enter(self, session: Session) -> tuple[list[KeyValue], int] | None:
+        """Put our key (or find it, when an earlier attempt of ours landed) and set
+        :attr:`revision` to its create revision. When the put ran, the same transaction read
+        the line as :meth:`_turn` would: that look, ``(kvs, revision)``."""
         key = self.key
         try:
-            res = await self.core.kv.txn(
-                [Compare.create_revision(key, "==", 0)],
-                [Op.put(key, self.value, lease=session.lease_id)],
-                [Op.get(key)],
+            created, kvs, rev = await self.core.kv.join_line(
+                key, self.prefix, self.value, session.lease_id
             )
         except LeaseNotFoundError as exc:
             session.mark_lost("etcd said lease not found")
             raise _Gone("our lease expired before our key was put") from exc
-        if res.succeeded:
-            return res.revision
-        got = res.responses[0]
-        assert isinstance(got, RangeResult)
-        kv = got.kvs[0]
+        if created:
+            self.revision = rev
+            return kvs, rev
+        kv = kvs[0]
         if kv.value != self.value:  # ours from an earlier attempt: say what we say now
             await self.core.kv.txn(
                 [Compare.create_revision(key, "==", kv.create_revision)],
                 [Op.put(key, self.value, lease=session.lease_id)],
             )
-        return kv.create_revision
+        self.revision = kv.create_revision
+        return None
 
-    async def _turn(self, session: Session, wait: bool) -> int | None:
+    async def _turn(
+        self, session: Session, wait: bool, look: tuple[list[KeyValue], int] | None
+    ) -> int | None:
         """Go's ``waitDeletes``: the revision at which our key was the oldest, or ``None``
-        (``wait=False`` and another holds)."""
+        (``wait=False`` and another holds). ``look``: the line as :meth:`_enter` read it."""
+        floor = self.revision
         while True:
             # One read answers "is our key still there?" and "which key is just before it?"
-            kvs, rev = await self.core.kv.by_create_revision(
-                self.prefix, newest_first=True, max_create_revision=self.revision, limit=2
-            )
+            kvs, rev = look if look is not None else await self._look(floor)
+            look = None
             if not kvs or kvs[0].create_revision != self.revision:
                 raise _Gone("our key is gone (its lease expired or was revoked, or it was deleted)")
             if len(kvs) == 1:
@@ -278,21 +280,48 @@ class Contender:
             self.ahead = kvs[1]
             if not wait:
                 return None
-            await self._wait_deleted(self.ahead.key, rev, session)
+            floor = await self._wait_deleted(self.ahead.key, rev, session)
 
-    async def _wait_deleted(self, key: bytes, rev: int, session: Session) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def _look(self, floor: int) -> tuple[list[KeyValue], int]:
+        """Our key and the one just before it, read from a state at revision ``floor`` or
+        later. Any such state tells the truth about the keys before ours: none can be created
+        after ours was (a new key gets a newer create revision), and a deleted one never comes
+        back. So the member's own state will do (a serializable read: no round to the
+        leader), unless it is behind ``floor``; then the leader's (a linearizable read)."""
+        line = self.core.kv.by_create_revision
+        if floor:
+            kvs, rev = await line(
+                self.prefix,
+                newest_first=True,
+                max_create_revision=self.revision,
+                limit=2,
+                serializable=True,
+            )
+            if rev >= floor:
+                return kvs, rev
+        return await line(
+            self.prefix, newest_first=True, max_create_revision=self.revision, limit=2
+        )
+
+    async def _wait_deleted(self, key: bytes, rev: int, session: Session) -> int:
+        """Wait until ``key`` is deleted after ``rev``; the revision of its deletion (0 when
+        compaction took the history: it was deleted at some revision we cannot know)."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def on_events(events: list[WatchEvent]) -> None:
-            if not done.done() and any(ev.type is EventType.DELETE for ev in events):
-                self.wakeups += 1
-                done.set_result(None)
+            if done.done():
+                return
+            for ev in events:
+                if ev.type is EventType.DELETE:
+                    self.wakeups += 1
+                    done.set_result(ev.kv.mod_revision)
+                    return
 
         def on_end(err: EtcdkitError) -> None:
             if done.done():
                 return
             if isinstance(err, CompactedError):
-                done.set_result(None)  # history gone: look again
+                done.set_result(0)  # history gone: look again, at the leader
             else:
                 done.set_exception(err)
 
@@ -305,7 +334,7 @@ class Contender:
         sub = self.core.watches.watch(key, b"", rev + 1, on_events=on_events, on_end=on_end)
         unlisten = session.add_listener(on_session)
         try:
-            await done
+            return await done
         finally:
             sub.cancel()
             unlisten()
