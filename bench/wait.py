@@ -4,10 +4,13 @@
   watching; then a second client puts the key. Reported: from calling ``put`` to ``wait_for``
   returning, p50/p99 over the rounds.
 - ``watches``: COUNT ``watch_prefix`` on one client, until every one is LIVE.
-- ``concurrent``: COUNT ``wait_for`` calls on distinct absent keys at once. ``setup_s``: until
-  etcd reports all their watchers (its ``etcd_debugging_mvcc_watcher_total`` metric); then
-  every key is written (transactions of 128 puts) and ``release_s`` runs until all calls
-  returned. Memory: this process's RSS before, once all wait, and its peak (``ru_maxrss``;
+- ``concurrent``: COUNT ``wait_for`` calls on distinct absent keys at once, all under one
+  parent (so they share etcd watches, 128 keys each). ``setup_s``: until every call waits on a
+  watch etcd confirmed (``client.stats``: ``waiting`` and ``watches_unconfirmed``), checked
+  against etcd's own watcher gauge (``etcd_debugging_mvcc_watcher_total``); then every key is
+  written (transactions of 128 puts) and ``release_s`` runs until all calls returned. The
+  baseline in the same run, ``layout=apart``: each key under a parent of its own, so each
+  call has an etcd watch of its own (the design before sharing). Memory: this process's RSS before, once all wait, and its peak (``ru_maxrss``;
   the case runs in a process of its own, so the peak is this case's).
 """
 
@@ -42,6 +45,11 @@ def jobs(quick: bool) -> list[Job]:
     return [
         Job("wait", {"case": "wakeup", "rounds": 50 if quick else 100}),
         Job("wait", {"case": "concurrent", "count": 2_000 if quick else 10_000}),
+        # The baseline, same run: every key under a parent of its own, so none share a watch.
+        Job(
+            "wait",
+            {"case": "concurrent", "count": 2_000 if quick else 10_000, "layout": "apart"},
+        ),
         Job("wait", {"case": "watches", "count": 200 if quick else 1_000}),
     ]
 
@@ -88,23 +96,26 @@ async def wakeup(env: Env, params: dict[str, Any]) -> None:
 
 async def concurrent(env: Env, params: dict[str, Any]) -> None:
     count = int(params["count"])
-    keys = [PREFIX + b"c%06d" % i for i in range(count)]
+    apart = params.get("layout") == "apart"
+    keys = [PREFIX + (b"a%06d/k" if apart else b"c%06d") % i for i in range(count)]
     async with AsyncClient(env.endpoint) as client, AsyncClient(env.endpoint) as writer:
         base = await etcd_watchers(env.endpoint)
         rss_before = rss_mb()
         cpu0 = time.process_time()
         t0 = time.monotonic()
         tasks = [asyncio.create_task(client.wait_for(k, timeout=600.0)) for k in keys]
-        if base is None:
-            progress("wait: etcd exports no watcher metric; allowing 5 s for setup")
-            await asyncio.sleep(5.0)
-        else:
-            async with asyncio.timeout(300.0):
-                while True:  # etcd's count is the ground truth of "every call is waiting"
-                    if (await etcd_watchers(env.endpoint) or 0) >= base + count:
-                        break
-                    await asyncio.sleep(0.05)
+        async with asyncio.timeout(300.0):
+            while True:  # every call waits on a watch etcd confirmed
+                stats = client.stats
+                if stats.waiting >= count and not stats.watches_unconfirmed:
+                    break
+                await asyncio.sleep(0.005)
         t1 = time.monotonic()
+        watches = client.stats.watches
+        if base is not None:  # ... and etcd's own count agrees
+            etcd_has = (await etcd_watchers(env.endpoint) or 0) - base
+            if etcd_has < watches:
+                raise RuntimeError(f"etcd has {etcd_has} watchers; the client holds {watches}")
         cpu1 = time.process_time()
         rss_waiting = rss_mb()
         progress(f"wait: {count:,} waiters set up in {t1 - t0:.2f} s; releasing")
@@ -118,6 +129,7 @@ async def concurrent(env: Env, params: dict[str, Any]) -> None:
         raise RuntimeError("a wait_for returned no revision")
     figures = {
         "setup_s": round(t1 - t0, 4),
+        "etcd_watches": watches,
         "release_s": round(t2 - t1, 4),
         "total_s": round(t2 - t0, 4),
         "writes_s": round(t_written - t1, 4),
@@ -135,9 +147,10 @@ async def concurrent(env: Env, params: dict[str, Any]) -> None:
             "concurrent",
             params,
             figures,
-            [Goal("setup_s", "<=", 1.0)] if count >= 10_000 else [],
-            notes="own process; setup = until etcd reports every watcher; release = writes "
-            "(txns of 128 puts) until every call returned",
+            [Goal("setup_s", "<=", 1.0)] if count >= 10_000 and not apart else [],
+            notes="own process; setup = until every call waits on a watch etcd confirmed "
+            "(client.stats; etcd's watcher gauge checked to agree); release = writes (txns of "
+            "128 puts) until every call returned",
         )
     )
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from etcdkit._conn import Connection
 from etcdkit._errors import ClosedError, WrongContextError
+from etcdkit._key_watches import KeyWatches
 from etcdkit._kv import KV
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
@@ -55,6 +56,7 @@ class Core:
         self.conn = conn
         self.kv = KV(conn)
         self._watches: WatchHub | None = None
+        self._key_watches: KeyWatches | None = None
         self._keepalives: KeepAliveHub | None = None
         self._sessions: SessionPool | None = None
         # what the client owns (watches, leases...) -> how the client closes it
@@ -77,6 +79,13 @@ class Core:
         return self._watches
 
     @property
+    def key_watches(self) -> KeyWatches:
+        """Watches of single keys, sharing etcd watches when many start together."""
+        self._check_usable()
+        assert self._key_watches is not None
+        return self._key_watches
+
+    @property
     def keepalives(self) -> KeepAliveHub:
         self._check_usable()
         assert self._keepalives is not None
@@ -93,12 +102,16 @@ class Core:
         close."""
         meter = self.conn.meter
         watches, keepalives = self._watches, self._keepalives
+        live, unconfirmed = (0, 0) if watches is None else watches.counts()
         return ClientStats(
             calls=meter.calls,
             errors=dict(meter.errors),
             failovers=self.conn.failovers,
             watch_reconnects=0 if watches is None else watches.reconnects,
             keepalive_reconnects=0 if keepalives is None else keepalives.reconnects,
+            watches=live,
+            watches_unconfirmed=unconfirmed,
+            waiting=0 if self._key_watches is None else self._key_watches.waiting(),
         )
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -110,6 +123,7 @@ class Core:
             self._loop = asyncio.get_running_loop()
             self.conn.open()
             self._watches = WatchHub(self.conn)
+            self._key_watches = KeyWatches(self._watches)
             self._keepalives = KeepAliveHub(self.conn)
             self._sessions = SessionPool(self.kv, self._keepalives)
             self.state = CoreState.OPEN

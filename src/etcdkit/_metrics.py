@@ -238,6 +238,11 @@ class ClientStats:
     - ``failovers``: times the client left a failed endpoint for the next one.
     - ``watch_reconnects`` / ``keepalive_reconnects``: times the shared Watch stream / lease
       LeaseKeepAlive stream was opened again after it ended (a restart, a cut, a hang).
+    - ``watches``: etcd watches the client holds now (every recipe's, on its one stream);
+      ``watches_unconfirmed``: of those, the ones etcd has not confirmed yet (creates in
+      flight, or no connection at the moment).
+    - ``waiting``: ``wait_for`` calls waiting now for their key to change (many started
+      together share etcd watches, so this can exceed ``watches``).
     """
 
     calls: int = 0
@@ -245,6 +250,9 @@ class ClientStats:
     failovers: int = 0
     watch_reconnects: int = 0
     keepalive_reconnects: int = 0
+    watches: int = 0
+    watches_unconfirmed: int = 0
+    waiting: int = 0
 
 
 class CallMeter:

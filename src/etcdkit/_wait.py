@@ -90,7 +90,7 @@ async def _wait(core: Core, raw: bytes, exists: bool) -> int:
             else:
                 done.set_exception(err)
 
-        sub = core.watches.watch(raw, b"", rev + 1, on_events=on_events, on_end=on_end)
+        sub = core.key_watches.watch(raw, rev + 1, on_events=on_events, on_end=on_end)
         try:
             result = await done
         finally:

@@ -176,6 +176,12 @@ class WatchHub:
 
     # -- public -----------------------------------------------------------------------------------
 
+    def counts(self) -> tuple[int, int]:
+        """``(watches, unconfirmed)``: the watches asked for and not ended, and how many of
+        them etcd has not confirmed yet (creates in flight, or no stream at the moment)."""
+        subs = self._subs
+        return len(subs), sum(1 for s in subs if not s.connected)
+
     def watch(
         self,
         key: bytes,

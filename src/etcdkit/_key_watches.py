@@ -1,0 +1,190 @@
+"""Many watches of single keys carried by few etcd watches (what ``wait_for`` waits on).
+
+One etcd watch per waiting key costs a create message and an answer each (~0.1 ms of our CPU
+through grpc.aio) and a watcher in etcd. When many keys under one parent start waiting in
+the same turn of the event loop (10,000 ``wait_for`` calls started together: their reads come
+back in transactions of 128), they share: the keys are sorted and cut into runs of
+:data:`KEYS_PER_WATCH`, and each run is one etcd watch over ``[first key, last key]``, from the
+oldest start revision among them. Its events are handed to the watchers of their key, each
+from its own start revision on: what each watcher sees is exactly what its own watch would have
+shown. The price: events of other keys inside a run are received and dropped (Kubernetes'
+informers make the same trade at a larger scale). Fewer than :data:`GROUP_MIN` keys under a
+parent keep a watch each, exactly as before.
+
+An error that ends a shared watch ends all its watchers with it (a compaction, too: each then
+reads again, as after its own watch's compaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from etcdkit._errors import EtcdkitError
+from etcdkit._types import WatchEvent
+from etcdkit._watch_hub import WatchHub, WatchSub
+
+__all__ = ["GROUP_MIN", "KEYS_PER_WATCH", "KeyWatch", "KeyWatches"]
+
+GROUP_MIN = 32  # keys under one parent, asked for in one turn, before they share etcd watches
+KEYS_PER_WATCH = 128  # keys per shared etcd watch at most
+
+EventsCallback = Callable[[list[WatchEvent]], None]
+EndCallback = Callable[[EtcdkitError], None]
+
+
+def parent_of(key: bytes) -> bytes:
+    """``b"/a/b/c"`` -> ``b"/a/b/"``; a key without "/" has the parent ``b""``."""
+    return key[: key.rfind(b"/") + 1]
+
+
+class KeyWatch:
+    """One key's watch from ``start`` on. Create with :meth:`KeyWatches.watch`."""
+
+    __slots__ = ("_group", "_owner", "_sub", "ended", "key", "on_end", "on_events", "start")
+
+    def __init__(
+        self,
+        owner: KeyWatches,
+        key: bytes,
+        start: int,
+        on_events: EventsCallback,
+        on_end: EndCallback,
+    ) -> None:
+        self._owner = owner
+        self.key = key
+        self.start = start
+        self.on_events = on_events
+        self.on_end = on_end
+        self.ended = False
+        self._sub: WatchSub | None = None  # its own etcd watch, or
+        self._group: _Group | None = None  # ... the shared one it is carried by
+
+    def cancel(self) -> None:
+        """Stop watching; idempotent, no callback is called afterwards."""
+        if self.ended:
+            return
+        self.ended = True
+        self._owner.live -= 1
+        if self._sub is not None:
+            self._sub.cancel()
+        elif self._group is not None:
+            self._group.leave(self)
+        # still waiting for the flush: it skips ended watches
+
+
+class _Group:
+    """One etcd watch over a run of sorted keys, and the watchers it carries, by key."""
+
+    __slots__ = ("count", "members", "sub")
+
+    def __init__(self, run: list[KeyWatch]) -> None:
+        self.members: dict[bytes, list[KeyWatch]] = {}
+        for w in run:
+            self.members.setdefault(w.key, []).append(w)
+            w._group = self
+        self.count = len(run)
+        self.sub: WatchSub | None = None
+
+    def on_events(self, events: list[WatchEvent]) -> None:
+        members = self.members
+        out: dict[KeyWatch, list[WatchEvent]] = {}
+        for ev in events:
+            ws = members.get(ev.kv.key)
+            if ws is None:
+                continue  # another key inside the run
+            rev = ev.kv.mod_revision
+            for w in ws:
+                if rev >= w.start:
+                    out.setdefault(w, []).append(ev)
+        for w, evs in out.items():
+            if not w.ended:  # (an earlier watcher's callback may have cancelled it)
+                w.on_events(evs)
+
+    def on_end(self, err: EtcdkitError) -> None:
+        members, self.members = self.members, {}
+        self.count = 0
+        for ws in members.values():
+            for w in ws:
+                if not w.ended:
+                    w.ended = True
+                    w._owner.live -= 1
+                    w.on_end(err)
+
+    def leave(self, w: KeyWatch) -> None:
+        ws = self.members.get(w.key)
+        if ws is None or w not in ws:
+            return
+        ws.remove(w)
+        if not ws:
+            del self.members[w.key]
+        self.count -= 1
+        if not self.count and self.sub is not None:
+            self.sub.cancel()
+
+
+class KeyWatches:
+    """Watches of single keys for one client, on its :class:`WatchHub` (see the module
+    docstring)."""
+
+    def __init__(self, hub: WatchHub) -> None:
+        self._hub = hub
+        self._pending: list[KeyWatch] = []
+        self.live = 0  # watches neither cancelled nor ended
+
+    def waiting(self) -> int:
+        """Watches neither cancelled nor ended whose etcd watch has been asked for."""
+        return self.live - sum(1 for w in self._pending if not w.ended)
+
+    def watch(
+        self, key: bytes, start_revision: int, *, on_events: EventsCallback, on_end: EndCallback
+    ) -> KeyWatch:
+        """Watch ``key`` from ``start_revision`` (> 0) until cancelled; the etcd watch is
+        asked for at the next turn of the event loop, with the others asked for meanwhile."""
+        w = KeyWatch(self, key, start_revision, on_events, on_end)
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(w)
+        self.live += 1
+        return w
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        by_parent: dict[bytes, list[KeyWatch]] = {}
+        for w in pending:
+            if not w.ended:
+                by_parent.setdefault(parent_of(w.key), []).append(w)
+        for ws in by_parent.values():
+            if len(ws) < GROUP_MIN:
+                for w in ws:
+                    self._alone(w)
+                continue
+            ws.sort(key=lambda w: w.key)
+            for i in range(0, len(ws), KEYS_PER_WATCH):
+                self._share(ws[i : i + KEYS_PER_WATCH])
+
+    def _alone(self, w: KeyWatch) -> None:
+        def on_end(err: EtcdkitError) -> None:
+            if not w.ended:
+                w.ended = True
+                self.live -= 1
+                w.on_end(err)
+
+        try:
+            w._sub = self._hub.watch(w.key, b"", w.start, on_events=w.on_events, on_end=on_end)
+        except EtcdkitError as exc:  # the client closed meanwhile
+            on_end(exc)
+
+    def _share(self, run: list[KeyWatch]) -> None:
+        group = _Group(run)
+        start = min(w.start for w in run)
+        try:
+            group.sub = self._hub.watch(
+                run[0].key,
+                run[-1].key + b"\0",
+                start,
+                on_events=group.on_events,
+                on_end=group.on_end,
+            )
+        except EtcdkitError as exc:  # the client closed meanwhile
+            group.on_end(exc)

@@ -1,0 +1,320 @@
+"""Many single-key watches carried by few etcd watches (etcdkit._key_watches), as wait_for uses
+them: the delivery rule as a property, then against real etcd with faults, on both faces."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import etcdkit
+from etcdkit import AsyncClient, Client
+from etcdkit._errors import CompactedError, EtcdkitError
+from etcdkit._key_watches import GROUP_MIN, KEYS_PER_WATCH, KeyWatch, KeyWatches, _Group, parent_of
+from etcdkit._types import EventType, KeyValue, WatchEvent
+from etcdkit.server import EtcdServer
+
+WAIT = 20.0
+
+
+def test_parent_of() -> None:
+    assert parent_of(b"/a/b/c") == b"/a/b/"
+    assert parent_of(b"/a/") == b"/a/"
+    assert parent_of(b"abc") == b""
+
+
+# -- the delivery rule, without etcd ---------------------------------------------------------------
+
+
+def _event(key: bytes, rev: int, put: bool) -> WatchEvent:
+    kv = KeyValue(key, b"v" if put else b"", rev, rev, 1, 0)
+    return WatchEvent(EventType.PUT if put else EventType.DELETE, kv, None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    members=st.lists(
+        st.tuples(st.sampled_from([b"k0", b"k1", b"k2", b"k3"]), st.integers(1, 12)),
+        min_size=1,
+        max_size=12,
+    ),
+    batches=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from([b"k0", b"k1", b"k2", b"k3", b"k15", b"x"]), st.booleans()),
+            max_size=5,
+        ),
+        max_size=6,
+    ),
+    cancel=st.sets(st.integers(0, 11)),
+)
+def test_each_watcher_sees_exactly_its_own_watch(
+    members: list[tuple[bytes, int]], batches: list[list[tuple[bytes, bool]]], cancel: set[int]
+) -> None:
+    """What a member of a shared watch is handed is exactly what a watch of its own key from
+    its own start revision would show, batch by batch; cancelled members get nothing more."""
+    owner = KeyWatches.__new__(KeyWatches)
+    owner.live = len(members)
+    seen: list[list[list[WatchEvent]]] = [[] for _ in members]
+    ws = [
+        KeyWatch(owner, key, start, seen[i].append, lambda err: None)
+        for i, (key, start) in enumerate(members)
+    ]
+    group = _Group(sorted(ws, key=lambda w: w.key))
+    rev = 0
+    expected: list[list[list[WatchEvent]]] = [[] for _ in members]
+    for n, batch in enumerate(batches):
+        if n == 1:
+            for i in cancel:
+                if i < len(ws):
+                    ws[i].cancel()
+        events = []
+        for key, put in batch:
+            rev += 1
+            events.append(_event(key, rev, put))
+        group.on_events(events)
+        for i, (key, start) in enumerate(members):
+            if ws[i].ended:
+                continue
+            mine = [ev for ev in events if ev.kv.key == key and ev.kv.mod_revision >= start]
+            if mine:
+                expected[i].append(mine)
+    assert seen == expected
+    assert group.count == sum(not w.ended for w in ws)
+
+
+def test_an_end_reaches_every_member_once() -> None:
+    owner = KeyWatches.__new__(KeyWatches)
+    owner.live = 3
+    ends: list[tuple[bytes, EtcdkitError]] = []
+
+    def on_end_of(key: bytes) -> Callable[[EtcdkitError], None]:
+        return lambda err: ends.append((key, err))
+
+    ws = [KeyWatch(owner, key, 1, lambda evs: None, on_end_of(key)) for key in (b"a", b"a", b"b")]
+    group = _Group(ws)
+    ws[2].cancel()
+    err = CompactedError("compacted")
+    group.on_end(err)
+    group.on_end(err)
+    assert ends == [(b"a", err), (b"a", err)]
+    assert owner.live == 0
+    assert all(w.ended for w in ws)
+
+
+# -- against etcd ----------------------------------------------------------------------------------
+
+
+async def _settled(client: AsyncClient, waiting: int) -> etcdkit.ClientStats:
+    """Until ``waiting`` calls wait on watches etcd confirmed."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            stats = client.stats
+            if stats.waiting == waiting and not stats.watches_unconfirmed:
+                return stats
+            await asyncio.sleep(0.01)
+
+
+async def test_many_waiters_share_watches_and_each_wakes_on_its_own_key(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    n = 3 * KEYS_PER_WATCH + 7
+    keys = [f"{etcd_prefix}s/{i:05d}" for i in range(n)]
+    waiters = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in keys]
+    stats = await _settled(etcd, n)
+    # shared: 4 or 5 etcd watches, not 391 (the first read goes out alone, and so may its watch)
+    assert stats.watches <= -(-n // KEYS_PER_WATCH) + 1
+    # Keys inside the runs that nobody waits for, and deletes, wake nobody.
+    for i in range(0, n, 50):
+        await etcd.put(f"{etcd_prefix}s/{i:05d}x", "other")
+        await etcd.delete(keys[i])
+    await asyncio.sleep(0.2)
+    assert not any(w.done() for w in waiters)
+    # Each wakes on its own put, with that put's revision.
+    order = list(range(n))[::-1]
+    revs = {}
+    for i in order:
+        revs[i] = await etcd.put(keys[i], "up")
+    got = await asyncio.gather(*waiters)
+    assert got == [revs[i] for i in range(n)]
+    assert etcd.stats.waiting == 0
+    assert etcd.stats.watches == 0
+
+
+async def test_absent_waiters_share_too(etcd: AsyncClient, etcd_prefix: str) -> None:
+    n = 2 * GROUP_MIN
+    keys = [f"{etcd_prefix}d/{i}" for i in range(n)]
+    for k in keys:
+        await etcd.put(k, "v")
+    gone = [asyncio.create_task(etcd.wait_for(k, exists=False, timeout=WAIT)) for k in keys]
+    stats = await _settled(etcd, n)
+    assert stats.watches < n
+    for k in keys:
+        await etcd.put(k, "still here")  # a put does not end an absent wait
+    await asyncio.sleep(0.1)
+    assert not any(g.done() for g in gone)
+    for k in keys:
+        await etcd.delete(k)
+    assert all(r > 0 for r in await asyncio.gather(*gone))
+
+
+async def test_a_few_waiters_keep_a_watch_each(etcd: AsyncClient, etcd_prefix: str) -> None:
+    n = GROUP_MIN - 1
+    waiters = [
+        asyncio.create_task(etcd.wait_for(f"{etcd_prefix}f/{i}", timeout=WAIT)) for i in range(n)
+    ]
+    stats = await _settled(etcd, n)
+    assert stats.watches == n
+    for i in range(n):
+        await etcd.put(f"{etcd_prefix}f/{i}", "1")
+    await asyncio.gather(*waiters)
+
+
+async def test_cancelled_and_timed_out_waiters_leave_nothing(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    n = 2 * KEYS_PER_WATCH
+    waiters = [
+        asyncio.create_task(etcd.wait_for(f"{etcd_prefix}c/{i:04d}", timeout=WAIT))
+        for i in range(n)
+    ]
+    before = (await _settled(etcd, n)).watches
+    for w in waiters[::2]:
+        w.cancel()
+    await asyncio.gather(*waiters[::2], return_exceptions=True)
+    assert etcd.stats.waiting == n // 2
+    assert 2 <= etcd.stats.watches <= before
+    for w in waiters[1::2]:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert etcd.stats.waiting == 0
+    assert etcd.stats.watches == 0
+    # Timing out together, too.
+    results = await asyncio.gather(
+        *(etcd.wait_for(f"{etcd_prefix}t/{i}", timeout=0.3) for i in range(GROUP_MIN * 2)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, etcdkit.EtcdTimeoutError) for r in results)
+    assert etcd.stats.waiting == 0
+    assert etcd.stats.watches == 0
+
+
+async def test_a_compacted_start_ends_every_member(etcd: AsyncClient, etcd_prefix: str) -> None:
+    for i in range(3):
+        await etcd.put(f"{etcd_prefix}old", str(i))
+    rev = await etcd.put(f"{etcd_prefix}old", "last")
+    await etcd.compact(rev)
+    ended: list[EtcdkitError] = []
+    events: list[list[WatchEvent]] = []
+    mux = etcd.core.key_watches
+    ws = [
+        mux.watch(f"{etcd_prefix}k/{i}".encode(), 2, on_events=events.append, on_end=ended.append)
+        for i in range(GROUP_MIN)
+    ]
+    async with asyncio.timeout(WAIT):
+        while len(ended) < GROUP_MIN:
+            await asyncio.sleep(0.01)
+    assert all(isinstance(e, CompactedError) for e in ended)
+    assert not events
+    assert all(w.ended for w in ws)
+    assert mux.live == 0
+
+
+async def test_wait_for_in_bulk_reads_again_after_compaction(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    # Waiters whose watch starts at a compacted revision read again and still wake exactly.
+    keys = [f"{etcd_prefix}r/{i:03d}" for i in range(GROUP_MIN * 2)]
+    waiters = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in keys]
+    await _settled(etcd, len(keys))
+    for i in range(20):
+        await etcd.put(f"{etcd_prefix}noise", str(i))
+    await etcd.compact(await etcd.get_revision())
+    revs = [await etcd.put(k, "1") for k in keys]
+    assert await asyncio.gather(*waiters) == revs
+
+
+async def test_bulk_waiters_survive_a_restart(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    server = etcd_server_factory()
+    n = KEYS_PER_WATCH + GROUP_MIN
+    async with AsyncClient(server.endpoint) as client:
+        keys = [f"/w/bulk/{i:04d}" for i in range(n)]
+        waiters = [asyncio.create_task(client.wait_for(k, timeout=WAIT)) for k in keys]
+        await _settled(client, n)
+        server.kill()
+        await asyncio.sleep(0.3)
+        server.restart()
+        revs = []
+        async with asyncio.timeout(WAIT):
+            for k in keys:
+                while True:
+                    try:
+                        revs.append(await client.put(k, "1"))
+                        break
+                    except etcdkit.ConnectionUnavailableError:
+                        await asyncio.sleep(0.1)
+        assert await asyncio.gather(*waiters) == revs
+        assert client.stats.watch_reconnects >= 1
+
+
+async def test_bulk_waiters_through_the_grpc_proxy(etcd_grpc_proxy: object) -> None:
+    endpoint = etcd_grpc_proxy.endpoint  # type: ignore[attr-defined]
+    n = GROUP_MIN * 3
+    async with AsyncClient(endpoint) as client:
+        keys = [f"/w/proxied/{i:03d}" for i in range(n)]
+        waiters = [asyncio.create_task(client.wait_for(k, timeout=WAIT)) for k in keys]
+        await _settled(client, n)
+        revs = [await client.put(k, "1") for k in keys]
+        assert await asyncio.gather(*waiters) == revs
+
+
+def test_threaded_waiters_share_too(etcd_sync: Client, etcd_prefix: str) -> None:
+    n = GROUP_MIN * 2
+    keys = [f"{etcd_prefix}th/{i:03d}" for i in range(n)]
+    got: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def wait(i: int) -> None:
+        try:
+            got[i] = etcd_sync.wait_for(keys[i], timeout=WAIT)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = 200
+    while etcd_sync.stats.waiting < n and deadline:
+        threading.Event().wait(0.05)
+        deadline -= 1
+    revs = [etcd_sync.put(k, "1") for k in keys]
+    for t in threads:
+        t.join(WAIT)
+    assert not errors
+    assert [got[i] for i in range(n)] == revs
+
+
+@pytest.mark.parametrize("exists", [True, False])
+async def test_a_key_waited_for_twice_wakes_both(
+    etcd: AsyncClient, etcd_prefix: str, exists: bool
+) -> None:
+    keys = [f"{etcd_prefix}two/{i:03d}" for i in range(GROUP_MIN)]
+    if not exists:
+        for k in keys:
+            await etcd.put(k, "v")
+    waiters = [
+        asyncio.create_task(etcd.wait_for(k, exists=exists, timeout=WAIT)) for k in keys + keys
+    ]
+    await _settled(etcd, 2 * len(keys))
+    for k in keys:
+        if exists:
+            await etcd.put(k, "1")
+        else:
+            await etcd.delete(k)
+    got = await asyncio.gather(*waiters)
+    assert got[: len(keys)] == got[len(keys) :]
