@@ -1,0 +1,33 @@
+"""kv_of builds KeyValue objects by setting their slots directly (fast); they must be the same
+objects a constructor call makes."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import pytest
+from aetcd import rpc
+
+from etcdkit import KeyValue
+from etcdkit._kv import kv_of
+
+
+def test_kv_of_makes_the_same_frozen_key_value() -> None:
+    pb = rpc.KeyValue(
+        key=b"/k", value=b"v", create_revision=3, mod_revision=7, version=2, lease=0x1F
+    )
+    kv = kv_of(pb)
+    made = KeyValue(b"/k", b"v", 3, 7, 2, 0x1F)
+    assert type(kv) is KeyValue
+    assert kv == made
+    assert hash(kv) == hash(made)
+    assert repr(kv) == repr(made)
+    assert dataclasses.astuple(kv) == (b"/k", b"v", 3, 7, 2, 0x1F)
+    assert pickle.loads(pickle.dumps(kv)) == made
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        kv.value = b"w"  # type: ignore[misc]
+
+
+def test_kv_of_an_empty_message_has_every_field() -> None:
+    assert kv_of(rpc.KeyValue()) == KeyValue(b"", b"", 0, 0, 0, 0)
