@@ -392,6 +392,33 @@ async def test_session_through_the_proxy(
         assert await etcd.time_to_live(lease_id) <= 0  # closing revoked it
 
 
+async def test_leases_through_the_proxy_stay_alive_without_a_blip(
+    etcd_grpc_proxy: GrpcProxy,
+) -> None:
+    """The proxy holds a refresh up to its TTL/3 + 0.5 s (next test), longer than the
+    keepalive's stall budget. A member that answers a read at once shows the refresh is held,
+    not lost: no SUSPENDED, no reconnect. (Before, these leases all blipped SUSPENDED every
+    few seconds: 4 reconnects in 25 s.)"""
+    async with AsyncClient(etcd_grpc_proxy.endpoint) as client:
+        transitions: list[tuple[int, SessionState]] = []
+
+        def recorder(ttl: int) -> Callable[[SessionState], None]:
+            return lambda state: transitions.append((ttl, state))
+
+        sessions = []
+        for ttl in (2, 3, 5, 9, 10, 12):
+            session = client.session(ttl=ttl)
+            await session.open()
+            session.add_listener(recorder(ttl))
+            sessions.append(session)
+            await asyncio.sleep(0.37)  # phases apart
+        await asyncio.sleep(13.0)
+        assert transitions == []
+        assert client.stats.keepalive_reconnects == 0
+        for session in sessions:
+            await session.close()
+
+
 async def test_the_proxy_answers_a_refresh_on_its_own_schedule(
     etcd_grpc_proxy: GrpcProxy, etcd: AsyncClient
 ) -> None:

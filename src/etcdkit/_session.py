@@ -52,8 +52,19 @@ def _noop(*_args: object) -> None:
 
 
 def stall_after(ttl: int) -> float:
-    """Seconds without an answer to a refresh after which the stream counts as broken."""
+    """Seconds without an answer to a refresh after which the member is asked whether it is
+    alive (see :meth:`KeepAliveHub._late`)."""
     return min(max(ttl / 3.0, 1.0), 3.0)
+
+
+def held_for(ttl: int) -> float:
+    """How much longer a refresh may go unanswered, once, while its member answers reads:
+    etcd's gRPC proxy holds a refresh until its own next one (its client's TTL/3, on a 0.5 s
+    tick; tests/test_grpc_proxy.py pins this)."""
+    return ttl / 3.0 + 0.5
+
+
+PROBE_TIMEOUT = 0.5  # seconds a live member takes at most to answer the probe read
 
 
 @dataclass(eq=False)
@@ -78,6 +89,7 @@ class KeepAliveHub:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._unanswered: dict[int, float] = {}  # lease id -> deadline for an answer
+        self._held: set[int] = set()  # ... of those, the ones given more time (once)
         self.connected = False
         self.reconnects = 0
 
@@ -106,6 +118,7 @@ class KeepAliveHub:
     def remove(self, lease_id: int) -> None:
         self._entries.pop(lease_id, None)  # its heap item is skipped lazily
         self._unanswered.pop(lease_id, None)
+        self._held.discard(lease_id)
 
     def expires(self, lease_id: int) -> float | None:
         entry = self._entries.get(lease_id)
@@ -162,6 +175,7 @@ class KeepAliveHub:
                 entry.due = 0.0
             self._heap = [(0.0, lid) for lid in self._entries]
             self._unanswered = {}
+            self._held = set()
             loop = asyncio.get_running_loop()
             while not reader.done():
                 # Leases due within the next half second are refreshed together (early is
@@ -180,10 +194,8 @@ class KeepAliveHub:
                 now = time.monotonic()
                 stalled = min(self._unanswered.values(), default=now + 3600.0)
                 if stalled <= now:
-                    raise ConnectionUnavailableError(
-                        f"lease keepalive stream at {ch.endpoint}: no answer to a refresh "
-                        "in time (connection black-holed or etcd stuck)"
-                    )
+                    await self._late(ch, md, now)
+                    continue
                 next_due = self._heap[0][0] if self._heap else now + 3600.0
                 delay = min(next_due, stalled) - now
                 self._wake.clear()
@@ -201,6 +213,30 @@ class KeepAliveHub:
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
 
+    async def _late(self, ch: Channel, md: list[tuple[str, str]], now: float) -> None:
+        """Refreshes went unanswered for :func:`stall_after`. If the member answers a read at
+        once, they are held, not lost (etcd's gRPC proxy answers on its own schedule): each
+        gets :func:`held_for` more, once. Else, or if one was given more already, the stream
+        counts as broken (a black-holed connection, a hung member): raise, to fail over."""
+        late = [lid for lid, due in self._unanswered.items() if due <= now]
+        if not any(lid in self._held for lid in late):
+            probe = rpc.RangeRequest(key=b"\0", count_only=True, serializable=True)
+            try:
+                await ch.stubs.kv.Range(probe, timeout=PROBE_TIMEOUT, metadata=md)
+            except grpc.aio.AioRpcError:
+                pass
+            else:
+                for lid in late:
+                    entry = self._entries.get(lid)
+                    if lid in self._unanswered and entry is not None:
+                        self._unanswered[lid] += held_for(entry.ttl)
+                        self._held.add(lid)
+                return
+        raise ConnectionUnavailableError(
+            f"lease keepalive stream at {ch.endpoint}: no answer to a refresh in time "
+            "(connection black-holed or etcd stuck)"
+        )
+
     async def _reader(self, call: Any, backoff: Backoff) -> None:
         while True:
             resp = await call.read()
@@ -210,12 +246,15 @@ class KeepAliveHub:
                 self.connected = True
                 backoff.reset()
             self._conn.answered = True
+            held = resp.ID in self._held
+            self._held.discard(resp.ID)
             answer_due = self._unanswered.pop(resp.ID, None)
             entry = self._entries.get(resp.ID)
             if entry is None:
                 continue
-            if answer_due is not None:  # due stall_after(ttl) after the refresh was sent
-                _metrics.keepalive_rtt(time.monotonic() - answer_due + stall_after(entry.ttl))
+            if answer_due is not None:  # due stall_after(ttl) (+ held_for) after it was sent
+                budget = stall_after(entry.ttl) + (held_for(entry.ttl) if held else 0.0)
+                _metrics.keepalive_rtt(time.monotonic() - answer_due + budget)
             if resp.TTL <= 0:
                 del self._entries[resp.ID]
                 entry.on_lost()
