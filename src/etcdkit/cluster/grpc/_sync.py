@@ -147,6 +147,7 @@ class RoutedSyncChannel(grpc.Channel):  # type: ignore[misc]
             self._thread.join()
         for timer in timers:
             timer.cancel()
+            timer.join()  # (a cancelled timer's thread still has to wake and end: no leak)
             timer.function()
         for channel in self._nodes.take_all():
             channel.close()
