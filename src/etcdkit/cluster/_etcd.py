@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
@@ -24,7 +23,6 @@ from etcdkit._prefix_watch import PrefixWatch, WatchState
 from etcdkit._snapshot import Snapshot
 from etcdkit.cluster._member import (
     Member,
-    check_id,
     check_root,
     check_timeout,
     decode_member,
@@ -32,7 +30,7 @@ from etcdkit.cluster._member import (
     member_key,
     member_prefix,
 )
-from etcdkit.cluster._views import MemberWatch, ViewHub
+from etcdkit.cluster._views import MemberIntent, MemberWatch, Owners, ViewHub, new_member_id
 
 __all__ = ["DEFAULT_OPEN_TIMEOUT", "EtcdBackedCluster", "EtcdMembership"]
 
@@ -91,7 +89,7 @@ class EtcdBackedCluster:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._closed = False
-        self._owners: dict[str, EtcdMembership] = {}  # registered memberships by id
+        self._owners: Owners[EtcdMembership] = Owners(" of this cluster")  # the registered ones
         self._leases: set[PersistentLease] = set()  # every lease not closed yet
         self._tasks: set[asyncio.Task[None]] = set()  # lease starts and closes in flight
 
@@ -153,9 +151,7 @@ class EtcdBackedCluster:
     def membership(self, data: str = "", *, id: str | None = None) -> EtcdMembership:
         """A new, unregistered membership publishing *data*; its id is a UUID4 unless given."""
         self._check_open()
-        member_id = str(uuid.uuid4()) if id is None else check_id(id)
-        encode_member(Member(member_id, data))  # refuse data that cannot travel, here and now
-        return EtcdMembership(self, member_id, data)
+        return EtcdMembership(self, new_member_id(data, id), data)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -199,9 +195,8 @@ class EtcdBackedCluster:
         self._ready.set()
         self._core.disown(self)
         self._hub.close()
-        for membership in list(self._owners.values()):
+        for membership in self._owners.take_all():
             membership._drop()
-        self._owners.clear()
         for lease in list(self._leases):
             self._close_lease(lease)
         while self._tasks:
@@ -305,71 +300,62 @@ class EtcdMembership:
 
     def __init__(self, cluster: EtcdBackedCluster, id: str, data: str) -> None:
         self._cluster = cluster
-        self._id = id
-        self._data = data
-        self._wanted = False  # register() called, deregister() not since
+        self._want = MemberIntent(id, data)
         self._lease: PersistentLease | None = None
         self._release: asyncio.Task[None] | None = None  # removal of our previous key
         self._starting: asyncio.Task[None] | None = None  # start once that removal is done
         self._key = member_key(cluster.root, id)
 
     def __repr__(self) -> str:
-        lease = self._lease
+        lease, want = self._lease, self._want
         state = lease.state.name.lower() if lease is not None else "unregistered"
-        if lease is None and self._wanted:
+        if lease is None and want.registered:
             state = "starting"
-        return f"<EtcdMembership id={self._id!r} {state} data={self._data!r}>"
+        return f"<EtcdMembership id={want.id!r} {state} data={want.data!r}>"
 
     @property
     def id(self) -> str:
-        return self._id
+        return self._want.id
 
     @property
     def data(self) -> str:
-        return self._data
+        return self._want.data
 
     @property
     def registered(self) -> bool:
         """Whether the owner asked to be registered (True from register() to deregister())."""
-        return self._wanted
+        return self._want.registered
 
     @property
     def member(self) -> Member:
-        return Member(self._id, self._data)
+        return self._want.member
 
     async def register(self, timeout: float | None = None) -> int:
         """Join the cluster; return the revision of a view of this process that contains it."""
         check_timeout(timeout)
-        cluster = self._cluster
+        cluster, want = self._cluster, self._want
         cluster._check_open()
-        if not self._wanted:
-            owner = cluster._owners.get(self._id)
-            if owner is not None and owner is not self:
-                raise ValueError(
-                    f"member id {self._id!r} is already registered by another membership of "
-                    f"this cluster; deregister that one or pick another id"
-                )
-            cluster._owners[self._id] = self
-            self._wanted = True
+        if not want.registered:
+            cluster._owners.claim(want.id, self)
+            want.registered = True
             if self._release is None or self._release.done():
                 self._start()
             elif self._starting is None:
-                self._starting = cluster._spawn(self._start_later(), f"start {self._id}")
+                self._starting = cluster._spawn(self._start_later(), f"start {want.id}")
 
         async def run() -> int:
             lease = await self._current_lease()
             if lease is None:
-                raise ClosedError(f"member {self._id!r} was deregistered while registering")
+                raise ClosedError(f"member {want.id!r} was deregistered while registering")
             await lease.registered()
-            return await cluster._wait(self._present)
+            return await cluster._wait(want.present)
 
-        return await cluster._bounded(run(), timeout, f"member {self._id!r} not in the view")
+        return await cluster._bounded(run(), timeout, f"member {want.id!r} not in the view")
 
     def set_data(self, data: str) -> None:
         """Set the data to publish (at once if registered); latest wins, never blocks."""
         self._cluster._check_open()
-        value = encode_member(Member(self._id, data))
-        self._data = data
+        value = self._want.set_data(data)
         if self._lease is not None:
             self._lease.set_value(value)
 
@@ -386,9 +372,9 @@ class EtcdMembership:
                 await lease.synced()
             elif self._release is not None:
                 await asyncio.shield(self._release)
-            return await cluster._wait(self._in_sync)
+            return await cluster._wait(self._want.in_sync)
 
-        return await cluster._bounded(run(), timeout, f"member {self._id!r} not up to date")
+        return await cluster._bounded(run(), timeout, f"member {self.id!r} not up to date")
 
     async def deregister(self, timeout: float | None = None) -> int:
         """Leave the cluster; return the revision once the member is gone from the view."""
@@ -400,15 +386,15 @@ class EtcdMembership:
         async def run() -> int:
             if self._release is not None:
                 await asyncio.shield(self._release)
-            return await cluster._wait(self._absent)
+            return await cluster._wait(self._want.absent)
 
-        return await cluster._bounded(run(), timeout, f"member {self._id!r} still in the view")
+        return await cluster._bounded(run(), timeout, f"member {self.id!r} still in the view")
 
     # -- internals --------------------------------------------------------------------------------
 
     def _start(self) -> None:
         cluster = self._cluster
-        if self._wanted and self._lease is None and not cluster.closed:
+        if self._want.registered and self._lease is None and not cluster.closed:
             # Created in the running loop, the lease starts at once.
             value = encode_member(self.member)
             lease = PersistentLease(cluster.core, self._key, value, cluster.ttl)
@@ -433,20 +419,8 @@ class EtcdMembership:
     def _drop(self) -> None:
         """Stop keeping the key: its removal runs in a task of the cluster."""
         cluster = self._cluster
-        self._wanted = False
-        if cluster._owners.get(self._id) is self:
-            del cluster._owners[self._id]
+        self._want.registered = False
+        cluster._owners.release(self.id, self)
         lease, self._lease = self._lease, None
         if lease is not None:
             self._release = cluster._close_lease(lease)
-
-    def _present(self, view: View) -> bool:
-        return any(m.id == self._id for m in view)
-
-    def _absent(self, view: View) -> bool:
-        return not self._present(view)
-
-    def _in_sync(self, view: View) -> bool:
-        if self._wanted:
-            return self.member in view
-        return self._absent(view)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -19,7 +18,6 @@ from types import TracebackType
 from etcdkit._errors import ClosedError, EtcdTimeoutError
 from etcdkit.cluster._member import (
     Member,
-    check_id,
     check_root,
     check_timeout,
     decode_member,
@@ -27,7 +25,7 @@ from etcdkit.cluster._member import (
     member_key,
     member_prefix,
 )
-from etcdkit.cluster._views import MemberWatch, ViewHub
+from etcdkit.cluster._views import MemberIntent, MemberWatch, Owners, ViewHub, new_member_id
 
 __all__ = ["MemoryCluster", "MemoryMembership", "MemoryStore"]
 
@@ -51,7 +49,7 @@ class MemoryStore:
         self._members: dict[bytes, Member] = {}
         self._view: tuple[Member, ...] = ()
         self._revision = 1
-        self._owners: dict[str, MemoryMembership] = {}
+        self._owners: Owners[MemoryMembership] = Owners()  # ids are unique store-wide
         self._clusters: weakref.WeakSet[MemoryCluster] = weakref.WeakSet()
 
     def __repr__(self) -> str:
@@ -179,9 +177,7 @@ class MemoryCluster:
     def membership(self, data: str = "", *, id: str | None = None) -> MemoryMembership:
         """A new, unregistered membership publishing *data*; its id is a UUID4 unless given."""
         self._check_open()
-        member_id = str(uuid.uuid4()) if id is None else check_id(id)
-        encode_member(Member(member_id, data))  # refuse data that cannot travel, here and now
-        return MemoryMembership(self, member_id, data)
+        return MemoryMembership(self, new_member_id(data, id), data)
 
     # -- faults, for tests ------------------------------------------------------------------------
 
@@ -210,9 +206,8 @@ class MemoryCluster:
         store._clusters.discard(self)
         tracked, self._tracked = list(self._tracked.values()), {}
         for membership in tracked:
-            membership._registered = False
-            if store._owners.get(membership.id) is membership:
-                del store._owners[membership.id]
+            membership._want.registered = False
+            store._owners.release(membership.id, membership)
         store._delete(m._key for m in tracked)
         self._hub.close()
 
@@ -242,10 +237,9 @@ class MemoryCluster:
         if not self._connected or self._closed:
             return
         store = self._store
-        if membership._registered:
+        if membership.registered:
             store._put(membership._key, encode_member(membership.member))
-        elif store._owners.get(membership.id) is membership:
-            del store._owners[membership.id]
+        elif store._owners.release(membership.id, membership):
             del self._tracked[membership.id]
             store._delete([membership._key])
 
@@ -270,30 +264,28 @@ class MemoryMembership:
 
     def __init__(self, cluster: MemoryCluster, id: str, data: str) -> None:
         self._cluster = cluster
-        self._id = id
-        self._data = data
-        self._registered = False
+        self._want = MemberIntent(id, data)
         self._key = member_key(cluster.store.root, id)
 
     def __repr__(self) -> str:
-        state = "registered" if self._registered else "unregistered"
-        return f"<MemoryMembership id={self._id!r} {state} data={self._data!r}>"
+        state = "registered" if self.registered else "unregistered"
+        return f"<MemoryMembership id={self.id!r} {state} data={self.data!r}>"
 
     @property
     def id(self) -> str:
-        return self._id
+        return self._want.id
 
     @property
     def data(self) -> str:
-        return self._data
+        return self._want.data
 
     @property
     def registered(self) -> bool:
-        return self._registered
+        return self._want.registered
 
     @property
     def member(self) -> Member:
-        return Member(self._id, self._data)
+        return self._want.member
 
     async def register(self, timeout: float | None = None) -> int:
         """Join the cluster; return the revision once the view contains this member.
@@ -301,54 +293,36 @@ class MemoryMembership:
         Raises ValueError if another live membership registered the same id.
         """
         check_timeout(timeout)
-        cluster = self._cluster
+        cluster, want = self._cluster, self._want
         cluster._check_open()
-        if not self._registered:
-            owner = cluster.store._owners.get(self._id)
-            if owner is not None and owner is not self:
-                raise ValueError(
-                    f"member id {self._id!r} is already registered by another membership; "
-                    f"deregister that one or pick another id"
-                )
-            cluster.store._owners[self._id] = self
-            cluster._tracked[self._id] = self
-            self._registered = True
+        if not want.registered:
+            cluster.store._owners.claim(want.id, self)
+            cluster._tracked[want.id] = self
+            want.registered = True
             cluster._apply(self)
-        return await cluster._wait(self._present, timeout, f"member {self._id!r}")
+        return await cluster._wait(want.present, timeout, f"member {want.id!r}")
 
     def set_data(self, data: str) -> None:
         """Set the data to publish (at once if registered); latest wins, never blocks."""
         self._cluster._check_open()
-        encode_member(Member(self._id, data))
-        self._data = data
-        if self._registered:
+        self._want.set_data(data)
+        if self.registered:
             self._cluster._apply(self)
 
     async def synced(self, timeout: float | None = None) -> int:
         """Return the revision once the view shows this membership as it is now."""
         check_timeout(timeout)
-        return await self._cluster._wait(self._in_sync, timeout, f"member {self._id!r} update")
+        return await self._cluster._wait(self._want.in_sync, timeout, f"member {self.id!r} update")
 
     async def deregister(self, timeout: float | None = None) -> int:
         """Leave the cluster; return the revision once the member is gone from the view."""
         check_timeout(timeout)
-        cluster = self._cluster
+        cluster, want = self._cluster, self._want
         cluster._check_open()
-        if self._registered:
-            self._registered = False
+        if want.registered:
+            want.registered = False
             cluster._apply(self)
-        return await cluster._wait(self._absent, timeout, f"removal of member {self._id!r}")
-
-    def _present(self, view: tuple[Member, ...]) -> bool:
-        return any(m.id == self._id for m in view)
-
-    def _absent(self, view: tuple[Member, ...]) -> bool:
-        return not self._present(view)
-
-    def _in_sync(self, view: tuple[Member, ...]) -> bool:
-        if self._registered:
-            return self.member in view
-        return self._absent(view)
+        return await cluster._wait(want.absent, timeout, f"removal of member {want.id!r}")
 
 
 def _to_bytes(value: str | bytes, what: str) -> bytes:

@@ -1,22 +1,107 @@
-"""The newest membership view, and watches on it where the latest view wins.
+"""The newest membership view, watches on it where the latest view wins, and the bookkeeping
+every cluster implementation shares about its memberships.
 
 A cluster implementation feeds :class:`ViewHub` with each new view; every :class:`MemberWatch`
 then hands its reader the newest view it has not seen. Publishing never waits for readers and
 queues nothing: a slow reader skips the views it missed, and blocks nobody.
+
+What a membership asks of the view (:class:`MemberIntent`), who holds each member id
+(:class:`Owners`) and how a new membership's id is chosen (:func:`new_member_id`) do not depend
+on where the members are kept; the etcd-backed and in-memory clusters both use them, and keep
+to themselves only how a member gets into the view and out of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from types import TracebackType
+from typing import Generic, TypeVar
 
 from etcdkit._errors import ClosedError
-from etcdkit.cluster._member import Member
+from etcdkit.cluster._member import Member, check_id, encode_member
 
-__all__ = ["MemberWatch", "ViewHub"]
+__all__ = ["MemberIntent", "MemberWatch", "Owners", "ViewHub", "new_member_id"]
 
 View = tuple[Member, ...]
+M = TypeVar("M")
+
+
+def new_member_id(data: str, id: str | None) -> str:
+    """The id of a new membership: *id* if it can name a member, else a fresh UUID4. Refuses
+    (TypeError/ValueError) an id or *data* that could not travel, at once rather than later."""
+    member_id = str(uuid.uuid4()) if id is None else check_id(id)
+    encode_member(Member(member_id, data))
+    return member_id
+
+
+class MemberIntent:
+    """What one membership asks the view to show: its member while ``registered``, nothing
+    otherwise; and the tests of a view against that, for the waits of ``register()``,
+    ``synced()`` and ``deregister()``."""
+
+    __slots__ = ("data", "id", "registered")
+
+    def __init__(self, id: str, data: str) -> None:
+        self.id = id
+        self.data = data
+        self.registered = False  # register() called, deregister() not since
+
+    @property
+    def member(self) -> Member:
+        return Member(self.id, self.data)
+
+    def set_data(self, data: str) -> bytes:
+        """Take *data* and return the member's record with it; refuses data that cannot
+        travel (TypeError/ValueError) and then keeps the old data."""
+        value = encode_member(Member(self.id, data))
+        self.data = data
+        return value
+
+    def present(self, view: View) -> bool:
+        return any(m.id == self.id for m in view)
+
+    def absent(self, view: View) -> bool:
+        return not self.present(view)
+
+    def in_sync(self, view: View) -> bool:
+        """Present with the current data while registered, absent otherwise."""
+        if self.registered:
+            return self.member in view
+        return self.absent(view)
+
+
+class Owners(Generic[M]):
+    """Which membership holds each member id, so that an id is registered by one membership
+    at a time within a *scope* (a cluster, or every cluster of a store)."""
+
+    def __init__(self, scope: str = "") -> None:
+        self._scope = scope  # how the ValueError names where the id is taken, e.g. " of ..."
+        self._held: dict[str, M] = {}
+
+    def claim(self, id: str, membership: M) -> None:
+        """Record *membership* as the holder of *id*; ValueError if another one holds it."""
+        holder = self._held.get(id)
+        if holder is not None and holder is not membership:
+            raise ValueError(
+                f"member id {id!r} is already registered by another membership{self._scope}; "
+                f"deregister that one or pick another id"
+            )
+        self._held[id] = membership
+
+    def release(self, id: str, membership: M) -> bool:
+        """Forget *membership* as the holder of *id*; whether it was the holder."""
+        if self._held.get(id) is membership:
+            del self._held[id]
+            return True
+        return False
+
+    def take_all(self) -> list[M]:
+        """Forget every holder; the memberships that held an id."""
+        held = list(self._held.values())
+        self._held.clear()
+        return held
 
 
 class ViewHub:
