@@ -6,37 +6,99 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
 
 from etcdkit.cluster._api import Cluster
-from etcdkit.cluster._descriptor import NodeDescriptor
-from etcdkit.cluster._registry import Registry, RegistryView
-from etcdkit.cluster.grpc._calls import RoutedUnaryStreamCall, RoutedUnaryUnaryCall
+from etcdkit.cluster._registry import Registry
+from etcdkit.cluster.grpc._calls import RoutedCall, RoutedUnaryStreamCall, RoutedUnaryUnaryCall
+from etcdkit.cluster.grpc._channel import ChannelMethods, MultiCallable, Router
 from etcdkit.cluster.grpc._routing import (
     DEFAULT_ATTEMPTS,
     DEFAULT_GRACE,
     DEFAULT_OPTIONS,
     Attempts,
     KeyFunction,
-    Nodes,
     Targets,
-    check_args,
-    route_of,
 )
 
 __all__ = ["RoutedChannel"]
 
 log = logging.getLogger("etcdkit.cluster.grpc")
 
+_AioMultiCallable = MultiCallable[grpc.aio.Channel]
+R = TypeVar("R", bound=RoutedCall)
+
 
 def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
 
 
-class RoutedChannel(grpc.aio.Channel):  # type: ignore[misc]
+class _AioUnary(_AioMultiCallable, Generic[R]):
+    """Calls with one request: a routed call, which moves to the next node on UNAVAILABLE."""
+
+    _routed: Callable[[Targets, Attempts, Any, dict[str, Any]], R]
+
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> R:
+        attempts = self.router.attempts(request, timeout)
+        options = {
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        return self._routed(self.targets, attempts, request, options)
+
+
+class _AioUnaryUnary(_AioUnary[RoutedUnaryUnaryCall], grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    _routed = RoutedUnaryUnaryCall
+
+
+class _AioUnaryStream(_AioUnary[RoutedUnaryStreamCall], grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+    _routed = RoutedUnaryStreamCall
+
+
+class _AioStreamAny(_AioMultiCallable):
+    """Client- and bidi-streaming calls: to the owner (or a weighted random node), no retry."""
+
+    def __call__(
+        self,
+        request_iterator: Any = None,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        _, channel, left = self.router.first(None, timeout)
+        return self.target(channel)(
+            request_iterator,
+            timeout=left,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+
+
+grpc.aio.StreamUnaryMultiCallable.register(_AioStreamAny)
+grpc.aio.StreamStreamMultiCallable.register(_AioStreamAny)
+
+_AioMethods = ChannelMethods[grpc.aio.Channel, _AioUnaryUnary, _AioUnaryStream, _AioStreamAny]
+
+
+class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
     """A ``grpc.aio`` channel over the nodes of a cluster; see the module docstring.
 
     ``RoutedChannel(cluster, key=None, attempts=3, channel_factory=None, grace=5.0)``:
@@ -56,6 +118,10 @@ class RoutedChannel(grpc.aio.Channel):  # type: ignore[misc]
     on; ``owner(key)`` the node a key goes to.
     """
 
+    _unary_unary_type = _AioUnaryUnary
+    _unary_stream_type = _AioUnaryStream
+    _stream_type = _AioStreamAny
+
     def __init__(
         self,
         cluster: Cluster,
@@ -65,82 +131,32 @@ class RoutedChannel(grpc.aio.Channel):  # type: ignore[misc]
         channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
         grace: float = DEFAULT_GRACE,
     ) -> None:
-        check_args(key, attempts, grace)
+        self._router: Router[grpc.aio.Channel] = Router(
+            "RoutedChannel",
+            key=key,
+            attempts=attempts,
+            grace=grace,
+            factory=channel_factory or _insecure_aio,
+            error=_rpc_error,
+            closed_error=grpc.aio.UsageError,
+        )
         self._registry = Registry(cluster)
-        self._key = key
-        self._factory = channel_factory or _insecure_aio
-        self._grace = grace
-        self._nodes: Nodes[grpc.aio.Channel] = Nodes(self._open_node)
         self._leaving: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # closing after grace
-        self._closed = False
-        self._max_attempts = attempts
         self._changed = asyncio.Event()  # replaced (after being set) on every view change
-        self._nodes.update(self._registry.view)
+        self._router.nodes.update(self._registry.view)
         self._task = asyncio.get_running_loop().create_task(
             self._follow(), name="etcdkit-routed-channel"
         )
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<RoutedChannel {state} {self._nodes.describe()}>"
-
-    @property
-    def view(self) -> RegistryView:
-        """The registry view calls are routed on now."""
-        return self._nodes.view
-
-    def owner(self, key: str | bytes) -> NodeDescriptor | None:
-        """The node a call with routing key *key* goes to first (None: no node has weight)."""
-        return self._nodes.view.owner(key)
-
-    # -- grpc.aio.Channel ----------------------------------------------------------------------
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool | None = False,
-    ) -> _AioUnaryUnary:
-        return _AioUnaryUnary(self, method, request_serializer, response_deserializer)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool | None = False,
-    ) -> _AioUnaryStream:
-        return _AioUnaryStream(self, method, request_serializer, response_deserializer)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool | None = False,
-    ) -> _AioStreamAny:
-        return _AioStreamAny(
-            self, "stream_unary", method, request_serializer, response_deserializer
-        )
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool | None = False,
-    ) -> _AioStreamAny:
-        return _AioStreamAny(
-            self, "stream_stream", method, request_serializer, response_deserializer
-        )
+    # -- grpc.aio.Channel (and the methods of ChannelMethods) -----------------------------------
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """The best state of the node channels (READY if one is ready); SHUTDOWN once closed,
         TRANSIENT_FAILURE while there is no node."""
-        if self._closed:
+        if self._router.closed:
             return grpc.ChannelConnectivity.SHUTDOWN
-        states = {ch.get_state(try_to_connect) for _, ch in self._nodes.channels.values()}
+        channels = self._router.nodes.channels.values()
+        states = {ch.get_state(try_to_connect) for _, ch in channels}
         for state in _STATE_ORDER:
             if state in states:
                 return state
@@ -149,7 +165,7 @@ class RoutedChannel(grpc.aio.Channel):  # type: ignore[misc]
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         """Return once :meth:`get_state` differs from *last_observed_state*."""
         while self.get_state() == last_observed_state:
-            channels = [ch for _, ch in self._nodes.channels.values()]
+            channels = [ch for _, ch in self._router.nodes.channels.values()]
             waits = [
                 asyncio.ensure_future(ch.wait_for_state_change(ch.get_state())) for ch in channels
             ]
@@ -165,20 +181,19 @@ class RoutedChannel(grpc.aio.Channel):  # type: ignore[misc]
         """Wait until a node channel is READY (use with a timeout)."""
         while (state := self.get_state(try_to_connect=True)) != grpc.ChannelConnectivity.READY:
             if state is grpc.ChannelConnectivity.SHUTDOWN:
-                raise grpc.aio.UsageError("the RoutedChannel is closed")
+                raise self._router.closed_error()
             await self.wait_for_state_change(state)
 
     async def close(self, grace: float | None = None) -> None:
         """Stop following the cluster and close every node channel (calls in flight get
         *grace* seconds, then end with CANCELLED). Idempotent."""
-        if self._closed:
+        if not self._router.mark_closed():
             return
-        self._closed = True
         self._view_changed()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        channels = [*self._nodes.take_all(), *self._leaving.values()]
+        channels = [*self._router.nodes.take_all(), *self._leaving.values()]
         await asyncio.gather(*(ch.close(grace) for ch in channels), *list(self._leaving))
 
     async def __aenter__(self) -> RoutedChannel:
@@ -189,15 +204,12 @@ class RoutedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _open_node(self, node: NodeDescriptor) -> grpc.aio.Channel:
-        return self._factory(node.address)
-
     async def _follow(self) -> None:
         try:
             async for view in self._registry.watch():
-                for channel in self._nodes.update(view):
+                for channel in self._router.nodes.update(view):
                     task = asyncio.get_running_loop().create_task(
-                        channel.close(self._grace), name="etcdkit-routed-channel-close"
+                        channel.close(self._router.grace), name="etcdkit-routed-channel-close"
                     )
                     self._leaving[task] = channel
                     task.add_done_callback(self._leaving.pop)
@@ -208,13 +220,6 @@ class RoutedChannel(grpc.aio.Channel):  # type: ignore[misc]
     def _view_changed(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
-
-    def _attempts_for(self, request: Any, timeout: float | None, attempts: int) -> Attempts:
-        return Attempts(self._nodes, route_of(self._key, request), timeout, attempts, _rpc_error)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise grpc.aio.UsageError("the RoutedChannel is closed")
 
 
 _STATE_ORDER = (
@@ -228,101 +233,3 @@ _STATE_ORDER = (
 
 def _insecure_aio(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=list(DEFAULT_OPTIONS))
-
-
-class _AioMultiCallable:
-    def __init__(
-        self,
-        channel: RoutedChannel,
-        method: str,
-        serializer: Callable[[Any], bytes] | None,
-        deserializer: Callable[[bytes], Any] | None,
-    ) -> None:
-        self._channel = channel
-        self._targets = Targets(method, serializer, deserializer)
-
-
-class _AioUnaryUnary(_AioMultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> RoutedUnaryUnaryCall:
-        ch = self._channel
-        ch._check_open()
-        attempts = ch._attempts_for(request, timeout, ch._max_attempts)
-        options = {
-            "metadata": metadata,
-            "credentials": credentials,
-            "wait_for_ready": wait_for_ready,
-            "compression": compression,
-        }
-        return RoutedUnaryUnaryCall(self._targets, attempts, request, options)
-
-
-class _AioUnaryStream(_AioMultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> RoutedUnaryStreamCall:
-        ch = self._channel
-        ch._check_open()
-        attempts = ch._attempts_for(request, timeout, ch._max_attempts)
-        options = {
-            "metadata": metadata,
-            "credentials": credentials,
-            "wait_for_ready": wait_for_ready,
-            "compression": compression,
-        }
-        return RoutedUnaryStreamCall(self._targets, attempts, request, options)
-
-
-class _AioStreamAny(_AioMultiCallable):
-    """Client- and bidi-streaming calls: to the owner (or a weighted random node), no retry."""
-
-    def __init__(
-        self,
-        channel: RoutedChannel,
-        kind: str,
-        method: str,
-        serializer: Callable[[Any], bytes] | None,
-        deserializer: Callable[[bytes], Any] | None,
-    ) -> None:
-        super().__init__(channel, method, serializer, deserializer)
-        self._kind = kind
-
-    def __call__(
-        self,
-        request_iterator: Any = None,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        ch = self._channel
-        ch._check_open()
-        _, channel, left = ch._attempts_for(None, timeout, 1).next()
-        return self._targets.get(self._kind, channel)(
-            request_iterator,
-            timeout=left,
-            metadata=metadata,
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
-
-
-grpc.aio.StreamUnaryMultiCallable.register(_AioStreamAny)
-grpc.aio.StreamStreamMultiCallable.register(_AioStreamAny)

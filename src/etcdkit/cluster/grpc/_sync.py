@@ -10,19 +10,14 @@ from typing import Any
 
 import grpc
 
-from etcdkit.cluster._descriptor import NodeDescriptor
 from etcdkit.cluster._member import Member
 from etcdkit.cluster._registry import RegistryView
+from etcdkit.cluster.grpc._channel import ChannelMethods, MultiCallable, Router
 from etcdkit.cluster.grpc._routing import (
     DEFAULT_ATTEMPTS,
     DEFAULT_GRACE,
     DEFAULT_OPTIONS,
-    Attempts,
     KeyFunction,
-    Nodes,
-    Targets,
-    check_args,
-    route_of,
 )
 
 __all__ = ["RoutedSyncChannel", "RoutingError"]
@@ -30,221 +25,13 @@ __all__ = ["RoutedSyncChannel", "RoutingError"]
 log = logging.getLogger("etcdkit.cluster.grpc")
 
 
-class RoutedSyncChannel(grpc.Channel):  # type: ignore[misc]
-    """The blocking twin of :class:`RoutedChannel` (a ``grpc.Channel``) over a
-    :class:`etcdkit.cluster.SyncCluster` (``etcdkit.Client.cluster()``).
-
-    Same arguments and routing. It follows the cluster in a thread of its own
-    (``etcdkit-routed-channel``) until :meth:`close` (or ``with``), which joins it. Unary
-    calls (``stub.Method(req)``, ``.with_call``) retry on the next node on UNAVAILABLE;
-    ``.future()``, streaming calls go to the first node picked, without retry.
-    ``subscribe()`` reports READY while the view has a node with weight, else
-    TRANSIENT_FAILURE (not the nodes' connection states).
-    """
-
-    def __init__(
-        self,
-        cluster: Any,
-        *,
-        key: KeyFunction | None = None,
-        attempts: int = DEFAULT_ATTEMPTS,
-        channel_factory: Callable[[str], grpc.Channel] | None = None,
-        grace: float = DEFAULT_GRACE,
-    ) -> None:
-        check_args(key, attempts, grace)
-        self._cluster = cluster
-        self._key = key
-        self._max_attempts = attempts
-        self._factory = channel_factory or _insecure_sync
-        self._grace = grace
-        self._nodes: Nodes[grpc.Channel] = Nodes(self._open_node)
-        self._lock = threading.Lock()
-        self._timers: set[threading.Timer] = set()
-        self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
-        self._warned: set[Member] = set()
-        self._closed = False
-        self._reported: grpc.ChannelConnectivity | None = None  # told to subscribers last
-        self._update(cluster.members, cluster.revision)
-        self._watch = cluster.watch_members()
-        self._thread = threading.Thread(
-            target=self._follow, name="etcdkit-routed-channel", daemon=True
-        )
-        self._thread.start()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<RoutedSyncChannel {state} {self._nodes.describe()}>"
-
-    @property
-    def view(self) -> RegistryView:
-        return self._nodes.view
-
-    def owner(self, key: str | bytes) -> NodeDescriptor | None:
-        return self._nodes.view.owner(key)
-
-    # -- grpc.Channel ------------------------------------------------------------------------------
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool | None = False,
-    ) -> _SyncUnaryUnary:
-        return _SyncUnaryUnary(
-            self, "unary_unary", method, request_serializer, response_deserializer
-        )
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool | None = False,
-    ) -> _SyncAny:
-        return _SyncAny(self, "unary_stream", method, request_serializer, response_deserializer)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool | None = False,
-    ) -> _SyncAny:
-        return _SyncAny(self, "stream_unary", method, request_serializer, response_deserializer)
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Any], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Any] | None = None,
-        _registered_method: bool | None = False,
-    ) -> _SyncAny:
-        return _SyncAny(self, "stream_stream", method, request_serializer, response_deserializer)
-
-    def subscribe(
-        self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
-    ) -> None:
-        with self._lock:
-            self._subscribers.append(callback)
-        callback(self._connectivity())
-
-    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._subscribers.remove(callback)
-
-    def close(self) -> None:
-        """Stop following the cluster (joins the thread) and close every node channel at once.
-        Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            timers, self._timers = list(self._timers), set()
-        with contextlib.suppress(Exception):
-            self._watch.close()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-        for timer in timers:
-            timer.cancel()
-            timer.join()  # (a cancelled timer's thread still has to wake and end: no leak)
-            timer.function()
-        for channel in self._nodes.take_all():
-            channel.close()
-
-    def __enter__(self) -> RoutedSyncChannel:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close()
-
-    # -- internals -------------------------------------------------------------------------------
-
-    def _open_node(self, node: NodeDescriptor) -> grpc.Channel:
-        return self._factory(node.address)
-
-    def _follow(self) -> None:
-        try:
-            for members in self._watch:
-                self._update(members, self._watch.revision)
-        except Exception as exc:
-            if not self._closed:
-                log.error("routed channel: the cluster view ended (%s); keeping the last", exc)
-
-    def _update(self, members: tuple[Member, ...], revision: int) -> None:
-        view = RegistryView.from_members(members, revision, previous=self._nodes.view)
-        for member in view.invalid:
-            if member not in self._warned:
-                log.warning(
-                    "cluster member %r left out of the registry: its data %r is no node descriptor",
-                    member.id,
-                    member.data[:200],
-                )
-        self._warned = set(view.invalid)
-        with self._lock:
-            if self._closed:
-                return
-            for channel in self._nodes.update(view):
-                timer = threading.Timer(self._grace, channel.close)
-                timer.name = "etcdkit-routed-channel-close"
-                timer.daemon = True
-                self._timers.add(timer)
-                timer.start()
-            self._timers = {t for t in self._timers if t.is_alive()}
-            state = self._connectivity()
-            if state is self._reported:
-                return
-            self._reported = state
-            subscribers = list(self._subscribers)
-        for callback in subscribers:
-            try:
-                callback(state)
-            except Exception:
-                log.exception("routed channel: connectivity callback failed")
-
-    def _connectivity(self) -> grpc.ChannelConnectivity:
-        if self._closed:
-            return grpc.ChannelConnectivity.SHUTDOWN
-        if any(n.weight for n in self._nodes.view.nodes.values()):
-            return grpc.ChannelConnectivity.READY
-        return grpc.ChannelConnectivity.TRANSIENT_FAILURE
-
-    def _attempts_for(self, request: Any, timeout: float | None, attempts: int) -> Attempts:
-        return Attempts(self._nodes, route_of(self._key, request), timeout, attempts, RoutingError)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError("the RoutedSyncChannel is closed")
-
-
-def _insecure_sync(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=list(DEFAULT_OPTIONS))
-
-
-class _SyncAny:
+class _SyncAny(MultiCallable[grpc.Channel]):
     """A blocking multicallable: the first attempt's node; no retry (streams, futures)."""
 
-    def __init__(
-        self,
-        channel: RoutedSyncChannel,
-        kind: str,
-        method: str,
-        serializer: Callable[[Any], bytes] | None,
-        deserializer: Callable[[bytes], Any] | None,
-    ) -> None:
-        self._channel = channel
-        self._kind = kind
-        self._targets = Targets(method, serializer, deserializer)
-
-    def _target(self, channel: Any) -> Any:
-        return self._targets.get(self._kind, channel)
-
     def _first(self, request: Any, timeout: float | None) -> tuple[Any, float | None]:
-        ch = self._channel
-        ch._check_open()
-        request = None if self._kind.startswith("stream") else request
-        _, channel, left = ch._attempts_for(request, timeout, 1).next()
-        return self._target(channel), left
+        request = None if self.kind.startswith("stream") else request
+        _, channel, left = self.router.first(request, timeout)
+        return self.target(channel), left
 
     def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         target, left = self._first(request, timeout)
@@ -271,12 +58,10 @@ class _SyncUnaryUnary(_SyncAny):
     def _retrying(
         self, request: Any, timeout: float | None, kwargs: dict[str, Any], *, with_call: bool
     ) -> Any:
-        ch = self._channel
-        ch._check_open()
-        attempts = ch._attempts_for(request, timeout, ch._max_attempts)
+        attempts = self.router.attempts(request, timeout)
         while True:
             node, channel, left = attempts.next()
-            target = self._target(channel)
+            target = self.target(channel)
             try:
                 if with_call:
                     return target.with_call(request, timeout=left, **kwargs)
@@ -287,10 +72,150 @@ class _SyncUnaryUnary(_SyncAny):
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code is grpc.StatusCode.UNAVAILABLE:
                     attempts.failed(exc)
-                elif code is grpc.StatusCode.CANCELLED and ch._nodes.left(node, channel):
+                elif code is grpc.StatusCode.CANCELLED and self.router.nodes.left(node, channel):
                     attempts.node_left(node)
                 else:
                     raise
+
+
+_SyncMethods = ChannelMethods[grpc.Channel, _SyncUnaryUnary, _SyncAny, _SyncAny]
+
+
+class RoutedSyncChannel(_SyncMethods, grpc.Channel):  # type: ignore[misc]
+    """The blocking twin of :class:`RoutedChannel` (a ``grpc.Channel``) over a
+    :class:`etcdkit.cluster.SyncCluster` (``etcdkit.Client.cluster()``).
+
+    Same arguments and routing. It follows the cluster in a thread of its own
+    (``etcdkit-routed-channel``) until :meth:`close` (or ``with``), which joins it. Unary
+    calls (``stub.Method(req)``, ``.with_call``) retry on the next node on UNAVAILABLE;
+    ``.future()``, streaming calls go to the first node picked, without retry.
+    ``subscribe()`` reports READY while the view has a node with weight, else
+    TRANSIENT_FAILURE (not the nodes' connection states).
+    """
+
+    _unary_unary_type = _SyncUnaryUnary
+    _unary_stream_type = _SyncAny
+    _stream_type = _SyncAny
+
+    def __init__(
+        self,
+        cluster: Any,
+        *,
+        key: KeyFunction | None = None,
+        attempts: int = DEFAULT_ATTEMPTS,
+        channel_factory: Callable[[str], grpc.Channel] | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        self._router: Router[grpc.Channel] = Router(
+            "RoutedSyncChannel",
+            key=key,
+            attempts=attempts,
+            grace=grace,
+            factory=channel_factory or _insecure_sync,
+            error=RoutingError,
+            closed_error=ValueError,
+        )
+        self._cluster = cluster
+        self._lock = threading.Lock()
+        self._timers: set[threading.Timer] = set()
+        self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
+        self._warned: set[Member] = set()
+        self._reported: grpc.ChannelConnectivity | None = None  # told to subscribers last
+        self._update(cluster.members, cluster.revision)
+        self._watch = cluster.watch_members()
+        self._thread = threading.Thread(
+            target=self._follow, name="etcdkit-routed-channel", daemon=True
+        )
+        self._thread.start()
+
+    # -- grpc.Channel (and the methods of ChannelMethods) -----------------------------------------
+
+    def subscribe(
+        self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
+    ) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+        callback(self._connectivity())
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._subscribers.remove(callback)
+
+    def close(self) -> None:
+        """Stop following the cluster (joins the thread) and close every node channel at once.
+        Idempotent."""
+        with self._lock:
+            if not self._router.mark_closed():
+                return
+            timers, self._timers = list(self._timers), set()
+        with contextlib.suppress(Exception):
+            self._watch.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        for timer in timers:
+            timer.cancel()
+            timer.join()  # (a cancelled timer's thread still has to wake and end: no leak)
+            timer.function()
+        for channel in self._router.nodes.take_all():
+            channel.close()
+
+    def __enter__(self) -> RoutedSyncChannel:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _follow(self) -> None:
+        try:
+            for members in self._watch:
+                self._update(members, self._watch.revision)
+        except Exception as exc:
+            if not self._router.closed:
+                log.error("routed channel: the cluster view ended (%s); keeping the last", exc)
+
+    def _update(self, members: tuple[Member, ...], revision: int) -> None:
+        view = RegistryView.from_members(members, revision, previous=self._router.nodes.view)
+        for member in view.invalid:
+            if member not in self._warned:
+                log.warning(
+                    "cluster member %r left out of the registry: its data %r is no node descriptor",
+                    member.id,
+                    member.data[:200],
+                )
+        self._warned = set(view.invalid)
+        with self._lock:
+            if self._router.closed:
+                return
+            for channel in self._router.nodes.update(view):
+                timer = threading.Timer(self._router.grace, channel.close)
+                timer.name = "etcdkit-routed-channel-close"
+                timer.daemon = True
+                self._timers.add(timer)
+                timer.start()
+            self._timers = {t for t in self._timers if t.is_alive()}
+            state = self._connectivity()
+            if state is self._reported:
+                return
+            self._reported = state
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(state)
+            except Exception:
+                log.exception("routed channel: connectivity callback failed")
+
+    def _connectivity(self) -> grpc.ChannelConnectivity:
+        if self._router.closed:
+            return grpc.ChannelConnectivity.SHUTDOWN
+        if any(n.weight for n in self._router.nodes.view.nodes.values()):
+            return grpc.ChannelConnectivity.READY
+        return grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
+def _insecure_sync(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=list(DEFAULT_OPTIONS))
 
 
 class RoutingError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
