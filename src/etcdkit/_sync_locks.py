@@ -8,62 +8,68 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from etcdkit._election import Campaign, Election, Leader, Leadership
 from etcdkit._errors import ClosedError
 from etcdkit._lock import Lock
 from etcdkit._queue import HoldState
 from etcdkit._types import Compare
+from etcdkit.cluster._blocking import PortalLike
 
 __all__ = ["PortalLike", "SyncCampaign", "SyncElection", "SyncLeadership", "SyncLock"]
 
 T = TypeVar("T")
+H = TypeVar("H", Lock, Leadership)
 
 _OVER = (HoldState.LOST, HoldState.RELEASED)
 
 
-class PortalLike(Protocol):
-    """What these twins need of ``etcdkit._sync.Portal`` (the client's loop thread)."""
+class _Held(Generic[H]):
+    """What the twins of a :class:`Lock` and of a :class:`Leadership` share: the state of the
+    hold, its guard and listeners, and ``lost``, a :class:`threading.Event` per acquisition."""
+
+    def __init__(self, portal: PortalLike, aio: H) -> None:
+        self._portal = portal
+        self.aio: H = aio
+        self._lost = threading.Event()
+        portal.run_sync(self._follow)
+
+    def _follow(self) -> None:  # on the loop thread, as are the listener's calls
+        if self.aio.state in _OVER:
+            self._lost.set()
+        self.aio.add_listener(self._on_state)
+
+    def _on_state(self, state: HoldState) -> None:
+        if state is HoldState.WAITING and self._lost.is_set():
+            self._lost = threading.Event()  # a new acquisition
+        elif state in _OVER:
+            self._lost.set()
+
+    def guard(self) -> Compare:
+        return self._portal.read(self.aio.guard)
+
+    def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
+        """``callback`` runs on the client's loop thread; keep it quick."""
+        return self._portal.run_sync(self.aio.add_listener, callback)
 
     @property
-    def closed(self) -> bool: ...
+    def state(self) -> HoldState:
+        return self._portal.read(lambda: self.aio.state)
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T: ...
-
-    def run_sync(self, fn: Callable[..., T], *args: Any) -> T: ...
-
-    def read(self, fn: Callable[[], T]) -> T: ...
-
-
-class _LostFlag:
-    """A :class:`threading.Event` per acquisition, set when it ends (LOST or RELEASED)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def on_state(self, state: HoldState) -> None:  # on the loop thread
-        if state is HoldState.WAITING and self.event.is_set():
-            self.event = threading.Event()  # a new acquisition
-        elif state in _OVER:
-            self.event.set()
+    @property
+    def lost(self) -> threading.Event:
+        """Set when the current (or last) acquisition ended: LOST or RELEASED."""
+        return self._lost
 
 
-class SyncLock:
+class SyncLock(_Held[Lock]):
     """Blocking view of a :class:`Lock`: ``with client.lock(name) as lock:``."""
 
     def __init__(self, portal: PortalLike, lock: Lock) -> None:
-        self._portal = portal
-        self.aio = lock
-        self._lost = _LostFlag()
-        portal.run_sync(self._follow)
-
-    def _follow(self) -> None:
-        if self.aio.state in _OVER:
-            self._lost.event.set()
-        self.aio.add_listener(self._lost.on_state)
+        super().__init__(portal, lock)
 
     def __repr__(self) -> str:
         return self._portal.read(lambda: repr(self.aio)).replace("<Lock", "<SyncLock", 1)
@@ -86,13 +92,6 @@ class SyncLock:
     def release(self) -> None:
         if not self._portal.closed:
             self._portal.call(self.aio.release())
-
-    def guard(self) -> Compare:
-        return self._portal.read(self.aio.guard)
-
-    def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
-        """``callback`` runs on the client's loop thread; keep it quick."""
-        return self._portal.run_sync(self.aio.add_listener, callback)
 
     @property
     def name(self) -> str | bytes:
@@ -117,15 +116,6 @@ class SyncLock:
     @property
     def lease_id(self) -> int:
         return self._portal.read(lambda: self.aio.lease_id)
-
-    @property
-    def state(self) -> HoldState:
-        return self._portal.read(lambda: self.aio.state)
-
-    @property
-    def lost(self) -> threading.Event:
-        """Set when the current (or last) acquisition ended: LOST or RELEASED."""
-        return self._lost.event
 
     @property
     def wakeups(self) -> int:
@@ -197,19 +187,11 @@ class SyncCampaign:
             self._portal.call(self.aio.__aexit__(et, e, tb))
 
 
-class SyncLeadership:
+class SyncLeadership(_Held[Leadership]):
     """Blocking view of a :class:`Leadership`; ``lost`` is a :class:`threading.Event` here."""
 
     def __init__(self, portal: PortalLike, leadership: Leadership) -> None:
-        self._portal = portal
-        self.aio = leadership
-        self._lost = _LostFlag()
-        portal.run_sync(self._follow)
-
-    def _follow(self) -> None:
-        if self.aio.state in _OVER:
-            self._lost.event.set()
-        self.aio.add_listener(self._lost.on_state)
+        super().__init__(portal, leadership)
 
     def __repr__(self) -> str:
         return self._portal.read(lambda: repr(self.aio)).replace(
@@ -222,13 +204,6 @@ class SyncLeadership:
     def resign(self) -> None:
         if not self._portal.closed:
             self._portal.call(self.aio.resign())
-
-    def guard(self) -> Compare:
-        return self._portal.read(self.aio.guard)
-
-    def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
-        """``callback`` runs on the client's loop thread; keep it quick."""
-        return self._portal.run_sync(self.aio.add_listener, callback)
 
     @property
     def key(self) -> bytes:
@@ -245,11 +220,3 @@ class SyncLeadership:
     @property
     def value(self) -> bytes:
         return self._portal.read(lambda: self.aio.value)
-
-    @property
-    def state(self) -> HoldState:
-        return self._portal.read(lambda: self.aio.state)
-
-    @property
-    def lost(self) -> threading.Event:
-        return self._lost.event

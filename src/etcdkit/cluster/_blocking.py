@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 
 class PortalLike(Protocol):
-    """What the blocking twins need of ``etcdkit._sync.Portal`` (the client's loop thread)."""
+    """What the blocking twins need of ``etcdkit._sync.Portal`` (the client's loop thread);
+    those of locks and elections (``etcdkit._sync_locks``) use it too."""
 
     @property
     def closed(self) -> bool: ...
