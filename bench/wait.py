@@ -10,8 +10,9 @@
   against etcd's own watcher gauge (``etcd_debugging_mvcc_watcher_total``); then every key is
   written (transactions of 128 puts) and ``release_s`` runs until all calls returned. The
   baseline in the same run, ``layout=apart``: each key under a parent of its own, so each
-  call has an etcd watch of its own (the design before sharing). Memory: this process's RSS before, once all wait, and its peak (``ru_maxrss``;
-  the case runs in a process of its own, so the peak is this case's).
+  call has an etcd watch of its own (the design before sharing). Memory: this process's RSS
+  before, once all wait, and its peak (``ru_maxrss``; the case runs in a process of its own,
+  so the peak is this case's).
 """
 
 from __future__ import annotations
