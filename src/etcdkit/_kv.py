@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from aetcd import rpc
 
 from etcdkit._conn import Connection
 from etcdkit._errors import EtcdkitError, InvalidArgumentError
+from etcdkit._snapshot import Record
 from etcdkit._types import (
     Compare,
     DeleteResult,
@@ -375,13 +376,14 @@ class KV:
         async for page, rev in self._pb_pages(prefix, revision, page_size, keys_only):
             yield [kv_of(kv) for kv in page], rev
 
-    async def item_pages(
+    async def record_pages(
         self, prefix: str | bytes, *, revision: int = 0, page_size: int | None = None
-    ) -> AsyncGenerator[tuple[Iterator[tuple[bytes, bytes]], int], None]:
-        """As :meth:`pages`, yielding each page as an iterator of ``(key, value)`` pairs,
-        made one at a time (the cheap form for big listings: consume it before the next)."""
+    ) -> AsyncGenerator[tuple[Sequence[Record], int], None]:
+        """As :meth:`pages`, yielding each page as etcd's own messages, read for their
+        ``key`` and ``value`` only (the cheap form for big listings: no object made per key;
+        consume the page before the next)."""
         async for page, rev in self._pb_pages(prefix, revision, page_size, False):
-            yield ((kv.key, kv.value) for kv in page), rev
+            yield page, rev
 
     # -- writes -----------------------------------------------------------------------------------
 

@@ -350,7 +350,7 @@ class PrefixWatch(Generic[K, V]):
         # a million keys never sit in memory twice, once as a listing and once as a tree.
         listing = self._engine.begin_reset()
         revision = 0
-        async with contextlib.aclosing(self._core.kv.item_pages(self.prefix)) as pages:
+        async with contextlib.aclosing(self._core.kv.record_pages(self.prefix)) as pages:
             async for page, rev in pages:
                 listing.add(page)
                 revision = rev

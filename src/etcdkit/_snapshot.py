@@ -37,7 +37,7 @@ import enum
 import logging
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias, TypeVar, cast
+from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar, cast
 
 from etcdkit._pmap import PMap, PMapMutation
 
@@ -172,6 +172,24 @@ class _AllAdded(Mapping[K, "Change[K, V]"]):
         return f"<{len(self._tree)} changes, all ADDED>"
 
 
+class Record(Protocol):
+    """A listed key: anything with ``key`` and ``value`` bytes (a :class:`KeyValue`, etcd's
+    ``mvccpb.KeyValue`` message, a :class:`Pair`)."""
+
+    @property
+    def key(self) -> bytes: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+
+class Pair(NamedTuple):
+    """A :class:`Record` made from a ``(key, value)`` pair."""
+
+    key: bytes
+    value: bytes
+
+
 class Listing(Generic[K, V]):
     """A full listing being loaded page by page (see :meth:`SnapshotEngine.begin_reset`)."""
 
@@ -198,16 +216,21 @@ class Listing(Generic[K, V]):
         self.hidden: dict[bytes, V] = {}
         self.mm: dict[K, V] = {}
 
-    def add(self, kvs: Iterable[tuple[bytes, bytes]]) -> None:
-        """Load the next page (raw keys in any order, each at most once per listing)."""
+    def add(self, records: Iterable[Record]) -> None:
+        """Load the next page: records with ``.key`` and ``.value`` (raw keys in any order, each
+        at most once per listing). etcd's own messages qualify: a page is read straight from
+        the answer, with no pair made per key."""
         index, owner, mm, old_invalid = self.index, self.owner, self.mm, self.old_invalid
         transform, convert, invalid = self._transform, self._convert, self.invalid
-        for raw, value in kvs:
+        for record in records:
+            raw = record.key
+            value = record.value
             try:
                 # The common case, inline: a (K, V) tuple whose K is hashable (setdefault
-                # hashes it) and not yet taken.
+                # hashes it) and not yet taken. (Another length fails to unpack: convert()
+                # below then says what is wrong.)
                 out = transform(raw, value)
-                if type(out) is not tuple or len(out) != 2:
+                if type(out) is not tuple:
                     raise TypeError
                 k, v = out
                 cur = owner.setdefault(k, raw)
@@ -301,7 +324,7 @@ class SnapshotEngine(Generic[K, V]):
         a relist. The next :meth:`take` always returns a snapshot.
         """
         listing = self.begin_reset()
-        listing.add(kvs)
+        listing.add(Pair(key, value) for key, value in kvs)
         self.finish_reset(listing, revision)
 
     def begin_reset(self) -> Listing[K, V]:
