@@ -19,7 +19,7 @@ from aetcd import rpc
 import etcdkit
 from _helpers import fresh_client as client_of
 from _helpers import quickly
-from etcdkit import AsyncClient, Client, LeaseState
+from etcdkit import AsyncClient, Client, LeaseState, SessionState
 from etcdkit.server import EtcdServer
 
 WAIT = 20.0
@@ -212,6 +212,27 @@ async def test_recipes_inside_the_permitted_prefix(auth_server: EtcdServer) -> N
                 assert lease.state is LeaseState.REGISTERED
             assert await alice.delete(APP + "a")
         assert await alice.get(APP + "node") is None  # revoked on close
+
+
+async def test_a_session_comes_back_after_a_restart_with_only_keepalives(
+    auth_server: EtcdServer,
+) -> None:
+    # Only the keepalive stream talks to etcd here: after a restart (every token forgotten,
+    # and the client's one expired anyway) it must get a new token by itself, as the watch
+    # stream and unary calls do, or the session goes LOST although etcd is back in time.
+    async with client_of(auth_server.endpoint, username="alice", password=ALICE_PW) as alice:
+        async with alice.session(ttl=10) as session:
+            await asyncio.sleep(2.5)  # past the token TTL
+            auth_server.kill()
+            await asyncio.sleep(0.5)
+            auth_server.restart()
+            async with asyncio.timeout(WAIT):
+                while (
+                    session.state is not SessionState.ALIVE or not alice.stats.keepalive_reconnects
+                ):
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            assert session.state is SessionState.ALIVE
 
 
 def test_sync_client_with_auth(auth_server: EtcdServer, no_leaked_threads: None) -> None:
