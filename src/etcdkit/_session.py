@@ -27,6 +27,7 @@ import contextlib
 import enum
 import heapq
 import logging
+import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -52,8 +53,8 @@ def _noop(*_args: object) -> None:
 
 
 def stall_after(ttl: int) -> float:
-    """Seconds without an answer to a refresh after which the member is asked whether it is
-    alive (see :meth:`KeepAliveHub._late`)."""
+    """Seconds without an answer to a refresh after which the stream counts as broken, unless
+    a probe read halfway there was answered (see :meth:`KeepAliveHub._probe`)."""
     return min(max(ttl / 3.0, 1.0), 3.0)
 
 
@@ -62,9 +63,6 @@ def held_for(ttl: int) -> float:
     etcd's gRPC proxy holds a refresh until its own next one (its client's TTL/3, on a 0.5 s
     tick; tests/test_grpc_proxy.py pins this)."""
     return ttl / 3.0 + 0.5
-
-
-PROBE_TIMEOUT = 0.5  # seconds a live member takes at most to answer the probe read
 
 
 @dataclass(eq=False)
@@ -192,12 +190,14 @@ class KeepAliveHub:
                     self._unanswered.setdefault(lid, time.monotonic() + stall_after(entry.ttl))
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lid))
                 now = time.monotonic()
-                stalled = min(self._unanswered.values(), default=now + 3600.0)
-                if stalled <= now:
-                    await self._late(ch, md, now)
+                probe_at, give_up = self._checks()
+                if give_up <= now:
+                    raise self._stalled(ch)
+                if probe_at <= now:
+                    await self._probe(ch, md, now)
                     continue
                 next_due = self._heap[0][0] if self._heap else now + 3600.0
-                delay = min(next_due, stalled) - now
+                delay = min(next_due, probe_at, give_up) - now
                 self._wake.clear()
                 waiter = loop.create_task(self._wake.wait())
                 try:
@@ -213,26 +213,49 @@ class KeepAliveHub:
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
 
-    async def _late(self, ch: Channel, md: list[tuple[str, str]], now: float) -> None:
-        """Refreshes went unanswered for :func:`stall_after`. If the member answers a read at
-        once, they are held, not lost (etcd's gRPC proxy answers on its own schedule): each
-        gets :func:`held_for` more, once. Else, or if one was given more already, the stream
-        counts as broken (a black-holed connection, a hung member): raise, to fail over."""
-        late = [lid for lid, due in self._unanswered.items() if due <= now]
-        if not any(lid in self._held for lid in late):
-            probe = rpc.RangeRequest(key=b"\0", count_only=True, serializable=True)
-            try:
-                await ch.stubs.kv.Range(probe, timeout=PROBE_TIMEOUT, metadata=md)
-            except grpc.aio.AioRpcError:
-                pass
+    def _checks(self) -> tuple[float, float]:
+        """``(probe_at, give_up)``: when the earliest unanswered refresh not yet given more
+        time is halfway to its deadline, and the earliest deadline of one that was."""
+        probe_at = give_up = math.inf
+        for lid, deadline in self._unanswered.items():
+            if lid in self._held:
+                give_up = min(give_up, deadline)
             else:
-                for lid in late:
-                    entry = self._entries.get(lid)
-                    if lid in self._unanswered and entry is not None:
-                        self._unanswered[lid] += held_for(entry.ttl)
-                        self._held.add(lid)
-                return
-        raise ConnectionUnavailableError(
+                entry = self._entries.get(lid)
+                half = stall_after(entry.ttl) / 2.0 if entry is not None else 0.0
+                probe_at = min(probe_at, deadline - half)
+        return probe_at, give_up
+
+    async def _probe(self, ch: Channel, md: list[tuple[str, str]], now: float) -> None:
+        """Refreshes are halfway to their :func:`stall_after` deadline unanswered. Ask the
+        member a linearizable read (it needs the leader, as a refresh does), bounded by the
+        earliest of those deadlines: no answer by then and the stream counts as broken (a
+        black-holed connection, a hung member or leader), exactly when it would without the
+        probe. An answer means the refreshes are held, not lost (etcd's gRPC proxy answers
+        them on its own schedule): each gets :func:`held_for` more, once."""
+        late: list[tuple[int, _Entry]] = []
+        deadline = math.inf
+        for lid, due in self._unanswered.items():
+            entry = self._entries.get(lid)
+            halfway = due - stall_after(entry.ttl) / 2.0 if entry is not None else math.inf
+            if entry is not None and lid not in self._held and halfway <= now:
+                late.append((lid, entry))
+                deadline = min(deadline, due)
+        if not late:
+            return
+        probe = rpc.RangeRequest(key=b"\0", count_only=True)
+        try:
+            await ch.stubs.kv.Range(probe, timeout=max(deadline - now, 0.01), metadata=md)
+        except grpc.aio.AioRpcError:
+            raise self._stalled(ch) from None
+        for lid, entry in late:
+            if lid in self._unanswered:  # (not answered meanwhile)
+                self._unanswered[lid] += held_for(entry.ttl)
+                self._held.add(lid)
+
+    @staticmethod
+    def _stalled(ch: Channel) -> ConnectionUnavailableError:
+        return ConnectionUnavailableError(
             f"lease keepalive stream at {ch.endpoint}: no answer to a refresh in time "
             "(connection black-holed or etcd stuck)"
         )
