@@ -9,10 +9,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from etcdkit import AsyncClient
 from etcdkit._errors import (
@@ -254,3 +254,39 @@ def need_rich(what: str, hint: str = "") -> None:
             f"{what} needs the 'rich' package: install etcdkit[cli] "
             f"(pip install 'etcdkit[cli]'){hint}"
         ) from exc
+
+
+async def pump(
+    items: AsyncIterator[T],
+    on_item: Callable[[T], Awaitable[None]],
+    on_tick: Callable[[], None],
+    stop: Stopper,
+    tick: float,
+) -> None:
+    """Hand each item of ``items`` to ``on_item``; call ``on_tick`` every ``tick`` seconds
+    nothing comes; return when ``items`` ends or ``stop`` is asked (a live view's loop)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    nxt: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if nxt is None:
+                nxt = asyncio.ensure_future(items.__anext__())
+            either: set[asyncio.Future[Any]] = {nxt, stopped}
+            done, _ = await asyncio.wait(either, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+            if stopped in done:
+                return
+            if nxt in done:
+                task, nxt = nxt, None
+                try:
+                    item = task.result()
+                except StopAsyncIteration:
+                    return
+                await on_item(item)
+            else:
+                on_tick()
+    finally:
+        stopped.cancel()
+        if nxt is not None:
+            nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await nxt

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any
 
 from etcdkit import WatchState
-from etcdkit.cli.common import EXIT_OK, ConnOptions, Stopper, connected, need_rich
+from etcdkit.cli.common import EXIT_OK, ConnOptions, Stopper, connected, need_rich, pump
 from etcdkit.cluster import (
     DEFAULT_OPEN_TIMEOUT,
     EtcdBackedCluster,
@@ -158,32 +156,13 @@ class LiveView:
 
 async def _pump(cluster: EtcdBackedCluster, view: JsonView | LiveView, stop: Stopper) -> None:
     watch: MemberWatch = cluster.watch_members()
-    stopped = asyncio.ensure_future(stop.wait())
-    nxt: asyncio.Task[View] | None = None
+
+    async def show(members: View) -> None:
+        view.view(members, watch.revision, cluster)
+
     try:
-        while True:
-            if nxt is None:
-                nxt = asyncio.ensure_future(watch.__anext__())
-            done, _ = await asyncio.wait(
-                {nxt, stopped}, timeout=TICK, return_when=asyncio.FIRST_COMPLETED
-            )
-            if stopped in done:
-                return
-            if nxt in done:
-                task, nxt = nxt, None
-                try:
-                    members = task.result()
-                except StopAsyncIteration:
-                    return
-                view.view(members, watch.revision, cluster)
-            else:
-                view.tick(cluster)
+        await pump(watch, show, lambda: view.tick(cluster), stop, TICK)
     finally:
-        stopped.cancel()
-        if nxt is not None:
-            nxt.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await nxt
         await watch.aclose()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import heapq
 import json
 import logging
@@ -23,7 +22,7 @@ from etcdkit import (
     Snapshot,
     WatchState,
 )
-from etcdkit.cli.common import EXIT_OK, ConnOptions, Stopper, connected, need_rich
+from etcdkit.cli.common import EXIT_OK, ConnOptions, Stopper, connected, need_rich, pump
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -303,32 +302,10 @@ class LiveView:
 
 
 async def _pump(watch: PrefixWatch[str, Any], view: View, stop: Stopper) -> None:
-    stopped = asyncio.ensure_future(stop.wait())
-    nxt: asyncio.Task[Snapshot[str, Any]] | None = None
-    try:
-        while True:
-            if nxt is None:
-                nxt = asyncio.ensure_future(watch.__anext__())
-            done, _ = await asyncio.wait(
-                {nxt, stopped}, timeout=TICK, return_when=asyncio.FIRST_COMPLETED
-            )
-            if stopped in done:
-                return
-            if nxt in done:
-                task, nxt = nxt, None
-                try:
-                    snap = task.result()
-                except StopAsyncIteration:
-                    return
-                await view.snapshot(snap, watch)
-            else:
-                view.tick(watch)
-    finally:
-        stopped.cancel()
-        if nxt is not None:
-            nxt.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await nxt
+    async def show(snap: Snapshot[str, Any]) -> None:
+        await view.snapshot(snap, watch)
+
+    await pump(watch, show, lambda: view.tick(watch), stop, TICK)
 
 
 async def run_watch(args: argparse.Namespace, opts: ConnOptions) -> int:
