@@ -72,6 +72,13 @@ class KeyWatch:
             self._group.leave(self)
         # still waiting for the flush: it skips ended watches
 
+    def _end(self, err: EtcdkitError) -> None:
+        """Its etcd watch ended (an error, a compaction, the client closed): say so, once."""
+        if not self.ended:
+            self.ended = True
+            self._owner.live -= 1
+            self.on_end(err)
+
 
 class _Group:
     """One etcd watch over a run of sorted keys, and the watchers it carries, by key."""
@@ -106,10 +113,7 @@ class _Group:
         self.count = 0
         for ws in members.values():
             for w in ws:
-                if not w.ended:
-                    w.ended = True
-                    w._owner.live -= 1
-                    w.on_end(err)
+                w._end(err)
 
     def leave(self, w: KeyWatch) -> None:
         ws = self.members.get(w.key)
@@ -164,16 +168,10 @@ class KeyWatches:
                 self._share(ws[i : i + KEYS_PER_WATCH])
 
     def _alone(self, w: KeyWatch) -> None:
-        def on_end(err: EtcdkitError) -> None:
-            if not w.ended:
-                w.ended = True
-                self.live -= 1
-                w.on_end(err)
-
         try:
-            w._sub = self._hub.watch(w.key, b"", w.start, on_events=w.on_events, on_end=on_end)
+            w._sub = self._hub.watch(w.key, b"", w.start, on_events=w.on_events, on_end=w._end)
         except EtcdkitError as exc:  # the client closed meanwhile
-            on_end(exc)
+            w._end(exc)
 
     def _share(self, run: list[KeyWatch]) -> None:
         group = _Group(run)
