@@ -139,6 +139,27 @@ def _op_result(resp: Any, revision: int) -> OpResult:
     return DeleteResult(int(deleted.deleted), [kv_of(kv) for kv in deleted.prev_kvs])
 
 
+def _by_create_revision(
+    prefix: bytes,
+    *,
+    newest_first: bool,
+    limit: int,
+    max_create_revision: int = 0,
+    serializable: bool = False,
+) -> Any:
+    """The range of :meth:`KV.by_create_revision` (arguments checked by the caller)."""
+    order = rpc.RangeRequest.SortOrder
+    return rpc.RangeRequest(
+        key=prefix,
+        range_end=prefix_range_end(prefix),
+        limit=limit,
+        sort_order=order.DESCEND if newest_first else order.ASCEND,
+        sort_target=rpc.RangeRequest.SortTarget.CREATE,
+        max_create_revision=max_create_revision,
+        serializable=serializable,
+    )
+
+
 TXN_OPS = 128  # etcd's default --max-txn-ops: gets per coalesced read
 
 
@@ -251,13 +272,10 @@ class KV:
         the member's own state, without asking the leader; it may be behind, and the revision
         it returns says by how much."""
         raw = key_bytes(prefix, "prefix")
-        order = rpc.RangeRequest.SortOrder
-        req = rpc.RangeRequest(
-            key=raw,
-            range_end=prefix_range_end(raw),
+        req = _by_create_revision(
+            raw,
+            newest_first=newest_first,
             limit=check_int64(limit, "limit", low=1),
-            sort_order=order.DESCEND if newest_first else order.ASCEND,
-            sort_target=rpc.RangeRequest.SortTarget.CREATE,
             max_create_revision=_revision(max_create_revision, "max_create_revision"),
             serializable=serializable,
         )
@@ -273,13 +291,7 @@ class KV:
         else read ``key`` as it is (an earlier attempt of ours landed). Returns whether the put
         ran, the entries read, and the revision. (Go's ``Mutex`` reads the owner in the same
         transaction, too: an uncontended acquire is this one write.)"""
-        newest = rpc.RangeRequest(
-            key=prefix,
-            range_end=prefix_range_end(prefix),
-            limit=2,
-            sort_order=rpc.RangeRequest.SortOrder.DESCEND,
-            sort_target=rpc.RangeRequest.SortTarget.CREATE,
-        )
+        newest = _by_create_revision(prefix, newest_first=True, limit=2)
         req = rpc.TxnRequest(
             compare=[_compare_pb(Compare.create_revision(key, "==", 0))],
             success=[_op_pb(Op.put(key, value, lease=lease)), rpc.RequestOp(request_range=newest)],

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from etcdkit._core import Core, CoreState
 from etcdkit._errors import (
@@ -288,20 +288,21 @@ class Contender:
         after ours was (a new key gets a newer create revision), and a deleted one never comes
         back. So the member's own state will do (a serializable read: no round to the
         leader), unless it is behind ``floor``; then the leader's (a linearizable read)."""
-        line = self.core.kv.by_create_revision
-        if floor:
-            kvs, rev = await line(
+
+        def read(serializable: bool) -> Awaitable[tuple[list[KeyValue], int]]:
+            return self.core.kv.by_create_revision(
                 self.prefix,
                 newest_first=True,
                 max_create_revision=self.revision,
                 limit=2,
-                serializable=True,
+                serializable=serializable,
             )
+
+        if floor:
+            kvs, rev = await read(serializable=True)
             if rev >= floor:
                 return kvs, rev
-        return await line(
-            self.prefix, newest_first=True, max_create_revision=self.revision, limit=2
-        )
+        return await read(serializable=False)
 
     async def _wait_deleted(self, key: bytes, rev: int, session: Session) -> int:
         """Wait until ``key`` is deleted after ``rev``; the revision of its deletion (0 when
