@@ -221,10 +221,14 @@ class KeepAliveHub:
             if lid in self._held:
                 give_up = min(give_up, deadline)
             else:
-                entry = self._entries.get(lid)
-                half = stall_after(entry.ttl) / 2.0 if entry is not None else 0.0
-                probe_at = min(probe_at, deadline - half)
+                probe_at = min(probe_at, self._halfway(lid, deadline))
         return probe_at, give_up
+
+    def _halfway(self, lid: int, deadline: float) -> float:
+        """When an unanswered refresh of ``lid`` is halfway to ``deadline`` (never, for a
+        lease no longer kept)."""
+        entry = self._entries.get(lid)
+        return math.inf if entry is None else deadline - stall_after(entry.ttl) / 2.0
 
     async def _probe(self, ch: Channel, md: list[tuple[str, str]], now: float) -> None:
         """Refreshes are halfway to their :func:`stall_after` deadline unanswered. Ask the
@@ -233,23 +237,22 @@ class KeepAliveHub:
         black-holed connection, a hung member or leader), exactly when it would without the
         probe. An answer means the refreshes are held, not lost (etcd's gRPC proxy answers
         them on its own schedule): each gets :func:`held_for` more, once."""
-        late: list[tuple[int, _Entry]] = []
-        deadline = math.inf
-        for lid, due in self._unanswered.items():
-            entry = self._entries.get(lid)
-            halfway = due - stall_after(entry.ttl) / 2.0 if entry is not None else math.inf
-            if entry is not None and lid not in self._held and halfway <= now:
-                late.append((lid, entry))
-                deadline = min(deadline, due)
+        late = [
+            (lid, due)
+            for lid, due in self._unanswered.items()
+            if lid not in self._held and self._halfway(lid, due) <= now
+        ]
         if not late:
             return
+        deadline = min(due for _, due in late)
         probe = rpc.RangeRequest(key=b"\0", count_only=True)
         try:
             await ch.stubs.kv.Range(probe, timeout=max(deadline - now, 0.01), metadata=md)
         except grpc.aio.AioRpcError:
             raise self._stalled(ch) from None
-        for lid, entry in late:
-            if lid in self._unanswered:  # (not answered meanwhile)
+        for lid, _ in late:
+            entry = self._entries.get(lid)
+            if lid in self._unanswered and entry is not None:  # (not answered meanwhile)
                 self._unanswered[lid] += held_for(entry.ttl)
                 self._held.add(lid)
 
