@@ -206,7 +206,7 @@ def test_threaded_client(etcd_sync: Client, etcd_prefix: str, no_leaked_threads:
         assert kv.mod_revision == rev
         assert client.get_prefix(etcd_prefix).revision >= rev
         with pytest.raises(TypeError):
-            client.put(None, "v")  # type: ignore[arg-type]
+            client.put(None, "v")  # type: ignore[call-overload]
     with pytest.raises(etcdkit.ClosedError):
         client.get("k")
 
@@ -225,6 +225,7 @@ def test_public_names_are_pinned() -> None:
             "Campaign", "Election", "HoldState", "Leader", "Leadership", "Lock", "NotHeldError",
             "SyncCampaign", "SyncElection", "SyncLeadership", "SyncLock",
             "ClientStats", "LeaseStats",
+            "LeaseInfo", "ResponseHeader", "SyncWatch", "Watch", "WatchBatch",
         ]
     )  # fmt: skip
     assert isinstance(etcdkit.__version__, str)

@@ -273,7 +273,7 @@ async def test_txn_compare_and_swap(etcd: AsyncClient, etcd_prefix: str) -> None
     kv = got.kvs[0]
     swapped = await etcd.txn(
         [Compare.value(k, "==", "v1"), Compare.mod_revision(k, "==", kv.mod_revision)],
-        [Op.put(k, "v2", prev_kv=True), Op.range(etcd_prefix), Op.delete_prefix(etcd_prefix + "x")],
+        [Op.put(k, "v2", prev_kv=True), Op.range(etcd_prefix, prefix=True), Op.delete_prefix(etcd_prefix + "x")],
     )
     assert swapped.succeeded
     put2, listing, deleted = swapped.responses
@@ -384,14 +384,14 @@ async def test_listing_pages_by_size_at_one_revision(etcd: AsyncClient, etcd_pre
     pages = etcd.core.kv.pages(etcd_prefix, revision=mid, page_size=700)
     seen = []
     async with contextlib.aclosing(pages):
-        async for page, rev in pages:
-            assert rev == mid
+        async for page, rev, header in pages:
+            assert rev == mid <= header.revision
             seen.extend(page)
     assert seen == at_mid.kvs
     # leaving early cancels the page fetched ahead: nothing keeps running
     pages = etcd.core.kv.pages(etcd_prefix, page_size=100)
     async with contextlib.aclosing(pages):
-        async for _page, _rev in pages:
+        async for _page, _rev, _header in pages:
             break
     await asyncio.sleep(0)
     assert [t for t in asyncio.all_tasks() if "Range" in repr(t.get_coro())] == []

@@ -37,7 +37,7 @@ from etcdkit._queue import HoldState
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Change, ChangeKind, Snapshot, default_transform
-from etcdkit._sync import Client, SyncPersistentLease, SyncPrefixWatch, SyncSession
+from etcdkit._sync import Client, SyncPersistentLease, SyncPrefixWatch, SyncSession, SyncWatch
 from etcdkit._sync_locks import SyncCampaign, SyncElection, SyncLeadership, SyncLock
 from etcdkit._types import (
     Compare,
@@ -45,13 +45,17 @@ from etcdkit._types import (
     EventType,
     KeyValue,
     LeaseGrant,
+    LeaseInfo,
     Op,
     PutResult,
     RangeResult,
+    ResponseHeader,
     TxnResult,
+    WatchBatch,
     WatchEvent,
 )
 from etcdkit._version import __version__
+from etcdkit._watch import Watch
 
 __all__ = [
     "AsyncClient",
@@ -76,6 +80,7 @@ __all__ = [
     "Leader",
     "Leadership",
     "LeaseGrant",
+    "LeaseInfo",
     "LeaseNotFoundError",
     "LeaseState",
     "LeaseStats",
@@ -87,6 +92,7 @@ __all__ = [
     "PrefixWatch",
     "PutResult",
     "RangeResult",
+    "ResponseHeader",
     "RetryPolicy",
     "ServerError",
     "Session",
@@ -99,7 +105,10 @@ __all__ = [
     "SyncPersistentLease",
     "SyncPrefixWatch",
     "SyncSession",
+    "SyncWatch",
     "TxnResult",
+    "Watch",
+    "WatchBatch",
     "WatchEndedError",
     "WatchEvent",
     "WatchState",

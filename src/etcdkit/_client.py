@@ -7,7 +7,7 @@ import contextlib
 import os
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from etcdkit._conn import Connection, Stubs
 from etcdkit._core import Core
@@ -19,8 +19,24 @@ from etcdkit._prefix_watch import PrefixWatch
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Transform, default_transform
-from etcdkit._types import Compare, KeyValue, LeaseGrant, Op, RangeResult, TxnResult
+from etcdkit._types import (
+    Compare,
+    DeleteResult,
+    KeyValue,
+    LeaseGrant,
+    LeaseInfo,
+    Op,
+    PutResult,
+    RangeResult,
+    ResponseHeader,
+    SortOrder,
+    SortTarget,
+    TxnResult,
+    WatchFilter,
+    range_end_of,
+)
 from etcdkit._wait import wait_for
+from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClient"]
@@ -161,19 +177,120 @@ class AsyncClient:
         self._core.check_open()
         kvs: list[KeyValue] = []
         read_at = revision
+        header: ResponseHeader | None = None
         pages = self._core.kv.pages(
             prefix, revision=revision, page_size=page_size, keys_only=keys_only
         )
         async with contextlib.aclosing(pages):
-            async for page, rev in pages:
+            async for page, rev, page_header in pages:
                 kvs.extend(page)
-                read_at = rev
-        return RangeResult(kvs, read_at)
+                read_at, header = rev, page_header
+        return RangeResult(kvs, read_at, len(kvs), False, header)
 
-    async def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0) -> int:
-        """Store ``key=value`` (attached to ``lease`` if non-zero); returns the new revision."""
+    async def range(
+        self,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        sort_order: SortOrder | None = None,
+        sort_target: SortTarget = "key",
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+    ) -> RangeResult:
+        """etcd's Range, with every option: one key, the keys in ``[key, range_end)``, or with
+        ``prefix=True`` every key starting with ``key`` (``range_end=b"\\0"``: every key from
+        ``key`` on).
+
+        ``revision``: read at that revision (0: the latest). ``limit``: at most that many keys
+        (0: all; ``more`` says whether some were left out, ``count`` how many the range holds).
+        ``sort_order`` ``"ascend"``/``"descend"`` by ``sort_target`` ``"key"``, ``"version"``,
+        ``"create"``, ``"mod"`` or ``"value"``. ``serializable``: the member's own state, not
+        the leader's (faster, possibly behind). ``keys_only``: no values; ``count_only``: no
+        keys. ``min_/max_mod_revision`` and ``min_/max_create_revision`` filter (0: no bound).
+        One request: use :meth:`get_prefix` for a big prefix read page by page.
+        Returns :class:`RangeResult` ``(kvs, revision, count, more, header)``. Raises
+        :class:`CompactedError` for a compacted ``revision``; ``TypeError``/``ValueError`` for
+        bad arguments, before any I/O.
+        """
+        op = Op.range(
+            key,
+            range_end,
+            prefix=prefix,
+            revision=revision,
+            limit=limit,
+            sort_order=sort_order,
+            sort_target=sort_target,
+            serializable=serializable,
+            keys_only=keys_only,
+            count_only=count_only,
+            min_mod_revision=min_mod_revision,
+            max_mod_revision=max_mod_revision,
+            min_create_revision=min_create_revision,
+            max_create_revision=max_create_revision,
+        )
         self._core.check_open()
-        return (await self._core.kv.put(key, value, lease=lease)).revision
+        return await self._core.kv.range(op)
+
+    @overload
+    async def put(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: Literal[False] = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> int: ...
+    @overload
+    async def put(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: Literal[True],
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> PutResult: ...
+    async def put(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> int | PutResult:
+        """Store ``key=value``, attached to ``lease`` if non-zero. Returns the new revision; with
+        ``prev_kv=True``, a :class:`PutResult` ``(revision, prev_kv, header)`` whose
+        ``prev_kv`` is the entry before the put (``None`` if the key was new).
+
+        ``ignore_value=True`` (with ``value=b""``) keeps the key's value and changes only its
+        lease; ``ignore_lease=True`` (with ``lease=0``) keeps its lease and changes only its
+        value. Both need the key to exist: etcd refuses them otherwise
+        (:class:`InvalidArgumentError`).
+        """
+        op = Op.put(
+            key,
+            value,
+            lease=lease,
+            prev_kv=prev_kv,
+            ignore_value=ignore_value,
+            ignore_lease=ignore_lease,
+        )
+        self._core.check_open()
+        result = await self._core.kv.put(op)
+        return result if prev_kv else result.revision
 
     async def delete(self, key: str | bytes) -> bool:
         """Delete one key; ``True`` if it existed."""
@@ -184,6 +301,22 @@ class AsyncClient:
         """Delete every key starting with ``prefix``; returns how many were deleted."""
         self._core.check_open()
         return await self._core.kv.delete(prefix, prefix=True)
+
+    async def delete_range(
+        self,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        prev_kv: bool = False,
+    ) -> DeleteResult:
+        """etcd's DeleteRange: one key, the keys in ``[key, range_end)``, or with
+        ``prefix=True`` every key starting with ``key``. Returns :class:`DeleteResult`
+        ``(deleted, prev_kvs, header)``; ``prev_kvs`` holds the deleted entries when asked for
+        with ``prev_kv=True``."""
+        op = Op.delete_range(key, range_end, prefix=prefix, prev_kv=prev_kv)
+        self._core.check_open()
+        return await self._core.kv.delete_range(op)
 
     async def compact(self, revision: int, *, physical: bool = False) -> None:
         """Compact the history up to ``revision`` (watches from older revisions must relist)."""
@@ -221,6 +354,25 @@ class AsyncClient:
         self._core.check_open()
         return await self._core.kv.time_to_live(lease_id)
 
+    async def leases(self) -> list[int]:
+        """The ids of every lease etcd holds (granted by anyone, not yet expired or revoked)."""
+        self._core.check_open()
+        return await self._core.kv.leases()
+
+    async def lease_info(self, lease_id: int, *, keys: bool = False) -> LeaseInfo:
+        """A lease as etcd sees it: :class:`LeaseInfo` ``(id, ttl, granted_ttl, keys)``, the
+        keys attached to it listed when ``keys=True``. Raises :class:`LeaseNotFoundError` when
+        the lease does not exist (expired or revoked)."""
+        self._core.check_open()
+        return await self._core.kv.lease_info(lease_id, keys=keys)
+
+    async def keep_alive_once(self, lease_id: int) -> int:
+        """Renew a lease once (one keepalive on a stream of its own); returns the TTL it was
+        renewed to. Raises :class:`LeaseNotFoundError` when the lease does not exist. To keep a
+        lease alive, use :meth:`session`, which renews it on the client's shared stream."""
+        self._core.check_open()
+        return await self._core.kv.keep_alive_once(lease_id)
+
     def session(self, ttl: int = 60) -> Session:
         """A lease session (Go's ``concurrency.Session``): ``await client.session(10)`` or
         ``async with client.session(10) as s`` grants one etcd lease and keeps it alive on the
@@ -238,6 +390,41 @@ class AsyncClient:
         return session
 
     # -- recipes ----------------------------------------------------------------------------------
+
+    def watch(
+        self,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Sequence[WatchFilter] = (),
+        progress_notify: bool = False,
+    ) -> Watch:
+        """etcd's event stream on one key, the keys in ``[key, range_end)``, or with
+        ``prefix=True`` every key starting with ``key``: ``async with etcd.watch(...) as w:
+        async for batch in w:``, each batch a :class:`WatchBatch` ``(revision, events)`` of
+        :class:`WatchEvent` ``(type, kv, prev_kv)``.
+
+        ``start_revision``: the first revision to deliver (0: changes after the block is
+        entered). ``prev_kv``: each event carries the entry before it. ``filters``:
+        ``"noput"`` and/or ``"nodelete"`` leave those events out. ``progress_notify``: etcd's
+        progress notifications arrive as batches with no events. Resumes after faults with no
+        event lost or repeated; see :class:`Watch` for the errors it ends with. Every watch of
+        a client shares one Watch stream.
+        """
+        raw, end = range_end_of(key, range_end, prefix)
+        self._core.check_loop()
+        return Watch(
+            self._core,
+            raw,
+            end,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            filters=filters,
+            progress_notify=progress_notify,
+        )
 
     async def wait_for(
         self, key: str | bytes, exists: bool = True, timeout: float | None = None

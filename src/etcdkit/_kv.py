@@ -12,20 +12,30 @@ import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+import grpc
+import grpc.aio
 from aetcd import rpc
 
-from etcdkit._conn import Connection
-from etcdkit._errors import EtcdkitError, InvalidArgumentError
+from etcdkit._conn import Connection, map_rpc_error
+from etcdkit._errors import (
+    ConnectionUnavailableError,
+    EtcdkitError,
+    EtcdTimeoutError,
+    InvalidArgumentError,
+    LeaseNotFoundError,
+)
 from etcdkit._snapshot import Record
 from etcdkit._types import (
     Compare,
     DeleteResult,
     KeyValue,
     LeaseGrant,
+    LeaseInfo,
     Op,
     OpResult,
     PutResult,
     RangeResult,
+    ResponseHeader,
     TxnResult,
     check_int64,
     key_bytes,
@@ -33,7 +43,7 @@ from etcdkit._types import (
     to_bytes,
 )
 
-__all__ = ["KV", "kv_of"]
+__all__ = ["KV", "header_of", "kv_of"]
 
 # A fixed-size listing page is cut in half when its answer is bigger than this (keeps messages
 # well below gRPC/etcd limits for big values).
@@ -92,6 +102,13 @@ def kv_of(pb: Any) -> KeyValue:
     return kv
 
 
+def header_of(pb: Any) -> ResponseHeader:
+    """A :class:`ResponseHeader` from an ``etcdserverpb.ResponseHeader`` message."""
+    return ResponseHeader(
+        int(pb.cluster_id), int(pb.member_id), int(pb.revision), int(pb.raft_term)
+    )
+
+
 def _revision(revision: int, what: str = "revision") -> int:
     return check_int64(revision, what, hint=" (0 = latest)")
 
@@ -116,27 +133,87 @@ def _compare_pb(c: Compare) -> Any:
     )
 
 
+_SORT_ORDER = {
+    None: rpc.RangeRequest.SortOrder.NONE,
+    "ascend": rpc.RangeRequest.SortOrder.ASCEND,
+    "descend": rpc.RangeRequest.SortOrder.DESCEND,
+}
+_SORT_TARGET = {
+    "key": rpc.RangeRequest.SortTarget.KEY,
+    "version": rpc.RangeRequest.SortTarget.VERSION,
+    "create": rpc.RangeRequest.SortTarget.CREATE,
+    "mod": rpc.RangeRequest.SortTarget.MOD,
+    "value": rpc.RangeRequest.SortTarget.VALUE,
+}
+
+
+def _range_pb(op: Op) -> Any:
+    return rpc.RangeRequest(
+        key=op.key,
+        range_end=op.range_end,
+        revision=op.revision,
+        limit=op.limit,
+        sort_order=_SORT_ORDER[op.sort_order],
+        sort_target=_SORT_TARGET[op.sort_target],
+        serializable=op.serializable,
+        keys_only=op.keys_only,
+        count_only=op.count_only,
+        min_mod_revision=op.min_mod_revision,
+        max_mod_revision=op.max_mod_revision,
+        min_create_revision=op.min_create_revision,
+        max_create_revision=op.max_create_revision,
+    )
+
+
+def _put_pb(op: Op) -> Any:
+    return rpc.PutRequest(
+        key=op.key,
+        value=op.value,
+        lease=op.lease,
+        prev_kv=op.prev_kv,
+        ignore_value=op.ignore_value,
+        ignore_lease=op.ignore_lease,
+    )
+
+
+def _delete_pb(op: Op) -> Any:
+    return rpc.DeleteRangeRequest(key=op.key, range_end=op.range_end, prev_kv=op.prev_kv)
+
+
 def _op_pb(op: Op) -> Any:
     if not isinstance(op, Op):
         raise TypeError(f"txn operations must be etcdkit.Op, got {op!r:.80}")
     if op.kind == "range":
-        return rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key, range_end=op.range_end))
+        return rpc.RequestOp(request_range=_range_pb(op))
     if op.kind == "put":
-        put = rpc.PutRequest(key=op.key, value=op.value, lease=op.lease, prev_kv=op.prev_kv)
-        return rpc.RequestOp(request_put=put)
-    delete = rpc.DeleteRangeRequest(key=op.key, range_end=op.range_end, prev_kv=op.prev_kv)
-    return rpc.RequestOp(request_delete_range=delete)
+        return rpc.RequestOp(request_put=_put_pb(op))
+    return rpc.RequestOp(request_delete_range=_delete_pb(op))
 
 
-def _op_result(resp: Any, revision: int) -> OpResult:
+def _range_result(resp: Any, header: ResponseHeader, revision: int = 0) -> RangeResult:
+    kvs = [kv_of(kv) for kv in resp.kvs]
+    rev = revision or header.revision  # the revision read at (the header's: the latest)
+    return RangeResult(kvs, rev, int(resp.count), bool(resp.more), header)
+
+
+def _put_result(resp: Any, header: ResponseHeader) -> PutResult:
+    prev = kv_of(resp.prev_kv) if resp.HasField("prev_kv") else None
+    return PutResult(header.revision, prev, header)
+
+
+def _delete_result(resp: Any, header: ResponseHeader) -> DeleteResult:
+    return DeleteResult(int(resp.deleted), [kv_of(kv) for kv in resp.prev_kvs], header)
+
+
+def _op_result(resp: Any, header: ResponseHeader) -> OpResult:
+    # Inside a transaction, each operation's result carries the transaction's header (etcd
+    # fills the per-operation headers partly, and they would only repeat it).
     which = resp.WhichOneof("response")
     if which == "response_range":
-        return RangeResult([kv_of(kv) for kv in resp.response_range.kvs], revision)
+        return _range_result(resp.response_range, header)
     if which == "response_put":
-        put = resp.response_put
-        return PutResult(revision, kv_of(put.prev_kv) if put.HasField("prev_kv") else None)
-    deleted = resp.response_delete_range
-    return DeleteResult(int(deleted.deleted), [kv_of(kv) for kv in deleted.prev_kvs])
+        return _put_result(resp.response_put, header)
+    return _delete_result(resp.response_delete_range, header)
 
 
 def _by_create_revision(
@@ -249,6 +326,12 @@ class KV:
             if not fut.done():
                 fut.set_result(result)
 
+    async def range(self, op: Op) -> RangeResult:
+        """Run one range :class:`Op` (built, and so checked, by ``Op.range``)."""
+        what = f"range {op.key!r}..{op.range_end!r}" if op.range_end else f"get {op.key!r}"
+        resp = await self._read(what, "kv", "Range", _range_pb(op))
+        return _range_result(resp, header_of(resp.header), op.revision)
+
     async def revision(self) -> int:
         """The store's current revision (one cheap linearizable read)."""
         resp = await self._read(
@@ -303,7 +386,7 @@ class KV:
 
     async def _pb_pages(
         self, prefix: str | bytes, revision: int, page_size: int | None, keys_only: bool
-    ) -> AsyncGenerator[tuple[Any, int], None]:
+    ) -> AsyncGenerator[tuple[Any, int, Any], None]:
         raw = to_bytes(prefix, "prefix")
         rev = _revision(revision)
         if page_size is not None:
@@ -337,7 +420,7 @@ class KV:
                     rev = int(resp.header.revision)
                 kvs = resp.kvs
                 if not resp.more or not kvs:
-                    yield kvs, rev
+                    yield kvs, rev, resp.header
                     return
                 if page_size is None:
                     # Pages sized in bytes, not keys: etcd 3.5 counts the whole rest of the
@@ -361,7 +444,7 @@ class KV:
                 pending = fetch(start, limit, rev)
                 for _ in range(SEND_TURNS):
                     await asyncio.sleep(0)
-                yield kvs, rev
+                yield kvs, rev, resp.header
         finally:
             if not pending.done():
                 pending.cancel()
@@ -377,16 +460,17 @@ class KV:
         revision: int = 0,
         page_size: int | None = None,
         keys_only: bool = False,
-    ) -> AsyncGenerator[tuple[list[KeyValue], int], None]:
-        """Every key under ``prefix``, page by page, all pages at one revision.
+    ) -> AsyncGenerator[tuple[list[KeyValue], int, ResponseHeader], None]:
+        """Every key under ``prefix``, page by page, all pages at one revision, with the
+        header of the page's answer.
 
         With ``revision=0`` the first page fixes the revision. ``page_size`` keys per page, or
         ``None`` for pages of about :data:`PAGE_TARGET_BYTES`. The next page is requested while
         the caller handles this one. Raises :class:`CompactedError` if that revision is
         compacted while paging. Close the iterator if you stop early (``contextlib.aclosing``).
         """
-        async for page, rev in self._pb_pages(prefix, revision, page_size, keys_only):
-            yield [kv_of(kv) for kv in page], rev
+        async for page, rev, header in self._pb_pages(prefix, revision, page_size, keys_only):
+            yield [kv_of(kv) for kv in page], rev, header_of(header)
 
     async def record_pages(
         self, prefix: str | bytes, *, revision: int = 0, page_size: int | None = None
@@ -394,21 +478,15 @@ class KV:
         """As :meth:`pages`, yielding each page as etcd's own messages, read for their
         ``key`` and ``value`` only (the cheap form for big listings: no object made per key;
         consume the page before the next)."""
-        async for page, rev in self._pb_pages(prefix, revision, page_size, False):
+        async for page, rev, _header in self._pb_pages(prefix, revision, page_size, False):
             yield page, rev
 
     # -- writes -----------------------------------------------------------------------------------
 
-    async def put(
-        self, key: str | bytes, value: str | bytes, *, lease: int = 0, prev_kv: bool = False
-    ) -> PutResult:
-        raw = key_bytes(key)
-        req = rpc.PutRequest(
-            key=raw, value=to_bytes(value, "value"), lease=_lease(lease), prev_kv=prev_kv
-        )
-        resp = await self._write(f"put {raw!r}", "kv", "Put", req)
-        prev = kv_of(resp.prev_kv) if resp.HasField("prev_kv") else None
-        return PutResult(int(resp.header.revision), prev)
+    async def put(self, op: Op) -> PutResult:
+        """Run one put :class:`Op` (built, and so checked, by ``Op.put``)."""
+        resp = await self._write(f"put {op.key!r}", "kv", "Put", _put_pb(op))
+        return _put_result(resp, header_of(resp.header))
 
     async def delete(self, key: str | bytes, *, prefix: bool = False) -> int:
         """Delete one key (or every key under it with ``prefix``); how many went."""
@@ -417,6 +495,14 @@ class KV:
         what = f"delete_prefix {raw!r}" if prefix else f"delete {raw!r}"
         resp = await self._write(what, "kv", "DeleteRange", req)
         return int(resp.deleted)
+
+    async def delete_range(self, op: Op) -> DeleteResult:
+        """Run one delete :class:`Op` (built by ``Op.delete_range``)."""
+        what = (
+            f"delete_range {op.key!r}..{op.range_end!r}" if op.range_end else f"delete {op.key!r}"
+        )
+        resp = await self._write(what, "kv", "DeleteRange", _delete_pb(op))
+        return _delete_result(resp, header_of(resp.header))
 
     async def txn(
         self,
@@ -439,8 +525,13 @@ class KV:
             resp = await self._write(what, "kv", "Txn", req)
         else:
             resp = await self._read(what, "kv", "Txn", req)
-        rev = int(resp.header.revision)
-        return TxnResult(bool(resp.succeeded), rev, [_op_result(r, rev) for r in resp.responses])
+        header = header_of(resp.header)
+        return TxnResult(
+            bool(resp.succeeded),
+            header.revision,
+            [_op_result(r, header) for r in resp.responses],
+            header,
+        )
 
     async def compact(self, revision: int, *, physical: bool = False) -> None:
         rev = check_int64(revision, "revision", low=1)
@@ -456,7 +547,7 @@ class KV:
         )
         if resp.error:
             raise InvalidArgumentError(f"lease grant refused by etcd: {resp.error}")
-        return LeaseGrant(int(resp.ID), int(resp.TTL))
+        return LeaseGrant(int(resp.ID), int(resp.TTL), header_of(resp.header))
 
     async def revoke(self, lease_id: int) -> None:
         lid = check_int64(lease_id, "lease_id")
@@ -468,4 +559,53 @@ class KV:
         lid = check_int64(lease_id, "lease_id")
         req = rpc.LeaseTimeToLiveRequest(ID=lid)
         resp = await self._read(f"ttl of lease {lid:#x}", "lease", "LeaseTimeToLive", req)
+        return int(resp.TTL)
+
+    async def lease_info(self, lease_id: int, *, keys: bool = False) -> LeaseInfo:
+        lid = check_int64(lease_id, "lease_id")
+        if not isinstance(keys, bool):
+            raise TypeError(f"keys must be a bool, got {type(keys).__name__}: {keys!r:.40}")
+        req = rpc.LeaseTimeToLiveRequest(ID=lid, keys=keys)
+        resp = await self._read(f"info of lease {lid:#x}", "lease", "LeaseTimeToLive", req)
+        if resp.TTL == -1:
+            raise LeaseNotFoundError(
+                f"lease {lid:#x} not found at {self.where} (expired or revoked)"
+            )
+        return LeaseInfo(
+            int(resp.ID),
+            int(resp.TTL),
+            int(resp.grantedTTL),
+            list(resp.keys),
+            header_of(resp.header),
+        )
+
+    async def leases(self) -> list[int]:
+        resp = await self._read("list leases", "lease", "LeaseLeases", rpc.LeaseLeasesRequest())
+        return [int(lease.ID) for lease in resp.leases]
+
+    async def keep_alive_once(self, lease_id: int) -> int:
+        """One keepalive on a stream of its own; the TTL etcd renewed the lease to."""
+        lid = check_int64(lease_id, "lease_id")
+        conn = self._conn
+        ch = conn.channel
+        what = f"keep lease {lid:#x} alive"
+        call = ch.stream("lease", "LeaseKeepAlive", await conn.metadata())
+        try:
+            async with asyncio.timeout(conn.timeout):
+                await call.write(rpc.LeaseKeepAliveRequest(ID=lid))
+                resp = await call.read()
+        except TimeoutError:
+            raise EtcdTimeoutError(
+                f"{what}: no answer from {ch.endpoint} within {conn.timeout} s"
+            ) from None
+        except grpc.aio.AioRpcError as exc:
+            raise map_rpc_error(exc, str(ch.endpoint), what) from exc
+        finally:
+            call.cancel()
+        if resp is grpc.aio.EOF:
+            raise ConnectionUnavailableError(f"{what}: {ch.endpoint} closed the stream")
+        if resp.TTL <= 0:
+            raise LeaseNotFoundError(
+                f"lease {lid:#x} not found at {self.where} (expired or revoked)"
+            )
         return int(resp.TTL)

@@ -449,7 +449,7 @@ class PersistentLease:
         self._need_put = False
         try:
             put = await self._core.kv.put(
-                self._raw_key, value, lease=session.lease_id, prev_kv=True
+                Op.put(self._raw_key, value, lease=session.lease_id, prev_kv=True)
             )
         except BaseException:
             self._need_put = True

@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient
 from etcdkit._conn import Stubs
@@ -31,10 +31,19 @@ from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Snapshot, Transform
 from etcdkit._sync_locks import SyncElection, SyncLock
-from etcdkit._types import Compare, KeyValue, LeaseGrant, Op, RangeResult, TxnResult
+from etcdkit._twin import Twin, blocking
+from etcdkit._types import PutResult, WatchBatch, WatchFilter
+from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, SyncCluster
 
-__all__ = ["Client", "Portal", "SyncPersistentLease", "SyncPrefixWatch", "SyncSession"]
+__all__ = [
+    "Client",
+    "Portal",
+    "SyncPersistentLease",
+    "SyncPrefixWatch",
+    "SyncSession",
+    "SyncWatch",
+]
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -169,7 +178,7 @@ class _Face:
         return self._portal.call(coro)
 
 
-class Client(_Face):
+class Client(Twin[AsyncClient]):
     """The blocking twin of :class:`AsyncClient`: same arguments, same methods, same errors.
 
     Runs one :class:`AsyncClient` on a private event-loop thread, which ``close()`` stops.
@@ -200,7 +209,7 @@ class Client(_Face):
             timeout=timeout,
             retry=retry,
         )
-        self._portal = Portal()
+        self._portal: Portal = Portal()
         try:
             self._call(self.aio.connect())
         except BaseException:
@@ -251,57 +260,95 @@ class Client(_Face):
 
         return self._call(wrap())
 
-    def auth_metadata(self) -> list[tuple[str, str]]:
-        return self._call(self.aio.auth_metadata())
+    auth_metadata = blocking(AsyncClient.auth_metadata)
+    get = blocking(AsyncClient.get)
+    get_revision = blocking(AsyncClient.get_revision)
+    get_prefix = blocking(AsyncClient.get_prefix)
+    range = blocking(AsyncClient.range)
 
-    def get(
-        self, key: str | bytes, *, revision: int = 0, serializable: bool = False
-    ) -> KeyValue | None:
-        return self._call(self.aio.get(key, revision=revision, serializable=serializable))
-
-    def get_revision(self) -> int:
-        return self._call(self.aio.get_revision())
-
-    def get_prefix(
+    @overload
+    def put(
         self,
-        prefix: str | bytes,
+        key: str | bytes,
+        value: str | bytes,
         *,
-        revision: int = 0,
-        page_size: int | None = None,
-        keys_only: bool = False,
-    ) -> RangeResult:
-        return self._call(
-            self.aio.get_prefix(prefix, revision=revision, page_size=page_size, keys_only=keys_only)
-        )
-
-    def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0) -> int:
-        return self._call(self.aio.put(key, value, lease=lease))
-
-    def delete(self, key: str | bytes) -> bool:
-        return self._call(self.aio.delete(key))
-
-    def delete_prefix(self, prefix: str | bytes) -> int:
-        return self._call(self.aio.delete_prefix(prefix))
-
-    def compact(self, revision: int, *, physical: bool = False) -> None:
-        self._call(self.aio.compact(revision, physical=physical))
-
-    def txn(
+        lease: int = 0,
+        prev_kv: Literal[False] = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> int: ...
+    @overload
+    def put(
         self,
-        compare: Sequence[Compare] = (),
-        success: Sequence[Op] = (),
-        failure: Sequence[Op] = (),
-    ) -> TxnResult:
-        return self._call(self.aio.txn(compare, success, failure))
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: Literal[True],
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> PutResult: ...
+    def put(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> int | PutResult:
+        put = functools.partial(
+            self.aio.put,
+            key,
+            value,
+            lease=lease,
+            ignore_value=ignore_value,
+            ignore_lease=ignore_lease,
+        )
+        if prev_kv is True:
+            return self._call(put(prev_kv=True))
+        return self._call(put(prev_kv=prev_kv))
 
-    def grant(self, ttl: int) -> LeaseGrant:
-        return self._call(self.aio.grant(ttl))
+    put.__doc__ = AsyncClient.put.__doc__
+    delete = blocking(AsyncClient.delete)
+    delete_prefix = blocking(AsyncClient.delete_prefix)
+    delete_range = blocking(AsyncClient.delete_range)
+    compact = blocking(AsyncClient.compact)
+    txn = blocking(AsyncClient.txn)
+    grant = blocking(AsyncClient.grant)
+    revoke = blocking(AsyncClient.revoke)
+    time_to_live = blocking(AsyncClient.time_to_live)
+    leases = blocking(AsyncClient.leases)
+    lease_info = blocking(AsyncClient.lease_info)
+    keep_alive_once = blocking(AsyncClient.keep_alive_once)
+    wait_for = blocking(AsyncClient.wait_for)
 
-    def revoke(self, lease_id: int) -> None:
-        self._call(self.aio.revoke(lease_id))
-
-    def time_to_live(self, lease_id: int) -> int:
-        return self._call(self.aio.time_to_live(lease_id))
+    def watch(
+        self,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Sequence[WatchFilter] = (),
+        progress_notify: bool = False,
+    ) -> SyncWatch:
+        """See :meth:`AsyncClient.watch`: ``with client.watch(...) as w: for batch in w:``."""
+        watch = self._portal.run_sync(
+            functools.partial(
+                self.aio.watch,
+                prefix=prefix,
+                start_revision=start_revision,
+                prev_kv=prev_kv,
+                filters=filters,
+                progress_notify=progress_notify,
+            ),
+            key,
+            range_end,
+        )
+        return SyncWatch(self._portal, watch)
 
     def session(self, ttl: int = 60) -> SyncSession:
         """See :meth:`AsyncClient.session`: grants the lease (blocking) and returns the open
@@ -309,9 +356,6 @@ class Client(_Face):
         session = self._portal.run_sync(self.aio.session, ttl)
         self._call(session.open())
         return SyncSession(self._portal, session)
-
-    def wait_for(self, key: str | bytes, exists: bool = True, timeout: float | None = None) -> int:
-        return self._call(self.aio.wait_for(key, exists=exists, timeout=timeout))
 
     @overload
     def watch_prefix(self, prefix: str | bytes) -> SyncPrefixWatch[str, bytes]: ...
@@ -352,6 +396,41 @@ class Client(_Face):
     def lock(self, name: str | bytes, ttl: int = 10, timeout: float | None = 30) -> SyncLock:
         """See :meth:`AsyncClient.lock`; use with ``with``."""
         return SyncLock(self._portal, self._portal.run_sync(self.aio.lock, name, ttl, timeout))
+
+
+class SyncWatch(Twin[Watch]):
+    """Blocking view of a :class:`Watch`: ``with client.watch(...) as w: for batch in w:``.
+    ``cancel()`` from any thread ends the iteration in every thread that waits on it."""
+
+    def __enter__(self) -> SyncWatch:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()
+
+    start = blocking(Watch.start)
+
+    def cancel(self) -> None:
+        """End the watch (idempotent): the iteration stops, etcd's watch is cancelled."""
+        if not self._portal.closed:
+            self._portal.run_sync(self.aio.cancel)
+
+    def __iter__(self) -> Iterator[WatchBatch]:
+        return self
+
+    def __next__(self) -> WatchBatch:
+        try:
+            return self._portal.call(self.aio.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    @property
+    def revision(self) -> int:
+        """See :attr:`Watch.revision`."""
+        return self._portal.read(lambda: self.aio.revision)
 
 
 class SyncPrefixWatch(_Face, Generic[K, V]):

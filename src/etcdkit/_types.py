@@ -8,6 +8,7 @@ these; recipes and users only ever see these.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, TypeAlias
 
@@ -17,12 +18,18 @@ __all__ = [
     "EventType",
     "KeyValue",
     "LeaseGrant",
+    "LeaseInfo",
     "Op",
     "OpResult",
     "PutResult",
     "RangeResult",
+    "ResponseHeader",
+    "SortOrder",
+    "SortTarget",
     "TxnResult",
+    "WatchBatch",
     "WatchEvent",
+    "WatchFilter",
     "check_int64",
     "key_bytes",
     "prefix_range_end",
@@ -84,11 +91,33 @@ class KeyValue:
     lease: int
 
 
-class RangeResult(NamedTuple):
-    """What :meth:`AsyncClient.get_prefix` returns: the keys, and the revision they were read at."""
+class ResponseHeader(NamedTuple):
+    """What etcd says about the answer it gives: which cluster and member answered, the store's
+    revision when it answered, and the raft term (Go's ``etcdserverpb.ResponseHeader``)."""
+
+    cluster_id: int
+    member_id: int
+    revision: int
+    raft_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """What a read returns (:meth:`AsyncClient.range`, :meth:`AsyncClient.get_prefix`, a
+    range inside a transaction): the keys, the revision they were read at, how many keys the
+    range holds in all (``count``; more than ``len(kvs)`` when ``limit`` cut it), whether
+    ``limit`` left keys out (``more``), and etcd's :class:`ResponseHeader`.
+
+    It still unpacks as ``kvs, revision = result``, as it did before it had more fields."""
 
     kvs: list[KeyValue]
     revision: int
+    count: int = 0
+    more: bool = False
+    header: ResponseHeader | None = None
+
+    def __iter__(self) -> Iterator[list[KeyValue] | int]:
+        return iter((self.kvs, self.revision))
 
 
 class LeaseGrant(NamedTuple):
@@ -96,6 +125,19 @@ class LeaseGrant(NamedTuple):
 
     id: int
     ttl: int
+    header: ResponseHeader | None = None
+
+
+class LeaseInfo(NamedTuple):
+    """A lease as etcd reports it (:meth:`AsyncClient.lease_info`): its id, the seconds it has
+    left, the TTL it was granted, and the keys attached to it (when asked for with
+    ``keys=True``, else empty)."""
+
+    id: int
+    ttl: int
+    granted_ttl: int
+    keys: list[bytes]
+    header: ResponseHeader | None = None
 
 
 class EventType(enum.Enum):
@@ -111,6 +153,20 @@ class WatchEvent:
     type: EventType
     kv: KeyValue
     prev_kv: KeyValue | None = None
+
+
+class WatchBatch(NamedTuple):
+    """One answer of etcd on a watch (:meth:`AsyncClient.watch`): the events of one revision
+    range, in order (a transaction's events arrive together), and the revision etcd had
+    reached when it sent them. A batch with no events is a progress notification: every
+    change up to ``revision`` has been delivered."""
+
+    revision: int
+    events: list[WatchEvent]
+
+
+WatchFilter: TypeAlias = Literal["noput", "nodelete"]
+WATCH_FILTERS = ("noput", "nodelete")
 
 
 # -- transactions ---------------------------------------------------------------------------------
@@ -183,12 +239,53 @@ class Compare:
         return cls(raw, target, op, operand, prefix_range_end(raw) if prefix else b"")
 
 
+SortOrder: TypeAlias = Literal["ascend", "descend"]
+SortTarget: TypeAlias = Literal["key", "version", "create", "mod", "value"]
+SORT_ORDERS = ("ascend", "descend")
+SORT_TARGETS = ("key", "version", "create", "mod", "value")
+
+
+def range_end_of(
+    key: str | bytes, range_end: str | bytes | None, prefix: bool, what: str = "key"
+) -> tuple[bytes, bytes]:
+    """``(key, range_end)`` in etcd's terms from the public arguments: one key, the range
+    ``[key, range_end)``, or every key starting with ``key`` (``prefix=True``; an empty
+    ``key`` then means every key). ``range_end`` and ``prefix`` exclude each other."""
+    if not isinstance(prefix, bool):
+        raise TypeError(f"prefix must be a bool, got {type(prefix).__name__}: {prefix!r:.40}")
+    if prefix:
+        if range_end is not None:
+            raise ValueError("pass either range_end or prefix=True, not both")
+        raw = to_bytes(key, what)
+        return (raw or b"\0"), prefix_range_end(raw)
+    raw = key_bytes(key, what)
+    if range_end is None:
+        return raw, b""
+    end = to_bytes(range_end, "range_end")
+    if not end:
+        raise ValueError(
+            "range_end must not be empty (None: one key; b'\\0': every key from key on)"
+        )
+    return raw, end
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, got {type(value).__name__}: {value!r:.40}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Op:
     """One operation of a transaction; build with the class methods::
 
-    Op.get("/k")    Op.range("/prefix/")    Op.put("/k", "v", lease=0)
-    Op.delete("/k")    Op.delete_prefix("/prefix/")
+        Op.get("/k")
+        Op.range("/jobs/", prefix=True, sort_target="create", limit=1)
+        Op.put("/k", "v", lease=0)
+        Op.delete("/k")    Op.delete_range("/jobs/", prefix=True)
+
+    ``Op.range`` takes the options of :meth:`AsyncClient.range`, ``Op.delete_range`` those of
+    :meth:`AsyncClient.delete_range`, ``Op.put`` those of :meth:`AsyncClient.put`.
     """
 
     kind: Literal["range", "put", "delete"]
@@ -197,45 +294,141 @@ class Op:
     value: bytes = b""
     lease: int = 0
     prev_kv: bool = False
+    ignore_value: bool = False
+    ignore_lease: bool = False
+    revision: int = 0
+    limit: int = 0
+    sort_order: SortOrder | None = None
+    sort_target: SortTarget = "key"
+    serializable: bool = False
+    keys_only: bool = False
+    count_only: bool = False
+    min_mod_revision: int = 0
+    max_mod_revision: int = 0
+    min_create_revision: int = 0
+    max_create_revision: int = 0
 
     @classmethod
-    def get(cls, key: str | bytes) -> Op:
-        return cls("range", key_bytes(key))
+    def get(cls, key: str | bytes, *, revision: int = 0, serializable: bool = False) -> Op:
+        """Read one key."""
+        return cls.range(key, revision=revision, serializable=serializable)
 
     @classmethod
-    def range(cls, prefix: str | bytes) -> Op:
-        raw = to_bytes(prefix, "prefix")
-        return cls("range", raw or b"\0", prefix_range_end(raw))
+    def range(
+        cls,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        sort_order: SortOrder | None = None,
+        sort_target: SortTarget = "key",
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+    ) -> Op:
+        """Read one key, the keys in ``[key, range_end)``, or with ``prefix=True`` every key
+        starting with ``key`` (see :meth:`AsyncClient.range` for the options)."""
+        raw, end = range_end_of(key, range_end, prefix)
+        if sort_order is not None and sort_order not in SORT_ORDERS:
+            raise ValueError(f"sort_order must be 'ascend', 'descend' or None; got {sort_order!r}")
+        if sort_target not in SORT_TARGETS:
+            raise ValueError(
+                f"sort_target must be one of {', '.join(map(repr, SORT_TARGETS))}; "
+                f"got {sort_target!r}"
+            )
+        return cls(
+            "range",
+            raw,
+            end,
+            revision=check_int64(revision, "revision", hint=" (0 = latest)"),
+            limit=check_int64(limit, "limit", hint=" (0 = no limit)"),
+            sort_order=sort_order,
+            sort_target=sort_target,
+            serializable=_flag(serializable, "serializable"),
+            keys_only=_flag(keys_only, "keys_only"),
+            count_only=_flag(count_only, "count_only"),
+            min_mod_revision=check_int64(min_mod_revision, "min_mod_revision"),
+            max_mod_revision=check_int64(max_mod_revision, "max_mod_revision"),
+            min_create_revision=check_int64(min_create_revision, "min_create_revision"),
+            max_create_revision=check_int64(max_create_revision, "max_create_revision"),
+        )
 
     @classmethod
     def put(
-        cls, key: str | bytes, value: str | bytes, *, lease: int = 0, prev_kv: bool = False
+        cls,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
     ) -> Op:
+        """Write ``key=value`` (see :meth:`AsyncClient.put` for the options)."""
         lease = check_int64(lease, "lease", hint=" (a lease id, 0 = none)")
-        return cls("put", key_bytes(key), b"", to_bytes(value, "value"), lease, bool(prev_kv))
+        if _flag(ignore_value, "ignore_value") and value not in (b"", ""):
+            raise ValueError("ignore_value=True keeps the current value: pass value=b''")
+        if _flag(ignore_lease, "ignore_lease") and lease:
+            raise ValueError("ignore_lease=True keeps the current lease: pass lease=0")
+        return cls(
+            "put",
+            key_bytes(key),
+            b"",
+            to_bytes(value, "value"),
+            lease,
+            _flag(prev_kv, "prev_kv"),
+            ignore_value=ignore_value,
+            ignore_lease=ignore_lease,
+        )
 
     @classmethod
     def delete(cls, key: str | bytes, *, prev_kv: bool = False) -> Op:
-        return cls("delete", key_bytes(key), prev_kv=bool(prev_kv))
+        """Delete one key."""
+        return cls.delete_range(key, prev_kv=prev_kv)
+
+    @classmethod
+    def delete_range(
+        cls,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        prev_kv: bool = False,
+    ) -> Op:
+        """Delete one key, the keys in ``[key, range_end)``, or with ``prefix=True`` every key
+        starting with ``key``."""
+        raw, end = range_end_of(key, range_end, prefix)
+        return cls("delete", raw, end, prev_kv=_flag(prev_kv, "prev_kv"))
 
     @classmethod
     def delete_prefix(cls, prefix: str | bytes, *, prev_kv: bool = False) -> Op:
-        raw = key_bytes(prefix, "prefix")
-        return cls("delete", raw, prefix_range_end(raw), prev_kv=bool(prev_kv))
+        """Delete every key starting with ``prefix`` (which must not be empty)."""
+        key_bytes(prefix, "prefix")
+        return cls.delete_range(prefix, prefix=True, prev_kv=prev_kv)
 
 
 class PutResult(NamedTuple):
-    """A put inside a transaction: the revision, and the entry before it (if asked for)."""
+    """A put: the revision it made, the entry before it (when asked for with ``prev_kv``),
+    and etcd's :class:`ResponseHeader`."""
 
     revision: int
     prev_kv: KeyValue | None
+    header: ResponseHeader | None = None
 
 
 class DeleteResult(NamedTuple):
-    """A delete inside a transaction: how many keys went, and their entries (if asked for)."""
+    """A delete: how many keys went, their entries (when asked for with ``prev_kv``), and
+    etcd's :class:`ResponseHeader`."""
 
     deleted: int
     prev_kvs: list[KeyValue]
+    header: ResponseHeader | None = None
 
 
 OpResult: TypeAlias = RangeResult | PutResult | DeleteResult
@@ -248,3 +441,4 @@ class TxnResult(NamedTuple):
     succeeded: bool
     revision: int
     responses: list[OpResult]
+    header: ResponseHeader | None = None

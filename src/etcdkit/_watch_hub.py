@@ -67,6 +67,10 @@ STALL_AFTER = 2.0  # seconds of silence, with a progress request out, that make 
 PROBE_KEY = b"\0etcdkit/liveness-probe"
 ECHO_ID = 1 << 62  # the watch id a stream's first create asks for: see WatchHub._send_create
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
+_FILTERS = {
+    "noput": rpc.WatchCreateRequest.FilterType.NOPUT,
+    "nodelete": rpc.WatchCreateRequest.FilterType.NODELETE,
+}
 
 
 def _noop(*_args: object) -> None:
@@ -82,6 +86,8 @@ class WatchSub:
         "confirmed_at",
         "connected",
         "ended",
+        "filters",
+        "header_revision",
         "key",
         "next_rev",
         "on_end",
@@ -105,12 +111,15 @@ class WatchSub:
         on_progress: ProgressCallback,
         on_status: StatusCallback,
         on_end: EndCallback,
+        filters: tuple[int, ...] = (),
     ) -> None:
         self._hub = hub
         self.key = key
         self.range_end = range_end
         self.next_rev = start_revision  # 0 = "from now"; fixed on creation
         self.prev_kv = prev_kv
+        self.filters = filters
+        self.header_revision = 0  # of the response being delivered (events or progress)
         self.on_events = on_events
         self.on_progress = on_progress
         self.on_status = on_status
@@ -136,6 +145,7 @@ class WatchSub:
                 start_revision=self.next_rev,
                 prev_kv=self.prev_kv,
                 progress_notify=True,
+                filters=self.filters,
                 watch_id=watch_id,
             )
         )
@@ -193,8 +203,10 @@ class WatchHub:
         on_progress: ProgressCallback = _noop,
         on_status: StatusCallback = _noop,
         on_end: EndCallback,
+        filters: tuple[str, ...] = (),
     ) -> WatchSub:
-        """Watch ``[key, range_end)`` from ``start_revision`` (0: from now) until cancelled."""
+        """Watch ``[key, range_end)`` from ``start_revision`` (0: from now) until cancelled.
+        ``filters``: ``"noput"`` and/or ``"nodelete"`` (etcd leaves those events out)."""
         if self._closed:
             raise ClosedError("the etcdkit client is closed; create a new one")
         sub = WatchSub(
@@ -207,6 +219,7 @@ class WatchHub:
             on_progress=on_progress,
             on_status=on_status,
             on_end=on_end,
+            filters=tuple(_FILTERS[f] for f in filters),
         )
         self._subs.add(sub)
         if self._task is None:
@@ -464,6 +477,7 @@ class WatchHub:
             if sub_e is None or sub_e.ended:
                 return
             sub_e.next_rev = resp.events[-1].kv.mod_revision + 1
+            sub_e.header_revision = resp.header.revision
             sub_e.confirmed_at = now
             sub_e.on_events(_events(resp))
             return
@@ -485,6 +499,7 @@ class WatchHub:
         one.confirmed_at = now
         if rev + 1 > one.next_rev:
             one.next_rev = rev + 1
+            one.header_revision = rev
             one.on_progress(rev)
 
     def _confirm_all(self, now: float) -> None:

@@ -1,0 +1,77 @@
+"""One generic way to make a blocking twin of an asyncio object.
+
+A twin holds the asyncio object (``.aio``) and the client's loop thread (a portal, as
+``etcdkit._sync.Portal``), and forwards each call through the portal. Its methods are not
+written out by hand: ``blocking(Async.method)`` makes the blocking method from the async one,
+with the same parameters, return type and docstring (so the API reference lists it)::
+
+    class SyncMembers(Twin[Members]):
+        list = blocking(Members.list)
+        add = blocking(Members.add)
+
+mypy checks the result like the original (``ParamSpec``). Nothing is re-implemented.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
+
+__all__ = ["PortalLike", "Twin", "blocking", "blocking_read"]
+
+A = TypeVar("A")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class PortalLike(Protocol):
+    """What a twin needs of ``etcdkit._sync.Portal`` (the client's loop thread)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T: ...
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    def read(self, fn: Callable[[], T]) -> T: ...
+
+
+class Twin(Generic[A]):
+    """The base of a blocking twin: ``aio`` is the asyncio object every call goes to."""
+
+    def __init__(self, portal: PortalLike, aio: A) -> None:
+        self._portal = portal
+        self.aio: A = aio
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._portal.call(coro)
+
+    def __repr__(self) -> str:
+        text = self._portal.read(lambda: repr(self.aio))
+        name = type(self.aio).__name__
+        return text.replace(f"<{name}", f"<{type(self).__name__}", 1)
+
+
+def blocking(
+    fn: Callable[Concatenate[A, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Twin[A], P], T]:
+    """The blocking method of a twin, made from the async method ``fn`` of its class."""
+
+    def method(self: Twin[A], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._portal.call(fn(self.aio, *args, **kwargs))
+
+    functools.update_wrapper(method, fn)  # name, docstring, and the signature via __wrapped__
+    return method
+
+
+def blocking_read(fn: Callable[Concatenate[A, P], T]) -> Callable[Concatenate[Twin[A], P], T]:
+    """A twin method for a plain (non-async) method of the asyncio object: it runs on the loop
+    thread, so it sees the object's state as the loop does."""
+
+    def method(self: Twin[A], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._portal.read(functools.partial(fn, self.aio, *args, **kwargs))
+
+    functools.update_wrapper(method, fn)
+    return method

@@ -1,0 +1,201 @@
+"""The raw watch: etcd's event stream as an async iterator of :class:`WatchBatch`, resumed
+after every fault without losing or repeating an event.
+
+A :class:`Watch` is one watcher on the client's shared Watch stream (``_watch_hub``), which
+re-creates it from the revision after the last event handed over whenever the stream breaks
+(a disconnect, a restart, a hung member). What the iterator has not yet yielded waits in a
+buffer of at most :data:`MAX_BUFFERED` batches; a reader that falls that far behind makes the
+watch step off the stream (its etcd watch is cancelled) and step back on from the next revision
+once the reader has caught up (:data:`RESUME_BELOW`), so a slow reader costs no memory beyond
+the bound and loses nothing (unless etcd compacts that history meanwhile:
+:class:`CompactedError`, as for any start revision).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Sequence
+from types import TracebackType
+
+from etcdkit._core import Core
+from etcdkit._errors import ClosedError, EtcdkitError
+from etcdkit._types import WATCH_FILTERS, WatchBatch, WatchEvent, WatchFilter, check_int64
+from etcdkit._watch_hub import WatchSub
+
+__all__ = ["MAX_BUFFERED", "RESUME_BELOW", "Watch", "check_filters"]
+
+MAX_BUFFERED = 1024  # batches waiting for the reader before the watch steps off the stream
+RESUME_BELOW = MAX_BUFFERED // 4  # ... and back on once the reader is down to this many
+
+
+def check_filters(filters: Sequence[WatchFilter]) -> tuple[WatchFilter, ...]:
+    if isinstance(filters, str | bytes) or not isinstance(filters, Sequence):
+        raise TypeError(f"filters must be a sequence such as ('noput',), got {filters!r:.80}")
+    for f in filters:
+        if f not in WATCH_FILTERS:
+            raise ValueError(f"watch filters are 'noput' and 'nodelete'; got {f!r:.40}")
+    return tuple(filters)
+
+
+class Watch:
+    """Every change to ``[key, range_end)`` from ``start_revision`` on, one etcd answer per
+    :class:`WatchBatch`. Use as ``async with etcd.watch(...) as w: async for batch in w:``.
+
+    - Entering the block fixes the start: with ``start_revision=0`` it reads the current
+      revision, and every change after it is delivered (none made after ``__aenter__``
+      returned is missed).
+    - Batches hold one etcd response each, so a transaction's events arrive together, in
+      revision order. With ``progress_notify=True``, etcd's progress notifications arrive as
+      batches with no events (every change up to ``batch.revision`` was delivered).
+    - Through disconnects, restarts and hung members it resumes from the last delivered
+      revision + 1: no event lost, none repeated.
+    - A start revision etcd has compacted raises :class:`CompactedError` (with
+      ``.compact_revision``) from the iterator; a watch etcd cancels raises
+      :class:`WatchEndedError`; closing the client raises :class:`ClosedError`.
+    - ``cancel()`` or leaving the block ends it: the iterator stops.
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        key: bytes,
+        range_end: bytes,
+        *,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Sequence[WatchFilter] = (),
+        progress_notify: bool = False,
+    ) -> None:
+        self._core = core
+        self.key = key
+        self.range_end = range_end
+        self._start = check_int64(start_revision, "start_revision", hint=" (0 = from now)")
+        if not isinstance(prev_kv, bool) or not isinstance(progress_notify, bool):
+            raise TypeError("prev_kv and progress_notify must be bools")
+        self._prev_kv = prev_kv
+        self._filters = check_filters(filters)
+        self._progress = progress_notify
+        self._buffer: collections.deque[WatchBatch] = collections.deque()
+        self._error: EtcdkitError | None = None
+        self._wake = asyncio.Event()
+        self._sub: WatchSub | None = None
+        self._next = 0  # the revision the next batch starts at (once started)
+        self._started = False
+        self._cancelled = False
+        self._paused = False
+
+    def __repr__(self) -> str:
+        where = f"{self.key!r}" + (f"..{self.range_end!r}" if self.range_end else "")
+        state = "cancelled" if self._cancelled else "paused" if self._paused else "live"
+        return f"<Watch {where} next_revision={self._next} {state}>"
+
+    @property
+    def revision(self) -> int:
+        """The revision this watch has reached: every change up to it was received (the
+        reader may not have read it all yet); 0 before it started."""
+        return max(0, self._next - 1) if self._started else 0
+
+    async def __aenter__(self) -> Watch:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()
+
+    async def start(self) -> None:
+        """Fix the start revision and join the client's Watch stream (``__aenter__`` does
+        this; the first ``__anext__`` too, if nobody did)."""
+        if self._started:
+            return
+        self._core.check_open()
+        start = self._start
+        if start == 0:
+            start = await self._core.kv.revision() + 1
+        if self._cancelled:
+            return
+        self._started = True
+        self._next = start
+        self._subscribe()
+
+    def cancel(self) -> None:
+        """End the watch (idempotent): the iterator stops, etcd's watch is cancelled."""
+        self._cancelled = True
+        self._unsubscribe()
+        self._buffer.clear()
+        self._wake.set()
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> WatchBatch:
+        if not self._started and not self._cancelled:
+            await self.start()
+        while True:
+            if self._cancelled:
+                raise StopAsyncIteration
+            if self._buffer:
+                batch = self._buffer.popleft()
+                if self._paused and len(self._buffer) <= RESUME_BELOW and self._error is None:
+                    self._paused = False
+                    self._subscribe()
+                return batch
+            if self._error is not None:
+                err, self._error = self._error, None
+                self.cancel()
+                raise err
+            self._wake.clear()
+            await self._wake.wait()
+
+    # -- on the hub's reader task ------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        self._sub = self._core.watches.watch(
+            self.key,
+            self.range_end,
+            self._next,
+            prev_kv=self._prev_kv,
+            on_events=self._on_events,
+            on_progress=self._on_progress,
+            on_end=self._on_end,
+            filters=self._filters,
+        )
+
+    def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            sub.cancel()
+
+    def _push(self, batch: WatchBatch, next_rev: int) -> None:
+        self._buffer.append(batch)
+        self._next = next_rev
+        self._wake.set()
+        if len(self._buffer) >= MAX_BUFFERED and not self._paused:
+            self._paused = True  # the reader is behind: step off until it catches up
+            self._unsubscribe()
+
+    def _on_events(self, events: list[WatchEvent]) -> None:
+        sub = self._sub
+        if sub is None:
+            return
+        self._push(WatchBatch(sub.header_revision, events), sub.next_rev)
+
+    def _on_progress(self, revision: int) -> None:
+        sub = self._sub
+        if sub is None:
+            return
+        if self._progress:
+            self._push(WatchBatch(revision, []), sub.next_rev)
+        else:
+            self._next = sub.next_rev
+
+    def _on_end(self, err: EtcdkitError) -> None:
+        self._sub = None
+        if self._cancelled:
+            return
+        if isinstance(err, ClosedError):
+            err = ClosedError("the etcdkit client was closed; this watch ended with it")
+        self._error = err
+        self._wake.set()
