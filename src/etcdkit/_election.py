@@ -70,8 +70,15 @@ class Election:
     async def leader(self) -> Leader | None:
         """The current leader (the oldest candidate key), or ``None`` when there is none."""
         self._core.check_open()
-        kvs, _rev = await self._core.kv.by_create_revision(self._prefix)
+        kvs, _rev = await self._oldest()
         return _leader(kvs[0]) if kvs else None
+
+    async def _oldest(self) -> tuple[list[KeyValue], int]:
+        """The oldest candidate key by create revision (Go's ``WithFirstCreate``), if any."""
+        res = await self._core.kv.range(
+            Op.range(self._prefix, prefix=True, sort_target="create", sort_order="ascend", limit=1)
+        )
+        return res.kvs, res.revision
 
     async def observe(self) -> AsyncGenerator[Leader, None]:
         """Each leader, and each new value of the leader (:meth:`Leadership.proclaim`), as
@@ -85,7 +92,7 @@ class Election:
         last: Leader | None = None
         while True:
             try:
-                kvs, rev = await core.kv.by_create_revision(self._prefix)
+                kvs, rev = await self._oldest()
                 if kvs:
                     kv = kvs[0]
                 else:
@@ -118,7 +125,7 @@ class Election:
             kv = await self._next_put(rev)
             if kv is not None:
                 return kv, kv.mod_revision
-            found, rev = await self._core.kv.by_create_revision(self._prefix)  # compacted: again
+            found, rev = await self._oldest()  # compacted: again
             if found:
                 return found[0], rev
 

@@ -216,27 +216,6 @@ def _op_result(resp: Any, header: ResponseHeader) -> OpResult:
     return _delete_result(resp.response_delete_range, header)
 
 
-def _by_create_revision(
-    prefix: bytes,
-    *,
-    newest_first: bool,
-    limit: int,
-    max_create_revision: int = 0,
-    serializable: bool = False,
-) -> Any:
-    """The range of :meth:`KV.by_create_revision` (arguments checked by the caller)."""
-    order = rpc.RangeRequest.SortOrder
-    return rpc.RangeRequest(
-        key=prefix,
-        range_end=prefix_range_end(prefix),
-        limit=limit,
-        sort_order=order.DESCEND if newest_first else order.ASCEND,
-        sort_target=rpc.RangeRequest.SortTarget.CREATE,
-        max_create_revision=max_create_revision,
-        serializable=serializable,
-    )
-
-
 TXN_OPS = 128  # etcd's default --max-txn-ops: gets per coalesced read
 
 
@@ -338,51 +317,6 @@ class KV:
             "get revision", "kv", "Range", rpc.RangeRequest(key=b"\0", count_only=True)
         )
         return int(resp.header.revision)
-
-    async def by_create_revision(
-        self,
-        prefix: str | bytes,
-        *,
-        newest_first: bool = False,
-        max_create_revision: int = 0,
-        limit: int = 1,
-        serializable: bool = False,
-    ) -> tuple[list[KeyValue], int]:
-        """The ``limit`` oldest keys under ``prefix`` by create revision (``newest_first``: the
-        newest), among keys created at or before ``max_create_revision`` when that is > 0; and
-        the revision the answer holds at. (Go's ``WithFirstCreate`` / ``WithLastCreate`` and
-        ``WithMaxCreateRev``: the reads of etcd's lock and election recipes.) ``serializable``:
-        the member's own state, without asking the leader; it may be behind, and the revision
-        it returns says by how much."""
-        raw = key_bytes(prefix, "prefix")
-        req = _by_create_revision(
-            raw,
-            newest_first=newest_first,
-            limit=check_int64(limit, "limit", low=1),
-            max_create_revision=_revision(max_create_revision, "max_create_revision"),
-            serializable=serializable,
-        )
-        resp = await self._read(f"keys under {raw!r} by create revision", "kv", "Range", req)
-        return [kv_of(kv) for kv in resp.kvs], int(resp.header.revision)
-
-    async def join_line(
-        self, key: bytes, prefix: bytes, value: bytes, lease: int
-    ) -> tuple[bool, list[KeyValue], int]:
-        """A contender's entry into the line under ``prefix`` (Go's ``concurrency`` recipes), in
-        one transaction: if ``key`` does not exist, put it on ``lease`` and read the two newest
-        keys under ``prefix`` by create revision (ours, and the one just before it if any);
-        else read ``key`` as it is (an earlier attempt of ours landed). Returns whether the put
-        ran, the entries read, and the revision. (Go's ``Mutex`` reads the owner in the same
-        transaction, too: an uncontended acquire is this one write.)"""
-        newest = _by_create_revision(prefix, newest_first=True, limit=2)
-        req = rpc.TxnRequest(
-            compare=[_compare_pb(Compare.create_revision(key, "==", 0))],
-            success=[_op_pb(Op.put(key, value, lease=lease)), rpc.RequestOp(request_range=newest)],
-            failure=[_op_pb(Op.get(key))],
-        )
-        resp = await self._write(f"join the line as {key!r}", "kv", "Txn", req)
-        kvs = [kv_of(kv) for kv in resp.responses[-1].response_range.kvs]
-        return bool(resp.succeeded), kvs, int(resp.header.revision)
 
     async def _pb_pages(
         self, prefix: str | bytes, revision: int, page_size: int | None, keys_only: bool

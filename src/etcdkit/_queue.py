@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from etcdkit._core import Core, CoreState
 from etcdkit._errors import (
@@ -31,7 +31,7 @@ from etcdkit._errors import (
     LeaseNotFoundError,
 )
 from etcdkit._session import Session, SessionState
-from etcdkit._types import Compare, EventType, KeyValue, Op, WatchEvent, to_bytes
+from etcdkit._types import Compare, EventType, KeyValue, Op, RangeResult, WatchEvent, to_bytes
 from etcdkit._watch_hub import WatchSub
 
 __all__ = [
@@ -245,16 +245,22 @@ class Contender:
         the line as :meth:`_turn` would: that look, ``(kvs, revision)``."""
         key = self.key
         try:
-            created, kvs, rev = await self.core.kv.join_line(
-                key, self.prefix, self.value, session.lease_id
+            # Go's Mutex does the same: if our key is absent, put it and read the line (ours
+            # and the key just before it) in one transaction; else get the key as it is.
+            res = await self.core.kv.txn(
+                [Compare.create_revision(key, "==", 0)],
+                [Op.put(key, self.value, lease=session.lease_id), self._line_op(0)],
+                [Op.get(key)],
             )
         except LeaseNotFoundError as exc:
             session.mark_lost("etcd said lease not found")
             raise _Gone("our lease expired before our key was put") from exc
-        if created:
-            self.revision = rev
-            return kvs, rev
-        kv = kvs[0]
+        line = res.responses[-1]
+        assert isinstance(line, RangeResult)
+        if res.succeeded:
+            self.revision = res.revision
+            return line.kvs, res.revision
+        kv = line.kvs[0]
         if kv.value != self.value:  # ours from an earlier attempt: say what we say now
             await self.core.kv.txn(
                 [Compare.create_revision(key, "==", kv.create_revision)],
@@ -282,6 +288,20 @@ class Contender:
                 return None
             floor = await self._wait_deleted(self.ahead.key, rev, session)
 
+    def _line_op(self, max_create_revision: int, serializable: bool = False) -> Op:
+        """The read of the line: the two newest keys under the name by create revision (among
+        those created at or before ``max_create_revision``, when > 0): ours, and the one just
+        before it (Go's ``WithLastCreate`` with ``WithMaxCreateRev``)."""
+        return Op.range(
+            self.prefix,
+            prefix=True,
+            sort_target="create",
+            sort_order="descend",
+            limit=2,
+            max_create_revision=max_create_revision,
+            serializable=serializable,
+        )
+
     async def _look(self, floor: int) -> tuple[list[KeyValue], int]:
         """Our key and the one just before it, read from a state at revision ``floor`` or
         later. Any such state tells the truth about the keys before ours: none can be created
@@ -289,14 +309,9 @@ class Contender:
         back. So the member's own state will do (a serializable read: no round to the
         leader), unless it is behind ``floor``; then the leader's (a linearizable read)."""
 
-        def read(serializable: bool) -> Awaitable[tuple[list[KeyValue], int]]:
-            return self.core.kv.by_create_revision(
-                self.prefix,
-                newest_first=True,
-                max_create_revision=self.revision,
-                limit=2,
-                serializable=serializable,
-            )
+        async def read(serializable: bool) -> tuple[list[KeyValue], int]:
+            res = await self.core.kv.range(self._line_op(self.revision, serializable))
+            return res.kvs, res.revision
 
         if floor:
             kvs, rev = await read(serializable=True)

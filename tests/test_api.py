@@ -1,0 +1,281 @@
+"""The data plane of the public client against real etcd: range with every option, delete_range,
+put's options, headers on every result, Op.range in transactions, and the lease calls; on both
+faces. (The raw watch has tests/test_raw_watch.py.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import etcdkit
+from etcdkit import AsyncClient, Client, Compare, DeleteResult, Op, PutResult, RangeResult
+
+
+async def _fill(etcd: AsyncClient, prefix: str) -> list[int]:
+    revs = []
+    for name, value in [("b", "2"), ("a", "3"), ("c", "1")]:
+        revs.append(await etcd.put(prefix + name, value))
+    await etcd.put(prefix + "a", "33")  # a: version 2, newest mod revision
+    return revs
+
+
+def _keys(result: RangeResult, prefix: str) -> list[str]:
+    return [kv.key.decode()[len(prefix) :] for kv in result.kvs]
+
+
+async def test_range_options(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    revs = await _fill(etcd, p)
+    everything = await etcd.range(p, prefix=True)
+    assert _keys(everything, p) == ["a", "b", "c"]
+    assert (everything.count, everything.more) == (3, False)
+    assert everything.header is not None
+    assert everything.header.revision == everything.revision == await etcd.get_revision()
+    assert everything.header.cluster_id
+    assert everything.header.member_id
+    assert everything.header.raft_term >= 1
+
+    one = await etcd.range(p + "b")
+    assert _keys(one, p) == ["b"]
+    assert one.count == 1
+    assert _keys(await etcd.range(p + "a", p + "c"), p) == ["a", "b"]  # [key, range_end)
+    assert _keys(await etcd.range(p + "b", b"\0"), p)[:2] == ["b", "c"]  # from key on
+
+    limited = await etcd.range(p, prefix=True, limit=2)
+    assert _keys(limited, p) == ["a", "b"]
+    assert limited.more
+    assert limited.count == 3
+
+    by = {
+        ("key", "descend"): ["c", "b", "a"],
+        ("value", "ascend"): ["c", "b", "a"],  # "1" < "2" < "33"
+        ("create", "ascend"): ["b", "a", "c"],
+        ("mod", "descend"): ["a", "c", "b"],
+        ("version", "descend"): ["a", "b", "c"],  # a has version 2; ties by key
+    }
+    for (target, order), want in by.items():
+        got = await etcd.range(p, prefix=True, sort_target=target, sort_order=order)  # type: ignore[arg-type]
+        assert _keys(got, p)[0] == want[0], (target, order)
+    assert _keys(
+        await etcd.range(p, prefix=True, sort_target="create", sort_order="ascend"), p
+    ) == [
+        "b",
+        "a",
+        "c",
+    ]
+
+    keys_only = await etcd.range(p, prefix=True, keys_only=True)
+    assert [kv.value for kv in keys_only.kvs] == [b"", b"", b""]
+    counted = await etcd.range(p, prefix=True, count_only=True)
+    assert counted.kvs == []
+    assert counted.count == 3
+
+    old = await etcd.range(p, prefix=True, revision=revs[1])
+    assert _keys(old, p) == ["a", "b"]
+    assert old.revision == revs[1]
+    assert [kv.value for kv in old.kvs] == [b"3", b"2"]
+
+    assert _keys(await etcd.range(p, prefix=True, min_mod_revision=revs[2]), p) == ["a", "c"]
+    assert _keys(await etcd.range(p, prefix=True, max_mod_revision=revs[1]), p) == ["b"]
+    assert _keys(await etcd.range(p, prefix=True, min_create_revision=revs[1]), p) == ["a", "c"]
+    assert _keys(await etcd.range(p, prefix=True, max_create_revision=revs[1]), p) == ["a", "b"]
+    assert _keys(await etcd.range(p, prefix=True, serializable=True), p) == ["a", "b", "c"]
+
+
+async def test_range_with_a_compacted_revision_raises(etcd: AsyncClient, etcd_prefix: str) -> None:
+    first = await etcd.put(etcd_prefix + "k", "1")
+    now = await etcd.put(etcd_prefix + "k", "2")
+    await etcd.compact(now)
+    with pytest.raises(etcdkit.CompactedError):
+        await etcd.range(etcd_prefix + "k", revision=first)
+
+
+async def test_delete_range(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    await _fill(etcd, p)
+    one = await etcd.delete_range(p + "a", prev_kv=True)
+    assert isinstance(one, DeleteResult)
+    assert one.deleted == 1
+    assert [kv.value for kv in one.prev_kvs] == [b"33"]
+    assert one.header is not None
+    assert one.header.revision == await etcd.get_revision()
+    assert (await etcd.delete_range(p + "a")).deleted == 0
+    span = await etcd.delete_range(p + "b", p + "c")
+    assert span.deleted == 1
+    assert span.prev_kvs == []
+    await etcd.put(p + "x/1", "v")
+    await etcd.put(p + "x/2", "v")
+    rest = await etcd.delete_range(p, prefix=True, prev_kv=True)
+    assert rest.deleted == 3
+    assert sorted(kv.key for kv in rest.prev_kvs) == [
+        e.encode() for e in (p + "c", p + "x/1", p + "x/2")
+    ]
+    assert (await etcd.range(p, prefix=True)).count == 0
+
+
+async def test_put_options(etcd: AsyncClient, etcd_prefix: str) -> None:
+    k = etcd_prefix + "k"
+    rev = await etcd.put(k, "v1")
+    assert isinstance(rev, int)
+    first = await etcd.put(k + "new", "x", prev_kv=True)
+    assert isinstance(first, PutResult)
+    assert first.prev_kv is None
+    res = await etcd.put(k, "v2", prev_kv=True)
+    assert res.prev_kv is not None
+    assert res.prev_kv.value == b"v1"
+    assert res.prev_kv.mod_revision == rev
+    assert res.header is not None
+    assert res.header.revision == res.revision > rev
+
+    lease = await etcd.grant(30)
+    try:
+        # ignore_value: move the key to a lease, keep its value
+        await etcd.put(k, b"", lease=lease.id, ignore_value=True)
+        kv = await etcd.get(k)
+        assert kv is not None
+        assert (kv.value, kv.lease) == (b"v2", lease.id)
+        # ignore_lease: change the value, keep the lease
+        await etcd.put(k, "v3", ignore_lease=True)
+        kv = await etcd.get(k)
+        assert kv is not None
+        assert (kv.value, kv.lease) == (b"v3", lease.id)
+    finally:
+        await etcd.revoke(lease.id)
+    # etcd refuses both on a missing key
+    with pytest.raises(etcdkit.InvalidArgumentError):
+        await etcd.put(etcd_prefix + "absent", b"", ignore_value=True)
+    with pytest.raises(etcdkit.InvalidArgumentError):
+        await etcd.put(etcd_prefix + "absent", "v", ignore_lease=True)
+
+
+async def test_op_range_in_a_transaction(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    await _fill(etcd, p)
+    res = await etcd.txn(
+        [Compare.version(p + "a", ">", 0)],
+        [
+            Op.range(p, prefix=True, sort_target="create", sort_order="descend", limit=1),
+            Op.range(p, prefix=True, count_only=True),
+            Op.range(p + "a", p + "c", keys_only=True),
+            Op.put(p + "d", "4", prev_kv=True),
+            Op.delete_range(p + "b", prefix=True, prev_kv=True),
+        ],
+    )
+    assert res.succeeded
+    assert res.header is not None
+    assert res.header.revision == res.revision
+    newest, counted, span, put, deleted = res.responses
+    assert isinstance(newest, RangeResult)
+    assert _keys(newest, p) == ["c"]
+    assert newest.more
+    assert isinstance(counted, RangeResult)
+    assert counted.count == 3
+    assert counted.kvs == []
+    assert isinstance(span, RangeResult)
+    assert _keys(span, p) == ["a", "b"]
+    assert isinstance(put, PutResult)
+    assert put.prev_kv is None
+    assert put.header == res.header
+    assert isinstance(deleted, DeleteResult)
+    assert deleted.deleted == 1
+    assert [kv.value for kv in deleted.prev_kvs] == [b"2"]
+
+
+async def test_leases(etcd: AsyncClient, etcd_prefix: str) -> None:
+    lease = await etcd.grant(20)
+    assert lease.header is not None
+    assert lease.header.revision > 0
+    try:
+        await etcd.put(etcd_prefix + "a", "v", lease=lease.id)
+        await etcd.put(etcd_prefix + "b", "v", lease=lease.id)
+        assert lease.id in await etcd.leases()
+        info = await etcd.lease_info(lease.id)
+        assert (info.id, info.granted_ttl, info.keys) == (lease.id, lease.ttl, [])
+        assert 0 < info.ttl <= 20
+        with_keys = await etcd.lease_info(lease.id, keys=True)
+        assert sorted(with_keys.keys) == [(etcd_prefix + k).encode() for k in "ab"]
+        assert with_keys.header is not None
+        assert await etcd.keep_alive_once(lease.id) == 20
+    finally:
+        await etcd.revoke(lease.id)
+    assert lease.id not in await etcd.leases()
+    with pytest.raises(etcdkit.LeaseNotFoundError):
+        await etcd.lease_info(lease.id)
+    with pytest.raises(etcdkit.LeaseNotFoundError):
+        await etcd.keep_alive_once(lease.id)
+
+
+BAD: list[tuple[str, dict[str, Any], type[Exception]]] = [
+    ("range", {"key": 1}, TypeError),
+    ("range", {"key": ""}, ValueError),
+    ("range", {"key": "k", "range_end": "z", "prefix": True}, ValueError),
+    ("range", {"key": "k", "range_end": ""}, ValueError),
+    ("range", {"key": "k", "limit": -1}, ValueError),
+    ("range", {"key": "k", "limit": "1"}, TypeError),
+    ("range", {"key": "k", "revision": -1}, ValueError),
+    ("range", {"key": "k", "sort_order": "up"}, ValueError),
+    ("range", {"key": "k", "sort_target": "size"}, ValueError),
+    ("range", {"key": "k", "serializable": 1}, TypeError),
+    ("range", {"key": "k", "prefix": "yes"}, TypeError),
+    ("range", {"key": "k", "min_mod_revision": -2}, ValueError),
+    ("delete_range", {"key": None}, TypeError),
+    ("delete_range", {"key": "k", "range_end": "z", "prefix": True}, ValueError),
+    ("delete_range", {"key": "k", "prev_kv": "no"}, TypeError),
+    ("put", {"key": "k", "value": "v", "ignore_value": True}, ValueError),
+    ("put", {"key": "k", "value": "v", "lease": 5, "ignore_lease": True}, ValueError),
+    ("put", {"key": "k", "value": 3}, TypeError),
+    ("lease_info", {"lease_id": "1"}, TypeError),
+    ("lease_info", {"lease_id": 1, "keys": "yes"}, TypeError),
+    ("keep_alive_once", {"lease_id": -1}, ValueError),
+]
+
+
+@pytest.mark.parametrize(("method", "kwargs", "error"), BAD)
+async def test_bad_arguments_fail_before_any_io(
+    method: str, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    # A client whose endpoint has nothing listening: any I/O would fail differently.
+    async with AsyncClient("127.0.0.1:1", timeout=0.5) as etcd:
+        with pytest.raises(error):
+            await getattr(etcd, method)(**kwargs)
+        assert etcd.stats.calls == 0
+
+
+def test_threaded_face(etcd_sync: Client, etcd_prefix: str) -> None:
+    c, p = etcd_sync, etcd_prefix
+    c.put(p + "a", "1")
+    res = c.put(p + "a", "2", prev_kv=True)
+    assert res.prev_kv is not None
+    assert res.prev_kv.value == b"1"
+    c.put(p + "b", "3")
+    got = c.range(p, prefix=True, sort_order="descend", limit=1)
+    assert _keys(got, p) == ["b"]
+    assert got.more
+    assert got.count == 2
+    assert got.header is not None
+    txn = c.txn([], [Op.range(p, prefix=True, keys_only=True)])
+    assert isinstance(txn.responses[0], RangeResult)
+    assert len(txn.responses[0].kvs) == 2
+    lease = c.grant(15)
+    c.put(p + "c", "v", lease=lease.id)
+    assert lease.id in c.leases()
+    assert c.lease_info(lease.id, keys=True).keys == [(p + "c").encode()]
+    assert c.keep_alive_once(lease.id) == 15
+    c.revoke(lease.id)
+    gone = c.delete_range(p, prefix=True, prev_kv=True)
+    assert gone.deleted == 2
+    assert len(gone.prev_kvs) == 2
+    with pytest.raises(ValueError, match="sort_order"):
+        c.range(p, sort_order="sideways")  # type: ignore[arg-type]
+
+
+def test_threaded_methods_have_docstrings() -> None:
+    """The API reference is generated from docstrings: every public method of the threaded
+    client has one (made by the generic twin maker from the asyncio one, or its own)."""
+    missing = [
+        name
+        for name, value in vars(Client).items()
+        if not name.startswith("_") and callable(value) and not (value.__doc__ or "").strip()
+    ]
+    assert missing == []
