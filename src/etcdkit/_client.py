@@ -127,6 +127,12 @@ class AsyncClient:
         return [str(e) for e in self._core.conn.endpoints]
 
     @property
+    def retry(self) -> RetryPolicy:
+        """The :class:`RetryPolicy` every call and recipe of this client follows (recipes use
+        it for their own backoff)."""
+        return self._core.retry
+
+    @property
     def stats(self) -> ClientStats:
         """Calls made, errors by class, failovers, and reconnects of the shared Watch and
         LeaseKeepAlive streams, so far: a :class:`ClientStats` snapshot (no I/O)."""

@@ -244,6 +244,11 @@ class Client(Twin[AsyncClient]):
         return self.aio.endpoints
 
     @property
+    def retry(self) -> RetryPolicy:
+        """See :attr:`AsyncClient.retry`."""
+        return self.aio.retry
+
+    @property
     def stats(self) -> ClientStats:
         return self._portal.read(lambda: self.aio.stats)
 

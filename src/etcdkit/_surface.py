@@ -1,0 +1,149 @@
+"""What a recipe may call: the public asyncio client, as a :class:`typing.Protocol`.
+
+Recipes (``etcdkit.recipes``, ``etcdkit.naming``, ...) are typed against :class:`Etcd`, not
+against :class:`etcdkit.AsyncClient` itself: the client imports the recipes to offer
+``etcd.semaphore(...)`` and friends (as kazoo's client does with ``partial(Lock, self)``), so the
+recipes cannot import the client back. The Protocol also proves the point of the layout: any
+object with these public methods runs the recipes, a user's own wrapper included
+(``tests/test_surface.py`` checks that :class:`AsyncClient` satisfies it).
+
+A recipe imports only this module, the pure modules (``_types``, ``_errors``, ``_retry``) and
+other recipes; an import-linter contract in ``pyproject.toml`` keeps it so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, overload
+
+from etcdkit._retry import RetryPolicy
+from etcdkit._types import (
+    Compare,
+    DeleteResult,
+    KeyValue,
+    LeaseGrant,
+    LeaseInfo,
+    Op,
+    PutResult,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    TxnResult,
+    WatchFilter,
+)
+
+if TYPE_CHECKING:
+    from etcdkit._session import Session
+    from etcdkit._watch import Watch
+
+__all__ = ["Etcd"]
+
+
+class Etcd(Protocol):
+    """The public asyncio client's data plane (see :class:`etcdkit.AsyncClient` for each
+    method's contract)."""
+
+    @property
+    def retry(self) -> RetryPolicy: ...
+
+    async def get(
+        self, key: str | bytes, *, revision: int = 0, serializable: bool = False
+    ) -> KeyValue | None: ...
+
+    async def get_revision(self) -> int: ...
+
+    async def range(
+        self,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        sort_order: SortOrder | None = None,
+        sort_target: SortTarget = "key",
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+    ) -> RangeResult: ...
+
+    @overload
+    async def put(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: Literal[False] = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> int: ...
+    @overload
+    async def put(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: Literal[True],
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> PutResult: ...
+    async def put(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> int | PutResult: ...
+
+    async def delete(self, key: str | bytes) -> bool: ...
+
+    async def delete_range(
+        self,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        prev_kv: bool = False,
+    ) -> DeleteResult: ...
+
+    async def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[Op] = (),
+        failure: Sequence[Op] = (),
+    ) -> TxnResult: ...
+
+    async def grant(self, ttl: int) -> LeaseGrant: ...
+
+    async def revoke(self, lease_id: int) -> None: ...
+
+    async def lease_info(self, lease_id: int, *, keys: bool = False) -> LeaseInfo: ...
+
+    async def keep_alive_once(self, lease_id: int) -> int: ...
+
+    def session(self, ttl: int = 60) -> Session: ...
+
+    def watch(
+        self,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Sequence[WatchFilter] = (),
+        progress_notify: bool = False,
+    ) -> Watch: ...
+
+    async def wait_for(
+        self, key: str | bytes, exists: bool = True, timeout: float | None = None
+    ) -> int: ...
