@@ -490,6 +490,8 @@ class AsyncClient:
         self._core.check_loop()
         return Lock(self._core, name, ttl, timeout)
 
+    # -- recipes of etcdkit.recipes and etcdkit.naming (factories: no I/O) ----------------------
+
     def cluster(
         self, root: str, ttl: int = 10, *, timeout: float | None = DEFAULT_OPEN_TIMEOUT
     ) -> EtcdBackedCluster:

@@ -384,6 +384,8 @@ class Client(Twin[AsyncClient]):
         )
         return SyncPersistentLease(self._portal, lease)
 
+    # -- recipes of etcdkit.recipes and etcdkit.naming (their blocking twins) -------------------
+
     def cluster(
         self, root: str, ttl: int = 10, *, timeout: float | None = DEFAULT_OPEN_TIMEOUT
     ) -> SyncCluster:
