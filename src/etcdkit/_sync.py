@@ -24,14 +24,14 @@ from typing import Any, Generic, Literal, TypeVar, overload
 from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient
 from etcdkit._conn import Stubs
 from etcdkit._errors import ClosedError, EtcdTimeoutError, WrongContextError
-from etcdkit._metrics import ClientStats, LeaseStats
+from etcdkit._metrics import ClientStats
 from etcdkit._persistent_lease import LeaseState, PersistentLease
-from etcdkit._prefix_watch import PrefixWatch, WatchState, WatchStats
+from etcdkit._prefix_watch import PrefixWatch, WatchStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Snapshot, Transform
 from etcdkit._sync_locks import SyncElection, SyncLock
-from etcdkit._twin import Twin, blocking
+from etcdkit._twin import Twin, blocking, blocking_read, mirror
 from etcdkit._types import PutResult, WatchBatch, WatchFilter
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, SyncCluster
@@ -167,15 +167,6 @@ class Portal:
             self.loop.close()
         for fut in pending:
             fut.cancel()
-
-
-class _Face:
-    """Shared plumbing of the blocking twins."""
-
-    _portal: Portal
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._portal.call(coro)
 
 
 class Client(Twin[AsyncClient]):
@@ -440,17 +431,8 @@ class SyncWatch(Twin[Watch]):
         return self._portal.read(lambda: self.aio.revision)
 
 
-class SyncPrefixWatch(_Face, Generic[K, V]):
+class SyncPrefixWatch(Twin[PrefixWatch[K, V]], Generic[K, V]):
     """Blocking view of a :class:`PrefixWatch`: ``with``, ``synced()``, ``for snap in watch``."""
-
-    def __init__(self, portal: Portal, watch: PrefixWatch[K, V]) -> None:
-        self._portal = portal
-        self.aio = watch
-
-    def __repr__(self) -> str:
-        return self._portal.read(lambda: repr(self.aio)).replace(
-            "<PrefixWatch", "<SyncPrefixWatch", 1
-        )
 
     def __enter__(self) -> SyncPrefixWatch[K, V]:
         self.start()
@@ -462,13 +444,16 @@ class SyncPrefixWatch(_Face, Generic[K, V]):
         self.close()
 
     def start(self) -> None:
+        """See :meth:`PrefixWatch.start`."""
         self._portal.run_sync(self.aio.start)
 
     def close(self) -> None:
+        """See :meth:`PrefixWatch.aclose`: stop watching (idempotent)."""
         if not self._portal.closed:
             self._call(self.aio.aclose())
 
     def synced(self, timeout: float | None = None) -> Snapshot[K, V]:
+        """See :meth:`PrefixWatch.synced`."""
         return self._call(self.aio.synced(timeout))
 
     def __iter__(self) -> Iterator[Snapshot[K, V]]:
@@ -480,37 +465,21 @@ class SyncPrefixWatch(_Face, Generic[K, V]):
         except StopAsyncIteration:
             raise StopIteration from None
 
-    @property
-    def prefix(self) -> bytes:
-        return self.aio.prefix
-
-    @property
-    def snapshot(self) -> Snapshot[K, V] | None:
-        return self.aio.snapshot  # immutable objects, each published in one assignment
-
-    @property
-    def revision(self) -> int:
-        return self.aio.revision
-
-    @property
-    def state(self) -> WatchState:
-        return self._portal.read(lambda: self.aio.state)
-
-    @property
-    def age(self) -> float:
-        return self._portal.read(lambda: self.aio.age)
+    # Immutable objects the loop publishes in one assignment: read from any thread.
+    prefix = mirror(PrefixWatch.prefix, direct=True)
+    snapshot = mirror(PrefixWatch.snapshot, direct=True)
+    revision = mirror(PrefixWatch.revision, direct=True)
+    state = mirror(PrefixWatch.state)
+    age = mirror(PrefixWatch.age)
 
     @property
     def stats(self) -> WatchStats:
+        """See :attr:`PrefixWatch.stats` (a copy, taken on the loop thread)."""
         return self._portal.read(lambda: WatchStats(**vars(self.aio.stats)))
 
 
-class SyncPersistentLease(_Face):
+class SyncPersistentLease(Twin[PersistentLease]):
     """Blocking view of a :class:`PersistentLease`."""
-
-    def __init__(self, portal: Portal, lease: PersistentLease) -> None:
-        self._portal = portal
-        self.aio = lease
 
     def __repr__(self) -> str:
         return self._portal.read(lambda: repr(self.aio))
@@ -524,68 +493,38 @@ class SyncPersistentLease(_Face):
     ) -> None:
         self.close()
 
-    def start(self) -> None:
-        self._portal.run_sync(self.aio.start)
+    start = blocking_read(PersistentLease.start)
 
     def close(self) -> None:
+        """See :meth:`PersistentLease.aclose`: delete the key and stop (idempotent)."""
         if not self._portal.closed:
             self._call(self.aio.aclose())
 
-    def registered(self, timeout: float | None = None) -> int:
-        return self._call(self.aio.registered(timeout))
-
-    def synced(self, timeout: float | None = None) -> int:
-        return self._call(self.aio.synced(timeout))
-
-    def wait_state(self, *states: LeaseState, timeout: float | None = None) -> LeaseState:
-        return self._call(self.aio.wait_state(*states, timeout=timeout))
-
-    def set_value(self, value: str | bytes) -> None:
-        self._portal.run_sync(self.aio.set_value, value)
+    registered = blocking(PersistentLease.registered)
+    synced = blocking(PersistentLease.synced)
+    wait_state = blocking(PersistentLease.wait_state)
+    set_value = blocking_read(PersistentLease.set_value)
 
     def add_listener(self, callback: Callable[[LeaseState], None]) -> Callable[[], None]:
-        """``callback`` runs on the client's loop thread; keep it quick."""
+        """See :meth:`PersistentLease.add_listener`; ``callback`` runs on the client's loop
+        thread: keep it quick."""
         return self._portal.run_sync(self.aio.add_listener, callback)
 
-    @property
-    def key(self) -> str | bytes:
-        return self.aio.key
-
-    @property
-    def value(self) -> bytes:
-        return self._portal.read(lambda: self.aio.value)
-
-    @property
-    def state(self) -> LeaseState:
-        return self._portal.read(lambda: self.aio.state)
-
-    @property
-    def lease_id(self) -> int:
-        return self._portal.read(lambda: self.aio.lease_id)
-
-    @property
-    def create_revision(self) -> int:
-        return self._portal.read(lambda: self.aio.create_revision)
-
-    @property
-    def ttl(self) -> int:
-        return self._portal.read(lambda: self.aio.ttl)
-
-    @property
-    def error(self) -> Exception | None:
-        return self._portal.read(lambda: self.aio.error)
-
-    @property
-    def stats(self) -> LeaseStats:
-        return self.aio.stats  # an immutable object, published in one assignment
+    key = mirror(PersistentLease.key, direct=True)
+    value = mirror(PersistentLease.value)
+    state = mirror(PersistentLease.state)
+    lease_id = mirror(PersistentLease.lease_id)
+    create_revision = mirror(PersistentLease.create_revision)
+    ttl = mirror(PersistentLease.ttl)
+    error = mirror(PersistentLease.error)
+    stats = mirror(PersistentLease.stats, direct=True)  # immutable, published in one assignment
 
 
-class SyncSession(_Face):
+class SyncSession(Twin[Session]):
     """Blocking view of a :class:`Session`; ``lost`` is a :class:`threading.Event` here."""
 
     def __init__(self, portal: Portal, session: Session) -> None:
-        self._portal = portal
-        self.aio = session
+        super().__init__(portal, session)
         self.lost = threading.Event()
         if session.lost.is_set():
             self.lost.set()
@@ -597,9 +536,6 @@ class SyncSession(_Face):
                 ),
             )
 
-    def __repr__(self) -> str:
-        return self._portal.read(lambda: repr(self.aio)).replace("<Session", "<SyncSession", 1)
-
     def __enter__(self) -> SyncSession:
         return self
 
@@ -609,35 +545,30 @@ class SyncSession(_Face):
         self.close()
 
     def open(self) -> SyncSession:
+        """See :meth:`Session.open`: grant the lease (blocking); returns this session."""
         self._call(self.aio.open())
         return self
 
     def close(self) -> None:
+        """See :meth:`Session.close`: revoke the lease (bounded; idempotent)."""
         if not self._portal.closed:
             self._call(self.aio.close())
 
     def wait_lost(self, timeout: float | None = None) -> SessionState:
+        """See :meth:`Session.wait_lost`; raises :class:`EtcdTimeoutError` after ``timeout``."""
         if not self.lost.wait(timeout):
             raise EtcdTimeoutError(
                 f"session {self.aio.lease_id:#x} was not lost within {timeout} s"
             )
         return self.state
 
-    def mark_lost(self, why: str) -> None:
-        self._portal.run_sync(self.aio.mark_lost, why)
+    mark_lost = blocking_read(Session.mark_lost)
 
     def add_listener(self, callback: Callable[[SessionState], None]) -> Callable[[], None]:
-        """``callback`` runs on the client's loop thread; keep it quick."""
+        """See :meth:`Session.add_listener`; ``callback`` runs on the client's loop thread:
+        keep it quick."""
         return self._portal.run_sync(self.aio.add_listener, callback)
 
-    @property
-    def lease_id(self) -> int:
-        return self.aio.lease_id
-
-    @property
-    def ttl(self) -> int:
-        return self.aio.ttl
-
-    @property
-    def state(self) -> SessionState:
-        return self._portal.read(lambda: self.aio.state)
+    lease_id = mirror(Session.lease_id, direct=True)  # fixed once open
+    ttl = mirror(Session.ttl, direct=True)
+    state = mirror(Session.state)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine
-from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-__all__ = ["PortalLike", "Twin", "blocking", "blocking_read"]
+__all__ = ["PortalLike", "Twin", "blocking", "blocking_read", "mirror"]
 
 A = TypeVar("A")
 P = ParamSpec("P")
@@ -75,3 +75,31 @@ def blocking_read(fn: Callable[Concatenate[A, P], T]) -> Callable[Concatenate[Tw
 
     functools.update_wrapper(method, fn)
     return method
+
+
+class mirror(Generic[T]):
+    """A read-only attribute of a twin that mirrors a property of the asyncio object, with its
+    docstring and type: ``state = mirror(PrefixWatch.state)``.
+
+    It is read on the loop thread (so it agrees with what the loop sees), or, with
+    ``direct=True``, straight from the caller's thread: for immutable values the loop publishes
+    in one assignment (a snapshot, an id fixed at open), which may be read from any thread.
+    """
+
+    def __init__(self, prop: Callable[[Any], T], *, direct: bool = False) -> None:
+        fget: Callable[[Any], T] = prop.fget if isinstance(prop, property) else prop
+        self._fget = fget
+        self._direct = direct
+        self.__doc__ = fget.__doc__
+        self.__name__ = getattr(fget, "__name__", "mirror")
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> mirror[T]: ...
+    @overload
+    def __get__(self, obj: Twin[Any], owner: type[Any]) -> T: ...
+    def __get__(self, obj: Twin[Any] | None, owner: type[Any]) -> mirror[T] | T:
+        if obj is None:
+            return self
+        if self._direct:
+            return self._fget(obj.aio)
+        return obj._portal.read(functools.partial(self._fget, obj.aio))
