@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from types import TracebackType
+
 from etcdkit._twin import PortalLike, Twin, blocking, blocking_read, mirror
 from etcdkit.cluster._etcd import EtcdBackedCluster, EtcdMembership
 from etcdkit.cluster._member import Member
