@@ -273,7 +273,11 @@ async def test_txn_compare_and_swap(etcd: AsyncClient, etcd_prefix: str) -> None
     kv = got.kvs[0]
     swapped = await etcd.txn(
         [Compare.value(k, "==", "v1"), Compare.mod_revision(k, "==", kv.mod_revision)],
-        [Op.put(k, "v2", prev_kv=True), Op.range(etcd_prefix, prefix=True), Op.delete_prefix(etcd_prefix + "x")],
+        [
+            Op.put(k, "v2", prev_kv=True),
+            Op.range(etcd_prefix, prefix=True),
+            Op.delete_prefix(etcd_prefix + "x"),
+        ],
     )
     assert swapped.succeeded
     put2, listing, deleted = swapped.responses

@@ -35,9 +35,9 @@ from etcdkit._types import (
     WatchFilter,
     range_end_of,
 )
-from etcdkit._wait import wait_for
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
+from etcdkit.recipes.wait import wait_for
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClient"]
 
@@ -124,6 +124,7 @@ class AsyncClient:
 
     @property
     def endpoints(self) -> list[str]:
+        """The etcd endpoints this client talks to, as URLs."""
         return [str(e) for e in self._core.conn.endpoints]
 
     @property
@@ -243,6 +244,10 @@ class AsyncClient:
             max_create_revision=max_create_revision,
         )
         self._core.check_open()
+        if op == Op.get(op.key):
+            # A plain read of one key: reads of many keys asked for together go out in
+            # transactions of up to 128 (wait_for in bulk; see KV.get_coalesced).
+            return await self._core.kv.get_coalesced(op)
         return await self._core.kv.range(op)
 
     @overload
@@ -443,7 +448,8 @@ class AsyncClient:
         :class:`ClosedError` if the client closes meanwhile, and :class:`WatchEndedError` /
         :class:`PermissionDeniedError` if the watch ends otherwise.
         """
-        return await wait_for(self._core, key, exists=exists, timeout=timeout)
+        self._core.check_open()
+        return await wait_for(self, key, exists=exists, timeout=timeout)
 
     @overload
     def watch_prefix(self, prefix: str | bytes) -> PrefixWatch[str, bytes]: ...

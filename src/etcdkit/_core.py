@@ -112,6 +112,8 @@ class Core:
             watches=live,
             watches_unconfirmed=unconfirmed,
             waiting=0 if self._key_watches is None else self._key_watches.waiting(),
+            answered=self.conn.answered,
+            last_error=self.conn.last_error,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------

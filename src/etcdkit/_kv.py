@@ -224,7 +224,7 @@ class KV:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._gets: list[tuple[bytes, asyncio.Future[tuple[KeyValue | None, int]]]] = []
+        self._gets: list[tuple[Op, asyncio.Future[RangeResult]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._reading = 0  # coalescable reads in flight
 
@@ -249,25 +249,23 @@ class KV:
         resp = await self._read(f"get {raw!r}", "kv", "Range", req)
         return (kv_of(resp.kvs[0]) if resp.kvs else None), int(resp.header.revision)
 
-    async def get_coalesced(self, key: bytes) -> tuple[KeyValue | None, int]:
-        """As :meth:`get`, but reads asked for while another is in flight go out together at the
-        next turn of the event loop, up to :data:`TXN_OPS` per read-only transaction (one
-        revision each): ten thousand ``wait_for`` calls started at once cost ~80 round trips,
-        not 10,000."""
+    async def get_coalesced(self, op: Op) -> RangeResult:
+        """As :meth:`range` for a plain read of one key (``Op.get(key)``), but reads asked for
+        while another is in flight go out together at the next turn of the event loop, up to
+        :data:`TXN_OPS` per read-only transaction (one revision each): ten thousand
+        ``wait_for`` calls started at once cost ~80 round trips, not 10,000."""
         if not self._reading and not self._gets:
             # Nothing in flight: this read goes out at once (a lone caller waits no extra turn,
             # and one that starts before a put reads before that put).
             self._reading += 1
             try:
-                return await self.get(key)
+                return await self.range(op)
             finally:
                 self._reading -= 1
-        fut: asyncio.Future[tuple[KeyValue | None, int]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        fut: asyncio.Future[RangeResult] = asyncio.get_running_loop().create_future()
         if not self._gets:
             asyncio.get_running_loop().call_soon(self._flush_gets)
-        self._gets.append((key, fut))
+        self._gets.append((op, fut))
         return await fut
 
     def _flush_gets(self) -> None:
@@ -277,19 +275,14 @@ class KV:
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
 
-    async def _read_many(
-        self, chunk: list[tuple[bytes, asyncio.Future[tuple[KeyValue | None, int]]]]
-    ) -> None:
+    async def _read_many(self, chunk: list[tuple[Op, asyncio.Future[RangeResult]]]) -> None:
         self._reading += 1
         try:
             if len(chunk) == 1:
-                results = [await self.get(chunk[0][0])]
+                results = [await self.range(chunk[0][0])]
             else:
-                r = await self.txn([], [Op.get(key) for key, _ in chunk])
-                results = []
-                for resp in r.responses:
-                    assert isinstance(resp, RangeResult)
-                    results.append((resp.kvs[0] if resp.kvs else None, r.revision))
+                r = await self.txn([], [op for op, _ in chunk])
+                results = [resp for resp in r.responses if isinstance(resp, RangeResult)]
         except asyncio.CancelledError:
             for _, fut in chunk:
                 fut.cancel()

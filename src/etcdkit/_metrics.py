@@ -241,8 +241,11 @@ class ClientStats:
     - ``watches``: etcd watches the client holds now (every recipe's, on its one stream);
       ``watches_unconfirmed``: of those, the ones etcd has not confirmed yet (creates in
       flight, or no connection at the moment).
-    - ``waiting``: ``wait_for`` calls waiting now for their key to change (many started
-      together share etcd watches, so this can exceed ``watches``).
+    - ``waiting``: watches of single keys (``wait_for`` calls, ``watch(key)`` with no
+      options) waiting now for their key to change (many started together share etcd
+      watches, so this can exceed ``watches``).
+    - ``answered``: etcd has answered at least one call or stream of this client;
+      ``last_error``: the newest connection-level failure, if any (for messages).
     """
 
     calls: int = 0
@@ -253,6 +256,8 @@ class ClientStats:
     watches: int = 0
     watches_unconfirmed: int = 0
     waiting: int = 0
+    answered: bool = False
+    last_error: str | None = None
 
 
 class CallMeter:

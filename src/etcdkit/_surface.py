@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, Protocol, overload
 
+from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._types import (
     Compare,
@@ -45,6 +46,12 @@ class Etcd(Protocol):
 
     @property
     def retry(self) -> RetryPolicy: ...
+
+    @property
+    def endpoints(self) -> list[str]: ...
+
+    @property
+    def stats(self) -> ClientStats: ...
 
     async def get(
         self, key: str | bytes, *, revision: int = 0, serializable: bool = False

@@ -9,6 +9,10 @@ watch step off the stream (its etcd watch is cancelled) and step back on from th
 once the reader has caught up (:data:`RESUME_BELOW`), so a slow reader costs no memory beyond
 the bound and loses nothing (unless etcd compacts that history meanwhile:
 :class:`CompactedError`, as for any start revision).
+
+A watch of one key with no options goes through the client's key watches (``_key_watches``):
+many of them started together under one parent share etcd watches (``wait_for`` in bulk),
+each still handed exactly its own key's events from its own start revision.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from types import TracebackType
 
 from etcdkit._core import Core
 from etcdkit._errors import ClosedError, EtcdkitError
+from etcdkit._key_watches import KeyWatch
 from etcdkit._types import WATCH_FILTERS, WatchBatch, WatchEvent, WatchFilter, check_int64
 from etcdkit._watch_hub import WatchSub
 
@@ -79,7 +84,9 @@ class Watch:
         self._buffer: collections.deque[WatchBatch] = collections.deque()
         self._error: EtcdkitError | None = None
         self._wake = asyncio.Event()
-        self._sub: WatchSub | None = None
+        self._sub: WatchSub | KeyWatch | None = None
+        # one key, no options: the key watches may carry it on a shared etcd watch
+        self._single = not range_end and not prev_kv and not self._filters and not progress_notify
         self._next = 0  # the revision the next batch starts at (once started)
         self._started = False
         self._cancelled = False
@@ -152,6 +159,11 @@ class Watch:
     # -- on the hub's reader task ------------------------------------------------------------------
 
     def _subscribe(self) -> None:
+        if self._single:
+            self._sub = self._core.key_watches.watch(
+                self.key, self._next, on_events=self._on_events, on_end=self._on_end
+            )
+            return
         self._sub = self._core.watches.watch(
             self.key,
             self.range_end,
@@ -180,11 +192,15 @@ class Watch:
         sub = self._sub
         if sub is None:
             return
-        self._push(WatchBatch(sub.header_revision, events), sub.next_rev)
+        last = events[-1].kv.mod_revision
+        if isinstance(sub, KeyWatch):  # (a shared etcd watch's header says other keys' news)
+            self._push(WatchBatch(last, events), last + 1)
+        else:
+            self._push(WatchBatch(max(sub.header_revision, last), events), sub.next_rev)
 
     def _on_progress(self, revision: int) -> None:
         sub = self._sub
-        if sub is None:
+        if sub is None or isinstance(sub, KeyWatch):
             return
         if self._progress:
             self._push(WatchBatch(revision, []), sub.next_rev)
