@@ -42,7 +42,17 @@ from bench._common import (
     run_async,
 )
 
-SCENARIOS = ("watch", "latency", "wait", "lease", "initial", "hung", "cluster", "lock", "proxy")
+SCENARIOS = (
+    "watch",
+    "latency",
+    "wait",
+    "lease",
+    "initial",
+    "hung",
+    "cluster",
+    "lock",
+    "proxy",
+)
 JOB_TIMEOUT = 900.0
 
 

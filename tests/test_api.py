@@ -279,3 +279,41 @@ def test_threaded_methods_have_docstrings() -> None:
         if not name.startswith("_") and callable(value) and not (value.__doc__ or "").strip()
     ]
     assert missing == []
+
+
+async def test_get_prefix_pages(etcd: AsyncClient, etcd_prefix: str) -> None:
+    for i in range(25):
+        await etcd.put(f"{etcd_prefix}k{i:02d}", str(i))
+    seen: list[tuple[bytes, bytes]] = []
+    revisions = set()
+    async for kvs, rev in etcd.get_prefix_pages(etcd_prefix, page_size=10):
+        assert len(kvs) <= 10
+        seen.extend((kv.key, kv.value) for kv in kvs)
+        revisions.add(rev)
+    assert seen == [(f"{etcd_prefix}k{i:02d}".encode(), str(i).encode()) for i in range(25)]
+    assert len(revisions) == 1  # every page at one revision
+    keys = [
+        kv.value
+        async for kvs, _ in etcd.get_prefix_pages(etcd_prefix, keys_only=True)
+        for kv in kvs
+    ]
+    assert keys == [b""] * 25
+
+
+def test_get_prefix_pages_threaded(etcd_sync: Client, etcd_prefix: str) -> None:
+    for i in range(5):
+        etcd_sync.put(f"{etcd_prefix}{i}", "v")
+    pages = list(etcd_sync.get_prefix_pages(etcd_prefix, page_size=2))
+    assert [len(kvs) for kvs, _ in pages] == [2, 2, 1]
+    for kvs, _rev in etcd_sync.get_prefix_pages(etcd_prefix, page_size=2):
+        assert len(kvs) == 2
+        break  # stopping early closes the reading
+
+
+async def test_watch_status_is_public(etcd: AsyncClient, etcd_prefix: str) -> None:
+    async with etcd.watch(etcd_prefix, prefix=True, progress_notify=True) as w:
+        first = await anext(w)  # etcd confirmed the watch: a progress batch
+        assert first.events == []
+        assert w.connected
+        assert w.confirmed_at > 0
+        assert w.disconnects == 0

@@ -224,8 +224,17 @@ def test_public_names_are_pinned() -> None:
             "WatchState", "WatchStats", "WrongContextError", "__version__", "default_transform",
             "Campaign", "Election", "HoldState", "Leader", "Leadership", "Lock", "NotHeldError",
             "SyncCampaign", "SyncElection", "SyncLeadership", "SyncLock",
+            "LockHold", "SyncLockHold",
             "ClientStats", "LeaseStats",
             "LeaseInfo", "ResponseHeader", "SyncWatch", "Watch", "WatchBatch",
+            "Alarm", "Auth", "AuthStatus", "HashKV", "Maintenance", "Member", "Members",
+            "Permission", "Status", "SyncAuth", "SyncMaintenance", "SyncMembers",
+            "Barrier", "BarrierFullError", "DoubleBarrier", "Permit", "RWHold", "RWLock",
+            "Semaphore", "SyncBarrier", "SyncDoubleBarrier", "SyncPermit", "SyncRWHold",
+            "SyncRWLock", "SyncSemaphore",
+            "ConflictError", "Counter", "OutcomeUnknownError", "PriorityQueue", "Queue", "Stm",
+            "SyncCounter", "SyncPriorityQueue", "SyncQueue", "SyncStm",
+            "Endpoint", "EndpointManager", "SyncEndpointManager",
         ]
     )  # fmt: skip
     assert isinstance(etcdkit.__version__, str)

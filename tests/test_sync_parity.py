@@ -13,17 +13,28 @@ from etcdkit._twin import mirror
 
 # (asyncio class, threaded twin, names only the asyncio face has, names only the threaded has)
 PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
-    (etcdkit.AsyncClient, etcdkit.Client, {"aclose", "connect", "core"}, {"aio", "run"}),
+    # adopt/disown: for asyncio recipes that own background work (threaded twins of recipes
+    # forward to the asyncio recipe, which is adopted on the loop)
+    (
+        etcdkit.AsyncClient,
+        etcdkit.Client,
+        {"aclose", "connect", "core", "adopt", "disown"},
+        {"aio", "run"},
+    ),
     (etcdkit.PrefixWatch, etcdkit.SyncPrefixWatch, {"aclose"}, {"aio"}),
     (etcdkit.PersistentLease, etcdkit.SyncPersistentLease, {"aclose"}, {"aio"}),
     (etcdkit.Session, etcdkit.SyncSession, set(), {"aio"}),
-    (etcdkit.cluster.EtcdBackedCluster, etcdkit.cluster.SyncCluster, {"aclose", "core"}, {"aio"}),
+    (etcdkit.cluster.EtcdBackedCluster, etcdkit.cluster.SyncCluster, {"aclose", "client"}, {"aio"}),
     (etcdkit.cluster.EtcdMembership, etcdkit.cluster.SyncMembership, set(), {"aio"}),
     (etcdkit.cluster.MemberWatch, etcdkit.cluster.SyncMemberWatch, {"aclose"}, {"aio"}),
     (etcdkit.Lock, etcdkit.SyncLock, set(), {"aio"}),
+    (etcdkit.LockHold, etcdkit.SyncLockHold, set(), {"aio"}),
     (etcdkit.Election, etcdkit.SyncElection, set(), {"aio"}),
     (etcdkit.Campaign, etcdkit.SyncCampaign, set(), {"aio"}),
     (etcdkit.Leadership, etcdkit.SyncLeadership, set(), {"aio"}),
+    (etcdkit.Members, etcdkit.SyncMembers, set(), {"aio"}),
+    (etcdkit.Maintenance, etcdkit.SyncMaintenance, set(), {"aio"}),
+    (etcdkit.Auth, etcdkit.SyncAuth, set(), {"aio"}),
 ]
 
 # asyncio protocol names and their blocking counterparts

@@ -2,9 +2,10 @@
 
 Kill -9 and restart a member (or the leader), SIGSTOP/SIGCONT a member (or the leader),
 black-hole the client's connections (briefly, or past the keepalive detection time), black-hole
-one of its links, reset its connections, compact to the current revision, and a full outage
-(every member down) with recovery. After each heal :class:`Faults` has the checker wait for
-the PersistentLeases to come back and the consumers to catch up.
+one of its links, reset its connections, compact to the current revision (or the newest one
+every raw watch has received: it resumes from the next), and a full outage (every member
+down) with recovery. After each heal :class:`Faults` has the checkers wait for
+the PersistentLeases to come back and the consumers (raw watches too) to catch up.
 
 How a "kill" stops a member is :func:`kill_signal_for`'s choice: SIGKILL, except on etcd
 3.5.0-3.5.2, where a SIGKILL can make members diverge (etcd-io/etcd#13766).
@@ -19,6 +20,7 @@ import re
 import time
 
 from bench.chaos.checker import Checker
+from bench.chaos.raw import RawChecker
 from bench.chaos.report import FAULTS
 from bench.chaos.state import Run
 from bench.chaos.writer import Writer
@@ -28,10 +30,11 @@ from etcdkit.server import EtcdServer
 class Faults:
     """Injects the configured faults at random until the run's duration is up."""
 
-    def __init__(self, run: Run, writer: Writer, checker: Checker) -> None:
+    def __init__(self, run: Run, writer: Writer, checker: Checker, raw: RawChecker) -> None:
         self.run = run
         self.writer = writer
         self.checker = checker
+        self.raw = raw
 
     async def loop(self) -> None:
         rng = random.Random(f"{self.run.seed}/faults")
@@ -49,12 +52,15 @@ class Faults:
             healed = time.monotonic()
             self.run.report.faults[kind] = self.run.report.faults.get(kind, 0) + 1
             self.run.context = f"after {what}"
-            lease_times, catch_up = await asyncio.gather(
-                self.checker.lease_recovery(healed), self.checker.catch_up(healed)
+            lease_times, catch_up, raw_catch_up = await asyncio.gather(
+                self.checker.lease_recovery(healed),
+                self.checker.catch_up(healed),
+                self.raw.catch_up(healed),
             )
             self.run.event(
                 f"healed {what}: leases back in {max(lease_times, default=0):.2f} s, "
-                f"consumers caught up in {max(catch_up, default=0):.2f} s"
+                f"consumers caught up in {max(catch_up, default=0):.2f} s, "
+                f"raw watches in {max(raw_catch_up, default=0):.2f} s"
             )
             self.run.context = "idle"
             if self.run.progress and self.run.elapsed() - last_note > 30:
@@ -134,11 +140,14 @@ class Faults:
 
     async def compact(self) -> str:
         async with self.writer.gate:  # the writer is between ops: its history is complete
+            await self.writer.mark()  # the newest data event is in the log: replays stop there
             rev = await self.run.retry(self.run.direct.get_revision)
             self.run.history.cover(rev)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):
                     await self.checker.queue.join()  # check what was delivered while it is readable
+            await self.raw.verify_log()  # ... and the event log, against etcd's replay
+            rev = await self.raw.compactable(rev)  # nothing a raw watch may resume from
             await self.run.retry(lambda: self.run.direct.compact(rev))
         # Each consumer's newest snapshot older than the compaction can now only be checked
         # against the writer's history: check it again that way (the history path, end to end).

@@ -2,7 +2,8 @@
 
 :func:`transform` is what every consumer applies; :func:`tree_of` is what a correct snapshot
 holds for a set of records; :class:`History` is the data prefix's tree at every revision, as
-the writer recorded it, for checks whose revision etcd has compacted away.
+the writer recorded it, for checks whose revision etcd has compacted away; :class:`EventLog`
+is every :class:`Event` under the data prefix, in etcd's order, what a raw watch must deliver.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import bisect
 import contextlib
 from collections.abc import Iterable
+from typing import NamedTuple
 
 Tree = dict[str, int]
 
@@ -85,3 +87,77 @@ class History:
         if i > 0:
             del self._revs[:i]
             del self._trees[:i]
+
+
+class Event(NamedTuple):
+    """One change under the data prefix, as etcd's watch reports it; ``prev`` is the value
+    before it (``None``: the key did not exist), as a watch with ``prev_kv=True`` reports it."""
+
+    type: str  # "put" or "delete"
+    key: bytes
+    revision: int  # the event's mod_revision
+    value: bytes  # b"" for a delete
+    prev: bytes | None = None
+
+    @property
+    def row(self) -> tuple[str, bytes, int, bytes]:
+        """What every raw watch must report: ``(type, key, mod_revision, value)``."""
+        return self.type, self.key, self.revision, self.value
+
+
+class EventLog:
+    """Every event under the data prefix after revision :attr:`start`, in etcd's order
+    (revision, then place in the transaction), as the writer made them.
+
+    Complete up to ``History.covered``: the writer appends an op's events before it covers the
+    op's revision. Indexes are absolute: forgetting old events (:meth:`prune`) moves none.
+    """
+
+    def __init__(self) -> None:
+        self.start = 0  # the revision the writer started at
+        self._events: list[Event] = []
+        self._revs: list[int] = []
+        self._base = 0  # the index of self._events[0]
+
+    def __len__(self) -> int:
+        return self._base + len(self._events)
+
+    def extend(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            if ev.revision <= self.start or (self._revs and ev.revision < self._revs[-1]):
+                raise AssertionError(f"event log went back: {ev} after {self.last_revision}")
+            self._events.append(ev)
+            self._revs.append(ev.revision)
+
+    @property
+    def last_revision(self) -> int:
+        """The revision of the newest event (:attr:`start` while there is none)."""
+        return self._revs[-1] if self._revs else self.start
+
+    def get(self, index: int) -> Event | None:
+        """The event at ``index``; ``None`` past the newest one."""
+        i = index - self._base
+        if i < 0:
+            raise IndexError(f"event #{index} was pruned (the log starts at #{self._base})")
+        return self._events[i] if i < len(self._events) else None
+
+    def index_after(self, revision: int) -> int:
+        """The index of the first event after ``revision``."""
+        return self._base + bisect.bisect_right(self._revs, revision)
+
+    def find(self, revision: int, key: bytes) -> int | None:
+        """The index of the event of ``key`` at ``revision``, if the log holds one."""
+        i = bisect.bisect_left(self._revs, revision)
+        while i < len(self._revs) and self._revs[i] == revision:
+            if self._events[i].key == key:
+                return self._base + i
+            i += 1
+        return None
+
+    def prune(self, below: int) -> None:
+        """Forget the events before index ``below``."""
+        n = below - self._base
+        if n > 0:
+            del self._events[:n]
+            del self._revs[:n]
+            self._base = below

@@ -46,10 +46,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from bench.chaos.faults import kill_signal_for
-from etcdkit import AsyncClient, EtcdkitError, HoldState, Op
+from etcdkit import AsyncClient, EtcdkitError, HoldState, KeyValue, Op
 from etcdkit.server import EtcdCluster, EtcdServer, Proxy
 
 T = TypeVar("T")
+R = TypeVar("R", bound="LockChaosReport")
 
 NAME = "/chaos/locks/job"
 JOURNAL = "/chaos/locks/journal"
@@ -190,27 +191,27 @@ async def contender(
         while not stop.is_set():
             lock = client.lock(NAME, ttl=ttl, timeout=3.0)
             try:
-                await lock.acquire()
+                held = await lock.acquire()  # this acquisition's own handle
             except (EtcdkitError, TimeoutError):
                 await asyncio.sleep(0.05)
                 continue
-            token = lock.fencing_token
+            token = held.fencing_token
             emit(ev="acquired", who=who, token=token, t=time.monotonic())
             lost_at: list[float] = []
-            lock.add_listener(_when_lost(lost_at))
+            held.add_listener(_when_lost(lost_at))
             until = time.monotonic() + rng.uniform(*cfg.hold)
-            while time.monotonic() < until and not lock.lost.is_set() and not stop.is_set():
+            while time.monotonic() < until and not held.lost.is_set() and not stop.is_set():
                 seq += 1
-                await fenced_write(client, lock.guard(), who, token, seq, "write")
+                await fenced_write(client, held.guard(), who, token, seq, "write")
                 await asyncio.sleep(cfg.write_every)
-            if lock.lost.is_set():
+            if held.lost.is_set():
                 emit(ev="lost", who=who, token=token, t=lost_at[0] if lost_at else time.monotonic())
                 seq += 1
-                await fenced_write(client, lock.guard(), who, token, seq, "stale")
+                await fenced_write(client, held.guard(), who, token, seq, "stale")
             else:
                 emit(ev="releasing", who=who, token=token, t=time.monotonic())
             with contextlib.suppress(EtcdkitError):
-                await lock.release()
+                await held.release()
 
 
 def _when_lost(into: list[float]) -> Callable[[HoldState], None]:
@@ -298,10 +299,42 @@ async def run_lock_chaos(
     """Run the lock checker for ``duration`` seconds of faults; never raises for a violated
     guarantee: read ``report.violations``."""
     cfg = config or LockChaosConfig()
+
+    def argv(i: int, group: list[Proxy]) -> list[str]:
+        return [
+            "-m", "bench.chaos.locks", "contend",
+            "--endpoints", ",".join(p.endpoint for p in group),
+            "--count", str(cfg.per_process), "--ttl", str(cfg.ttl), "--tag", f"p{i}",
+        ]  # fmt: skip
+
+    report = LockChaosReport(seed=seed, duration=duration)
+    return await run_contenders(report, cfg, argv, _verify, _oldest_lock_key, progress)
+
+
+async def _oldest_lock_key(direct: AsyncClient) -> KeyValue | None:
+    kvs = (await direct.get_prefix(NAME + "/")).kvs
+    return min(kvs, key=lambda kv: kv.create_revision) if kvs else None
+
+
+async def run_contenders(
+    report: R,
+    cfg: LockChaosConfig,
+    argv: Callable[[int, list[Proxy]], list[str]],
+    verify: Callable[[AsyncClient, _Run], Awaitable[None]],
+    holder: Callable[[AsyncClient], Awaitable[KeyValue | None]],
+    progress: Callable[[str], None] | None = None,
+) -> R:
+    """The machinery of a fault run, for any recipe whose contender processes print this
+    module's JSON lines (``acquired``, ``write``, ``lost``, ... with ``who``, ``token``,
+    ``t``): a 3-member cluster; ``cfg.processes`` processes (``python`` + ``argv(i, its
+    proxies)``), each reaching the members through proxies of its own; ``cfg.faults`` for
+    ``report.duration`` seconds, one at a time, each healed and followed by a recovery check
+    (``revoke_holder`` revokes the lease of the key ``holder(direct)`` names); then
+    ``verify(direct, run)``. Fills ``report``; never raises for a violated guarantee."""
     unknown = set(cfg.faults) - set(LOCK_FAULTS)
     if unknown:
         raise ValueError(f"unknown faults {sorted(unknown)}; choose from {LOCK_FAULTS}")
-    report = LockChaosReport(seed=seed, duration=duration)
+    seed, duration = report.seed, report.duration
     report.contenders = cfg.processes * cfg.per_process
     started = time.monotonic()
     cluster = EtcdCluster(size=3)
@@ -316,18 +349,17 @@ async def run_lock_chaos(
         async with AsyncClient(cluster.endpoints, timeout=2.0) as direct:
             for i, group in enumerate(proxies):
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bench.chaos.locks", "contend",
-                    "--endpoints", ",".join(p.endpoint for p in group),
-                    "--count", str(cfg.per_process), "--ttl", str(cfg.ttl), "--tag", f"p{i}",
+                    sys.executable,
+                    *argv(i, group),
                     stdout=asyncio.subprocess.PIPE,
                     env=_child_env(),
-                )  # fmt: skip
+                )
                 procs.append(proc)
                 readers.append(asyncio.create_task(_read(proc, run)))
             first = await run.accepted_after(time.monotonic() - 60, 30.0)
             if first is None:
                 report.violations.append("no contender ever made an accepted fenced write")
-            await _faults(cfg, seed, duration, cluster, proxies, direct, run, progress)
+            await _faults(cfg, seed, duration, cluster, proxies, direct, run, progress, holder)
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
@@ -338,7 +370,7 @@ async def run_lock_chaos(
             for i, p in enumerate(procs):
                 if p.returncode != 0:
                     report.violations.append(f"contender process p{i} exited with {p.returncode}")
-            await _verify(direct, run)
+            await verify(direct, run)
     finally:
         for p in procs:
             if p.returncode is None:
@@ -374,6 +406,7 @@ async def _faults(
     direct: AsyncClient,
     run: _Run,
     progress: Callable[[str], None] | None,
+    holder: Callable[[AsyncClient], Awaitable[KeyValue | None]] = _oldest_lock_key,
 ) -> None:
     rng = random.Random(f"{seed}/lock-faults")
     report = run.report
@@ -387,7 +420,7 @@ async def _faults(
             rotation = list(cfg.faults)
             rng.shuffle(rotation)
         kind = rotation.pop()
-        what = await _inject(kind, rng, cfg, cluster, proxies, direct, run)
+        what = await _inject(kind, rng, cfg, cluster, proxies, direct, run, holder)
         healed = time.monotonic()
         report.faults[kind] = report.faults.get(kind, 0) + 1
         took = await run.accepted_after(healed, cfg.ttl + RECOVERY_SLACK)
@@ -411,6 +444,7 @@ async def _inject(
     proxies: list[list[Proxy]],
     direct: AsyncClient,
     run: _Run,
+    holder: Callable[[AsyncClient], Awaitable[KeyValue | None]] = _oldest_lock_key,
 ) -> str:
     dur = rng.uniform(*cfg.fault_duration)
     members: list[EtcdServer] = list(cluster.members)
@@ -450,18 +484,20 @@ async def _inject(
     if kind == "revoke_holder":
         for _ in range(20):
             with contextlib.suppress(EtcdkitError):
-                kvs = (await direct.get_prefix(NAME + "/")).kvs
-                if kvs:
-                    holder = min(kvs, key=lambda kv: kv.create_revision)
+                held = await holder(direct)
+                if held is not None:
                     with contextlib.suppress(EtcdkitError):
-                        await direct.revoke(holder.lease)
-                    return f"{kind} {holder.key.decode()}"
+                        await direct.revoke(held.lease)
+                    return f"{kind} {held.key.decode()}"
             await asyncio.sleep(0.05)
         return f"{kind} (nobody held)"
     raise ValueError(f"unknown fault {kind!r}")
 
 
-async def _verify(direct: AsyncClient, run: _Run) -> None:
+def count_events(run: _Run) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Count what the contenders reported into ``run.report`` (acquisitions, losses, fenced
+    writes by outcome, stale writes, and where two believed they held at once); returns the
+    fenced writes and the stale writes."""
     report = run.report
     events = run.events
     report.acquisitions = sum(1 for e in events if e["ev"] == "acquired")
@@ -473,6 +509,20 @@ async def _verify(direct: AsyncClient, run: _Run) -> None:
     stale = [e for e in events if e["ev"] == "stale"]
     report.stale_writes_tried = len(stale)
     report.stale_writes_accepted = sum(1 for e in stale if e["ok"])
+    intervals: dict[str, list[tuple[float, float]]] = {}
+    start: dict[str, float] = {}
+    for e in sorted(events, key=lambda e: e["t"]):
+        if e["ev"] == "acquired":
+            start[e["who"]] = e["t"]
+        elif e["ev"] in ("lost", "releasing") and e["who"] in start:
+            intervals.setdefault(e["who"], []).append((start.pop(e["who"]), e["t"]))
+    report.belief_overlaps, report.max_overlap_ms = belief_overlaps(intervals)
+    return writes, stale
+
+
+async def _verify(direct: AsyncClient, run: _Run) -> None:
+    report = run.report
+    writes, stale = count_events(run)
 
     # Every version of the journal, newest first, each with the lock keys at its revision.
     records: list[Record] = []
@@ -491,15 +541,6 @@ async def _verify(direct: AsyncClient, run: _Run) -> None:
     for e in writes + stale:
         if e["ok"] and (e["rev"], e["token"], e["who"]) not in in_journal:
             report.violations.append(f"accepted write missing from the journal: {e}")
-
-    intervals: dict[str, list[tuple[float, float]]] = {}
-    start: dict[str, float] = {}
-    for e in sorted(events, key=lambda e: e["t"]):
-        if e["ev"] == "acquired":
-            start[e["who"]] = e["t"]
-        elif e["ev"] in ("lost", "releasing") and e["who"] in start:
-            intervals.setdefault(e["who"], []).append((start.pop(e["who"]), e["t"]))
-    report.belief_overlaps, report.max_overlap_ms = belief_overlaps(intervals)
 
 
 async def _retry(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:

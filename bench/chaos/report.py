@@ -50,6 +50,13 @@ class ChaosConfig:
     # SIGKILL can make members diverge (etcd-io/etcd#13766, fixed in 3.5.3): SIGTERM there.
     kill_signal: str = "auto"
     history_wait: float = 60.0  # how long a check waits for the writer's history to cover it
+    raw_watchers: int = 2  # raw watch() consumers on the data prefix: "raw", then "raw-slow"
+    # The raw watch's buffer bound (etcdkit._watch.MAX_BUFFERED) for the run, so that "raw-slow"
+    # falls behind it, steps off the stream and back on (at ~20 batches/s the library's own 1024
+    # would take a 50 s stall); 0 leaves the library's own.
+    raw_buffer: int = 32
+    raw_pause: tuple[float, float] = (1.0, 4.0)  # how long "raw-slow" stops reading...
+    raw_pause_chance: float = 0.006  # ... with this chance after each batch
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,13 @@ class ChaosReport:
     lease_recovery: list[float] = field(default_factory=list)
     catch_up: list[float] = field(default_factory=list)
     convergence: dict[str, float] = field(default_factory=dict)
+    raw_events_checked: int = 0  # raw watch events compared with the writer's event log
+    raw_per_consumer: dict[str, int] = field(default_factory=dict)
+    raw_progress_checked: int = 0  # raw watch batches with no events, their promise checked
+    raw_stepped_off: int = 0  # times "raw-slow" fell behind its buffer bound and stepped off
+    raw_log_verified: int = 0  # events of the writer's log found equal to etcd's own replay
+    raw_catch_up: list[float] = field(default_factory=list)
+    raw_watch_mismatches: int = 0  # of mismatch_count, those of the raw watch (kinds raw-*)
     etcd_version: str = ""
     kill_signal: str = ""  # SIGKILL or SIGTERM, see ChaosConfig.kill_signal
     members_agree: bool | None = None  # every member's HashKV equal at the end
@@ -115,6 +129,7 @@ class ChaosReport:
         ops = ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items())) or "none"
         consumers = ", ".join(f"{k} {v}" for k, v in sorted(self.per_consumer.items()))
         conv = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(self.convergence.items()))
+        raw = ", ".join(f"{k} {v}" for k, v in sorted(self.raw_per_consumer.items())) or "none"
         lines = [
             f"chaos run: seed {self.seed}, {self.elapsed:.0f} s (asked {self.duration:.0f} s), "
             f"etcd {self.etcd_version}, kill faults by {self.kill_signal}, members agree at the "
@@ -122,12 +137,17 @@ class ChaosReport:
             f"snapshots checked: {self.snapshots_checked} ({self.checked_by_get} against "
             f"get_prefix, {self.checked_by_history} against history; {self.skipped} skipped)",
             f"  per consumer: {consumers}",
+            f"raw watch events checked: {self.raw_events_checked} ({raw}); "
+            f"{self.raw_progress_checked} progress batches checked; stepped off the stream "
+            f"{self.raw_stepped_off} times; raw watch mismatches: {self.raw_watch_mismatches}",
+            f"  the writer's event log equals etcd's own replay over {self.raw_log_verified} "
+            "events",
             f"faults injected: {sum(self.faults.values())} ({faults})",
             f"writer ops: {sum(self.ops.values())} ({ops}); {self.uncertain_ops} with unknown "
             f"outcome resolved ({self.landed_anyway} had landed)",
             f"wait_for calls: {self.wait_for_calls}; latency {_pct(self.wait_for_latency)}",
             f"recovery after heal: leases {_pct(self.lease_recovery)}; "
-            f"watch catch-up {_pct(self.catch_up)}",
+            f"watch catch-up {_pct(self.catch_up)}; raw watch catch-up {_pct(self.raw_catch_up)}",
             f"convergence at the end: {conv or 'n/a'}",
             f"mismatches: {self.mismatch_count}",
         ]

@@ -2,9 +2,10 @@
 
 :func:`run_chaos` starts a 3-member cluster with one proxy in front of each member, connects
 the client under test through the proxies and the oracle side directly, starts the writer, the
-consumers, the checker, the ``wait_for`` callers and the PersistentLeases, lets the faults run
-for the asked duration, then checks convergence, etcd's own consistency, and that closing
-leaves no lease key and no etcdkit task behind.
+consumers (``watch_prefix`` and raw ``watch``), the checkers, the ``wait_for`` callers and the
+PersistentLeases, lets the faults run for the asked duration, then checks convergence, the
+writer's event log against etcd's replay, etcd's own consistency, and that closing leaves no
+lease key and no etcdkit task behind.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import etcdkit._watch
 from bench.chaos.checker import Checker
 from bench.chaos.faults import Faults, kill_signal_for
 from bench.chaos.history import transform
+from bench.chaos.raw import RawChecker
 from bench.chaos.report import FAULTS, ChaosConfig, ChaosReport
 from bench.chaos.state import Run
 from bench.chaos.writer import Writer
@@ -47,13 +50,18 @@ async def run_chaos(
     cluster = EtcdCluster(size=3)
     report.etcd_version = cluster.members[0].version
     report.kill_signal = kill_signal_for(cfg.kill_signal, report.etcd_version)
+    bound = etcdkit._watch.MAX_BUFFERED, etcdkit._watch.RESUME_BELOW
     await asyncio.to_thread(cluster.start)
     try:
         proxies = [Proxy(m.endpoint) for m in cluster.members]
         try:
+            if cfg.raw_buffer:
+                etcdkit._watch.MAX_BUFFERED = cfg.raw_buffer
+                etcdkit._watch.RESUME_BELOW = cfg.raw_buffer // 4
             run = Run(seed, duration, cfg, report, cluster, proxies, progress)
             await _main(run)
         finally:
+            etcdkit._watch.MAX_BUFFERED, etcdkit._watch.RESUME_BELOW = bound
             for p in proxies:
                 p.close()
     finally:
@@ -73,15 +81,18 @@ async def _main(run: Run) -> None:
     ):
         run.direct, run.client = direct, client
         checker = Checker(run)
+        raw = RawChecker(run)
         writer = Writer(run)
         await writer.start()
-        faults = Faults(run, writer, checker)
+        faults = Faults(run, writer, checker, raw)
         watches: dict[str, PrefixWatch[Any, Any]] = {}
         for i in range(cfg.consumers):
             name = "slow" if i == cfg.consumers - 1 else f"c{i}"
             watches[name] = await stack.enter_async_context(
                 client.watch_prefix(run.data, transform)
             )
+        for c in raw.open(client):
+            await stack.enter_async_context(c.watch)
         observer = await stack.enter_async_context(direct.watch_prefix(run.lease_prefix))
         for i in range(cfg.leases):
             ttl = cfg.lease_ttls[i % len(cfg.lease_ttls)]
@@ -94,6 +105,7 @@ async def _main(run: Run) -> None:
             run.spawn(checker.consume(name, w, run.data, slow=name == "slow"), name)
             for name, w in watches.items()
         ]
+        tasks += [run.spawn(raw.consume(c), c.name) for c in raw.consumers]
         tasks.append(run.spawn(checker.consume("leases", observer, run.lease_prefix), "obs"))
         tasks.append(run.spawn(checker.check_loop(), "checker"))
         writing = run.spawn(writer.loop(run.stop), "writer")
@@ -105,7 +117,11 @@ async def _main(run: Run) -> None:
             run.stop.set()
             run.context = "final"
             await run.settle([writing, *waiters], 90.0)
+            async with writer.gate:
+                await writer.mark()  # the newest data event is in the log: replays stop there
         await checker.converge(watches)
+        await raw.converge()
+        await raw.verify_log()
         await checker.members_agree()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(60):

@@ -1,7 +1,7 @@
 """What every part of one chaos run shares, and how a part reports.
 
 :class:`Run` holds the run's seed, config, report, key prefixes, clients, history and the
-context (the fault active or last healed); the writer, the checker and the faults each take it
+context (the fault active or last healed); the writer, the checkers and the faults each take it
 as ``run``. It records a mismatch or a timeline event, retries an oracle-side request while
 etcd is unreachable (:data:`UNCERTAIN`, :func:`is_uncertain`: the errors after which a request
 may or may not have been applied), and owns background tasks whose crash is a mismatch.
@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 
 import etcdkit
-from bench.chaos.history import History
+from bench.chaos.history import EventLog, History
 from bench.chaos.report import ChaosConfig, ChaosReport, Mismatch
 from etcdkit import AsyncClient, PersistentLease
 from etcdkit.server import EtcdCluster, Proxy
@@ -67,6 +67,7 @@ class Run:
         self.wait_prefix = root + "wait/"
         self.fence_key = root + "fence"
         self.history = History()
+        self.events = EventLog()
         self.context = "starting"
         self.t0 = time.monotonic()
         self.stop = asyncio.Event()
@@ -84,6 +85,8 @@ class Run:
             kind, self.seed, round(self.elapsed(), 2), where, revision, detail, self.context
         )
         self.report.mismatch_count += 1
+        if kind.startswith("raw-"):
+            self.report.raw_watch_mismatches += 1
         if len(self.report.mismatches) < self.cfg.max_recorded:
             self.report.mismatches.append(m)
         log.error("chaos mismatch: %s", m)

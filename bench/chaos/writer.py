@@ -11,7 +11,8 @@ rewrite history behind the model's back.) A revoke with an unknown outcome is re
 definite; if an earlier attempt had landed, its revision is found by bisecting ``get_prefix``
 (no compaction runs meanwhile: the compaction fault takes :attr:`Writer.gate`).
 
-Each op is recorded in :class:`~bench.chaos.history.History` at the revision it landed at.
+Each op is recorded in :class:`~bench.chaos.history.History` at the revision it landed at,
+and its events (:func:`apply_ops`) in the :class:`~bench.chaos.history.EventLog`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
-from bench.chaos.history import Tree, tree_of
+from bench.chaos.history import Event, Tree, tree_of
 from bench.chaos.state import UNCERTAIN, Run, is_uncertain
 
 Raw = dict[bytes, tuple[bytes, int]]  # key -> (value, lease id) as etcd stores it
@@ -40,6 +41,31 @@ def _put(key: bytes, value: bytes, lease: int = 0) -> Any:
 
 def _delete(key: bytes, range_end: bytes = b"") -> Any:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=range_end))
+
+
+def apply_ops(raw: Raw, ops: list[Any], revision: int) -> tuple[Raw, list[Event]]:
+    """``raw`` after a transaction of ``ops`` landed at ``revision``, and the events etcd
+    reports for it: in op order, one per put, one per key a delete removed (a range's in key
+    order, as etcd deletes them); none for a delete of an absent key."""
+    raw = dict(raw)
+    events: list[Event] = []
+    for op in ops:
+        if op.HasField("request_put"):
+            put = op.request_put
+            old = raw.get(put.key)
+            events.append(Event("put", put.key, revision, put.value, old[0] if old else None))
+            raw[put.key] = (put.value, put.lease)
+        else:
+            rng_ = op.request_delete_range
+            if rng_.range_end:
+                keys = sorted(k for k in raw if rng_.key <= k < rng_.range_end)
+            else:
+                keys = [rng_.key]
+            for k in keys:
+                gone = raw.pop(k, None)
+                if gone is not None:
+                    events.append(Event("delete", k, revision, b"", gone[0]))
+    return raw, events
 
 
 class Writer:
@@ -61,6 +87,7 @@ class Writer:
         await self.run.retry(lambda: self.run.direct.put(self.run.fence_key, self.fence))
         res = await self.run.retry(lambda: self.run.direct.get_prefix(self.run.data))
         self.raw = {kv.key: (kv.value, kv.lease) for kv in res.kvs}
+        self.run.events.start = res.revision
         self.run.history.record(res.revision, self.tree())
 
     def tree(self, raw: Raw | None = None) -> Tree:
@@ -109,23 +136,15 @@ class Writer:
             lease = self.leases.pop(rng.randrange(len(self.leases)))
             await self.revoke(lease)
 
-    def _apply(self, ops: list[Any]) -> Raw:
-        raw = dict(self.raw)
-        for op in ops:
-            if op.HasField("request_put"):
-                put = op.request_put
-                raw[put.key] = (put.value, put.lease)
-            else:
-                rng_ = op.request_delete_range
-                if not rng_.range_end:
-                    raw.pop(rng_.key, None)
-                else:
-                    for k in [k for k in raw if rng_.key <= k < rng_.range_end]:
-                        del raw[k]
-        return raw
+    async def mark(self) -> None:
+        """One put between ops (hold :attr:`gate`), so that the newest event under the data
+        prefix is one the log holds: a replay of etcd's history can stop at it."""
+        key = self.keys[self.seq % len(self.keys)]  # (no draw from rng: ops stay as seeded)
+        await self.txn("mark", [_put(key, str(self.seq).encode())])
 
     def _commit(self, kind: str, ops: list[Any], revision: int) -> None:
-        self.raw = self._apply(ops)
+        self.raw, events = apply_ops(self.raw, ops, revision)
+        self.run.events.extend(events)  # before the record below covers the revision
         self.run.history.record(revision, self.tree())
         ops_count = self.run.report.ops
         ops_count[kind] = ops_count.get(kind, 0) + 1
@@ -245,5 +264,8 @@ class Writer:
         ops = self.run.report.ops
         ops["revoke"] = ops.get("revoke", 0) + 1
         if attached:
+            # etcd deletes a revoked lease's keys in one txn, in key order
+            gone = [Event("delete", k, revision, b"", self.raw[k][0]) for k in sorted(attached)]
             self.raw = {k: v for k, v in self.raw.items() if v[1] != lease}
+            self.run.events.extend(gone)
             self.run.history.record(revision, self.tree())

@@ -12,33 +12,43 @@
 development and tests live in :mod:`etcdkit.testing`.
 """
 
+from etcdkit._admin import Auth, Maintenance, Members
+from etcdkit._admin_types import Alarm, AuthStatus, HashKV, Member, Permission, Status
 from etcdkit._client import AsyncClient
 from etcdkit._election import Campaign, Election, Leader, Leadership
 from etcdkit._errors import (
     AuthError,
     ClosedError,
     CompactedError,
+    ConflictError,
     ConnectionUnavailableError,
     EtcdkitError,
     EtcdTimeoutError,
     InvalidArgumentError,
     LeaseNotFoundError,
     NotHeldError,
+    OutcomeUnknownError,
     PermissionDeniedError,
     ServerError,
     WatchEndedError,
     WrongContextError,
 )
-from etcdkit._lock import Lock
+from etcdkit._lock import Lock, LockHold
 from etcdkit._metrics import ClientStats, LeaseStats
 from etcdkit._persistent_lease import LeaseState, PersistentLease
-from etcdkit._prefix_watch import PrefixWatch, WatchState, WatchStats
 from etcdkit._queue import HoldState
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Change, ChangeKind, Snapshot, default_transform
 from etcdkit._sync import Client, SyncPersistentLease, SyncPrefixWatch, SyncSession, SyncWatch
-from etcdkit._sync_locks import SyncCampaign, SyncElection, SyncLeadership, SyncLock
+from etcdkit._sync_admin import SyncAuth, SyncMaintenance, SyncMembers
+from etcdkit._sync_locks import (
+    SyncCampaign,
+    SyncElection,
+    SyncLeadership,
+    SyncLock,
+    SyncLockHold,
+)
 from etcdkit._types import (
     Compare,
     DeleteResult,
@@ -56,10 +66,14 @@ from etcdkit._types import (
 )
 from etcdkit._version import __version__
 from etcdkit._watch import Watch
+from etcdkit.recipes.prefix_watch import PrefixWatch, WatchState, WatchStats
 
 __all__ = [
+    "Alarm",
     "AsyncClient",
+    "Auth",
     "AuthError",
+    "AuthStatus",
     "Campaign",
     "Change",
     "ChangeKind",
@@ -68,12 +82,14 @@ __all__ = [
     "ClosedError",
     "CompactedError",
     "Compare",
+    "ConflictError",
     "ConnectionUnavailableError",
     "DeleteResult",
     "Election",
     "EtcdTimeoutError",
     "EtcdkitError",
     "EventType",
+    "HashKV",
     "HoldState",
     "InvalidArgumentError",
     "KeyValue",
@@ -85,8 +101,14 @@ __all__ = [
     "LeaseState",
     "LeaseStats",
     "Lock",
+    "LockHold",
+    "Maintenance",
+    "Member",
+    "Members",
     "NotHeldError",
     "Op",
+    "OutcomeUnknownError",
+    "Permission",
     "PermissionDeniedError",
     "PersistentLease",
     "PrefixWatch",
@@ -98,10 +120,15 @@ __all__ = [
     "Session",
     "SessionState",
     "Snapshot",
+    "Status",
+    "SyncAuth",
     "SyncCampaign",
     "SyncElection",
     "SyncLeadership",
     "SyncLock",
+    "SyncLockHold",
+    "SyncMaintenance",
+    "SyncMembers",
     "SyncPersistentLease",
     "SyncPrefixWatch",
     "SyncSession",

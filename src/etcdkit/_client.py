@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
+from etcdkit._admin import Auth, Maintenance, Members
 from etcdkit._conn import Connection, Stubs
 from etcdkit._core import Core
 from etcdkit._election import Election
 from etcdkit._lock import Lock
 from etcdkit._metrics import ClientStats
 from etcdkit._persistent_lease import PersistentLease
-from etcdkit._prefix_watch import PrefixWatch
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Transform, default_transform
@@ -23,6 +23,7 @@ from etcdkit._types import (
     Compare,
     DeleteResult,
     KeyValue,
+    KeyValueLike,
     LeaseGrant,
     LeaseInfo,
     Op,
@@ -37,6 +38,7 @@ from etcdkit._types import (
 )
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
+from etcdkit.recipes.prefix_watch import PrefixWatch
 from etcdkit.recipes.wait import wait_for
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClient"]
@@ -146,10 +148,49 @@ class AsyncClient:
         preferred endpoint. Pass ``metadata=await client.auth_metadata()`` when auth is on."""
         return self._core.conn.stubs
 
+    def adopt(self, child: object, close: Callable[[], Awaitable[None]]) -> None:
+        """For recipes that own background work: when this client closes, it ends ``child`` by
+        awaiting ``close()`` (before its streams and channels close, so ``close`` may still
+        call etcd, bounded). Raises :class:`ClosedError` on a closed client."""
+        self._core.adopt(child, close)
+
+    def disown(self, child: object) -> None:
+        """Forget a child adopted with :meth:`adopt` (it closed by itself). Idempotent."""
+        self._core.disown(child)
+
     async def auth_metadata(self) -> list[tuple[str, str]]:
         """The call metadata (auth token) for raw stub calls; empty without auth."""
         self._core.check_open()
         return await self._core.conn.metadata()
+
+    # -- administration: one object per etcd service, made on first use (no I/O) ---------------
+
+    _members: Members | None = None
+    _maintenance: Maintenance | None = None
+    _auth: Auth | None = None
+
+    @property
+    def members(self) -> Members:
+        """The cluster's members (:class:`Members`: ``list``, ``add``, ``remove``, ``update``,
+        ``promote``). No I/O here; the same object every time."""
+        if self._members is None:
+            self._members = Members(self._core)
+        return self._members
+
+    @property
+    def maintenance(self) -> Maintenance:
+        """Per-member maintenance (:class:`Maintenance`: ``status``, ``alarms``, ``disarm``,
+        ``defragment``, ``hash_kv``, ``move_leader``, ``snapshot``). No I/O here."""
+        if self._maintenance is None:
+            self._maintenance = Maintenance(self._core)
+        return self._maintenance
+
+    @property
+    def auth(self) -> Auth:
+        """Users, roles, permissions, and auth on or off (:class:`Auth`). No I/O here."""
+        if self._auth is None:
+            self._auth = Auth(self._core)
+        return self._auth
 
     # -- KV ---------------------------------------------------------------------------------------
 
@@ -193,6 +234,30 @@ class AsyncClient:
                 kvs.extend(page)
                 read_at, header = rev, page_header
         return RangeResult(kvs, read_at, len(kvs), False, header)
+
+    async def get_prefix_pages(
+        self,
+        prefix: str | bytes,
+        *,
+        revision: int = 0,
+        page_size: int | None = None,
+        keys_only: bool = False,
+    ) -> AsyncGenerator[tuple[Sequence[KeyValueLike], int], None]:
+        """Every key starting with ``prefix``, page by page, all pages at one revision: an async
+        iterator of ``(kvs, revision)``. What :meth:`get_prefix` reads, without holding it all
+        at once and without an object made per key: each entry is read straight from etcd's
+        answer (a :class:`KeyValueLike`, read-only). The next page is requested while you
+        handle this one. Use ``async with contextlib.aclosing(etcd.get_prefix_pages(p)) as
+        pages:`` when you may stop early. Raises :class:`CompactedError` if ``revision`` is
+        compacted while paging."""
+        self._core.check_open()
+        async with contextlib.aclosing(
+            self._core.kv.record_pages(
+                prefix, revision=revision, page_size=page_size, keys_only=keys_only
+            )
+        ) as pages:
+            async for page in pages:
+                yield page
 
     async def range(
         self,
@@ -467,7 +532,7 @@ class AsyncClient:
         warning. Use as ``async with client.watch_prefix(...) as watch``.
         """
         self._core.check_loop()
-        return PrefixWatch(self._core, prefix, transform or default_transform)
+        return PrefixWatch(self, prefix, transform or default_transform)
 
     def persistent_lease(
         self, key: str | bytes, value: str | bytes, ttl: int = 10, *, own_lease: bool = False
@@ -509,4 +574,4 @@ class AsyncClient:
         See :class:`etcdkit.cluster.EtcdBackedCluster`.
         """
         self._core.check_loop()
-        return EtcdBackedCluster(self._core, root, ttl, timeout=timeout)
+        return EtcdBackedCluster(self, root, ttl, timeout=timeout)

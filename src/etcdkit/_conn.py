@@ -14,7 +14,7 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,11 @@ def map_rpc_error(exc: BaseException, where: str, what: str) -> EtcdkitError:
     details = exc.details() or ""
     msg = f"{what} at {where} failed: {code.name}: {details}"
     low = details.lower()
+    if code == grpc.StatusCode.UNAVAILABLE and "unhealthy cluster" in low:
+        return ConnectionUnavailableError(
+            msg + " (etcd changes membership only once every member has been connected for 5 s, "
+            "and never at the cost of the quorum: try again shortly)"
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         return ConnectionUnavailableError(msg + " (is etcd running and reachable?)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -183,6 +188,11 @@ def map_rpc_error(exc: BaseException, where: str, what: str) -> EtcdkitError:
         return InvalidArgumentError(msg)
     if code == grpc.StatusCode.CANCELLED and "channel closed" in low:
         return ClosedError(msg)
+    if "database space exceeded" in low:  # RESOURCE_EXHAUSTED too, but not the request's fault
+        return ServerError(
+            msg + " (etcd's NOSPACE alarm is on: only reads and deletes work until you delete or "
+            "compact, defragment every member, then disarm the alarm; see maintenance.alarms())"
+        )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return InvalidArgumentError(msg + " (request or response too large)")
     return ServerError(msg)
@@ -383,6 +393,29 @@ class Connection:
     def stubs(self) -> Stubs:
         return self.channel.stubs
 
+    def channel_at(self, endpoint: str) -> Channel:
+        """The channel of ``endpoint``: one of the client's endpoints, as "host:port" or a URL
+        (matched on host and port as the client was given them; no DNS lookup). Another
+        endpoint is a ValueError, checked before the open state (:class:`ClosedError`)."""
+        if not isinstance(endpoint, str):
+            raise TypeError(
+                "endpoint must be a str, one of the client's endpoints such as "
+                f"{str(self.endpoints[0])!r}, got {type(endpoint).__name__}: {endpoint!r:.80}"
+            )
+        wanted = parse_endpoints([endpoint])
+        at = [
+            i
+            for i, e in enumerate(self.endpoints)
+            if (e.host, e.port) == (wanted[0].host, wanted[0].port)
+        ]
+        if not at:
+            raise ValueError(
+                f"endpoint {endpoint!r} is not one of this client's endpoints ({self.where}); "
+                "pass one of those, or create a client with it"
+            )
+        self.check_open()
+        return self._channels[at[0]]
+
     def failover(self, failed: Channel, why: str) -> None:
         """``failed`` misbehaved: prefer the next endpoint, and send the unary calls in flight
         on ``failed`` again there (their callers decide whether that is safe)."""
@@ -444,18 +477,27 @@ class Connection:
     # -- unary calls ------------------------------------------------------------------------------
 
     async def call(
-        self, what: str, service: str, method: str, request: Any, *, idempotent: bool
+        self,
+        what: str,
+        service: str,
+        method: str,
+        request: Any,
+        *,
+        idempotent: bool,
+        channel: Channel | None = None,
     ) -> Any:
         """One unary RPC with the client's timeout, auth metadata and error mapping.
 
         Within the timeout it waits for a ready endpoint and retries what is safe to retry:
         any read (``idempotent``), and a write only when it provably never left this process.
         A call cancelled because the client closed raises :class:`ClosedError`. Its duration
-        and outcome are counted by ``method`` (:mod:`etcdkit._metrics`).
+        and outcome are counted by ``method`` (:mod:`etcdkit._metrics`). ``channel`` (from
+        :meth:`channel_at`) pins the call to that endpoint: it is retried there, never
+        elsewhere (maintenance calls address one member).
         """
         started = time.monotonic()
         try:
-            resp = await self._call_retrying(what, service, method, request, idempotent)
+            resp = await self._call_retrying(what, service, method, request, idempotent, channel)
         except asyncio.CancelledError:
             raise  # the caller gave up: neither a latency nor an error of etcd's
         except BaseException as exc:
@@ -465,7 +507,13 @@ class Connection:
         return resp
 
     async def _call_retrying(
-        self, what: str, service: str, method: str, request: Any, idempotent: bool
+        self,
+        what: str,
+        service: str,
+        method: str,
+        request: Any,
+        idempotent: bool,
+        pinned: Channel | None,
     ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout is None else loop.time() + self.timeout
@@ -474,6 +522,8 @@ class Connection:
         refreshed = False
         while True:
             ch = self.channel  # raises ClosedError once closed
+            if pinned is not None:
+                ch = pinned
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 raise self._gave_up(what, last)
@@ -529,6 +579,48 @@ class Connection:
             if deadline is not None:
                 delay = min(delay, max(0.0, deadline - loop.time()))
             await self.pause(delay)
+
+    async def server_stream(
+        self, what: str, service: str, method: str, request: Any, *, channel: Channel | None = None
+    ) -> AsyncGenerator[Any, None]:
+        """The responses of one server-streaming RPC (e.g. ``Maintenance.Snapshot``), on
+        ``channel`` or the preferred endpoint, with auth metadata and error mapping.
+
+        No deadline (a stream takes as long as it takes; keepalive notices a dead peer within
+        seconds) and no retry once a response arrived; an invalid auth token before that is
+        refreshed once. The call ends when the iteration does (use ``contextlib.aclosing``),
+        and with :class:`ClosedError` when the client closes.
+        """
+        refreshed = False
+        while True:
+            ch = self.channel  # raises ClosedError once closed
+            if channel is not None:
+                ch = channel
+            md = await self.metadata(refresh=refreshed)
+            call = getattr(getattr(ch.stubs, service), method)(request, metadata=md)
+            ch.live.add(call)
+            started = False
+            try:
+                async for resp in call:
+                    started = self.answered = True
+                    yield resp
+                return
+            except asyncio.CancelledError:
+                if self.closing and not _cancelled_from_outside():
+                    raise ClosedError(f"{what}: the etcdkit client was closed") from None
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if self.closed or self.closing:
+                    raise ClosedError(f"{what}: the etcdkit client was closed") from exc
+                if is_invalid_token(exc) and not refreshed and not started:
+                    refreshed = True
+                    continue
+                err = map_rpc_error(exc, str(ch.endpoint), what)
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self.note_failure(err)
+                raise err from exc
+            finally:
+                call.cancel()
 
     def _gave_up(self, what: str, last: EtcdkitError | None) -> EtcdkitError:
         if last is None:

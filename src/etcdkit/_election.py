@@ -61,9 +61,12 @@ class Election:
     def campaign(self, value: str | bytes, ttl: int = 10, timeout: float | None = None) -> Campaign:
         """Stand for leader with ``value``: ``async with election.campaign(value) as
         leadership:`` returns once we lead (see :class:`Leadership`) and resigns on leaving
-        the block. Waits up to ``timeout`` seconds (``None``: for ever), then raises
-        :class:`EtcdTimeoutError`; a timeout, a cancellation or an error while waiting removes
-        our key. ``ttl``: our lease's TTL in seconds (how long a crashed leader stays leader).
+        the block. Waits up to ``timeout`` seconds (``None``: for ever; ``0``: not at all, we
+        lead only if nobody does), then raises :class:`EtcdTimeoutError`; a timeout, a
+        cancellation or an error while waiting removes our key and revokes our lease. ``ttl``:
+        our lease's TTL in seconds (how long a crashed leader stays leader). Each campaign is
+        one term, entered once: its leadership is its own, and leaving its block resigns
+        only that.
         """
         return Campaign(self._core, self._name, self._prefix, value, ttl, timeout)
 
@@ -196,7 +199,10 @@ class _Follow:
 
 
 class Campaign:
-    """What :meth:`Election.campaign` returns: ``async with`` it to lead (see there)."""
+    """What :meth:`Election.campaign` returns: ``async with`` it to lead (see there). Single
+    use: it makes one :class:`Leadership`, and leaving the block resigns that one only.
+    :attr:`state` and :meth:`add_listener` follow it from the start, while waiting too
+    (``WAITING``, ``REQUEUED``)."""
 
     def __init__(
         self,
@@ -214,11 +220,29 @@ class Campaign:
         self._name = name
         self._prefix = prefix
         self._leadership: Leadership | None = None
+        self._listeners: list[Callable[[HoldState], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Campaign election={self._name!r} state={self.state.name}>"
+
+    @property
+    def state(self) -> HoldState:
+        """Where this campaign stands: ``IDLE`` before it is entered, then its leadership's
+        state (``WAITING``, ``REQUEUED``, ``HELD``, ...)."""
+        return self._leadership.state if self._leadership is not None else HoldState.IDLE
+
+    def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
+        """Call ``callback(state)`` on every state change of this campaign, waiting included
+        (on the event loop); returns a function that removes it. Errors are logged."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
     async def __aenter__(self) -> Leadership:
         if self._leadership is not None:
             raise RuntimeError("this campaign was entered already; call campaign() again")
-        leadership = Leadership(self._core, self._name, self._prefix, self._value, self._ttl)
+        leadership = Leadership(
+            self._core, self._name, self._prefix, self._value, self._ttl, self._listeners
+        )
         self._leadership = leadership
         await leadership._win(self._timeout)
         return leadership
@@ -242,14 +266,27 @@ class Leadership:
     """
 
     def __init__(
-        self, core: Core, name: str | bytes, prefix: bytes, value: bytes, ttl: int
+        self,
+        core: Core,
+        name: str | bytes,
+        prefix: bytes,
+        value: bytes,
+        ttl: int,
+        campaign_listeners: list[Callable[[HoldState], None]] | None = None,
     ) -> None:
         self._core = core
         self._name = name
         self._value = value
         self._listeners: list[Callable[[HoldState], None]] = []
+        self._campaign_listeners = campaign_listeners if campaign_listeners is not None else []
         self._c = Contender(
-            core, prefix, value, ttl, what=f"leadership of {name!r}", on_state=self._on_state
+            core,
+            prefix,
+            value,
+            ttl,
+            what=f"leadership of {name!r}",
+            kind="election",
+            on_state=self._on_state,
         )
 
     def __repr__(self) -> str:
@@ -257,6 +294,15 @@ class Leadership:
 
     async def _win(self, timeout: float | None) -> None:
         c = self._c
+        if timeout == 0:
+            if await c.acquire(wait=False):
+                return
+            ahead = c.ahead
+            who = f"; {ahead.key!r} = {ahead.value[:80]!r} is ahead" if ahead else ""
+            raise EtcdTimeoutError(
+                f"not elected in {self._name!r}: another leads and timeout=0 does not wait{who} "
+                f"(endpoints {self._core.where})"
+            )
         try:
             async with asyncio.timeout(timeout):
                 await c.acquire(wait=True)
@@ -295,6 +341,12 @@ class Leadership:
     def lost(self) -> asyncio.Event:
         return self._c.lost
 
+    @property
+    def requeues(self) -> int:
+        """How many times this campaign lost its place in line while waiting (its key or lease
+        vanished) and queued again at the back (state ``REQUEUED``)."""
+        return self._c.requeues
+
     def guard(self) -> Compare:
         """A :class:`Compare` that holds only while we lead (our key exists with our create
         revision): put it in the ``compare`` of every write only the leader may make."""
@@ -328,7 +380,7 @@ class Leadership:
         await self._c.release()
 
     def _on_state(self, state: HoldState) -> None:
-        for cb in list(self._listeners):
+        for cb in [*self._listeners, *self._campaign_listeners]:
             try:
                 cb(state)
             except Exception:

@@ -15,6 +15,9 @@ Every error etcdkit raises on purpose derives from :class:`EtcdkitError`::
     │                                inside a running event loop (also a RuntimeError)
     ├── WatchEndedError              a watch ended for a reason other than close or success
     ├── NotHeldError                 a lock or leadership is not held (never taken, released, lost)
+    ├── OutcomeUnknownError          a write was sent but never answered: it may or may not have
+    │                                been applied (a recipe could not settle which)
+    ├── ConflictError                a transaction kept losing to concurrent writers (STM)
     └── ServerError                  any other error reported by etcd
 
 Errors from grpc are converted at the boundary (``raise ... from exc``) so the original gRPC
@@ -28,12 +31,14 @@ __all__ = [
     "AuthError",
     "ClosedError",
     "CompactedError",
+    "ConflictError",
     "ConnectionUnavailableError",
     "EtcdTimeoutError",
     "EtcdkitError",
     "InvalidArgumentError",
     "LeaseNotFoundError",
     "NotHeldError",
+    "OutcomeUnknownError",
     "PermissionDeniedError",
     "ServerError",
     "WatchEndedError",
@@ -93,6 +98,18 @@ class WatchEndedError(EtcdkitError):
 class NotHeldError(EtcdkitError):
     """An operation needs a lock or leadership that is not held: never acquired, released, or
     lost (its key deleted, its lease expired or revoked). Another holder may exist now."""
+
+
+class OutcomeUnknownError(EtcdkitError):
+    """A write was sent but no answer came (connection lost, deadline passed, member hung): it
+    may or may not have been applied, and the recipe that sent it could not settle which (it
+    never re-sends a write that could then apply twice). The message says what was at stake;
+    ``__cause__`` is the error of the last attempt."""
+
+
+class ConflictError(EtcdkitError):
+    """A transaction lost to concurrent writers on every attempt it was allowed (an STM's
+    ``attempts``); nothing of it was written. Retry later, or with fewer keys in contention."""
 
 
 class ServerError(EtcdkitError):

@@ -24,11 +24,11 @@ from etcdkit._errors import (
     InvalidArgumentError,
     LeaseNotFoundError,
 )
-from etcdkit._snapshot import Record
 from etcdkit._types import (
     Compare,
     DeleteResult,
     KeyValue,
+    KeyValueLike,
     LeaseGrant,
     LeaseInfo,
     Op,
@@ -400,12 +400,16 @@ class KV:
             yield [kv_of(kv) for kv in page], rev, header_of(header)
 
     async def record_pages(
-        self, prefix: str | bytes, *, revision: int = 0, page_size: int | None = None
-    ) -> AsyncGenerator[tuple[Sequence[Record], int], None]:
-        """As :meth:`pages`, yielding each page as etcd's own messages, read for their
-        ``key`` and ``value`` only (the cheap form for big listings: no object made per key;
-        consume the page before the next)."""
-        async for page, rev, _header in self._pb_pages(prefix, revision, page_size, False):
+        self,
+        prefix: str | bytes,
+        *,
+        revision: int = 0,
+        page_size: int | None = None,
+        keys_only: bool = False,
+    ) -> AsyncGenerator[tuple[Sequence[KeyValueLike], int], None]:
+        """As :meth:`pages`, yielding each page as etcd's own messages (the cheap form for big
+        listings: no object made per key)."""
+        async for page, rev, _header in self._pb_pages(prefix, revision, page_size, keys_only):
             yield page, rev
 
     # -- writes -----------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ __all__ = [
     "enabled",
     "failover",
     "keepalive_rtt",
+    "lock_requeued",
     "stream_reconnected",
 ]
 
@@ -115,6 +116,12 @@ INSTRUMENTS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
         "it was REGISTERED again, for lost registrations.",
         (),
     ),
+    "etcdkit.lock.requeues": (
+        "counter", "{requeue}",
+        "Waiters of a lock or election whose own key or lease vanished while they waited, so "
+        "that they queued again at the back (state REQUEUED); recipe: lock or election.",
+        ("recipe",),
+    ),
 }  # fmt: skip
 
 
@@ -150,6 +157,7 @@ class _Instruments:
         self.keepalive_rtt = made["etcdkit.lease.keepalive.rtt"]
         self.lease_recoveries = made["etcdkit.lease.recoveries"]
         self.lease_recovery = made["etcdkit.lease.recovery.duration"]
+        self.lock_requeues = made["etcdkit.lock.requeues"]
 
 
 def _histogram(
@@ -225,6 +233,12 @@ def keepalive_rtt(seconds: float) -> None:
     """A keepalive refresh was answered ``seconds`` after it was sent."""
     if _inst is not None:
         _inst.keepalive_rtt.record(seconds)
+
+
+def lock_requeued(recipe: str) -> None:
+    """A waiter of a lock or election (``recipe``) lost its key or lease and queued again."""
+    if _inst is not None:
+        _inst.lock_requeues.add(1, {"recipe": recipe})
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,21 @@ The layout is Go's, so ``etcdctl lock``, ``etcdctl elect`` and Go programs conte
 
 After that, a :class:`Contender` that holds keeps watching its own key and its session, and
 says ``LOST`` as soon as either tells it that etcd may give the lock to another.
+
+A waiter whose own key or lease vanishes (deleted or revoked by someone else, or expired while
+etcd was unreachable) has lost its place: it queues again at the back with a new lease, as
+Go's ``Mutex`` would make its caller do after ``ErrSessionExpired``. That is never silent: the
+state says ``REQUEUED``, ``requeues`` counts it, so does the ``etcdkit.lock.requeues`` metric,
+and one WARNING line says why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Callable
 
+from etcdkit import _metrics
 from etcdkit._core import Core, CoreState
 from etcdkit._errors import (
     ClosedError,
@@ -31,7 +37,16 @@ from etcdkit._errors import (
     LeaseNotFoundError,
 )
 from etcdkit._session import Session, SessionState
-from etcdkit._types import Compare, EventType, KeyValue, Op, RangeResult, WatchEvent, to_bytes
+from etcdkit._types import (
+    Compare,
+    EventType,
+    HoldState,
+    KeyValue,
+    Op,
+    RangeResult,
+    WatchEvent,
+    to_bytes,
+)
 from etcdkit._watch_hub import WatchSub
 
 __all__ = [
@@ -43,31 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("etcdkit.lock")
-
-
-class HoldState(enum.Enum):
-    """Where a :class:`~etcdkit.Lock` or :class:`~etcdkit.Leadership` stands, as its owner
-    should read it.
-
-    - ``IDLE``: not acquired (yet). No key of ours is in etcd.
-    - ``WAITING``: our key is in line; an older key holds. Do nothing that needs the lock.
-    - ``HELD``: our key is the oldest, and etcd confirmed its lease within its TTL.
-    - ``SUSPENDED``: we were the holder, but etcd has not confirmed our lease lately (connection
-      down, member hung). We may still hold until the TTL runs out; we may not. Only writes
-      guarded by the fencing token are safe; ``LOST`` follows before the TTL ends (a margin
-      early) unless etcd answers again.
-    - ``LOST``: etcd may have given the lock to another (or soon will): our key was deleted,
-      replaced, or its lease expired, was revoked or went unconfirmed for its TTL. Final for this
-      acquisition: stop, release, and acquire again if you still need it.
-    - ``RELEASED``: we released it (our key was deleted with its lease). Final.
-    """
-
-    IDLE = "idle"
-    WAITING = "waiting"
-    HELD = "held"
-    SUSPENDED = "suspended"
-    LOST = "lost"
-    RELEASED = "released"
 
 
 def prefix_of(name: str | bytes) -> bytes:
@@ -106,6 +96,9 @@ def lost_margin(ttl: int) -> float:
     return min(1.0, ttl / 10.0)
 
 
+GRANT_WAIT = 2.0  # how long an abandoned acquisition waits for its lease grant to answer
+
+
 class _Gone(Exception):
     """Our key or our session is gone while acquiring: start again with a new session."""
 
@@ -116,6 +109,7 @@ class Contender:
 
     ``on_state(state)`` is called on every state change (on the event loop). The core owns a
     contender from :meth:`acquire` to :meth:`release`: closing the client releases it.
+    ``kind`` ("lock" or "election") labels the metrics.
     """
 
     def __init__(
@@ -126,6 +120,7 @@ class Contender:
         ttl: int,
         *,
         what: str,
+        kind: str,
         on_state: Callable[[HoldState], None],
     ) -> None:
         self.core = core
@@ -133,6 +128,7 @@ class Contender:
         self.value = value
         self.ttl = ttl
         self.what = what  # "lock '/locks/x'", for messages
+        self.kind = kind
         self.state = HoldState.IDLE
         self.lost = asyncio.Event()
         self.session: Session | None = None
@@ -141,6 +137,7 @@ class Contender:
         self.token = 0  # ... when we came to hold: the fencing token; kept after release/loss
         self.ahead: KeyValue | None = None  # the key just before ours, last seen while waiting
         self.wakeups = 0  # times our predecessor's deletion woke us
+        self.requeues = 0  # times our key or lease vanished while we waited (we queued again)
         self._on_state = on_state
         self._own: WatchSub | None = None
         self._unlisten: Callable[[], None] | None = None
@@ -150,6 +147,7 @@ class Contender:
         self._acquiring: asyncio.Task[object] | None = None
         self._leaving = False
         self._aborted = False
+        self._abandoned: set[asyncio.Task[None]] = set()  # lease grants we gave up on
 
     def __repr__(self) -> str:
         lease = self.session.lease_id if self.session is not None else 0
@@ -165,9 +163,11 @@ class Contender:
         """Take a place in line and wait for our turn; with ``wait=False`` look only once and,
         if another holds, leave the line again and return ``False``.
 
-        Transient errors are retried (the place is kept: same session, same key); a lost session
-        starts again with a new one. Any other error, a cancellation or a timeout around this
-        call leaves the line (our key goes with its lease) before it propagates.
+        Transient errors are retried (the place is kept: same session, same key), except with
+        ``wait=False``, which raises them (it must not wait); a lost session or key starts
+        again with a new one (``REQUEUED``). Any other error, a cancellation or a timeout around
+        this call leaves the line (our key goes with its lease, a lease being granted is
+        revoked once granted) before it propagates.
         """
         self.core.check_open()
         self.core.adopt(self, self.release)
@@ -205,33 +205,69 @@ class Contender:
                 look = None
                 if not self.revision:
                     look = await self._enter(session)
+                if self.state is HoldState.REQUEUED:
+                    self._set(HoldState.WAITING)  # in line again, with the new key
                 return await self._turn(session, wait, look)
             except _Gone as gone:
-                log.info("%s: %s; queuing again with a new lease", self.what, gone)
+                self._requeue(str(gone))
                 await self._drop_session()
                 await self.core.conn.pause(backoff.next_delay() or 0.0)
             except EtcdkitError as exc:
-                if not self.core.retry.is_retryable(exc):
+                if not wait or not self.core.retry.is_retryable(exc):
                     raise
                 log.info("%s: etcd unreachable (%s); retrying", self.what, exc)
                 await self.core.conn.pause(backoff.next_delay() or 0.0)
+
+    def _requeue(self, why: str) -> None:
+        """Our key or lease vanished while we waited: we lose our place. Said once, loudly."""
+        self.requeues += 1
+        _metrics.lock_requeued(self.kind)
+        log.warning(
+            "%s: %s while waiting; our place in line is lost: queuing again at the back with a "
+            "new lease (state REQUEUED; %d time(s) for this acquisition)",
+            self.what,
+            why,
+            self.requeues,
+        )
+        self._set(HoldState.REQUEUED)
 
     async def _session(self) -> Session:
         session = self.session
         if session is not None and not session.lost.is_set():
             return session
+        if session is not None and self.revision:
+            # (seen here after a transient error: e.g. the lease expired while etcd was down)
+            self._requeue("our lease expired or was revoked")
         await self._drop_session()
         session = self.core.sessions.new(self.ttl)
         self.session = session
+        # The grant runs in a task of its own: a cancellation (or timeout) of ours must not
+        # cancel a grant in flight, which etcd may apply all the same and leave a lease that
+        # nobody knows of (for its TTL). Given up on, the grant is awaited, then revoked.
+        opening = asyncio.ensure_future(session.open())
         try:
-            await session.open()
+            await asyncio.shield(opening)
         except BaseException:
             self.session = None
-            await session.close()
+            closer = asyncio.get_running_loop().create_task(
+                self._abandon(session, opening), name=f"etcdkit-lock-abandon {self.prefix!r}"
+            )
+            self._abandoned.add(closer)
+            closer.add_done_callback(self._abandoned.discard)
+            await asyncio.shield(closer)  # (cancelled again: it still runs to its end)
             raise
         self.key = self.prefix + format(session.lease_id, "x").encode()
         self.revision = 0
         return session
+
+    @staticmethod
+    async def _abandon(session: Session, opening: asyncio.Future[Session]) -> None:
+        """Wait (bounded) for the grant we gave up on, then close the session: that revokes
+        the lease if it was granted."""
+        await asyncio.wait({opening}, timeout=GRANT_WAIT)
+        if opening.done() and not opening.cancelled():
+            opening.exception()  # (retrieved: an error of the grant is no news here)
+        await session.close()  # (cancels the grant if it is still in flight after the bound)
 
     async def _drop_session(self) -> None:
         session, self.session = self.session, None
@@ -345,21 +381,46 @@ class Contender:
             if not done.done() and state in (SessionState.LOST, SessionState.CLOSED):
                 done.set_exception(_Gone("our lease expired or was revoked while waiting"))
 
+        # A watch created when etcd is already past ``rev`` (the key ahead may have been deleted
+        # between our read and the create) starts in etcd's "unsynced" group, which its mvcc
+        # syncWatchersLoop catches up only every 100 ms: hand-offs then took 0-100 ms more
+        # (bench/peers.py, the lock case; the p99 tails of issue 25). So when the create's
+        # answer says etcd was past ``rev``, one read tells at once whether the key is gone;
+        # the watch still decides otherwise.
+        checks: list[asyncio.Task[None]] = []
+
+        async def gone_yet() -> None:
+            try:
+                kv, at = await self.core.kv.get(key, serializable=True)
+            except EtcdkitError:
+                return
+            if kv is None and at > rev and not done.done():  # it existed at rev: deleted since
+                self.wakeups += 1
+                done.set_result(at)
+
+        def on_status(connected: bool, _err: EtcdkitError | None) -> None:
+            if connected and not checks and not done.done() and sub.header_revision > rev:
+                checks.append(asyncio.ensure_future(gone_yet()))
+
         if session.lost.is_set():
             raise _Gone("our lease expired or was revoked while waiting")
-        sub = self.core.watches.watch(key, b"", rev + 1, on_events=on_events, on_end=on_end)
+        sub = self.core.watches.watch(
+            key, b"", rev + 1, on_events=on_events, on_end=on_end, on_status=on_status
+        )
         unlisten = session.add_listener(on_session)
         try:
             return await done
         finally:
             sub.cancel()
             unlisten()
+            for task in checks:
+                task.cancel()
 
     async def _leave(self) -> None:
         """Leave the line without having held (our key goes with its lease)."""
         self.core.disown(self)
         await self._drop_session()
-        if self.state is HoldState.WAITING:
+        if self.state in (HoldState.WAITING, HoldState.REQUEUED):
             self._set(HoldState.IDLE)
 
     # -- holding ----------------------------------------------------------------------------------

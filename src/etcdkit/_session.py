@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import heapq
 import logging
 import math
@@ -39,9 +38,16 @@ from aetcd import rpc
 
 from etcdkit import _metrics
 from etcdkit._conn import Channel, Connection, map_rpc_error
-from etcdkit._errors import ClosedError, ConnectionUnavailableError, EtcdkitError, EtcdTimeoutError
+from etcdkit._errors import (
+    ClosedError,
+    ConnectionUnavailableError,
+    EtcdkitError,
+    EtcdTimeoutError,
+    LeaseNotFoundError,
+)
 from etcdkit._kv import KV
 from etcdkit._retry import Backoff
+from etcdkit._types import SessionState
 
 __all__ = ["KeepAliveHub", "Session", "SessionPool", "SessionState"]
 
@@ -292,27 +298,6 @@ class KeepAliveHub:
 REVOKE_TIMEOUT = 2.0  # bound on the revoke a close sends (etcd may be down)
 
 
-class SessionState(enum.Enum):
-    """What a :class:`Session` knows about its lease, as its owner should read it.
-
-    - ``OPENING``: the lease is being granted.
-    - ``ALIVE``: etcd confirmed the lease within its TTL; keys attached to it stand.
-    - ``SUSPENDED``: etcd has not answered lately (connection down, member hung). The lease may
-      still be alive until its TTL runs out, counted from the last confirmation; it may also be
-      gone. Do not assume others still see your keys or that you still hold a lock.
-    - ``LOST``: the lease is gone: revoked, expired, or unconfirmed for its whole TTL. etcd has
-      deleted (or will delete) every key on it. Final: open a new session.
-    - ``CLOSED``: you closed the session (its lease was revoked, or expires by itself if etcd
-      was unreachable). Final.
-    """
-
-    OPENING = "opening"
-    ALIVE = "alive"
-    SUSPENDED = "suspended"
-    LOST = "lost"
-    CLOSED = "closed"
-
-
 class Session:
     """One etcd lease kept alive on the client's shared keepalive stream (Go's
     ``concurrency.Session``). Create with :meth:`AsyncClient.session`, then ``await`` it or use
@@ -357,6 +342,14 @@ class Session:
     @property
     def state(self) -> SessionState:
         return self._state
+
+    @property
+    def expires(self) -> float | None:
+        """When the lease runs out if etcd confirms it no more, on ``time.monotonic()`` (the
+        event loop's clock): its last confirmed TTL, counted from that answer. ``None`` while
+        it is not kept alive (opening, lost, closed). Recipes that hold something say LOST a
+        margin before it, while SUSPENDED."""
+        return self._hub.expires(self._lease_id) if self._lease_id else None
 
     def add_listener(self, callback: Callable[[SessionState], None]) -> Callable[[], None]:
         """Call ``callback(state)`` on every state change (on the event loop); returns a
@@ -414,6 +407,9 @@ class Session:
             try:
                 async with asyncio.timeout(REVOKE_TIMEOUT):
                     await self._kv.revoke(self._lease_id)
+            except LeaseNotFoundError:
+                # Revoked or expired already (e.g. by someone else): gone, as closing wants.
+                log.debug("session %#x: the lease was already gone on close", self._lease_id)
             except (EtcdkitError, TimeoutError) as exc:
                 log.warning(
                     "session %#x: could not revoke on close (%s); it expires %d s after its "

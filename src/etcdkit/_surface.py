@@ -13,15 +13,17 @@ other recipes; an import-linter contract in ``pyproject.toml`` keeps it so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Protocol, overload
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
+from etcdkit._snapshot import Transform
 from etcdkit._types import (
     Compare,
     DeleteResult,
     KeyValue,
+    KeyValueLike,
     LeaseGrant,
     LeaseInfo,
     Op,
@@ -34,10 +36,15 @@ from etcdkit._types import (
 )
 
 if TYPE_CHECKING:
+    from etcdkit._persistent_lease import PersistentLease
     from etcdkit._session import Session
     from etcdkit._watch import Watch
+    from etcdkit.recipes.prefix_watch import PrefixWatch
 
 __all__ = ["Etcd"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Etcd(Protocol):
@@ -58,6 +65,19 @@ class Etcd(Protocol):
     ) -> KeyValue | None: ...
 
     async def get_revision(self) -> int: ...
+
+    def get_prefix_pages(
+        self,
+        prefix: str | bytes,
+        *,
+        revision: int = 0,
+        page_size: int | None = None,
+        keys_only: bool = False,
+    ) -> AsyncGenerator[tuple[Sequence[KeyValueLike], int], None]: ...
+
+    def adopt(self, child: object, close: Callable[[], Awaitable[None]]) -> None: ...
+
+    def disown(self, child: object) -> None: ...
 
     async def range(
         self,
@@ -154,3 +174,17 @@ class Etcd(Protocol):
     async def wait_for(
         self, key: str | bytes, exists: bool = True, timeout: float | None = None
     ) -> int: ...
+
+    def persistent_lease(
+        self, key: str | bytes, value: str | bytes, ttl: int = 10, *, own_lease: bool = False
+    ) -> PersistentLease: ...
+
+    @overload
+    def watch_prefix(self, prefix: str | bytes) -> PrefixWatch[str, bytes]: ...
+    @overload
+    def watch_prefix(
+        self, prefix: str | bytes, transform: Transform[K, V]
+    ) -> PrefixWatch[K, V]: ...
+    def watch_prefix(
+        self, prefix: str | bytes, transform: Transform[Any, Any] | None = None
+    ) -> PrefixWatch[Any, Any]: ...

@@ -26,15 +26,16 @@ from etcdkit._conn import Stubs
 from etcdkit._errors import ClosedError, EtcdTimeoutError, WrongContextError
 from etcdkit._metrics import ClientStats
 from etcdkit._persistent_lease import LeaseState, PersistentLease
-from etcdkit._prefix_watch import PrefixWatch, WatchStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Snapshot, Transform
+from etcdkit._sync_admin import SyncAuth, SyncMaintenance, SyncMembers
 from etcdkit._sync_locks import SyncElection, SyncLock
 from etcdkit._twin import Twin, blocking, blocking_read, mirror
-from etcdkit._types import PutResult, WatchBatch, WatchFilter
+from etcdkit._types import KeyValueLike, PutResult, WatchBatch, WatchFilter
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, SyncCluster
+from etcdkit.recipes.prefix_watch import PrefixWatch, WatchStats
 
 __all__ = [
     "Client",
@@ -200,11 +201,11 @@ class Client(Twin[AsyncClient]):
             timeout=timeout,
             retry=retry,
         )
-        self._portal: Portal = Portal()
+        self.portal: Portal = Portal()
         try:
-            self._call(self.aio.connect())
+            self.portal.call(self.aio.connect())
         except BaseException:
-            self._portal.stop()
+            self.portal.stop()
             raise
 
     def __repr__(self) -> str:
@@ -221,14 +222,14 @@ class Client(Twin[AsyncClient]):
     def close(self) -> None:
         """Close watches, leases and the connection, then stop the loop thread. Idempotent;
         calls in flight in other threads end with :class:`ClosedError`."""
-        if self._portal.closed:
+        if self.portal.closed:
             return
         try:
-            self._call(self.aio.close())
+            self.portal.call(self.aio.close())
         except ClosedError:
             pass  # another thread is closing it
         finally:
-            self._portal.stop()
+            self.portal.stop()
 
     @property
     def endpoints(self) -> list[str]:
@@ -241,12 +242,12 @@ class Client(Twin[AsyncClient]):
 
     @property
     def stats(self) -> ClientStats:
-        return self._portal.read(lambda: self.aio.stats)
+        return self.portal.read(lambda: self.aio.stats)
 
     @property
     def raw(self) -> Stubs:
         """The async stubs (see :attr:`AsyncClient.raw`); run them with :meth:`run`."""
-        return self._portal.read(lambda: self.aio.raw)
+        return self.portal.read(lambda: self.aio.raw)
 
     def run(self, coro: Awaitable[T]) -> T:
         """Run a coroutine (e.g. a raw stub call) on the client's loop and return its result."""
@@ -254,13 +255,69 @@ class Client(Twin[AsyncClient]):
         async def wrap() -> T:
             return await coro
 
-        return self._call(wrap())
+        return self.portal.call(wrap())
+
+    # -- administration: blocking twins, made on first use (no I/O) ---------------------------
+
+    _members: SyncMembers | None = None
+    _maintenance: SyncMaintenance | None = None
+    _auth: SyncAuth | None = None
+
+    @property
+    def members(self) -> SyncMembers:
+        """The cluster's members, blocking (see :attr:`AsyncClient.members`)."""
+        if self._members is None:
+            self._members = SyncMembers(self.portal, self.aio.members)
+        return self._members
+
+    @property
+    def maintenance(self) -> SyncMaintenance:
+        """Per-member maintenance, blocking (see :attr:`AsyncClient.maintenance`)."""
+        if self._maintenance is None:
+            self._maintenance = SyncMaintenance(self.portal, self.aio.maintenance)
+        return self._maintenance
+
+    @property
+    def auth(self) -> SyncAuth:
+        """Users, roles and permissions, blocking (see :attr:`AsyncClient.auth`)."""
+        if self._auth is None:
+            self._auth = SyncAuth(self.portal, self.aio.auth)
+        return self._auth
 
     auth_metadata = blocking(AsyncClient.auth_metadata)
     get = blocking(AsyncClient.get)
     get_revision = blocking(AsyncClient.get_revision)
     get_prefix = blocking(AsyncClient.get_prefix)
     range = blocking(AsyncClient.range)
+
+    def get_prefix_pages(
+        self,
+        prefix: str | bytes,
+        *,
+        revision: int = 0,
+        page_size: int | None = None,
+        keys_only: bool = False,
+    ) -> Iterator[tuple[Sequence[KeyValueLike], int]]:
+        """See :meth:`AsyncClient.get_prefix_pages`: a plain iterator of ``(kvs, revision)``;
+        stopping early (``break``, or closing the generator) stops the reading."""
+        pages = self.portal.run_sync(
+            functools.partial(
+                self.aio.get_prefix_pages,
+                prefix,
+                revision=revision,
+                page_size=page_size,
+                keys_only=keys_only,
+            )
+        )
+        try:
+            while True:
+                try:
+                    yield self.portal.call(pages.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self.portal.closed:
+                self.portal.call(pages.aclose())
 
     @overload
     def put(
@@ -303,8 +360,8 @@ class Client(Twin[AsyncClient]):
             ignore_lease=ignore_lease,
         )
         if prev_kv is True:
-            return self._call(put(prev_kv=True))
-        return self._call(put(prev_kv=prev_kv))
+            return self.portal.call(put(prev_kv=True))
+        return self.portal.call(put(prev_kv=prev_kv))
 
     put.__doc__ = AsyncClient.put.__doc__
     delete = blocking(AsyncClient.delete)
@@ -332,7 +389,7 @@ class Client(Twin[AsyncClient]):
         progress_notify: bool = False,
     ) -> SyncWatch:
         """See :meth:`AsyncClient.watch`: ``with client.watch(...) as w: for batch in w:``."""
-        watch = self._portal.run_sync(
+        watch = self.portal.run_sync(
             functools.partial(
                 self.aio.watch,
                 prefix=prefix,
@@ -344,14 +401,14 @@ class Client(Twin[AsyncClient]):
             key,
             range_end,
         )
-        return SyncWatch(self._portal, watch)
+        return SyncWatch(self.portal, watch)
 
     def session(self, ttl: int = 60) -> SyncSession:
         """See :meth:`AsyncClient.session`: grants the lease (blocking) and returns the open
         session; use with ``with`` to close it."""
-        session = self._portal.run_sync(self.aio.session, ttl)
-        self._call(session.open())
-        return SyncSession(self._portal, session)
+        session = self.portal.run_sync(self.aio.session, ttl)
+        self.portal.call(session.open())
+        return SyncSession(self.portal, session)
 
     @overload
     def watch_prefix(self, prefix: str | bytes) -> SyncPrefixWatch[str, bytes]: ...
@@ -363,17 +420,17 @@ class Client(Twin[AsyncClient]):
         self, prefix: str | bytes, transform: Transform[Any, Any] | None = None
     ) -> SyncPrefixWatch[Any, Any]:
         """See :meth:`AsyncClient.watch_prefix`; iterate the result with a plain ``for``."""
-        watch = self._portal.run_sync(self.aio.watch_prefix, prefix, transform)
-        return SyncPrefixWatch(self._portal, watch)
+        watch = self.portal.run_sync(self.aio.watch_prefix, prefix, transform)
+        return SyncPrefixWatch(self.portal, watch)
 
     def persistent_lease(
         self, key: str | bytes, value: str | bytes, ttl: int = 10, *, own_lease: bool = False
     ) -> SyncPersistentLease:
         """See :meth:`AsyncClient.persistent_lease`; use with ``with``."""
-        lease = self._portal.run_sync(
+        lease = self.portal.run_sync(
             functools.partial(self.aio.persistent_lease, own_lease=own_lease), key, value, ttl
         )
-        return SyncPersistentLease(self._portal, lease)
+        return SyncPersistentLease(self.portal, lease)
 
     # -- recipes of etcdkit.recipes and etcdkit.naming (their blocking twins) -------------------
 
@@ -382,18 +439,18 @@ class Client(Twin[AsyncClient]):
     ) -> SyncCluster:
         """See :meth:`AsyncClient.cluster`: returns it open (blocking until the first view, or
         EtcdTimeoutError after ``timeout``); use with ``with`` to close it."""
-        cluster = self._portal.run_sync(
+        cluster = self.portal.run_sync(
             functools.partial(self.aio.cluster, timeout=timeout), root, ttl
         )
-        return SyncCluster(self._portal, cluster).open()
+        return SyncCluster(self.portal, cluster).open()
 
     def election(self, name: str | bytes) -> SyncElection:
         """See :meth:`AsyncClient.election`; ``with election.campaign(value) as leadership``."""
-        return SyncElection(self._portal, self._portal.run_sync(self.aio.election, name))
+        return SyncElection(self.portal, self.portal.run_sync(self.aio.election, name))
 
     def lock(self, name: str | bytes, ttl: int = 10, timeout: float | None = 30) -> SyncLock:
         """See :meth:`AsyncClient.lock`; use with ``with``."""
-        return SyncLock(self._portal, self._portal.run_sync(self.aio.lock, name, ttl, timeout))
+        return SyncLock(self.portal, self.portal.run_sync(self.aio.lock, name, ttl, timeout))
 
 
 class SyncWatch(Twin[Watch]):
@@ -413,22 +470,22 @@ class SyncWatch(Twin[Watch]):
 
     def cancel(self) -> None:
         """End the watch (idempotent): the iteration stops, etcd's watch is cancelled."""
-        if not self._portal.closed:
-            self._portal.run_sync(self.aio.cancel)
+        if not self.portal.closed:
+            self.portal.run_sync(self.aio.cancel)
 
     def __iter__(self) -> Iterator[WatchBatch]:
         return self
 
     def __next__(self) -> WatchBatch:
         try:
-            return self._portal.call(self.aio.__anext__())
+            return self.portal.call(self.aio.__anext__())
         except StopAsyncIteration:
             raise StopIteration from None
 
     @property
     def revision(self) -> int:
         """See :attr:`Watch.revision`."""
-        return self._portal.read(lambda: self.aio.revision)
+        return self.portal.read(lambda: self.aio.revision)
 
 
 class SyncPrefixWatch(Twin[PrefixWatch[K, V]], Generic[K, V]):
@@ -445,23 +502,23 @@ class SyncPrefixWatch(Twin[PrefixWatch[K, V]], Generic[K, V]):
 
     def start(self) -> None:
         """See :meth:`PrefixWatch.start`."""
-        self._portal.run_sync(self.aio.start)
+        self.portal.run_sync(self.aio.start)
 
     def close(self) -> None:
         """See :meth:`PrefixWatch.aclose`: stop watching (idempotent)."""
-        if not self._portal.closed:
-            self._call(self.aio.aclose())
+        if not self.portal.closed:
+            self.portal.call(self.aio.aclose())
 
     def synced(self, timeout: float | None = None) -> Snapshot[K, V]:
         """See :meth:`PrefixWatch.synced`."""
-        return self._call(self.aio.synced(timeout))
+        return self.portal.call(self.aio.synced(timeout))
 
     def __iter__(self) -> Iterator[Snapshot[K, V]]:
         return self
 
     def __next__(self) -> Snapshot[K, V]:
         try:
-            return self._call(self.aio.__anext__())
+            return self.portal.call(self.aio.__anext__())
         except StopAsyncIteration:
             raise StopIteration from None
 
@@ -475,14 +532,14 @@ class SyncPrefixWatch(Twin[PrefixWatch[K, V]], Generic[K, V]):
     @property
     def stats(self) -> WatchStats:
         """See :attr:`PrefixWatch.stats` (a copy, taken on the loop thread)."""
-        return self._portal.read(lambda: WatchStats(**vars(self.aio.stats)))
+        return self.portal.read(lambda: WatchStats(**vars(self.aio.stats)))
 
 
 class SyncPersistentLease(Twin[PersistentLease]):
     """Blocking view of a :class:`PersistentLease`."""
 
     def __repr__(self) -> str:
-        return self._portal.read(lambda: repr(self.aio))
+        return self.portal.read(lambda: repr(self.aio))
 
     def __enter__(self) -> SyncPersistentLease:
         self.start()
@@ -497,8 +554,8 @@ class SyncPersistentLease(Twin[PersistentLease]):
 
     def close(self) -> None:
         """See :meth:`PersistentLease.aclose`: delete the key and stop (idempotent)."""
-        if not self._portal.closed:
-            self._call(self.aio.aclose())
+        if not self.portal.closed:
+            self.portal.call(self.aio.aclose())
 
     registered = blocking(PersistentLease.registered)
     synced = blocking(PersistentLease.synced)
@@ -508,7 +565,7 @@ class SyncPersistentLease(Twin[PersistentLease]):
     def add_listener(self, callback: Callable[[LeaseState], None]) -> Callable[[], None]:
         """See :meth:`PersistentLease.add_listener`; ``callback`` runs on the client's loop
         thread: keep it quick."""
-        return self._portal.run_sync(self.aio.add_listener, callback)
+        return self.portal.run_sync(self.aio.add_listener, callback)
 
     key = mirror(PersistentLease.key, direct=True)
     value = mirror(PersistentLease.value)
@@ -546,13 +603,13 @@ class SyncSession(Twin[Session]):
 
     def open(self) -> SyncSession:
         """See :meth:`Session.open`: grant the lease (blocking); returns this session."""
-        self._call(self.aio.open())
+        self.portal.call(self.aio.open())
         return self
 
     def close(self) -> None:
         """See :meth:`Session.close`: revoke the lease (bounded; idempotent)."""
-        if not self._portal.closed:
-            self._call(self.aio.close())
+        if not self.portal.closed:
+            self.portal.call(self.aio.close())
 
     def wait_lost(self, timeout: float | None = None) -> SessionState:
         """See :meth:`Session.wait_lost`; raises :class:`EtcdTimeoutError` after ``timeout``."""
@@ -567,8 +624,9 @@ class SyncSession(Twin[Session]):
     def add_listener(self, callback: Callable[[SessionState], None]) -> Callable[[], None]:
         """See :meth:`Session.add_listener`; ``callback`` runs on the client's loop thread:
         keep it quick."""
-        return self._portal.run_sync(self.aio.add_listener, callback)
+        return self.portal.run_sync(self.aio.add_listener, callback)
 
     lease_id = mirror(Session.lease_id, direct=True)  # fixed once open
     ttl = mirror(Session.ttl, direct=True)
     state = mirror(Session.state)
+    expires = mirror(Session.expires)

@@ -1,39 +1,46 @@
-"""The threaded face of locks and elections: blocking views of :class:`Lock`,
-:class:`Election`, its :class:`Campaign` and :class:`Leadership`, run through the client's
-loop thread (``etcdkit._sync.Portal``). ``lost`` is a :class:`threading.Event` here;
-``observe()`` is a plain iterator. Nothing is re-implemented: every call is forwarded.
+"""The threaded face of locks and elections: blocking twins of :class:`Lock` and its
+:class:`LockHold`, of :class:`Election`, its :class:`Campaign` and :class:`Leadership`, run
+through the client's loop thread (``etcdkit._sync.Portal``). ``lost`` is a
+:class:`threading.Event` here; ``observe()`` is a plain iterator. Nothing is re-implemented:
+every call is forwarded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from etcdkit._election import Campaign, Election, Leader, Leadership
-from etcdkit._errors import ClosedError
-from etcdkit._lock import Lock
-from etcdkit._queue import HoldState
-from etcdkit._types import Compare
-from etcdkit.cluster._blocking import PortalLike
+from etcdkit._errors import ClosedError, NotHeldError
+from etcdkit._lock import ACTIVE, Lock, LockHold
+from etcdkit._twin import PortalLike, Twin, blocking_read, mirror
+from etcdkit._types import Compare, HoldState
 
-__all__ = ["PortalLike", "SyncCampaign", "SyncElection", "SyncLeadership", "SyncLock"]
+__all__ = [
+    "PortalLike",
+    "SyncCampaign",
+    "SyncElection",
+    "SyncLeadership",
+    "SyncLock",
+    "SyncLockHold",
+]
 
 T = TypeVar("T")
-H = TypeVar("H", Lock, Leadership)
+H = TypeVar("H", bound=LockHold | Leadership)
 
 _OVER = (HoldState.LOST, HoldState.RELEASED)
 
 
-class _Held(Generic[H]):
-    """What the twins of a :class:`Lock` and of a :class:`Leadership` share: the state of the
-    hold, its guard and listeners, and ``lost``, a :class:`threading.Event` per acquisition."""
+class _Held(Twin[H]):
+    """What the twins of a :class:`LockHold` and of a :class:`Leadership` share: the guard,
+    the listeners, and ``lost``, a :class:`threading.Event` of this acquisition."""
 
     def __init__(self, portal: PortalLike, aio: H) -> None:
-        self._portal = portal
-        self.aio: H = aio
+        super().__init__(portal, aio)
         self._lost = threading.Event()
         portal.run_sync(self._follow)
 
@@ -43,55 +50,117 @@ class _Held(Generic[H]):
         self.aio.add_listener(self._on_state)
 
     def _on_state(self, state: HoldState) -> None:
-        if state is HoldState.WAITING and self._lost.is_set():
-            self._lost = threading.Event()  # a new acquisition
-        elif state in _OVER:
+        if state in _OVER:
             self._lost.set()
 
     def guard(self) -> Compare:
-        return self._portal.read(self.aio.guard)
+        """A :class:`Compare` that holds only while this acquisition holds: put it in the
+        ``compare`` of every protected write (see the asyncio face)."""
+        return self.portal.read(self.aio.guard)
 
     def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
-        """``callback`` runs on the client's loop thread; keep it quick."""
-        return self._portal.run_sync(self.aio.add_listener, callback)
-
-    @property
-    def state(self) -> HoldState:
-        return self._portal.read(lambda: self.aio.state)
+        """``callback(state)`` on each state change; it runs on the client's loop thread:
+        keep it quick. Returns a function that removes it."""
+        return self.portal.run_sync(self.aio.add_listener, callback)
 
     @property
     def lost(self) -> threading.Event:
-        """Set when the current (or last) acquisition ended: LOST or RELEASED."""
+        """Set when this acquisition ended: LOST or RELEASED."""
         return self._lost
 
 
-class SyncLock(_Held[Lock]):
-    """Blocking view of a :class:`Lock`: ``with client.lock(name) as lock:``."""
+class SyncLockHold(_Held[LockHold]):
+    """Blocking twin of a :class:`LockHold`: one acquisition, from ``with client.lock(name) as
+    held:`` or ``held = lock.acquire()``. Its release releases it alone."""
+
+    name = mirror(LockHold.name, direct=True)
+    key = mirror(LockHold.key)
+    fencing_token = mirror(LockHold.fencing_token)
+    lease_id = mirror(LockHold.lease_id)
+    state = mirror(LockHold.state)
+    wakeups = mirror(LockHold.wakeups)
+    requeues = mirror(LockHold.requeues)
+
+    def release(self) -> None:
+        """See :meth:`LockHold.release` (a no-op once the client is closed)."""
+        if not self.portal.closed:
+            self.portal.call(self.aio.release())
+
+
+class SyncLock(Twin[Lock]):
+    """Blocking twin of a :class:`Lock`: ``with client.lock(name) as held:``.
+
+    Each acquisition is a :class:`SyncLockHold` of its own. The Lock's own attributes answer
+    for the acquisition made by the *current thread*, else (a thread that made none) for the
+    latest made through this Lock; :meth:`release` (and leaving ``with``) releases the
+    current thread's acquisition, else the latest: a thread's late release never releases
+    another thread's newer acquisition. Threads sharing one SyncLock exclude each other.
+    """
 
     def __init__(self, portal: PortalLike, lock: Lock) -> None:
         super().__init__(portal, lock)
+        self._maps = threading.Lock()  # the maps below are used from many threads
+        self._mine: weakref.WeakKeyDictionary[threading.Thread, SyncLockHold] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last_twin: SyncLockHold | None = None  # the twin of the latest acquisition
+        self._never = threading.Event()
 
     def __repr__(self) -> str:
-        return self._portal.read(lambda: repr(self.aio)).replace("<Lock", "<SyncLock", 1)
+        hold = self._current()
+        if hold is None:
+            return super().__repr__()
+        return repr(hold).replace("<SyncLockHold", "<SyncLock", 1)
 
-    def __enter__(self) -> SyncLock:
-        self.acquire()
-        return self
+    def __enter__(self) -> SyncLockHold:
+        return self.acquire()
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.release()
+        self.release()  # this thread's acquisition: the one __enter__ made
 
-    def acquire(self) -> None:
-        self._portal.call(self.aio.acquire())
+    def acquire(self) -> SyncLockHold:
+        """See :meth:`Lock.acquire`; not re-entrant per thread."""
+        self._check_reentry()
+        return self._mine_now(self.portal.call(self.aio.acquire()))
 
     def try_acquire(self) -> bool:
-        return self._portal.call(self.aio.try_acquire())
+        """See :meth:`Lock.try_acquire`."""
+        self._check_reentry()
+
+        async def attempt() -> tuple[bool, LockHold | None]:
+            ok = await self.aio.try_acquire()
+            return ok, self.aio.hold  # (this task's: the one try_acquire made)
+
+        ok, hold = self.portal.call(attempt())
+        if hold is not None:
+            self._mine_now(hold)
+        return ok
 
     def release(self) -> None:
-        if not self._portal.closed:
-            self._portal.call(self.aio.release())
+        """Release the current thread's acquisition (else the latest); see
+        :meth:`Lock.release`. A no-op once the client is closed."""
+        hold = self._current()
+        if hold is not None:
+            hold.release()
+
+    def guard(self) -> Compare:
+        """:meth:`LockHold.guard` of the current thread's acquisition (else the latest)."""
+        hold = self._current()
+        if hold is None:
+            raise NotHeldError(f"lock {self.aio.name!r} was never acquired: nothing to guard with")
+        return hold.guard()
+
+    def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
+        """See :meth:`Lock.add_listener`; ``callback`` runs on the client's loop thread."""
+        return self.portal.run_sync(self.aio.add_listener, callback)
+
+    @property
+    def hold(self) -> SyncLockHold | None:
+        """The acquisition made through this Lock by the current thread, else the latest one
+        made through it; ``None`` before the first."""
+        return self._current()
 
     @property
     def name(self) -> str | bytes:
@@ -107,30 +176,82 @@ class SyncLock(_Held[Lock]):
 
     @property
     def key(self) -> bytes:
-        return self._portal.read(lambda: self.aio.key)
+        hold = self._current()
+        return hold.key if hold is not None else b""
 
     @property
     def fencing_token(self) -> int:
-        return self._portal.read(lambda: self.aio.fencing_token)
+        hold = self._current()
+        return hold.fencing_token if hold is not None else 0
 
     @property
     def lease_id(self) -> int:
-        return self._portal.read(lambda: self.aio.lease_id)
+        hold = self._current()
+        return hold.lease_id if hold is not None else 0
+
+    @property
+    def state(self) -> HoldState:
+        hold = self._current()
+        return hold.state if hold is not None else HoldState.IDLE
+
+    @property
+    def lost(self) -> threading.Event:
+        """The ``lost`` event of the current thread's acquisition (else the latest)."""
+        hold = self._current()
+        return hold.lost if hold is not None else self._never
 
     @property
     def wakeups(self) -> int:
-        return self._portal.read(lambda: self.aio.wakeups)
+        hold = self._current()
+        return hold.wakeups if hold is not None else 0
+
+    @property
+    def requeues(self) -> int:
+        hold = self._current()
+        return hold.requeues if hold is not None else 0
+
+    def _current(self) -> SyncLockHold | None:
+        with self._maps:
+            mine = self._mine.get(threading.current_thread())
+        if mine is not None:
+            return mine
+        # (read in a task of the portal's, which made no acquisition: the latest)
+        latest = self.portal.read(lambda: self.aio.hold)
+        return self._twin(latest) if latest is not None else None
+
+    def _twin(self, hold: LockHold) -> SyncLockHold:
+        """The one twin of ``hold`` (one ``lost`` event per acquisition) if it is a thread's
+        own or the latest (older ones are not kept: no acquisition is kept for ever)."""
+        with self._maps:
+            for twin in (self._last_twin, *self._mine.values()):
+                if twin is not None and twin.aio is hold:
+                    return twin
+        made = SyncLockHold(self.portal, hold)
+        with self._maps:
+            last = self._last_twin
+            if last is not None and last.aio is hold:
+                return last  # (made meanwhile by another thread)
+            self._last_twin = made
+        return made
+
+    def _mine_now(self, hold: LockHold) -> SyncLockHold:
+        twin = self._twin(hold)
+        with self._maps:
+            self._mine[threading.current_thread()] = twin
+        return twin
+
+    def _check_reentry(self) -> None:
+        with self._maps:
+            mine = self._mine.get(threading.current_thread())
+        if mine is not None and mine.state in ACTIVE:
+            raise RuntimeError(
+                f"lock {self.aio.name!r} is already {mine.state.name.lower()} by this thread "
+                "through this Lock object (Locks are not re-entrant); release() it first"
+            )
 
 
-class SyncElection:
-    """Blocking view of an :class:`Election`."""
-
-    def __init__(self, portal: PortalLike, election: Election) -> None:
-        self._portal = portal
-        self.aio = election
-
-    def __repr__(self) -> str:
-        return repr(self.aio).replace("<Election", "<SyncElection", 1)
+class SyncElection(Twin[Election]):
+    """Blocking twin of an :class:`Election`."""
 
     @property
     def name(self) -> str | bytes:
@@ -144,66 +265,63 @@ class SyncElection:
         self, value: str | bytes, ttl: int = 10, timeout: float | None = None
     ) -> SyncCampaign:
         """``with election.campaign(value) as leadership:`` (see :meth:`Election.campaign`)."""
-        return SyncCampaign(self._portal, self.aio.campaign(value, ttl, timeout))
+        return SyncCampaign(self.portal, self.aio.campaign(value, ttl, timeout))
 
     def leader(self) -> Leader | None:
-        return self._portal.call(self.aio.leader())
+        return self.portal.call(self.aio.leader())
 
     def observe(self) -> Generator[Leader, None, None]:
         """A plain iterator over the leaders (see :meth:`Election.observe`); its watch ends
         when the iterator is closed or garbage-collected."""
-        agen = self._portal.run_sync(self.aio.observe)
+        agen = self.portal.run_sync(self.aio.observe)
         try:
             while True:
                 try:
-                    yield self._portal.call(_next(agen))
+                    yield self.portal.call(_next(agen))
                 except StopAsyncIteration:
                     return
         finally:
-            if not self._portal.closed:
+            if not self.portal.closed:
                 with contextlib.suppress(ClosedError):
-                    self._portal.call(agen.aclose())
+                    self.portal.call(agen.aclose())
 
 
 async def _next(agen: AsyncIterator[T]) -> T:
     return await agen.__anext__()
 
 
-class SyncCampaign:
-    """Blocking view of a :class:`Campaign`: ``with`` it to lead."""
+class SyncCampaign(Twin[Campaign]):
+    """Blocking twin of a :class:`Campaign`: ``with`` it to lead."""
 
-    def __init__(self, portal: PortalLike, campaign: Campaign) -> None:
-        self._portal = portal
-        self.aio = campaign
+    state = mirror(Campaign.state)
+    add_listener = blocking_read(Campaign.add_listener)
 
     def __enter__(self) -> SyncLeadership:
-        leadership = self._portal.call(self.aio.__aenter__())
-        return SyncLeadership(self._portal, leadership)
+        leadership = self.portal.call(self.aio.__aenter__())
+        return SyncLeadership(self.portal, leadership)
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if not self._portal.closed:
-            self._portal.call(self.aio.__aexit__(et, e, tb))
+        if not self.portal.closed:
+            self.portal.call(self.aio.__aexit__(et, e, tb))
 
 
 class SyncLeadership(_Held[Leadership]):
-    """Blocking view of a :class:`Leadership`; ``lost`` is a :class:`threading.Event` here."""
+    """Blocking twin of a :class:`Leadership`; ``lost`` is a :class:`threading.Event` here."""
 
-    def __init__(self, portal: PortalLike, leadership: Leadership) -> None:
-        super().__init__(portal, leadership)
-
-    def __repr__(self) -> str:
-        return self._portal.read(lambda: repr(self.aio)).replace(
-            "<Leadership", "<SyncLeadership", 1
-        )
+    state = mirror(Leadership.state)
+    value = mirror(Leadership.value)
+    requeues = mirror(Leadership.requeues)
 
     def proclaim(self, value: str | bytes) -> None:
-        self._portal.call(self.aio.proclaim(value))
+        """See :meth:`Leadership.proclaim`."""
+        self.portal.call(self.aio.proclaim(value))
 
     def resign(self) -> None:
-        if not self._portal.closed:
-            self._portal.call(self.aio.resign())
+        """See :meth:`Leadership.resign` (a no-op once the client is closed)."""
+        if not self.portal.closed:
+            self.portal.call(self.aio.resign())
 
     @property
     def key(self) -> bytes:
@@ -216,7 +334,3 @@ class SyncLeadership(_Held[Leadership]):
     @property
     def lease_id(self) -> int:
         return self.aio.lease_id
-
-    @property
-    def value(self) -> bytes:
-        return self._portal.read(lambda: self.aio.value)

@@ -39,17 +39,15 @@ class PortalLike(Protocol):
 
 
 class Twin(Generic[A]):
-    """The base of a blocking twin: ``aio`` is the asyncio object every call goes to."""
+    """The base of a blocking twin: ``aio`` is the asyncio object every call goes to, and
+    ``portal`` the client's loop thread that runs it."""
 
     def __init__(self, portal: PortalLike, aio: A) -> None:
-        self._portal = portal
+        self.portal = portal
         self.aio: A = aio
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._portal.call(coro)
-
     def __repr__(self) -> str:
-        text = self._portal.read(lambda: repr(self.aio))
+        text = self.portal.read(lambda: repr(self.aio))
         name = type(self.aio).__name__
         return text.replace(f"<{name}", f"<{type(self).__name__}", 1)
 
@@ -60,7 +58,7 @@ def blocking(
     """The blocking method of a twin, made from the async method ``fn`` of its class."""
 
     def method(self: Twin[A], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._portal.call(fn(self.aio, *args, **kwargs))
+        return self.portal.call(fn(self.aio, *args, **kwargs))
 
     functools.update_wrapper(method, fn)  # name, docstring, and the signature via __wrapped__
     return method
@@ -71,7 +69,7 @@ def blocking_read(fn: Callable[Concatenate[A, P], T]) -> Callable[Concatenate[Tw
     thread, so it sees the object's state as the loop does."""
 
     def method(self: Twin[A], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._portal.read(functools.partial(fn, self.aio, *args, **kwargs))
+        return self.portal.read(functools.partial(fn, self.aio, *args, **kwargs))
 
     functools.update_wrapper(method, fn)
     return method
@@ -102,4 +100,4 @@ class mirror(Generic[T]):
             return self
         if self._direct:
             return self._fget(obj.aio)
-        return obj._portal.read(functools.partial(self._fget, obj.aio))
+        return obj.portal.read(functools.partial(self._fget, obj.aio))

@@ -10,13 +10,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, TypeAlias
+from typing import Literal, NamedTuple, Protocol, TypeAlias
 
 __all__ = [
     "Compare",
     "DeleteResult",
     "EventType",
+    "HoldState",
     "KeyValue",
+    "KeyValueLike",
     "LeaseGrant",
     "LeaseInfo",
     "Op",
@@ -24,6 +26,7 @@ __all__ = [
     "PutResult",
     "RangeResult",
     "ResponseHeader",
+    "SessionState",
     "SortOrder",
     "SortTarget",
     "TxnResult",
@@ -89,6 +92,24 @@ class KeyValue:
     mod_revision: int
     version: int
     lease: int
+
+
+class KeyValueLike(Protocol):
+    """A listed key read straight from etcd's answer (``get_prefix_pages``): the attributes of
+    :class:`KeyValue`, read-only, with no object made per key. A :class:`KeyValue` is one."""
+
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def create_revision(self) -> int: ...
+    @property
+    def mod_revision(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def lease(self) -> int: ...
 
 
 class ResponseHeader(NamedTuple):
@@ -163,6 +184,59 @@ class WatchBatch(NamedTuple):
 
     revision: int
     events: list[WatchEvent]
+
+
+class HoldState(enum.Enum):
+    """Where a hold stands (a :class:`~etcdkit.Lock`, a :class:`~etcdkit.Leadership`, a
+    semaphore's :class:`~etcdkit.Permit`, a read or write hold of an
+    :class:`~etcdkit.RWLock`), as its owner should read it.
+
+    - ``IDLE``: not acquired (yet). No key of ours is in etcd.
+    - ``WAITING``: our key is in line; an older key holds. Do nothing that needs the lock.
+    - ``REQUEUED``: while we waited, our key or our lease vanished (deleted or revoked by
+      someone else, or the lease expired while etcd was unreachable): we lost our place and are
+      queuing again, at the back, with a new lease. ``WAITING`` follows once the new key is in
+      line. A lock or an election also counts each time (``requeues``, the
+      ``etcdkit.lock.requeues`` metric) and logs it once as a WARNING (logger ``etcdkit.lock``).
+    - ``HELD``: our key is the oldest, and etcd confirmed its lease within its TTL.
+    - ``SUSPENDED``: we were the holder, but etcd has not confirmed our lease lately (connection
+      down, member hung). We may still hold until the TTL runs out; we may not. Only writes
+      guarded by the fencing token are safe; ``LOST`` follows before the TTL ends (a margin
+      early) unless etcd answers again.
+    - ``LOST``: etcd may have given the lock to another (or soon will): our key was deleted,
+      replaced, or its lease expired, was revoked or went unconfirmed for its TTL. Final for this
+      acquisition: stop, release, and acquire again if you still need it.
+    - ``RELEASED``: we released it (our key was deleted with its lease). Final.
+    """
+
+    IDLE = "idle"
+    WAITING = "waiting"
+    REQUEUED = "requeued"
+    HELD = "held"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+    RELEASED = "released"
+
+
+class SessionState(enum.Enum):
+    """What a :class:`Session` knows about its lease, as its owner should read it.
+
+    - ``OPENING``: the lease is being granted.
+    - ``ALIVE``: etcd confirmed the lease within its TTL; keys attached to it stand.
+    - ``SUSPENDED``: etcd has not answered lately (connection down, member hung). The lease may
+      still be alive until its TTL runs out, counted from the last confirmation; it may also be
+      gone. Do not assume others still see your keys or that you still hold a lock.
+    - ``LOST``: the lease is gone: revoked, expired, or unconfirmed for its whole TTL. etcd has
+      deleted (or will delete) every key on it. Final: open a new session.
+    - ``CLOSED``: you closed the session (its lease was revoked, or expires by itself if etcd
+      was unreachable). Final.
+    """
+
+    OPENING = "opening"
+    ALIVE = "alive"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+    CLOSED = "closed"
 
 
 WatchFilter: TypeAlias = Literal["noput", "nodelete"]

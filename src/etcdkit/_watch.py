@@ -52,7 +52,9 @@ class Watch:
       returned is missed).
     - Batches hold one etcd response each, so a transaction's events arrive together, in
       revision order. With ``progress_notify=True``, etcd's progress notifications arrive as
-      batches with no events (every change up to ``batch.revision`` was delivered).
+      batches with no events (every change up to ``batch.revision`` was delivered), and so
+      does each confirmation of the watch by etcd (on creation, and after every resume,
+      unless an earlier batch's revision already says more).
     - Through disconnects, restarts and hung members it resumes from the last delivered
       revision + 1: no event lost, none repeated.
     - A start revision etcd has compacted raises :class:`CompactedError` (with
@@ -91,11 +93,36 @@ class Watch:
         self._started = False
         self._cancelled = False
         self._paused = False
+        self._disconnects = 0
+        self._confirmed = 0.0  # kept across pauses (a paused watch has no stream sub)
+        self._last = 0  # the newest batch revision handed over
 
     def __repr__(self) -> str:
         where = f"{self.key!r}" + (f"..{self.range_end!r}" if self.range_end else "")
         state = "cancelled" if self._cancelled else "paused" if self._paused else "live"
         return f"<Watch {where} next_revision={self._next} {state}>"
+
+    @property
+    def connected(self) -> bool:
+        """etcd has confirmed this watch on the client's current Watch stream (False while
+        the stream is down and the watch waits to be resumed)."""
+        sub = self._sub
+        if isinstance(sub, WatchSub):
+            return sub.connected
+        return sub is not None and not sub.ended
+
+    @property
+    def confirmed_at(self) -> float:
+        """When etcd last confirmed that every change up to now was delivered to this watch
+        (``time.monotonic()``; refreshed about every second while the stream is healthy, by
+        progress requests); 0.0 before the first confirmation."""
+        sub = self._sub
+        return sub.confirmed_at if isinstance(sub, WatchSub) else self._confirmed
+
+    @property
+    def disconnects(self) -> int:
+        """Times the stream under this watch broke and the watch was resumed."""
+        return self._disconnects
 
     @property
     def revision(self) -> int:
@@ -147,8 +174,11 @@ class Watch:
                 batch = self._buffer.popleft()
                 if self._paused and len(self._buffer) <= RESUME_BELOW and self._error is None:
                     self._paused = False
-                    self._subscribe()
-                return batch
+                    try:
+                        self._subscribe()
+                    except EtcdkitError as exc:  # the client closed while this watch was off
+                        self._on_end(exc)  # (the hub's close could not tell it): end after
+                return batch  # the buffered batches, as a watch on the stream does
             if self._error is not None:
                 err, self._error = self._error, None
                 self.cancel()
@@ -171,6 +201,7 @@ class Watch:
             prev_kv=self._prev_kv,
             on_events=self._on_events,
             on_progress=self._on_progress,
+            on_status=self._on_status,
             on_end=self._on_end,
             filters=self._filters,
         )
@@ -181,6 +212,7 @@ class Watch:
             sub.cancel()
 
     def _push(self, batch: WatchBatch, next_rev: int) -> None:
+        self._last = batch.revision
         self._buffer.append(batch)
         self._next = next_rev
         self._wake.set()
@@ -206,6 +238,20 @@ class Watch:
             self._push(WatchBatch(revision, []), sub.next_rev)
         else:
             self._next = sub.next_rev
+
+    def _on_status(self, connected: bool, err: EtcdkitError | None) -> None:
+        sub = self._sub
+        if not isinstance(sub, WatchSub):
+            return
+        if not connected:
+            self._disconnects += 1
+            return
+        self._confirmed = sub.confirmed_at
+        rev = sub.next_rev - 1  # confirmed: every change up to it was delivered
+        # (not self._last: an events batch's header revision may run ahead of events etcd has
+        # yet to send, as when it replays history 1000 revisions per response)
+        if self._progress and rev >= self._last:
+            self._push(WatchBatch(rev, []), sub.next_rev)
 
     def _on_end(self, err: EtcdkitError) -> None:
         self._sub = None

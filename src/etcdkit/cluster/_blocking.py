@@ -38,13 +38,13 @@ class SyncCluster(Twin[EtcdBackedCluster]):
 
     def open(self) -> SyncCluster:
         """See :meth:`EtcdBackedCluster.open`; returns this cluster, open."""
-        self._portal.call(self.aio.open())
+        self.portal.call(self.aio.open())
         return self
 
     def close(self) -> None:
         """See :meth:`EtcdBackedCluster.aclose` (idempotent)."""
-        if not self._portal.closed:
-            self._portal.call(self.aio.aclose())
+        if not self.portal.closed:
+            self.portal.call(self.aio.aclose())
 
     # Immutable values published in one assignment: read from any thread.
     root = mirror(EtcdBackedCluster.root, direct=True)
@@ -57,12 +57,12 @@ class SyncCluster(Twin[EtcdBackedCluster]):
 
     def watch_members(self) -> SyncMemberWatch:
         """See :meth:`EtcdBackedCluster.watch_members`: iterate with a plain ``for``."""
-        return SyncMemberWatch(self._portal, self._portal.run_sync(self.aio.watch_members))
+        return SyncMemberWatch(self.portal, self.portal.run_sync(self.aio.watch_members))
 
     def membership(self, data: str = "", *, id: str | None = None) -> SyncMembership:
         """See :meth:`EtcdBackedCluster.membership`."""
-        made = self._portal.run_sync(functools.partial(self.aio.membership, data, id=id))
-        return SyncMembership(self._portal, made)
+        made = self.portal.run_sync(functools.partial(self.aio.membership, data, id=id))
+        return SyncMembership(self.portal, made)
 
 
 class SyncMembership(Twin[EtcdMembership]):
@@ -94,7 +94,7 @@ class SyncMemberWatch(Twin[MemberWatch]):
 
     def __next__(self) -> tuple[Member, ...]:
         try:
-            return self._portal.call(self.aio.__anext__())
+            return self.portal.call(self.aio.__anext__())
         except StopAsyncIteration:
             raise StopIteration from None
 
@@ -102,5 +102,5 @@ class SyncMemberWatch(Twin[MemberWatch]):
 
     def close(self) -> None:
         """Stop the watch; a ``for`` loop over it in another thread ends. Idempotent."""
-        if not self._portal.closed:
-            self._portal.call(self.aio.aclose())
+        if not self.portal.closed:
+            self.portal.call(self.aio.aclose())

@@ -14,13 +14,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from etcdkit._core import Core, SupportsCore, core_of
 from etcdkit._errors import ClosedError, EtcdkitError, EtcdTimeoutError
-from etcdkit._persistent_lease import PersistentLease
-from etcdkit._prefix_watch import PrefixWatch, WatchState
 from etcdkit._snapshot import Snapshot
+from etcdkit._surface import Etcd
 from etcdkit.cluster._member import (
     Member,
     check_root,
@@ -31,6 +29,10 @@ from etcdkit.cluster._member import (
     member_prefix,
 )
 from etcdkit.cluster._views import MemberIntent, MemberWatch, Owners, ViewHub, new_member_id
+from etcdkit.recipes.prefix_watch import PrefixWatch, WatchState
+
+if TYPE_CHECKING:
+    from etcdkit._persistent_lease import PersistentLease
 
 __all__ = ["DEFAULT_OPEN_TIMEOUT", "EtcdBackedCluster", "EtcdMembership"]
 
@@ -67,7 +69,7 @@ class EtcdBackedCluster:
 
     def __init__(
         self,
-        client: SupportsCore | Core,
+        etcd: Etcd,
         root: str,
         ttl: int = 10,
         *,
@@ -79,7 +81,7 @@ class EtcdBackedCluster:
         if ttl < 1:
             raise ValueError(f"ttl must be >= 1 second, got {ttl}")
         check_timeout(timeout)
-        self._core = core_of(client)
+        self._etcd = etcd
         self._root = root
         self._prefix = member_prefix(root)
         self._ttl = ttl
@@ -106,9 +108,9 @@ class EtcdBackedCluster:
         return self._root
 
     @property
-    def core(self) -> Core:
-        """The core of the client this cluster runs on."""
-        return self._core
+    def client(self) -> Etcd:
+        """The client this cluster runs on."""
+        return self._etcd
 
     @property
     def closed(self) -> bool:
@@ -163,17 +165,16 @@ class EtcdBackedCluster:
             await self._ready.wait()
             self._check_open()
             return self
-        self._core.check_open()
-        watch = PrefixWatch(self._core, self._prefix, self._transform)
+        watch = PrefixWatch(self._etcd, self._prefix, self._transform)
+        self._etcd.adopt(self, self.aclose)
         self._watch = watch
-        self._core.adopt(self, self.aclose)
         try:
             snap = await watch.synced(self._timeout)
         except EtcdTimeoutError as exc:
             await self.aclose()
             raise EtcdTimeoutError(
                 f"cluster {self._root!r}: no view of its members within {self._timeout} s "
-                f"(endpoints {self._core.where}; is etcd reachable?)"
+                f"(endpoints {', '.join(self._etcd.endpoints)}; is etcd reachable?)"
             ) from exc
         except BaseException:
             await self.aclose()
@@ -193,7 +194,7 @@ class EtcdBackedCluster:
             return
         self._closed = True
         self._ready.set()
-        self._core.disown(self)
+        self._etcd.disown(self)
         self._hub.close()
         for membership in self._owners.take_all():
             membership._drop()
@@ -272,7 +273,7 @@ class EtcdBackedCluster:
                 raise
             raise EtcdTimeoutError(
                 f"cluster {self._root!r}: {what} within {timeout} s (view {self.state.name}; "
-                f"endpoints {self._core.where})"
+                f"endpoints {', '.join(self._etcd.endpoints)})"
             ) from None
 
     async def _wait(self, done: Callable[[View], bool]) -> int:
@@ -397,7 +398,7 @@ class EtcdMembership:
         if self._want.registered and self._lease is None and not cluster.closed:
             # Created in the running loop, the lease starts at once.
             value = encode_member(self.member)
-            lease = PersistentLease(cluster.core, self._key, value, cluster.ttl)
+            lease = cluster.client.persistent_lease(self._key, value, cluster.ttl)
             self._lease = lease
             cluster._leases.add(lease)
 

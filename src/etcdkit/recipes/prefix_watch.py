@@ -1,7 +1,8 @@
 """PrefixWatch: exact, resumable snapshots of every key under a prefix.
 
-Lifecycle: list the prefix page by page at one revision, then watch from that revision + 1 on
-the client's shared Watch stream. A disconnect or server restart resumes from the last seen
+Written on the public client only. Lifecycle: list the prefix page by page at one revision
+(``etcd.get_prefix_pages``), then watch from that revision + 1 (``etcd.watch``, on the client's
+shared Watch stream). A disconnect or server restart resumes from the last seen
 revision + 1 (the stream hub does it; no relist while the history exists). If that revision
 was compacted meanwhile, the prefix is listed again and the difference to the old tree is
 delivered as ordinary changes (synthesized deletes included). Listing retries with backoff
@@ -20,15 +21,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from etcdkit._core import Core, SupportsCore, core_of
 from etcdkit._errors import ClosedError, CompactedError, EtcdkitError, EtcdTimeoutError
 from etcdkit._logs import RateLimitedLog
 from etcdkit._metrics import WatchMeter
 from etcdkit._snapshot import Snapshot, SnapshotEngine, Transform, Tree
-from etcdkit._types import EventType, WatchEvent, prefix_range_end, to_bytes
-from etcdkit._watch_hub import PROGRESS_INTERVAL, WatchSub
+from etcdkit._surface import Etcd
+from etcdkit._types import EventType, to_bytes
+
+if TYPE_CHECKING:
+    from etcdkit._watch import Watch
 
 __all__ = ["PrefixWatch", "WatchState", "WatchStats"]
 
@@ -38,7 +41,9 @@ limited = RateLimitedLog(log)  # restarts of a watch that etcd keeps ending
 K = TypeVar("K")
 V = TypeVar("V")
 
-STALE_AFTER = 2 * PROGRESS_INTERVAL + 1.0
+# Seconds without a confirmation from etcd after which the data is STALE: the client confirms
+# a healthy watch about every second (Watch.confirmed_at), so three missed ones.
+STALE_AFTER = 3.0
 
 
 class WatchState(enum.Enum):
@@ -83,9 +88,7 @@ class PrefixWatch(Generic[K, V]):
     before, and memory stays bounded by the tree's size.
     """
 
-    def __init__(
-        self, client: SupportsCore | Core, prefix: str | bytes, transform: Transform[K, V]
-    ) -> None:
+    def __init__(self, etcd: Etcd, prefix: str | bytes, transform: Transform[K, V]) -> None:
         raw = to_bytes(prefix, "prefix")
         if not callable(transform):
             raise TypeError(
@@ -99,7 +102,7 @@ class PrefixWatch(Generic[K, V]):
                 "transform must be a plain (synchronous) function returning (K, V); "
                 f"{transform!r:.80} is async. Do I/O outside the transform."
             )
-        self._core = core_of(client)
+        self._etcd = etcd
         self._prefix = raw
         self._engine: SnapshotEngine[K, V] = SnapshotEngine(
             transform, logger=log, name=raw.decode(errors="replace")
@@ -107,7 +110,7 @@ class PrefixWatch(Generic[K, V]):
         self._stats = WatchStats()
         self._meter = WatchMeter(raw)  # the same figures for OpenTelemetry, when installed
         self._task: asyncio.Task[None] | None = None
-        self._sub: WatchSub | None = None
+        self._w: Watch | None = None
         self._updated = asyncio.Event()
         self._synced = False
         self._listing = False
@@ -118,6 +121,7 @@ class PrefixWatch(Generic[K, V]):
         # read it: a tree is never paired with another revision).
         self._now: Snapshot[K, V] | None = None
         self._watching = False  # etcd confirmed the watch after the newest listing
+        self._disconnects = 0  # of the watches before the current one
         self._confirmed_at = 0.0
 
     def __repr__(self) -> str:
@@ -142,7 +146,7 @@ class PrefixWatch(Generic[K, V]):
         if self._closed:
             raise ClosedError("this PrefixWatch is closed; open a new one")
         if self._task is None:
-            self._core.adopt(self, self._close_by_client)
+            self._etcd.adopt(self, self._close_by_client)
             self._meter.track(self)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"etcdkit-watch-prefix {self.prefix!r}"
@@ -153,10 +157,10 @@ class PrefixWatch(Generic[K, V]):
         if self._closed:
             return
         self._closed = True
-        self._core.disown(self)
+        self._etcd.disown(self)
         self._meter.untrack(self)
-        if self._sub is not None:
-            self._sub.cancel()
+        if self._w is not None:
+            self._w.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,7 +189,7 @@ class PrefixWatch(Generic[K, V]):
                 raise
             raise EtcdTimeoutError(
                 f"watch on {self.prefix!r} did not sync within {timeout} s "
-                f"(endpoints {self._core.where}; is etcd reachable?)"
+                f"(endpoints {', '.join(self._etcd.endpoints)}; is etcd reachable?)"
             ) from None
         snap = self._take()
         return snap if snap is not None else self._current()
@@ -232,10 +236,10 @@ class PrefixWatch(Generic[K, V]):
             return WatchState.CLOSED
         if not self._synced or (not self._watching and self._stats.relists == 0):
             return WatchState.SYNCING
-        sub = self._sub
-        if self._listing or sub is None or not sub.connected:
+        w = self._w
+        if self._listing or w is None or not w.connected:
             return WatchState.STALE
-        if time.monotonic() - sub.confirmed_at > STALE_AFTER:
+        if time.monotonic() - w.confirmed_at > STALE_AFTER:
             return WatchState.STALE
         return WatchState.LIVE
 
@@ -244,13 +248,16 @@ class PrefixWatch(Generic[K, V]):
         """Seconds since etcd last confirmed this watch's data was current (0.0 when LIVE)."""
         if not self._synced:
             return 0.0
-        sub = self._sub
-        confirmed = max(self._confirmed_at, sub.confirmed_at if sub is not None else 0.0)
+        w = self._w
+        confirmed = max(self._confirmed_at, w.confirmed_at if w is not None else 0.0)
         return 0.0 if self.state is WatchState.LIVE else max(0.0, time.monotonic() - confirmed)
 
     @property
     def stats(self) -> WatchStats:
+        """This watch's counters (see :class:`WatchStats`)."""
         self._stats.invalid_records = self._engine.invalid_records
+        w = self._w
+        self._stats.disconnects = self._disconnects + (0 if w is None else w.disconnects)
         return self._stats
 
     @property
@@ -297,8 +304,8 @@ class PrefixWatch(Generic[K, V]):
         self._updated.set()
 
     async def _run(self) -> None:
-        core = self._core
-        backoff = core.retry.backoff()
+        retry = self._etcd.retry
+        backoff = retry.backoff()
         first = True
         reason = ""  # why the next listing is a relist
         try:
@@ -309,7 +316,7 @@ class PrefixWatch(Generic[K, V]):
                     log.info("watch %r: %s; listing again", self.prefix, exc)
                     continue
                 except EtcdkitError as exc:
-                    if not core.retry.is_retryable(exc):
+                    if not retry.is_retryable(exc):
                         raise
                     log.info("watch %r: listing failed, retrying: %s", self.prefix, exc)
                     await backoff.wait()
@@ -324,7 +331,7 @@ class PrefixWatch(Generic[K, V]):
                     log.info("watch %r: %s; relisting", self.prefix, err)
                     reason = "compacted"
                     continue
-                if not core.retry.is_retryable(err):
+                if not retry.is_retryable(err):
                     raise err
                 limited.warning(
                     ("restart", self.prefix),
@@ -350,7 +357,7 @@ class PrefixWatch(Generic[K, V]):
         # a million keys never sit in memory twice, once as a listing and once as a tree.
         listing = self._engine.begin_reset()
         revision = 0
-        async with contextlib.aclosing(self._core.kv.record_pages(self.prefix)) as pages:
+        async with contextlib.aclosing(self._etcd.get_prefix_pages(self.prefix)) as pages:
             async for page, rev in pages:
                 listing.add(page)
                 revision = rev
@@ -361,49 +368,37 @@ class PrefixWatch(Generic[K, V]):
         self._publish()
 
     async def _watch(self) -> EtcdkitError:
-        ended: asyncio.Future[EtcdkitError] = asyncio.get_running_loop().create_future()
+        """Apply every change from the listing's revision + 1 on, until the watch ends; the
+        error it ended with."""
         engine = self._engine
         stats = self._stats
-
-        def on_events(events: list[WatchEvent]) -> None:
-            engine.apply(
-                events[-1].kv.mod_revision,
-                [
-                    (ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.value)
-                    for ev in events
-                ],
-            )
-            stats.events += len(events)
-            self._meter.events(len(events))
-            self._publish()
-
-        def on_progress(revision: int) -> None:
-            engine.advance(revision)
-            self._publish()
-
-        def on_status(connected: bool, err: EtcdkitError | None) -> None:
-            if connected:
-                if not self._watching:
-                    self._watching = True
-                    self._updated.set()
-            else:
-                stats.disconnects += 1
-                log.info("watch %r: stream lost (%s); resuming", self.prefix, err)
-
-        def on_end(err: EtcdkitError) -> None:
-            if not ended.done():
-                ended.set_result(err)
-
-        self._sub = self._core.watches.watch(
-            self.prefix or b"\0",
-            prefix_range_end(self.prefix),
-            engine.revision + 1,
-            on_events=on_events,
-            on_progress=on_progress,
-            on_status=on_status,
-            on_end=on_end,
+        meter = self._meter
+        w = self._etcd.watch(
+            self.prefix, prefix=True, start_revision=engine.revision + 1, progress_notify=True
         )
+        self._w = w
         try:
-            return await ended
+            async with w:
+                async for batch in w:
+                    events = batch.events
+                    if not events:  # progress, or etcd confirmed the watch
+                        engine.advance(batch.revision)
+                        self._watching = True
+                        self._publish()
+                        continue
+                    engine.apply(
+                        events[-1].kv.mod_revision,
+                        [
+                            (ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.value)
+                            for ev in events
+                        ],
+                    )
+                    stats.events += len(events)
+                    meter.events(len(events))
+                    self._publish()
+        except EtcdkitError as exc:
+            return exc
         finally:
-            self._sub.cancel()
+            self._disconnects += w.disconnects
+            self._w = None
+        raise ClosedError(f"the watch on {self.prefix!r} was cancelled")

@@ -1,0 +1,447 @@
+"""The etcd administration API, one object per etcd gRPC service: :class:`Members` (Cluster),
+:class:`Maintenance` and :class:`Auth` (in :mod:`etcdkit._admin_auth`). A client hands them out
+as ``etcd.members``, ``etcd.maintenance`` and ``etcd.auth``.
+
+Each is made from the client's core without I/O. Every call checks its arguments first
+(``TypeError`` / ``ValueError`` saying what to pass), then that the client is open, then makes
+its RPC through the connection (its timeout, retries of what is safe, auth token), whose
+errors arrive mapped into the etcdkit tree (``raise X(...) from exc``). Reads are retried
+within the client's timeout; changes are sent once (etcd may have applied one that failed in
+flight: read back before trying again).
+
+Calls addressed to one member (``endpoint=...``) go to that member only: an endpoint is one of
+the client's endpoints, as "host:port" or URL; another is a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from aetcd import rpc
+
+from etcdkit._admin_auth import Auth
+from etcdkit._admin_types import Alarm, HashKV, Member, Status
+from etcdkit._conn import Channel
+from etcdkit._errors import ConnectionUnavailableError, ServerError
+from etcdkit._kv import header_of
+from etcdkit._types import check_int64
+
+if TYPE_CHECKING:
+    from etcdkit._core import Core
+
+__all__ = ["Auth", "Maintenance", "Members"]
+
+SNAPSHOT_FLUSH = 1 << 20  # bytes of snapshot gathered before one write to the file
+_SHA256_SIZE = 32
+
+_ALARM_KINDS = ("NOSPACE", "CORRUPT")
+
+
+# -- argument checks (before any I/O) -------------------------------------------------------------
+
+
+def _member_id(value: object, what: str = "member_id") -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(
+            f"{what} must be an int such as Member.id (for the hex id etcdctl prints, pass "
+            f"int('8e9e05c52164694d', 16)), got {type(value).__name__}: {value!r:.40}"
+        )
+    if not 0 < value < 2**64:
+        raise ValueError(f"{what} must be a member id, an int in [1, 2**64), got {value!r}")
+    return value
+
+
+def _peer_urls(value: object) -> list[str]:
+    example = "'http://10.0.0.4:2380'"
+    if isinstance(value, str):
+        items: list[object] = [value]
+    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        items = builtins.list(value)
+    else:
+        raise TypeError(
+            f"peer_urls must be a URL string such as {example} or a list of them, "
+            f"got {type(value).__name__}: {value!r:.80}"
+        )
+    if not items:
+        raise ValueError(f"peer_urls is empty: pass at least one peer URL such as {example}")
+    urls: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"each peer URL must be a str such as {example}, got {item!r:.80}")
+        try:
+            parts = urlsplit(item)
+            port = parts.port
+        except ValueError:
+            port = None
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or port is None
+            or parts.path not in ("", "/")
+        ):
+            raise ValueError(f"peer URL {item!r} must look like {example} (http(s)://host:port)")
+        urls.append(item)
+    return urls
+
+
+def _alarm(value: object) -> Alarm:
+    if not isinstance(value, Alarm):
+        raise TypeError(
+            f"alarm must be an etcdkit.Alarm (from maintenance.alarms()), got {value!r:.80}"
+        )
+    _member_id(value.member_id, "alarm.member_id")
+    if value.kind not in _ALARM_KINDS:
+        raise ValueError(f"alarm.kind must be 'NOSPACE' or 'CORRUPT', got {value.kind!r}")
+    return value
+
+
+def _channel(core: Core, endpoint: str | None) -> Channel | None:
+    return None if endpoint is None else core.conn.channel_at(endpoint)
+
+
+# -- wire messages to values ----------------------------------------------------------------------
+
+
+def _member_of(pb: Any) -> Member:
+    return Member(
+        int(pb.ID),
+        str(pb.name),
+        builtins.list(pb.peerURLs),
+        builtins.list(pb.clientURLs),
+        bool(pb.isLearner),
+    )
+
+
+def _alarm_kind(value: int) -> str:
+    try:
+        return str(rpc.AlarmType.Name(value))
+    except ValueError:
+        return str(value)  # a kind newer than our messages
+
+
+# -- Cluster service ------------------------------------------------------------------------------
+
+
+class Members:
+    """The cluster's membership (etcd's Cluster service; ``etcdctl member ...``).
+
+    Membership changes go through raft: they need a quorum, and etcd refuses one that would
+    leave the cluster without a quorum of started members. Add a member as a learner first
+    (``learner=True``), start its etcd with ``--initial-cluster-state existing``, then
+    :meth:`promote` it once it caught up."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    def __repr__(self) -> str:
+        return f"<Members of {self._core.where}>"
+
+    async def list(self) -> builtins.list[Member]:
+        """Every member of the cluster, as a list of :class:`Member` (linearizable: it includes
+        changes that completed before the call). Raises the client's errors
+        (:class:`ConnectionUnavailableError`, :class:`EtcdTimeoutError`, ...)."""
+        self._core.check_open()
+        resp = await self._core.conn.call(
+            "list members",
+            "cluster",
+            "MemberList",
+            rpc.MemberListRequest(linearizable=True),
+            idempotent=True,
+        )
+        return [_member_of(m) for m in resp.members]
+
+    async def add(self, peer_urls: str | Sequence[str], *, learner: bool = False) -> Member:
+        """Add a member that will listen for peers on ``peer_urls`` (a URL such as
+        ``"http://10.0.0.4:2380"`` or a list of them) and return it (its ``name`` and
+        ``client_urls`` are empty until it starts). ``learner=True`` adds a non-voting learner.
+
+        The new member is known to the cluster at once; start its etcd with
+        ``--initial-cluster`` listing every member and ``--initial-cluster-state existing``.
+        A voting member that does not start counts against the quorum. etcd refuses a peer
+        URL that is already in use (:class:`ServerError`) and, with strict reconfiguration
+        checks, a voting member the quorum could not survive."""
+        urls = _peer_urls(peer_urls)
+        if not isinstance(learner, bool):
+            raise TypeError(f"learner must be True or False, got {learner!r:.40}")
+        self._core.check_open()
+        resp = await self._core.conn.call(
+            "add member",
+            "cluster",
+            "MemberAdd",
+            rpc.MemberAddRequest(peerURLs=urls, isLearner=learner),
+            idempotent=False,
+        )
+        return _member_of(resp.member)
+
+    async def remove(self, member_id: int) -> None:
+        """Remove the member ``member_id`` (an int, :attr:`Member.id`) from the cluster; its
+        etcd process stops serving. An unknown id raises :class:`ServerError` ("member not
+        found"); etcd refuses to remove a member when the rest would lose the quorum."""
+        mid = _member_id(member_id)
+        self._core.check_open()
+        await self._core.conn.call(
+            "remove member",
+            "cluster",
+            "MemberRemove",
+            rpc.MemberRemoveRequest(ID=mid),
+            idempotent=False,
+        )
+
+    async def update(self, member_id: int, peer_urls: str | Sequence[str]) -> None:
+        """Set the peer URLs of member ``member_id`` to ``peer_urls`` (a URL or a list); the
+        member itself must then listen there. An unknown id raises :class:`ServerError`."""
+        mid = _member_id(member_id)
+        urls = _peer_urls(peer_urls)
+        self._core.check_open()
+        await self._core.conn.call(
+            "update member",
+            "cluster",
+            "MemberUpdate",
+            rpc.MemberUpdateRequest(ID=mid, peerURLs=urls),
+            idempotent=False,
+        )
+
+    async def promote(self, member_id: int) -> None:
+        """Make the learner ``member_id`` a voting member. etcd refuses (:class:`ServerError`)
+        while the learner has not caught up with the leader's log ("can only promote a learner
+        member which is in sync with leader": try again a little later), and for a member
+        that is not a learner."""
+        mid = _member_id(member_id)
+        self._core.check_open()
+        await self._core.conn.call(
+            "promote member",
+            "cluster",
+            "MemberPromote",
+            rpc.MemberPromoteRequest(ID=mid),
+            idempotent=False,
+        )
+
+
+# -- Maintenance service --------------------------------------------------------------------------
+
+
+class Maintenance:
+    """Per-member maintenance (etcd's Maintenance service; ``etcdctl endpoint status``,
+    ``alarm``, ``defrag``, ``snapshot save``, ``move-leader``)."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    def __repr__(self) -> str:
+        return f"<Maintenance of {self._core.where}>"
+
+    async def status(self, endpoint: str | None = None) -> Status:
+        """The :class:`Status` of the member at ``endpoint`` (one of the client's endpoints,
+        "host:port" or URL; another is a ``ValueError``), or of the preferred endpoint's member
+        for ``None``. Raises the client's errors when that member does not answer (no
+        failover to another member when ``endpoint`` is given)."""
+        ch = _channel(self._core, endpoint)
+        self._core.check_open()
+        resp = await self._core.conn.call(
+            "status", "maintenance", "Status", rpc.StatusRequest(), idempotent=True, channel=ch
+        )
+        return Status(
+            version=str(resp.version),
+            db_size=int(resp.dbSize),
+            db_size_in_use=int(resp.dbSizeInUse),
+            leader=int(resp.leader),
+            raft_index=int(resp.raftIndex),
+            raft_term=int(resp.raftTerm),
+            raft_applied_index=int(resp.raftAppliedIndex),
+            errors=builtins.list(resp.errors),
+            is_learner=bool(resp.isLearner),
+            header=header_of(resp.header),
+        )
+
+    async def alarms(self) -> list[Alarm]:
+        """The active alarms of every member, as a list of :class:`Alarm` (empty when all is
+        well)."""
+        self._core.check_open()
+        resp = await self._core.conn.call(
+            "list alarms",
+            "maintenance",
+            "Alarm",
+            rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0, alarm=rpc.NONE),
+            idempotent=True,
+        )
+        return [Alarm(int(a.memberID), _alarm_kind(a.alarm)) for a in resp.alarms]
+
+    async def disarm(self, alarm: Alarm) -> None:
+        """Clear ``alarm`` (an :class:`Alarm` from :meth:`alarms`). For ``NOSPACE``, first free
+        space (delete, :meth:`AsyncClient.compact`, :meth:`defragment` every member), or etcd
+        raises it again at the next write. Disarming an alarm that is not active does
+        nothing."""
+        checked = _alarm(alarm)
+        self._core.check_open()
+        await self._core.conn.call(
+            "disarm alarm",
+            "maintenance",
+            "Alarm",
+            rpc.AlarmRequest(
+                action=rpc.AlarmRequest.DEACTIVATE,
+                memberID=checked.member_id,
+                alarm=rpc.AlarmType.Value(checked.kind),
+            ),
+            idempotent=True,  # the same disarm twice is the same disarm
+        )
+
+    async def defragment(self, endpoint: str) -> None:
+        """Defragment the backend of the member at ``endpoint`` (one of the client's
+        endpoints), giving the space freed by compaction back to the file system. The member
+        answers nothing else meanwhile (do one member at a time); a large backend may need a
+        client ``timeout`` longer than the default (:class:`EtcdTimeoutError`)."""
+        ch = self._core.conn.channel_at(endpoint)
+        self._core.check_open()
+        await self._core.conn.call(
+            "defragment",
+            "maintenance",
+            "Defragment",
+            rpc.DefragmentRequest(),
+            idempotent=True,
+            channel=ch,
+        )
+
+    async def hash_kv(self, endpoint: str, revision: int = 0) -> HashKV:
+        """The :class:`HashKV` of the key-value store of the member at ``endpoint`` (one of the
+        client's endpoints) up to ``revision`` (0: the latest). Compare members at one
+        revision to check that they agree. A compacted ``revision`` raises
+        :class:`CompactedError`; a future one :class:`InvalidArgumentError`."""
+        rev = check_int64(revision, "revision", hint=" (0 = latest)")
+        ch = self._core.conn.channel_at(endpoint)
+        self._core.check_open()
+        resp = await self._core.conn.call(
+            "hash kv",
+            "maintenance",
+            "HashKV",
+            rpc.HashKVRequest(revision=rev),
+            idempotent=True,
+            channel=ch,
+        )
+        return HashKV(int(resp.hash), int(resp.compact_revision), header_of(resp.header))
+
+    async def move_leader(self, member_id: int) -> None:
+        """Hand the leadership to the voting member ``member_id``; returns once it leads.
+
+        The request must reach the current leader: it is found from a member's status and the
+        member list, and its endpoint must be among the client's (else
+        :class:`ConnectionUnavailableError` says so). A learner or unknown ``member_id`` raises
+        :class:`ServerError`, as does a leader change meanwhile (try again)."""
+        target = _member_id(member_id)
+        self._core.check_open()
+        status = await self.status()
+        leader = status.leader
+        if leader == 0:
+            raise ConnectionUnavailableError(
+                f"move leader: the cluster has no leader now ({self._core.where}); try again"
+            )
+        ch: Channel | None = None
+        if status.header.member_id != leader:
+            ch = await self._leader_channel(leader)
+        await self._core.conn.call(
+            "move leader",
+            "maintenance",
+            "MoveLeader",
+            rpc.MoveLeaderRequest(targetID=target),
+            idempotent=False,
+            channel=ch,
+        )
+
+    async def _leader_channel(self, leader: int) -> Channel:
+        members = await Members(self._core).list()
+        urls = next((m.client_urls for m in members if m.id == leader), [])
+        for url in urls:
+            with contextlib.suppress(ValueError):
+                return self._core.conn.channel_at(url)
+        raise ConnectionUnavailableError(
+            f"move leader: the leader (member {leader:x}, client URLs {urls}) is not among "
+            f"this client's endpoints ({self._core.where}); create a client with its endpoint"
+        )
+
+    async def snapshot(self, path: str | os.PathLike[str], *, endpoint: str | None = None) -> int:
+        """Stream the backend of a member (the preferred endpoint's, or ``endpoint``'s) into
+        the file ``path``; returns the number of bytes written.
+
+        The file is what ``etcdctl snapshot save`` writes (the backend and its sha256), for
+        ``etcdutl snapshot status`` and ``etcdutl snapshot restore``. It is written to a
+        temporary file beside ``path`` and renamed over ``path`` only once complete and
+        checked against its sha256: a failed or cancelled snapshot leaves no file behind.
+        No deadline (a large backend takes as long as it takes); a dead peer ends it with
+        :class:`ConnectionUnavailableError`, closing the client with :class:`ClosedError`,
+        a corrupt stream with :class:`ServerError`; file system errors are ``OSError``."""
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a str or a path, got {type(path).__name__}")
+        target = Path(path)
+        ch = _channel(self._core, endpoint)
+        self._core.check_open()
+        fd, name = await asyncio.to_thread(
+            tempfile.mkstemp, dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
+        part = Path(name)
+        done = False
+        try:
+            with os.fdopen(fd, "wb") as out:
+                written = await self._stream_into(out, ch)
+                await asyncio.to_thread(_sync_file, out)
+            await asyncio.to_thread(_publish, part, target)
+            done = True
+            return written
+        finally:
+            if not done:
+                await asyncio.to_thread(_discard, part)
+
+    async def _stream_into(self, out: IO[bytes], ch: Channel | None) -> int:
+        what = "snapshot" if ch is None else f"snapshot of {ch.endpoint}"
+        digest = hashlib.sha256()
+        pending = bytearray()
+        last: bytes | None = None  # the newest blob: the sha256 of the others, once all came
+        written = 0
+        stream = self._core.conn.server_stream(
+            what, "maintenance", "Snapshot", rpc.SnapshotRequest(), channel=ch
+        )
+        async with contextlib.aclosing(stream):
+            async for resp in stream:
+                if last is not None:
+                    digest.update(last)
+                last = bytes(resp.blob)
+                pending += last
+                if len(pending) >= SNAPSHOT_FLUSH:
+                    chunk, pending = pending, bytearray()
+                    await asyncio.to_thread(out.write, chunk)
+                    written += len(chunk)
+        if last is None or len(last) != _SHA256_SIZE or digest.digest() != last:
+            raise ServerError(
+                f"{what}: the stream from etcd ended incomplete or corrupt (its sha256 does not "
+                "match); try again"
+            )
+        await asyncio.to_thread(out.write, pending)
+        return written + len(pending)
+
+
+def _discard(part: Path) -> None:
+    with contextlib.suppress(OSError):
+        part.unlink()
+
+
+def _sync_file(out: IO[bytes]) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def _publish(part: Path, target: Path) -> None:
+    """Rename the finished file into place, durably (the directory entry too)."""
+    os.replace(part, target)
+    with contextlib.suppress(OSError):  # not every file system lets a directory be fsynced
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

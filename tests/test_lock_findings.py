@@ -1,0 +1,623 @@
+"""Regression tests for the five lock findings of issue 23, each on both faces (asyncio and
+threads), and the one-way waiting of nested names (as in Go).
+
+1. A shared Lock object released another acquisition (and answered with its state).
+2. ``timeout=0`` never acquired, even a free lock.
+3. A cancel during the lease grant could leave a granted lease behind.
+4. A waiter whose own key or lease vanished re-queued silently at the back.
+5. "could not revoke on close" was logged after an external revoke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import etcdkit
+from etcdkit import AsyncClient, Client, EtcdTimeoutError, HoldState, Op, _metrics
+from etcdkit.testing import EtcdServer
+
+WAIT = 20.0
+
+
+async def keys_under(client: AsyncClient, prefix: str) -> list[bytes]:
+    """The keys under ``prefix`` in line order (by create revision)."""
+    kvs = sorted((await client.get_prefix(prefix)).kvs, key=lambda kv: kv.create_revision)
+    return [kv.key for kv in kvs]
+
+
+def sync_keys_under(client: Client, prefix: str) -> list[bytes]:
+    kvs = sorted(client.get_prefix(prefix).kvs, key=lambda kv: kv.create_revision)
+    return [kv.key for kv in kvs]
+
+
+async def line_is(client: AsyncClient, prefix: str, n: int) -> None:
+    async with asyncio.timeout(WAIT):
+        while len(await keys_under(client, prefix)) != n:
+            await asyncio.sleep(0.01)
+
+
+def sync_line_is(client: Client, prefix: str, n: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while len(sync_keys_under(client, prefix)) != n:
+        assert time.monotonic() < deadline, f"never {n} keys under {prefix}"
+        time.sleep(0.01)
+
+
+async def until(cond: Callable[[], bool], what: str) -> None:
+    try:
+        async with asyncio.timeout(WAIT):
+            while not cond():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(what) from None
+
+
+def sync_until(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def started(target: Callable[[], None]) -> threading.Thread:
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.fixture
+def reader() -> Iterator[InMemoryMetricReader]:
+    """etcdkit's instruments bound to a fresh SDK provider with an in-memory reader."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    assert _metrics.bind(provider)
+    try:
+        yield reader
+    finally:
+        _metrics.bind()
+        provider.shutdown()
+
+
+def requeues_counted(reader: InMemoryMetricReader, recipe: str) -> float:
+    found = 0.0
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data is not None else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "etcdkit.lock.requeues":
+                    for p in metric.data.data_points:
+                        if dict(p.attributes or {}) == {"recipe": recipe}:
+                            found += getattr(p, "value", 0)
+    return found
+
+
+def requeued(lock: etcdkit.Lock) -> bool:
+    return lock.requeues == 1
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name.startswith("etcdkit") and r.levelno >= logging.WARNING
+    ]
+
+
+# -- 1. each acquisition is its own handle --------------------------------------------------------
+
+
+async def test_1_a_late_exit_never_releases_a_newer_acquisition(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "shared"
+    lock = etcd.lock(name, ttl=10)
+    seen: dict[str, Any] = {}
+    a_in, a_go, b_in, b_go = (asyncio.Event() for _ in range(4))
+
+    async def a() -> None:
+        async with lock as held:
+            seen["a"] = held
+            a_in.set()
+            await a_go.wait()
+            seen["a_state"] = lock.state  # the Lock answers for this task's acquisition
+            seen["a_lost"] = lock.lost.is_set()
+
+    async def b() -> None:
+        async with lock as held:
+            seen["b"] = held
+            b_in.set()
+            await b_go.wait()
+
+    ta = asyncio.create_task(a())
+    await asyncio.wait_for(a_in.wait(), WAIT)
+    a_held = seen["a"]
+    await etcd.revoke(a_held.lease_id)  # someone revokes A's lease; A's body goes on
+    await asyncio.wait_for(a_held.lost.wait(), WAIT)
+    tb = asyncio.create_task(b())  # B acquires through the same Lock object
+    await asyncio.wait_for(b_in.wait(), WAIT)
+    b_held = seen["b"]
+    a_go.set()
+    await asyncio.wait_for(ta, WAIT)  # A's late exit
+    assert await keys_under(etcd, name + "/") == [b_held.key]  # B's key stands
+    assert b_held is not a_held
+    assert b_held.state is HoldState.HELD
+    assert not b_held.lost.is_set()
+    assert (seen["a_state"], seen["a_lost"]) == (HoldState.LOST, True)  # A's own, not B's
+    assert a_held.state is HoldState.LOST
+    assert (await etcd.txn([b_held.guard()], [Op.put(name + "-data", "b")])).succeeded
+    assert not (await etcd.txn([a_held.guard()], [Op.put(name + "-data", "a")])).succeeded
+    await a_held.release()  # A's own late release: still nothing of B's
+    assert await keys_under(etcd, name + "/") == [b_held.key]
+    b_go.set()
+    await asyncio.wait_for(tb, WAIT)
+    after: HoldState = b_held.state  # (read again: it changed on leaving the block)
+    assert after is HoldState.RELEASED
+    assert await keys_under(etcd, name + "/") == []
+
+
+async def test_1_tasks_sharing_a_lock_exclude_each_other(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "tasks"
+    lock = etcd.lock(name)
+    inside: list[int] = []
+    most = 0
+    tokens: list[int] = []
+
+    async def worker(i: int) -> None:
+        nonlocal most
+        async with lock as held:
+            inside.append(i)
+            most = max(most, len(inside))
+            assert lock.fencing_token == held.fencing_token  # this task's acquisition
+            tokens.append(held.fencing_token)
+            await asyncio.sleep(0.02)
+            inside.remove(i)
+
+    await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(4))), WAIT)
+    assert most == 1
+    assert len(set(tokens)) == 4
+    assert await keys_under(etcd, name + "/") == []
+    held = await lock.acquire()
+    with pytest.raises(RuntimeError, match="not re-entrant"):
+        await lock.acquire()  # the same task again
+    await lock.release()
+    assert held.state is HoldState.RELEASED
+
+
+def test_1_threaded_a_late_exit_never_releases_a_newer_acquisition(
+    etcd_sync: Client, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "shared-sync"
+    lock = etcd_sync.lock(name, ttl=10)
+    seen: dict[str, Any] = {}
+    a_in, a_go, b_in, b_go = (threading.Event() for _ in range(4))
+
+    def a() -> None:
+        with lock as held:
+            seen["a"] = held
+            a_in.set()
+            a_go.wait(WAIT)
+            seen["a_state"] = lock.state  # the Lock answers for this thread's acquisition
+            seen["a_lost"] = lock.lost.is_set()
+
+    def b() -> None:
+        with lock as held:
+            seen["b"] = held
+            b_in.set()
+            b_go.wait(WAIT)
+
+    ta = started(a)
+    assert a_in.wait(WAIT)
+    a_held = seen["a"]
+    etcd_sync.revoke(a_held.lease_id)
+    assert a_held.lost.wait(WAIT)
+    tb = started(b)
+    assert b_in.wait(WAIT)
+    b_held = seen["b"]
+    a_go.set()
+    ta.join(WAIT)
+    assert sync_keys_under(etcd_sync, name + "/") == [b_held.key]  # B's key stands
+    assert b_held.state is HoldState.HELD
+    assert not b_held.lost.is_set()
+    assert (seen["a_state"], seen["a_lost"]) == (HoldState.LOST, True)
+    assert a_held.lost.is_set()
+    assert etcd_sync.txn([b_held.guard()], [Op.put(name + "-data", "b")]).succeeded
+    a_held.release()
+    assert sync_keys_under(etcd_sync, name + "/") == [b_held.key]
+    b_go.set()
+    tb.join(WAIT)
+    after: HoldState = b_held.state  # (read again: it changed on leaving the block)
+    assert after is HoldState.RELEASED
+    assert sync_keys_under(etcd_sync, name + "/") == []
+
+
+async def test_1_election_terms_are_their_own(etcd: AsyncClient, etcd_prefix: str) -> None:
+    name = etcd_prefix + "elect"
+    election = etcd.election(name)  # one Election object, shared
+    first = election.campaign("a", ttl=10)
+    a_in, a_go = asyncio.Event(), asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def a() -> None:
+        async with first as lead:
+            seen["a"] = lead
+            a_in.set()
+            await a_go.wait()
+
+    ta = asyncio.create_task(a())
+    await asyncio.wait_for(a_in.wait(), WAIT)
+    with pytest.raises(RuntimeError, match="entered already"):
+        async with first:  # a second entry of the same campaign is refused ...
+            pass
+    assert seen["a"].state is HoldState.HELD  # ... and touches nothing of the first
+    await etcd.revoke(seen["a"].lease_id)
+    await asyncio.wait_for(seen["a"].lost.wait(), WAIT)
+    async with election.campaign("b") as b:
+        a_go.set()
+        await asyncio.wait_for(ta, WAIT)  # A's late exit resigns A's term only
+        assert await keys_under(etcd, name + "/") == [b.key]
+        assert b.state is HoldState.HELD
+        assert await election.leader() == etcdkit.Leader(b.key, b"b", b.revision)
+    a_after: HoldState = seen["a"].state
+    assert a_after is HoldState.LOST
+    assert await keys_under(etcd, name + "/") == []
+
+
+def test_1_threaded_election_terms_are_their_own(etcd_sync: Client, etcd_prefix: str) -> None:
+    name = etcd_prefix + "elect-sync"
+    election = etcd_sync.election(name)
+    first = election.campaign("a", ttl=10)
+    a_in, a_go = threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def a() -> None:
+        with first as lead:
+            seen["a"] = lead
+            a_in.set()
+            a_go.wait(WAIT)
+
+    ta = started(a)
+    assert a_in.wait(WAIT)
+    with pytest.raises(RuntimeError, match="entered already"), first:
+        pass
+    assert seen["a"].state is HoldState.HELD
+    etcd_sync.revoke(seen["a"].lease_id)
+    assert seen["a"].lost.wait(WAIT)
+    with election.campaign("b") as b:
+        a_go.set()
+        ta.join(WAIT)
+        assert sync_keys_under(etcd_sync, name + "/") == [b.key]
+        assert b.state is HoldState.HELD
+    assert sync_keys_under(etcd_sync, name + "/") == []
+
+
+# -- 2. timeout=0: acquire if free, else raise at once --------------------------------------------
+
+
+async def test_2_timeout_zero_takes_a_free_lock_and_refuses_a_held_one(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "zero"
+    async with etcd.lock(name, timeout=0) as held:
+        assert held.state is HoldState.HELD
+        with pytest.raises(EtcdTimeoutError, match="timeout=0"):
+            await etcd.lock(name, timeout=0).acquire()
+        assert await keys_under(etcd, name + "/") == [held.key]  # the refused one left
+    election = etcd.election(name + "-e")
+    async with election.campaign("a", timeout=0) as lead:
+        assert lead.state is HoldState.HELD
+        with pytest.raises(EtcdTimeoutError, match="timeout=0"):
+            async with election.campaign("b", timeout=0):
+                pass
+        assert await keys_under(etcd, name + "-e/") == [lead.key]
+    assert await keys_under(etcd, name + "/") == []
+
+
+def test_2_threaded_timeout_zero(etcd_sync: Client, etcd_prefix: str) -> None:
+    name = etcd_prefix + "zero-sync"
+    with etcd_sync.lock(name, timeout=0) as held:
+        assert held.state is HoldState.HELD
+        with pytest.raises(EtcdTimeoutError, match="timeout=0"):
+            etcd_sync.lock(name, timeout=0).acquire()
+        assert sync_keys_under(etcd_sync, name + "/") == [held.key]
+    election = etcd_sync.election(name + "-e")
+    with election.campaign("a", timeout=0) as lead:
+        assert lead.state is HoldState.HELD
+        with pytest.raises(EtcdTimeoutError, match="timeout=0"), election.campaign("b", timeout=0):
+            pass
+        assert sync_keys_under(etcd_sync, name + "-e/") == [lead.key]
+
+
+# -- 3. a cancel during the lease grant leaves no lease -------------------------------------------
+
+TRIES = 200
+
+
+async def test_3_cancel_at_any_point_leaves_no_lease(etcd: AsyncClient, etcd_prefix: str) -> None:
+    name = etcd_prefix + "cancel"
+    rng = random.Random(23)
+    took = []
+    for _ in range(10):
+        t0 = time.monotonic()
+        async with etcd.lock(name):
+            pass
+        took.append(time.monotonic() - t0)
+    span = 2 * sorted(took)[5]  # the cancels land all over an acquisition
+    before = set(await etcd.leases())
+    stop = asyncio.Event()
+
+    async def load() -> None:  # other calls in flight, so that the grant's answer races
+        i = 0
+        while not stop.is_set():
+            await etcd.put(f"{etcd_prefix}load/{i % 20}", "x" * 64)
+            i += 1
+
+    loads = [asyncio.create_task(load()) for _ in range(3)]
+    outcomes = {"cancelled": 0, "acquired": 0}
+    try:
+        for i in range(TRIES):
+            lock = etcd.lock(name, ttl=30)
+            task = asyncio.create_task(lock.acquire())
+            await asyncio.sleep(rng.uniform(0, span))
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                outcomes["cancelled"] += 1
+            else:
+                outcomes["acquired"] += 1
+                await lock.release()
+            if i % 50 == 49:
+                await asyncio.sleep(0)
+    finally:
+        stop.set()
+        await asyncio.gather(*loads)
+    left = set(await etcd.leases()) - before
+    assert left == set(), f"{len(left)} leases left after {TRIES} tries ({outcomes})"
+    assert await keys_under(etcd, name + "/") == []
+    assert outcomes["cancelled"] > TRIES // 4, outcomes
+
+
+def test_3_threaded_timeouts_at_any_point_leave_no_lease(
+    etcd_sync: Client, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "timeout-sync"
+    rng = random.Random(32)
+    before = set(etcd_sync.leases())
+    stop = threading.Event()
+
+    def load() -> None:
+        i = 0
+        while not stop.is_set():
+            etcd_sync.put(f"{etcd_prefix}load/{i % 20}", "x" * 64)
+            i += 1
+
+    loaders = [started(load) for _ in range(2)]
+    outcomes = {"timed out": 0, "acquired": 0}
+    try:
+        for _ in range(TRIES):
+            # (a timeout cancels the acquisition inside, wherever it is)
+            lock = etcd_sync.lock(name, ttl=30, timeout=rng.uniform(0.0002, 0.006))
+            try:
+                lock.acquire()
+            except EtcdTimeoutError:
+                outcomes["timed out"] += 1
+            else:
+                outcomes["acquired"] += 1
+                lock.release()
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join(WAIT)
+    left = set(etcd_sync.leases()) - before
+    assert left == set(), f"{len(left)} leases left after {TRIES} tries ({outcomes})"
+    assert sync_keys_under(etcd_sync, name + "/") == []
+    assert outcomes["timed out"] > TRIES // 4, outcomes
+
+
+# -- 4. a waiter that loses its place says so -----------------------------------------------------
+
+
+async def test_4_a_waiter_whose_key_or_lease_vanished_says_so(
+    etcd: AsyncClient,
+    etcd_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    reader: InMemoryMetricReader,
+) -> None:
+    caplog.set_level(logging.INFO, logger="etcdkit")
+    name = etcd_prefix + "requeue"
+    for how in ("delete", "revoke"):
+        holder = await etcd.lock(name).acquire()
+        waiter = etcd.lock(name, ttl=3)
+        states: list[HoldState] = []
+        waiter.add_listener(states.append)
+        task = asyncio.create_task(waiter.acquire())
+        await line_is(etcd, name + "/", 2)
+        first_key = waiter.key
+        caplog.clear()
+        if how == "delete":
+            await etcd.delete(first_key)  # someone deletes the waiter's key
+        else:
+            await etcd.revoke(waiter.lease_id)  # ... or revokes its lease
+            await until(functools.partial(requeued, waiter), "the waiter never noticed")
+            await line_is(etcd, name + "/", 2)  # in line again (a new key)
+        await holder.release()
+        held = await asyncio.wait_for(task, WAIT)
+        assert states == [
+            HoldState.WAITING,
+            HoldState.REQUEUED,
+            HoldState.WAITING,
+            HoldState.HELD,
+        ], how
+        assert held.requeues == 1
+        assert held.key != first_key
+        warned = warnings_of(caplog)
+        assert len(warned) == 1, [r.getMessage() for r in warned]
+        assert warned[0].name == "etcdkit.lock"
+        assert "queuing again at the back" in warned[0].getMessage()
+        await held.release()
+    assert requeues_counted(reader, "lock") == 2
+
+    # an election's candidate too, seen through its campaign
+    election = etcd.election(name + "-e")
+    async with election.campaign("a") as lead:
+        campaign = election.campaign("b", ttl=3)
+        seen: list[HoldState] = []
+        campaign.add_listener(seen.append)
+
+        async def enter() -> int:
+            async with campaign as b:
+                return b.requeues
+
+        task2 = asyncio.create_task(enter())
+        await line_is(etcd, name + "-e/", 2)
+        (_, theirs) = await keys_under(etcd, name + "-e/")
+        await etcd.delete(theirs)
+        await lead.resign()
+        assert await asyncio.wait_for(task2, WAIT) == 1
+        assert HoldState.REQUEUED in seen
+        assert campaign.state is HoldState.RELEASED
+    assert requeues_counted(reader, "election") == 1
+
+
+def test_4_threaded_waiter_whose_lease_vanished_says_so(
+    etcd_sync: Client,
+    etcd_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    reader: InMemoryMetricReader,
+) -> None:
+    caplog.set_level(logging.INFO, logger="etcdkit")
+    name = etcd_prefix + "requeue-sync"
+    holder = etcd_sync.lock(name)
+    holder.acquire()
+    waiter = etcd_sync.lock(name, ttl=3)
+    states: list[HoldState] = []
+    waiter.add_listener(states.append)
+    got: list[Any] = []
+    t = started(lambda: got.append(waiter.acquire()))
+    sync_line_is(etcd_sync, name + "/", 2)
+    sync_until(lambda: waiter.lease_id != 0, "the waiter has no lease")
+    caplog.clear()
+    etcd_sync.revoke(waiter.lease_id)
+    sync_until(lambda: waiter.requeues == 1, "the waiter never noticed")
+    sync_line_is(etcd_sync, name + "/", 2)
+    holder.release()
+    t.join(WAIT)
+    (held,) = got
+    assert isinstance(held, etcdkit.SyncLockHold)
+    assert held.requeues == 1
+    assert states == [HoldState.WAITING, HoldState.REQUEUED, HoldState.WAITING, HoldState.HELD]
+    warned = warnings_of(caplog)
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    assert warned[0].name == "etcdkit.lock"
+    assert requeues_counted(reader, "lock") == 1
+    held.release()
+
+
+# -- 5. no warning when the lease is already gone -------------------------------------------------
+
+
+async def test_5_no_revoke_warning_after_an_external_revoke(
+    etcd: AsyncClient, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="etcdkit")
+    name = etcd_prefix + "gone"
+    # revoked, then released as soon as LOST shows (the release's revoke finds nothing) ...
+    async with etcd.lock(name) as held:
+        await etcd.revoke(held.lease_id)
+        await asyncio.wait_for(held.lost.wait(), WAIT)
+    # ... or released before the loss is noticed at all
+    async with etcd.lock(name) as held2:
+        await etcd.revoke(held2.lease_id)
+    async with etcd.election(name + "-e").campaign("v") as lead:
+        await etcd.revoke(lead.lease_id)
+        await asyncio.wait_for(lead.lost.wait(), WAIT)
+    await asyncio.sleep(0.2)  # (background closes end)
+    assert not [r for r in caplog.records if "could not revoke" in r.getMessage()]
+    warned = warnings_of(caplog)
+    assert all(r.name != "etcdkit.lease" for r in warned), [r.getMessage() for r in warned]
+
+
+def test_5_threaded_no_revoke_warning_after_an_external_revoke(
+    etcd_sync: Client, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="etcdkit")
+    name = etcd_prefix + "gone-sync"
+    with etcd_sync.lock(name) as held:
+        etcd_sync.revoke(held.lease_id)
+        assert held.lost.wait(WAIT)
+    with etcd_sync.lock(name) as held2:
+        etcd_sync.revoke(held2.lease_id)
+    with etcd_sync.election(name + "-e").campaign("v") as lead:
+        etcd_sync.revoke(lead.lease_id)
+        assert lead.lost.wait(WAIT)
+    time.sleep(0.2)
+    assert not [r for r in caplog.records if "could not revoke" in r.getMessage()]
+    warned = warnings_of(caplog)
+    assert all(r.name != "etcdkit.lease" for r in warned), [r.getMessage() for r in warned]
+
+
+# -- nested names: /m waits for /m/x, not the other way (as in Go) -------------------------------
+
+
+async def test_nested_names_wait_one_way_as_in_go(etcd: AsyncClient, etcd_prefix: str) -> None:
+    outer, inner = etcd_prefix + "m", etcd_prefix + "m/x"
+    async with etcd.lock(inner) as x:
+        assert x.key.startswith(f"{outer}/".encode())  # /m/x's key is in /m's line
+        with pytest.raises(EtcdTimeoutError):
+            await etcd.lock(outer, timeout=0.3).acquire()  # /m waits for /m/x
+        with pytest.raises(EtcdTimeoutError):
+            await etcd.lock(outer, timeout=0).acquire()
+    async with etcd.lock(outer) as m:
+        async with etcd.lock(inner, timeout=0) as x2:  # /m/x does not wait for /m
+            assert (m.state, x2.state) == (HoldState.HELD, HoldState.HELD)
+    assert await keys_under(etcd, outer + "/") == []
+
+
+ETCDCTL = shutil.which("etcdctl")
+
+
+@pytest.mark.skipif(ETCDCTL is None, reason="etcdctl is not on PATH")
+async def test_nested_names_with_etcdctl(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    outer, inner = etcd_prefix + "gm", etcd_prefix + "gm/x"
+    assert ETCDCTL is not None
+
+    def etcdctl(*args: str) -> subprocess.Popen[str]:
+        assert ETCDCTL is not None
+        return subprocess.Popen(
+            [ETCDCTL, "--endpoints", etcd_server.endpoint, "lock", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=dict(os.environ, ETCDCTL_API="3"),
+        )
+
+    async with etcd.lock(outer):  # Go's /m/x does not wait for our /m
+        out, err = await asyncio.to_thread(etcdctl(inner, "--", "echo", "ran").communicate)
+        assert "ran" in out, err
+    async with etcd.lock(inner):  # Go's /m waits for our /m/x
+        proc = etcdctl(outer, "--", "echo", "ran")
+        try:
+            await line_is(etcd, outer + "/", 2)
+            await asyncio.sleep(0.3)
+            assert proc.poll() is None, "etcdctl took /m while we held /m/x"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            await asyncio.to_thread(proc.communicate)

@@ -1,0 +1,608 @@
+"""The raw watch (``AsyncClient.watch`` / ``Client.watch``) against real etcd: events and
+options, how it ends, progress notifications, bad input and the bounded buffer, on both faces.
+Resumes through faults are in test_raw_watch_faults.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import etcdkit
+import etcdkit._watch as watch_module
+from _helpers import fresh_client, quickly
+from _raw_watch import (
+    WAIT,
+    Row,
+    assert_same_stream,
+    batches_until,
+    check_batch,
+    confirmed,
+    events_until,
+    row,
+    sync_events_until,
+    until,
+)
+from etcdkit import AsyncClient, Client, EventType, Op, SyncWatch, Watch, WatchBatch
+from etcdkit.server import EtcdServer
+
+# -- events and options ---------------------------------------------------------------------------
+
+
+async def test_puts_and_deletes_arrive_in_order(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    async with etcd.watch(p, prefix=True) as w:
+        r1 = await etcd.put(p + "a", "1")
+        r2 = await etcd.put(p + "b", "2")
+        await etcd.delete(p + "a")
+        r3 = await etcd.get_revision()
+        events = await events_until(w, r3)
+    assert [row(e) for e in events] == [
+        ("put", (p + "a").encode(), r1, b"1"),
+        ("put", (p + "b").encode(), r2, b"2"),
+        ("delete", (p + "a").encode(), r3, b""),
+    ]
+    assert [e.type for e in events] == [EventType.PUT, EventType.PUT, EventType.DELETE]
+    assert events[0].kv.create_revision == r1
+    assert events[0].kv.version == 1
+    assert all(e.prev_kv is None for e in events)  # not asked for
+    assert etcd.stats.watches == 0
+
+
+async def test_one_key_a_range_and_a_prefix_see_exactly_their_keys(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    p = etcd_prefix
+    keys = ["a", "ab", "b", "c", "d"]
+    async with (
+        etcd.watch(p + "a") as one,
+        etcd.watch(p + "a", p + "c") as span,
+        etcd.watch(p + "a", prefix=True) as pre,
+        etcd.watch((p + "b").encode()) as one_bytes,
+    ):
+        revs = {k: await etcd.put(p + k, k) for k in keys}
+        end = await etcd.put(p + "a", "end")  # in every range but one_bytes's: the last event
+        rev_b2 = await etcd.put(p + "b", "again")
+        got_one = await events_until(one, end)
+        got_span = await events_until(span, rev_b2)
+        got_pre = await events_until(pre, end)
+        got_b = await events_until(one_bytes, rev_b2)
+    assert [(e.kv.key, e.kv.mod_revision) for e in got_one] == [
+        ((p + "a").encode(), revs["a"]),
+        ((p + "a").encode(), end),
+    ]
+    assert [e.kv.key.decode()[len(p) :] for e in got_span] == ["a", "ab", "b", "a", "b"]
+    assert [e.kv.key.decode()[len(p) :] for e in got_pre] == ["a", "ab", "a"]
+    assert [e.kv.value for e in got_b] == [b"b", b"again"]
+    assert etcd.stats.watches == 0
+
+
+async def test_a_past_start_revision_replays_history(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    revs = [await etcd.put(f"{p}k{i % 3}", str(i)) for i in range(10)]
+    await etcd.delete(p + "k0")
+    deleted = await etcd.get_revision()
+    async with etcd.watch(p, prefix=True, start_revision=revs[0]) as w:
+        events = await events_until(w, deleted)
+        live = await etcd.put(p + "k9", "live")  # replay, then live, in one stream
+        events += await events_until(w, live)
+    assert [e.kv.mod_revision for e in events] == [*revs, deleted, live]
+    assert [e.kv.value for e in events[:10]] == [str(i).encode() for i in range(10)]
+    async with etcd.watch(p + "k1", start_revision=revs[5]) as w:  # one key, from the middle
+        events = await events_until(w, revs[7])
+    assert [e.kv.mod_revision for e in events] == [revs[7]]  # k1 was written at 1, 4, 7
+
+
+async def test_prev_kv_on_put_and_delete(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    r0 = await etcd.put(p + "k", "old")
+    async with etcd.watch(p + "k", prev_kv=True) as w:
+        r1 = await etcd.put(p + "k", "new")
+        await etcd.delete(p + "k")
+        r2 = await etcd.get_revision()
+        r3 = await etcd.put(p + "k", "again")
+        events = await events_until(w, r3)
+    put, delete, again = events
+    assert put.prev_kv is not None
+    assert (put.prev_kv.value, put.prev_kv.mod_revision) == (b"old", r0)
+    assert (put.kv.value, put.kv.mod_revision) == (b"new", r1)
+    assert delete.type is EventType.DELETE
+    assert delete.prev_kv is not None
+    assert (delete.prev_kv.value, delete.prev_kv.mod_revision) == (b"new", r1)
+    assert delete.kv.mod_revision == r2
+    assert again.prev_kv is None  # the key did not exist before
+    assert again.kv.create_revision == r3
+
+
+async def test_filters_leave_out_puts_or_deletes(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    async with (
+        etcd.watch(p, prefix=True, filters=("noput",)) as deletes,
+        etcd.watch(p, prefix=True, filters=["nodelete"]) as puts,
+        etcd.watch(p + "x", filters=("noput", "nodelete")) as nothing,
+    ):
+        r1 = await etcd.put(p + "x", "1")
+        await etcd.delete(p + "x")
+        r2 = await etcd.get_revision()
+        r3 = await etcd.put(p + "y", "3")
+        await etcd.delete(p + "y")
+        r4 = await etcd.get_revision()
+        r5 = await etcd.put(p + "z", "5")
+        got_deletes = await events_until(deletes, r4)
+        got_puts = await events_until(puts, r5)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await anext(nothing)
+    assert [(e.type, e.kv.mod_revision) for e in got_deletes] == [
+        (EventType.DELETE, r2),
+        (EventType.DELETE, r4),
+    ]
+    assert [(e.type, e.kv.mod_revision) for e in got_puts] == [
+        (EventType.PUT, r1),
+        (EventType.PUT, r3),
+        (EventType.PUT, r5),
+    ]
+
+
+async def test_a_txn_arrives_as_one_batch(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    await etcd.put(p + "gone", "x")
+    async with etcd.watch(p, prefix=True) as w, etcd.watch(p + "b") as one:
+        await confirmed(etcd, 2)  # (a watch still catching up gets many revisions per batch)
+        before = await etcd.put(p + "before", "0")
+        res = await etcd.txn(
+            success=[Op.put(p + "a", "1"), Op.put(p + "b", "2"), Op.put(p + "c", "3")]
+        )
+        res2 = await etcd.txn(success=[Op.put(p + "d", "4"), Op.delete(p + "gone")])
+        batches = await batches_until(w, res2.revision)
+        one_batches = await batches_until(one, res.revision)
+    assert [[row(e)[:3] for e in b.events] for b in batches] == [
+        [("put", (p + "before").encode(), before)],
+        [("put", (p + k).encode(), res.revision) for k in "abc"],
+        [
+            ("put", (p + "d").encode(), res2.revision),
+            ("delete", (p + "gone").encode(), res2.revision),
+        ],
+    ]
+    assert [b.revision for b in batches] == [before, res.revision, res2.revision]
+    assert [[e.kv.key for e in b.events] for b in one_batches] == [[(p + "b").encode()]]
+    assert one_batches[0].revision >= res.revision
+
+
+async def test_batch_revision_is_at_least_its_events(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    async with etcd.watch(p + "mine/", prefix=True) as w, etcd.watch(p + "mine/k") as one:
+        for i in range(5):
+            await etcd.put(f"{p}other/{i}", "x")  # moves the store's revision, not our keys
+            last = await etcd.put(p + "mine/k", str(i))
+        for watch in (w, one):
+            batches = await batches_until(watch, last)
+            assert sum(len(b.events) for b in batches) == 5
+            for batch in batches:
+                assert batch.events
+                assert batch.revision >= batch.events[-1].kv.mod_revision
+
+
+# -- how a watch ends -----------------------------------------------------------------------------
+
+
+async def test_cancel_ends_a_waiting_iteration(etcd: AsyncClient, etcd_prefix: str) -> None:
+    for key, prefix in [(etcd_prefix, True), (etcd_prefix + "one", False)]:
+        w = etcd.watch(key, prefix=prefix)
+        await w.start()
+        got: list[WatchBatch] = []
+
+        async def read(w: Watch = w, got: list[WatchBatch] = got) -> None:
+            async for batch in w:
+                got.append(batch)
+
+        reader = asyncio.create_task(read())
+        await confirmed(etcd)
+        await asyncio.sleep(0.05)  # the reader waits in __anext__
+        assert not reader.done()
+        with quickly(2.0):
+            w.cancel()
+            await asyncio.wait_for(reader, 2.0)
+        assert got == []
+        w.cancel()  # idempotent
+        assert "cancelled" in repr(w)
+        with pytest.raises(StopAsyncIteration):
+            await anext(w)
+        await until("the etcd watch removed", lambda: etcd.stats.watches == 0)
+
+
+async def test_leaving_the_block_ends_the_watch(etcd: AsyncClient, etcd_prefix: str) -> None:
+    async with etcd.watch(etcd_prefix, prefix=True) as w:
+        await confirmed(etcd)
+        rev = await etcd.put(etcd_prefix + "a", "1")
+        assert w.revision <= rev
+    assert etcd.stats.watches == 0
+    await etcd.put(etcd_prefix + "b", "2")
+    assert [b async for b in w] == []  # what was buffered is dropped with the watch
+
+
+async def test_closing_the_client_ends_a_waiting_iterator(etcd_server: EtcdServer) -> None:
+    async with fresh_client(etcd_server.endpoint) as client:
+        watches = [client.watch("/raw-close/", prefix=True), client.watch("/raw-close/k")]
+        for w in watches:
+            await w.start()
+        readers = [asyncio.create_task(anext(w)) for w in watches]
+        await confirmed(client, 2)
+        await asyncio.sleep(0.05)
+        with quickly(2.0):
+            await client.close()
+            for reader in readers:
+                with pytest.raises(etcdkit.ClosedError, match="closed"):
+                    await reader
+        for w in watches:
+            with pytest.raises(StopAsyncIteration):
+                await anext(w)
+        assert client.stats.watches == 0
+        with pytest.raises(etcdkit.ClosedError):
+            await client.watch("/raw-close/", prefix=True).start()
+
+
+@pytest.mark.parametrize("one_key", [False, True], ids=["prefix", "one-key"])
+async def test_a_compacted_start_raises_compacted_error(
+    etcd: AsyncClient, etcd_prefix: str, one_key: bool
+) -> None:
+    p = etcd_prefix
+    r1 = await etcd.put(p + "k", "1")
+    r2 = await etcd.put(p + "k", "2")
+    r3 = await etcd.put(p + "k", "3")
+    await etcd.compact(r2)
+    key = p + "k" if one_key else p
+    async with etcd.watch(key, prefix=not one_key, start_revision=r1) as w:
+        with pytest.raises(etcdkit.CompactedError) as info:
+            await anext(w)
+        assert info.value.compact_revision == r2
+        with pytest.raises(StopAsyncIteration):  # the error ended it
+            await anext(w)
+    # the compaction revision itself is still there
+    async with etcd.watch(key, prefix=not one_key, start_revision=r2) as w:
+        events = await events_until(w, r3)
+    assert [e.kv.mod_revision for e in events] == [r2, r3]
+    await until("the etcd watches removed", lambda: etcd.stats.watches == 0)
+
+
+# -- progress notifications -----------------------------------------------------------------------
+
+
+async def progress_to(w: Watch, revision: int) -> WatchBatch:
+    """The first progress batch at ``revision`` or later; no events may come before it."""
+    async with asyncio.timeout(WAIT):
+        last = 0
+        async for batch in w:
+            last = check_batch(batch, last)
+            assert batch.events == [], f"events where only progress was due: {batch}"
+            if batch.revision >= revision:
+                return batch
+    raise AssertionError("the watch ended")
+
+
+async def test_progress_notify_arrives_as_empty_batches(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # etcd sends per-watch progress every 10 min by default; this server every 200 ms.
+    interval = "--experimental-watch-progress-notify-interval=200ms"
+    server = etcd_server_factory(extra_args=[interval])
+    async with fresh_client(server.endpoint) as client:
+        async with (
+            client.watch("/pn/", prefix=True, progress_notify=True) as w,
+            client.watch("/pn/k", progress_notify=True) as one,
+            client.watch("/pn/", prefix=True) as quiet,
+        ):
+            await confirmed(client, 3)
+            other = await client.put("/elsewhere", "1")  # moves the revision, not our keys
+            for watch in (w, one):
+                await progress_to(watch, other)  # current up to the write elsewhere
+            rev = await client.put("/pn/k", "1")
+            for watch in (w, one):
+                got = await batches_until(watch, rev)
+                assert all(not b.events and b.revision < rev for b in got[:-1])
+                assert [e.kv.mod_revision for e in got[-1].events] == [rev]
+            other2 = await client.put("/elsewhere", "2")
+            for watch in (w, one):
+                await progress_to(watch, other2)  # everything up to it was delivered
+            rev2 = await client.put("/pn/k", "2")
+            await asyncio.sleep(0.6)  # three progress intervals: `quiet` must not show them
+            got = await batches_until(quiet, rev2)
+            assert [[e.kv.mod_revision for e in b.events] for b in got] == [[rev], [rev2]]
+            assert w.revision >= rev2
+
+
+async def test_progress_never_claims_events_not_yet_delivered(
+    etcd: AsyncClient, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: etcd replays history in responses of at most 1000 revisions, each with the
+    # store's current revision in its header. A watch that stepped off the stream (or lost
+    # it) after the first one confirmed "everything up to" that header revision on resuming,
+    # while 1000s of its events were still to come.
+    monkeypatch.setattr(watch_module, "MAX_BUFFERED", 2)
+    monkeypatch.setattr(watch_module, "RESUME_BELOW", 0)
+    p = etcd_prefix
+    first = await etcd.put(p + "k", "start")
+    await asyncio.gather(*(etcd.put(f"{p}k{i % 10}", str(i)) for i in range(1200)))
+    end = await etcd.put(p + "k", "end")
+    async with etcd.watch(p, prefix=True, start_revision=first, progress_notify=True) as w:
+        await until("the watch stepped off the stream", lambda: "paused" in repr(w))
+        claimed, revs = 0, []
+        async with asyncio.timeout(WAIT):
+            last = 0
+            async for batch in w:
+                last = check_batch(batch, last)
+                if not batch.events:
+                    assert batch.revision >= claimed
+                    claimed = batch.revision
+                    continue
+                assert batch.events[0].kv.mod_revision > claimed, (
+                    f"events from {batch.events[0].kv.mod_revision} after progress said "
+                    f"everything up to {claimed} was delivered"
+                )
+                revs += [e.kv.mod_revision for e in batch.events]
+                if revs[-1] >= end:
+                    break
+    assert len(revs) == 1202
+    assert revs == sorted(set(revs))
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+BAD = [
+    pytest.param({"filters": "noput"}, TypeError, "filters", id="filters-str"),
+    pytest.param({"filters": ("x",)}, ValueError, "filters", id="filters-unknown"),
+    pytest.param({"filters": 3}, TypeError, "filters", id="filters-int"),
+    pytest.param({"start_revision": -1}, ValueError, "start_revision", id="start-negative"),
+    pytest.param({"start_revision": 1.5}, TypeError, "start_revision", id="start-float"),
+    pytest.param({"start_revision": True}, TypeError, "start_revision", id="start-bool"),
+    pytest.param({"range_end": "/z", "prefix": True}, ValueError, "not both", id="range+prefix"),
+    pytest.param({"range_end": ""}, ValueError, "range_end", id="range-end-empty"),
+    pytest.param({"prefix": 1}, TypeError, "prefix", id="prefix-int"),
+    pytest.param({"prev_kv": "yes"}, TypeError, "prev_kv", id="prev-kv-str"),
+    pytest.param({"progress_notify": 1}, TypeError, "progress_notify", id="progress-int"),
+    pytest.param({"key": 42}, TypeError, "key", id="key-int"),
+    pytest.param({"key": ""}, ValueError, "key", id="key-empty"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "match"), BAD)
+async def test_bad_input_fails_before_any_io(
+    kwargs: dict[str, Any], exc: type[Exception], match: str
+) -> None:
+    args = {"key": "/k"} | kwargs
+    async with fresh_client("127.0.0.1:1", timeout=1) as client:  # nobody listens there
+        with quickly(1.0), pytest.raises(exc, match=match):
+            client.watch(**args)
+        assert client.stats.calls == 0
+        assert client.stats.watches == 0
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "match"), BAD)
+def test_bad_input_fails_before_any_io_threaded(
+    kwargs: dict[str, Any], exc: type[Exception], match: str, no_leaked_threads: None
+) -> None:
+    args = {"key": "/k"} | kwargs
+    with Client("127.0.0.1:1", timeout=1) as client:
+        with quickly(1.0), pytest.raises(exc, match=match):
+            client.watch(**args)
+        assert client.stats.calls == 0
+
+
+# -- the bounded buffer ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_buffer(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(watch_module, "MAX_BUFFERED", 8)
+    monkeypatch.setattr(watch_module, "RESUME_BELOW", 2)
+    return 8
+
+
+@pytest.mark.parametrize("one_key", [False, True], ids=["prefix", "one-key"])
+async def test_a_reader_that_falls_behind_loses_nothing(
+    etcd: AsyncClient, etcd_prefix: str, small_buffer: int, one_key: bool
+) -> None:
+    p = etcd_prefix
+    keys = [p + "k"] if one_key else [f"{p}k{i}" for i in range(5)]
+    async with etcd.watch(p + "k" if one_key else p, prefix=not one_key) as w:
+        await confirmed(etcd)
+        acked: list[Row] = []
+        for i in range(5 * small_buffer):  # one batch each, and nobody reads
+            k = keys[i % len(keys)]
+            acked.append(("put", k.encode(), await etcd.put(k, str(i)), str(i).encode()))
+        await until("the watch stepped off the stream", lambda: "paused" in repr(w))
+        assert etcd.stats.watches == 0  # its etcd watch was cancelled: no buffer beyond the bound
+        for i in range(small_buffer):  # written while it is off the stream
+            k = keys[i % len(keys)]
+            acked.append(("put", k.encode(), await etcd.put(k, f"off{i}"), f"off{i}".encode()))
+        got: list[Row] = []
+        async with asyncio.timeout(WAIT):
+            last = 0
+            async for batch in w:
+                last = check_batch(batch, last)
+                got.extend(row(e) for e in batch.events)
+                if len(got) >= len(acked):
+                    break
+                if len(got) == small_buffer:
+                    await asyncio.sleep(0.05)  # slow again for a moment, on the stream
+        assert_same_stream(got, acked)
+        assert "live" in repr(w)
+        await confirmed(etcd)  # back on the stream
+        late = await etcd.put(keys[0], "late")
+        assert [e.kv.mod_revision for e in await events_until(w, late)] == [late]
+    assert etcd.stats.watches == 0
+
+
+async def test_a_slow_reader_under_steady_writes_gets_every_event_once(
+    etcd: AsyncClient, etcd_prefix: str, small_buffer: int
+) -> None:
+    p = etcd_prefix
+    n = 120
+    acked: list[Row] = []
+    async with etcd.watch(p, prefix=True) as w:
+
+        async def write() -> None:
+            for i in range(n):
+                k = f"{p}k{i % 4}"
+                acked.append(("put", k.encode(), await etcd.put(k, str(i)), str(i).encode()))
+
+        writer = asyncio.create_task(write())
+        got: list[Row] = []
+        stepped_off = 0
+        async with asyncio.timeout(WAIT):
+            last = 0
+            async for batch in w:
+                last = check_batch(batch, last)
+                got.extend(row(e) for e in batch.events)
+                stepped_off += "paused" in repr(w)
+                if len(got) >= n:
+                    break
+                if len(got) % 5 == 0:
+                    await asyncio.sleep(0.05)  # slower than the writer
+        await writer
+    assert_same_stream(got, acked)
+    assert stepped_off  # it did fall more than the bound behind
+    assert etcd.stats.watches == 0
+
+
+async def test_closing_the_client_while_a_watch_is_off_the_stream(
+    etcd_server: EtcdServer, etcd_prefix: str, small_buffer: int
+) -> None:
+    # Regression: a watch off the stream (its reader behind) is not the hub's, so the hub's
+    # close does not tell it; stepping back on then failed inside __anext__, losing a batch,
+    # and left the iterator to hang once the buffer was empty.
+    p = etcd_prefix
+    async with fresh_client(etcd_server.endpoint) as client:
+        w = client.watch(p, prefix=True)
+        await w.start()
+        await confirmed(client)
+        revs = [await client.put(f"{p}k", str(i)) for i in range(3 * small_buffer)]
+        await until("the watch stepped off the stream", lambda: "paused" in repr(w))
+        await client.close()
+        got: list[int] = []
+
+        async def read() -> None:
+            async for batch in w:
+                got.extend(e.kv.mod_revision for e in batch.events)
+
+        with quickly(2.0), pytest.raises(etcdkit.ClosedError, match="closed"):
+            await asyncio.wait_for(read(), WAIT)
+        assert got == revs[: len(got)]  # a prefix of the stream, with no gap
+        assert len(got) >= small_buffer  # what was buffered is still handed over first
+        with pytest.raises(StopAsyncIteration):
+            await anext(w)
+
+
+# -- the threaded face ----------------------------------------------------------------------------
+
+
+def test_threaded_watch_events_and_options(
+    etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    p = etcd_prefix
+    r0 = etcd_sync.put(p + "a", "0")
+    with etcd_sync.watch(p, prefix=True, prev_kv=True, start_revision=r0) as w:
+        r1 = etcd_sync.put(p + "a", "1")
+        etcd_sync.delete(p + "a")
+        r2 = etcd_sync.get_revision()
+        events = sync_events_until(w, r2)
+        assert w.revision >= r2
+    assert [row(e) for e in events] == [
+        ("put", (p + "a").encode(), r0, b"0"),
+        ("put", (p + "a").encode(), r1, b"1"),
+        ("delete", (p + "a").encode(), r2, b""),
+    ]
+    assert events[0].prev_kv is None
+    assert events[1].prev_kv is not None
+    assert events[1].prev_kv.value == b"0"
+    assert events[2].prev_kv is not None
+    assert events[2].prev_kv.value == b"1"
+    assert list(w) == []  # leaving the block ended it
+    with etcd_sync.watch(p, prefix=True, filters=("noput",)) as w:
+        etcd_sync.put(p + "b", "1")
+        etcd_sync.delete(p + "b")
+        r3 = etcd_sync.get_revision()
+        assert [(e.type, e.kv.mod_revision) for e in sync_events_until(w, r3)] == [
+            (EventType.DELETE, r3)
+        ]
+    assert etcd_sync.stats.watches == 0
+
+
+def test_threaded_txn_is_one_batch_and_compaction_raises(
+    etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    p = etcd_prefix
+    with etcd_sync.watch(p, prefix=True) as w:
+        res = etcd_sync.txn(success=[Op.put(p + "x", "1"), Op.put(p + "y", "2")])
+        batch = next(iter(w))
+    assert [e.kv.mod_revision for e in batch.events] == [res.revision] * 2
+    r1 = etcd_sync.put(p + "x", "3")
+    r2 = etcd_sync.put(p + "x", "4")
+    etcd_sync.compact(r2)
+    with etcd_sync.watch(p, prefix=True, start_revision=r1) as w:
+        with pytest.raises(etcdkit.CompactedError) as info:
+            next(iter(w))
+        assert info.value.compact_revision == r2
+        assert list(w) == []
+
+
+def test_threaded_cancel_from_another_thread_ends_a_blocked_for(
+    etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    for key, prefix in [(etcd_prefix, True), (etcd_prefix + "one", False)]:
+        with etcd_sync.watch(key, prefix=prefix) as w:
+            got: list[WatchBatch] = []
+            ended = threading.Event()
+
+            def read(
+                w: SyncWatch = w, got: list[WatchBatch] = got, ended: threading.Event = ended
+            ) -> None:
+                got.extend(w)
+                ended.set()
+
+            t = threading.Thread(target=read, name="test-reader")
+            t.start()
+            time.sleep(0.2)  # blocked in __next__
+            assert not ended.is_set()
+            with quickly(2.0):
+                w.cancel()
+                t.join(5.0)
+            assert ended.is_set()
+            assert got == []
+    assert etcd_sync.stats.watches == 0
+
+
+def test_threaded_close_ends_a_blocked_for_with_closed_error(
+    etcd_server: EtcdServer, no_leaked_threads: None
+) -> None:
+    client = Client(etcd_server.endpoint)
+    try:
+        w = client.watch("/raw-sync-close/", prefix=True)
+        w.start()
+        outcome: list[BaseException | None] = []
+
+        def read() -> None:
+            try:
+                for _ in w:
+                    pass
+            except BaseException as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        t = threading.Thread(target=read, name="test-reader")
+        t.start()
+        time.sleep(0.2)
+        with quickly(5.0):
+            client.close()
+            t.join(5.0)
+        assert not t.is_alive()
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], etcdkit.ClosedError), outcome
+    finally:
+        client.close()

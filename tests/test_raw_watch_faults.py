@@ -1,0 +1,263 @@
+"""The raw watch resumes exactly through faults, against real etcd: a restart, cut and reset
+connections, a black hole, a hung member of three, on both faces.
+
+Each test checks the delivered stream against an independent reader (a fresh client replaying
+etcd's history from the same start revision, with no fault on its path) and against the
+writer's own acknowledged writes: no event lost, none repeated, order kept, while writes go on
+across the fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import etcdkit
+from _helpers import fresh_client
+from _raw_watch import (
+    WAIT,
+    Row,
+    assert_same_stream,
+    check_batch,
+    row,
+    sync_events_until,
+    until,
+)
+from etcdkit import AsyncClient, Client, Op, Watch
+from etcdkit.server import EtcdCluster, EtcdServer, Proxy
+
+RETRYABLE = (etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError)
+
+# -- a writer through faults, and the ground truth ------------------------------------------------
+
+
+class Writer:
+    """Writes puts, deletes and txns under ``prefix`` until stopped, retrying through faults;
+    ``acked`` holds every event etcd confirmed, as :data:`Row`."""
+
+    def __init__(self, client: AsyncClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.acked: list[Row] = []
+        self.stop = asyncio.Event()
+
+    async def retrying(self, fn: Callable[[], Any]) -> Any:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    return await fn()
+                except RETRYABLE:
+                    await asyncio.sleep(0.05)  # etcd down, cut off, or electing
+
+    async def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            k = f"{self.prefix}k{i % 7}"
+            if i % 9 == 0:  # a txn: several events at one revision
+                keys = [f"{self.prefix}t{j}" for j in range(3)]
+                ops = [Op.put(t, str(i)) for t in keys]
+                res = await self.retrying(functools.partial(self.client.txn, success=ops))
+                self.acked += [("put", t.encode(), res.revision, str(i).encode()) for t in keys]
+            elif i % 5 == 0:
+                res = await self.retrying(functools.partial(self.client.delete_range, k))
+                if res.deleted:
+                    assert res.header is not None
+                    self.acked.append(("delete", k.encode(), res.header.revision, b""))
+            else:
+                rev = await self.retrying(functools.partial(self.client.put, k, str(i)))
+                self.acked.append(("put", k.encode(), rev, str(i).encode()))
+            await asyncio.sleep(0.005)
+
+    async def finish(self, task: asyncio.Task[None]) -> int:
+        """Stop writing; then one last put (the readers' end mark): its revision."""
+        self.stop.set()
+        await task
+        end = self.prefix + "end"
+        rev: int = await self.retrying(lambda: self.client.put(end, "end"))
+        self.acked.append(("put", end.encode(), rev, b"end"))
+        return rev
+
+
+async def read_all(w: Watch, into: list[Row], end: int) -> None:
+    last = 0
+    async for batch in w:
+        last = check_batch(batch, last)
+        into.extend(row(e) for e in batch.events)
+        if into and into[-1][2] >= end:
+            return
+
+
+async def reader_until(w: Watch, into: list[Row], done: asyncio.Event) -> None:
+    last = 0
+    async for batch in w:
+        last = check_batch(batch, last)
+        into.extend(row(e) for e in batch.events)
+        if batch.events and batch.events[-1].kv.key.endswith(b"/end"):
+            done.set()
+            return
+
+
+async def history(endpoints: str | list[str], prefix: str, start: int, end: int) -> list[Row]:
+    """etcd's history of ``prefix`` from ``start`` to ``end``, replayed by a fresh client."""
+    async with (
+        AsyncClient(endpoints) as client,
+        client.watch(prefix, prefix=True, start_revision=start) as w,
+    ):
+        rows: list[Row] = []
+        async with asyncio.timeout(WAIT):
+            await read_all(w, rows, end)
+        return rows
+
+
+def check_against_truth(got: list[Row], truth: list[Row], acked: list[Row]) -> None:
+    assert_same_stream(got, truth)
+    revs = [r[2] for r in got]
+    assert revs == sorted(revs)
+    missing = set(acked) - set(truth)
+    assert not missing, f"acknowledged writes not in etcd's history: {sorted(missing)[:5]}"
+
+
+async def run_through_fault(
+    client: AsyncClient,
+    writer_client: AsyncClient,
+    prefix: str,
+    fault: Callable[[], Any],
+    truth_endpoints: str | list[str],
+) -> None:
+    """Watch ``prefix`` on ``client`` while ``writer_client`` writes and ``fault()`` runs;
+    then compare what the watch delivered with etcd's history and the writer's log."""
+    base = await writer_client.put(prefix + "base", "0")
+    async with client.watch(prefix, prefix=True, start_revision=base + 1) as w:
+        writer = Writer(writer_client, prefix)
+        got: list[Row] = []
+        done = asyncio.Event()
+        reading = asyncio.create_task(reader_until(w, got, done))
+        writing = asyncio.create_task(writer.run())
+        await until("writes under way", lambda: len(writer.acked) > 20)
+        await fault()
+        n = len(writer.acked)
+        await until("writes after the fault", lambda: len(writer.acked) > n + 20, 20.0)
+        end = await writer.finish(writing)
+        async with asyncio.timeout(20.0):
+            await reading
+    assert client.stats.watches == 0
+    truth = await history(truth_endpoints, prefix, base + 1, end)
+    check_against_truth(got, truth, writer.acked)
+    assert truth[-1][2] == end
+
+
+# -- the faults -----------------------------------------------------------------------------------
+
+
+async def test_resumes_exactly_through_an_etcd_restart(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    server = etcd_server_factory()
+
+    async def restart() -> None:
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(server.kill)
+        await asyncio.sleep(0.3)  # writes fail meanwhile, and are retried
+        await asyncio.to_thread(server.restart)
+
+    async with (
+        fresh_client(server.endpoint, timeout=1) as client,
+        AsyncClient(server.endpoint, timeout=1) as writer,
+    ):
+        await run_through_fault(client, writer, "/restart/", restart, server.endpoint)
+        assert client.stats.watch_reconnects >= 1
+
+
+async def test_resumes_exactly_through_cut_connections(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    with Proxy(etcd_server.endpoint) as proxy:
+
+        async def cuts() -> None:
+            proxy.drop_connections()  # reset
+            await asyncio.sleep(0.3)
+            proxy.cut()  # black hole, with writes going on directly
+            await asyncio.sleep(0.5)
+            proxy.drop_connections()
+            proxy.restore()
+            await asyncio.sleep(0.3)
+            proxy.drop_connections()
+
+        async with fresh_client(proxy.endpoint, timeout=1) as client:
+            await run_through_fault(client, etcd, etcd_prefix, cuts, etcd_server.endpoint)
+            assert client.stats.watch_reconnects >= 2
+
+
+@pytest.mark.slow
+async def test_resumes_exactly_after_a_black_hole_is_detected(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    with Proxy(etcd_server.endpoint) as proxy:
+
+        async def black_hole() -> None:
+            proxy.cut()  # no reset, no EOF: only the stall detection can notice
+            await until("the stall noticed", lambda: client.stats.watch_reconnects >= 1, 8.0)
+            proxy.restore()
+
+        async with fresh_client(proxy.endpoint, timeout=1) as client:
+            await run_through_fault(client, etcd, etcd_prefix, black_hole, etcd_server.endpoint)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+async def test_resumes_exactly_off_a_hung_member(
+    etcd_cluster: EtcdCluster, etcd_prefix: str
+) -> None:
+    members = etcd_cluster.members
+    hung = members[0]  # the client prefers the first endpoint: its watch stream is there
+    others = [m.endpoint for m in members[1:]]
+
+    async def hang() -> None:
+        hung.pause()
+        try:
+            await until("the hang noticed", lambda: client.stats.watch_reconnects >= 1, 8.0)
+            await asyncio.sleep(0.3)  # writes land while the member still sleeps
+        finally:
+            hung.resume()
+
+    async with (
+        fresh_client(etcd_cluster.endpoints, timeout=2) as client,
+        AsyncClient(others, timeout=2) as writer,
+    ):
+        await run_through_fault(client, writer, etcd_prefix, hang, others)
+
+
+# -- the threaded face ----------------------------------------------------------------------------
+
+
+def test_threaded_watch_resumes_exactly_through_dropped_connections(
+    etcd_sync: Client, etcd_server: EtcdServer, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    p = etcd_prefix
+    with Proxy(etcd_server.endpoint) as proxy, Client(proxy.endpoint, timeout=1) as client:
+        base = etcd_sync.put(p + "base", "0")
+        acked: list[Row] = []
+        with client.watch(p, prefix=True, start_revision=base + 1) as w:
+            for i in range(60):
+                if i in (15, 30, 45):
+                    proxy.drop_connections()
+                k = f"{p}k{i % 5}"
+                acked.append(("put", k.encode(), etcd_sync.put(k, str(i)), str(i).encode()))
+            got = [row(e) for e in sync_events_until(w, acked[-1][2])]
+        assert client.stats.watch_reconnects >= 1
+        assert client.stats.watches == 0
+    # A reconnect the proxy accepted while closing leaves a thread of its own on its way out
+    # (the client's are checked by no_leaked_threads): let those end first.
+    name = f"etcdkit-proxy-{proxy.port}-"
+    deadline = time.monotonic() + 2.0
+    while any(t.name.startswith(name) for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the proxy's threads did not end"
+        time.sleep(0.01)
+    assert_same_stream(got, acked)
