@@ -13,12 +13,12 @@ from etcdkit._twin import mirror
 
 # (asyncio class, threaded twin, names only the asyncio face has, names only the threaded has)
 PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
-    # adopt/disown: for asyncio recipes that own background work (threaded twins of recipes
-    # forward to the asyncio recipe, which is adopted on the loop)
+    # adopt/disown, shared_session/release_session: for asyncio recipes that own background
+    # work (threaded twins of recipes forward to the asyncio recipe, adopted on the loop)
     (
         etcdkit.AsyncClient,
         etcdkit.Client,
-        {"aclose", "connect", "core", "adopt", "disown"},
+        {"aclose", "connect", "core", "adopt", "disown", "shared_session", "release_session"},
         {"aio", "run"},
     ),
     (etcdkit.PrefixWatch, etcdkit.SyncPrefixWatch, {"aclose"}, {"aio"}),

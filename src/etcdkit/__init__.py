@@ -15,7 +15,6 @@ development and tests live in :mod:`etcdkit.testing`.
 from etcdkit._admin import Auth, Maintenance, Members
 from etcdkit._admin_types import Alarm, AuthStatus, HashKV, Member, Permission, Status
 from etcdkit._client import AsyncClient
-from etcdkit._election import Campaign, Election, Leader, Leadership
 from etcdkit._errors import (
     AuthError,
     ClosedError,
@@ -33,10 +32,7 @@ from etcdkit._errors import (
     WatchEndedError,
     WrongContextError,
 )
-from etcdkit._lock import Lock, LockHold
 from etcdkit._metrics import ClientStats, LeaseStats
-from etcdkit._persistent_lease import LeaseState, PersistentLease
-from etcdkit._queue import HoldState
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Change, ChangeKind, Snapshot, default_transform
@@ -53,6 +49,7 @@ from etcdkit._types import (
     Compare,
     DeleteResult,
     EventType,
+    HoldState,
     KeyValue,
     LeaseGrant,
     LeaseInfo,
@@ -66,6 +63,9 @@ from etcdkit._types import (
 )
 from etcdkit._version import __version__
 from etcdkit._watch import Watch
+from etcdkit.recipes.election import Campaign, Election, Leader, Leadership
+from etcdkit.recipes.lock import Lock, LockHold
+from etcdkit.recipes.persistent_lease import LeaseState, PersistentLease
 from etcdkit.recipes.prefix_watch import PrefixWatch, WatchState, WatchStats
 
 __all__ = [

@@ -11,11 +11,8 @@ from typing import Any, Literal, TypeVar, overload
 
 from etcdkit._admin import Auth, Maintenance, Members
 from etcdkit._conn import Connection, Stubs
-from etcdkit._core import Core
-from etcdkit._election import Election
-from etcdkit._lock import Lock
+from etcdkit._core import Core, CoreState
 from etcdkit._metrics import ClientStats
-from etcdkit._persistent_lease import PersistentLease
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Transform, default_transform
@@ -38,6 +35,9 @@ from etcdkit._types import (
 )
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
+from etcdkit.recipes.election import Election
+from etcdkit.recipes.lock import Lock
+from etcdkit.recipes.persistent_lease import PersistentLease
 from etcdkit.recipes.prefix_watch import PrefixWatch
 from etcdkit.recipes.wait import wait_for
 
@@ -465,6 +465,27 @@ class AsyncClient:
         session.add_listener(forget)
         return session
 
+    async def shared_session(self, user: object, ttl: int) -> Session:
+        """The client's shared session of ``ttl`` seconds, open and alive: one etcd lease and
+        one keepalive for every ``user`` that asks for that TTL (a thousand registrations cost
+        one keepalive per ttl/3, as the keys of one Go ``concurrency.Session`` do). Do not
+        close it: hand it back with :meth:`release_session` when ``user`` is done. If it was
+        LOST, ask again: the next user gets a new one."""
+        self._core.check_open()
+        return await self._core.sessions.acquire(user, ttl)
+
+    def release_session(self, user: object, session: Session) -> bool:
+        """``user`` leaves ``session`` (from :meth:`shared_session`, or its own): ``True``
+        when no user is left on it, and the caller should then close it (which revokes its
+        lease); ``False`` while others still hang on it. Idempotent."""
+        return self._core.sessions.release(user, session)
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`close` has finished (while it runs, what the client
+        :meth:`adopt`-ed is being closed and may still call etcd)."""
+        return self._core.state is CoreState.CLOSED
+
     # -- recipes ----------------------------------------------------------------------------------
 
     def watch(
@@ -544,7 +565,7 @@ class AsyncClient:
         ``own_lease=True`` gives this one an etcd lease of its own.
         """
         self._core.check_loop()
-        return PersistentLease(self._core, key, value, ttl, own_lease=own_lease)
+        return PersistentLease(self, key, value, ttl, own_lease=own_lease)
 
     def election(self, name: str | bytes) -> Election:
         """The leader election on the keys under ``name + "/"``, with Go's and ``etcdctl
@@ -552,14 +573,14 @@ class AsyncClient:
         election.leader()``, ``async for leader in election.observe()`` (see :class:`Election`).
         """
         self._core.check_loop()
-        return Election(self._core, name)
+        return Election(self, name)
 
     def lock(self, name: str | bytes, ttl: int = 10, timeout: float | None = 30) -> Lock:
         """The lock on the keys under ``name + "/"``, with Go's and ``etcdctl lock``'s layout:
         ``async with client.lock(name) as lock`` waits up to ``timeout`` seconds; guard the
         writes it protects with ``lock.guard()`` in a txn (see :class:`Lock`)."""
         self._core.check_loop()
-        return Lock(self._core, name, ttl, timeout)
+        return Lock(self, name, ttl, timeout)
 
     # -- recipes of etcdkit.recipes and etcdkit.naming (factories: no I/O) ----------------------
 

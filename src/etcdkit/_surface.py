@@ -36,9 +36,9 @@ from etcdkit._types import (
 )
 
 if TYPE_CHECKING:
-    from etcdkit._persistent_lease import PersistentLease
     from etcdkit._session import Session
     from etcdkit._watch import Watch
+    from etcdkit.recipes.persistent_lease import PersistentLease
     from etcdkit.recipes.prefix_watch import PrefixWatch
 
 __all__ = ["Etcd"]
@@ -158,6 +158,13 @@ class Etcd(Protocol):
     async def keep_alive_once(self, lease_id: int) -> int: ...
 
     def session(self, ttl: int = 60) -> Session: ...
+
+    async def shared_session(self, user: object, ttl: int) -> Session: ...
+
+    def release_session(self, user: object, session: Session) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
 
     def watch(
         self,

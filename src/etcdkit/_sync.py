@@ -25,7 +25,6 @@ from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient
 from etcdkit._conn import Stubs
 from etcdkit._errors import ClosedError, EtcdTimeoutError, WrongContextError
 from etcdkit._metrics import ClientStats
-from etcdkit._persistent_lease import LeaseState, PersistentLease
 from etcdkit._retry import RetryPolicy
 from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Snapshot, Transform
@@ -35,6 +34,7 @@ from etcdkit._twin import Twin, blocking, blocking_read, mirror
 from etcdkit._types import KeyValueLike, PutResult, WatchBatch, WatchFilter
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, SyncCluster
+from etcdkit.recipes.persistent_lease import LeaseState, PersistentLease
 from etcdkit.recipes.prefix_watch import PrefixWatch, WatchStats
 
 __all__ = [
@@ -243,6 +243,11 @@ class Client(Twin[AsyncClient]):
     @property
     def stats(self) -> ClientStats:
         return self.portal.read(lambda: self.aio.stats)
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`close` has finished."""
+        return self.portal.closed or self.portal.read(lambda: self.aio.closed)
 
     @property
     def raw(self) -> Stubs:

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import TypeVar
 
-from etcdkit._election import Campaign, Election, Leader, Leadership
 from etcdkit._errors import ClosedError, NotHeldError
-from etcdkit._lock import ACTIVE, Lock, LockHold
 from etcdkit._twin import PortalLike, Twin, blocking_read, mirror
 from etcdkit._types import Compare, HoldState
+from etcdkit.recipes.election import Campaign, Election, Leader, Leadership
+from etcdkit.recipes.lock import ACTIVE, Lock, LockHold
 
 __all__ = [
     "PortalLike",

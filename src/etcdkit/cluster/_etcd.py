@@ -32,7 +32,7 @@ from etcdkit.cluster._views import MemberIntent, MemberWatch, Owners, ViewHub, n
 from etcdkit.recipes.prefix_watch import PrefixWatch, WatchState
 
 if TYPE_CHECKING:
-    from etcdkit._persistent_lease import PersistentLease
+    from etcdkit.recipes.persistent_lease import PersistentLease
 
 __all__ = ["DEFAULT_OPEN_TIMEOUT", "EtcdBackedCluster", "EtcdMembership"]
 

@@ -1,5 +1,6 @@
 """Lock: mutual exclusion with a fencing token, interoperable with Go's ``concurrency.Mutex``
-and ``etcdctl lock``. Each acquisition is a :class:`LockHold` of its own."""
+and ``etcdctl lock``. Each acquisition is a :class:`LockHold` of its own. Written on the public
+client only (:class:`etcdkit._surface.Etcd`), as Go's ``concurrency.Mutex`` is on ``clientv3``."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import weakref
 from collections.abc import Callable
 from types import TracebackType
 
-from etcdkit._core import Core, SupportsCore, core_of
 from etcdkit._errors import EtcdkitError, EtcdTimeoutError, NotHeldError
-from etcdkit._queue import Contender, HoldState, check_timeout, check_ttl, prefix_of
+from etcdkit._surface import Etcd
 from etcdkit._types import Compare
+from etcdkit.recipes._line import Contender, HoldState, check_timeout, check_ttl, prefix_of
 
 __all__ = ["Lock", "LockHold"]
 
@@ -37,7 +38,7 @@ class LockHold:
         self._lock = lock
         self._listeners: list[Callable[[HoldState], None]] = []
         self._c = Contender(
-            lock._core,
+            lock._etcd,
             lock._prefix,
             b"",  # Go's Mutex stores an empty value
             lock._ttl,
@@ -168,7 +169,7 @@ class Lock:
 
     def __init__(
         self,
-        client: SupportsCore | Core,
+        client: Etcd,
         name: str | bytes,
         ttl: int = 10,
         timeout: float | None = 30,
@@ -177,7 +178,7 @@ class Lock:
         self._name = name
         self._ttl = check_ttl(ttl)
         self._timeout = check_timeout(timeout)
-        self._core = core_of(client)
+        self._etcd = client
         self._listeners: list[Callable[[HoldState], None]] = []
         self._mine: weakref.WeakKeyDictionary[asyncio.Task[object], LockHold] = (
             weakref.WeakKeyDictionary()
@@ -345,7 +346,7 @@ class Lock:
                 return False
             raise EtcdTimeoutError(
                 f"lock {self._name!r} not acquired: another holds it and timeout=0 does not "
-                f"wait{self._behind(hold, 'queued')} (endpoints {self._core.where})"
+                f"wait{self._behind(hold, 'queued')} (endpoints {', '.join(self._etcd.endpoints)})"
             )
         try:
             async with asyncio.timeout(self._timeout):
@@ -355,7 +356,7 @@ class Lock:
                 raise
             raise EtcdTimeoutError(
                 f"lock {self._name!r} not acquired within {self._timeout:g} s"
-                f"{self._behind(hold, 'waiting')} (endpoints {self._core.where})"
+                f"{self._behind(hold, 'waiting')} (endpoints {', '.join(self._etcd.endpoints)})"
             ) from None
         return True
 

@@ -20,23 +20,27 @@ etcd was unreachable) has lost its place: it queues again at the back with a new
 Go's ``Mutex`` would make its caller do after ``ErrSessionExpired``. That is never silent: the
 state says ``REQUEUED``, ``requeues`` counts it, so does the ``etcdkit.lock.requeues`` metric,
 and one WARNING line says why.
+
+Written on the public client only (:class:`etcdkit._surface.Etcd`), as Go's ``concurrency`` is on
+``clientv3``: a :class:`~etcdkit.Session` per acquisition, ``txn`` built from ``Op``s, ``range``
+with Go's sort and limit options, and ``watch`` iterators.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from etcdkit import _metrics
-from etcdkit._core import Core, CoreState
 from etcdkit._errors import (
     ClosedError,
     CompactedError,
     EtcdkitError,
     LeaseNotFoundError,
 )
-from etcdkit._session import Session, SessionState
 from etcdkit._types import (
     Compare,
     EventType,
@@ -44,10 +48,13 @@ from etcdkit._types import (
     KeyValue,
     Op,
     RangeResult,
-    WatchEvent,
+    SessionState,
     to_bytes,
 )
-from etcdkit._watch_hub import WatchSub
+
+if TYPE_CHECKING:
+    from etcdkit import Session, Watch
+    from etcdkit._surface import Etcd
 
 __all__ = [
     "Contender",
@@ -107,14 +114,14 @@ class Contender:
     """One acquisition: a session, our key in the line under ``prefix``, and (once we hold)
     the watches that say when we no longer do.
 
-    ``on_state(state)`` is called on every state change (on the event loop). The core owns a
-    contender from :meth:`acquire` to :meth:`release`: closing the client releases it.
+    ``on_state(state)`` is called on every state change (on the event loop). The client owns
+    a contender from :meth:`acquire` to :meth:`release` (``adopt``): closing it releases it.
     ``kind`` ("lock" or "election") labels the metrics.
     """
 
     def __init__(
         self,
-        core: Core,
+        etcd: Etcd,
         prefix: bytes,
         value: bytes,
         ttl: int,
@@ -123,7 +130,7 @@ class Contender:
         kind: str,
         on_state: Callable[[HoldState], None],
     ) -> None:
-        self.core = core
+        self.etcd = etcd
         self.prefix = prefix
         self.value = value
         self.ttl = ttl
@@ -139,7 +146,7 @@ class Contender:
         self.wakeups = 0  # times our predecessor's deletion woke us
         self.requeues = 0  # times our key or lease vanished while we waited (we queued again)
         self._on_state = on_state
-        self._own: WatchSub | None = None
+        self._own: asyncio.Task[None] | None = None  # watches our key while we hold
         self._unlisten: Callable[[], None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._recheck: asyncio.Task[None] | None = None
@@ -169,8 +176,7 @@ class Contender:
         this call leaves the line (our key goes with its lease, a lease being granted is
         revoked once granted) before it propagates.
         """
-        self.core.check_open()
-        self.core.adopt(self, self.release)
+        self.etcd.adopt(self, self.release)  # (ClosedError on a closed client)
         self._acquiring = asyncio.current_task()
         self._set(HoldState.WAITING)
         try:
@@ -198,7 +204,7 @@ class Contender:
         return True
 
     async def _acquire(self, wait: bool) -> int | None:
-        backoff = self.core.retry.backoff()
+        backoff = self.etcd.retry.backoff()
         while True:
             try:
                 session = await self._session()
@@ -211,12 +217,19 @@ class Contender:
             except _Gone as gone:
                 self._requeue(str(gone))
                 await self._drop_session()
-                await self.core.conn.pause(backoff.next_delay() or 0.0)
+                await self._pause(backoff.next_delay() or 0.0)
             except EtcdkitError as exc:
-                if not wait or not self.core.retry.is_retryable(exc):
+                if not wait or not self.etcd.retry.is_retryable(exc):
                     raise
                 log.info("%s: etcd unreachable (%s); retrying", self.what, exc)
-                await self.core.conn.pause(backoff.next_delay() or 0.0)
+                await self._pause(backoff.next_delay() or 0.0)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds before trying again (closing the client releases us, which
+        cancels this)."""
+        await asyncio.sleep(delay)
+        if self.etcd.closed:
+            raise ClosedError(f"{self.what}: the etcdkit client was closed")
 
     def _requeue(self, why: str) -> None:
         """Our key or lease vanished while we waited: we lose our place. Said once, loudly."""
@@ -239,7 +252,7 @@ class Contender:
             # (seen here after a transient error: e.g. the lease expired while etcd was down)
             self._requeue("our lease expired or was revoked")
         await self._drop_session()
-        session = self.core.sessions.new(self.ttl)
+        session = self.etcd.session(self.ttl)
         self.session = session
         # The grant runs in a task of its own: a cancellation (or timeout) of ours must not
         # cancel a grant in flight, which etcd may apply all the same and leave a lease that
@@ -283,7 +296,7 @@ class Contender:
         try:
             # Go's Mutex does the same: if our key is absent, put it and read the line (ours
             # and the key just before it) in one transaction; else get the key as it is.
-            res = await self.core.kv.txn(
+            res = await self.etcd.txn(
                 [Compare.create_revision(key, "==", 0)],
                 [Op.put(key, self.value, lease=session.lease_id), self._line_op(0)],
                 [Op.get(key)],
@@ -298,7 +311,7 @@ class Contender:
             return line.kvs, res.revision
         kv = line.kvs[0]
         if kv.value != self.value:  # ours from an earlier attempt: say what we say now
-            await self.core.kv.txn(
+            await self.etcd.txn(
                 [Compare.create_revision(key, "==", kv.create_revision)],
                 [Op.put(key, self.value, lease=session.lease_id)],
             )
@@ -346,7 +359,15 @@ class Contender:
         leader), unless it is behind ``floor``; then the leader's (a linearizable read)."""
 
         async def read(serializable: bool) -> tuple[list[KeyValue], int]:
-            res = await self.core.kv.range(self._line_op(self.revision, serializable))
+            res = await self.etcd.range(
+                self.prefix,
+                prefix=True,
+                sort_target="create",
+                sort_order="descend",
+                limit=2,
+                max_create_revision=self.revision,
+                serializable=serializable,
+            )
             return res.kvs, res.revision
 
         if floor:
@@ -358,67 +379,57 @@ class Contender:
     async def _wait_deleted(self, key: bytes, rev: int, session: Session) -> int:
         """Wait until ``key`` is deleted after ``rev``; the revision of its deletion (0 when
         compaction took the history: it was deleted at some revision we cannot know)."""
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-        def on_events(events: list[WatchEvent]) -> None:
-            if done.done():
-                return
-            for ev in events:
-                if ev.type is EventType.DELETE:
-                    self.wakeups += 1
-                    done.set_result(ev.kv.mod_revision)
-                    return
-
-        def on_end(err: EtcdkitError) -> None:
-            if done.done():
-                return
-            if isinstance(err, CompactedError):
-                done.set_result(0)  # history gone: look again, at the leader
-            else:
-                done.set_exception(err)
-
-        def on_session(state: SessionState) -> None:
-            if not done.done() and state in (SessionState.LOST, SessionState.CLOSED):
-                done.set_exception(_Gone("our lease expired or was revoked while waiting"))
-
-        # A watch created when etcd is already past ``rev`` (the key ahead may have been deleted
-        # between our read and the create) starts in etcd's "unsynced" group, which its mvcc
-        # syncWatchersLoop catches up only every 100 ms: hand-offs then took 0-100 ms more
-        # (bench/peers.py, the lock case; the p99 tails of issue 25). So when the create's
-        # answer says etcd was past ``rev``, one read tells at once whether the key is gone;
-        # the watch still decides otherwise.
-        checks: list[asyncio.Task[None]] = []
-
-        async def gone_yet() -> None:
-            try:
-                kv, at = await self.core.kv.get(key, serializable=True)
-            except EtcdkitError:
-                return
-            if kv is None and at > rev and not done.done():  # it existed at rev: deleted since
-                self.wakeups += 1
-                done.set_result(at)
-
-        def on_status(connected: bool, _err: EtcdkitError | None) -> None:
-            if connected and not checks and not done.done() and sub.header_revision > rev:
-                checks.append(asyncio.ensure_future(gone_yet()))
-
         if session.lost.is_set():
             raise _Gone("our lease expired or was revoked while waiting")
-        sub = self.core.watches.watch(
-            key, b"", rev + 1, on_events=on_events, on_end=on_end, on_status=on_status
-        )
-        unlisten = session.add_listener(on_session)
+        lost = asyncio.ensure_future(session.lost.wait())
+        async with self.etcd.watch(key, start_revision=rev + 1) as w:
+            deleted = asyncio.ensure_future(self._deletion(w))
+            # A watch created when etcd is already past ``rev`` (the key ahead may have been
+            # deleted between our read and the create) starts in etcd's "unsynced" group, which
+            # its mvcc syncWatchersLoop catches up only every 100 ms: hand-offs then took
+            # 0-100 ms more (the p99 tails of issue 25). So one read, beside the watch, tells at
+            # once whether the key is gone already; the watch decides otherwise.
+            check = asyncio.ensure_future(self._gone_yet(key, rev))
+            try:
+                waiting = {deleted, check, lost}
+                while True:
+                    done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if lost in done:
+                        raise _Gone("our lease expired or was revoked while waiting")
+                    if deleted in done:
+                        return deleted.result()
+                    at = check.result()
+                    if at:
+                        self.wakeups += 1
+                        return at
+            finally:
+                for task in (deleted, check, lost):
+                    task.cancel()
+                await asyncio.gather(deleted, check, lost, return_exceptions=True)
+
+    async def _deletion(self, w: Watch) -> int:
         try:
-            return await done
-        finally:
-            sub.cancel()
-            unlisten()
-            for task in checks:
-                task.cancel()
+            async for batch in w:
+                for ev in batch.events:
+                    if ev.type is EventType.DELETE:
+                        self.wakeups += 1
+                        return ev.kv.mod_revision
+        except CompactedError:
+            return 0  # history gone: look again, at the leader
+        raise ClosedError(f"{self.what}: the watch of the key ahead ended")
+
+    async def _gone_yet(self, key: bytes, rev: int) -> int:
+        """The revision of a read that no longer finds ``key`` (it existed at ``rev``: deleted
+        since), else 0."""
+        try:
+            res = await self.etcd.range(key, serializable=True)
+        except EtcdkitError:
+            return 0
+        return res.revision if not res.kvs and res.revision > rev else 0
 
     async def _leave(self) -> None:
         """Leave the line without having held (our key goes with its lease)."""
-        self.core.disown(self)
+        self.etcd.disown(self)
         await self._drop_session()
         if self.state in (HoldState.WAITING, HoldState.REQUEUED):
             self._set(HoldState.IDLE)
@@ -440,44 +451,53 @@ class Contender:
             self._start_expiry()
 
     def _watch_own(self, rev: int) -> None:
-        self._own = self.core.watches.watch(
-            self.key, b"", rev + 1, on_events=self._on_own_events, on_end=self._on_own_end
+        self._own = asyncio.get_running_loop().create_task(
+            self._follow_own(rev), name=f"etcdkit-lock-own {self.key!r}"
         )
 
-    def _on_own_events(self, events: list[WatchEvent]) -> None:
-        for ev in events:
-            if ev.type is EventType.DELETE:
-                self.lose("our key was deleted (its lease revoked or expired, or deleted by hand)")
-                return
-            if ev.kv.create_revision != self.revision:
-                self.lose("our key was deleted and created again by someone else")
-                return
-
-    def _on_own_end(self, err: EtcdkitError) -> None:
-        self._own = None
-        if self.state not in (HoldState.HELD, HoldState.SUSPENDED):
-            return
-        if isinstance(err, CompactedError):
-            self._recheck = asyncio.get_running_loop().create_task(
-                self._check_own(), name=f"etcdkit-lock-recheck {self.key!r}"
-            )
-        elif isinstance(err, ClosedError):
+    async def _follow_own(self, rev: int) -> None:
+        """Watch our key from ``rev + 1`` while we hold: its deletion, or a key of the same
+        name created again by someone else, loses the hold."""
+        try:
+            async with self.etcd.watch(self.key, start_revision=rev + 1) as w:
+                async for batch in w:
+                    for ev in batch.events:
+                        if ev.type is EventType.DELETE:
+                            self.lose(
+                                "our key was deleted (its lease revoked or expired, or deleted "
+                                "by hand)"
+                            )
+                            return
+                        if ev.kv.create_revision != self.revision:
+                            self.lose("our key was deleted and created again by someone else")
+                            return
+        except CompactedError:
+            if self.state in (HoldState.HELD, HoldState.SUSPENDED):
+                self._recheck = asyncio.get_running_loop().create_task(
+                    self._check_own(), name=f"etcdkit-lock-recheck {self.key!r}"
+                )
+        except ClosedError:
             self.lose("the client closed")
-        else:
-            self.lose(f"cannot watch our key any more ({err})")
+        except EtcdkitError as exc:
+            self.lose(f"cannot watch our key any more ({exc})")
+        finally:
+            if self._own is asyncio.current_task():
+                self._own = None
 
     async def _check_own(self) -> None:
         """After a compaction: is our key still ours? Then watch on from the read."""
-        backoff = self.core.retry.backoff()
+        backoff = self.etcd.retry.backoff()
         while self.state in (HoldState.HELD, HoldState.SUSPENDED):
             try:
-                kv, rev = await self.core.kv.get(self.key)
+                res = await self.etcd.range(self.key)
             except EtcdkitError as exc:
-                if not self.core.retry.is_retryable(exc):
+                if not self.etcd.retry.is_retryable(exc):
                     self.lose(f"cannot read our key ({exc})")
                     return
-                await self.core.conn.pause(backoff.next_delay() or 0.0)
+                with contextlib.suppress(ClosedError):
+                    await self._pause(backoff.next_delay() or 0.0)
                 continue
+            kv, rev = (res.kvs[0] if res.kvs else None), res.revision
             if kv is None or kv.create_revision != self.revision:
                 self.lose("our key is gone")
             else:
@@ -499,7 +519,7 @@ class Contender:
     def _start_expiry(self) -> None:
         if self._expiry is not None:
             return
-        expires = self.core.keepalives.expires(self.lease_id)
+        expires = self.session.expires if self.session is not None else None
         if expires is None:
             self.lose("our lease is no longer kept alive")
             return
@@ -528,16 +548,16 @@ class Contender:
         self._set(HoldState.LOST)
         self.lost.set()
         session = self.session
-        if session is not None and self.core.state is CoreState.OPEN:
+        if session is not None and not self.etcd.closed:
             self._closing = asyncio.get_running_loop().create_task(
                 session.close(), name=f"etcdkit-lock-lost {self.key!r}"
             )
 
     def _stop_watching(self) -> None:
         self._stop_expiry()
-        if self._own is not None:
-            self._own.cancel()
-            self._own = None
+        own, self._own = self._own, None
+        if own is not None and own is not asyncio.current_task():
+            own.cancel()
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
@@ -560,7 +580,7 @@ class Contender:
             return
         if self.state in (HoldState.IDLE, HoldState.RELEASED) and self.session is None:
             return
-        self.core.disown(self)
+        self.etcd.disown(self)
         self._stop_watching()
         if self.state in (HoldState.HELD, HoldState.SUSPENDED):
             self._set(HoldState.RELEASED)  # (LOST stays LOST: what happened is what it says)

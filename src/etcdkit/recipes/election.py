@@ -1,18 +1,25 @@
 """Election: one leader at a time, interoperable with Go's ``concurrency.Election`` and
-``etcdctl elect``."""
+``etcdctl elect``. Written on the public client only (:class:`etcdkit._surface.Etcd`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 from typing import NamedTuple
 
-from etcdkit._core import Core, SupportsCore, core_of
-from etcdkit._errors import CompactedError, EtcdkitError, EtcdTimeoutError, NotHeldError
-from etcdkit._queue import Contender, HoldState, check_timeout, check_ttl, prefix_of
+from etcdkit._errors import (
+    ClosedError,
+    CompactedError,
+    EtcdkitError,
+    EtcdTimeoutError,
+    NotHeldError,
+)
+from etcdkit._surface import Etcd
 from etcdkit._types import Compare, EventType, KeyValue, Op, WatchEvent, to_bytes
+from etcdkit.recipes._line import Contender, HoldState, check_timeout, check_ttl, prefix_of
 
 __all__ = ["Campaign", "Election", "Leader", "Leadership"]
 
@@ -41,10 +48,10 @@ class Election:
     leads. So ``etcdctl elect name`` and Go programs take part in the same election.
     """
 
-    def __init__(self, client: SupportsCore | Core, name: str | bytes) -> None:
+    def __init__(self, client: Etcd, name: str | bytes) -> None:
         self._prefix = prefix_of(name)
         self._name = name
-        self._core = core_of(client)
+        self._etcd = client
 
     def __repr__(self) -> str:
         return f"<Election name={self._name!r}>"
@@ -68,18 +75,17 @@ class Election:
         one term, entered once: its leadership is its own, and leaving its block resigns
         only that.
         """
-        return Campaign(self._core, self._name, self._prefix, value, ttl, timeout)
+        return Campaign(self._etcd, self._name, self._prefix, value, ttl, timeout)
 
     async def leader(self) -> Leader | None:
         """The current leader (the oldest candidate key), or ``None`` when there is none."""
-        self._core.check_open()
         kvs, _rev = await self._oldest()
         return _leader(kvs[0]) if kvs else None
 
     async def _oldest(self) -> tuple[list[KeyValue], int]:
         """The oldest candidate key by create revision (Go's ``WithFirstCreate``), if any."""
-        res = await self._core.kv.range(
-            Op.range(self._prefix, prefix=True, sort_target="create", sort_order="ascend", limit=1)
+        res = await self._etcd.range(
+            self._prefix, prefix=True, sort_target="create", sort_order="ascend", limit=1
         )
         return res.kvs, res.revision
 
@@ -89,9 +95,8 @@ class Election:
         ``Observe``, nothing is yielded while there is no leader: the next leader comes next.
         Survives disconnects and compaction; raises :class:`ClosedError` when the client
         closes. ``async for leader in election.observe():``; break to stop (the watch ends)."""
-        core = self._core
-        core.check_open()
-        backoff = core.retry.backoff()
+        etcd = self._etcd
+        backoff = etcd.retry.backoff()
         last: Leader | None = None
         while True:
             try:
@@ -102,11 +107,15 @@ class Election:
                     kv, rev = await self._first_put(rev)
                 backoff.reset()
             except EtcdkitError as exc:
-                if not core.retry.is_retryable(exc):
+                if not etcd.retry.is_retryable(exc):
                     raise
-                await core.conn.pause(backoff.next_delay() or 0.0)
+                await asyncio.sleep(backoff.next_delay() or 0.0)
+                if etcd.closed:
+                    raise ClosedError(
+                        f"observing election {self._name!r}: the client closed"
+                    ) from exc
                 continue
-            follow = _Follow(core, kv, rev)
+            follow = _Follow(etcd, kv, rev)
             try:
                 while True:
                     current = follow.latest
@@ -118,7 +127,7 @@ class Election:
                         break
                     await follow.changed()
             finally:
-                follow.cancel()
+                await follow.aclose()
 
     async def _first_put(self, rev: int) -> tuple[KeyValue, int]:
         """No candidate at ``rev``: wait for the first to appear (the oldest among the first
@@ -133,45 +142,43 @@ class Election:
                 return found[0], rev
 
     async def _next_put(self, rev: int) -> KeyValue | None:
-        done: asyncio.Future[KeyValue | None] = asyncio.get_running_loop().create_future()
-
-        def on_events(events: list[WatchEvent]) -> None:
-            puts = [ev.kv for ev in events if ev.type is EventType.PUT]
-            if puts and not done.done():
-                done.set_result(min(puts, key=lambda kv: kv.create_revision))
-
-        def on_end(err: EtcdkitError) -> None:
-            if not done.done():
-                if isinstance(err, CompactedError):
-                    done.set_result(None)
-                else:
-                    done.set_exception(err)
-
-        sub = self._core.watches.watch(
-            self._prefix, _range_end(self._prefix), rev + 1, on_events=on_events, on_end=on_end
-        )
         try:
-            return await done
-        finally:
-            sub.cancel()
-
-
-def _range_end(prefix: bytes) -> bytes:
-    # prefixes end with "/", never 0xff
-    return prefix[:-1] + bytes([prefix[-1] + 1])
+            async with self._etcd.watch(self._prefix, prefix=True, start_revision=rev + 1) as w:
+                async for batch in w:
+                    puts = [ev.kv for ev in batch.events if ev.type is EventType.PUT]
+                    if puts:
+                        return min(puts, key=lambda kv: kv.create_revision)
+        except CompactedError:
+            return None
+        raise ClosedError(f"observing election {self._name!r}: the watch ended")
 
 
 class _Follow:
     """Follows one leader key from a revision: its new values, and its deletion."""
 
-    def __init__(self, core: Core, kv: KeyValue, rev: int) -> None:
+    def __init__(self, etcd: Etcd, kv: KeyValue, rev: int) -> None:
         self.latest = _leader(kv)
         self.gone = False
         self._error: EtcdkitError | None = None
         self._event = asyncio.Event()
-        self._sub = core.watches.watch(
-            kv.key, b"", rev + 1, on_events=self._on_events, on_end=self._on_end
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(etcd, kv.key, rev), name=f"etcdkit-observe {kv.key!r}"
         )
+
+    async def _run(self, etcd: Etcd, key: bytes, rev: int) -> None:
+        try:
+            async with etcd.watch(key, start_revision=rev + 1) as w:
+                async for batch in w:
+                    self._on_events(batch.events)
+                    if self.gone:
+                        return
+        except CompactedError:
+            pass  # read the leader again
+        except EtcdkitError as err:  # closed or failed: raised by changed()
+            self._error = err
+        finally:
+            self.gone = True
+            self._event.set()
 
     def _on_events(self, events: list[WatchEvent]) -> None:
         for ev in events:
@@ -181,12 +188,6 @@ class _Follow:
             self.latest = _leader(ev.kv)
         self._event.set()
 
-    def _on_end(self, err: EtcdkitError) -> None:
-        self.gone = True  # compacted: read the leader again; closed or failed: raised below
-        if not isinstance(err, CompactedError):
-            self._error = err
-        self._event.set()
-
     async def changed(self) -> None:
         self._event.clear()
         if not self.gone:
@@ -194,8 +195,10 @@ class _Follow:
         if self._error is not None:
             raise self._error
 
-    def cancel(self) -> None:
-        self._sub.cancel()
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 class Campaign:
@@ -206,7 +209,7 @@ class Campaign:
 
     def __init__(
         self,
-        core: Core,
+        etcd: Etcd,
         name: str | bytes,
         prefix: bytes,
         value: str | bytes,
@@ -216,7 +219,7 @@ class Campaign:
         self._value = to_bytes(value, "value")
         self._ttl = check_ttl(ttl)
         self._timeout = check_timeout(timeout)
-        self._core = core
+        self._etcd = etcd
         self._name = name
         self._prefix = prefix
         self._leadership: Leadership | None = None
@@ -241,7 +244,7 @@ class Campaign:
         if self._leadership is not None:
             raise RuntimeError("this campaign was entered already; call campaign() again")
         leadership = Leadership(
-            self._core, self._name, self._prefix, self._value, self._ttl, self._listeners
+            self._etcd, self._name, self._prefix, self._value, self._ttl, self._listeners
         )
         self._leadership = leadership
         await leadership._win(self._timeout)
@@ -267,20 +270,20 @@ class Leadership:
 
     def __init__(
         self,
-        core: Core,
+        etcd: Etcd,
         name: str | bytes,
         prefix: bytes,
         value: bytes,
         ttl: int,
         campaign_listeners: list[Callable[[HoldState], None]] | None = None,
     ) -> None:
-        self._core = core
+        self._etcd = etcd
         self._name = name
         self._value = value
         self._listeners: list[Callable[[HoldState], None]] = []
         self._campaign_listeners = campaign_listeners if campaign_listeners is not None else []
         self._c = Contender(
-            core,
+            etcd,
             prefix,
             value,
             ttl,
@@ -301,7 +304,7 @@ class Leadership:
             who = f"; {ahead.key!r} = {ahead.value[:80]!r} is ahead" if ahead else ""
             raise EtcdTimeoutError(
                 f"not elected in {self._name!r}: another leads and timeout=0 does not wait{who} "
-                f"(endpoints {self._core.where})"
+                f"(endpoints {', '.join(self._etcd.endpoints)})"
             )
         try:
             async with asyncio.timeout(timeout):
@@ -313,7 +316,7 @@ class Leadership:
             who = f"; waiting behind {ahead.key!r} = {ahead.value[:80]!r}" if ahead else ""
             raise EtcdTimeoutError(
                 f"not elected in {self._name!r} within {timeout:g} s{who} "
-                f"(endpoints {self._core.where})"
+                f"(endpoints {', '.join(self._etcd.endpoints)})"
             ) from None
 
     @property
@@ -365,7 +368,7 @@ class Leadership:
         c = self._c
         if c.state not in (HoldState.HELD, HoldState.SUSPENDED):
             raise NotHeldError(f"not the leader of {self._name!r} (state {c.state.name})")
-        res = await self._core.kv.txn(
+        res = await self._etcd.txn(
             [Compare.create_revision(c.key, "==", c.token)],
             [Op.put(c.key, raw, lease=c.lease_id)],
         )

@@ -1,4 +1,9 @@
-"""PersistentLease: a key that stays registered under a lease, and comes back by itself."""
+"""PersistentLease: a key that stays registered under a lease, and comes back by itself.
+
+Written on the public client only (:class:`etcdkit._surface.Etcd`), as a user could write it:
+the client's shared session (:meth:`~etcdkit.AsyncClient.shared_session`), ``put`` with
+``prev_kv``, ``txn``, and a ``watch`` of the key from the revision of our own put.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from etcdkit._core import Core, SupportsCore, core_of
 from etcdkit._errors import (
     ClosedError,
     CompactedError,
@@ -23,9 +27,11 @@ from etcdkit._errors import (
 from etcdkit._logs import RateLimitedLog
 from etcdkit._metrics import LeaseMeter, LeaseStats
 from etcdkit._retry import Backoff
-from etcdkit._session import REVOKE_TIMEOUT, Session, SessionState
-from etcdkit._types import Compare, EventType, Op, WatchEvent, key_bytes, to_bytes
-from etcdkit._watch_hub import WatchSub
+from etcdkit._surface import Etcd
+from etcdkit._types import Compare, EventType, Op, SessionState, WatchEvent, key_bytes, to_bytes
+
+if TYPE_CHECKING:
+    from etcdkit import Session
 
 __all__ = ["LeaseState", "PersistentLease"]
 
@@ -33,6 +39,8 @@ log = logging.getLogger("etcdkit.lease")
 limited = RateLimitedLog(log)  # another writer fighting over a key: one line per interval
 
 T = TypeVar("T")
+
+REVOKE_TIMEOUT = 2.0  # bound on the delete a close sends when others share the lease
 
 
 class LeaseState(enum.Enum):
@@ -92,7 +100,7 @@ class PersistentLease:
 
     def __init__(
         self,
-        client: SupportsCore | Core,
+        etcd: Etcd,
         key: str | bytes,
         value: str | bytes,
         ttl: int = 10,
@@ -108,7 +116,7 @@ class PersistentLease:
             raise ValueError(f"ttl must be >= 1 second, got {ttl}")
         if not isinstance(own_lease, bool):
             raise TypeError(f"own_lease must be True or False, got {own_lease!r}")
-        self._core = core_of(client)
+        self._etcd = etcd
         self._ttl = ttl
         self._own_lease = own_lease
         self._state = LeaseState.CONNECTING
@@ -119,11 +127,11 @@ class PersistentLease:
         self._written: bytes | None = None  # value of that put
         self._need_put = True
         self._conflict_at = 0.0  # monotonic time a conflicting write may be overwritten
-        policy = self._core.retry
+        policy = etcd.retry
         self._conflicts = Backoff(
             initial=min(0.5, policy.cap), cap=policy.cap, multiplier=policy.multiplier
         )
-        self._sub: WatchSub | None = None
+        self._sub: asyncio.Task[None] | None = None  # follows the key from our put
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._listeners: list[Callable[[LeaseState], None]] = []
@@ -246,7 +254,7 @@ class PersistentLease:
         if self._closing:
             raise ClosedError("this PersistentLease is closed; create a new one")
         if self._task is None:
-            self._core.adopt(self, self._close_by_client)
+            self._etcd.adopt(self, self._close_by_client)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"etcdkit-lease {self._key!r}"
             )
@@ -257,25 +265,24 @@ class PersistentLease:
             return
         self._closing = True
         self._changed.set()  # waiters end with ClosedError now
-        self._core.disown(self)
+        self._etcd.disown(self)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._sub is not None:
-            self._sub.cancel()
+        await self._stop_following()
         session, self._session = self._session, None
         if self._unlisten is not None:
             self._unlisten()
-        if session is not None and self._core.state.value in ("open", "closing"):
-            last = self._core.sessions.release(self, session)
+        if session is not None and not self._etcd.closed:
+            last = self._etcd.release_session(self, session)
             if last:
                 await session.close()  # revokes: our key goes with the lease
             elif session.state is not SessionState.LOST:
                 # Others still hang on this lease: delete our key, if it is still ours.
                 try:
                     async with asyncio.timeout(REVOKE_TIMEOUT):
-                        await self._core.kv.txn(
+                        await self._etcd.txn(
                             [Compare.lease(self._raw_key, "==", session.lease_id)],
                             [Op.delete(self._raw_key)],
                         )
@@ -317,7 +324,7 @@ class PersistentLease:
                 raise
             raise EtcdTimeoutError(
                 f"PersistentLease {self._key!r}: no {what} within {timeout} s "
-                f"(state {self._state.name}; endpoints {self._core.where})"
+                f"(state {self._state.name}; endpoints {', '.join(self._etcd.endpoints)})"
             ) from None
 
     def _set_state(self, state: LeaseState) -> None:
@@ -364,7 +371,7 @@ class PersistentLease:
             self._unlisten()
             self._unlisten = None
         if session is not None:
-            self._core.sessions.release(self, session)
+            self._etcd.release_session(self, session)
 
     # key watch callbacks
     def _on_key_events(self, events: list[WatchEvent]) -> None:
@@ -390,13 +397,29 @@ class PersistentLease:
                     self._conflict_at = now + (self._conflicts.next_delay() or 0.0)
                 self._lost("key overwritten by another writer")
 
-    def _on_watch_end(self, err: EtcdkitError) -> None:
-        # Either way the loop re-puts and watches again from the new put's revision: after a
-        # compaction the history since our put is gone, so only a fresh put knows the key.
-        self._sub = None
-        if not isinstance(err, CompactedError | ClosedError):
-            log.warning("lease %r: key watch ended: %s", self._key, err)
-        self._wake.set()
+    async def _follow(self, start_revision: int) -> None:
+        """Watch the key from ``start_revision`` (the revision after our put) until it ends;
+        then the loop re-puts and watches again from the new put's revision: after a compaction
+        the history since our put is gone, so only a fresh put knows the key."""
+        try:
+            async with self._etcd.watch(self._raw_key, start_revision=start_revision) as w:
+                async for batch in w:
+                    self._on_key_events(batch.events)
+        except (CompactedError, ClosedError):
+            pass
+        except EtcdkitError as exc:
+            log.warning("lease %r: key watch ended: %s", self._key, exc)
+        finally:
+            if self._sub is asyncio.current_task():
+                self._sub = None
+            self._wake.set()
+
+    async def _stop_following(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None and not sub.done():
+            sub.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sub
 
     async def _run(self) -> None:
         try:
@@ -410,7 +433,7 @@ class PersistentLease:
             self._set_state(LeaseState.FAILED)
 
     async def _keep(self) -> None:
-        backoff = self._core.retry.backoff()
+        backoff = self._etcd.retry.backoff()
         while True:
             try:
                 if self._need_put:
@@ -431,7 +454,7 @@ class PersistentLease:
                 self._drop_session()
                 self._lost("lease not found (revoked or expired)")
             except EtcdkitError as exc:
-                if not self._core.retry.is_retryable(exc):
+                if not self._etcd.retry.is_retryable(exc):
                     raise
                 log.info("lease %r: etcd unreachable (%s); retrying", self._key, exc)
                 if self._state is LeaseState.REGISTERED:
@@ -442,15 +465,13 @@ class PersistentLease:
         session = self._session
         if session is None or session.state in (SessionState.LOST, SessionState.CLOSED):
             self._drop_session()
-            session = await self._core.sessions.acquire(self, self._ttl, shared=not self._own_lease)
+            session = await self._new_session()
             self._session = session
             self._unlisten = session.add_listener(functools.partial(self._on_session, session))
         value = self._value
         self._need_put = False
         try:
-            put = await self._core.kv.put(
-                Op.put(self._raw_key, value, lease=session.lease_id, prev_kv=True)
-            )
+            put = await self._etcd.put(self._raw_key, value, lease=session.lease_id, prev_kv=True)
         except BaseException:
             self._need_put = True
             raise
@@ -462,15 +483,17 @@ class PersistentLease:
             )
         self._put_revision = put.revision
         self._written = value
-        if self._sub is None or self._sub.ended:
-            self._sub = self._core.watches.watch(
-                self._raw_key,
-                b"",
-                put.revision + 1,
-                on_events=self._on_key_events,
-                on_end=self._on_watch_end,
+        if self._sub is None or self._sub.done():
+            self._sub = asyncio.get_running_loop().create_task(
+                self._follow(put.revision + 1), name=f"etcdkit-lease-watch {self._key!r}"
             )
         if not self._need_put:
             if time.monotonic() > self._conflict_at + 60:
                 self._conflicts.reset()
             self._set_state(LeaseState.REGISTERED)
+
+    async def _new_session(self) -> Session:
+        if not self._own_lease:
+            return await self._etcd.shared_session(self, self._ttl)
+        session = await self._etcd.session(self._ttl).open()
+        return session
