@@ -152,6 +152,38 @@ async def test_nospace_alarm_compact_defragment_disarm(
         assert (await admin.status()).errors == []
 
 
+async def test_an_alarm_raised_by_hand_refuses_writes_until_disarmed(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    server = etcd_server_factory()  # its own: an armed NOSPACE refuses every write
+    async with fresh_client(server.endpoint) as etcd:
+        me = (await etcd.maintenance.status()).header.member_id
+        raised = await etcd.maintenance.activate(Alarm(me, "NOSPACE"))
+        assert raised == [Alarm(me, "NOSPACE")]
+        assert await etcd.maintenance.alarms() == [Alarm(me, "NOSPACE")]
+        with pytest.raises(etcdkit.ServerError, match="NOSPACE"):
+            await etcd.put("/k", "v")
+        assert await etcd.get("/k") is None  # reads still work
+        await etcd.maintenance.disarm(Alarm(me, "NOSPACE"))
+        await etcd.put("/k", "v")
+        with pytest.raises(TypeError, match=r"etcdkit\.Alarm"):
+            await etcd.maintenance.activate("NOSPACE")  # type: ignore[arg-type]
+
+
+async def test_grant_a_lease_id_of_your_choosing(etcd: AsyncClient) -> None:
+    lease_id = 0x7E57_0000 + (id(etcd) & 0xFFFF)
+    grant = await etcd.grant(30, lease_id=lease_id)
+    try:
+        assert grant.id == lease_id
+        assert lease_id in await etcd.leases()
+        with pytest.raises(etcdkit.EtcdkitError, match="lease already exists"):
+            await etcd.grant(30, lease_id=lease_id)
+    finally:
+        await etcd.revoke(lease_id)
+    with pytest.raises(ValueError, match="lease_id"):
+        await etcd.grant(30, lease_id=-1)
+
+
 # -- snapshots ------------------------------------------------------------------------------------
 
 

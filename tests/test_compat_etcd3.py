@@ -393,8 +393,10 @@ def test_leases(e3: Etcd3, etcd_prefix: str) -> None:
     assert [r.TTL for r in e3.refresh_lease(lease.id)] == [0]
     with pytest.raises(exceptions.Etcd3Exception, match="LeaseNotFoundError"):
         lease.revoke()
-    with pytest.raises(NotImplementedError):
-        e3.lease(10, lease_id=1234)
+    chosen = e3.lease(10, lease_id=0x5EED_1234)
+    assert chosen.id == 0x5EED_1234
+    assert chosen.granted_ttl == 10
+    chosen.revoke()
 
 
 def test_lock_acquire_release_and_is_acquired(e3: Etcd3, etcd_prefix: str) -> None:
@@ -533,8 +535,13 @@ def test_maintenance_alarms_and_snapshot(etcd_server_factory: Callable[..., Etcd
         assert isinstance(e3.hash(), int)
         assert list(e3.list_alarms()) == []
         assert e3.disarm_alarm() == []
-        with pytest.raises(NotImplementedError, match="create_alarm"):
-            e3.create_alarm()
+        (me,) = list(e3.members)
+        (raised,) = e3.create_alarm(me.id)  # by hand: writes are refused until disarmed
+        assert (raised.alarm_type, raised.member_id) == (1, me.id)
+        with pytest.raises(exceptions.InternalServerError, match="NOSPACE"):
+            e3.put("/refused", "v")
+        assert [a.member_id for a in e3.disarm_alarm(me.id)] == [me.id]
+        assert list(e3.list_alarms()) == []
         with pytest.raises(exceptions.InternalServerError, match="NOSPACE"):  # noqa: PT012
             for i in range(1000):
                 e3.put(f"/fill/{i}", b"x" * 16 * 1024)

@@ -275,6 +275,26 @@ class Maintenance:
         )
         return [Alarm(int(a.memberID), _alarm_kind(a.alarm)) for a in resp.alarms]
 
+    async def activate(self, alarm: Alarm) -> list[Alarm]:
+        """Raise ``alarm`` (e.g. ``Alarm(member_id, "NOSPACE")``) by hand, as etcd does when a
+        member's backend is full: etcd then refuses writes (only reads and deletes work) until
+        it is disarmed. For tests of your alarm handling. Returns the alarms etcd reports
+        raised by this call."""
+        checked = _alarm(alarm)
+        self._core.check_open()
+        resp = await self._core.conn.call(
+            "activate alarm",
+            "maintenance",
+            "Alarm",
+            rpc.AlarmRequest(
+                action=rpc.AlarmRequest.ACTIVATE,
+                memberID=checked.member_id,
+                alarm=rpc.AlarmType.Value(checked.kind),
+            ),
+            idempotent=True,  # the same alarm twice is the same alarm
+        )
+        return [Alarm(int(a.memberID), _alarm_kind(a.alarm)) for a in resp.alarms]
+
     async def disarm(self, alarm: Alarm) -> None:
         """Clear ``alarm`` (an :class:`Alarm` from :meth:`alarms`). For ``NOSPACE``, first free
         space (delete, :meth:`AsyncClient.compact`, :meth:`defragment` every member), or etcd

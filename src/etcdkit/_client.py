@@ -415,10 +415,12 @@ class AsyncClient:
 
     # -- leases -----------------------------------------------------------------------------------
 
-    async def grant(self, ttl: int) -> LeaseGrant:
-        """Grant a lease of ``ttl`` seconds; returns its id and the TTL the server granted."""
+    async def grant(self, ttl: int, *, lease_id: int = 0) -> LeaseGrant:
+        """Grant a lease of ``ttl`` seconds; returns its id and the TTL the server granted.
+        ``lease_id`` asks for that id (0: etcd chooses); etcd refuses an id in use
+        (:class:`ServerError`)."""
         self._core.check_open()
-        return await self._core.kv.grant(ttl)
+        return await self._core.kv.grant(ttl, lease_id)
 
     async def revoke(self, lease_id: int) -> None:
         """Revoke a lease: every key attached to it is deleted at once."""

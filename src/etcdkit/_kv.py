@@ -471,10 +471,16 @@ class KV:
 
     # -- leases -----------------------------------------------------------------------------------
 
-    async def grant(self, ttl: int) -> LeaseGrant:
+    async def grant(self, ttl: int, lease_id: int = 0) -> LeaseGrant:
         ttl = _ttl(ttl)
+        lid = check_int64(lease_id, "lease_id")
+        if lid < 0:
+            raise ValueError(f"lease_id must be >= 0 (0: etcd chooses), got {lease_id}")
         resp = await self._write(
-            f"grant lease ttl={ttl}", "lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl)
+            f"grant lease ttl={ttl}",
+            "lease",
+            "LeaseGrant",
+            rpc.LeaseGrantRequest(TTL=ttl, ID=lid),
         )
         if resp.error:
             raise InvalidArgumentError(f"lease grant refused by etcd: {resp.error}")

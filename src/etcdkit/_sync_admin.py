@@ -28,6 +28,7 @@ class SyncMaintenance(Twin[Maintenance]):
 
     status = blocking(Maintenance.status)
     alarms = blocking(Maintenance.alarms)
+    activate = blocking(Maintenance.activate)
     disarm = blocking(Maintenance.disarm)
     defragment = blocking(Maintenance.defragment)
     hash_kv = blocking(Maintenance.hash_kv)

@@ -405,13 +405,9 @@ class Etcd3Client:
 
     @handle_errors
     def lease(self, ttl: int, lease_id: int | None = None) -> Lease:
-        """Grant a lease of ``ttl`` seconds (not kept alive: :meth:`Lease.refresh` it).
-        ``lease_id`` (an id of your choosing) is not supported: ``NotImplementedError``."""
-        if lease_id:
-            raise NotImplementedError(
-                "lease(ttl, lease_id=...) is not supported: etcdkit lets etcd choose the id"
-            )
-        grant = self.native.grant(ttl)
+        """Grant a lease of ``ttl`` seconds (not kept alive: :meth:`Lease.refresh` it), with
+        the id ``lease_id`` when given (etcd refuses one in use), else one etcd chooses."""
+        grant = self.native.grant(ttl, lease_id=lease_id or 0)
         return Lease(grant.id, grant.ttl, self)
 
     @handle_errors
@@ -494,13 +490,12 @@ class Etcd3Client:
         HashKV; python-etcd3 asked for Hash, which also covers etcd's own metadata)."""
         return self.native.maintenance.hash_kv(self.native.endpoints[0]).hash
 
+    @handle_errors
     def create_alarm(self, member_id: int = 0) -> list[Alarm]:
-        """Not supported: etcdkit's public API only lists and disarms alarms (etcd raises
-        NOSPACE by itself when its backend is full). ``NotImplementedError``."""
-        raise NotImplementedError(
-            "create_alarm is not supported by etcdkit.compat.etcd3: etcd raises alarms itself "
-            "(NOSPACE when the backend quota is reached); list_alarms / disarm_alarm work"
-        )
+        """Raise the NOSPACE alarm of member ``member_id`` by hand: etcd then refuses writes
+        until it is disarmed. Returns the alarms raised."""
+        raised = self.native.maintenance.activate(KitAlarm(member_id, "NOSPACE"))
+        return [Alarm(ALARM_TYPES.get(a.kind, 0), a.member_id) for a in raised]
 
     @handle_errors
     def list_alarms(self, member_id: int = 0, alarm_type: str = "none") -> Iterator[Alarm]:
