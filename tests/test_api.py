@@ -182,6 +182,31 @@ async def test_op_range_in_a_transaction(etcd: AsyncClient, etcd_prefix: str) ->
     assert [kv.value for kv in deleted.prev_kvs] == [b"2"]
 
 
+async def test_a_transaction_nested_in_another(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    await etcd.put(p + "a", "1")
+    inner = Op.txn([Compare.value(p + "a", "==", "1")], [Op.put(p + "b", "2")], [Op.get(p + "a")])
+    res = await etcd.txn([], [inner, Op.get(p + "a")])
+    assert res.succeeded
+    nested, got = res.responses
+    assert isinstance(nested, etcdkit.TxnResult)
+    assert nested.succeeded
+    assert isinstance(nested.responses[0], PutResult)
+    assert isinstance(got, RangeResult)
+    assert await etcd.get(p + "b") is not None
+    res = await etcd.txn([], [Op.txn([Compare.value(p + "a", "==", "0")], [], [Op.get(p + "a")])])
+    (nested,) = res.responses
+    assert isinstance(nested, etcdkit.TxnResult)
+    assert not nested.succeeded
+    (read,) = nested.responses
+    assert isinstance(read, RangeResult)
+    assert [kv.value for kv in read.kvs] == [b"1"]
+    with pytest.raises(TypeError, match=r"etcdkit\.Op"):
+        Op.txn([], ["put"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"etcdkit\.Compare"):
+        Op.txn([Op.get("/k")])  # type: ignore[list-item]
+
+
 async def test_leases(etcd: AsyncClient, etcd_prefix: str) -> None:
     lease = await etcd.grant(20)
     assert lease.header is not None

@@ -236,11 +236,21 @@ def test_transactions(e3: Etcd3, etcd_prefix: str) -> None:
     assert ranged_ok
     assert len(listed) == 1
 
-    with pytest.raises(NotImplementedError, match="nested"):
-        e3.transaction([], [t.txn([], [t.put(k, "x")], [])], [])
     with pytest.raises(TypeError):
         e3.transaction(["not a compare"], [], [])  # type: ignore[list-item]
-    assert e3.get(k)[0] == b"v2"  # nothing of the refused ones was sent
+    assert e3.get(k)[0] == b"v2"  # nothing of the refused one was sent
+
+    other = etcd_prefix + "nested"
+    ok, (nested,) = e3.transaction(
+        [], [t.txn([t.value(k) == "v2"], [t.put(other, "x"), t.get(k)], [t.get(other)])], []
+    )
+    assert ok
+    assert nested.WhichOneof("response") == "response_txn"
+    assert nested.response_txn.succeeded is True
+    put, got = nested.response_txn.responses
+    assert put.WhichOneof("response") == "response_put"
+    assert got[0][0] == b"v2"
+    assert e3.get(other)[0] == b"x"
 
 
 # -- watches --------------------------------------------------------------------------------------

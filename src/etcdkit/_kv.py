@@ -187,7 +187,17 @@ def _op_pb(op: Op) -> Any:
         return rpc.RequestOp(request_range=_range_pb(op))
     if op.kind == "put":
         return rpc.RequestOp(request_put=_put_pb(op))
+    if op.kind == "txn":
+        return rpc.RequestOp(request_txn=_txn_pb(op.compare, op.success, op.failure))
     return rpc.RequestOp(request_delete_range=_delete_pb(op))
+
+
+def _txn_pb(compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]) -> Any:
+    return rpc.TxnRequest(
+        compare=[_compare_pb(c) for c in compare],
+        success=[_op_pb(o) for o in success],
+        failure=[_op_pb(o) for o in failure],
+    )
 
 
 def _range_result(resp: Any, header: ResponseHeader, revision: int = 0) -> RangeResult:
@@ -213,7 +223,18 @@ def _op_result(resp: Any, header: ResponseHeader) -> OpResult:
         return _range_result(resp.response_range, header)
     if which == "response_put":
         return _put_result(resp.response_put, header)
+    if which == "response_txn":
+        return _txn_result(resp.response_txn, header)
     return _delete_result(resp.response_delete_range, header)
+
+
+def _txn_result(resp: Any, header: ResponseHeader) -> TxnResult:
+    return TxnResult(
+        bool(resp.succeeded),
+        header.revision,
+        [_op_result(r, header) for r in resp.responses],
+        header,
+    )
 
 
 TXN_OPS = 128  # etcd's default --max-txn-ops: gets per coalesced read
@@ -445,24 +466,14 @@ class KV:
         for name, seq in (("compare", compare), ("success", success), ("failure", failure)):
             if isinstance(seq, str | bytes) or not isinstance(seq, Sequence):
                 raise TypeError(f"txn {name} must be a list, got {seq!r:.80}")
-        req = rpc.TxnRequest(
-            compare=[_compare_pb(c) for c in compare],
-            success=[_op_pb(o) for o in success],
-            failure=[_op_pb(o) for o in failure],
-        )
-        writes = any(o.kind != "range" for o in (*success, *failure))
+        req = _txn_pb(compare, success, failure)
+        writes = any(o.writes for o in (*success, *failure))
         what = f"txn ({len(compare)} compares)"
         if writes:
             resp = await self._write(what, "kv", "Txn", req)
         else:
             resp = await self._read(what, "kv", "Txn", req)
-        header = header_of(resp.header)
-        return TxnResult(
-            bool(resp.succeeded),
-            header.revision,
-            [_op_result(r, header) for r in resp.responses],
-            header,
-        )
+        return _txn_result(resp, header_of(resp.header))
 
     async def compact(self, revision: int, *, physical: bool = False) -> None:
         rev = check_int64(revision, "revision", low=1)

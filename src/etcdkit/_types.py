@@ -8,7 +8,7 @@ these; recipes and users only ever see these.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol, TypeAlias
 
@@ -357,12 +357,14 @@ class Op:
         Op.range("/jobs/", prefix=True, sort_target="create", limit=1)
         Op.put("/k", "v", lease=0)
         Op.delete("/k")    Op.delete_range("/jobs/", prefix=True)
+        Op.txn([Compare.version("/k", "==", 0)], [Op.put("/k", "v")], [Op.get("/k")])
 
     ``Op.range`` takes the options of :meth:`AsyncClient.range`, ``Op.delete_range`` those of
-    :meth:`AsyncClient.delete_range`, ``Op.put`` those of :meth:`AsyncClient.put`.
+    :meth:`AsyncClient.delete_range`, ``Op.put`` those of :meth:`AsyncClient.put`, ``Op.txn``
+    those of :meth:`AsyncClient.txn` (a transaction nested in another, as Go's ``OpTxn``).
     """
 
-    kind: Literal["range", "put", "delete"]
+    kind: Literal["range", "put", "delete", "txn"]
     key: bytes
     range_end: bytes = b""
     value: bytes = b""
@@ -381,6 +383,43 @@ class Op:
     max_mod_revision: int = 0
     min_create_revision: int = 0
     max_create_revision: int = 0
+    compare: tuple[Compare, ...] = ()
+    success: tuple[Op, ...] = ()
+    failure: tuple[Op, ...] = ()
+
+    @property
+    def writes(self) -> bool:
+        """Whether running this operation may write (a nested txn: any of its operations)."""
+        if self.kind == "txn":
+            return any(op.writes for op in (*self.success, *self.failure))
+        return self.kind != "range"
+
+    @classmethod
+    def txn(
+        cls,
+        compare: Sequence[Compare] = (),
+        success: Sequence[Op] = (),
+        failure: Sequence[Op] = (),
+    ) -> Op:
+        """A transaction inside a transaction (etcd 3.3+): its ``compare`` is evaluated when
+        the outer transaction runs this operation; its result is a :class:`TxnResult`.
+        etcd refuses a nested transaction that writes a key another operation of the outer
+        one also writes."""
+        for name, seq, item in (
+            ("compare", compare, Compare),
+            ("success", success, Op),
+            ("failure", failure, Op),
+        ):
+            if isinstance(seq, str | bytes) or not isinstance(seq, Sequence):
+                raise TypeError(f"Op.txn {name} must be a list, got {seq!r:.80}")
+            for x in seq:
+                if not isinstance(x, item):
+                    raise TypeError(
+                        f"Op.txn {name} must hold etcdkit.{item.__name__} objects, got {x!r:.80}"
+                    )
+        return cls(
+            "txn", b"", compare=tuple(compare), success=tuple(success), failure=tuple(failure)
+        )
 
     @classmethod
     def get(cls, key: str | bytes, *, revision: int = 0, serializable: bool = False) -> Op:
@@ -505,7 +544,7 @@ class DeleteResult(NamedTuple):
     header: ResponseHeader | None = None
 
 
-OpResult: TypeAlias = RangeResult | PutResult | DeleteResult
+OpResult: TypeAlias = "RangeResult | PutResult | DeleteResult | TxnResult"
 
 
 class TxnResult(NamedTuple):

@@ -31,6 +31,7 @@ from etcdkit import (
     PutResult,
     RangeResult,
     ResponseHeader,
+    TxnResult,
 )
 from etcdkit.compat.etcd3 import transactions
 from etcdkit.compat.etcd3.events import NO_KV, Event
@@ -44,6 +45,7 @@ from etcdkit.compat.etcd3.results import (
     PutResponse,
     ResponseOp,
     Status,
+    TxnResponse,
     header_or_revision,
     pairs,
 )
@@ -303,16 +305,7 @@ class Etcd3Client:
         ok, bad = to_ops(success, "success"), to_ops(failure, "failure")
         with translated():
             result = self.native.txn(compares, ok, bad)
-        responses: list[Any] = []
-        for res in result.responses:
-            if isinstance(res, RangeResult):
-                responses.append([(kv.value, KVMetadata(kv, result.header)) for kv in res.kvs])
-            elif isinstance(res, PutResult):
-                header = header_or_revision(res.header or result.header, res.revision)
-                responses.append(ResponseOp(response_put=PutResponse(header, res.prev_kv or NO_KV)))
-            else:
-                responses.append(ResponseOp(response_delete_range=res))
-        return result.succeeded, responses
+        return result.succeeded, _responses(result)
 
     # -- watches ------------------------------------------------------------------------------
 
@@ -555,3 +548,20 @@ def client(
         password=password,
         grpc_options=grpc_options,
     )
+
+
+def _responses(result: TxnResult) -> list[Any]:
+    """python-etcd3's shapes of a transaction's responses (nested transactions too)."""
+    responses: list[Any] = []
+    for res in result.responses:
+        if isinstance(res, RangeResult):
+            responses.append([(kv.value, KVMetadata(kv, result.header)) for kv in res.kvs])
+        elif isinstance(res, PutResult):
+            header = header_or_revision(res.header or result.header, res.revision)
+            responses.append(ResponseOp(response_put=PutResponse(header, res.prev_kv or NO_KV)))
+        elif isinstance(res, TxnResult):
+            nested = TxnResponse(res.succeeded, _responses(res), res.header)
+            responses.append(ResponseOp(response_txn=nested))
+        else:
+            responses.append(ResponseOp(response_delete_range=res))
+    return responses

@@ -5,7 +5,7 @@ from etcdkit's results: :class:`KVMetadata`, :class:`Status`, :class:`Alarm`,
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from etcdkit import DeleteResult, KeyValue, RangeResult, ResponseHeader
 from etcdkit.compat.etcd3.members import Member
@@ -73,20 +73,34 @@ class PutResponse(NamedTuple):
     prev_kv: KeyValue
 
 
+class TxnResponse(NamedTuple):
+    """A nested transaction's response: ``succeeded``, and its ``responses`` in the shape
+    :meth:`Etcd3Client.transaction` gives them."""
+
+    succeeded: bool
+    responses: list[Any]
+    header: ResponseHeader | None
+
+
 class ResponseOp:
-    """One response of a transaction's put or delete (a get's is a list of ``(value,
-    KVMetadata)``): ``response_put`` or ``response_delete_range``."""
+    """One response of a transaction's put, delete or nested transaction (a get's is a list
+    of ``(value, KVMetadata)``): ``response_put``, ``response_delete_range`` or
+    ``response_txn``."""
 
     def __init__(
         self,
         response_put: PutResponse | None = None,
         response_delete_range: DeleteResult | None = None,
+        response_txn: TxnResponse | None = None,
     ) -> None:
         self.response_put = response_put
         self.response_delete_range = response_delete_range
+        self.response_txn = response_txn
 
     def WhichOneof(self, group: str) -> str:  # (protobuf's name)
-        return "response_put" if self.response_put is not None else "response_delete_range"
+        if self.response_put is not None:
+            return "response_put"
+        return "response_txn" if self.response_txn is not None else "response_delete_range"
 
 
 def header_or_revision(result_header: ResponseHeader | None, revision: int) -> ResponseHeader:

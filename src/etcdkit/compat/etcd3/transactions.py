@@ -196,8 +196,8 @@ class Delete:
 
 
 class Txn:
-    """A transaction nested in another. ``transaction()`` refuses it with
-    ``NotImplementedError``: etcdkit's :class:`~etcdkit.Op` has no nested transaction."""
+    """A transaction nested in another (etcd 3.3+): its response is a ``ResponseOp`` whose
+    ``response_txn`` holds ``succeeded`` and its ``responses``."""
 
     def __init__(
         self,
@@ -210,9 +210,10 @@ class Txn:
         self.failure = failure
 
     def to_op(self) -> Op:
-        raise NotImplementedError(
-            "nested transactions (transactions.txn) are not supported by etcdkit.compat.etcd3: "
-            "flatten the operations into one transaction, or use etcdkit's txn directly"
+        return Op.txn(
+            to_compares(self.compare),
+            to_ops(self.success, "success"),  # type: ignore[arg-type]
+            to_ops(self.failure, "failure"),  # type: ignore[arg-type]
         )
 
 
