@@ -52,6 +52,8 @@ SCENARIOS = (
     "cluster",
     "lock",
     "proxy",
+    "semaphore",
+    "recipes",
 )
 JOB_TIMEOUT = 900.0
 

@@ -229,7 +229,11 @@ def test_public_names_are_pinned() -> None:
             "LeaseInfo", "ResponseHeader", "SyncWatch", "Watch", "WatchBatch",
             "Alarm", "Auth", "AuthStatus", "HashKV", "Maintenance", "Member", "Members",
             "Permission", "Status", "SyncAuth", "SyncMaintenance", "SyncMembers",
-            "ConflictError", "OutcomeUnknownError",
+            "Barrier", "BarrierFullError", "DoubleBarrier", "Permit", "RWHold", "RWLock",
+            "Semaphore", "SyncBarrier", "SyncDoubleBarrier", "SyncPermit", "SyncRWHold",
+            "SyncRWLock", "SyncSemaphore",
+            "ConflictError", "Counter", "OutcomeUnknownError", "PriorityQueue", "Queue", "Stm",
+            "SyncCounter", "SyncPriorityQueue", "SyncQueue", "SyncStm",
         ]
     )  # fmt: skip
     assert isinstance(etcdkit.__version__, str)

@@ -11,6 +11,9 @@ import etcdkit
 import etcdkit.cluster
 from etcdkit._twin import mirror
 
+# what the recipes built on recipes/_hold.Hold call on it (no threaded use)
+HOLD_HOOKS = {"acquire_with", "session_now", "requeue", "in_line", "stop_watching"}
+
 # (asyncio class, threaded twin, names only the asyncio face has, names only the threaded has)
 PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
     # adopt/disown, shared_session/release_session: for asyncio recipes that own background
@@ -35,6 +38,16 @@ PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
     (etcdkit.Members, etcdkit.SyncMembers, set(), {"aio"}),
     (etcdkit.Maintenance, etcdkit.SyncMaintenance, set(), {"aio"}),
     (etcdkit.Auth, etcdkit.SyncAuth, set(), {"aio"}),
+    (etcdkit.Semaphore, etcdkit.SyncSemaphore, set(), {"aio"}),
+    (etcdkit.Permit, etcdkit.SyncPermit, HOLD_HOOKS, {"aio"}),
+    (etcdkit.RWLock, etcdkit.SyncRWLock, set(), {"aio"}),
+    (etcdkit.RWHold, etcdkit.SyncRWHold, HOLD_HOOKS, {"aio"}),
+    (etcdkit.Barrier, etcdkit.SyncBarrier, set(), {"aio"}),
+    (etcdkit.DoubleBarrier, etcdkit.SyncDoubleBarrier, set(), {"aio"}),
+    (etcdkit.Queue, etcdkit.SyncQueue, set(), {"aio"}),
+    (etcdkit.PriorityQueue, etcdkit.SyncPriorityQueue, set(), {"aio"}),
+    (etcdkit.Counter, etcdkit.SyncCounter, set(), {"aio"}),
+    (etcdkit.Stm, etcdkit.SyncStm, set(), {"aio"}),
 ]
 
 # asyncio protocol names and their blocking counterparts

@@ -63,10 +63,18 @@ from etcdkit._types import (
 )
 from etcdkit._version import __version__
 from etcdkit._watch import Watch
+from etcdkit.recipes.barrier import Barrier, SyncBarrier
+from etcdkit.recipes.counter import Counter, SyncCounter
+from etcdkit.recipes.double_barrier import BarrierFullError, DoubleBarrier, SyncDoubleBarrier
 from etcdkit.recipes.election import Campaign, Election, Leader, Leadership
 from etcdkit.recipes.lock import Lock, LockHold
 from etcdkit.recipes.persistent_lease import LeaseState, PersistentLease
 from etcdkit.recipes.prefix_watch import PrefixWatch, WatchState, WatchStats
+from etcdkit.recipes.priority_queue import PriorityQueue, SyncPriorityQueue
+from etcdkit.recipes.queue import Queue, SyncQueue
+from etcdkit.recipes.rwlock import RWHold, RWLock, SyncRWHold, SyncRWLock
+from etcdkit.recipes.semaphore import Permit, Semaphore, SyncPermit, SyncSemaphore
+from etcdkit.recipes.stm import Stm, SyncStm
 
 __all__ = [
     "Alarm",
@@ -74,6 +82,8 @@ __all__ = [
     "Auth",
     "AuthError",
     "AuthStatus",
+    "Barrier",
+    "BarrierFullError",
     "Campaign",
     "Change",
     "ChangeKind",
@@ -84,7 +94,9 @@ __all__ = [
     "Compare",
     "ConflictError",
     "ConnectionUnavailableError",
+    "Counter",
     "DeleteResult",
+    "DoubleBarrier",
     "Election",
     "EtcdTimeoutError",
     "EtcdkitError",
@@ -110,28 +122,45 @@ __all__ = [
     "OutcomeUnknownError",
     "Permission",
     "PermissionDeniedError",
+    "Permit",
     "PersistentLease",
     "PrefixWatch",
+    "PriorityQueue",
     "PutResult",
+    "Queue",
+    "RWHold",
+    "RWLock",
     "RangeResult",
     "ResponseHeader",
     "RetryPolicy",
+    "Semaphore",
     "ServerError",
     "Session",
     "SessionState",
     "Snapshot",
     "Status",
+    "Stm",
     "SyncAuth",
+    "SyncBarrier",
     "SyncCampaign",
+    "SyncCounter",
+    "SyncDoubleBarrier",
     "SyncElection",
     "SyncLeadership",
     "SyncLock",
     "SyncLockHold",
     "SyncMaintenance",
     "SyncMembers",
+    "SyncPermit",
     "SyncPersistentLease",
     "SyncPrefixWatch",
+    "SyncPriorityQueue",
+    "SyncQueue",
+    "SyncRWHold",
+    "SyncRWLock",
+    "SyncSemaphore",
     "SyncSession",
+    "SyncStm",
     "SyncWatch",
     "TxnResult",
     "Watch",

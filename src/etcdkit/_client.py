@@ -35,16 +35,26 @@ from etcdkit._types import (
 )
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
+from etcdkit.recipes.barrier import Barrier
+from etcdkit.recipes.counter import Counter
+from etcdkit.recipes.double_barrier import DoubleBarrier
 from etcdkit.recipes.election import Election
 from etcdkit.recipes.lock import Lock
 from etcdkit.recipes.persistent_lease import PersistentLease
 from etcdkit.recipes.prefix_watch import PrefixWatch
+from etcdkit.recipes.priority_queue import PriorityQueue
+from etcdkit.recipes.queue import Queue
+from etcdkit.recipes.rwlock import RWLock
+from etcdkit.recipes.semaphore import Semaphore
+from etcdkit.recipes.stm import DEFAULT_ATTEMPTS as DEFAULT_STM_ATTEMPTS
+from etcdkit.recipes.stm import Isolation, Stm, run_stm
 from etcdkit.recipes.wait import wait_for
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClient"]
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -585,6 +595,85 @@ class AsyncClient:
         return Lock(self, name, ttl, timeout)
 
     # -- recipes of etcdkit.recipes and etcdkit.naming (factories: no I/O) ----------------------
+
+    def queue(self, name: str | bytes) -> Queue:
+        """The FIFO queue on the keys under ``name + "/"``, with Go's ``recipe.Queue`` layout:
+        ``await q.put(value)``, ``await q.get(timeout=None)``; each item goes to exactly one
+        consumer, at most once (see :class:`Queue`)."""
+        self._core.check_loop()
+        return Queue(self, name)
+
+    def priority_queue(self, name: str | bytes) -> PriorityQueue:
+        """The priority queue on the keys under ``name + "/"``, with Go's
+        ``recipe.PriorityQueue`` layout: ``await pq.put(value, priority)`` (0..65535, lower
+        first), ``await pq.get(timeout=None)`` (see :class:`PriorityQueue`)."""
+        self._core.check_loop()
+        return PriorityQueue(self, name)
+
+    def counter(self, key: str | bytes) -> Counter:
+        """The integer in ``key`` (decimal ASCII): ``await c.add(n)`` returns the new value,
+        ``await c.value()`` reads it; no update is lost under contention (see
+        :class:`Counter`)."""
+        self._core.check_loop()
+        return Counter(self, key)
+
+    async def stm(
+        self,
+        fn: Callable[[Stm], Awaitable[T]],
+        isolation: Isolation = "serializable_snapshot",
+        *,
+        prefetch: Sequence[str | bytes] = (),
+        attempts: int = DEFAULT_STM_ATTEMPTS,
+    ) -> T:
+        """Run ``async def fn(stm)`` as one transaction (Go's ``concurrency.NewSTM``) and
+        return its result.
+
+        ``fn`` reads with ``await stm.get(key)`` (``None``: no such key) and writes with
+        ``stm.put(key, value)`` / ``stm.delete(key)``, buffered until the commit: one
+        transaction that applies the writes only if the reads still hold by the rules of
+        ``isolation`` (``"serializable_snapshot"``, ``"serializable"``,
+        ``"repeatable_reads"`` or ``"read_committed"``: see :mod:`etcdkit.recipes.stm`). On a
+        conflict ``fn`` runs again on fresh reads (so keep it free of other side effects), up
+        to ``attempts`` times in all, then :class:`ConflictError`. ``prefetch`` keys are read
+        before ``fn`` runs, in one round trip.
+
+        An exception of ``fn`` propagates and nothing is written. A read that fails with a
+        retryable error runs ``fn`` again. A commit that goes unanswered is sent again (its
+        compares let one copy apply at most); if that cannot settle it,
+        :class:`OutcomeUnknownError` (the writes may or may not have been applied; ``fn`` is
+        not run again)."""
+        self._core.check_loop()
+        return await run_stm(self, fn, isolation, prefetch=prefetch, attempts=attempts)
+
+    def semaphore(
+        self, name: str | bytes, permits: int, ttl: int = 10, timeout: float | None = 30
+    ) -> Semaphore:
+        """A counting semaphore on the keys under ``name + "/"``: at most ``permits`` holders
+        at once, first come, first served. ``async with etcd.semaphore(name, 3) as permit:``
+        waits up to ``timeout`` seconds (``0``: only a free permit) for a :class:`Permit` of its
+        own; guard the writes it protects with ``permit.guard()`` (see :class:`Semaphore`)."""
+        self._core.check_loop()
+        return Semaphore(self, name, permits, ttl=ttl, timeout=timeout)
+
+    def rwlock(self, name: str | bytes, ttl: int = 10, timeout: float | None = 30) -> RWLock:
+        """The read-write lock on the keys under ``name + "/"``, with Go's ``RWMutex`` layout:
+        ``async with rw.read():`` shares it with other readers, ``async with rw.write():``
+        holds it alone (see :class:`RWLock`)."""
+        self._core.check_loop()
+        return RWLock(self, name, ttl=ttl, timeout=timeout)
+
+    def barrier(self, name: str | bytes) -> Barrier:
+        """The barrier on the key ``name``, with Go's ``Barrier`` layout: ``hold()``,
+        ``release()``, and ``wait()`` until it is released (see :class:`Barrier`)."""
+        self._core.check_loop()
+        return Barrier(self, name)
+
+    def double_barrier(self, name: str | bytes, count: int, ttl: int = 10) -> DoubleBarrier:
+        """One participant of the double barrier of ``count`` under ``name + "/"``, with Go's
+        ``DoubleBarrier`` layout: ``enter()`` returns once ``count`` are in, ``leave()`` once
+        all are out (see :class:`DoubleBarrier`)."""
+        self._core.check_loop()
+        return DoubleBarrier(self, name, count, ttl=ttl)
 
     def cluster(
         self, root: str, ttl: int = 10, *, timeout: float | None = DEFAULT_OPEN_TIMEOUT

@@ -34,8 +34,17 @@ from etcdkit._twin import Twin, blocking, blocking_read, mirror
 from etcdkit._types import KeyValueLike, PutResult, WatchBatch, WatchFilter
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, SyncCluster
+from etcdkit.recipes.barrier import SyncBarrier
+from etcdkit.recipes.counter import SyncCounter
+from etcdkit.recipes.double_barrier import SyncDoubleBarrier
 from etcdkit.recipes.persistent_lease import LeaseState, PersistentLease
 from etcdkit.recipes.prefix_watch import PrefixWatch, WatchStats
+from etcdkit.recipes.priority_queue import SyncPriorityQueue
+from etcdkit.recipes.queue import SyncQueue
+from etcdkit.recipes.rwlock import SyncRWLock
+from etcdkit.recipes.semaphore import SyncSemaphore
+from etcdkit.recipes.stm import DEFAULT_ATTEMPTS as DEFAULT_STM_ATTEMPTS
+from etcdkit.recipes.stm import Isolation, SyncStm, run_stm_blocking
 
 __all__ = [
     "Client",
@@ -438,6 +447,58 @@ class Client(Twin[AsyncClient]):
         return SyncPersistentLease(self.portal, lease)
 
     # -- recipes of etcdkit.recipes and etcdkit.naming (their blocking twins) -------------------
+
+    def queue(self, name: str | bytes) -> SyncQueue:
+        """See :meth:`AsyncClient.queue`: ``q.put(value)``, ``q.get(timeout=None)``."""
+        return SyncQueue(self.portal, self.portal.run_sync(self.aio.queue, name))
+
+    def priority_queue(self, name: str | bytes) -> SyncPriorityQueue:
+        """See :meth:`AsyncClient.priority_queue`: ``pq.put(value, priority)``, ``pq.get()``."""
+        pq = self.portal.run_sync(self.aio.priority_queue, name)
+        return SyncPriorityQueue(self.portal, pq)
+
+    def counter(self, key: str | bytes) -> SyncCounter:
+        """See :meth:`AsyncClient.counter`: ``c.add(n)``, ``c.value()``."""
+        return SyncCounter(self.portal, self.portal.run_sync(self.aio.counter, key))
+
+    def stm(
+        self,
+        fn: Callable[[SyncStm], T],
+        isolation: Isolation = "serializable_snapshot",
+        *,
+        prefetch: Sequence[str | bytes] = (),
+        attempts: int = DEFAULT_STM_ATTEMPTS,
+    ) -> T:
+        """See :meth:`AsyncClient.stm`; ``fn`` is a plain ``def fn(stm)``, run in the calling
+        thread (its ``stm.get`` calls block), again on each conflict."""
+        return run_stm_blocking(
+            self.portal, self.aio, fn, isolation, prefetch=prefetch, attempts=attempts
+        )
+
+    def semaphore(
+        self, name: str | bytes, permits: int, ttl: int = 10, timeout: float | None = 30
+    ) -> SyncSemaphore:
+        """See :meth:`AsyncClient.semaphore`: ``with client.semaphore(name, 3) as permit:``."""
+        sem = self.portal.run_sync(
+            functools.partial(self.aio.semaphore, ttl=ttl, timeout=timeout), name, permits
+        )
+        return SyncSemaphore(self.portal, sem)
+
+    def rwlock(self, name: str | bytes, ttl: int = 10, timeout: float | None = 30) -> SyncRWLock:
+        """See :meth:`AsyncClient.rwlock`: ``with client.rwlock(name).write() as hold:``."""
+        rw = self.portal.run_sync(
+            functools.partial(self.aio.rwlock, ttl=ttl, timeout=timeout), name
+        )
+        return SyncRWLock(self.portal, rw)
+
+    def barrier(self, name: str | bytes) -> SyncBarrier:
+        """See :meth:`AsyncClient.barrier`."""
+        return SyncBarrier(self.portal, self.portal.run_sync(self.aio.barrier, name))
+
+    def double_barrier(self, name: str | bytes, count: int, ttl: int = 10) -> SyncDoubleBarrier:
+        """See :meth:`AsyncClient.double_barrier`."""
+        db = self.portal.run_sync(functools.partial(self.aio.double_barrier, ttl=ttl), name, count)
+        return SyncDoubleBarrier(self.portal, db)
 
     def cluster(
         self, root: str, ttl: int = 10, *, timeout: float | None = DEFAULT_OPEN_TIMEOUT

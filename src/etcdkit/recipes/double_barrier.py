@@ -1,0 +1,286 @@
+"""Double barrier: ``count`` participants enter together, and leave together, on the key layout
+and waiting rules of Go's ``contrib/recipes`` ``DoubleBarrier`` (etcd 3.4;
+``experimental/recipes`` in 3.5), so that Go programs and ours meet at one barrier.
+
+Go's layout, under ``name + "/"``:
+
+- ``name/waiters/<unique>``: one key per participant, on its lease, empty, never modified (Go's
+  ``<unique>`` is the time in nanoseconds; ours is the lease id in hex: every participant of
+  ours has a lease of its own);
+- ``name/ready``: put (no lease) by the participant whose key made the count (counted over the
+  prefix ``name/waiters``); the others wait for that put, watching from their key's revision.
+
+Leaving (Go's ``Leave``): read the waiters; none left, done; one left, delete ``name/ready`` and
+our key, done; the oldest key (by mod revision) waits for the newest to go; every other
+participant deletes its key and waits for the oldest to go; then each reads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from etcdkit._errors import EtcdkitError, EtcdTimeoutError
+from etcdkit._surface import Etcd
+from etcdkit._twin import blocking, mirror
+from etcdkit._types import Compare, EventType, HoldState, Op, RangeResult, WatchEvent
+from etcdkit.recipes._hold import (
+    Gone,
+    Hold,
+    SyncHold,
+    check_count,
+    check_timeout,
+    check_ttl,
+    deleted,
+    name_prefix,
+    watch_until,
+)
+
+__all__ = ["BarrierFullError", "DoubleBarrier", "SyncDoubleBarrier"]
+
+log = logging.getLogger("etcdkit.recipes")
+
+
+class BarrierFullError(EtcdkitError):
+    """More participants entered a :class:`DoubleBarrier` than its ``count`` (Go's
+    ``ErrTooManyClients``): this one did not enter (its key was removed)."""
+
+
+def _put(events: list[WatchEvent]) -> bool:
+    return any(ev.type is EventType.PUT for ev in events)
+
+
+class DoubleBarrier:
+    """One participant of a double barrier on the keys under ``name + "/"``, shared with Go's
+    ``recipe.DoubleBarrier``: :meth:`enter` returns once ``count`` participants have entered,
+    :meth:`leave` once every one of them has left.
+
+    Create with :meth:`AsyncClient.double_barrier` (no I/O), one object per participant.
+    The participant's key is on an etcd lease of its own (``ttl`` seconds, kept alive from
+    :meth:`enter` to the end of :meth:`leave`): a participant that dies is counted out when
+    its lease expires. ``lost`` is set, and ``state`` is ``LOST``, if that lease or key goes
+    while inside (revoked, expired, deleted): the others no longer count this one. A timeout
+    or a cancellation in :meth:`enter` or :meth:`leave` revokes the lease: no key stays
+    behind. See ``docs/recipes/barrier.md``.
+    """
+
+    def __init__(self, etcd: Etcd, name: str | bytes, count: int, ttl: int = 10) -> None:
+        self._prefix = name_prefix(name)
+        self._name = name
+        self._count = check_count(count, "count")
+        self._ttl = check_ttl(ttl)
+        self._etcd = etcd
+        self._place = Hold(etcd, f"double barrier {name!r} ({count} participants)", self._ttl)
+        self._place._verb = "entered"
+
+    def __repr__(self) -> str:
+        return f"<DoubleBarrier name={self._name!r} count={self._count} {self._place!r}>"
+
+    # -- facts (no I/O) ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str | bytes:
+        """The barrier's name: its keys are under ``name + "/"``."""
+        return self._name
+
+    @property
+    def count(self) -> int:
+        """How many participants enter together."""
+        return self._count
+
+    @property
+    def ttl(self) -> int:
+        """The TTL of this participant's lease, in seconds."""
+        return self._ttl
+
+    @property
+    def ready_key(self) -> bytes:
+        """``name/ready``: put when the count is reached."""
+        return self._prefix + b"ready"
+
+    @property
+    def waiters_prefix(self) -> bytes:
+        """``name/waiters``: the participants' keys, counted over this prefix (as Go does)."""
+        return self._prefix + b"waiters"
+
+    @property
+    def key(self) -> bytes:
+        """This participant's key once inside (``b""`` before)."""
+        return self._place.key
+
+    @property
+    def lease_id(self) -> int:
+        """The lease this participant's key is on (0 outside the barrier)."""
+        return self._place.lease_id
+
+    @property
+    def state(self) -> HoldState:
+        """IDLE before :meth:`enter`, WAITING in it, HELD (or SUSPENDED) inside, LOST if this
+        participant's key or lease went while inside, RELEASED once it left."""
+        return self._place.state
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set once this participant's place can no longer be trusted (LOST), or it left."""
+        return self._place.lost
+
+    def guard(self) -> Compare:
+        """A :class:`Compare` that holds only while this participant's key is in the barrier
+        (see :meth:`Permit.guard`). Raises :class:`NotHeldError` before :meth:`enter`."""
+        return self._place.guard()
+
+    def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
+        """Call ``callback(state)`` on every state change (on the event loop); returns a
+        function that removes it."""
+        return self._place.add_listener(callback)
+
+    # -- entering ---------------------------------------------------------------------------------
+
+    async def enter(self, timeout: float | None = None) -> None:
+        """Put this participant's key and wait until ``count`` have entered. Raises
+        :class:`EtcdTimeoutError` after ``timeout`` seconds (``None``: no limit; ``0``: only
+        if this one completes the count), :class:`BarrierFullError` if more than ``count``
+        are in, ``RuntimeError`` if this participant entered already. Every failure removes
+        its key."""
+        limit = check_timeout(timeout)
+        if not await self._place.acquire_with(self._take, limit):
+            raise EtcdTimeoutError(
+                f"{self._place.what}: not everyone is in (timeout=0: no wait); "
+                f"{self._place._behind}"
+            )
+
+    async def _take(self, wait: bool) -> tuple[bytes, int, int] | None:
+        etcd = self._etcd
+        place = self._place
+        backoff = etcd.retry.backoff()
+        entered = 0  # the lease our key was put with
+        first = 0  # the revision of our first key: a ready put after it lets us in
+        while True:
+            try:
+                session = await place.session_now()
+                lease = session.lease_id
+                key = self.waiters_prefix + b"/" + format(lease, "x").encode()
+                count = Op.range(self.waiters_prefix, prefix=True, count_only=True)
+                if entered != lease:
+                    res = await etcd.txn(
+                        [Compare.create_revision(key, "==", 0)],
+                        [Op.put(key, b"", lease=lease), count],
+                        [Op.get(key), count],
+                    )
+                    entered = lease
+                else:
+                    res = await etcd.txn([], [Op.get(key), count])
+                mine, counted = res.responses
+                assert isinstance(counted, RangeResult)
+                if isinstance(mine, RangeResult):
+                    if not mine.kvs:
+                        raise Gone("our key is gone (its lease expired or was revoked)")
+                    rev = mine.kvs[0].create_revision
+                else:
+                    rev = res.revision
+                first = first or rev
+                place.in_line()
+                n = counted.count
+                if n > self._count:
+                    raise BarrierFullError(
+                        f"{place.what}: {n} participants are in, more than {self._count}"
+                    )
+                if n == self._count:
+                    await etcd.put(self.ready_key, b"")
+                    return key, rev, res.revision
+                place._behind = f"{n} of {self._count} are in"
+                if not wait:
+                    return None
+                await watch_until(
+                    etcd, self.ready_key, first - 1, session, _put, filters=("nodelete",)
+                )
+                return key, rev, res.revision
+            except Gone as gone:
+                await place.requeue(str(gone))
+                entered = 0
+                await backoff.wait()
+            except EtcdkitError as exc:
+                if isinstance(exc, BarrierFullError) or not etcd.retry.is_retryable(exc):
+                    raise
+                log.info("%s: etcd unreachable (%s); retrying", place.what, exc)
+                await backoff.wait()
+
+    # -- leaving ----------------------------------------------------------------------------------
+
+    async def leave(self, timeout: float | None = None) -> None:
+        """Leave, and wait until every participant has left (Go's rules: the oldest leaves
+        last). Revokes this participant's lease at the end. Raises :class:`EtcdTimeoutError`
+        after ``timeout`` seconds (``None``: no limit; ``0``: only if nobody else is left),
+        ``RuntimeError`` if this participant did not enter; on any failure its key is
+        removed all the same."""
+        limit = check_timeout(timeout)
+        place = self._place
+        if place.state in (HoldState.IDLE, HoldState.WAITING):
+            raise RuntimeError(f"{place.what}: leave() before enter() returned")
+        if place.state is HoldState.RELEASED:
+            raise RuntimeError(f"{place.what}: this participant has left already")
+        place.stop_watching()  # we delete our own key on the way out: that is no loss
+        try:
+            if limit == 0:
+                await self._leave(wait=False)
+            else:
+                async with asyncio.timeout(limit):
+                    await self._leave(wait=True)
+        except TimeoutError as exc:
+            if isinstance(exc, EtcdkitError):
+                raise
+            raise EtcdTimeoutError(
+                f"{place.what}: not everyone left within {limit:g} s; {place._behind}"
+            ) from None
+        finally:
+            await place.release()
+
+    async def _leave(self, wait: bool) -> None:
+        etcd = self._etcd
+        mine = self._place.key
+        gone = False  # our key deleted by us
+        backoff = etcd.retry.backoff()
+        while True:
+            try:
+                now = await etcd.range(self.waiters_prefix, prefix=True, keys_only=True)
+                if not now.kvs:
+                    return
+                lowest = min(now.kvs, key=lambda kv: kv.mod_revision)
+                highest = max(now.kvs, key=lambda kv: kv.mod_revision)
+                if len(now.kvs) == 1:  # the last one: finish up
+                    await etcd.delete_range(self.ready_key)
+                    if not gone:
+                        await etcd.delete_range(mine)
+                    return
+                if lowest.key == mine:  # the oldest leaves last: wait for the newest
+                    target = highest.key
+                else:
+                    if not gone:
+                        await etcd.delete_range(mine)
+                        gone = True
+                    target = lowest.key
+                self._place._behind = f"{len(now.kvs)} still in; waiting for {target!r} to go"
+                if not wait:
+                    raise TimeoutError
+                await watch_until(etcd, target, now.revision, None, deleted)
+            except EtcdkitError as exc:
+                if not etcd.retry.is_retryable(exc):
+                    raise
+                log.info("%s: etcd unreachable (%s); retrying", self._place.what, exc)
+                await backoff.wait()
+
+
+class SyncDoubleBarrier(SyncHold[DoubleBarrier]):
+    """Blocking view of a :class:`DoubleBarrier`; ``lost`` is a :class:`threading.Event`."""
+
+    name = mirror(DoubleBarrier.name, direct=True)
+    count = mirror(DoubleBarrier.count, direct=True)
+    ttl = mirror(DoubleBarrier.ttl, direct=True)
+    ready_key = mirror(DoubleBarrier.ready_key, direct=True)
+    waiters_prefix = mirror(DoubleBarrier.waiters_prefix, direct=True)
+    key = mirror(DoubleBarrier.key)
+    lease_id = mirror(DoubleBarrier.lease_id)
+    state = mirror(DoubleBarrier.state)
+    enter = blocking(DoubleBarrier.enter)
+    leave = blocking(DoubleBarrier.leave)

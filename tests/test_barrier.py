@@ -1,0 +1,325 @@
+"""Barrier and double barrier against real etcd, on both faces, and with Go's
+``recipe.Barrier`` / ``recipe.DoubleBarrier`` on the same keys (skipped without Go)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from _go import GoProc, GoPrograms, go_program
+from etcdkit import (
+    AsyncClient,
+    BarrierFullError,
+    Client,
+    DoubleBarrier,
+    EtcdTimeoutError,
+    HoldState,
+    Op,
+)
+from etcdkit.server import EtcdServer
+
+__all__ = ["go_program"]  # (a fixture, imported for pytest)
+
+WAIT = 20.0
+
+
+async def keys(etcd: AsyncClient, prefix: str) -> list[bytes]:
+    kvs = (await etcd.range(prefix, prefix=True)).kvs
+    return [kv.key for kv in sorted(kvs, key=lambda kv: kv.create_revision)]
+
+
+# -- barrier --------------------------------------------------------------------------------------
+
+
+async def test_barrier_holds_until_released(etcd: AsyncClient, etcd_prefix: str) -> None:
+    name = etcd_prefix + "gate"
+    b = etcd.barrier(name)
+    assert b.key == name.encode()  # Go's layout: the barrier is the key itself
+    assert await b.wait() > 0  # not up: returns at once
+    assert await b.hold() is True
+    assert await b.hold() is False  # up already (Go: ErrKeyExists)
+    kv = await etcd.get(name)
+    assert kv is not None
+    assert (kv.value, kv.lease) == (b"", 0)
+    waiters = [asyncio.create_task(etcd.barrier(name).wait()) for _ in range(3)]
+    await asyncio.sleep(0.3)
+    assert not any(w.done() for w in waiters)
+    with pytest.raises(EtcdTimeoutError, match="still up"):
+        await b.wait(timeout=0)
+    with pytest.raises(EtcdTimeoutError, match=r"still up after 0\.2 s"):
+        await b.wait(timeout=0.2)
+    assert await b.release() is True
+    revs = await asyncio.gather(*waiters)
+    assert len(set(revs)) == 1
+    assert await b.release() is False
+    assert await etcd.get(name) is None
+
+
+async def test_barrier_wait_sees_the_release_whatever_else_is_written(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """Go 3.4's Wait misses the release when another key is written after the barrier's
+    creation (it waits for a PUT it never gets); ours waits for the deletion alone."""
+    name = etcd_prefix + "gate"
+    b = etcd.barrier(name)
+    await b.hold()
+    for i in range(5):
+        await etcd.put(f"{etcd_prefix}other/{i}", "x")
+    await etcd.put(name + "2", "a neighbour of the key")  # a prefix read would see this one
+    waiter = asyncio.create_task(b.wait())
+    await asyncio.sleep(0.2)
+    await etcd.put(etcd_prefix + "other/after", "x")
+    await b.release()
+    async with asyncio.timeout(WAIT):
+        await waiter
+    await b.hold(lease=(await etcd.grant(5)).id)  # a barrier on a lease goes with it
+    kv = await etcd.get(name)
+    assert kv is not None
+    waiter = asyncio.create_task(b.wait())
+    await etcd.revoke(kv.lease)
+    async with asyncio.timeout(WAIT):
+        await waiter
+
+
+async def test_barrier_bad_input(etcd: AsyncClient) -> None:
+    with pytest.raises(ValueError, match="must not be empty"):
+        etcd.barrier("")
+    with pytest.raises(TypeError):
+        etcd.barrier(3)  # type: ignore[arg-type]
+    b = etcd.barrier("/b")
+    with pytest.raises(ValueError, match="timeout must be"):
+        await b.wait(timeout=-1)
+    with pytest.raises(TypeError):
+        await b.wait(timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await b.hold(lease="1")  # type: ignore[arg-type]
+
+
+def test_threaded_barrier(etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None) -> None:
+    name = etcd_prefix + "gate"
+    b = etcd_sync.barrier(name)
+    assert b.hold() is True
+    passed: list[float] = []
+    threads = [
+        threading.Thread(target=lambda: passed.append(b.wait(timeout=WAIT))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    assert passed == []
+    assert b.release() is True
+    for t in threads:
+        t.join()
+    assert len(passed) == 3
+    b.hold()
+    with pytest.raises(EtcdTimeoutError):
+        b.wait(timeout=0.1)
+    b.release()
+
+
+# -- double barrier -------------------------------------------------------------------------------
+
+
+async def test_double_barrier_enters_and_leaves_together(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "db"
+    events: list[str] = []
+    clients = [AsyncClient(etcd_server.endpoint) for _ in range(3)]
+    for c in clients:
+        await c.connect()
+    try:
+        parts = [c.double_barrier(name, 3, ttl=5) for c in clients]
+
+        async def run(i: int, delay: float) -> None:
+            await asyncio.sleep(delay)
+            events.append(f"enter {i}")
+            await parts[i].enter(timeout=WAIT)
+            events.append(f"in {i}")
+            assert parts[i].state is HoldState.HELD
+            await asyncio.sleep(delay)
+            events.append(f"leave {i}")
+            await parts[i].leave(timeout=WAIT)
+            events.append(f"out {i}")
+
+        await asyncio.gather(*(run(i, 0.2 * i) for i in range(3)))
+    finally:
+        for c in clients:
+            await c.close()
+    first_in = min(events.index(f"in {i}") for i in range(3))
+    assert all(events.index(f"enter {i}") < first_in for i in range(3)), events
+    first_out = min(events.index(f"out {i}") for i in range(3))
+    assert all(events.index(f"leave {i}") < first_out for i in range(3)), events
+    assert all(p.state is HoldState.RELEASED for p in parts)
+    assert await keys(etcd, name + "/") == []
+
+
+async def test_double_barrier_layout_timeouts_and_too_many(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "db"
+    leases = set(await etcd.leases())
+    a = etcd.double_barrier(name, 2, ttl=5)
+    with pytest.raises(EtcdTimeoutError, match="1 of 2 are in"):
+        await a.enter(timeout=0)
+    with pytest.raises(EtcdTimeoutError, match=r"not entered within 0\.3 s"):
+        await etcd.double_barrier(name, 2, ttl=5).enter(timeout=0.3)
+    assert await keys(etcd, name + "/") == []
+    entering = asyncio.create_task(a.enter())
+    async with asyncio.timeout(WAIT):
+        while not await keys(etcd, name + "/waiters/"):
+            await asyncio.sleep(0.01)
+    entering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await entering
+    assert await keys(etcd, name + "/") == []
+    assert set(await etcd.leases()) == leases
+
+    a, b = etcd.double_barrier(name, 2, ttl=5), etcd.double_barrier(name, 2, ttl=5)
+    await asyncio.gather(a.enter(timeout=WAIT), b.enter(timeout=WAIT))
+    assert a.key == f"{name}/waiters/{a.lease_id:x}".encode()  # Go's layout
+    assert await etcd.get(name + "/ready") is not None
+    with pytest.raises(BarrierFullError, match="3 participants are in, more than 2"):
+        await etcd.double_barrier(name, 2, ttl=5).enter(timeout=WAIT)
+    assert len(await keys(etcd, name + "/waiters/")) == 2
+    with pytest.raises(RuntimeError, match="its own handle"):
+        await a.enter()
+    with pytest.raises(EtcdTimeoutError, match="not everyone left"):
+        await b.leave(timeout=0)  # a is still in: b would have to wait
+    assert b.state is HoldState.RELEASED
+    assert await keys(etcd, name + "/waiters/") == [a.key]  # b's key went all the same
+    with pytest.raises(RuntimeError, match="left already"):
+        await b.leave()
+    assert (await etcd.txn([a.guard()], [Op.put(etcd_prefix + "d", "1")])).succeeded
+    await etcd.revoke(a.lease_id)  # a's session goes: it is counted out
+    async with asyncio.timeout(WAIT):
+        await a.lost.wait()
+    assert a.state is HoldState.LOST
+    assert not (await etcd.txn([a.guard()], [Op.put(etcd_prefix + "d", "2")])).succeeded
+    await a.leave(timeout=WAIT)  # nobody is in any more: returns at once
+    assert await keys(etcd, name + "/waiters/") == []
+    await etcd.delete(name + "/ready")
+    assert set(await etcd.leases()) == leases
+
+
+async def test_double_barrier_bad_input(etcd: AsyncClient) -> None:
+    cases: list[tuple[dict[str, object], type[Exception]]] = [
+        ({"count": 0}, ValueError),
+        ({"count": "2"}, TypeError),
+        ({"count": True}, TypeError),
+        ({"name": ""}, ValueError),
+        ({"ttl": 0}, ValueError),
+    ]
+    for kwargs, error in cases:
+        args: dict[str, object] = {"name": "/db", "count": 2, **kwargs}
+        with pytest.raises(error):
+            etcd.double_barrier(**args)  # type: ignore[arg-type]
+    db: DoubleBarrier = etcd.double_barrier("/db", 2)
+    with pytest.raises(ValueError, match="timeout must be"):
+        await db.enter(timeout=-1)
+    with pytest.raises(RuntimeError, match="before enter"):
+        await db.leave()
+
+
+def test_threaded_double_barrier(
+    etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    name = etcd_prefix + "db"
+    done: list[str] = []
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            db = etcd_sync.double_barrier(name, 2, ttl=5)
+            db.enter(timeout=WAIT)
+            done.append(f"in {i}")
+            assert db.state is HoldState.HELD
+            assert not db.lost.is_set()
+            db.leave(timeout=WAIT)
+            assert db.lost.is_set()
+            done.append(f"out {i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(done) == ["in 0", "in 1", "out 0", "out 1"]
+    assert etcd_sync.get_prefix(name + "/").kvs == []
+
+
+# -- with Go's recipes on the same keys -----------------------------------------------------------
+
+
+@pytest.mark.timeout(360)
+async def test_go_barrier_and_ours(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str, go_program: GoPrograms
+) -> None:
+    binary = go_program("barrier")
+    name = etcd_prefix + "gate"
+    ep = etcd_server.endpoint
+    go = await GoProc.start(binary, ep, name, "hold")
+    await go.expect("done")
+    assert await go.finish() == 0
+    ours = asyncio.create_task(etcd.barrier(name).wait())
+    await asyncio.sleep(0.3)
+    assert not ours.done()  # Go's Hold holds us
+    go = await GoProc.start(binary, ep, name, "release")
+    await go.expect("done")
+    async with asyncio.timeout(WAIT):
+        await ours
+
+    b = etcd.barrier(name)
+    assert await b.hold()
+    go = await GoProc.start(binary, ep, name, "hold")  # Go sees it up: ErrKeyExists
+    assert await go.finish() != 0
+    go_waiter = await GoProc.start(binary, ep, name, "wait")
+    await go_waiter.expect("waiting")
+    assert await go_waiter.silent_for(1.0)
+    await b.release()
+    await go_waiter.expect("released")
+    assert await go_waiter.finish() == 0
+
+
+@pytest.mark.timeout(360)
+async def test_double_barrier_of_two_go_and_two_python_participants(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str, go_program: GoPrograms
+) -> None:
+    binary = go_program("double_barrier")
+    name = etcd_prefix + "db"
+    ep = etcd_server.endpoint
+    gos = [await GoProc.start(binary, ep, name, "4") for _ in range(2)]
+    try:
+        for g in gos:
+            await g.expect("entering")
+        async with asyncio.timeout(WAIT):
+            while len(await keys(etcd, name + "/waiters/")) < 2:
+                await asyncio.sleep(0.01)
+        ours = [etcd.double_barrier(name, 4, ttl=5) for _ in range(2)]
+        first = asyncio.create_task(ours[0].enter(timeout=WAIT))
+        for g in gos:
+            assert await g.silent_for(0.5)  # three in: nobody enters yet
+        assert not first.done()
+        await ours[1].enter(timeout=WAIT)  # the fourth: everyone enters
+        await first
+        for g in gos:
+            await g.expect("entered")
+        leaving = [asyncio.create_task(p.leave(timeout=WAIT)) for p in ours]
+        await asyncio.sleep(0.5)
+        assert not any(t.done() for t in leaving)  # the Go participants are still in
+        for g in gos:
+            g.send()
+        await asyncio.gather(*leaving)
+        for g in gos:
+            await g.expect("left")
+            assert await g.finish() == 0
+    finally:
+        for g in gos:
+            await g.kill()
+    assert await keys(etcd, name + "/") == []
