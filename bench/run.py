@@ -54,6 +54,7 @@ SCENARIOS = (
     "proxy",
     "semaphore",
     "recipes",
+    "naming",
 )
 JOB_TIMEOUT = 900.0
 

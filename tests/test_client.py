@@ -234,6 +234,7 @@ def test_public_names_are_pinned() -> None:
             "SyncRWLock", "SyncSemaphore",
             "ConflictError", "Counter", "OutcomeUnknownError", "PriorityQueue", "Queue", "Stm",
             "SyncCounter", "SyncPriorityQueue", "SyncQueue", "SyncStm",
+            "Endpoint", "EndpointManager", "SyncEndpointManager",
         ]
     )  # fmt: skip
     assert isinstance(etcdkit.__version__, str)

@@ -48,6 +48,7 @@ PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
     (etcdkit.PriorityQueue, etcdkit.SyncPriorityQueue, set(), {"aio"}),
     (etcdkit.Counter, etcdkit.SyncCounter, set(), {"aio"}),
     (etcdkit.Stm, etcdkit.SyncStm, set(), {"aio"}),
+    (etcdkit.EndpointManager, etcdkit.SyncEndpointManager, set(), {"aio"}),
 ]
 
 # asyncio protocol names and their blocking counterparts

@@ -63,6 +63,7 @@ from etcdkit._types import (
 )
 from etcdkit._version import __version__
 from etcdkit._watch import Watch
+from etcdkit.naming import Endpoint, EndpointManager, SyncEndpointManager
 from etcdkit.recipes.barrier import Barrier, SyncBarrier
 from etcdkit.recipes.counter import Counter, SyncCounter
 from etcdkit.recipes.double_barrier import BarrierFullError, DoubleBarrier, SyncDoubleBarrier
@@ -98,6 +99,8 @@ __all__ = [
     "DeleteResult",
     "DoubleBarrier",
     "Election",
+    "Endpoint",
+    "EndpointManager",
     "EtcdTimeoutError",
     "EtcdkitError",
     "EventType",
@@ -146,6 +149,7 @@ __all__ = [
     "SyncCounter",
     "SyncDoubleBarrier",
     "SyncElection",
+    "SyncEndpointManager",
     "SyncLeadership",
     "SyncLock",
     "SyncLockHold",

@@ -35,6 +35,7 @@ from etcdkit._types import (
 )
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
+from etcdkit.naming.endpoints import EndpointManager
 from etcdkit.recipes.barrier import Barrier
 from etcdkit.recipes.counter import Counter
 from etcdkit.recipes.double_barrier import DoubleBarrier
@@ -595,6 +596,14 @@ class AsyncClient:
         return Lock(self, name, ttl, timeout)
 
     # -- recipes of etcdkit.recipes and etcdkit.naming (factories: no I/O) ----------------------
+
+    def endpoint_manager(self, target: str) -> EndpointManager:
+        """The endpoints of the gRPC target *target*, as Go's ``endpoints.NewManager(client,
+        target)`` keeps them: ``add`` / ``delete`` / ``list``, ``watch()`` and
+        ``register(addr)`` (see :class:`etcdkit.naming.EndpointManager`). Go's ``etcd:///``
+        resolver finds what it registers. Raises TypeError / ValueError for a bad target."""
+        self._core.check_loop()
+        return EndpointManager(self, target)
 
     def queue(self, name: str | bytes) -> Queue:
         """The FIFO queue on the keys under ``name + "/"``, with Go's ``recipe.Queue`` layout:

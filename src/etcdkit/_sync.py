@@ -34,6 +34,7 @@ from etcdkit._twin import Twin, blocking, blocking_read, mirror
 from etcdkit._types import KeyValueLike, PutResult, WatchBatch, WatchFilter
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, SyncCluster
+from etcdkit.naming.endpoints import SyncEndpointManager
 from etcdkit.recipes.barrier import SyncBarrier
 from etcdkit.recipes.counter import SyncCounter
 from etcdkit.recipes.double_barrier import SyncDoubleBarrier
@@ -447,6 +448,14 @@ class Client(Twin[AsyncClient]):
         return SyncPersistentLease(self.portal, lease)
 
     # -- recipes of etcdkit.recipes and etcdkit.naming (their blocking twins) -------------------
+
+    def endpoint_manager(self, target: str) -> SyncEndpointManager:
+        """See :meth:`AsyncClient.endpoint_manager`: ``add`` / ``delete`` / ``list`` block,
+        ``with eps.watch() as w: for view in w:``, ``with eps.register(addr):``."""
+        eps = self.portal.run_sync(self.aio.endpoint_manager, target)
+        return SyncEndpointManager(
+            self.portal, eps, watch_twin=SyncPrefixWatch, lease_twin=SyncPersistentLease
+        )
 
     def queue(self, name: str | bytes) -> SyncQueue:
         """See :meth:`AsyncClient.queue`: ``q.put(value)``, ``q.get(timeout=None)``."""

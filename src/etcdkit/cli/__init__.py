@@ -151,6 +151,24 @@ With --json, or when stdout is not a terminal: one JSON object per view and line
    "added": [ID, ...], "updated": [ID, ...], "removed": [ID, ...]}
 """
 
+ENDPOINTS_EPILOG = """\
+examples:
+  etcdkit endpoints svc/api                       # live table (in a terminal)
+  etcdkit endpoints svc/api --json | jq .endpoints
+  etcdkit endpoints svc/api --add 10.0.0.5:8080 --metadata zone-a   # registered until Ctrl-C
+
+The gRPC endpoints of TARGET as Go's etcd naming keeps them (endpoints.Manager writes them,
+the etcd:///TARGET resolver reads them): keys TARGET/... with values
+{"Op":0,"Addr":ADDR,"Metadata":...}. In a terminal: a table of key, address and metadata,
+refreshed in place; added rows green, updated yellow, removed red. --add ADDR registers
+TARGET/ADDR under a lease that comes back after deletes, revokes and outages, and removes it
+on Ctrl-C. Records that do not decode are left out.
+
+With --json, or when stdout is not a terminal: one JSON object per view and line:
+  {"revision": R, "state": "live", "endpoints": {KEY: {"Addr": A, "Metadata": M}, ...},
+   "added": [KEY, ...], "updated": [KEY, ...], "removed": [KEY, ...]}
+"""
+
 DEMO_EPILOG = """\
 examples:
   etcdkit demo                        # starts its own etcd (no endpoint configured)
@@ -327,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT", help='a cluster root, e.g. "/services/api"')
     p.add_argument("--json", action="store_true", help="one JSON line per view")
 
+    p = command("endpoints", "live view of a gRPC target's endpoints (Go naming)", ENDPOINTS_EPILOG)
+    p.add_argument("target", metavar="TARGET", help='a gRPC target, e.g. "svc/api"')
+    p.add_argument("--json", action="store_true", help="one JSON line per view")
+    p.add_argument("--add", metavar="ADDR", help="register ADDR until Ctrl-C")
+    p.add_argument("--metadata", metavar="M", help="with --add: JSON, or a plain string")
+    p.add_argument(
+        "--ttl", type=_int_in(1, 2**31), default=10, help="with --add: lease TTL (default 10)"
+    )
+
     p = command("demo", "a self-running service-registry scene with failures", DEMO_EPILOG)
     p.add_argument("--workers", type=_int_in(1, 20), default=3, help="how many workers (default 3)")
     return parser
@@ -412,6 +439,12 @@ async def cmd_members(args: argparse.Namespace, opts: ConnOptions) -> int:
     return await run_members(args, opts)
 
 
+async def cmd_endpoints(args: argparse.Namespace, opts: ConnOptions) -> int:
+    from etcdkit.cli.endpoints import run_endpoints
+
+    return await run_endpoints(args, opts)
+
+
 async def cmd_demo(args: argparse.Namespace, opts: ConnOptions) -> int:
     from etcdkit.cli.demo import run_demo
 
@@ -424,6 +457,7 @@ COMMANDS: dict[str, Command] = {
     "register": cmd_register,
     "wait": cmd_wait,
     "members": cmd_members,
+    "endpoints": cmd_endpoints,
     "demo": cmd_demo,
     "lock": cmd_lock,
     "elect": cmd_elect,

@@ -11,6 +11,7 @@ from etcdkit.cluster._descriptor import NodeDescriptor
 from etcdkit.cluster._registry import RegistryView
 from etcdkit.cluster.grpc._routing import (
     Attempts,
+    Balancer,
     ErrorFactory,
     KeyFunction,
     Nodes,
@@ -36,7 +37,8 @@ class Router(Generic[C]):
     (opened by *factory* from the node's address), and whether it is closed.
 
     *error* makes the routing's own failures (no node, deadline), *closed_error* the error of
-    a call on a closed channel: each face raises grpc's errors of its flavour.
+    a call on a closed channel: each face raises grpc's errors of its flavour. A *key* that is
+    a :class:`Balancer` balances the calls by its policy instead of routing them by key.
     """
 
     def __init__(
@@ -52,10 +54,11 @@ class Router(Generic[C]):
     ) -> None:
         check_args(key, attempts, grace)
         self.name = name
-        self.key = key
+        balancer = key if isinstance(key, Balancer) else None
+        self.key = None if balancer is not None else key
         self.max_attempts = attempts
         self.grace = grace
-        self.nodes: Nodes[C] = Nodes(lambda node: factory(node.address))
+        self.nodes: Nodes[C] = Nodes(lambda node: factory(node.address), balancer)
         self.closed = False
         self._error = error
         self._closed_error = closed_error
@@ -83,7 +86,8 @@ class Router(Generic[C]):
         if self.closed:
             raise self.closed_error()
         limit = self.max_attempts if attempts is None else attempts
-        return Attempts(self.nodes, route_of(self.key, request), timeout, limit, self._error)
+        key = None if self.nodes.balancer is not None else route_of(self.key, request)
+        return Attempts(self.nodes, key, timeout, limit, self._error)
 
     def first(self, request: Any, timeout: float | None) -> tuple[str, C, float | None]:
         """(node id, node channel, timeout) of a call that is not retried."""

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_GRACE",
     "DEFAULT_OPTIONS",
     "Attempts",
+    "Balancer",
     "ErrorFactory",
     "KeyFunction",
     "Nodes",
@@ -103,6 +104,22 @@ def _key_bytes(key: object) -> bytes:
     raise TypeError(f"a routing key must be str or bytes, got {type(key).__name__}")
 
 
+class Balancer:
+    """A balancing policy, passed to a routed channel in place of its ``key`` function.
+
+    Calls then carry no routing key (``route_key`` blocks are ignored): each attempt goes to
+    the node ``pick(ids, tried)`` names, given the ids of the nodes with weight (in id order)
+    and those this call already tried (never name one of them), or None when none is left.
+    etcdkit.naming.grpc balances the endpoints of a target this way (round robin, pick first).
+    """
+
+    def __call__(self, request: Any) -> None:
+        return None  # as a key function: no routing key
+
+    def pick(self, ids: Sequence[str], tried: Sequence[str]) -> str | None:
+        raise NotImplementedError
+
+
 def check_args(key: object, attempts: object, grace: object) -> None:
     """Refuse bad channel arguments (TypeError / ValueError) before anything is opened."""
     if key is not None and not callable(key):
@@ -149,8 +166,11 @@ class Nodes(Generic[C]):
     replaced in one assignment, so calls in any thread route without a lock.
     """
 
-    def __init__(self, open_channel: Callable[[NodeDescriptor], C]) -> None:
+    def __init__(
+        self, open_channel: Callable[[NodeDescriptor], C], balancer: Balancer | None = None
+    ) -> None:
         self._open = open_channel
+        self.balancer = balancer  # None: weighted random picks (Go's registry picker)
         self.view = RegistryView.empty()
         self.channels: dict[str, tuple[str, C]] = {}  # node id -> (address, channel)
         # (node ids with weight, their cumulative weights, the total) for weighted picks
@@ -187,7 +207,8 @@ class Nodes(Generic[C]):
 
     def pick(self, key: bytes | None, tried: Sequence[str]) -> tuple[str, C] | None:
         """The node (id, channel) for the next attempt: the owner of *key* (then the next
-        nodes of the ring), or a weighted random node; never one in *tried*."""
+        nodes of the ring), or the balancer's pick, or a weighted random node; never one in
+        *tried*."""
         view, channels = self.view, self.channels
         node_id: str | None
         if key is not None:
@@ -196,6 +217,8 @@ class Nodes(Generic[C]):
             else:
                 later = view.ring.nodes(key, len(tried) + 1)
                 node_id = next((n for n in later if n not in tried), None)
+        elif self.balancer is not None:
+            node_id = self.balancer.pick(self._weights[0], tried)
         else:
             ids, cumulative, total = self._weights
             if tried:  # rare (a retry): pick among the others, weights as they are

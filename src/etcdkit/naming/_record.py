@@ -1,0 +1,169 @@
+"""The endpoint record: Go's ``naming/endpoints`` JSON, written and read byte-compatibly.
+
+Go's ``endpoints.Manager`` (etcd 3.4+: ``go.etcd.io/etcd/clientv3/naming/endpoints``, 3.5+:
+``go.etcd.io/etcd/client/v3/naming/endpoints``) stores one endpoint per key as the JSON of its
+``internal.Update`` struct, which must stay a superset of grpc-go's old ``naming.Update``::
+
+    {"Op":0,"Addr":"10.0.0.5:8080","Metadata":null}
+
+Writing: exactly those three fields in that order, compact, as ``json.Marshal`` writes them:
+``<``, ``>``, ``&``, U+2028 and U+2029 escaped (``\\u003c``...), maps with their keys sorted,
+floats in Go's shortest form (``1`` for 1.0, ``1e-7``, ``1e+21``). ``Op`` is always 0 (Add):
+a delete is a deleted key, never a record.
+
+Reading follows ``json.Unmarshal`` into that struct, as Go's ``List``, ``NewWatchChannel``
+and the ``etcd:///`` resolver do: field names match case-insensitively (the last occurrence
+wins), unknown fields are ignored, ``null`` leaves a field empty, ``Op`` must be an integer
+from 0 to 255 (its value is ignored, as Go ignores it), ``Addr`` a string, ``Metadata`` any
+JSON value (objects become dicts). A document that is JSON ``null`` decodes to an empty
+endpoint, as in Go. Anything else Go would refuse raises ValueError: Go skips such records
+with a warning, and so do we (counted).
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from etcdkit.cluster._gojson import GoObject, field, loads_object
+
+__all__ = ["Endpoint", "decode_endpoint", "encode_endpoint", "metadata_is_safe"]
+
+_WHAT = "endpoint record (Go's naming/endpoints JSON)"
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+_GO_ESCAPED = re.compile("[<>&\u2028\u2029]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_SPACE = " \t\n\r"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One endpoint of a target, as Go's ``endpoints.Endpoint``: ``Endpoint(addr, metadata)``.
+
+    ``addr`` is the address a gRPC client dials (``"10.0.0.5:8080"``); ``metadata`` any JSON
+    value (None, str, bool, int, float, list, dict with str keys). Keep metadata a string or
+    None: Go's resolver puts it into gRPC's address attributes, and a map there crashes Go
+    clients (etcd-io/etcd#19700).
+    """
+
+    addr: str
+    metadata: Any = None
+
+    def encode(self) -> str:
+        """The record Go's ``AddEndpoint`` would store for this endpoint (see module doc)."""
+        return encode_endpoint(self.addr, self.metadata)
+
+
+def encode_endpoint(addr: str, metadata: Any = None) -> str:
+    """``{"Op":0,"Addr":addr,"Metadata":metadata}`` byte for byte as Go's ``json.Marshal``.
+
+    Raises TypeError for an *addr* that is not a str or *metadata* that is not JSON (say what
+    to pass), ValueError for an empty *addr*, a NaN or infinite float, or a lone surrogate.
+    """
+    if not isinstance(addr, str):
+        raise TypeError(f'addr must be a str such as "10.0.0.5:8080", got {addr!r:.80}')
+    if not addr:
+        raise ValueError('addr must not be empty; pass the address to dial, e.g. "10.0.0.5:8080"')
+    return f'{{"Op":0,"Addr":{_dump(addr)},"Metadata":{_dump(metadata)}}}'
+
+
+def decode_endpoint(value: str | bytes) -> Endpoint:
+    """Read a record as Go's ``json.Unmarshal`` does (see module doc); ValueError when Go
+    would refuse it."""
+    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+    if text.strip(_JSON_SPACE) == "null":
+        return Endpoint("", None)  # Go: unmarshalling null into a struct leaves it empty
+    obj = loads_object(text, _WHAT)
+    op = field(obj, "op", int, _WHAT)
+    if op is not None and not 0 <= op <= 255:
+        raise ValueError(f"not a valid {_WHAT}: 'Op' must fit a uint8, got {op}")
+    addr = field(obj, "addr", str, _WHAT) or ""
+    metadata: Any = None
+    for key, item in obj:
+        if key.lower() == "metadata":
+            metadata = _plain(item)  # null too: Go sets an interface{} field to nil
+    return Endpoint(addr, metadata)
+
+
+def metadata_is_safe(metadata: object) -> bool:
+    """Whether Go's resolver can carry *metadata* (a string or None) without crashing."""
+    return metadata is None or isinstance(metadata, str)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def _dump(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise ValueError(f"{value!r:.80} contains a lone surrogate; pass text UTF-8 can hold")
+        text = json.dumps(value, ensure_ascii=False)
+        return _GO_ESCAPED.sub(lambda m: _GO_ESCAPES[m.group()], text)
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return _go_float(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_dump(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"metadata maps must have str keys, got {value!r:.80}")
+        # Go marshals a map[string]any with its keys sorted (UTF-8 byte order = code points)
+        return "{" + ",".join(f"{_dump(k)}:{_dump(value[k])}" for k in sorted(value)) + "}"
+    raise TypeError(
+        "metadata must be JSON: None, str, bool, int, float, list or dict with str keys "
+        f"(best a str or None), got {type(value).__name__}"
+    )
+
+
+def _go_float(f: float) -> str:
+    """A float64 as Go's ``encoding/json`` writes it: the shortest digits that read back, in
+    plain notation unless below 1e-6 or from 1e21 (then ``1e-7``, ``1.5e+21``)."""
+    if not math.isfinite(f):
+        raise ValueError(f"metadata cannot hold {f!r}: JSON has no NaN or infinity")
+    digits = decimal.Decimal(repr(f)).normalize()  # repr: the shortest round-trip digits
+    size = abs(f)
+    if size == 0 or 1e-6 <= size < 1e21:
+        return format(digits, "f")
+    sign, numerals, exponent = digits.as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, numerals))
+    power = exponent + len(text) - 1
+    mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}".replace(
+        "e-0", "e-"
+    )
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _plain(item: Any) -> Any:
+    """A decoded JSON value as Go's ``interface{}`` holds it: objects as dicts (the last of
+    duplicate keys wins), lone surrogate escapes as U+FFFD."""
+    if isinstance(item, GoObject):
+        return {_SURROGATE.sub("\ufffd", k): _plain(v) for k, v in item}
+    if isinstance(item, list):
+        return [_plain(v) for v in item]
+    if isinstance(item, str):
+        return _SURROGATE.sub("\ufffd", item)
+    if isinstance(item, float) and not math.isfinite(item):
+        raise ValueError(f"not a valid {_WHAT}: a number in 'Metadata' overflows a float64")
+    return item

@@ -1,0 +1,282 @@
+"""etcdkit.naming: Go's endpoint record (byte-exact writing, Go-faithful reading) and the
+EndpointManager (add, delete, list, watch, register) on real etcd, both faces."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from etcdkit import (
+    AsyncClient,
+    ChangeKind,
+    Client,
+    Endpoint,
+    EndpointManager,
+    LeaseState,
+    SyncEndpointManager,
+)
+from etcdkit.naming import decode_endpoint, encode_endpoint
+
+WAIT = 10.0
+
+
+# -- the record ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("addr", "metadata", "want"),
+    [
+        ("10.0.0.1:80", None, '{"Op":0,"Addr":"10.0.0.1:80","Metadata":null}'),
+        ("h:1", "zone-a", '{"Op":0,"Addr":"h:1","Metadata":"zone-a"}'),
+        ("a<b>&c", "é\u2028", '{"Op":0,"Addr":"a\\u003cb\\u003e\\u0026c","Metadata":"é\\u2028"}'),
+        ("h:1", 'q"\\\n\t', '{"Op":0,"Addr":"h:1","Metadata":"q\\"\\\\\\n\\t"}'),
+        (
+            "h:1",
+            {"z": 1, "a": [True, None]},
+            '{"Op":0,"Addr":"h:1","Metadata":{"a":[true,null],"z":1}}',
+        ),
+        ("h:1", 1.0, '{"Op":0,"Addr":"h:1","Metadata":1}'),
+        ("h:1", -0.0, '{"Op":0,"Addr":"h:1","Metadata":-0}'),
+        ("h:1", 123.456, '{"Op":0,"Addr":"h:1","Metadata":123.456}'),
+        ("h:1", 1e-6, '{"Op":0,"Addr":"h:1","Metadata":0.000001}'),
+        ("h:1", 1e-7, '{"Op":0,"Addr":"h:1","Metadata":1e-7}'),
+        ("h:1", 2.5e-10, '{"Op":0,"Addr":"h:1","Metadata":2.5e-10}'),
+        ("h:1", 1e20, '{"Op":0,"Addr":"h:1","Metadata":100000000000000000000}'),
+        ("h:1", 1.5e21, '{"Op":0,"Addr":"h:1","Metadata":1.5e+21}'),
+        ("h:1", 1e100, '{"Op":0,"Addr":"h:1","Metadata":1e+100}'),
+        ("h:1", 12, '{"Op":0,"Addr":"h:1","Metadata":12}'),
+    ],
+)
+def test_records_are_written_as_go_marshals_them(addr: str, metadata: Any, want: str) -> None:
+    assert encode_endpoint(addr, metadata) == want
+    assert Endpoint(addr, metadata).encode() == want
+
+
+@pytest.mark.parametrize(
+    ("addr", "metadata", "error"),
+    [
+        (b"h:1", None, TypeError),
+        ("", None, ValueError),
+        ("h:1", float("nan"), ValueError),
+        ("h:1", float("inf"), ValueError),
+        ("h:1", object(), TypeError),
+        ("h:1", {1: "x"}, TypeError),
+        ("h:1", "\ud800", ValueError),
+    ],
+)
+def test_records_that_cannot_be_written_are_refused(
+    addr: Any, metadata: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r"pass|metadata|JSON|addr|surrogate"):
+        encode_endpoint(addr, metadata)
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        (b'{"Op":0,"Addr":"a:1","Metadata":null}', Endpoint("a:1")),
+        (b'{"addr":"a:1","ADDR":"b:2","metadata":"m"}', Endpoint("b:2", "m")),  # last wins
+        (b'{"Addr":"a:1","Addr":null}', Endpoint("a:1")),  # null leaves a string field
+        (b'{"Addr":"a:1","Metadata":1,"Metadata":null}', Endpoint("a:1")),  # ... not an any
+        (b'{"Op":1,"Addr":"a:1","Extra":[1,{"x":2}]}', Endpoint("a:1")),  # Op and unknowns
+        (b'{"Op":255,"Addr":"a:1"}', Endpoint("a:1")),
+        (b'{"Addr":"a:1","Metadata":{"k":{"x":1,"x":2}}}', Endpoint("a:1", {"k": {"x": 2}})),
+        (b"{}", Endpoint("")),
+        (b" null \n", Endpoint("")),  # Go unmarshals null into a struct without an error
+        (b'{"Addr":"\xff:1","Metadata":"\\ud800"}', Endpoint("\ufffd:1", "\ufffd")),
+        ('{"Addr":"a:1","Metadata":2.5}', Endpoint("a:1", 2.5)),
+    ],
+)
+def test_records_are_read_as_go_unmarshals_them(value: str | bytes, want: Endpoint) -> None:
+    assert decode_endpoint(value) == want
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'"a:1"',
+        b'{"Op":256,"Addr":"a:1"}',
+        b'{"Op":-1,"Addr":"a:1"}',
+        b'{"Op":1.0,"Addr":"a:1"}',
+        b'{"Op":"0","Addr":"a:1"}',
+        b'{"Addr":5}',
+        b'{"Addr":"a:1","Metadata":1e400}',
+        b'{"Addr":"a:1","Metadata":NaN}',
+        b'{"Addr":"a:1"} trailing',
+    ],
+)
+def test_records_go_refuses_are_refused(value: bytes) -> None:
+    with pytest.raises(ValueError, match="not a valid endpoint record"):
+        decode_endpoint(value)
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text(max_size=8)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(addr=st.text(min_size=1, max_size=20), metadata=JSON)
+def test_what_we_write_reads_back_and_writes_the_same_bytes(addr: str, metadata: Any) -> None:
+    text = encode_endpoint(addr, metadata)
+    endpoint = decode_endpoint(text.encode())
+    assert endpoint.addr == addr
+    assert endpoint.metadata == metadata or isinstance(metadata, float | list | dict)
+    assert endpoint.encode() == text  # (a float 5.6e16 reads back as the int Go writes)
+
+
+# -- the manager on etcd ---------------------------------------------------------------------------
+
+
+def test_bad_arguments_are_refused_before_any_io(etcd_sync: Client) -> None:
+    with pytest.raises(TypeError, match="target must be a str"):
+        etcd_sync.endpoint_manager(b"svc")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="target must not be empty"):
+        etcd_sync.endpoint_manager("")
+    eps = etcd_sync.endpoint_manager("svc")
+    with pytest.raises(ValueError, match="must start with the target and a slash, 'svc/'"):
+        eps.add("svc-v2/a", "a:1")
+    with pytest.raises(ValueError, match="'svc/'"):
+        eps.delete("svc")
+    with pytest.raises(TypeError, match="lease must be a lease id"):
+        eps.add("svc/a", "a:1", lease=-1)
+    with pytest.raises(ValueError, match="addr must not be empty"):
+        eps.register("")
+    with pytest.raises(TypeError, match="metadata must be JSON"):
+        eps.register("a:1", metadata={1, 2})
+    assert eps.key_for("10.0.0.1:80") == "svc/10.0.0.1:80"
+    assert repr(eps) == "<SyncEndpointManager target='svc'>"
+
+
+async def test_add_list_delete(etcd: AsyncClient, etcd_prefix: str) -> None:
+    target = etcd_prefix + "svc"
+    eps = etcd.endpoint_manager(target)
+    assert isinstance(eps, EndpointManager)
+    assert await eps.list() == {}
+    rev = await eps.add(f"{target}/a", "10.0.0.1:80", "zone-a")
+    assert rev > 0
+    await eps.add(f"{target}/b", "10.0.0.2:80")
+    kv = await etcd.get(f"{target}/a")
+    assert kv is not None
+    assert kv.value == b'{"Op":0,"Addr":"10.0.0.1:80","Metadata":"zone-a"}'
+    # the records of other writers: Go's, another target's, and some no Go client decodes
+    await etcd.put(f"{target}/go", '{"Op":0,"Addr":"10.0.0.3:80","Metadata":null}')
+    await etcd.put(f"{target}-v2/x", encode_endpoint("10.9.9.9:80"))
+    await etcd.put(f"{target}/bad", "not json")
+    await etcd.put(f"{target}/bad-op", '{"Op":300,"Addr":"10.0.0.4:80"}')
+    assert await eps.list() == {
+        f"{target}/a": Endpoint("10.0.0.1:80", "zone-a"),
+        f"{target}/b": Endpoint("10.0.0.2:80"),
+        f"{target}/go": Endpoint("10.0.0.3:80"),
+    }
+    assert eps.skipped == 2
+    assert await eps.delete(f"{target}/a") is True
+    assert await eps.delete(f"{target}/a") is False
+    assert f"{target}/a" not in await eps.list()
+
+
+async def test_add_under_a_lease(etcd: AsyncClient, etcd_prefix: str) -> None:
+    target = etcd_prefix + "svc"
+    eps = etcd.endpoint_manager(target)
+    lease = await etcd.grant(30)
+    await eps.add(f"{target}/a", "10.0.0.1:80", lease=lease.id)
+    kv = await etcd.get(f"{target}/a")
+    assert kv is not None
+    assert kv.lease == lease.id
+    await etcd.revoke(lease.id)
+    assert await eps.list() == {}
+
+
+async def test_watch_gives_exact_views_with_their_changes(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    target = etcd_prefix + "svc"
+    eps = etcd.endpoint_manager(target)
+    await eps.add(f"{target}/a", "10.0.0.1:80")
+    async with eps.watch() as w:
+        view = await w.synced(timeout=WAIT)
+        assert dict(view.tree) == {f"{target}/a": Endpoint("10.0.0.1:80")}
+        await eps.add(f"{target}/b", "10.0.0.2:80", "m")
+        await etcd.put(f"{target}/bad", "{")
+        await eps.delete(f"{target}/a")
+        seen: dict[str, ChangeKind] = {}
+        async with asyncio.timeout(WAIT):
+            async for view in w:
+                seen.update({k: c.kind for k, c in view.changes.items()})
+                if f"{target}/a" not in view.tree:
+                    break
+        assert dict(view.tree) == {f"{target}/b": Endpoint("10.0.0.2:80", "m")}
+        assert seen == {f"{target}/b": ChangeKind.ADDED, f"{target}/a": ChangeKind.REMOVED}
+        assert w.stats.invalid_records == 1
+
+
+async def test_register_keeps_the_endpoint_and_removes_it_on_exit(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    target = etcd_prefix + "svc"
+    eps = etcd.endpoint_manager(target)
+    key = f"{target}/10.0.0.7:8080"
+    async with eps.register("10.0.0.7:8080", "v1", ttl=5) as reg:
+        await reg.registered(timeout=WAIT)
+        assert reg.state is LeaseState.REGISTERED
+        assert await eps.list() == {key: Endpoint("10.0.0.7:8080", "v1")}
+        await etcd.delete(key)  # an outside delete: it comes back
+        async with asyncio.timeout(WAIT):
+            while key not in await eps.list():
+                await asyncio.sleep(0.01)
+    assert await eps.list() == {}
+
+
+async def test_metadata_that_go_cannot_carry_is_warned_once(
+    etcd: AsyncClient, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = etcd_prefix + "svc"
+    eps = etcd.endpoint_manager(target)
+    with caplog.at_level(logging.WARNING, logger="etcdkit.naming"):
+        await eps.add(f"{target}/a", "a:1", "plain")
+        assert "19700" not in caplog.text
+        await eps.add(f"{target}/b", "b:1", {"weight": 2})
+        await eps.add(f"{target}/c", "c:1", [1])
+    warnings = [r for r in caplog.records if "19700" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "dict" in warnings[0].getMessage()
+    assert (await eps.list())[f"{target}/b"] == Endpoint("b:1", {"weight": 2})
+
+
+def test_the_threaded_face(etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None) -> None:
+    target = etcd_prefix + "svc"
+    eps = etcd_sync.endpoint_manager(target)
+    assert isinstance(eps, SyncEndpointManager)
+    assert eps.target == target
+    assert eps.prefix == target + "/"
+    eps.add(f"{target}/a", "10.0.0.1:80")
+    with eps.watch() as w:
+        view = w.synced(timeout=WAIT)
+        assert dict(view.tree) == {f"{target}/a": Endpoint("10.0.0.1:80")}
+        with eps.register("10.0.0.2:80", ttl=5) as reg:
+            reg.registered(timeout=WAIT)
+            for view in w:
+                if len(view.tree) == 2:
+                    break
+            assert view.tree[f"{target}/10.0.0.2:80"] == Endpoint("10.0.0.2:80")
+        assert eps.delete(f"{target}/a")
+        for view in w:
+            if not view.tree:
+                break
+    assert eps.list() == {}
+    assert eps.skipped == 0
