@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.chaos.locks import LockChaosConfig, LockChaosReport, _retry, _Run, emit, run_contenders
-from bench.chaos.workers import config, no_holder, serve, worker_argv, worker_parser
+from bench.chaos.workers import config, main_of, no_holder, worker_argv
 from etcdkit import AsyncClient, EtcdkitError, OutcomeUnknownError
 
 KEY = "/chaos/counter/n"
@@ -182,19 +182,7 @@ async def _verify(direct: AsyncClient, run: _Run) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = worker_parser("python -m bench.chaos.counter")
-    args = parser.parse_args(argv)
-    if args.mode == "work":
-        asyncio.run(serve(args, work))
-        return 0
-
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    report = asyncio.run(run_counter_chaos(args.seed, args.seconds, progress=say))
-    say(report.summary())
-    print(report.to_json())
-    return 1 if report.violations else 0
+    return main_of("python -m bench.chaos.counter", work, run_counter_chaos, argv)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bench.chaos.locks import LockChaosConfig, LockChaosReport, _retry, _Run, emit, run_contenders
-from bench.chaos.workers import config, no_holder, serve, worker_argv, worker_parser
+from bench.chaos.workers import config, main_of, no_holder, worker_argv
 from etcdkit import (
     AsyncClient,
     Compare,
@@ -259,19 +259,7 @@ async def _verify(direct: AsyncClient, run: _Run) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = worker_parser("python -m bench.chaos.stm")
-    args = parser.parse_args(argv)
-    if args.mode == "work":
-        asyncio.run(serve(args, work))
-        return 0
-
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    report = asyncio.run(run_stm_chaos(args.seed, args.seconds, progress=say))
-    say(report.summary())
-    print(report.to_json())
-    return 1 if report.violations else 0
+    return main_of("python -m bench.chaos.stm", work, run_stm_chaos, argv)
 
 
 if __name__ == "__main__":

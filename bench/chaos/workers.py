@@ -19,14 +19,24 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from bench.chaos.locks import LockChaosConfig, emit
 from etcdkit import KeyValue
 from etcdkit.server import Proxy
 
-__all__ = ["RECIPE_FAULTS", "config", "no_holder", "serve", "worker_argv", "worker_parser"]
+__all__ = [
+    "RECIPE_FAULTS",
+    "config",
+    "main_of",
+    "no_holder",
+    "serve",
+    "worker_argv",
+    "worker_parser",
+]
 
 # No lease to revoke: these recipes hold none.
 RECIPE_FAULTS = ("kill_member", "kill_leader", "pause_member", "pause_leader", "cut_process")
@@ -87,3 +97,35 @@ async def serve(args: argparse.Namespace, body: Body) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await body(args, stop)
+
+
+class _Report(Protocol):
+    violations: list[str]
+
+    def summary(self) -> str: ...
+
+    def to_json(self) -> str: ...
+
+
+def main_of(
+    prog: str,
+    body: Body,
+    run: Callable[..., Coroutine[Any, Any, Any]],
+    argv: list[str] | None = None,
+) -> int:
+    """The command line of a recipe checker: ``--mode work`` is a worker process running
+    ``body``; otherwise ``run(seed, seconds, progress=...)`` checks, prints the summary on
+    stderr and the report as JSON; exit status 1 on a violation."""
+    parser, _ = worker_parser(prog)
+    args = parser.parse_args(argv)
+    if args.mode == "work":
+        asyncio.run(serve(args, body))
+        return 0
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    report: _Report = asyncio.run(run(args.seed, args.seconds, progress=say))
+    say(report.summary())
+    print(report.to_json())
+    return 1 if report.violations else 0
