@@ -206,6 +206,50 @@ def child_env() -> dict[str, str]:
     return env
 
 
+class Observer:
+    """An observer process (``python -m MODULE observe ENDPOINT NAME``) that prints ``ready``,
+    then ``+ID T`` / ``-ID T`` (``T``: its ``time.monotonic()``, one clock per machine) as
+    what it follows appears and leaves: what the ``visible`` cases measure against."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.stdout = proc.stdout
+
+    @classmethod
+    async def start(cls, module: str, endpoint: str, name: str) -> Observer:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            "observe",
+            endpoint,
+            name,
+            stdout=asyncio.subprocess.PIPE,
+            env=child_env(),
+            cwd=str(REPO_ROOT),
+        )
+        observer = cls(proc)
+        await observer.expect("ready")
+        return observer
+
+    async def expect(self, prefix: str, timeout: float = 10.0) -> float:
+        """The time on the next line that starts with ``prefix`` (0.0 if it has none)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.stdout.readline()).decode()
+                if not line:
+                    raise RuntimeError("the observer process ended")
+                if line.startswith(prefix):
+                    parts = line.split()
+                    return float(parts[1]) if len(parts) > 1 else 0.0
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+
+
 async def run_probe(module: str, args: Sequence[str], *, timeout: float = 900.0) -> Any:
     """Run ``python -m module *args`` in a fresh process; returns the JSON of its last stdout
     line. Used where a figure must not include this process's history (peak RSS) or CPU."""

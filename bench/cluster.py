@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from bench._common import REPO_ROOT, Env, Goal, Job, child_env, ms, percentile, progress, result
+from bench._common import Env, Goal, Job, Observer, ms, percentile, progress, result
 from etcdkit import AsyncClient
 from etcdkit.cluster import HashRing, Member, MemoryCluster, NodeDescriptor, RegistryView
 from etcdkit.cluster.grpc import RoutedChannel, route_key
@@ -71,49 +71,24 @@ async def observe(endpoint: str, root: str) -> None:
 
 async def visible(env: Env, params: dict[str, Any]) -> None:
     rounds = int(params["rounds"])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.cluster",
-        "observe",
-        env.endpoint,
-        ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        env=child_env(),
-        cwd=str(REPO_ROOT),
-    )
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    async def expect(prefix: str) -> float:
-        async with asyncio.timeout(10.0):
-            while True:
-                line = (await stdout.readline()).decode()
-                if not line:
-                    raise RuntimeError("the observer process ended")
-                if line.startswith(prefix):
-                    parts = line.split()
-                    return float(parts[1]) if len(parts) > 1 else 0.0
-
     lat: list[float] = []
     own: list[float] = []
+    observer = await Observer.start("bench.cluster", env.endpoint, ROOT)
     try:
-        await expect("ready")
         async with AsyncClient(env.endpoint) as etcd, etcd.cluster(ROOT, ttl=10) as cluster:
             for i in range(WARMUP + rounds):
                 m = cluster.membership("10.0.0.1:80", id=f"m{i}")
                 t0 = time.monotonic()
                 await m.register(timeout=10.0)
                 t1 = time.monotonic()
-                seen_at = await expect(f"+m{i} ")
+                seen_at = await observer.expect(f"+m{i} ")
                 await m.deregister(timeout=10.0)
-                await expect(f"-m{i} ")
+                await observer.expect(f"-m{i} ")
                 if i >= WARMUP:
                     lat.append(seen_at - t0)
                     own.append(t1 - t0)
     finally:
-        proc.kill()
-        await proc.wait()
+        await observer.stop()
     figures = {
         "visible_p50_ms": ms(percentile(lat, 50)),
         "visible_p99_ms": ms(percentile(lat, 99)),

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from bench._common import REPO_ROOT, Env, Goal, Job, child_env, ms, percentile, progress, result
+from bench._common import Env, Goal, Job, Observer, ms, percentile, progress, result
 from bench.cluster import _server
 from etcdkit import AsyncClient
 from etcdkit.naming.grpc import channel
@@ -57,33 +57,9 @@ async def observe(endpoint: str, target: str) -> None:
 
 async def visible(env: Env, params: dict[str, Any]) -> None:
     rounds = int(params["rounds"])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.naming",
-        "observe",
-        env.endpoint,
-        TARGET,
-        stdout=asyncio.subprocess.PIPE,
-        env=child_env(),
-        cwd=str(REPO_ROOT),
-    )
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    async def expect(prefix: str) -> float:
-        async with asyncio.timeout(10.0):
-            while True:
-                line = (await stdout.readline()).decode()
-                if not line:
-                    raise RuntimeError("the observer process ended")
-                if line.startswith(prefix):
-                    parts = line.split()
-                    return float(parts[1]) if len(parts) > 1 else 0.0
-
     lat: list[float] = []
+    observer = await Observer.start("bench.naming", env.endpoint, TARGET)
     try:
-        await expect("ready")
         async with AsyncClient(env.endpoint) as etcd:
             eps = etcd.endpoint_manager(TARGET)
             for i in range(WARMUP + rounds):
@@ -91,13 +67,12 @@ async def visible(env: Env, params: dict[str, Any]) -> None:
                 t0 = time.monotonic()
                 async with eps.register(addr, ttl=10) as reg:
                     await reg.registered(timeout=10.0)
-                    seen_at = await expect(f"+{TARGET}/{addr} ")
-                await expect(f"-{TARGET}/{addr} ")
+                    seen_at = await observer.expect(f"+{TARGET}/{addr} ")
+                await observer.expect(f"-{TARGET}/{addr} ")
                 if i >= WARMUP:
                     lat.append(seen_at - t0)
     finally:
-        proc.kill()
-        await proc.wait()
+        await observer.stop()
     figures = {
         "visible_p50_ms": ms(percentile(lat, 50)),
         "visible_p99_ms": ms(percentile(lat, 99)),
