@@ -49,8 +49,9 @@ from etcdkit._types import (
     Op,
     RangeResult,
     SessionState,
-    to_bytes,
 )
+from etcdkit.recipes._hold import check_timeout, check_ttl, lost_margin
+from etcdkit.recipes._hold import name_prefix as prefix_of
 
 if TYPE_CHECKING:
     from etcdkit import Session, Watch
@@ -65,42 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("etcdkit.lock")
-
-
-def prefix_of(name: str | bytes) -> bytes:
-    """The key prefix of a lock or election: ``name + "/"``, always (as Go does), so that "/a"
-    and "/ab" never share keys, and "/a/" is Go's "/a/" too (keys "/a//<lease>")."""
-    raw = to_bytes(name, "name")
-    if not raw:
-        raise ValueError('name must not be empty: pass e.g. "/locks/invoices"')
-    return raw + b"/"
-
-
-def check_ttl(ttl: object) -> int:
-    if not isinstance(ttl, int) or isinstance(ttl, bool):
-        raise TypeError(f"ttl must be a whole number of seconds (int), got {ttl!r:.40}")
-    if not 1 <= ttl < 2**63:
-        raise ValueError(f"ttl must be >= 1 second, got {ttl!r}")
-    return ttl
-
-
-def check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r:.40}")
-    if not timeout >= 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-    return float(timeout)
-
-
-def lost_margin(ttl: int) -> float:
-    """How long before our own estimate of the lease's expiry a SUSPENDED holder says LOST.
-
-    We learn of a refresh when its answer arrives; etcd counts the TTL from when it applied it,
-    a little earlier. The margin covers that delay (and more), so that a cut-off holder stops
-    believing before etcd deletes its key."""
-    return min(1.0, ttl / 10.0)
 
 
 GRANT_WAIT = 2.0  # how long an abandoned acquisition waits for its lease grant to answer
