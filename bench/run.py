@@ -55,6 +55,7 @@ SCENARIOS = (
     "semaphore",
     "recipes",
     "naming",
+    "peers",
 )
 JOB_TIMEOUT = 900.0
 
