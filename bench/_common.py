@@ -244,6 +244,17 @@ class Observer:
                     parts = line.split()
                     return float(parts[1]) if len(parts) > 1 else 0.0
 
+    @staticmethod
+    def report(seen: set[str], now: set[str]) -> set[str]:
+        """The observer process's side: print ``+ID T`` / ``-ID T`` for what appeared / left
+        between ``seen`` and ``now``; returns ``now`` (what is seen next)."""
+        t = time.monotonic()
+        for new in sorted(now - seen):
+            print(f"+{new} {t:.9f}", flush=True)
+        for gone in sorted(seen - now):
+            print(f"-{gone} {t:.9f}", flush=True)
+        return now
+
     async def stop(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()

@@ -60,13 +60,7 @@ async def observe(endpoint: str, root: str) -> None:
         print("ready", flush=True)
         seen: set[str] = set()
         async for members in cluster.watch_members():
-            now = time.monotonic()
-            ids = {m.id for m in members}
-            for new in sorted(ids - seen):
-                print(f"+{new} {now:.9f}", flush=True)
-            for gone in sorted(seen - ids):
-                print(f"-{gone} {now:.9f}", flush=True)
-            seen = ids
+            seen = Observer.report(seen, {m.id for m in members})
 
 
 async def visible(env: Env, params: dict[str, Any]) -> None:

@@ -46,13 +46,7 @@ async def observe(endpoint: str, target: str) -> None:
         print("ready", flush=True)
         seen: set[str] = set()
         async for view in w:
-            now = time.monotonic()
-            keys = set(view.tree)
-            for new in sorted(keys - seen):
-                print(f"+{new} {now:.9f}", flush=True)
-            for gone in sorted(seen - keys):
-                print(f"-{gone} {now:.9f}", flush=True)
-            seen = keys
+            seen = Observer.report(seen, set(view.tree))
 
 
 async def visible(env: Env, params: dict[str, Any]) -> None:
