@@ -23,6 +23,7 @@ from etcdkit import (
     Permit,
     Semaphore,
 )
+from etcdkit.recipes._hold import absent, deleted, watch_until
 from etcdkit.server import EtcdServer
 
 WAIT = 20.0
@@ -154,6 +155,29 @@ async def test_a_release_wakes_the_first_waiter_only(etcd: AsyncClient, etcd_pre
     await asyncio.gather(*acquisitions, return_exceptions=True)
     await got[0].release()
     assert await keys(etcd, (etcd_prefix + "sem/").encode()) == []
+
+
+async def test_a_wait_sees_a_deletion_that_came_before_its_watch(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    # A waiter reads the key ahead at `rev`, and it goes before the watch exists: etcd then
+    # replays it only when its "unsynced" watchers catch up (every 100 ms). The read made
+    # beside the watch returns at once; here the watch's own events are ignored, so only that
+    # read can end the wait.
+    key = (etcd_prefix + "ahead").encode()
+    await etcd.put(key, b"")
+    rev = (await etcd.range(key)).revision
+    await etcd.delete_range(key)
+    async with asyncio.timeout(WAIT):
+        await watch_until(etcd, key, rev, None, lambda events: False, settled=absent)
+    await etcd.put(key, b"")  # still there: the read says nothing, the watch decides
+    rev = (await etcd.range(key)).revision
+    waiting = asyncio.create_task(watch_until(etcd, key, rev, None, deleted, settled=absent))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await etcd.delete_range(key)
+    async with asyncio.timeout(WAIT):
+        await waiting
 
 
 # -- fencing and loss -----------------------------------------------------------------------------

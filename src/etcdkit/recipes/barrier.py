@@ -107,6 +107,12 @@ class Barrier:
                 async with self._etcd.watch(
                     self._key, start_revision=now.revision + 1, filters=("noput",)
                 ) as watch:
+                    # A watch created once etcd is past its start waits up to 100 ms (etcd's
+                    # "unsynced" watchers): a release between our read and the create is seen
+                    # at once by this second read instead.
+                    again = await self._etcd.range(self._key, serializable=True)
+                    if not again.kvs and again.revision > now.revision:
+                        return again.revision
                     async for batch in watch:
                         for ev in batch.events:
                             if ev.type is EventType.DELETE:

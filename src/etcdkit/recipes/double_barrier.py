@@ -29,6 +29,7 @@ from etcdkit.recipes._hold import (
     Gone,
     Hold,
     SyncHold,
+    absent,
     check_count,
     check_timeout,
     check_ttl,
@@ -192,8 +193,18 @@ class DoubleBarrier:
                 place._behind = f"{n} of {self._count} are in"
                 if not wait:
                     return None
+
+                def ready(now: RangeResult, since: int = first) -> bool:
+                    return any(kv.mod_revision >= since for kv in now.kvs)  # put since we came
+
                 await watch_until(
-                    etcd, self.ready_key, first - 1, session, _put, filters=("nodelete",)
+                    etcd,
+                    self.ready_key,
+                    first - 1,
+                    session,
+                    _put,
+                    filters=("nodelete",),
+                    settled=ready,
                 )
                 return key, rev, res.revision
             except Gone as gone:
@@ -263,7 +274,7 @@ class DoubleBarrier:
                 self._place._behind = f"{len(now.kvs)} still in; waiting for {target!r} to go"
                 if not wait:
                     raise TimeoutError
-                await watch_until(etcd, target, now.revision, None, deleted)
+                await watch_until(etcd, target, now.revision, None, deleted, settled=absent)
             except EtcdkitError as exc:
                 if not etcd.retry.is_retryable(exc):
                     raise

@@ -31,6 +31,7 @@ from etcdkit.recipes._hold import (
     Gone,
     Hold,
     SyncHold,
+    absent,
     check_timeout,
     check_ttl,
     deleted,
@@ -186,7 +187,7 @@ class RWHold(Hold):
                 self._behind = f"waiting for {ahead.key!r} to go"
                 if not wait:
                     return None
-                await watch_until(etcd, ahead.key, at, session, deleted)
+                await watch_until(etcd, ahead.key, at, session, deleted, settled=absent)
                 self._wakeups += 1
             except Gone as gone:
                 await self.requeue(str(gone))

@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any
 from etcdkit._errors import EtcdkitError, EtcdTimeoutError
 from etcdkit._surface import Etcd
 from etcdkit._twin import PortalLike, Twin, mirror
-from etcdkit._types import Compare, EventType, HoldState, KeyValue, Op, WatchEvent
+from etcdkit._types import Compare, EventType, HoldState, KeyValue, Op, RangeResult, WatchEvent
 from etcdkit.recipes._hold import (
     Gone,
     Hold,
     SyncHold,
+    absent,
     check_count,
     check_timeout,
     check_ttl,
@@ -241,7 +242,9 @@ class Permit(Hold):
                     self._behind = f"in line behind {ahead.key!r}"
                     if not wait:
                         return None
-                    await watch_until(etcd, ahead.key, line.revision, session, deleted)
+                    await watch_until(
+                        etcd, ahead.key, line.revision, session, deleted, settled=absent
+                    )
                     self._wakeups += 1
                     continue
                 self._behind = f"first in line; all {self._sem.permits} permits held"
@@ -326,8 +329,17 @@ class Permit(Hold):
                     left.discard(ev.kv.key)
             return len(left) < self._sem.permits
 
+        def fewer(now: RangeResult) -> bool:
+            return sum(kv.key in line.holders for kv in now.kvs) < self._sem.permits
+
         await watch_until(
-            self._etcd, self._sem.holders_prefix, line.revision, session, done, prefix=True
+            self._etcd,
+            self._sem.holders_prefix,
+            line.revision,
+            session,
+            done,
+            prefix=True,
+            settled=fewer,
         )
         self._wakeups += 1
 
