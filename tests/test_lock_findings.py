@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 import etcdkit
 from etcdkit import AsyncClient, Client, EtcdTimeoutError, HoldState, Op, _metrics
@@ -100,8 +100,9 @@ def requeues_counted(reader: InMemoryMetricReader, recipe: str) -> float:
             for metric in sm.metrics:
                 if metric.name == "etcdkit.lock.requeues":
                     for p in metric.data.data_points:
+                        assert isinstance(p, NumberDataPoint), p  # a counter's points
                         if dict(p.attributes or {}) == {"recipe": recipe}:
-                            found += getattr(p, "value", 0)
+                            found += p.value
     return found
 
 
