@@ -239,6 +239,9 @@ BAD: list[tuple[str, dict[str, Any], type[Exception]]] = [
     ("range", {"key": "k", "limit": -1}, ValueError),
     ("range", {"key": "k", "limit": "1"}, TypeError),
     ("range", {"key": "k", "revision": -1}, ValueError),
+    ("range", {"key": "k", "revision": False}, TypeError),  # (the plain read's own checks)
+    ("range", {"key": "k", "limit": 0.0}, TypeError),
+    ("range", {"key": b""}, ValueError),
     ("range", {"key": "k", "sort_order": "up"}, ValueError),
     ("range", {"key": "k", "sort_target": "size"}, ValueError),
     ("range", {"key": "k", "serializable": 1}, TypeError),

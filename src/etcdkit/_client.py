@@ -31,6 +31,7 @@ from etcdkit._types import (
     SortTarget,
     TxnResult,
     WatchFilter,
+    key_bytes,
     range_end_of,
 )
 from etcdkit._watch import Watch
@@ -58,6 +59,8 @@ V = TypeVar("V")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 5.0
+_NO_INTS = (0, 0, 0, 0, 0, 0)  # range()'s int options, all unset
+_INT_TYPES = (int, int, int, int, int, int)
 
 
 class AsyncClient:
@@ -303,6 +306,31 @@ class AsyncClient:
         :class:`CompactedError` for a compacted ``revision``; ``TypeError``/``ValueError`` for
         bad arguments, before any I/O.
         """
+        ints = (
+            revision,
+            limit,
+            min_mod_revision,
+            max_mod_revision,
+            min_create_revision,
+            max_create_revision,
+        )
+        if (
+            range_end is None
+            and prefix is False
+            and sort_order is None
+            and sort_target == "key"
+            and serializable is False
+            and keys_only is False
+            and count_only is False
+            and ints == _NO_INTS
+            and tuple(map(type, ints)) == _INT_TYPES  # (not False, nor 0.0)
+        ):
+            # A plain read of one key: reads of many keys asked for together go out in
+            # transactions of up to 128 (wait_for in bulk; see KV.get_coalesced). Its
+            # arguments are checked here, without building and comparing a full Op.range.
+            op = Op("range", key_bytes(key))
+            self._core.check_open()
+            return await self._core.kv.get_coalesced(op)
         op = Op.range(
             key,
             range_end,
@@ -320,10 +348,6 @@ class AsyncClient:
             max_create_revision=max_create_revision,
         )
         self._core.check_open()
-        if op == Op.get(op.key):
-            # A plain read of one key: reads of many keys asked for together go out in
-            # transactions of up to 128 (wait_for in bulk; see KV.get_coalesced).
-            return await self._core.kv.get_coalesced(op)
         return await self._core.kv.range(op)
 
     @overload

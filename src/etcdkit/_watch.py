@@ -63,6 +63,30 @@ class Watch:
     - ``cancel()`` or leaving the block ends it: the iterator stops.
     """
 
+    # One per waiting wait_for in bulk (10,000 at once): slots, and no buffer or waiter made
+    # until one is needed.
+    __slots__ = (
+        "_buffer",
+        "_cancelled",
+        "_confirmed",
+        "_core",
+        "_disconnects",
+        "_error",
+        "_filters",
+        "_last",
+        "_next",
+        "_paused",
+        "_prev_kv",
+        "_progress",
+        "_single",
+        "_start",
+        "_started",
+        "_sub",
+        "_waiter",
+        "key",
+        "range_end",
+    )
+
     def __init__(
         self,
         core: Core,
@@ -83,9 +107,9 @@ class Watch:
         self._prev_kv = prev_kv
         self._filters = check_filters(filters)
         self._progress = progress_notify
-        self._buffer: collections.deque[WatchBatch] = collections.deque()
+        self._buffer: collections.deque[WatchBatch] | None = None  # made at the first batch
         self._error: EtcdkitError | None = None
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the reader, waiting for a batch
         self._sub: WatchSub | KeyWatch | None = None
         # one key, no options: the key watches may carry it on a shared etcd watch
         self._single = not range_end and not prev_kv and not self._filters and not progress_notify
@@ -158,8 +182,8 @@ class Watch:
         """End the watch (idempotent): the iterator stops, etcd's watch is cancelled."""
         self._cancelled = True
         self._unsubscribe()
-        self._buffer.clear()
-        self._wake.set()
+        self._buffer = None
+        self._wake()
 
     def __aiter__(self) -> Watch:
         return self
@@ -170,9 +194,10 @@ class Watch:
         while True:
             if self._cancelled:
                 raise StopAsyncIteration
-            if self._buffer:
-                batch = self._buffer.popleft()
-                if self._paused and len(self._buffer) <= RESUME_BELOW and self._error is None:
+            buffer = self._buffer
+            if buffer:
+                batch = buffer.popleft()
+                if self._paused and len(buffer) <= RESUME_BELOW and self._error is None:
                     self._paused = False
                     try:
                         self._subscribe()
@@ -183,10 +208,18 @@ class Watch:
                 err, self._error = self._error, None
                 self.cancel()
                 raise err
-            self._wake.clear()
-            await self._wake.wait()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
     # -- on the hub's reader task ------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _subscribe(self) -> None:
         if self._single:
@@ -213,10 +246,13 @@ class Watch:
 
     def _push(self, batch: WatchBatch, next_rev: int) -> None:
         self._last = batch.revision
-        self._buffer.append(batch)
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = collections.deque()
+        buffer.append(batch)
         self._next = next_rev
-        self._wake.set()
-        if len(self._buffer) >= MAX_BUFFERED and not self._paused:
+        self._wake()
+        if len(buffer) >= MAX_BUFFERED and not self._paused:
             self._paused = True  # the reader is behind: step off until it catches up
             self._unsubscribe()
 
@@ -260,4 +296,4 @@ class Watch:
         if isinstance(err, ClosedError):
             err = ClosedError("the etcdkit client was closed; this watch ended with it")
         self._error = err
-        self._wake.set()
+        self._wake()
