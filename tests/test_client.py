@@ -235,6 +235,7 @@ def test_public_names_are_pinned() -> None:
             "ConflictError", "Counter", "OutcomeUnknownError", "PriorityQueue", "Queue", "Stm",
             "SyncCounter", "SyncPriorityQueue", "SyncQueue", "SyncStm",
             "Endpoint", "EndpointManager", "SyncEndpointManager",
+            "KeepAlive", "KeepAliveStatus", "SyncKeepAlive",
         ]
     )  # fmt: skip
     assert isinstance(etcdkit.__version__, str)

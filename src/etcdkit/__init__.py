@@ -32,11 +32,18 @@ from etcdkit._errors import (
     WatchEndedError,
     WrongContextError,
 )
+from etcdkit._keepalive import KeepAlive
 from etcdkit._metrics import ClientStats, LeaseStats
 from etcdkit._retry import RetryPolicy
-from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Change, ChangeKind, Snapshot, default_transform
-from etcdkit._sync import Client, SyncPersistentLease, SyncPrefixWatch, SyncSession, SyncWatch
+from etcdkit._sync import (
+    Client,
+    SyncKeepAlive,
+    SyncPersistentLease,
+    SyncPrefixWatch,
+    SyncSession,
+    SyncWatch,
+)
 from etcdkit._sync_admin import SyncAuth, SyncMaintenance, SyncMembers
 from etcdkit._sync_locks import (
     SyncCampaign,
@@ -50,6 +57,7 @@ from etcdkit._types import (
     DeleteResult,
     EventType,
     HoldState,
+    KeepAliveStatus,
     KeyValue,
     LeaseGrant,
     LeaseInfo,
@@ -75,6 +83,7 @@ from etcdkit.recipes.priority_queue import PriorityQueue, SyncPriorityQueue
 from etcdkit.recipes.queue import Queue, SyncQueue
 from etcdkit.recipes.rwlock import RWHold, RWLock, SyncRWHold, SyncRWLock
 from etcdkit.recipes.semaphore import Permit, Semaphore, SyncPermit, SyncSemaphore
+from etcdkit.recipes.session import Session, SessionState
 from etcdkit.recipes.stm import Stm, SyncStm
 
 __all__ = [
@@ -107,6 +116,8 @@ __all__ = [
     "HashKV",
     "HoldState",
     "InvalidArgumentError",
+    "KeepAlive",
+    "KeepAliveStatus",
     "KeyValue",
     "Leader",
     "Leadership",
@@ -150,6 +161,7 @@ __all__ = [
     "SyncDoubleBarrier",
     "SyncElection",
     "SyncEndpointManager",
+    "SyncKeepAlive",
     "SyncLeadership",
     "SyncLock",
     "SyncLockHold",

@@ -12,9 +12,9 @@ from typing import Any, Literal, TypeVar, overload
 from etcdkit._admin import Auth, Maintenance, Members
 from etcdkit._conn import Connection, Stubs
 from etcdkit._core import Core, CoreState
+from etcdkit._keepalive import KeepAlive
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
-from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Transform, default_transform
 from etcdkit._types import (
     Compare,
@@ -48,6 +48,7 @@ from etcdkit.recipes.priority_queue import PriorityQueue
 from etcdkit.recipes.queue import Queue
 from etcdkit.recipes.rwlock import RWLock
 from etcdkit.recipes.semaphore import Semaphore
+from etcdkit.recipes.session import Session, SessionPool, SessionState
 from etcdkit.recipes.stm import DEFAULT_ATTEMPTS as DEFAULT_STM_ATTEMPTS
 from etcdkit.recipes.stm import Isolation, Stm, run_stm
 from etcdkit.recipes.wait import wait_for
@@ -104,6 +105,9 @@ class AsyncClient:
             retry=RetryPolicy() if retry is None else retry,
         )
         self._core = Core(conn)
+        # one session per TTL shared by its users; closed after what the client adopted
+        self._sessions = SessionPool(self)
+        self._core.after_children.append(self._sessions.close)
 
     def __repr__(self) -> str:
         return f"<AsyncClient endpoints={self._core.where!r} state={self._core.state.value}>"
@@ -458,8 +462,9 @@ class AsyncClient:
         return await self._core.kv.grant(ttl, lease_id)
 
     async def revoke(self, lease_id: int) -> None:
-        """Revoke a lease: every key attached to it is deleted at once."""
-        self._core.check_open()
+        """Revoke a lease: every key attached to it is deleted at once. Also while the client
+        closes (what it closes, sessions first, revokes its leases then)."""
+        self._core.check_open(closing_ok=True)
         await self._core.kv.revoke(lease_id)
 
     async def time_to_live(self, lease_id: int) -> int:
@@ -482,16 +487,30 @@ class AsyncClient:
     async def keep_alive_once(self, lease_id: int) -> int:
         """Renew a lease once (one keepalive on a stream of its own); returns the TTL it was
         renewed to. Raises :class:`LeaseNotFoundError` when the lease does not exist. To keep a
-        lease alive, use :meth:`session`, which renews it on the client's shared stream."""
+        lease alive, use :meth:`keep_alive` or :meth:`session`."""
         self._core.check_open()
         return await self._core.kv.keep_alive_once(lease_id)
+
+    def keep_alive(self, lease_id: int, *, ttl: int | None = None) -> KeepAlive:
+        """Keep a lease alive until cancelled (Go's ``Lease.KeepAlive``): ``async with
+        etcd.keep_alive(lease_id) as ka: async for status in ka:``, each status a
+        :class:`KeepAliveStatus` ``(ttl, suspended)``. Every lease of a client is renewed on
+        one shared LeaseKeepAlive stream, about every third of its TTL. ``ttl``: the TTL it
+        was granted with (its first renewal is then due a third of it later; ``None``: renew
+        at once and learn it from etcd's answer). The iteration raises
+        :class:`LeaseNotFoundError` once the lease is gone, :class:`ClosedError` when the
+        client closes; ``cancel()`` stops renewing (the lease is not revoked). One keepalive
+        per lease and client (a second raises ``ValueError`` while the first runs). See
+        :class:`KeepAlive`."""
+        self._core.check_open()
+        return KeepAlive(self._core.keepalives, lease_id, ttl)
 
     def session(self, ttl: int = 60) -> Session:
         """A lease session (Go's ``concurrency.Session``): ``await client.session(10)`` or
         ``async with client.session(10) as s`` grants one etcd lease and keeps it alive on the
         client's shared keepalive stream until closed. See :class:`Session`."""
         self._core.check_open()
-        session = self._core.sessions.new(ttl)
+        session = self._sessions.new(ttl)
         core = self._core
         core.adopt(session, session.close)  # closing the client closes (revokes) it
 
@@ -509,13 +528,13 @@ class AsyncClient:
         close it: hand it back with :meth:`release_session` when ``user`` is done. If it was
         LOST, ask again: the next user gets a new one."""
         self._core.check_open()
-        return await self._core.sessions.acquire(user, ttl)
+        return await self._sessions.acquire(user, ttl)
 
     def release_session(self, user: object, session: Session) -> bool:
         """``user`` leaves ``session`` (from :meth:`shared_session`, or its own): ``True``
         when no user is left on it, and the caller should then close it (which revokes its
         lease); ``False`` while others still hang on it. Idempotent."""
-        return self._core.sessions.release(user, session)
+        return self._sessions.release(user, session)
 
     @property
     def closed(self) -> bool:

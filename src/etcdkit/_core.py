@@ -14,11 +14,11 @@ from typing import Protocol
 
 from etcdkit._conn import Connection
 from etcdkit._errors import ClosedError, WrongContextError
+from etcdkit._keepalive import KeepAliveHub
 from etcdkit._key_watches import KeyWatches
 from etcdkit._kv import KV
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
-from etcdkit._session import KeepAliveHub, SessionPool
 from etcdkit._watch_hub import WatchHub
 
 __all__ = ["Core", "CoreState", "SupportsCore", "core_of"]
@@ -58,7 +58,8 @@ class Core:
         self._watches: WatchHub | None = None
         self._key_watches: KeyWatches | None = None
         self._keepalives: KeepAliveHub | None = None
-        self._sessions: SessionPool | None = None
+        # closed after the children, before the streams (the client's pool of shared sessions)
+        self.after_children: list[Callable[[], Awaitable[None]]] = []
         # what the client owns (watches, leases...) -> how the client closes it
         self._children: dict[object, Callable[[], Awaitable[None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,12 +92,6 @@ class Core:
         assert self._keepalives is not None
         return self._keepalives
 
-    @property
-    def sessions(self) -> SessionPool:
-        self._check_usable()
-        assert self._sessions is not None
-        return self._sessions
-
     def stats(self) -> ClientStats:
         """The client's figures so far (a :class:`ClientStats` snapshot); no I/O, also after
         close."""
@@ -127,7 +122,6 @@ class Core:
             self._watches = WatchHub(self.conn)
             self._key_watches = KeyWatches(self._watches)
             self._keepalives = KeepAliveHub(self.conn)
-            self._sessions = SessionPool(self.kv, self._keepalives)
             self.state = CoreState.OPEN
 
     def check_loop(self) -> None:
@@ -150,9 +144,12 @@ class Core:
                 "which runs its own loop thread and may be called from any thread"
             )
 
-    def check_open(self) -> None:
-        """For every entry point: the client is open, and this is its event loop."""
-        if self.state is not CoreState.OPEN:
+    def check_open(self, *, closing_ok: bool = False) -> None:
+        """For every entry point: the client is open (or, with ``closing_ok``, closing: what
+        it closes still revokes its leases), and this is its event loop."""
+        if self.state is not CoreState.OPEN and not (
+            closing_ok and self.state is CoreState.CLOSING
+        ):
             self._check_usable()
             raise ClosedError("this etcdkit client is closing; create a new one")
         self.check_loop()
@@ -185,8 +182,8 @@ class Core:
         self.conn.end_calls()  # what callers wait for ends now, not after the revokes
         try:
             await asyncio.gather(*(close() for close in list(self._children.values())))
-            if self._sessions is not None:
-                await self._sessions.close()
+            for close in self.after_children:
+                await close()
             if self._watches is not None:
                 await self._watches.close()
             if self._keepalives is not None:

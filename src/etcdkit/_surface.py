@@ -36,10 +36,11 @@ from etcdkit._types import (
 )
 
 if TYPE_CHECKING:
-    from etcdkit._session import Session
+    from etcdkit._keepalive import KeepAlive
     from etcdkit._watch import Watch
     from etcdkit.recipes.persistent_lease import PersistentLease
     from etcdkit.recipes.prefix_watch import PrefixWatch
+    from etcdkit.recipes.session import Session
 
 __all__ = ["Etcd"]
 
@@ -156,6 +157,8 @@ class Etcd(Protocol):
     async def lease_info(self, lease_id: int, *, keys: bool = False) -> LeaseInfo: ...
 
     async def keep_alive_once(self, lease_id: int) -> int: ...
+
+    def keep_alive(self, lease_id: int, *, ttl: int | None = None) -> KeepAlive: ...
 
     def session(self, ttl: int = 60) -> Session: ...
 

@@ -24,14 +24,14 @@ from typing import Any, Generic, Literal, TypeVar, overload
 from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient
 from etcdkit._conn import Stubs
 from etcdkit._errors import ClosedError, EtcdTimeoutError, WrongContextError
+from etcdkit._keepalive import KeepAlive
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
-from etcdkit._session import Session, SessionState
 from etcdkit._snapshot import Snapshot, Transform
 from etcdkit._sync_admin import SyncAuth, SyncMaintenance, SyncMembers
 from etcdkit._sync_locks import SyncElection, SyncLock
 from etcdkit._twin import Twin, blocking, blocking_read, mirror
-from etcdkit._types import KeyValueLike, PutResult, WatchBatch, WatchFilter
+from etcdkit._types import KeepAliveStatus, KeyValueLike, PutResult, WatchBatch, WatchFilter
 from etcdkit._watch import Watch
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, SyncCluster
 from etcdkit.naming.endpoints import SyncEndpointManager
@@ -44,6 +44,7 @@ from etcdkit.recipes.priority_queue import SyncPriorityQueue
 from etcdkit.recipes.queue import SyncQueue
 from etcdkit.recipes.rwlock import SyncRWLock
 from etcdkit.recipes.semaphore import SyncSemaphore
+from etcdkit.recipes.session import Session, SessionState
 from etcdkit.recipes.stm import DEFAULT_ATTEMPTS as DEFAULT_STM_ATTEMPTS
 from etcdkit.recipes.stm import Isolation, SyncStm, run_stm_blocking
 
@@ -418,6 +419,12 @@ class Client(Twin[AsyncClient]):
         )
         return SyncWatch(self.portal, watch)
 
+    def keep_alive(self, lease_id: int, *, ttl: int | None = None) -> SyncKeepAlive:
+        """See :meth:`AsyncClient.keep_alive`: ``with client.keep_alive(lease_id) as ka: for
+        status in ka:``."""
+        kept = self.portal.run_sync(functools.partial(self.aio.keep_alive, ttl=ttl), lease_id)
+        return SyncKeepAlive(self.portal, kept)
+
     def session(self, ttl: int = 60) -> SyncSession:
         """See :meth:`AsyncClient.session`: grants the lease (blocking) and returns the open
         session; use with ``with`` to close it."""
@@ -561,6 +568,42 @@ class SyncWatch(Twin[Watch]):
     def revision(self) -> int:
         """See :attr:`Watch.revision`."""
         return self.portal.read(lambda: self.aio.revision)
+
+
+class SyncKeepAlive(Twin[KeepAlive]):
+    """Blocking view of a :class:`KeepAlive`: ``with client.keep_alive(lease_id) as ka: for
+    status in ka:``. ``cancel()`` from any thread ends the iteration."""
+
+    def __enter__(self) -> SyncKeepAlive:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()
+
+    def start(self) -> None:
+        """See :meth:`KeepAlive.start`."""
+        self.portal.run_sync(self.aio.start)
+
+    def cancel(self) -> None:
+        """See :meth:`KeepAlive.cancel`: stop renewing (the lease is not revoked)."""
+        if not self.portal.closed:
+            self.portal.run_sync(self.aio.cancel)
+
+    def __iter__(self) -> Iterator[KeepAliveStatus]:
+        return self
+
+    def __next__(self) -> KeepAliveStatus:
+        try:
+            return self.portal.call(self.aio.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    lease_id = mirror(KeepAlive.lease_id, direct=True)
+    ttl = mirror(KeepAlive.ttl)
+    expires = mirror(KeepAlive.expires)
 
 
 class SyncPrefixWatch(Twin[PrefixWatch[K, V]], Generic[K, V]):

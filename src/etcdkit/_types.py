@@ -17,6 +17,7 @@ __all__ = [
     "DeleteResult",
     "EventType",
     "HoldState",
+    "KeepAliveStatus",
     "KeyValue",
     "KeyValueLike",
     "LeaseGrant",
@@ -237,6 +238,19 @@ class SessionState(enum.Enum):
     SUSPENDED = "suspended"
     LOST = "lost"
     CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveStatus:
+    """How a lease kept alive by :meth:`AsyncClient.keep_alive` stands.
+
+    ``suspended=False``: etcd renewed the lease to ``ttl`` seconds. ``suspended=True``: the
+    keepalive stream broke, or an answer is late; renewals resume once etcd answers, and the
+    lease runs out at :attr:`KeepAlive.expires` unless it does (``ttl`` is then the last
+    renewed TTL)."""
+
+    ttl: int
+    suspended: bool
 
 
 WatchFilter: TypeAlias = Literal["noput", "nodelete"]

@@ -49,7 +49,7 @@ from etcdkit._types import (
 )
 
 if TYPE_CHECKING:
-    from etcdkit._session import Session
+    from etcdkit.recipes.session import Session
 
 __all__ = [
     "GRANT_BOUND",

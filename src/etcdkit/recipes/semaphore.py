@@ -54,7 +54,7 @@ from etcdkit.recipes._hold import (
 )
 
 if TYPE_CHECKING:
-    from etcdkit._session import Session
+    from etcdkit.recipes.session import Session
 
 __all__ = ["Permit", "Semaphore", "SyncPermit", "SyncSemaphore"]
 

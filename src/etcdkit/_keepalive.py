@@ -1,8 +1,7 @@
-"""Lease sessions: one etcd lease kept alive, the analogue of Go's ``concurrency.Session``.
-
-:class:`Session` is the public object (``client.session(ttl)``); :class:`SessionPool` shares one
-session per TTL among a client's PersistentLeases; :class:`KeepAliveHub` keeps every session's
-lease alive over one shared LeaseKeepAlive stream per client.
+"""Leases kept alive: :class:`KeepAlive`, the public iterator (``etcd.keep_alive(lease_id)``,
+Go's ``Lease.KeepAlive``), on :class:`KeepAliveHub`, which keeps every lease of a client alive
+over one shared LeaseKeepAlive stream. Sessions (``etcdkit.recipes.session``) are built on
+:class:`KeepAlive`, as Go's ``concurrency.Session`` is on ``Lease.KeepAlive``.
 
 The keepalive hub:
 
@@ -17,7 +16,8 @@ through callbacks, called on the hub's task:
 - ``on_suspended()``: the stream broke, or stalled (a refresh got no answer within
   :func:`stall_after` its TTL, e.g. a black-holed connection that TCP has not noticed yet);
   the stream is re-opened and refreshes resume as soon as etcd answers. Whether the lease
-  survived is known from the first answer after that.
+  survived is known from the first answer after that;
+- ``on_closed()``: the client closed (the lease is no longer kept alive; it is not revoked).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -42,14 +42,12 @@ from etcdkit._errors import (
     ClosedError,
     ConnectionUnavailableError,
     EtcdkitError,
-    EtcdTimeoutError,
     LeaseNotFoundError,
 )
-from etcdkit._kv import KV
 from etcdkit._retry import Backoff
-from etcdkit._types import SessionState
+from etcdkit._types import KeepAliveStatus, check_int64
 
-__all__ = ["KeepAliveHub", "Session", "SessionPool", "SessionState"]
+__all__ = ["KeepAlive", "KeepAliveHub"]
 
 log = logging.getLogger("etcdkit.lease")
 
@@ -78,6 +76,7 @@ class _Entry:
     on_alive: Callable[[int], None]
     on_lost: Callable[[], None]
     on_suspended: Callable[[], None]
+    on_closed: Callable[[], None]
     due: float = field(default=0.0)
     expires: float = field(default=0.0)  # monotonic time etcd forgets the lease, as we know it
 
@@ -105,12 +104,20 @@ class KeepAliveHub:
         on_alive: Callable[[int], None] = _noop,
         on_lost: Callable[[], None] = _noop,
         on_suspended: Callable[[], None] = _noop,
+        on_closed: Callable[[], None] = _noop,
+        refresh_now: bool = False,
     ) -> None:
-        """Keep ``lease_id`` (just granted with ``ttl``) alive until :meth:`remove`."""
+        """Keep ``lease_id`` (granted with ``ttl``) alive until :meth:`remove`; with
+        ``refresh_now`` its first refresh goes out at once (its TTL is then learned from the
+        answer)."""
+        if self._closed:
+            raise ClosedError("the etcdkit client was closed; its leases are no longer kept")
+        if lease_id in self._entries:
+            raise ValueError(f"lease {lease_id:#x} is already kept alive by this client")
         now = time.monotonic()
-        entry = _Entry(lease_id, ttl, on_alive, on_lost, on_suspended)
+        entry = _Entry(lease_id, ttl, on_alive, on_lost, on_suspended, on_closed)
         entry.expires = now + ttl
-        entry.due = now + max(ttl / 3.0, 0.2)
+        entry.due = now if refresh_now else now + max(ttl / 3.0, 0.2)
         self._entries[lease_id] = entry
         heapq.heappush(self._heap, (entry.due, lease_id))
         if self._task is None and not self._closed:
@@ -133,7 +140,10 @@ class KeepAliveHub:
 
     async def close(self) -> None:
         self._closed = True
+        entries = list(self._entries.values())
         self._entries.clear()
+        for entry in entries:
+            entry.on_closed()
         self._wake.set()
         if self._task is not None:
             self._task.cancel()
@@ -291,250 +301,144 @@ class KeepAliveHub:
                 del self._entries[resp.ID]
                 entry.on_lost()
             else:
+                entry.ttl = int(resp.TTL)  # (a renewal is to the whole granted TTL)
                 entry.expires = time.monotonic() + resp.TTL
                 entry.on_alive(resp.TTL)
 
 
-REVOKE_TIMEOUT = 2.0  # bound on the revoke a close sends (etcd may be down)
+class KeepAlive:
+    """etcd renewing one lease on the client's shared LeaseKeepAlive stream, until cancelled
+    (Go's ``Lease.KeepAlive``). Create with :meth:`AsyncClient.keep_alive`; use as
+    ``async with etcd.keep_alive(lease_id) as ka: async for status in ka:``.
 
-
-class Session:
-    """One etcd lease kept alive on the client's shared keepalive stream (Go's
-    ``concurrency.Session``). Create with :meth:`AsyncClient.session`, then ``await`` it or use
-    ``async with``: either grants the lease and returns the open session.
-
-    ``lease_id`` and ``ttl`` (as granted) are known once open; ``state`` is a
-    :class:`SessionState`; ``lost`` is an :class:`asyncio.Event` set once the lease can no
-    longer be trusted (LOST or CLOSED); ``await session.wait_lost()`` waits for it. ``close()``
-    revokes the lease (bounded when etcd is down) and is idempotent. Elections, locks and
-    PersistentLeases attach their keys to a session's lease.
+    - The lease is renewed about every third of its TTL, with every other lease of the client
+      on one stream; after a disconnect, at once.
+    - Each :class:`KeepAliveStatus` says how it stands: ``suspended=False`` with the ``ttl``
+      etcd renewed it to, or ``suspended=True`` when the stream broke or an answer is late
+      (the lease then runs out at :attr:`expires` unless etcd answers again). A reader that
+      falls behind gets the newest status only (the older ones are replaced: bounded).
+    - The iteration raises :class:`LeaseNotFoundError` once etcd says the lease is gone
+      (expired or revoked), and :class:`ClosedError` when the client closes. ``cancel()`` or
+      leaving the block stops renewing (without revoking) and ends the iteration.
     """
 
-    def __init__(self, kv: KV, hub: KeepAliveHub, ttl: int) -> None:
-        if not isinstance(ttl, int) or isinstance(ttl, bool):
-            raise TypeError(f"ttl must be a whole number of seconds (int), got {ttl!r}")
-        if not 1 <= ttl < 2**63:
-            raise ValueError(f"ttl must be >= 1 second (and fit etcd's int64), got {ttl!r}")
-        self._kv = kv
+    __slots__ = ("_cancelled", "_error", "_hub", "_id", "_kept", "_status", "_ttl", "_waiter")
+
+    def __init__(self, hub: KeepAliveHub, lease_id: int, ttl: int | None = None) -> None:
         self._hub = hub
-        self._requested_ttl = ttl
-        self._ttl = 0
-        self._lease_id = 0
-        self._state = SessionState.OPENING
-        self._opening: asyncio.Task[None] | None = None
-        self._expiry: asyncio.TimerHandle | None = None
-        self._listeners: list[Callable[[SessionState], None]] = []
-        self.lost = asyncio.Event()
+        self._id = check_int64(lease_id, "lease_id", low=1)
+        if ttl is not None:
+            check_int64(ttl, "ttl", low=1, hint=" (seconds; None: ask etcd)")
+        self._ttl = ttl or 0
+        self._status: KeepAliveStatus | None = None  # the newest one not yet read
+        self._error: EtcdkitError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._kept = False
+        self._cancelled = False
 
     def __repr__(self) -> str:
-        return f"<Session lease={self._lease_id:#x} ttl={self.ttl} state={self._state.name}>"
+        state = "cancelled" if self._cancelled else "ended" if self._error else "kept"
+        return f"<KeepAlive lease={self._id:#x} ttl={self._ttl} {state}>"
 
     @property
     def lease_id(self) -> int:
-        """The lease id (0 until open)."""
-        return self._lease_id
+        """The lease kept alive."""
+        return self._id
 
     @property
     def ttl(self) -> int:
-        """The TTL etcd granted (may be above the requested one); the requested before that."""
-        return self._ttl or self._requested_ttl
-
-    @property
-    def state(self) -> SessionState:
-        return self._state
+        """The lease's TTL as etcd last renewed it (the one given before the first answer; 0
+        when neither is known yet)."""
+        return self._ttl
 
     @property
     def expires(self) -> float | None:
-        """When the lease runs out if etcd confirms it no more, on ``time.monotonic()`` (the
-        event loop's clock): its last confirmed TTL, counted from that answer. ``None`` while
-        it is not kept alive (opening, lost, closed). Recipes that hold something say LOST a
-        margin before it, while SUSPENDED."""
-        return self._hub.expires(self._lease_id) if self._lease_id else None
+        """When the lease runs out if etcd renews it no more, on ``time.monotonic()``: its last
+        renewed TTL counted from that answer. ``None`` while not kept (not started, ended)."""
+        return self._hub.expires(self._id) if self._kept else None
 
-    def add_listener(self, callback: Callable[[SessionState], None]) -> Callable[[], None]:
-        """Call ``callback(state)`` on every state change (on the event loop); returns a
-        function that removes it. Callback errors are logged, not raised."""
-        self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+    def start(self) -> None:
+        """Start renewing (idempotent; ``__aenter__`` and the first ``__anext__`` do it)."""
+        if self._kept or self._cancelled or self._error is not None:
+            return
+        self._hub.add(
+            self._id,
+            self._ttl or 1,
+            on_alive=self._on_alive,
+            on_lost=self._on_lost,
+            on_suspended=self._on_suspended,
+            on_closed=self._on_closed,
+            refresh_now=not self._ttl,
+        )
+        self._kept = True
 
-    async def open(self) -> Session:
-        """Grant the lease and start keeping it alive (idempotent); returns the session."""
-        if self._state in (SessionState.LOST, SessionState.CLOSED) and not self._lease_id:
-            raise ClosedError(f"this session is {self._state.name.lower()}; open a new one")
-        opening = self._opening
-        if opening is None or (opening.done() and (opening.cancelled() or opening.exception())):
-            # first open, or the last grant failed (etcd unreachable...): grant anew
-            opening = self._opening = asyncio.get_running_loop().create_task(
-                self._grant(), name="etcdkit-session-grant"
-            )
-        await asyncio.shield(opening)
+    def cancel(self) -> None:
+        """Stop renewing (idempotent; the lease is not revoked): the iteration ends."""
+        self._cancelled = True
+        self._stop()
+        self._wake()
+
+    async def __aenter__(self) -> KeepAlive:
+        self.start()
         return self
-
-    def __await__(self) -> Generator[Any, None, Session]:
-        return self.open().__await__()
-
-    async def __aenter__(self) -> Session:
-        return await self.open()
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.close()
+        self.cancel()
 
-    async def wait_lost(self, timeout: float | None = None) -> SessionState:
-        """Wait until the lease can no longer be trusted; returns LOST or CLOSED."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self.lost.wait()
-        except TimeoutError:
-            raise EtcdTimeoutError(
-                f"session {self._lease_id:#x} was not lost within {timeout} s"
-            ) from None
-        return self._state
+    def __aiter__(self) -> KeepAlive:
+        return self
 
-    async def close(self) -> None:
-        """Revoke the lease (every key on it goes at once) and stop; idempotent, bounded when
-        etcd is down (the lease then expires by itself after its TTL)."""
-        if self._state is SessionState.CLOSED:
-            return
-        was_lost = self._state is SessionState.LOST
-        if self._opening is not None and not self._opening.done():
-            self._opening.cancel()
-            with contextlib.suppress(asyncio.CancelledError, EtcdkitError):
-                await self._opening
-        self._stop(SessionState.CLOSED)
-        if self._lease_id and not was_lost:
+    async def __anext__(self) -> KeepAliveStatus:
+        self.start()
+        while True:
+            if self._cancelled:
+                raise StopAsyncIteration
+            status = self._status
+            if status is not None:
+                self._status = None
+                return status
+            if self._error is not None:
+                raise self._error
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(REVOKE_TIMEOUT):
-                    await self._kv.revoke(self._lease_id)
-            except LeaseNotFoundError:
-                # Revoked or expired already (e.g. by someone else): gone, as closing wants.
-                log.debug("session %#x: the lease was already gone on close", self._lease_id)
-            except (EtcdkitError, TimeoutError) as exc:
-                log.warning(
-                    "session %#x: could not revoke on close (%s); it expires %d s after its "
-                    "last refresh",
-                    self._lease_id,
-                    exc,
-                    self.ttl,
-                )
+                await waiter
+            finally:
+                self._waiter = None
 
-    def mark_lost(self, why: str) -> None:
-        """The lease is known gone (e.g. etcd said "lease not found")."""
-        if self._state not in (SessionState.LOST, SessionState.CLOSED):
-            log.info("session %#x lost: %s", self._lease_id, why)
-            self._stop(SessionState.LOST)
+    # -- on the hub's task ------------------------------------------------------------------------
 
-    # -- internals --------------------------------------------------------------------------------
+    def _stop(self) -> None:
+        if self._kept:
+            self._kept = False
+            self._hub.remove(self._id)
 
-    async def _grant(self) -> None:
-        grant = await self._kv.grant(self._requested_ttl)
-        if grant.ttl != self._requested_ttl:
-            log.warning(
-                "session %#x: etcd granted ttl %d s instead of the requested %d s (its minimum "
-                "lease TTL)",
-                grant.id,
-                grant.ttl,
-                self._requested_ttl,
-            )
-        self._lease_id, self._ttl = grant.id, grant.ttl
-        self._hub.add(
-            grant.id,
-            grant.ttl,
-            on_alive=self._on_alive,
-            on_lost=lambda: self.mark_lost("etcd says the lease expired or was revoked"),
-            on_suspended=self._on_suspended,
-        )
-        self._set(SessionState.ALIVE)
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    def _on_alive(self, _remaining: int) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        if self._state is SessionState.SUSPENDED:
-            self._set(SessionState.ALIVE)
+    def _push(self, status: KeepAliveStatus) -> None:
+        if not self._cancelled:
+            self._status = status
+            self._wake()
+
+    def _on_alive(self, ttl: int) -> None:
+        self._ttl = ttl
+        self._push(KeepAliveStatus(ttl, False))
 
     def _on_suspended(self) -> None:
-        if self._state is not SessionState.ALIVE:
-            return
-        self._set(SessionState.SUSPENDED)
-        expires = self._hub.expires(self._lease_id)
-        if expires is not None and self._expiry is None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, expires - time.monotonic())
-            self._expiry = loop.call_later(delay, self._expired)
+        self._push(KeepAliveStatus(self._ttl, True))
 
-    def _expired(self) -> None:
-        self._expiry = None
-        if self._state is SessionState.SUSPENDED:
-            self.mark_lost(f"no keepalive answer for the lease's TTL ({self.ttl} s)")
+    def _on_lost(self) -> None:
+        self._kept = False  # (the hub dropped it)
+        self._error = LeaseNotFoundError(
+            f"lease {self._id:#x} is gone: etcd says it expired or was revoked"
+        )
+        self._wake()
 
-    def _stop(self, state: SessionState) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        self._hub.remove(self._lease_id)
-        self._set(state)
-        self.lost.set()
-
-    def _set(self, state: SessionState) -> None:
-        if state is self._state:
-            return
-        self._state = state
-        for cb in list(self._listeners):
-            try:
-                cb(state)
-            except Exception:
-                log.exception("session %#x: state listener failed", self._lease_id)
-
-
-class SessionPool:
-    """Hands out sessions to one client's PersistentLeases: one live session per TTL, shared by
-    every PersistentLease asking for that TTL (like the keys of a Go ``concurrency.Session`` or
-    a ZooKeeper session's ephemeral nodes), so a thousand registrations cost one keepalive per
-    ttl/3. A session nobody uses any more is closed (its lease revoked)."""
-
-    def __init__(self, kv: KV, hub: KeepAliveHub) -> None:
-        self._kv = kv
-        self._hub = hub
-        self._by_ttl: dict[int, Session] = {}
-        self._users: dict[Session, set[object]] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
-
-    def new(self, ttl: int) -> Session:
-        """A session of its own (not shared), not yet open."""
-        return Session(self._kv, self._hub, ttl)
-
-    async def acquire(self, user: object, ttl: int, *, shared: bool = True) -> Session:
-        """An open, live session for ``user``."""
-        if not shared:
-            session = await self.new(ttl).open()
-        else:
-            async with self._locks.setdefault(ttl, asyncio.Lock()):
-                session = self._by_ttl.get(ttl) or self.new(ttl)
-                if session.state in (SessionState.LOST, SessionState.CLOSED):
-                    session = self.new(ttl)
-                self._by_ttl[ttl] = session
-                await session.open()
-        self._users.setdefault(session, set()).add(user)
-        return session
-
-    def release(self, user: object, session: Session) -> bool:
-        """``user`` leaves ``session``; ``True`` when nobody is left on it (close it then)."""
-        users = self._users.get(session)
-        if users is not None:
-            users.discard(user)
-            if users:
-                return False
-            del self._users[session]
-        for ttl, s in list(self._by_ttl.items()):
-            if s is session:
-                del self._by_ttl[ttl]
-        return True
-
-    async def close(self) -> None:
-        """Close every pooled session (their leases are revoked, bounded)."""
-        sessions = list(self._users)
-        self._users.clear()
-        self._by_ttl.clear()
-        await asyncio.gather(*(s.close() for s in sessions))
+    def _on_closed(self) -> None:
+        self._kept = False
+        self._error = ClosedError("the etcdkit client was closed; this lease is no longer kept")
+        self._wake()

@@ -1,0 +1,298 @@
+"""Session: one etcd lease kept alive, Go's ``concurrency.Session``, on the public client.
+
+Written on public names only, as Go's is on ``clientv3``: ``etcd.grant(ttl)`` makes the lease,
+``etcd.keep_alive(lease_id, ttl=...)`` renews it on the client's shared keepalive stream (a
+task of the session reads its statuses), ``etcd.revoke(lease_id)`` ends it on close.
+:class:`SessionPool` shares one session per TTL among a client's users
+(``etcd.shared_session``), as the keys of one Go session or a ZooKeeper session's ephemeral
+nodes share one lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from etcdkit._errors import (
+    ClosedError,
+    EtcdkitError,
+    EtcdTimeoutError,
+    LeaseNotFoundError,
+)
+from etcdkit._surface import Etcd
+from etcdkit._types import SessionState
+
+if TYPE_CHECKING:
+    from etcdkit._keepalive import KeepAlive
+
+__all__ = ["Session", "SessionPool", "SessionState"]
+
+log = logging.getLogger("etcdkit.lease")
+
+
+REVOKE_TIMEOUT = 2.0  # bound on the revoke a close sends (etcd may be down)
+
+
+class Session:
+    """One etcd lease kept alive on the client's shared keepalive stream (Go's
+    ``concurrency.Session``). Create with :meth:`AsyncClient.session`, then ``await`` it or use
+    ``async with``: either grants the lease and returns the open session.
+
+    ``lease_id`` and ``ttl`` (as granted) are known once open; ``state`` is a
+    :class:`SessionState`; ``lost`` is an :class:`asyncio.Event` set once the lease can no
+    longer be trusted (LOST or CLOSED); ``await session.wait_lost()`` waits for it. ``close()``
+    revokes the lease (bounded when etcd is down) and is idempotent. Elections, locks and
+    PersistentLeases attach their keys to a session's lease.
+    """
+
+    def __init__(self, etcd: Etcd, ttl: int) -> None:
+        if not isinstance(ttl, int) or isinstance(ttl, bool):
+            raise TypeError(f"ttl must be a whole number of seconds (int), got {ttl!r}")
+        if not 1 <= ttl < 2**63:
+            raise ValueError(f"ttl must be >= 1 second (and fit etcd's int64), got {ttl!r}")
+        self._etcd = etcd
+        self._requested_ttl = ttl
+        self._ttl = 0
+        self._lease_id = 0
+        self._state = SessionState.OPENING
+        self._opening: asyncio.Task[None] | None = None
+        self._kept: KeepAlive | None = None  # etcd renewing the lease, and
+        self._reader: asyncio.Task[None] | None = None  # ... the task reading how it stands
+        self._expiry: asyncio.TimerHandle | None = None
+        self._listeners: list[Callable[[SessionState], None]] = []
+        self.lost = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Session lease={self._lease_id:#x} ttl={self.ttl} state={self._state.name}>"
+
+    @property
+    def lease_id(self) -> int:
+        """The lease id (0 until open)."""
+        return self._lease_id
+
+    @property
+    def ttl(self) -> int:
+        """The TTL etcd granted (may be above the requested one); the requested before that."""
+        return self._ttl or self._requested_ttl
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def expires(self) -> float | None:
+        """When the lease runs out if etcd confirms it no more, on ``time.monotonic()`` (the
+        event loop's clock): its last confirmed TTL, counted from that answer. ``None`` while
+        it is not kept alive (opening, lost, closed). Recipes that hold something say LOST a
+        margin before it, while SUSPENDED."""
+        kept = self._kept
+        return None if kept is None else kept.expires
+
+    def add_listener(self, callback: Callable[[SessionState], None]) -> Callable[[], None]:
+        """Call ``callback(state)`` on every state change (on the event loop); returns a
+        function that removes it. Callback errors are logged, not raised."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    async def open(self) -> Session:
+        """Grant the lease and start keeping it alive (idempotent); returns the session."""
+        if self._state in (SessionState.LOST, SessionState.CLOSED) and not self._lease_id:
+            raise ClosedError(f"this session is {self._state.name.lower()}; open a new one")
+        opening = self._opening
+        if opening is None or (opening.done() and (opening.cancelled() or opening.exception())):
+            # first open, or the last grant failed (etcd unreachable...): grant anew
+            opening = self._opening = asyncio.get_running_loop().create_task(
+                self._grant(), name="etcdkit-session-grant"
+            )
+        await asyncio.shield(opening)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        return self.open().__await__()
+
+    async def __aenter__(self) -> Session:
+        return await self.open()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def wait_lost(self, timeout: float | None = None) -> SessionState:
+        """Wait until the lease can no longer be trusted; returns LOST or CLOSED."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.lost.wait()
+        except TimeoutError:
+            raise EtcdTimeoutError(
+                f"session {self._lease_id:#x} was not lost within {timeout} s"
+            ) from None
+        return self._state
+
+    async def close(self) -> None:
+        """Revoke the lease (every key on it goes at once) and stop; idempotent, bounded when
+        etcd is down (the lease then expires by itself after its TTL)."""
+        if self._state is SessionState.CLOSED:
+            return
+        was_lost = self._state is SessionState.LOST
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EtcdkitError):
+                await self._opening
+        self._stop(SessionState.CLOSED)
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if self._lease_id and not was_lost:
+            try:
+                async with asyncio.timeout(REVOKE_TIMEOUT):
+                    await self._etcd.revoke(self._lease_id)
+            except LeaseNotFoundError:
+                # Revoked or expired already (e.g. by someone else): gone, as closing wants.
+                log.debug("session %#x: the lease was already gone on close", self._lease_id)
+            except (EtcdkitError, TimeoutError) as exc:
+                log.warning(
+                    "session %#x: could not revoke on close (%s); it expires %d s after its "
+                    "last refresh",
+                    self._lease_id,
+                    exc,
+                    self.ttl,
+                )
+
+    def mark_lost(self, why: str) -> None:
+        """The lease is known gone (e.g. etcd said "lease not found")."""
+        if self._state not in (SessionState.LOST, SessionState.CLOSED):
+            log.info("session %#x lost: %s", self._lease_id, why)
+            self._stop(SessionState.LOST)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    async def _grant(self) -> None:
+        grant = await self._etcd.grant(self._requested_ttl)
+        if grant.ttl != self._requested_ttl:
+            log.warning(
+                "session %#x: etcd granted ttl %d s instead of the requested %d s (its minimum "
+                "lease TTL)",
+                grant.id,
+                grant.ttl,
+                self._requested_ttl,
+            )
+        self._lease_id, self._ttl = grant.id, grant.ttl
+        kept = self._kept = self._etcd.keep_alive(grant.id, ttl=grant.ttl)
+        kept.start()
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read(kept), name=f"etcdkit-session {grant.id:#x}"
+        )
+        self._set(SessionState.ALIVE)
+
+    async def _read(self, kept: KeepAlive) -> None:
+        """How etcd renews the lease, until it is gone or we stop."""
+        try:
+            async for status in kept:
+                if status.suspended:
+                    self._on_suspended()
+                else:
+                    self._on_alive(status.ttl)
+        except LeaseNotFoundError:
+            self.mark_lost("etcd says the lease expired or was revoked")
+        except ClosedError:
+            pass  # the client closed: it closes this session too (or closed it)
+
+    def _on_alive(self, _remaining: int) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._state is SessionState.SUSPENDED:
+            self._set(SessionState.ALIVE)
+
+    def _on_suspended(self) -> None:
+        if self._state is not SessionState.ALIVE:
+            return
+        self._set(SessionState.SUSPENDED)
+        expires = self.expires
+        if expires is not None and self._expiry is None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, expires - time.monotonic())
+            self._expiry = loop.call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        if self._state is SessionState.SUSPENDED:
+            self.mark_lost(f"no keepalive answer for the lease's TTL ({self.ttl} s)")
+
+    def _stop(self, state: SessionState) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.cancel()
+        self._set(state)  # (the reader's iteration ends with the keepalive's)
+        self.lost.set()
+
+    def _set(self, state: SessionState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        for cb in list(self._listeners):
+            try:
+                cb(state)
+            except Exception:
+                log.exception("session %#x: state listener failed", self._lease_id)
+
+
+class SessionPool:
+    """Hands out sessions to one client's PersistentLeases: one live session per TTL, shared by
+    every PersistentLease asking for that TTL (like the keys of a Go ``concurrency.Session`` or
+    a ZooKeeper session's ephemeral nodes), so a thousand registrations cost one keepalive per
+    ttl/3. A session nobody uses any more is closed (its lease revoked)."""
+
+    def __init__(self, etcd: Etcd) -> None:
+        self._etcd = etcd
+        self._by_ttl: dict[int, Session] = {}
+        self._users: dict[Session, set[object]] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def new(self, ttl: int) -> Session:
+        """A session of its own (not shared), not yet open."""
+        return Session(self._etcd, ttl)
+
+    async def acquire(self, user: object, ttl: int, *, shared: bool = True) -> Session:
+        """An open, live session for ``user``."""
+        if not shared:
+            session = await self.new(ttl).open()
+        else:
+            async with self._locks.setdefault(ttl, asyncio.Lock()):
+                session = self._by_ttl.get(ttl) or self.new(ttl)
+                if session.state in (SessionState.LOST, SessionState.CLOSED):
+                    session = self.new(ttl)
+                self._by_ttl[ttl] = session
+                await session.open()
+        self._users.setdefault(session, set()).add(user)
+        return session
+
+    def release(self, user: object, session: Session) -> bool:
+        """``user`` leaves ``session``; ``True`` when nobody is left on it (close it then)."""
+        users = self._users.get(session)
+        if users is not None:
+            users.discard(user)
+            if users:
+                return False
+            del self._users[session]
+        for ttl, s in list(self._by_ttl.items()):
+            if s is session:
+                del self._by_ttl[ttl]
+        return True
+
+    async def close(self) -> None:
+        """Close every pooled session (their leases are revoked, bounded)."""
+        sessions = list(self._users)
+        self._users.clear()
+        self._by_ttl.clear()
+        await asyncio.gather(*(s.close() for s in sessions))
