@@ -11,8 +11,8 @@ from aetcd import rpc
 
 import etcdkit
 from etcdkit import AsyncClient, Client
-from etcdkit._conn import parse_endpoints
 from etcdkit._types import prefix_range_end
+from etcdkit._wire.conn import parse_endpoints
 from etcdkit.server import EtcdServer
 
 

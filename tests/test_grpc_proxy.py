@@ -426,7 +426,7 @@ async def test_the_proxy_answers_a_refresh_on_its_own_schedule(
     lease towards etcd on its own client's schedule (every TTL/3, on a 0.5 s tick) and holds
     our refresh until that answer comes, so a refresh sent just after one of its own waits
     about TTL/3 + up to 0.5 s, which can exceed the keepalive hub's stall budget
-    (``etcdkit._keepalive.stall_after``: 1 s at TTL 3, 3 s at TTL >= 9)."""
+    (``etcdkit._wire.keepalive.stall_after``: 1 s at TTL 3, 3 s at TTL >= 9)."""
     ttl = 3
     lease = await etcd.grant(ttl)
     channel = grpc.aio.insecure_channel(etcd_grpc_proxy.endpoint.removeprefix("http://"))

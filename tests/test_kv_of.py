@@ -10,7 +10,7 @@ import pytest
 from aetcd import rpc
 
 from etcdkit import KeyValue
-from etcdkit._kv import kv_of
+from etcdkit._wire.kv import kv_of
 
 
 def test_kv_of_makes_the_same_frozen_key_value() -> None:

@@ -38,3 +38,25 @@ def test_no_module_reads_another_modules_private_names() -> None:
                 continue
             offences.append(f"{path.relative_to(SRC)}:{node.lineno}: .{name}")
     assert offences == []
+
+
+WIRE = ("grpc", "aetcd", "google")
+# etcdkit's own wire, and the two packages that make gRPC channels for users' services
+SPEAK_GRPC = ("_wire/", "cluster/grpc/", "naming/grpc.py")
+
+
+def test_only_the_wire_folder_imports_grpc_or_protobuf() -> None:
+    offences = []
+    for path in sorted(SRC.rglob("*.py")):
+        where = str(path.relative_to(SRC))
+        if where.startswith(SPEAK_GRPC):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            offences += [f"{where}:{node.lineno}: {n}" for n in names if n.split(".")[0] in WIRE]
+    assert offences == []

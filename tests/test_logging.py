@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import etcdkit._conn
+import etcdkit._wire.conn
 from etcdkit import AsyncClient
 from etcdkit._logs import MAX_KEYS, RateLimitedLog
 from etcdkit.testing import EtcdServer, Proxy
@@ -110,7 +110,7 @@ async def test_a_flapping_connection_logs_one_failover_line_per_endpoint(
     server = etcd_server_factory()
     caplog.set_level(logging.INFO, logger="etcdkit")
     fresh = RateLimitedLog(logging.getLogger("etcdkit.client"), 30.0)
-    monkeypatch.setattr(etcdkit._conn, "limited", fresh)
+    monkeypatch.setattr(etcdkit._wire.conn, "limited", fresh)
     with Proxy(server.endpoint) as p1, Proxy(server.endpoint) as p2:
         async with AsyncClient([p1.endpoint, p2.endpoint]) as client:
             async with client.watch_prefix("/flap/") as watch:

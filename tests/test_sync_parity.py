@@ -9,7 +9,7 @@ import pytest
 
 import etcdkit
 import etcdkit.cluster
-from etcdkit._twin import mirror
+from etcdkit._blocking.twin import mirror
 
 # what the recipes built on recipes/_hold.Hold call on it (no threaded use)
 HOLD_HOOKS = {"acquire_with", "session_now", "requeue", "in_line", "stop_watching"}
@@ -90,7 +90,7 @@ def test_names_and_signatures_match(
     for name in a:
         if name in ("__exit__", "__enter__", "__iter__", "__next__"):
             continue
-        # a twin mirrors a property with etcdkit._twin.mirror
+        # a twin mirrors a property with etcdkit._blocking.twin.mirror
         assert isinstance(a[name], property) == isinstance(s[name], property | mirror), name
         assert params(a[name]) == params(s[name]), f"{sync.__name__}.{name} parameters differ"
 

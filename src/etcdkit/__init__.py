@@ -12,8 +12,23 @@
 development and tests live in :mod:`etcdkit.testing`.
 """
 
-from etcdkit._admin import Auth, Maintenance, Members
 from etcdkit._admin_types import Alarm, AuthStatus, HashKV, Member, Permission, Status
+from etcdkit._blocking.admin import SyncAuth, SyncMaintenance, SyncMembers
+from etcdkit._blocking.client import (
+    Client,
+    SyncKeepAlive,
+    SyncPersistentLease,
+    SyncPrefixWatch,
+    SyncSession,
+    SyncWatch,
+)
+from etcdkit._blocking.locks import (
+    SyncCampaign,
+    SyncElection,
+    SyncLeadership,
+    SyncLock,
+    SyncLockHold,
+)
 from etcdkit._client import AsyncClient
 from etcdkit._errors import (
     AuthError,
@@ -32,26 +47,9 @@ from etcdkit._errors import (
     WatchEndedError,
     WrongContextError,
 )
-from etcdkit._keepalive import KeepAlive
 from etcdkit._metrics import ClientStats, LeaseStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._snapshot import Change, ChangeKind, Snapshot, default_transform
-from etcdkit._sync import (
-    Client,
-    SyncKeepAlive,
-    SyncPersistentLease,
-    SyncPrefixWatch,
-    SyncSession,
-    SyncWatch,
-)
-from etcdkit._sync_admin import SyncAuth, SyncMaintenance, SyncMembers
-from etcdkit._sync_locks import (
-    SyncCampaign,
-    SyncElection,
-    SyncLeadership,
-    SyncLock,
-    SyncLockHold,
-)
 from etcdkit._types import (
     Compare,
     DeleteResult,
@@ -71,6 +69,8 @@ from etcdkit._types import (
 )
 from etcdkit._version import __version__
 from etcdkit._watch import Watch
+from etcdkit._wire.admin import Auth, Maintenance, Members
+from etcdkit._wire.keepalive import KeepAlive
 from etcdkit.naming import Endpoint, EndpointManager, SyncEndpointManager
 from etcdkit.recipes.barrier import Barrier, SyncBarrier
 from etcdkit.recipes.counter import Counter, SyncCounter

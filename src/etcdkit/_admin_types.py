@@ -1,4 +1,4 @@
-"""The values the administration API returns (:mod:`etcdkit._admin`): cluster members, a
+"""The values the administration API returns (:mod:`etcdkit._wire.admin`): cluster members, a
 member's status, alarms, KV hashes, the auth status and role permissions.
 
 Pure: no grpc, no protobuf. Member ids are etcd's unsigned 64-bit ids, shown in hex by

@@ -9,10 +9,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
-from etcdkit._admin import Auth, Maintenance, Members
-from etcdkit._conn import Connection, Stubs
 from etcdkit._core import Core, CoreState
-from etcdkit._keepalive import KeepAlive
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._snapshot import Transform, default_transform
@@ -35,6 +32,9 @@ from etcdkit._types import (
     range_end_of,
 )
 from etcdkit._watch import Watch
+from etcdkit._wire.admin import Auth, Maintenance, Members
+from etcdkit._wire.conn import Connection, Stubs
+from etcdkit._wire.keepalive import KeepAlive
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
 from etcdkit.naming.endpoints import EndpointManager
 from etcdkit.recipes.barrier import Barrier

@@ -12,14 +12,14 @@ import enum
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from etcdkit._conn import Connection
 from etcdkit._errors import ClosedError, WrongContextError
-from etcdkit._keepalive import KeepAliveHub
 from etcdkit._key_watches import KeyWatches
-from etcdkit._kv import KV
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
-from etcdkit._watch_hub import WatchHub
+from etcdkit._wire.conn import Connection
+from etcdkit._wire.keepalive import KeepAliveHub
+from etcdkit._wire.kv import KV
+from etcdkit._wire.watch_hub import WatchHub
 
 __all__ = ["Core", "CoreState", "SupportsCore", "core_of"]
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from etcdkit._errors import EtcdkitError
 from etcdkit._types import WatchEvent
-from etcdkit._watch_hub import WatchHub, WatchSub
+from etcdkit._wire.watch_hub import WatchHub, WatchSub
 
 __all__ = ["GROUP_MIN", "KEYS_PER_WATCH", "KeyWatch", "KeyWatches"]
 

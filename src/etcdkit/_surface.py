@@ -36,8 +36,8 @@ from etcdkit._types import (
 )
 
 if TYPE_CHECKING:
-    from etcdkit._keepalive import KeepAlive
     from etcdkit._watch import Watch
+    from etcdkit._wire.keepalive import KeepAlive
     from etcdkit.recipes.persistent_lease import PersistentLease
     from etcdkit.recipes.prefix_watch import PrefixWatch
     from etcdkit.recipes.session import Session

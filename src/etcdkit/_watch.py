@@ -26,7 +26,7 @@ from etcdkit._core import Core
 from etcdkit._errors import ClosedError, EtcdkitError
 from etcdkit._key_watches import KeyWatch
 from etcdkit._types import WATCH_FILTERS, WatchBatch, WatchEvent, WatchFilter, check_int64
-from etcdkit._watch_hub import WatchSub
+from etcdkit._wire.watch_hub import WatchSub
 
 __all__ = ["MAX_BUFFERED", "RESUME_BELOW", "Watch", "check_filters"]
 

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Iterator
 from types import TracebackType
 
-from etcdkit._twin import PortalLike, Twin, blocking, blocking_read, mirror
+from etcdkit._blocking.twin import PortalLike, Twin, blocking, blocking_read, mirror
 from etcdkit.cluster._etcd import EtcdBackedCluster, EtcdMembership
 from etcdkit.cluster._member import Member
 from etcdkit.cluster._views import MemberWatch

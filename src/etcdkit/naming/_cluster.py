@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
 from typing import NoReturn, Self
 
+from etcdkit._blocking.twin import Twin, blocking, mirror
 from etcdkit._errors import ClosedError, EtcdkitError, EtcdTimeoutError
-from etcdkit._twin import Twin, blocking, mirror
 from etcdkit.cluster._blocking import SyncMemberWatch
 from etcdkit.cluster._descriptor import NodeDescriptor
 from etcdkit.cluster._member import Member

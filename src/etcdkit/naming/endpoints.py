@@ -17,8 +17,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from etcdkit._blocking.twin import PortalLike, Twin, blocking, mirror
 from etcdkit._surface import Etcd
-from etcdkit._twin import PortalLike, Twin, blocking, mirror
 from etcdkit.naming._record import Endpoint, decode_endpoint, encode_endpoint, metadata_is_safe
 
 if TYPE_CHECKING:

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from etcdkit._blocking.twin import PortalLike, Twin
 from etcdkit._errors import (
     ClosedError,
     CompactedError,
@@ -35,7 +36,6 @@ from etcdkit._errors import (
     NotHeldError,
 )
 from etcdkit._surface import Etcd
-from etcdkit._twin import PortalLike, Twin
 from etcdkit._types import (
     Compare,
     EventType,

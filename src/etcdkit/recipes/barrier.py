@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from etcdkit._blocking.twin import Twin, blocking, mirror
 from etcdkit._errors import CompactedError, EtcdkitError, EtcdTimeoutError
 from etcdkit._surface import Etcd
-from etcdkit._twin import Twin, blocking, mirror
 from etcdkit._types import Compare, EventType, Op, check_int64, key_bytes
 from etcdkit.recipes._hold import check_timeout
 

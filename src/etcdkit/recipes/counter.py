@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 
+from etcdkit._blocking.twin import Twin, blocking, mirror
 from etcdkit._errors import OutcomeUnknownError
 from etcdkit._surface import Etcd
-from etcdkit._twin import Twin, blocking, mirror
 from etcdkit._types import Compare, KeyValue, Op, RangeResult, key_bytes
 from etcdkit.recipes.cas import contention_backoff, guarded_txn
 

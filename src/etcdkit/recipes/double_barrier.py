@@ -21,9 +21,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from etcdkit._blocking.twin import blocking, mirror
 from etcdkit._errors import EtcdkitError, EtcdTimeoutError
 from etcdkit._surface import Etcd
-from etcdkit._twin import blocking, mirror
 from etcdkit._types import Compare, EventType, HoldState, Op, RangeResult, WatchEvent
 from etcdkit.recipes._hold import (
     Gone,

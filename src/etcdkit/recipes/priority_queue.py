@@ -15,9 +15,9 @@ so that Go programs and ours share one queue in both directions.
 
 from __future__ import annotations
 
+from etcdkit._blocking.twin import Twin, blocking, mirror
 from etcdkit._errors import OutcomeUnknownError
 from etcdkit._surface import Etcd
-from etcdkit._twin import Twin, blocking, mirror
 from etcdkit._types import Compare, KeyValue, Op, key_bytes, to_bytes
 from etcdkit.recipes.cas import guarded_txn
 from etcdkit.recipes.queue import ItemLine

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
+from etcdkit._blocking.twin import Twin, blocking, mirror
 from etcdkit._errors import (
     CompactedError,
     EtcdkitError,
@@ -30,7 +31,6 @@ from etcdkit._errors import (
 )
 from etcdkit._retry import Backoff
 from etcdkit._surface import Etcd
-from etcdkit._twin import Twin, blocking, mirror
 from etcdkit._types import Compare, EventType, KeyValue, Op, key_bytes, to_bytes
 from etcdkit.recipes.cas import guarded_txn
 from etcdkit.recipes.wait import check_timeout

@@ -23,9 +23,9 @@ import logging
 from types import TracebackType
 from typing import Literal
 
+from etcdkit._blocking.twin import PortalLike, Twin, mirror
 from etcdkit._errors import EtcdkitError, EtcdTimeoutError
 from etcdkit._surface import Etcd
-from etcdkit._twin import PortalLike, Twin, mirror
 from etcdkit._types import Compare, KeyValue, Op, RangeResult
 from etcdkit.recipes._hold import (
     Gone,

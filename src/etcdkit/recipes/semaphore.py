@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from etcdkit._blocking.twin import PortalLike, Twin, mirror
 from etcdkit._errors import EtcdkitError, EtcdTimeoutError
 from etcdkit._surface import Etcd
-from etcdkit._twin import PortalLike, Twin, mirror
 from etcdkit._types import Compare, EventType, HoldState, KeyValue, Op, RangeResult, WatchEvent
 from etcdkit.recipes._hold import (
     Gone,

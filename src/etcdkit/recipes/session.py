@@ -28,7 +28,7 @@ from etcdkit._surface import Etcd
 from etcdkit._types import SessionState
 
 if TYPE_CHECKING:
-    from etcdkit._keepalive import KeepAlive
+    from etcdkit._wire.keepalive import KeepAlive
 
 __all__ = ["Session", "SessionPool", "SessionState"]
 

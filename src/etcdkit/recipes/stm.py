@@ -35,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, TypeVar
 
+from etcdkit._blocking.twin import PortalLike, Twin, blocking, blocking_read, mirror
 from etcdkit._errors import (
     ClosedError,
     CompactedError,
@@ -44,7 +45,6 @@ from etcdkit._errors import (
 )
 from etcdkit._retry import Backoff, RetryPolicy
 from etcdkit._surface import Etcd
-from etcdkit._twin import PortalLike, Twin, blocking, blocking_read, mirror
 from etcdkit._types import Compare, Op, OpResult, RangeResult, TxnResult, key_bytes, to_bytes
 from etcdkit.recipes.cas import contention_backoff, guarded_txn
 

@@ -1,7 +1,7 @@
 """One generic way to make a blocking twin of an asyncio object.
 
 A twin holds the asyncio object (``.aio``) and the client's loop thread (a portal, as
-``etcdkit._sync.Portal``), and forwards each call through the portal. Its methods are not
+``etcdkit._blocking.portal.Portal``), and forwards each call through the portal. Its methods are not
 written out by hand: ``blocking(Async.method)`` makes the blocking method from the async one,
 with the same parameters, return type and docstring (so the API reference lists it)::
 
@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 
 class PortalLike(Protocol):
-    """What a twin needs of ``etcdkit._sync.Portal`` (the client's loop thread)."""
+    """What a twin needs of ``etcdkit._blocking.portal.Portal`` (the client's loop thread)."""
 
     @property
     def closed(self) -> bool: ...

@@ -1,14 +1,14 @@
 """The threaded face of the administration API: blocking twins of :class:`Members`,
 :class:`Maintenance` and :class:`Auth` (``client.members`` etc. on :class:`etcdkit.Client`).
 
-Made with the generic twin maker (:mod:`etcdkit._twin`): each method is the asyncio one run on
-the client's loop thread, with the same parameters, result, errors and docstring.
+Made with the generic twin maker (:mod:`etcdkit._blocking.twin`): each method is the asyncio
+one run on the client's loop thread, with the same parameters, result, errors and docstring.
 """
 
 from __future__ import annotations
 
-from etcdkit._admin import Auth, Maintenance, Members
-from etcdkit._twin import Twin, blocking
+from etcdkit._blocking.twin import Twin, blocking
+from etcdkit._wire.admin import Auth, Maintenance, Members
 
 __all__ = ["SyncAuth", "SyncMaintenance", "SyncMembers"]
 

@@ -12,27 +12,26 @@ twin, so the two faces cannot drift.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, overload
 
+from etcdkit._blocking.admin import SyncAuth, SyncMaintenance, SyncMembers
+from etcdkit._blocking.locks import SyncElection, SyncLock
+from etcdkit._blocking.portal import Portal
+from etcdkit._blocking.twin import Twin, blocking, blocking_read, mirror
 from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient
-from etcdkit._conn import Stubs
-from etcdkit._errors import ClosedError, EtcdTimeoutError, WrongContextError
-from etcdkit._keepalive import KeepAlive
+from etcdkit._errors import ClosedError, EtcdTimeoutError
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._snapshot import Snapshot, Transform
-from etcdkit._sync_admin import SyncAuth, SyncMaintenance, SyncMembers
-from etcdkit._sync_locks import SyncElection, SyncLock
-from etcdkit._twin import Twin, blocking, blocking_read, mirror
 from etcdkit._types import KeepAliveStatus, KeyValueLike, PutResult, WatchBatch, WatchFilter
 from etcdkit._watch import Watch
+from etcdkit._wire.conn import Stubs
+from etcdkit._wire.keepalive import KeepAlive
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, SyncCluster
 from etcdkit.naming.endpoints import SyncEndpointManager
 from etcdkit.recipes.barrier import SyncBarrier
@@ -50,7 +49,6 @@ from etcdkit.recipes.stm import Isolation, SyncStm, run_stm_blocking
 
 __all__ = [
     "Client",
-    "Portal",
     "SyncPersistentLease",
     "SyncPrefixWatch",
     "SyncSession",
@@ -60,125 +58,6 @@ __all__ = [
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
-
-SHUTDOWN_BOUND = 1.0  # seconds a stopping portal waits for cancelled work to finish
-
-
-class Portal:
-    """Runs coroutines on a private event loop thread for blocking callers.
-
-    ``stop()`` ends every call still in flight: its caller gets :class:`ClosedError`, never a
-    raw ``CancelledError`` and never an endless wait.
-    """
-
-    def __init__(self, name: str = "etcdkit-loop") -> None:
-        self.loop = asyncio.new_event_loop()
-        self._lock = threading.Lock()
-        self._futures: set[concurrent.futures.Future[Any]] = set()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    @property
-    def closed(self) -> bool:
-        return self._stopping or self.loop.is_closed()
-
-    def in_loop_thread(self) -> bool:
-        return threading.current_thread() is self._thread
-
-    def _check_caller(self) -> None:
-        if self.in_loop_thread():
-            raise WrongContextError(
-                "a blocking etcdkit call was made from the client's own event-loop thread "
-                "(e.g. inside a listener callback); do the call from another thread"
-            )
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        raise WrongContextError(
-            "a blocking etcdkit.Client call was made inside a running event loop, which it "
-            "would block; use etcdkit.AsyncClient (await its methods) there, or run the "
-            "blocking call in a thread (await asyncio.to_thread(...))"
-        )
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and wait for it."""
-        try:
-            self._check_caller()
-        except BaseException:
-            coro.close()
-            raise
-
-        async def run() -> T:
-            try:
-                return await coro
-            except asyncio.CancelledError:
-                if self._stopping:
-                    raise ClosedError("the etcdkit Client was closed during this call") from None
-                raise
-
-        with self._lock:
-            if self.closed:
-                coro.close()
-                raise ClosedError("this etcdkit Client is closed; create a new one")
-            fut = asyncio.run_coroutine_threadsafe(run(), self.loop)
-            self._futures.add(fut)
-        try:
-            return fut.result()
-        except concurrent.futures.CancelledError:
-            raise ClosedError("the etcdkit Client was closed during this call") from None
-        except BaseException:
-            fut.cancel()
-            raise
-        finally:
-            with self._lock:
-                self._futures.discard(fut)
-
-    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call ``fn(*args)`` on the loop thread and return its result."""
-
-        async def run() -> T:
-            return fn(*args)
-
-        return self.call(run())
-
-    def read(self, fn: Callable[[], T]) -> T:
-        """Read a value on the loop thread (directly once the loop is gone, or from inside it)."""
-        if self.closed or self.in_loop_thread():
-            return fn()
-        try:
-            return self.run_sync(fn)
-        except ClosedError:
-            return fn()
-
-    def stop(self) -> None:
-        """Cancel what still runs (bounded), stop the loop thread and close the loop."""
-        with self._lock:
-            if self.closed:
-                return
-            self._stopping = True
-            pending = list(self._futures)
-
-        async def shutdown() -> None:
-            me = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not me]
-            for t in tasks:
-                t.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=SHUTDOWN_BOUND)
-
-        if not self.in_loop_thread():
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result()
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join()
-            self.loop.close()
-        for fut in pending:
-            fut.cancel()
 
 
 class Client(Twin[AsyncClient]):

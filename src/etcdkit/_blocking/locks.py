@@ -1,6 +1,6 @@
 """The threaded face of locks and elections: blocking twins of :class:`Lock` and its
 :class:`LockHold`, of :class:`Election`, its :class:`Campaign` and :class:`Leadership`, run
-through the client's loop thread (``etcdkit._sync.Portal``). ``lost`` is a
+through the client's loop thread (``etcdkit._blocking.portal.Portal``). ``lost`` is a
 :class:`threading.Event` here; ``observe()`` is a plain iterator. Nothing is re-implemented:
 every call is forwarded.
 """
@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import TypeVar
 
+from etcdkit._blocking.twin import PortalLike, Twin, blocking_read, mirror
 from etcdkit._errors import ClosedError, NotHeldError
-from etcdkit._twin import PortalLike, Twin, blocking_read, mirror
 from etcdkit._types import Compare, HoldState
 from etcdkit.recipes.election import Campaign, Election, Leader, Leadership
 from etcdkit.recipes.lock import ACTIVE, Lock, LockHold

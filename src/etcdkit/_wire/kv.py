@@ -16,7 +16,6 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
-from etcdkit._conn import Connection, map_rpc_error
 from etcdkit._errors import (
     ConnectionUnavailableError,
     EtcdkitError,
@@ -42,6 +41,7 @@ from etcdkit._types import (
     prefix_range_end,
     to_bytes,
 )
+from etcdkit._wire.conn import Connection, map_rpc_error
 
 __all__ = ["KV", "header_of", "kv_of"]
 

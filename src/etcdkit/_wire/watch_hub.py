@@ -39,7 +39,6 @@ import grpc.aio
 from aetcd import rpc
 
 from etcdkit import _metrics
-from etcdkit._conn import Channel, Connection, map_rpc_error
 from etcdkit._errors import (
     ClosedError,
     CompactedError,
@@ -47,9 +46,10 @@ from etcdkit._errors import (
     EtcdkitError,
     WatchEndedError,
 )
-from etcdkit._kv import kv_of
 from etcdkit._retry import Backoff
 from etcdkit._types import EventType, WatchEvent
+from etcdkit._wire.conn import Channel, Connection, map_rpc_error
+from etcdkit._wire.kv import kv_of
 
 __all__ = ["WatchHub", "WatchSub"]
 

@@ -37,7 +37,6 @@ import grpc.aio
 from aetcd import rpc
 
 from etcdkit import _metrics
-from etcdkit._conn import Channel, Connection, map_rpc_error
 from etcdkit._errors import (
     ClosedError,
     ConnectionUnavailableError,
@@ -46,6 +45,7 @@ from etcdkit._errors import (
 )
 from etcdkit._retry import Backoff
 from etcdkit._types import KeepAliveStatus, check_int64
+from etcdkit._wire.conn import Channel, Connection, map_rpc_error
 
 __all__ = ["KeepAlive", "KeepAliveHub"]
 

@@ -1,5 +1,5 @@
 """The etcd Auth service as :class:`Auth` (``etcd.auth``): users, roles, permissions, and auth
-on or off. See :mod:`etcdkit._admin` for what every administration call shares: arguments
+on or off. See :mod:`etcdkit._wire.admin` for what every administration call shares: arguments
 checked before any I/O, then one RPC through the connection, errors mapped at the boundary.
 """
 
@@ -11,8 +11,8 @@ from aetcd import rpc
 
 from etcdkit._admin_types import PERMISSION_TYPES, AuthStatus, Permission, PermissionType
 from etcdkit._errors import ServerError
-from etcdkit._kv import header_of
 from etcdkit._types import prefix_range_end, to_bytes
+from etcdkit._wire.kv import header_of
 
 if TYPE_CHECKING:
     from etcdkit._core import Core

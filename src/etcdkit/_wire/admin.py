@@ -1,5 +1,5 @@
 """The etcd administration API, one object per etcd gRPC service: :class:`Members` (Cluster),
-:class:`Maintenance` and :class:`Auth` (in :mod:`etcdkit._admin_auth`). A client hands them out
+:class:`Maintenance` and :class:`Auth` (in :mod:`etcdkit._wire.admin_auth`). A client hands them out
 as ``etcd.members``, ``etcd.maintenance`` and ``etcd.auth``.
 
 Each is made from the client's core without I/O. Every call checks its arguments first
@@ -28,12 +28,12 @@ from urllib.parse import urlsplit
 
 from aetcd import rpc
 
-from etcdkit._admin_auth import Auth
 from etcdkit._admin_types import Alarm, HashKV, Member, Status
-from etcdkit._conn import Channel
 from etcdkit._errors import ConnectionUnavailableError, ServerError
-from etcdkit._kv import header_of
 from etcdkit._types import check_int64
+from etcdkit._wire.admin_auth import Auth
+from etcdkit._wire.conn import Channel
+from etcdkit._wire.kv import header_of
 
 if TYPE_CHECKING:
     from etcdkit._core import Core
