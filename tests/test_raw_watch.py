@@ -606,3 +606,90 @@ def test_threaded_close_ends_a_blocked_for_with_closed_error(
         assert isinstance(outcome[0], etcdkit.ClosedError), outcome
     finally:
         client.close()
+
+
+# -- take() and listeners: a reader that applies batches in the turn they arrive -----------------
+
+
+async def test_a_listener_takes_batches_in_the_turn_they_arrive(
+    etcd: AsyncClient, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = etcd_prefix
+    async with etcd.watch(p, prefix=True) as w:
+        taken: list[WatchBatch] = []
+
+        def on_batches() -> None:
+            taken.extend(w.take())
+
+        remove = w.add_listener(on_batches)
+        r1 = await etcd.put(p + "a", "1")
+        txn = await etcd.txn([], [Op.put(p + "b", "2"), Op.put(p + "c", "3")])
+        async with asyncio.timeout(WAIT):
+            while sum(len(b.events) for b in taken) < 3:
+                await asyncio.sleep(0.01)
+        revs = [ev.kv.mod_revision for b in taken for ev in b.events]
+        assert revs == [r1, txn.revision, txn.revision]
+        assert taken[-1].revision == txn.revision
+        remove()
+        remove()  # idempotent
+        r3 = await etcd.put(p + "d", "4")
+        async with asyncio.timeout(WAIT):
+            batch = await anext(w)  # no listener now: the iteration gets it
+        assert batch.revision == r3
+        assert sum(len(b.events) for b in taken) == 3
+        assert w.take() == []
+
+    async with etcd.watch(p, prefix=True) as w:
+
+        def broken() -> None:
+            raise RuntimeError("listener bug")
+
+        w.add_listener(broken)
+        r4 = await etcd.put(p + "e", "5")
+        async with asyncio.timeout(WAIT):
+            batch = await anext(w)  # a failing listener loses nothing: the batch stays
+        assert batch.revision == r4
+        assert "listener bug" in caplog.text
+        with pytest.raises(TypeError, match="callable"):
+            w.add_listener("not a function")  # type: ignore[arg-type]
+
+
+async def test_take_after_the_watch_ended_leaves_the_end_to_the_iteration(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    p = etcd_prefix
+    rev = await etcd.put(p + "a", "1")
+    await etcd.put(p + "a", "2")
+    await etcd.compact(await etcd.get_revision())
+    w = etcd.watch(p, prefix=True, start_revision=rev)
+    async with w:
+        async with asyncio.timeout(WAIT):
+            while w.connected or w.revision == 0:  # until etcd refused the start
+                if w.take():
+                    break
+                await asyncio.sleep(0.02)
+                if not w.connected:
+                    break
+        assert w.take() == []
+        with pytest.raises(etcdkit.CompactedError):
+            async with asyncio.timeout(WAIT):
+                await anext(w)
+
+
+def test_threaded_take_and_listener(etcd_sync: Client, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    with etcd_sync.watch(p, prefix=True) as w:
+        assert (w.key, w.range_end) == (p.encode(), etcdkit._types.prefix_range_end(p.encode()))
+        arrived = threading.Event()
+        remove = w.add_listener(arrived.set)  # (on the loop thread)
+        rev = etcd_sync.put(p + "a", "1")
+        assert arrived.wait(WAIT)
+        remove()
+        deadline = time.monotonic() + WAIT
+        got: list[WatchBatch] = []
+        while not got and time.monotonic() < deadline:
+            got = w.take()
+        assert [b.revision for b in got] == [rev]
+        assert w.disconnects == 0
+        assert w.connected
+        assert w.confirmed_at > 0

@@ -25,6 +25,8 @@ PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
         {"aio", "run"},
     ),
     (etcdkit.PrefixWatch, etcdkit.SyncPrefixWatch, {"aclose"}, {"aio"}),
+    (etcdkit.Watch, etcdkit.SyncWatch, set(), {"aio"}),
+    (etcdkit.KeepAlive, etcdkit.SyncKeepAlive, set(), {"aio"}),
     (etcdkit.PersistentLease, etcdkit.SyncPersistentLease, {"aclose"}, {"aio"}),
     (etcdkit.Session, etcdkit.SyncSession, set(), {"aio"}),
     (etcdkit.cluster.EtcdBackedCluster, etcdkit.cluster.SyncCluster, {"aclose", "client"}, {"aio"}),

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from etcdkit._core import Core
@@ -29,6 +30,8 @@ from etcdkit._types import WATCH_FILTERS, WatchBatch, WatchEvent, WatchFilter, c
 from etcdkit._wire.watch_hub import WatchSub
 
 __all__ = ["MAX_BUFFERED", "RESUME_BELOW", "Watch", "check_filters"]
+
+log = logging.getLogger("etcdkit.watch")
 
 MAX_BUFFERED = 1024  # batches waiting for the reader before the watch steps off the stream
 RESUME_BELOW = MAX_BUFFERED // 4  # ... and back on once the reader is down to this many
@@ -73,18 +76,19 @@ class Watch:
         "_disconnects",
         "_error",
         "_filters",
+        "_key",
         "_last",
+        "_listeners",
         "_next",
         "_paused",
         "_prev_kv",
         "_progress",
+        "_range_end",
         "_single",
         "_start",
         "_started",
         "_sub",
         "_waiter",
-        "key",
-        "range_end",
     )
 
     def __init__(
@@ -99,8 +103,8 @@ class Watch:
         progress_notify: bool = False,
     ) -> None:
         self._core = core
-        self.key = key
-        self.range_end = range_end
+        self._key = key
+        self._range_end = range_end
         self._start = check_int64(start_revision, "start_revision", hint=" (0 = from now)")
         if not isinstance(prev_kv, bool) or not isinstance(progress_notify, bool):
             raise TypeError("prev_kv and progress_notify must be bools")
@@ -110,6 +114,7 @@ class Watch:
         self._buffer: collections.deque[WatchBatch] | None = None  # made at the first batch
         self._error: EtcdkitError | None = None
         self._waiter: asyncio.Future[None] | None = None  # the reader, waiting for a batch
+        self._listeners: tuple[Callable[[], None], ...] = ()
         self._sub: WatchSub | KeyWatch | None = None
         # one key, no options: the key watches may carry it on a shared etcd watch
         self._single = not range_end and not prev_kv and not self._filters and not progress_notify
@@ -125,6 +130,16 @@ class Watch:
         where = f"{self.key!r}" + (f"..{self.range_end!r}" if self.range_end else "")
         state = "cancelled" if self._cancelled else "paused" if self._paused else "live"
         return f"<Watch {where} next_revision={self._next} {state}>"
+
+    @property
+    def key(self) -> bytes:
+        """The watched key (the range's start)."""
+        return self._key
+
+    @property
+    def range_end(self) -> bytes:
+        """The watched range's end (``b""``: the one key)."""
+        return self._range_end
 
     @property
     def connected(self) -> bool:
@@ -185,6 +200,33 @@ class Watch:
         self._buffer = None
         self._wake()
 
+    def take(self) -> list[WatchBatch]:
+        """Every batch received and not yet read, oldest first, without waiting (``[]`` when
+        none). For a reader that applies batches in bulk, typically from a listener (see
+        :meth:`add_listener`). How the watch ends (its error, or the end of a cancelled one)
+        still comes from the iteration."""
+        buffer = self._buffer
+        if not buffer:
+            return []
+        batches = list(buffer)
+        buffer.clear()
+        self._resume_if_paused()
+        return batches
+
+    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` on the event loop whenever batches arrive, in the same turn (a
+        reader that must react at once, as ``watch_prefix`` keeping its snapshot current, takes
+        them there with :meth:`take`; what it leaves stays for the iteration). Returns a
+        function that removes it. Callback errors are logged, not raised."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r:.80}")
+        self._listeners = (*self._listeners, callback)
+
+        def remove() -> None:
+            self._listeners = tuple(cb for cb in self._listeners if cb is not callback)
+
+        return remove
+
     def __aiter__(self) -> Watch:
         return self
 
@@ -197,13 +239,9 @@ class Watch:
             buffer = self._buffer
             if buffer:
                 batch = buffer.popleft()
-                if self._paused and len(buffer) <= RESUME_BELOW and self._error is None:
-                    self._paused = False
-                    try:
-                        self._subscribe()
-                    except EtcdkitError as exc:  # the client closed while this watch was off
-                        self._on_end(exc)  # (the hub's close could not tell it): end after
-                return batch  # the buffered batches, as a watch on the stream does
+                if self._paused and len(buffer) <= RESUME_BELOW:
+                    self._resume_if_paused()
+                return batch
             if self._error is not None:
                 err, self._error = self._error, None
                 self.cancel()
@@ -213,6 +251,15 @@ class Watch:
                 await waiter
             finally:
                 self._waiter = None
+
+    def _resume_if_paused(self) -> None:
+        if self._paused and self._error is None and not self._cancelled:
+            self._paused = False
+            try:
+                self._subscribe()
+            except EtcdkitError as exc:  # the client closed while this watch was off
+                self._on_end(exc)  # (the hub's close could not tell it): end after the
+                # buffered batches, as a watch on the stream does
 
     # -- on the hub's reader task ------------------------------------------------------------------
 
@@ -251,6 +298,13 @@ class Watch:
             buffer = self._buffer = collections.deque()
         buffer.append(batch)
         self._next = next_rev
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:
+                log.exception("a listener of %r failed", self)
+        if not buffer:
+            return  # a listener took it all
         self._wake()
         if len(buffer) >= MAX_BUFFERED and not self._paused:
             self._paused = True  # the reader is behind: step off until it catches up

@@ -448,6 +448,27 @@ class SyncWatch(Twin[Watch]):
         """See :attr:`Watch.revision`."""
         return self.portal.read(lambda: self.aio.revision)
 
+    @property
+    def key(self) -> bytes:
+        """The watched key (the range's start)."""
+        return self.aio.key
+
+    @property
+    def range_end(self) -> bytes:
+        """The watched range's end (``b""``: the one key)."""
+        return self.aio.range_end
+
+    connected = mirror(Watch.connected)
+    confirmed_at = mirror(Watch.confirmed_at)
+    disconnects = mirror(Watch.disconnects)
+    take = blocking_read(Watch.take)
+
+    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """See :meth:`Watch.add_listener`; ``callback`` runs on the client's loop thread: keep
+        it quick (and call :meth:`take` there only through ``self.aio.take()``)."""
+        remove = self.portal.run_sync(self.aio.add_listener, callback)
+        return lambda: self.portal.run_sync(remove) if not self.portal.closed else None
+
 
 class SyncKeepAlive(Twin[KeepAlive]):
     """Blocking view of a :class:`KeepAlive`: ``with client.keep_alive(lease_id) as ka: for

@@ -28,7 +28,7 @@ from etcdkit._logs import RateLimitedLog
 from etcdkit._metrics import WatchMeter
 from etcdkit._snapshot import Snapshot, SnapshotEngine, Transform, Tree
 from etcdkit._surface import Etcd
-from etcdkit._types import EventType, to_bytes
+from etcdkit._types import EventType, WatchBatch, to_bytes
 
 if TYPE_CHECKING:
     from etcdkit._watch import Watch
@@ -369,36 +369,61 @@ class PrefixWatch(Generic[K, V]):
 
     async def _watch(self) -> EtcdkitError:
         """Apply every change from the listing's revision + 1 on, until the watch ends; the
-        error it ended with."""
-        engine = self._engine
-        stats = self._stats
-        meter = self._meter
+        error it ended with.
+
+        Batches are applied in the turn they arrive (a listener takes them, as many as came
+        together, and publishes once): the consumer is woken straight from the stream, with no
+        turn of this task in between. The iteration below gets what the listener left (none)
+        and how the watch ends."""
         w = self._etcd.watch(
-            self.prefix, prefix=True, start_revision=engine.revision + 1, progress_notify=True
+            self.prefix, prefix=True, start_revision=self._engine.revision + 1, progress_notify=True
         )
         self._w = w
+
+        def take() -> None:
+            batches = w.take()
+            if batches:
+                self._apply(batches)
+
         try:
             async with w:
-                async for batch in w:
-                    events = batch.events
-                    if not events:  # progress, or etcd confirmed the watch
-                        engine.advance(batch.revision)
-                        self._watching = True
-                        self._publish()
-                        continue
-                    engine.apply(
-                        events[-1].kv.mod_revision,
-                        [
-                            (ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.value)
-                            for ev in events
-                        ],
-                    )
-                    stats.events += len(events)
-                    meter.events(len(events))
-                    self._publish()
+                unlisten = w.add_listener(take)
+                try:
+                    async for batch in w:
+                        self._apply([batch])
+                finally:
+                    unlisten()
         except EtcdkitError as exc:
             return exc
         finally:
             self._disconnects += w.disconnects
             self._w = None
+        if self._error is not None:
+            raise self._error
         raise ClosedError(f"the watch on {self.prefix!r} was cancelled")
+
+    def _apply(self, batches: list[WatchBatch]) -> None:
+        engine = self._engine
+        try:
+            for batch in batches:
+                events = batch.events
+                if not events:  # progress, or etcd confirmed the watch
+                    engine.advance(batch.revision)
+                    self._watching = True
+                    continue
+                engine.apply(
+                    events[-1].kv.mod_revision,
+                    [
+                        (ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.value)
+                        for ev in events
+                    ],
+                )
+                self._stats.events += len(events)
+                self._meter.events(len(events))
+        except BaseException as exc:  # (a bug, not a record the transform rejected): end here
+            if self._error is None:
+                self._error = exc
+            w = self._w
+            if w is not None:
+                w.cancel()
+        self._publish()
