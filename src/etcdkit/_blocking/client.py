@@ -13,11 +13,12 @@ twin, so the two faces cannot drift.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 from etcdkit._blocking.admin import SyncAuth, SyncMaintenance, SyncMembers
 from etcdkit._blocking.locks import SyncElection, SyncLock
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -414,34 +416,57 @@ class Client(Twin[AsyncClient]):
         return SyncLock(self.portal, self.portal.run_sync(self.aio.lock, name, ttl, timeout))
 
 
-class SyncWatch(Twin[Watch]):
-    """Blocking view of a :class:`Watch`: ``with client.watch(...) as w: for batch in w:``.
-    ``cancel()`` from any thread ends the iteration in every thread that waits on it."""
+class _Stream(Protocol[T_co]):
+    def start(self) -> object: ...
+    def cancel(self) -> None: ...
+    def __anext__(self) -> Awaitable[T_co]: ...
 
-    def __enter__(self) -> SyncWatch:
-        self.start()
-        return self
+
+S = TypeVar("S", bound=_Stream[Any])
+
+
+class _StreamTwin(Twin[S], Generic[S, T]):
+    """What the blocking views of the client's streams share (SyncWatch, SyncKeepAlive): a
+    ``with`` block that cancels on leaving, and blocking iteration."""
+
+    def start(self) -> None:
+        """Start (``with`` does it; the first ``next()`` too)."""
+        started = self.portal.run_sync(self.aio.start)
+        if inspect.isawaitable(started):
+            self.portal.call(_awaited(started))
+
+    def cancel(self) -> None:
+        """End it (idempotent, from any thread): the iteration stops in every thread."""
+        if not self.portal.closed:
+            self.portal.run_sync(self.aio.cancel)
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.cancel()
 
-    start = blocking(Watch.start)
-
-    def cancel(self) -> None:
-        """End the watch (idempotent): the iteration stops, etcd's watch is cancelled."""
-        if not self.portal.closed:
-            self.portal.run_sync(self.aio.cancel)
-
-    def __iter__(self) -> Iterator[WatchBatch]:
+    def __iter__(self) -> Iterator[T]:
         return self
 
-    def __next__(self) -> WatchBatch:
+    def __next__(self) -> T:
         try:
-            return self.portal.call(self.aio.__anext__())
+            item: T = self.portal.call(_awaited(self.aio.__anext__()))
         except StopAsyncIteration:
             raise StopIteration from None
+        return item
+
+
+async def _awaited(aw: Awaitable[T]) -> T:
+    return await aw
+
+
+class SyncWatch(_StreamTwin[Watch, WatchBatch]):
+    """Blocking view of a :class:`Watch`: ``with client.watch(...) as w: for batch in w:``.
+    ``cancel()`` from any thread ends the iteration in every thread that waits on it."""
+
+    def __enter__(self) -> SyncWatch:
+        self.start()
+        return self
 
     @property
     def revision(self) -> int:
@@ -470,36 +495,14 @@ class SyncWatch(Twin[Watch]):
         return lambda: self.portal.run_sync(remove) if not self.portal.closed else None
 
 
-class SyncKeepAlive(Twin[KeepAlive]):
+class SyncKeepAlive(_StreamTwin[KeepAlive, KeepAliveStatus]):
     """Blocking view of a :class:`KeepAlive`: ``with client.keep_alive(lease_id) as ka: for
-    status in ka:``. ``cancel()`` from any thread ends the iteration."""
+    status in ka:``. ``cancel()`` from any thread ends the iteration (renewals stop; the lease
+    is not revoked)."""
 
     def __enter__(self) -> SyncKeepAlive:
         self.start()
         return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cancel()
-
-    def start(self) -> None:
-        """See :meth:`KeepAlive.start`."""
-        self.portal.run_sync(self.aio.start)
-
-    def cancel(self) -> None:
-        """See :meth:`KeepAlive.cancel`: stop renewing (the lease is not revoked)."""
-        if not self.portal.closed:
-            self.portal.run_sync(self.aio.cancel)
-
-    def __iter__(self) -> Iterator[KeepAliveStatus]:
-        return self
-
-    def __next__(self) -> KeepAliveStatus:
-        try:
-            return self.portal.call(self.aio.__anext__())
-        except StopAsyncIteration:
-            raise StopIteration from None
 
     lease_id = mirror(KeepAlive.lease_id, direct=True)
     ttl = mirror(KeepAlive.ttl)
