@@ -109,7 +109,7 @@ class Watch:
         if not isinstance(prev_kv, bool) or not isinstance(progress_notify, bool):
             raise TypeError("prev_kv and progress_notify must be bools")
         self._prev_kv = prev_kv
-        self._filters = check_filters(filters)
+        self._filters = () if filters == () else check_filters(filters)
         self._progress = progress_notify
         self._buffer: collections.deque[WatchBatch] | None = None  # made at the first batch
         self._error: EtcdkitError | None = None
