@@ -590,8 +590,7 @@ class AsyncClient:
         :class:`ClosedError` if the client closes meanwhile, and :class:`WatchEndedError` /
         :class:`PermissionDeniedError` if the watch ends otherwise.
         """
-        self._core.check_open()
-        return await wait_for(self, key, exists=exists, timeout=timeout)
+        return await wait_for(self, key, exists=exists, timeout=timeout)  # (its read checks)
 
     @overload
     def watch_prefix(self, prefix: str | bytes) -> PrefixWatch[str, bytes]: ...

@@ -64,15 +64,16 @@ async def wait_for(
 
 
 async def _wait(etcd: Etcd, raw: bytes, exists: bool) -> int:
-    retry = etcd.retry
-    backoff = retry.backoff()
+    backoff = None  # made at the first failure (ten thousand waits start at once)
     while True:
         try:
             now = await etcd.range(raw)
         except EtcdkitError as exc:
+            retry = etcd.retry
             if not retry.is_retryable(exc):
                 raise
             log.debug("wait_for %r: read failed, retrying: %s", raw, exc)
+            backoff = backoff or retry.backoff()
             await backoff.wait()
             continue
         if bool(now.kvs) == exists:
