@@ -567,7 +567,10 @@ class AsyncClient:
         event lost or repeated; see :class:`Watch` for the errors it ends with. Every watch of
         a client shares one Watch stream.
         """
-        raw, end = range_end_of(key, range_end, prefix)
+        if range_end is None and prefix is False:
+            raw, end = key_bytes(key), b""  # (one key: what wait_for asks, by the thousand)
+        else:
+            raw, end = range_end_of(key, range_end, prefix)
         self._core.check_loop()
         return Watch(
             self._core,

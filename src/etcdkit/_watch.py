@@ -105,8 +105,11 @@ class Watch:
         self._core = core
         self._key = key
         self._range_end = range_end
-        self._start = check_int64(start_revision, "start_revision", hint=" (0 = from now)")
-        if not isinstance(prev_kv, bool) or not isinstance(progress_notify, bool):
+        if type(start_revision) is int and 0 <= start_revision < 2**63:
+            self._start = start_revision
+        else:  # (the check says what is wrong)
+            self._start = check_int64(start_revision, "start_revision", hint=" (0 = from now)")
+        if type(prev_kv) is not bool or type(progress_notify) is not bool:
             raise TypeError("prev_kv and progress_notify must be bools")
         self._prev_kv = prev_kv
         self._filters = () if filters == () else check_filters(filters)

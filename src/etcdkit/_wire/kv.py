@@ -302,8 +302,16 @@ class KV:
             if len(chunk) == 1:
                 results = [await self.range(chunk[0][0])]
             else:
-                r = await self.txn([], [op for op, _ in chunk])
-                results = [resp for resp in r.responses if isinstance(resp, RangeResult)]
+                # plain reads of one key each: the request and results are built directly
+                req = rpc.TxnRequest(
+                    success=[
+                        rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key))
+                        for op, _ in chunk
+                    ]
+                )
+                resp = await self._read(f"get {len(chunk)} keys", "kv", "Txn", req)
+                header = header_of(resp.header)
+                results = [_range_result(r.response_range, header) for r in resp.responses]
         except asyncio.CancelledError:
             for _, fut in chunk:
                 fut.cancel()
