@@ -173,7 +173,10 @@ class Watch:
         return max(0, self._next - 1) if self._started else 0
 
     async def __aenter__(self) -> Watch:
-        await self.start()
+        if self._start and not self._started and not self._cancelled:
+            self._begin(self._start)  # a given start: no read, no second coroutine
+        else:
+            await self.start()
         return self
 
     async def __aexit__(
@@ -186,12 +189,16 @@ class Watch:
         this; the first ``__anext__`` too, if nobody did)."""
         if self._started:
             return
-        self._core.check_open()
         start = self._start
         if start == 0:
+            self._core.check_open()
             start = await self._core.kv.revision() + 1
         if self._cancelled:
             return
+        self._begin(start)
+
+    def _begin(self, start: int) -> None:
+        self._core.check_open()
         self._started = True
         self._next = start
         self._subscribe()
