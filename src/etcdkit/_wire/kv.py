@@ -305,8 +305,7 @@ class KV:
                 # plain reads of one key each: the request and results are built directly
                 req = rpc.TxnRequest(
                     success=[
-                        rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key))
-                        for op, _ in chunk
+                        rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key)) for op, _ in chunk
                     ]
                 )
                 resp = await self._read(f"get {len(chunk)} keys", "kv", "Txn", req)
