@@ -181,6 +181,41 @@ async def test_a_cut_connection_says_suspended_then_renewed(
             await admin.revoke(lease.id)
 
 
+async def test_a_listener_reads_each_status_in_its_turn_and_the_end(etcd: AsyncClient) -> None:
+    # What a session does (no task of its own): statuses and the end, read with take().
+    lease = await etcd.grant(3)
+    ka = etcd.keep_alive(lease.id, ttl=3)
+    seen: list[KeepAliveStatus | Exception] = []
+
+    def on_news() -> None:
+        try:
+            status = ka.take()
+        except LeaseNotFoundError as exc:
+            seen.append(exc)
+            return
+        if status is not None:
+            seen.append(status)
+
+    remove = ka.add_listener(on_news)
+    ka.start()
+    async with asyncio.timeout(WAIT):
+        while not seen:
+            await asyncio.sleep(0.05)
+    assert seen[0] == KeepAliveStatus(3, False)
+    assert ka.take() is None  # the listener took it
+    await etcd.revoke(lease.id)
+    async with asyncio.timeout(WAIT):
+        while not isinstance(seen[-1], LeaseNotFoundError):
+            await asyncio.sleep(0.05)
+    with pytest.raises(LeaseNotFoundError):
+        ka.take()  # ended: as the iteration would say
+    remove()
+    ka.cancel()
+    assert ka.take() is None
+    with pytest.raises(TypeError, match="callable"):
+        ka.add_listener(42)  # type: ignore[arg-type]
+
+
 BAD: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"lease_id": "1"}, TypeError),
     ({"lease_id": True}, TypeError),
@@ -221,6 +256,10 @@ def test_threaded_face(etcd_sync: Client) -> None:
         assert first == KeepAliveStatus(3, False)
         assert ka.ttl == 3
         assert ka.expires is not None
+        got_news = threading.Event()
+        remove = ka.add_listener(got_news.set)  # (on the loop thread)
+        assert got_news.wait(WAIT)  # the next renewal, about a second later
+        remove()
         timer = threading.Timer(0.5, ka.cancel)  # from another thread
         timer.start()
         try:

@@ -419,6 +419,7 @@ class Client(Twin[AsyncClient]):
 class _Stream(Protocol[T_co]):
     def start(self) -> object: ...
     def cancel(self) -> None: ...
+    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]: ...
     def __anext__(self) -> Awaitable[T_co]: ...
 
 
@@ -444,6 +445,13 @@ class _StreamTwin(Twin[S], Generic[S, T]):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.cancel()
+
+    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` as news arrives (see the asyncio object's ``add_listener``);
+        it runs on the client's loop thread: keep it quick. Returns a function that removes
+        it."""
+        remove = self.portal.run_sync(self.aio.add_listener, callback)
+        return lambda: self.portal.run_sync(remove) if not self.portal.closed else None
 
     def __iter__(self) -> Iterator[T]:
         return self
@@ -488,12 +496,6 @@ class SyncWatch(_StreamTwin[Watch, WatchBatch]):
     disconnects = mirror(Watch.disconnects)
     take = blocking_read(Watch.take)
 
-    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """See :meth:`Watch.add_listener`; ``callback`` runs on the client's loop thread: keep
-        it quick (and call :meth:`take` there only through ``self.aio.take()``)."""
-        remove = self.portal.run_sync(self.aio.add_listener, callback)
-        return lambda: self.portal.run_sync(remove) if not self.portal.closed else None
-
 
 class SyncKeepAlive(_StreamTwin[KeepAlive, KeepAliveStatus]):
     """Blocking view of a :class:`KeepAlive`: ``with client.keep_alive(lease_id) as ka: for
@@ -504,6 +506,7 @@ class SyncKeepAlive(_StreamTwin[KeepAlive, KeepAliveStatus]):
         self.start()
         return self
 
+    take = blocking_read(KeepAlive.take)
     lease_id = mirror(KeepAlive.lease_id, direct=True)
     ttl = mirror(KeepAlive.ttl)
     expires = mirror(KeepAlive.expires)

@@ -322,7 +322,17 @@ class KeepAlive:
       leaving the block stops renewing (without revoking) and ends the iteration.
     """
 
-    __slots__ = ("_cancelled", "_error", "_hub", "_id", "_kept", "_status", "_ttl", "_waiter")
+    __slots__ = (
+        "_cancelled",
+        "_error",
+        "_hub",
+        "_id",
+        "_kept",
+        "_listeners",
+        "_status",
+        "_ttl",
+        "_waiter",
+    )
 
     def __init__(self, hub: KeepAliveHub, lease_id: int, ttl: int | None = None) -> None:
         self._hub = hub
@@ -335,6 +345,7 @@ class KeepAlive:
         self._waiter: asyncio.Future[None] | None = None
         self._kept = False
         self._cancelled = False
+        self._listeners: tuple[Callable[[], None], ...] = ()
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else "ended" if self._error else "kept"
@@ -376,7 +387,9 @@ class KeepAlive:
         """Stop renewing (idempotent; the lease is not revoked): the iteration ends."""
         self._cancelled = True
         self._stop()
-        self._wake()
+        waiter = self._waiter  # (a listener is not told: whoever cancels knows)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def __aenter__(self) -> KeepAlive:
         self.start()
@@ -386,6 +399,35 @@ class KeepAlive:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.cancel()
+
+    def take(self) -> KeepAliveStatus | None:
+        """The newest status not yet read, without waiting (``None`` when there is none). Once
+        the keepalive ended and its last status was taken, raises how it ended
+        (:class:`LeaseNotFoundError`, :class:`ClosedError`), as the iteration does; after
+        ``cancel()``, ``None``."""
+        if self._cancelled:
+            return None
+        status = self._status
+        if status is not None:
+            self._status = None
+            return status
+        if self._error is not None:
+            raise self._error
+        return None
+
+    def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` on the event loop whenever a status arrives or the keepalive
+        ends, in that turn: a reader that needs no task of its own (as a session) reads it
+        there with :meth:`take`. Returns a function that removes it. Callback errors are
+        logged, not raised."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r:.80}")
+        self._listeners = (*self._listeners, callback)
+
+        def remove() -> None:
+            self._listeners = tuple(cb for cb in self._listeners if cb is not callback)
+
+        return remove
 
     def __aiter__(self) -> KeepAlive:
         return self
@@ -415,6 +457,11 @@ class KeepAlive:
             self._hub.remove(self._id)
 
     def _wake(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:
+                log.exception("a listener of %r failed", self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -61,8 +61,7 @@ class Session:
         self._lease_id = 0
         self._state = SessionState.OPENING
         self._opening: asyncio.Task[None] | None = None
-        self._kept: KeepAlive | None = None  # etcd renewing the lease, and
-        self._reader: asyncio.Task[None] | None = None  # ... the task reading how it stands
+        self._kept: KeepAlive | None = None  # etcd renewing the lease
         self._expiry: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[SessionState], None]] = []
         self.lost = asyncio.Event()
@@ -145,10 +144,6 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, EtcdkitError):
                 await self._opening
         self._stop(SessionState.CLOSED)
-        reader, self._reader = self._reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
         if self._lease_id and not was_lost:
             try:
                 async with asyncio.timeout(REVOKE_TIMEOUT):
@@ -185,24 +180,28 @@ class Session:
             )
         self._lease_id, self._ttl = grant.id, grant.ttl
         kept = self._kept = self._etcd.keep_alive(grant.id, ttl=grant.ttl)
+        kept.add_listener(self._on_keepalive)  # (in the turn each status arrives: no task)
         kept.start()
-        self._reader = asyncio.get_running_loop().create_task(
-            self._read(kept), name=f"etcdkit-session {grant.id:#x}"
-        )
         self._set(SessionState.ALIVE)
 
-    async def _read(self, kept: KeepAlive) -> None:
-        """How etcd renews the lease, until it is gone or we stop."""
+    def _on_keepalive(self) -> None:
+        """How etcd renews the lease, each time it says."""
+        kept = self._kept
+        if kept is None:
+            return
         try:
-            async for status in kept:
-                if status.suspended:
-                    self._on_suspended()
-                else:
-                    self._on_alive(status.ttl)
+            status = kept.take()
         except LeaseNotFoundError:
             self.mark_lost("etcd says the lease expired or was revoked")
+            return
         except ClosedError:
-            pass  # the client closed: it closes this session too (or closed it)
+            return  # the client closed: it closes this session too (or closed it)
+        if status is None:
+            return
+        if status.suspended:
+            self._on_suspended()
+        else:
+            self._on_alive(status.ttl)
 
     def _on_alive(self, _remaining: int) -> None:
         if self._expiry is not None:
@@ -233,7 +232,7 @@ class Session:
         kept, self._kept = self._kept, None
         if kept is not None:
             kept.cancel()
-        self._set(state)  # (the reader's iteration ends with the keepalive's)
+        self._set(state)
         self.lost.set()
 
     def _set(self, state: SessionState) -> None:
