@@ -1,8 +1,8 @@
 """Session: one etcd lease kept alive, Go's ``concurrency.Session``, on the public client.
 
 Written on public names only, as Go's is on ``clientv3``: ``etcd.grant(ttl)`` makes the lease,
-``etcd.keep_alive(lease_id, ttl=...)`` renews it on the client's shared keepalive stream (a
-task of the session reads its statuses), ``etcd.revoke(lease_id)`` ends it on close.
+``etcd.keep_alive(lease_id, ttl=...)`` renews it on the client's shared keepalive stream (the
+session reads its statuses as they arrive, with no task), ``etcd.revoke`` ends it on close.
 :class:`SessionPool` shares one session per TTL among a client's users
 (``etcd.shared_session``), as the keys of one Go session or a ZooKeeper session's ephemeral
 nodes share one lease.
