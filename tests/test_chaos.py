@@ -1,6 +1,6 @@
 """The fault and correctness checker (the bench.chaos package) in the test suite.
 
-``pytest -m chaos`` runs it once on a real 3-member cluster for 80 s with a fixed
+``pytest -m chaos`` runs it once on a real 3-member cluster for a couple of minutes with a fixed
 seed (override with ``ETCDKIT_CHAOS_SEED``, the length with ``ETCDKIT_CHAOS_SECONDS``) and
 prints its summary: ``watch_prefix`` snapshots and raw ``watch()`` event streams, both exact.
 The other tests here show, without etcd, that the checker does catch what it claims to catch:
@@ -43,10 +43,8 @@ from etcdkit import (
     WatchEvent,
 )
 
-# This seed draws every fault kind within its first ten faults (20250611, the earlier one, needed
-# 23 and 150 s); the test still fails if a kind was never injected.
-DEFAULT_SEED = 20261639
-SECONDS = float(os.environ.get("ETCDKIT_CHAOS_SECONDS", "80"))
+DEFAULT_SEED = 20250611
+SECONDS = float(os.environ.get("ETCDKIT_CHAOS_SECONDS", "150"))
 
 
 @pytest.mark.chaos
