@@ -42,6 +42,8 @@ from etcdkit._retry import RetryPolicy
 __all__ = ["Connection", "Endpoint", "Stubs", "map_rpc_error", "parse_endpoints"]
 
 log = logging.getLogger("etcdkit.client")
+
+_NO_METADATA: tuple[tuple[str, str], ...] = ()  # a call's metadata when no user is configured
 limited = RateLimitedLog(log)  # failovers of a flapping endpoint: one line per interval
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
@@ -517,7 +519,7 @@ class Connection:
     ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout is None else loop.time() + self.timeout
-        backoff = self.retry.backoff(cap=self.retry.call_cap)
+        backoff = None  # made at the first retry (most calls never need one)
         last: EtcdkitError | None = None
         refreshed = False
         while True:
@@ -529,7 +531,10 @@ class Connection:
                 raise self._gave_up(what, last)
             call: Any = None
             try:
-                md = await self.metadata()
+                # (no coroutine per call without a user: nothing to await)
+                md: Sequence[tuple[str, str]] = (
+                    _NO_METADATA if self._username is None else await self.metadata()
+                )
                 fn = getattr(getattr(ch.stubs, service), method)
                 call = fn(request, timeout=left, metadata=md)
                 ch.calls.add(call)
@@ -575,6 +580,8 @@ class Connection:
             except (ConnectionUnavailableError, EtcdTimeoutError) as exc:  # from authenticate
                 self.note_failure(exc)
                 last = exc
+            if backoff is None:
+                backoff = self.retry.backoff(cap=self.retry.call_cap)
             delay = backoff.next_delay() or 0.0
             if deadline is not None:
                 delay = min(delay, max(0.0, deadline - loop.time()))
