@@ -46,10 +46,10 @@ async def test_no_gap_between_read_and_watch(
     real_read = etcd.core.kv.get_coalesced
     puts: list[int] = []
 
-    async def read_then_flash(op: etcdkit.Op) -> etcdkit.RangeResult:
-        result = await real_read(op)
-        puts.append(await etcd.put(op.key, "x"))
-        await etcd.delete(op.key)
+    async def read_then_flash(key: bytes) -> etcdkit.RangeResult:
+        result = await real_read(key)
+        puts.append(await etcd.put(key, "x"))
+        await etcd.delete(key)
         return result
 
     monkeypatch.setattr(etcd.core.kv, "get_coalesced", read_then_flash)

@@ -331,10 +331,10 @@ class AsyncClient:
         ):
             # A plain read of one key: reads of many keys asked for together go out in
             # transactions of up to 128 (wait_for in bulk; see KV.get_coalesced). Its
-            # arguments are checked here, without building and comparing a full Op.range.
-            op = Op("range", key_bytes(key))
+            # arguments are checked here, and no Op is made (ten thousand of them add up).
+            raw = key_bytes(key)
             self._core.check_open()
-            return await self._core.kv.get_coalesced(op)
+            return await self._core.kv.get_coalesced(raw)
         op = Op.range(
             key,
             range_end,

@@ -54,6 +54,8 @@ def to_bytes(value: str | bytes, what: str) -> bytes:
 
 
 def key_bytes(key: str | bytes, what: str = "key") -> bytes:
+    if type(key) is bytes and key:
+        return key  # (the common case, on every read and watch: no further call)
     raw = to_bytes(key, what)
     if not raw:
         raise ValueError(f"{what} must not be empty")

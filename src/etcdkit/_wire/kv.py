@@ -88,6 +88,10 @@ _SET_KEY, _SET_VALUE, _SET_CREATE, _SET_MOD, _SET_VERSION, _SET_LEASE = (
     KeyValue.__dict__[name].__set__
     for name in ("key", "value", "create_revision", "mod_revision", "version", "lease")
 )
+# RangeResult's too: ten thousand wait_for calls read ten thousand of them at once.
+_SET_KVS, _SET_REVISION, _SET_COUNT, _SET_MORE, _SET_HEADER = (
+    RangeResult.__dict__[name].__set__ for name in ("kvs", "revision", "count", "more", "header")
+)
 
 
 def kv_of(pb: Any) -> KeyValue:
@@ -201,9 +205,15 @@ def _txn_pb(compare: Sequence[Compare], success: Sequence[Op], failure: Sequence
 
 
 def _range_result(resp: Any, header: ResponseHeader, revision: int = 0) -> RangeResult:
-    kvs = [kv_of(kv) for kv in resp.kvs]
-    rev = revision or header.revision  # the revision read at (the header's: the latest)
-    return RangeResult(kvs, rev, int(resp.count), bool(resp.more), header)
+    pbs = resp.kvs
+    result: RangeResult = _new_object(RangeResult)
+    _SET_KVS(result, [kv_of(kv) for kv in pbs] if pbs else [])
+    # the revision read at (the header's: the latest)
+    _SET_REVISION(result, revision or header.revision)
+    _SET_COUNT(result, int(resp.count))
+    _SET_MORE(result, bool(resp.more))
+    _SET_HEADER(result, header)
+    return result
 
 
 def _put_result(resp: Any, header: ResponseHeader) -> PutResult:
@@ -245,7 +255,7 @@ class KV:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._gets: list[tuple[Op, asyncio.Future[RangeResult]]] = []
+        self._gets: list[tuple[bytes, asyncio.Future[RangeResult]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._reading = 0  # coalescable reads in flight
 
@@ -270,24 +280,29 @@ class KV:
         resp = await self._read(f"get {raw!r}", "kv", "Range", req)
         return (kv_of(resp.kvs[0]) if resp.kvs else None), int(resp.header.revision)
 
-    async def get_coalesced(self, op: Op) -> RangeResult:
-        """As :meth:`range` for a plain read of one key (``Op.get(key)``), but reads asked for
-        while another is in flight go out together at the next turn of the event loop, up to
-        :data:`TXN_OPS` per read-only transaction (one revision each): ten thousand
-        ``wait_for`` calls started at once cost ~80 round trips, not 10,000."""
+    async def get_coalesced(self, key: bytes) -> RangeResult:
+        """As :meth:`range` for a plain read of one key (``Op.get(key)``, ``key`` already
+        checked), but reads asked for while another is in flight go out together at the next
+        turn of the event loop, up to :data:`TXN_OPS` per read-only transaction (one revision
+        each): ten thousand ``wait_for`` calls started at once cost ~80 round trips, not
+        10,000. (No :class:`Op` is made per read: ten thousand of them add up.)"""
         if not self._reading and not self._gets:
             # Nothing in flight: this read goes out at once (a lone caller waits no extra turn,
             # and one that starts before a put reads before that put).
             self._reading += 1
             try:
-                return await self.range(op)
+                return await self._get_one(key)
             finally:
                 self._reading -= 1
         fut: asyncio.Future[RangeResult] = asyncio.get_running_loop().create_future()
         if not self._gets:
             asyncio.get_running_loop().call_soon(self._flush_gets)
-        self._gets.append((op, fut))
+        self._gets.append((key, fut))
         return await fut
+
+    async def _get_one(self, key: bytes) -> RangeResult:
+        resp = await self._read(f"get {key!r}", "kv", "Range", rpc.RangeRequest(key=key))
+        return _range_result(resp, header_of(resp.header))
 
     def _flush_gets(self) -> None:
         batch, self._gets = self._gets, []
@@ -296,16 +311,16 @@ class KV:
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
 
-    async def _read_many(self, chunk: list[tuple[Op, asyncio.Future[RangeResult]]]) -> None:
+    async def _read_many(self, chunk: list[tuple[bytes, asyncio.Future[RangeResult]]]) -> None:
         self._reading += 1
         try:
             if len(chunk) == 1:
-                results = [await self.range(chunk[0][0])]
+                results = [await self._get_one(chunk[0][0])]
             else:
                 # plain reads of one key each: the request and results are built directly
                 req = rpc.TxnRequest(
                     success=[
-                        rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key)) for op, _ in chunk
+                        rpc.RequestOp(request_range=rpc.RangeRequest(key=key)) for key, _ in chunk
                     ]
                 )
                 resp = await self._read(f"get {len(chunk)} keys", "kv", "Txn", req)
