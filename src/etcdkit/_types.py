@@ -64,6 +64,8 @@ def key_bytes(key: str | bytes, what: str = "key") -> bytes:
 
 def check_int64(value: object, what: str, *, low: int = 0, hint: str = "") -> int:
     """An int in ``[low, 2**63)``: TypeError for another type, ValueError for another value."""
+    if type(value) is int and low <= value < 2**63:
+        return value  # (the common case: one test; a bool's type is bool)
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{what} must be an int{hint}, got {type(value).__name__}: {value!r:.40}")
     if not low <= value < 2**63:
@@ -360,6 +362,8 @@ def range_end_of(
 
 
 def _flag(value: object, what: str) -> bool:
+    if value is True or value is False:
+        return value
     if not isinstance(value, bool):
         raise TypeError(f"{what} must be a bool, got {type(value).__name__}: {value!r:.40}")
     return value
