@@ -654,26 +654,46 @@ async def test_a_listener_takes_batches_in_the_turn_they_arrive(
             w.add_listener("not a function")  # type: ignore[arg-type]
 
 
-async def test_take_after_the_watch_ended_leaves_the_end_to_the_iteration(
+async def test_take_raises_the_end_as_the_iteration_does(
     etcd: AsyncClient, etcd_prefix: str
 ) -> None:
+    # A reader with no task of its own (a listener and take()) learns how the watch ended:
+    # take() raises it once every batch before it was taken; the iteration still raises it.
     p = etcd_prefix
     rev = await etcd.put(p + "a", "1")
     await etcd.put(p + "a", "2")
     await etcd.compact(await etcd.get_revision())
     w = etcd.watch(p, prefix=True, start_revision=rev)
+    ended = asyncio.Event()
     async with w:
+        w.add_listener(ended.set)  # called when the watch ends too
         async with asyncio.timeout(WAIT):
-            while w.connected or w.revision == 0:  # until etcd refused the start
-                if w.take():
-                    break
-                await asyncio.sleep(0.02)
-                if not w.connected:
-                    break
-        assert w.take() == []
+            await ended.wait()
+        with pytest.raises(etcdkit.CompactedError) as info:
+            w.take()
+        assert info.value.compact_revision > rev
+        with pytest.raises(etcdkit.CompactedError):
+            w.take()  # (again: the end stays)
         with pytest.raises(etcdkit.CompactedError):
             async with asyncio.timeout(WAIT):
                 await anext(w)
+        assert w.take() == []  # the iteration ended it (cancelled): nothing more
+    assert w.take() == []
+
+
+async def test_take_keeps_the_batches_before_the_end(etcd: AsyncClient, etcd_prefix: str) -> None:
+    p = etcd_prefix
+    rev = await etcd.put(p + "a", "1")
+    w = etcd.watch(p, prefix=True, start_revision=rev)
+    async with w:
+        async with asyncio.timeout(WAIT):
+            while w.revision < rev:
+                await asyncio.sleep(0.01)
+        await etcd.close()  # the watch ends with the client, after the batch it holds
+        got = w.take()
+        assert [b.revision for b in got] == [rev]
+        with pytest.raises(etcdkit.ClosedError):
+            w.take()
 
 
 def test_threaded_take_and_listener(etcd_sync: Client, etcd_prefix: str) -> None:

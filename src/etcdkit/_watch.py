@@ -213,10 +213,14 @@ class Watch:
     def take(self) -> list[WatchBatch]:
         """Every batch received and not yet read, oldest first, without waiting (``[]`` when
         none). For a reader that applies batches in bulk, typically from a listener (see
-        :meth:`add_listener`). How the watch ends (its error, or the end of a cancelled one)
-        still comes from the iteration."""
+        :meth:`add_listener`), with no task of its own. Once the watch ended and every batch
+        before its end was taken, raises how it ended (:class:`CompactedError`,
+        :class:`WatchEndedError`, :class:`ClosedError`...), as the iteration does (which
+        still raises it too); after :meth:`cancel`, ``[]``."""
         buffer = self._buffer
         if not buffer:
+            if self._error is not None and not self._cancelled:
+                raise self._error
             return []
         batches = list(buffer)
         buffer.clear()
@@ -224,10 +228,10 @@ class Watch:
         return batches
 
     def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback()`` on the event loop whenever batches arrive, in the same turn (a
-        reader that must react at once, as ``watch_prefix`` keeping its snapshot current, takes
-        them there with :meth:`take`; what it leaves stays for the iteration). Returns a
-        function that removes it. Callback errors are logged, not raised."""
+        """Call ``callback()`` on the event loop whenever batches arrive or the watch ends, in
+        that turn (a reader that must react at once, as ``watch_prefix`` keeping its snapshot
+        current, takes them there with :meth:`take`; what it leaves stays for the iteration).
+        Returns a function that removes it. Callback errors are logged, not raised."""
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r:.80}")
         self._listeners = (*self._listeners, callback)
@@ -273,6 +277,13 @@ class Watch:
 
     # -- on the hub's reader task ------------------------------------------------------------------
 
+    def _call_listeners(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:
+                log.exception("a listener of %r failed", self)
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -308,11 +319,7 @@ class Watch:
             buffer = self._buffer = collections.deque()
         buffer.append(batch)
         self._next = next_rev
-        for callback in self._listeners:
-            try:
-                callback()
-            except Exception:
-                log.exception("a listener of %r failed", self)
+        self._call_listeners()
         if not buffer:
             return  # a listener took it all
         self._wake()
@@ -360,4 +367,5 @@ class Watch:
         if isinstance(err, ClosedError):
             err = ClosedError("the etcdkit client was closed; this watch ended with it")
         self._error = err
+        self._call_listeners()
         self._wake()

@@ -68,9 +68,6 @@ __all__ = [
 log = logging.getLogger("etcdkit.lock")
 
 
-GRANT_WAIT = 2.0  # how long an abandoned acquisition waits for its lease grant to answer
-
-
 class _Gone(Exception):
     """Our key or our session is gone while acquiring: start again with a new session."""
 
@@ -111,7 +108,7 @@ class Contender:
         self.wakeups = 0  # times our predecessor's deletion woke us
         self.requeues = 0  # times our key or lease vanished while we waited (we queued again)
         self._on_state = on_state
-        self._own: asyncio.Task[None] | None = None  # watches our key while we hold
+        self._own: Watch | None = None  # watches our key while we hold
         self._unlisten: Callable[[], None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._recheck: asyncio.Task[None] | None = None
@@ -165,7 +162,7 @@ class Contender:
         if held_at is None:
             await self._leave()
             return False
-        self._hold(held_at)
+        await self._hold(held_at)
         return True
 
     async def _acquire(self, wait: bool) -> int | None:
@@ -219,16 +216,16 @@ class Contender:
         await self._drop_session()
         session = self.etcd.session(self.ttl)
         self.session = session
-        # The grant runs in a task of its own: a cancellation (or timeout) of ours must not
-        # cancel a grant in flight, which etcd may apply all the same and leave a lease that
-        # nobody knows of (for its TTL). Given up on, the grant is awaited, then revoked.
-        opening = asyncio.ensure_future(session.open())
+        # The grant runs in the session's own task: a cancellation (or timeout) of ours does
+        # not cancel a grant in flight, which etcd may apply all the same and leave a lease
+        # that nobody knows of (for its TTL). Given up on, the session is closed, which waits
+        # for the grant's answer (bounded) and revokes what it granted.
         try:
-            await asyncio.shield(opening)
+            await session.open()
         except BaseException:
             self.session = None
             closer = asyncio.get_running_loop().create_task(
-                self._abandon(session, opening), name=f"etcdkit-lock-abandon {self.prefix!r}"
+                session.close(), name=f"etcdkit-lock-abandon {self.prefix!r}"
             )
             self._abandoned.add(closer)
             closer.add_done_callback(self._abandoned.discard)
@@ -237,15 +234,6 @@ class Contender:
         self.key = self.prefix + format(session.lease_id, "x").encode()
         self.revision = 0
         return session
-
-    @staticmethod
-    async def _abandon(session: Session, opening: asyncio.Future[Session]) -> None:
-        """Wait (bounded) for the grant we gave up on, then close the session: that revokes
-        the lease if it was granted."""
-        await asyncio.wait({opening}, timeout=GRANT_WAIT)
-        if opening.done() and not opening.cancelled():
-            opening.exception()  # (retrieved: an error of the grant is no news here)
-        await session.close()  # (cancels the grant if it is still in flight after the bound)
 
     async def _drop_session(self) -> None:
         session, self.session = self.session, None
@@ -401,53 +389,68 @@ class Contender:
 
     # -- holding ----------------------------------------------------------------------------------
 
-    def _hold(self, rev: int) -> None:
-        """We hold at ``rev`` (our key was the oldest then): watch our key and our session."""
+    async def _hold(self, rev: int) -> None:
+        """We hold at ``rev`` (our key was the oldest then): watch our key and our session
+        (no I/O: this returns at once)."""
         session = self.session
         assert session is not None
         self.token = self.revision
         suspended = session.state is SessionState.SUSPENDED
         self._set(HoldState.SUSPENDED if suspended else HoldState.HELD)
-        self._watch_own(rev)
+        await self._watch_own(rev)
         self._unlisten = session.add_listener(self._on_session)
         if session.lost.is_set():
             self.lose("our lease expired or was revoked")
         elif session.state is SessionState.SUSPENDED:
             self._start_expiry()
 
-    def _watch_own(self, rev: int) -> None:
-        self._own = asyncio.get_running_loop().create_task(
-            self._follow_own(rev), name=f"etcdkit-lock-own {self.key!r}"
-        )
-
-    async def _follow_own(self, rev: int) -> None:
+    async def _watch_own(self, rev: int) -> None:
         """Watch our key from ``rev + 1`` while we hold: its deletion, or a key of the same
-        name created again by someone else, loses the hold."""
+        name created again by someone else, loses the hold. Read in the turn each change
+        arrives (a listener), with no task of our own: starting from a given revision does
+        no I/O, so this returns at once."""
+        w = self.etcd.watch(self.key, start_revision=rev + 1)
+        self._own = w
+        w.add_listener(self._on_own)
         try:
-            async with self.etcd.watch(self.key, start_revision=rev + 1) as w:
-                async for batch in w:
-                    for ev in batch.events:
-                        if ev.type is EventType.DELETE:
-                            self.lose(
-                                "our key was deleted (its lease revoked or expired, or deleted "
-                                "by hand)"
-                            )
-                            return
-                        if ev.kv.create_revision != self.revision:
-                            self.lose("our key was deleted and created again by someone else")
-                            return
+            await w.start()
+        except ClosedError:
+            self.lose("the client closed")
+
+    def _on_own(self) -> None:
+        w = self._own
+        if w is None:
+            return
+        try:
+            batches = w.take()
         except CompactedError:
+            self._stop_own()
             if self.state in (HoldState.HELD, HoldState.SUSPENDED):
                 self._recheck = asyncio.get_running_loop().create_task(
                     self._check_own(), name=f"etcdkit-lock-recheck {self.key!r}"
                 )
+            return
         except ClosedError:
             self.lose("the client closed")
+            return
         except EtcdkitError as exc:
             self.lose(f"cannot watch our key any more ({exc})")
-        finally:
-            if self._own is asyncio.current_task():
-                self._own = None
+            return
+        for batch in batches:
+            for ev in batch.events:
+                if ev.type is EventType.DELETE:
+                    self.lose(
+                        "our key was deleted (its lease revoked or expired, or deleted by hand)"
+                    )
+                    return
+                if ev.kv.create_revision != self.revision:
+                    self.lose("our key was deleted and created again by someone else")
+                    return
+
+    def _stop_own(self) -> None:
+        own, self._own = self._own, None
+        if own is not None:
+            own.cancel()
 
     async def _check_own(self) -> None:
         """After a compaction: is our key still ours? Then watch on from the read."""
@@ -466,7 +469,7 @@ class Contender:
             if kv is None or kv.create_revision != self.revision:
                 self.lose("our key is gone")
             else:
-                self._watch_own(rev)
+                await self._watch_own(rev)
             return
 
     def _on_session(self, state: SessionState) -> None:
@@ -520,9 +523,7 @@ class Contender:
 
     def _stop_watching(self) -> None:
         self._stop_expiry()
-        own, self._own = self._own, None
-        if own is not None and own is not asyncio.current_task():
-            own.cancel()
+        self._stop_own()
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None

@@ -381,7 +381,10 @@ class PrefixWatch(Generic[K, V]):
         self._w = w
 
         def take() -> None:
-            batches = w.take()
+            try:
+                batches = w.take()
+            except EtcdkitError:
+                return  # the watch ended: the iteration below says how
             if batches:
                 self._apply(batches)
 

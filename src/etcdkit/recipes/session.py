@@ -36,6 +36,7 @@ log = logging.getLogger("etcdkit.lease")
 
 
 REVOKE_TIMEOUT = 2.0  # bound on the revoke a close sends (etcd may be down)
+GRANT_WAIT = 2.0  # how long a close waits for the answer to a grant in flight
 
 
 class Session:
@@ -139,10 +140,14 @@ class Session:
         if self._state is SessionState.CLOSED:
             return
         was_lost = self._state is SessionState.LOST
-        if self._opening is not None and not self._opening.done():
-            self._opening.cancel()
+        opening = self._opening
+        if opening is not None and not opening.done():
+            # A grant in flight: wait (bounded) for its answer, so that a lease etcd granted
+            # is revoked below, not left to expire unknown (as a cancelled grant would).
+            await asyncio.wait({opening}, timeout=GRANT_WAIT)
+            opening.cancel()
             with contextlib.suppress(asyncio.CancelledError, EtcdkitError):
-                await self._opening
+                await opening
         self._stop(SessionState.CLOSED)
         if self._lease_id and not was_lost:
             try:
