@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable
 
-__all__ = ["DEFAULT_INTERVAL", "RateLimitedLog"]
+__all__ = ["DEFAULT_INTERVAL", "Listeners", "RateLimitedLog"]
 
 DEFAULT_INTERVAL = 30.0  # seconds between two lines of one message key
 MAX_KEYS = 1024  # keys remembered at most; the oldest quiet ones are forgotten first
@@ -80,3 +80,35 @@ class RateLimitedLog:
             if now - self._last[key] >= self.interval or len(self._last) > MAX_KEYS:
                 del self._last[key]
                 self._suppressed.pop(key, None)
+
+
+class Listeners:
+    """The ``callback()``s of an object that tells of news in the turn it arrives (a watch's
+    batches, a keepalive's statuses): added and removed at any time (also from a callback),
+    called in the order added; a failing one is logged on ``logger``, naming ``owner``, and
+    never raised into the caller."""
+
+    __slots__ = ("_callbacks", "_logger", "_owner")
+
+    def __init__(self, owner: object, logger: logging.Logger) -> None:
+        self._owner = owner
+        self._logger = logger
+        self._callbacks: tuple[Callable[[], None], ...] = ()
+
+    def add(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Add ``callback``; returns a function that removes it (idempotent)."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r:.80}")
+        self._callbacks = (*self._callbacks, callback)
+
+        def remove() -> None:
+            self._callbacks = tuple(cb for cb in self._callbacks if cb is not callback)
+
+        return remove
+
+    def call(self) -> None:
+        for callback in self._callbacks:
+            try:
+                callback()
+            except Exception:
+                self._logger.exception("a listener of %r failed", self._owner)

@@ -26,6 +26,7 @@ from types import TracebackType
 from etcdkit._core import Core
 from etcdkit._errors import ClosedError, EtcdkitError
 from etcdkit._key_watches import KeyWatch
+from etcdkit._logs import Listeners
 from etcdkit._types import WATCH_FILTERS, WatchBatch, WatchEvent, WatchFilter, check_int64
 from etcdkit._wire.watch_hub import WatchSub
 
@@ -117,7 +118,7 @@ class Watch:
         self._buffer: collections.deque[WatchBatch] | None = None  # made at the first batch
         self._error: EtcdkitError | None = None
         self._waiter: asyncio.Future[None] | None = None  # the reader, waiting for a batch
-        self._listeners: tuple[Callable[[], None], ...] = ()
+        self._listeners: Listeners | None = None  # made at the first add_listener()
         self._sub: WatchSub | KeyWatch | None = None
         # one key, no options: the key watches may carry it on a shared etcd watch
         self._single = not range_end and not prev_kv and not self._filters and not progress_notify
@@ -232,14 +233,9 @@ class Watch:
         that turn (a reader that must react at once, as ``watch_prefix`` keeping its snapshot
         current, takes them there with :meth:`take`; what it leaves stays for the iteration).
         Returns a function that removes it. Callback errors are logged, not raised."""
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, got {callback!r:.80}")
-        self._listeners = (*self._listeners, callback)
-
-        def remove() -> None:
-            self._listeners = tuple(cb for cb in self._listeners if cb is not callback)
-
-        return remove
+        if self._listeners is None:
+            self._listeners = Listeners(self, log)
+        return self._listeners.add(callback)
 
     def __aiter__(self) -> Watch:
         return self
@@ -277,13 +273,6 @@ class Watch:
 
     # -- on the hub's reader task ------------------------------------------------------------------
 
-    def _call_listeners(self) -> None:
-        for callback in self._listeners:
-            try:
-                callback()
-            except Exception:
-                log.exception("a listener of %r failed", self)
-
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -319,7 +308,8 @@ class Watch:
             buffer = self._buffer = collections.deque()
         buffer.append(batch)
         self._next = next_rev
-        self._call_listeners()
+        if self._listeners is not None:
+            self._listeners.call()
         if not buffer:
             return  # a listener took it all
         self._wake()
@@ -367,5 +357,6 @@ class Watch:
         if isinstance(err, ClosedError):
             err = ClosedError("the etcdkit client was closed; this watch ended with it")
         self._error = err
-        self._call_listeners()
+        if self._listeners is not None:
+            self._listeners.call()
         self._wake()

@@ -43,6 +43,7 @@ from etcdkit._errors import (
     EtcdkitError,
     LeaseNotFoundError,
 )
+from etcdkit._logs import Listeners
 from etcdkit._retry import Backoff
 from etcdkit._types import KeepAliveStatus, check_int64
 from etcdkit._wire.conn import Channel, Connection, map_rpc_error
@@ -345,7 +346,7 @@ class KeepAlive:
         self._waiter: asyncio.Future[None] | None = None
         self._kept = False
         self._cancelled = False
-        self._listeners: tuple[Callable[[], None], ...] = ()
+        self._listeners = Listeners(self, log)
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else "ended" if self._error else "kept"
@@ -420,14 +421,7 @@ class KeepAlive:
         ends, in that turn: a reader that needs no task of its own (as a session) reads it
         there with :meth:`take`. Returns a function that removes it. Callback errors are
         logged, not raised."""
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, got {callback!r:.80}")
-        self._listeners = (*self._listeners, callback)
-
-        def remove() -> None:
-            self._listeners = tuple(cb for cb in self._listeners if cb is not callback)
-
-        return remove
+        return self._listeners.add(callback)
 
     def __aiter__(self) -> KeepAlive:
         return self
@@ -457,11 +451,7 @@ class KeepAlive:
             self._hub.remove(self._id)
 
     def _wake(self) -> None:
-        for callback in self._listeners:
-            try:
-                callback()
-            except Exception:
-                log.exception("a listener of %r failed", self)
+        self._listeners.call()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
