@@ -42,9 +42,9 @@ from etcdkit._retry import RetryPolicy
 __all__ = ["Connection", "Endpoint", "Stubs", "map_rpc_error", "parse_endpoints"]
 
 log = logging.getLogger("etcdkit.client")
+limited = RateLimitedLog(log)  # failovers of a flapping endpoint: one line per interval
 
 _NO_METADATA: tuple[tuple[str, str], ...] = ()  # a call's metadata when no user is configured
-limited = RateLimitedLog(log)  # failovers of a flapping endpoint: one line per interval
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 ENV_ENDPOINTS = "ETCDKIT_ENDPOINTS"
