@@ -125,16 +125,20 @@ def _ttl(ttl: int) -> int:
     return check_int64(ttl, "ttl", low=1, hint=" (whole seconds)")
 
 
-def _compare_pb(c: Compare) -> Any:
+# Requests are filled in place, setting only the fields that differ from protobuf's defaults:
+# a message passed to another's constructor is copied, so a transaction built from nested
+# constructors copied each operation twice (9 us for a lock's three operations; 3.7 us so).
+
+
+def _fill_compare(pb: Any, c: Compare) -> None:
     if not isinstance(c, Compare):
         raise TypeError(f"txn compare entries must be etcdkit.Compare, got {c!r:.80}")
-    return rpc.Compare(
-        key=c.key,
-        range_end=c.range_end,
-        target=_TARGET[c.target],
-        result=_RESULT[c.op],
-        **{_FIELD[c.target]: c.operand},
-    )
+    pb.key = c.key
+    if c.range_end:
+        pb.range_end = c.range_end
+    pb.target = _TARGET[c.target]
+    pb.result = _RESULT[c.op]
+    setattr(pb, _FIELD[c.target], c.operand)
 
 
 _SORT_ORDER = {
@@ -151,57 +155,105 @@ _SORT_TARGET = {
 }
 
 
+def _fill_range(pb: Any, op: Op) -> None:
+    pb.key = op.key
+    if op.range_end:
+        pb.range_end = op.range_end
+    if op.revision:
+        pb.revision = op.revision
+    if op.limit:
+        pb.limit = op.limit
+    if op.sort_order is not None:
+        pb.sort_order = _SORT_ORDER[op.sort_order]
+    if op.sort_target != "key":
+        pb.sort_target = _SORT_TARGET[op.sort_target]
+    if op.serializable:
+        pb.serializable = True
+    if op.keys_only:
+        pb.keys_only = True
+    if op.count_only:
+        pb.count_only = True
+    if op.min_mod_revision:
+        pb.min_mod_revision = op.min_mod_revision
+    if op.max_mod_revision:
+        pb.max_mod_revision = op.max_mod_revision
+    if op.min_create_revision:
+        pb.min_create_revision = op.min_create_revision
+    if op.max_create_revision:
+        pb.max_create_revision = op.max_create_revision
+
+
+def _fill_put(pb: Any, op: Op) -> None:
+    pb.key = op.key
+    pb.value = op.value
+    if op.lease:
+        pb.lease = op.lease
+    if op.prev_kv:
+        pb.prev_kv = True
+    if op.ignore_value:
+        pb.ignore_value = True
+    if op.ignore_lease:
+        pb.ignore_lease = True
+
+
+def _fill_delete(pb: Any, op: Op) -> None:
+    pb.key = op.key
+    if op.range_end:
+        pb.range_end = op.range_end
+    if op.prev_kv:
+        pb.prev_kv = True
+
+
+def _fill_op(pb: Any, op: Op) -> None:
+    if not isinstance(op, Op):
+        raise TypeError(f"txn operations must be etcdkit.Op, got {op!r:.80}")
+    kind = op.kind
+    if kind == "range":
+        _fill_range(pb.request_range, op)
+    elif kind == "put":
+        _fill_put(pb.request_put, op)
+    elif kind == "txn":
+        _fill_txn(pb.request_txn, op.compare, op.success, op.failure)
+    else:
+        _fill_delete(pb.request_delete_range, op)
+
+
+def _fill_txn(
+    pb: Any, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
+) -> None:
+    add = pb.compare.add
+    for c in compare:
+        _fill_compare(add(), c)
+    add = pb.success.add
+    for o in success:
+        _fill_op(add(), o)
+    add = pb.failure.add
+    for o in failure:
+        _fill_op(add(), o)
+
+
 def _range_pb(op: Op) -> Any:
-    return rpc.RangeRequest(
-        key=op.key,
-        range_end=op.range_end,
-        revision=op.revision,
-        limit=op.limit,
-        sort_order=_SORT_ORDER[op.sort_order],
-        sort_target=_SORT_TARGET[op.sort_target],
-        serializable=op.serializable,
-        keys_only=op.keys_only,
-        count_only=op.count_only,
-        min_mod_revision=op.min_mod_revision,
-        max_mod_revision=op.max_mod_revision,
-        min_create_revision=op.min_create_revision,
-        max_create_revision=op.max_create_revision,
-    )
+    pb = rpc.RangeRequest()
+    _fill_range(pb, op)
+    return pb
 
 
 def _put_pb(op: Op) -> Any:
-    return rpc.PutRequest(
-        key=op.key,
-        value=op.value,
-        lease=op.lease,
-        prev_kv=op.prev_kv,
-        ignore_value=op.ignore_value,
-        ignore_lease=op.ignore_lease,
-    )
+    pb = rpc.PutRequest()
+    _fill_put(pb, op)
+    return pb
 
 
 def _delete_pb(op: Op) -> Any:
-    return rpc.DeleteRangeRequest(key=op.key, range_end=op.range_end, prev_kv=op.prev_kv)
-
-
-def _op_pb(op: Op) -> Any:
-    if not isinstance(op, Op):
-        raise TypeError(f"txn operations must be etcdkit.Op, got {op!r:.80}")
-    if op.kind == "range":
-        return rpc.RequestOp(request_range=_range_pb(op))
-    if op.kind == "put":
-        return rpc.RequestOp(request_put=_put_pb(op))
-    if op.kind == "txn":
-        return rpc.RequestOp(request_txn=_txn_pb(op.compare, op.success, op.failure))
-    return rpc.RequestOp(request_delete_range=_delete_pb(op))
+    pb = rpc.DeleteRangeRequest()
+    _fill_delete(pb, op)
+    return pb
 
 
 def _txn_pb(compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]) -> Any:
-    return rpc.TxnRequest(
-        compare=[_compare_pb(c) for c in compare],
-        success=[_op_pb(o) for o in success],
-        failure=[_op_pb(o) for o in failure],
-    )
+    pb = rpc.TxnRequest()
+    _fill_txn(pb, compare, success, failure)
+    return pb
 
 
 def _range_result(resp: Any, header: ResponseHeader, revision: int = 0) -> RangeResult:
