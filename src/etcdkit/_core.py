@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -82,7 +83,8 @@ class Core:
     @property
     def key_watches(self) -> KeyWatches:
         """Watches of single keys, sharing etcd watches when many start together."""
-        self._check_usable()
+        if self.state is not CoreState.OPEN:
+            self._check_usable()
         assert self._key_watches is not None
         return self._key_watches
 
@@ -127,8 +129,9 @@ class Core:
     def check_loop(self) -> None:
         """Raise :class:`WrongContextError` when called from another event loop than the one
         the client was opened in (grpc.aio objects belong to one loop)."""
-        if self._loop is None:
-            return
+        loop = self._loop
+        if loop is None or _get_running_loop() is loop:
+            return  # (the common case: one call, on every entry point)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -147,6 +150,8 @@ class Core:
     def check_open(self, *, closing_ok: bool = False) -> None:
         """For every entry point: the client is open (or, with ``closing_ok``, closing: what
         it closes still revokes its leases), and this is its event loop."""
+        if self.state is CoreState.OPEN and _get_running_loop() is self._loop:
+            return  # (the common case)
         if self.state is not CoreState.OPEN and not (
             closing_ok and self.state is CoreState.CLOSING
         ):

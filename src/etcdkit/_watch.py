@@ -281,12 +281,12 @@ class Watch:
     def _subscribe(self) -> None:
         if self._single:
             self._sub = self._core.key_watches.watch(
-                self.key, self._next, on_events=self._on_events, on_end=self._on_end
+                self._key, self._next, on_events=self._on_events, on_end=self._on_end
             )
             return
         self._sub = self._core.watches.watch(
-            self.key,
-            self.range_end,
+            self._key,
+            self._range_end,
             self._next,
             prev_kv=self._prev_kv,
             on_events=self._on_events,

@@ -38,7 +38,8 @@ async def wait_for(
     raw = key_bytes(key)
     if not isinstance(exists, bool):
         raise TypeError(f"exists must be True or False, got {exists!r}")
-    check_timeout(timeout)
+    if timeout is not None:
+        check_timeout(timeout)
     try:
         if timeout is not None and timeout <= 0:
             # No time to wait: one read (bounded by the client's timeout) answers.
