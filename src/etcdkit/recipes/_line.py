@@ -331,45 +331,62 @@ class Contender:
 
     async def _wait_deleted(self, key: bytes, rev: int, session: Session) -> int:
         """Wait until ``key`` is deleted after ``rev``; the revision of its deletion (0 when
-        compaction took the history: it was deleted at some revision we cannot know)."""
+        compaction took the history: it was deleted at some revision we cannot know).
+
+        The watch and the session tell a listener each, in the turn they learn it, which
+        settles one future: the hand-off costs no task and no extra turn of the loop."""
         if session.lost.is_set():
             raise _Gone("our lease expired or was revoked while waiting")
-        lost = asyncio.ensure_future(session.lost.wait())
-        async with self.etcd.watch(key, start_revision=rev + 1) as w:
-            deleted = asyncio.ensure_future(self._deletion(w))
-            # A watch created when etcd is already past ``rev`` (the key ahead may have been
-            # deleted between our read and the create) starts in etcd's "unsynced" group, which
-            # its mvcc syncWatchersLoop catches up only every 100 ms: hand-offs then took
-            # 0-100 ms more (the p99 tails of issue 25). So one read, beside the watch, tells at
-            # once whether the key is gone already; the watch decides otherwise.
-            check = asyncio.ensure_future(self._gone_yet(key, rev))
-            try:
-                waiting = {deleted, check, lost}
-                while True:
-                    done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                    if lost in done:
-                        raise _Gone("our lease expired or was revoked while waiting")
-                    if deleted in done:
-                        return deleted.result()
-                    at = check.result()
-                    if at:
-                        self.wakeups += 1
-                        return at
-            finally:
-                for task in (deleted, check, lost):
-                    task.cancel()
-                await asyncio.gather(deleted, check, lost, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+        w = self.etcd.watch(key, start_revision=rev + 1)
 
-    async def _deletion(self, w: Watch) -> int:
-        try:
-            async for batch in w:
+        def on_batches() -> None:
+            if done.done():
+                return
+            try:
+                batches = w.take()
+            except CompactedError:
+                done.set_result(0)  # history gone: look again, at the leader
+                return
+            except EtcdkitError as exc:
+                done.set_exception(exc)
+                return
+            for batch in batches:
                 for ev in batch.events:
                     if ev.type is EventType.DELETE:
                         self.wakeups += 1
-                        return ev.kv.mod_revision
-        except CompactedError:
-            return 0  # history gone: look again, at the leader
-        raise ClosedError(f"{self.what}: the watch of the key ahead ended")
+                        done.set_result(ev.kv.mod_revision)
+                        return
+
+        def on_session(state: SessionState) -> None:
+            if state in (SessionState.LOST, SessionState.CLOSED) and not done.done():
+                done.set_exception(_Gone("our lease expired or was revoked while waiting"))
+
+        async def check() -> None:
+            # A watch created when etcd is already past ``rev`` (the key ahead may have been
+            # deleted between our read and the create) starts in etcd's "unsynced" group,
+            # which its mvcc syncWatchersLoop catches up only every 100 ms: hand-offs then
+            # took 0-100 ms more (the p99 tails of issue 25). So one read, beside the watch,
+            # tells at once whether the key is gone already; the watch decides otherwise.
+            at = await self._gone_yet(key, rev)
+            if at and not done.done():
+                self.wakeups += 1
+                done.set_result(at)
+
+        unlisten_watch = w.add_listener(on_batches)
+        unlisten_session = session.add_listener(on_session)
+        checking = loop.create_task(check(), name=f"etcdkit-lock-gone {key!r}")
+        try:
+            await w.start()  # (a given start revision: no I/O)
+            return await done
+        finally:
+            unlisten_watch()
+            unlisten_session()
+            w.cancel()
+            if not checking.done():  # (rare: the read is long answered when a hand-off comes)
+                checking.cancel()
+                await asyncio.wait({checking})
 
     async def _gone_yet(self, key: bytes, rev: int) -> int:
         """The revision of a read that no longer finds ``key`` (it existed at ``rev``: deleted
