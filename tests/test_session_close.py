@@ -1,0 +1,350 @@
+"""``Session.close()`` while the lease grant is still in flight, against real etcd servers.
+
+``open()`` runs ``_grant`` in a task of its own (``etcdkit-session-grant``) and awaits it through
+``asyncio.shield``. A ``close()`` meanwhile waits up to ``GRANT_WAIT`` for the grant's answer,
+then cancels it; if etcd granted a lease, close revokes it, so no lease is left behind to expire
+on its own. Each test uses an etcd of its own (``etcd_server_factory``): some pause it
+(SIGSTOP: it keeps its sockets, so a request sent meanwhile waits in the kernel, unanswered,
+until SIGCONT), and "no lease left" is checked by listing the server's leases with an
+independent client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from _helpers import etcdkit_tasks, fresh_client
+from etcdkit import AsyncClient, ClosedError, SessionState
+from etcdkit.recipes.session import GRANT_WAIT, REVOKE_TIMEOUT, Session
+from etcdkit.testing import EtcdServer
+
+GRANT_TASK = "etcdkit-session-grant"
+BOUND = GRANT_WAIT + REVOKE_TIMEOUT + 5.0  # close must return within this (generous: no hang)
+PAUSE = 0.5  # how long a "grant answered in time" test keeps etcd stopped (< GRANT_WAIT)
+
+
+@contextlib.contextmanager
+def paused(server: EtcdServer) -> Iterator[None]:
+    """SIGSTOP ``server`` for the block; SIGCONT it however the block ends."""
+    server.pause()
+    try:
+        yield
+    finally:
+        server.resume()
+
+
+class AnswerGate:
+    """A TCP proxy on loopback (in the test's event loop) that always forwards what the client
+    sends but holds etcd's answers while ``answers`` is clear: etcd does the work, the client
+    hears nothing (a request answered too late). Stops with every connection it made."""
+
+    def __init__(self, target: EtcdServer) -> None:
+        self._port = target.client_port
+        self.answers = asyncio.Event()
+        self.answers.set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._pumps: set[asyncio.Task[None]] = set()
+        self.endpoint = ""
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[AnswerGate]:
+        server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        self.endpoint = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            yield self
+        finally:
+            server.close()
+            for task in self._pumps:
+                task.cancel()
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+            for w in self._writers:
+                w.close()
+            for w in self._writers:
+                with contextlib.suppress(OSError):
+                    await w.wait_closed()
+            await server.wait_closed()
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
+        self._writers.append(up_writer)
+        for src, dst, gate in ((reader, up_writer, None), (up_reader, writer, self.answers)):
+            task = asyncio.create_task(self._pump(src, dst, gate), name="test-gate-pump")
+            self._pumps.add(task)
+
+    @staticmethod
+    async def _pump(
+        src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event | None
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                if gate is not None:
+                    await gate.wait()
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+
+async def _connected(client: AsyncClient) -> set[int]:
+    """Make sure the client's connection is up (a request sent while etcd is paused then sits
+    in the socket, unanswered); returns the leases etcd holds now."""
+    return set(await client.leases())
+
+
+async def _grant_in_flight(s: Session) -> asyncio.Task[Session]:
+    """Start ``s.open()`` as a task and let it start its grant (one turn of the loop: the open
+    task runs up to ``await shield(grant)``); the grant has no answer yet."""
+    opener = asyncio.create_task(s.open())
+    await asyncio.sleep(0)
+    assert not opener.done()
+    assert state_of(s) is SessionState.OPENING
+    assert s.lease_id == 0
+    assert GRANT_TASK in etcdkit_tasks()  # the grant runs in a task of its own
+    return opener
+
+
+async def _wait_sent() -> None:
+    """Let the grant task run far enough to send its request (etcd is paused: it stays
+    unanswered). A few turns and a short sleep: the request goes out in the first turns."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.2)
+
+
+def state_of(s: Session) -> SessionState:
+    """``s.state`` read anew (mypy would keep it narrowed by an earlier assert across awaits)."""
+    return s.state
+
+
+def _no_grant_task() -> None:
+    assert GRANT_TASK not in etcdkit_tasks(), f"grant task left running: {etcdkit_tasks()}"
+
+
+async def test_close_before_open_ran_sends_no_grant(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # close() right after creating the open task, with no await between: open() has not run a
+    # step yet, so there is no grant in flight. close() ends the session at once; the open
+    # task then raises ClosedError (it never grants: no lease is made at all).
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
+        before = await _connected(admin)
+        s = client.session(5)
+        opener = asyncio.create_task(s.open())
+        async with asyncio.timeout(BOUND):
+            await s.close()
+        assert state_of(s) is SessionState.CLOSED
+        assert s.lost.is_set()
+        with pytest.raises(ClosedError):
+            await opener
+        assert s.lease_id == 0
+        _no_grant_task()
+        assert set(await admin.leases()) == before
+
+
+async def test_close_during_a_grant_answered_at_once_revokes_it(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # The grant is in flight (sent, etcd healthy): close() waits for its answer (well within
+    # GRANT_WAIT), then revokes the lease it got. open() itself returns the session (its grant
+    # succeeded), which is CLOSED by then.
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
+        before = await _connected(admin)
+        s = client.session(30)
+        opener = await _grant_in_flight(s)
+        async with asyncio.timeout(BOUND):
+            await s.close()
+            got = await opener
+        assert got is s  # open() returned (not raised, not cancelled)
+        assert state_of(s) is SessionState.CLOSED
+        assert s.lost.is_set()
+        assert s.lease_id != 0  # etcd granted one...
+        leases = set(await admin.leases())
+        assert s.lease_id not in leases  # ... and close revoked it
+        assert leases == before
+        _no_grant_task()
+        await s.close()  # idempotent
+        assert state_of(s) is SessionState.CLOSED
+
+
+async def test_close_waits_for_a_paused_etcd_then_revokes(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # etcd is stopped when the grant goes out and resumed PAUSE s later, while close() waits
+    # for the answer (PAUSE < GRANT_WAIT): close gets the lease and revokes it.
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
+        before = await _connected(admin)
+        await _connected(client)
+        s = client.session(30)
+        with paused(server):
+            opener = await _grant_in_flight(s)
+            await _wait_sent()
+            assert state_of(s) is SessionState.OPENING  # no answer while etcd is stopped
+            asyncio.get_running_loop().call_later(PAUSE, server.resume)
+            async with asyncio.timeout(BOUND):
+                await s.close()
+                got = await opener
+        assert got is s  # open() returned: its grant was answered
+        assert state_of(s) is SessionState.CLOSED
+        assert s.lease_id != 0
+        leases = set(await admin.leases())
+        assert s.lease_id not in leases
+        assert leases == before
+        _no_grant_task()
+
+
+@pytest.mark.slow
+async def test_close_gives_up_on_a_grant_never_answered(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # etcd stays stopped longer than GRANT_WAIT: close() waits GRANT_WAIT for the answer, then
+    # cancels the grant and returns (bounded, not hanging), CLOSED, no lease id known, nothing
+    # to revoke. The open() task ends *cancelled*: its `await shield(grant)` is cancelled when
+    # the grant task is (asyncio.shield cancels its outer future when the inner one is
+    # cancelled), although nobody cancelled the open task itself.
+    #
+    # The grant request was already in etcd's socket when close gave up. After SIGCONT etcd may
+    # still grant that lease (or drop the request, as the stream was reset meanwhile): a lease
+    # nobody knows about, never renewed, which etcd expires after its TTL. So a short TTL, and
+    # the test checks that any lease made meanwhile is gone within TTL + a few seconds.
+    ttl = 2
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
+        before = await _connected(admin)
+        await _connected(client)
+        s = client.session(ttl)
+        with paused(server):
+            opener = await _grant_in_flight(s)
+            await _wait_sent()
+            t0 = time.monotonic()
+            async with asyncio.timeout(BOUND):  # bounded: a hang fails here, not by pytest-timeout
+                await s.close()
+            took = time.monotonic() - t0
+            # close did wait for the grant (it cannot be answered while etcd is stopped)
+            assert took >= GRANT_WAIT * 0.9, f"close returned after {took:.2f} s"
+            assert state_of(s) is SessionState.CLOSED
+            assert s.lost.is_set()
+            assert s.lease_id == 0
+            await asyncio.sleep(0)
+            assert opener.done()
+            assert opener.cancelled()
+            _no_grant_task()
+            with pytest.raises(ClosedError):  # a closed session without a lease stays closed
+                await s.open()
+        # etcd runs again: whatever lease it grants for the abandoned request expires by itself
+        async with asyncio.timeout(ttl + 6.0):
+            while set(await admin.leases()) - before:
+                await asyncio.sleep(0.2)
+        assert state_of(s) is SessionState.CLOSED
+        _no_grant_task()
+
+
+async def test_a_cancelled_open_keeps_granting_and_close_revokes(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # The caller cancels its open() while the grant is in flight: the shield in open() keeps
+    # the grant running (it ends ALIVE, with a lease), and close() revokes that lease.
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
+        before = await _connected(admin)
+        await _connected(client)
+        s = client.session(30)
+        with paused(server):
+            opener = await _grant_in_flight(s)
+            await _wait_sent()
+            opener.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opener
+            assert GRANT_TASK in etcdkit_tasks()  # the grant goes on
+            assert state_of(s) is SessionState.OPENING
+        async with asyncio.timeout(BOUND):  # etcd answers now
+            while state_of(s) is SessionState.OPENING:
+                await asyncio.sleep(0.02)
+        assert state_of(s) is SessionState.ALIVE
+        assert s.lease_id != 0
+        assert s.lease_id in await admin.leases()  # the lease exists...
+        async with asyncio.timeout(BOUND):
+            await s.close()
+        assert state_of(s) is SessionState.CLOSED
+        leases = set(await admin.leases())
+        assert s.lease_id not in leases  # ... until close revokes it
+        assert leases == before
+        _no_grant_task()
+
+
+async def test_a_cancelled_open_then_close_during_the_grant_revokes(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # As above, but close() comes while the (shielded) grant is still unanswered: close waits
+    # for it (etcd resumes PAUSE s later), then revokes the lease it got.
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
+        before = await _connected(admin)
+        await _connected(client)
+        s = client.session(30)
+        with paused(server):
+            opener = await _grant_in_flight(s)
+            await _wait_sent()
+            opener.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opener
+            assert GRANT_TASK in etcdkit_tasks()
+            asyncio.get_running_loop().call_later(PAUSE, server.resume)
+            async with asyncio.timeout(BOUND):
+                await s.close()
+        assert state_of(s) is SessionState.CLOSED
+        assert s.lease_id != 0  # the grant was answered while close waited...
+        leases = set(await admin.leases())
+        assert s.lease_id not in leases  # ... and its lease revoked
+        assert leases == before
+        _no_grant_task()
+
+
+@pytest.mark.slow
+async def test_a_grant_answered_after_close_gave_up_expires_after_its_ttl(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # What close() cannot clean up: etcd grants the lease, but its answer reaches the client
+    # only after GRANT_WAIT (held here by a proxy). close() gives up on the grant (cancels
+    # it: the session never learns the lease id, so there is nothing to revoke) and returns;
+    # the lease etcd made is left behind, never renewed, and expires after its TTL. (A TTL
+    # above GRANT_WAIT, so that the lease is surely still there when close returns.)
+    ttl = 5
+    server = etcd_server_factory()
+    async with (
+        AnswerGate(server).running() as gate,
+        fresh_client(server.endpoint) as admin,
+        fresh_client(gate.endpoint) as client,
+    ):
+        before = await _connected(admin)
+        await _connected(client)
+        s = client.session(ttl)
+        gate.answers.clear()
+        opener = await _grant_in_flight(s)
+        async with asyncio.timeout(BOUND):
+            while not set(await admin.leases()) - before:  # etcd granted it...
+                await asyncio.sleep(0.05)
+        orphans = set(await admin.leases()) - before
+        assert len(orphans) == 1
+        assert state_of(s) is SessionState.OPENING  # ... the client has not heard of it
+        async with asyncio.timeout(BOUND):
+            await s.close()
+        assert state_of(s) is SessionState.CLOSED
+        assert s.lease_id == 0  # close never learnt the lease id: nothing revoked
+        await asyncio.sleep(0)
+        assert opener.cancelled()
+        _no_grant_task()
+        gate.answers.set()  # the late answer now reaches a cancelled call: ignored
+        assert orphans <= set(await admin.leases())  # left behind...
+        async with asyncio.timeout(ttl + 6.0):
+            while orphans & set(await admin.leases()):  # ... until it expires by itself
+                await asyncio.sleep(0.2)
+        assert state_of(s) is SessionState.CLOSED
+        assert s.lease_id == 0
