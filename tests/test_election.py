@@ -120,6 +120,29 @@ async def test_observe_latest_wins_and_waits_for_a_leader(
     await leaders.aclose()
 
 
+async def test_observe_yields_a_leader_that_led_briefly(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """The next leader is read where the last one went: a candidate that leads and goes
+    before the consumer asks again is still yielded (read at the latest, it would be skipped)."""
+    name = etcd_prefix + "brief"
+    election = etcd.election(name)
+    leaders = election.observe()
+    try:
+        async with election.campaign("a"):
+            assert (await asyncio.wait_for(anext(leaders), WAIT)).value == b"a"
+            brief = await etcd.put(f"{name}/brief", "b")
+            later = f"{name}/later"
+            await etcd.put(later, "c")
+        await etcd.delete(f"{name}/brief")  # "b" led from a's resignation until now
+        got = await asyncio.wait_for(anext(leaders), WAIT)
+        assert (got.key, got.value, got.revision) == (f"{name}/brief".encode(), b"b", brief)
+        assert (await asyncio.wait_for(anext(leaders), WAIT)).value == b"c"
+        await etcd.delete(later)
+    finally:
+        await leaders.aclose()
+
+
 async def test_revoke_sets_lost_and_the_next_leads(
     etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str
 ) -> None:

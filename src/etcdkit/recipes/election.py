@@ -82,25 +82,37 @@ class Election:
         kvs, _rev = await self._oldest()
         return _leader(kvs[0]) if kvs else None
 
-    async def _oldest(self) -> tuple[list[KeyValue], int]:
-        """The oldest candidate key by create revision (Go's ``WithFirstCreate``), if any."""
-        res = await self._etcd.range(
-            self._prefix, prefix=True, sort_target="create", sort_order="ascend", limit=1
-        )
-        return res.kvs, res.revision
+    async def _oldest(self, at: int = 0) -> tuple[list[KeyValue], int]:
+        """The oldest candidate key by create revision (Go's ``WithFirstCreate``), if any, at
+        revision ``at`` (0, or compacted away: the latest), and the revision it was read at."""
+        try:
+            res = await self._etcd.range(
+                self._prefix,
+                prefix=True,
+                revision=at,
+                sort_target="create",
+                sort_order="ascend",
+                limit=1,
+            )
+        except CompactedError:
+            return await self._oldest()
+        return res.kvs, at or res.revision
 
     async def observe(self) -> AsyncGenerator[Leader, None]:
         """Each leader, and each new value of the leader (:meth:`Leadership.proclaim`), as
         they change; latest wins (a slow consumer skips to the newest). Like Go's
         ``Observe``, nothing is yielded while there is no leader: the next leader comes next.
+        When a leader goes, the next is read at the revision it went (not at the latest), so
+        a leader that leads briefly is still yielded, unless that revision is compacted away.
         Survives disconnects and compaction; raises :class:`ClosedError` when the client
         closes. ``async for leader in election.observe():``; break to stop (the watch ends)."""
         etcd = self._etcd
         backoff = etcd.retry.backoff()
         last: Leader | None = None
+        at = 0  # where the last leader went (0: not known, read the latest)
         while True:
             try:
-                kvs, rev = await self._oldest()
+                kvs, rev = await self._oldest(at)
                 if kvs:
                     kv = kvs[0]
                 else:
@@ -128,6 +140,7 @@ class Election:
                     await follow.changed()
             finally:
                 await follow.aclose()
+            at = follow.gone_at
 
     async def _first_put(self, rev: int) -> tuple[KeyValue, int]:
         """No candidate at ``rev``: wait for the first to appear (the oldest among the first
@@ -159,6 +172,7 @@ class _Follow:
     def __init__(self, etcd: Etcd, kv: KeyValue, rev: int) -> None:
         self.latest = _leader(kv)
         self.gone = False
+        self.gone_at = 0  # the revision the key was deleted or replaced at, if seen
         self._error: EtcdkitError | None = None
         self._event = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
@@ -184,6 +198,7 @@ class _Follow:
         for ev in events:
             if ev.type is EventType.DELETE or ev.kv.create_revision != self.latest.revision:
                 self.gone = True
+                self.gone_at = ev.kv.mod_revision
                 break
             self.latest = _leader(ev.kv)
         self._event.set()
