@@ -125,6 +125,17 @@ def _no_grant_task() -> None:
     assert GRANT_TASK not in etcdkit_tasks(), f"grant task left running: {etcdkit_tasks()}"
 
 
+async def _closed_and_revoked(s: Session, admin: AsyncClient, before: set[int]) -> None:
+    """``s`` is CLOSED, etcd granted it a lease and close revoked it: etcd holds the leases it
+    held ``before``, and no grant task is left."""
+    assert state_of(s) is SessionState.CLOSED
+    assert s.lease_id != 0  # etcd granted one...
+    leases = set(await admin.leases())
+    assert s.lease_id not in leases  # ... and close revoked it
+    assert leases == before
+    _no_grant_task()
+
+
 async def test_close_before_open_ran_sends_no_grant(
     etcd_server_factory: Callable[..., EtcdServer],
 ) -> None:
@@ -162,13 +173,8 @@ async def test_close_during_a_grant_answered_at_once_revokes_it(
             await s.close()
             got = await opener
         assert got is s  # open() returned (not raised, not cancelled)
-        assert state_of(s) is SessionState.CLOSED
         assert s.lost.is_set()
-        assert s.lease_id != 0  # etcd granted one...
-        leases = set(await admin.leases())
-        assert s.lease_id not in leases  # ... and close revoked it
-        assert leases == before
-        _no_grant_task()
+        await _closed_and_revoked(s, admin, before)
         await s.close()  # idempotent
         assert state_of(s) is SessionState.CLOSED
 
@@ -192,12 +198,7 @@ async def test_close_waits_for_a_paused_etcd_then_revokes(
                 await s.close()
                 got = await opener
         assert got is s  # open() returned: its grant was answered
-        assert state_of(s) is SessionState.CLOSED
-        assert s.lease_id != 0
-        leases = set(await admin.leases())
-        assert s.lease_id not in leases
-        assert leases == before
-        _no_grant_task()
+        await _closed_and_revoked(s, admin, before)
 
 
 @pytest.mark.slow
@@ -272,11 +273,7 @@ async def test_a_cancelled_open_keeps_granting_and_close_revokes(
         assert s.lease_id in await admin.leases()  # the lease exists...
         async with asyncio.timeout(BOUND):
             await s.close()
-        assert state_of(s) is SessionState.CLOSED
-        leases = set(await admin.leases())
-        assert s.lease_id not in leases  # ... until close revokes it
-        assert leases == before
-        _no_grant_task()
+        await _closed_and_revoked(s, admin, before)  # the lease is gone once closed
 
 
 async def test_a_cancelled_open_then_close_during_the_grant_revokes(
@@ -299,12 +296,7 @@ async def test_a_cancelled_open_then_close_during_the_grant_revokes(
             asyncio.get_running_loop().call_later(PAUSE, server.resume)
             async with asyncio.timeout(BOUND):
                 await s.close()
-        assert state_of(s) is SessionState.CLOSED
-        assert s.lease_id != 0  # the grant was answered while close waited...
-        leases = set(await admin.leases())
-        assert s.lease_id not in leases  # ... and its lease revoked
-        assert leases == before
-        _no_grant_task()
+        await _closed_and_revoked(s, admin, before)  # granted while close waited, revoked
 
 
 @pytest.mark.slow
