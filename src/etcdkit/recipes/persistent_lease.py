@@ -31,7 +31,7 @@ from etcdkit._surface import Etcd
 from etcdkit._types import Compare, EventType, Op, SessionState, WatchEvent, key_bytes, to_bytes
 
 if TYPE_CHECKING:
-    from etcdkit import Session
+    from etcdkit import Session, Watch
 
 __all__ = ["LeaseState", "PersistentLease"]
 
@@ -131,7 +131,7 @@ class PersistentLease:
         self._conflicts = Backoff(
             initial=min(0.5, policy.cap), cap=policy.cap, multiplier=policy.multiplier
         )
-        self._sub: asyncio.Task[None] | None = None  # follows the key from our put
+        self._sub: Watch | None = None  # follows the key from our put
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._listeners: list[Callable[[LeaseState], None]] = []
@@ -270,7 +270,7 @@ class PersistentLease:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._stop_following()
+        self._stop_following()
         session, self._session = self._session, None
         if self._unlisten is not None:
             self._unlisten()
@@ -398,28 +398,45 @@ class PersistentLease:
                 self._lost("key overwritten by another writer")
 
     async def _follow(self, start_revision: int) -> None:
-        """Watch the key from ``start_revision`` (the revision after our put) until it ends;
-        then the loop re-puts and watches again from the new put's revision: after a compaction
-        the history since our put is gone, so only a fresh put knows the key."""
+        """Watch the key from ``start_revision`` (the revision after our put), read in the turn
+        each change arrives (a listener), with no task of our own; starting from a given
+        revision does no I/O. When the watch ends, the loop re-puts and watches again from the
+        new put's revision: after a compaction the history since our put is gone, so only a
+        fresh put knows the key."""
+        w = self._etcd.watch(self._raw_key, start_revision=start_revision)
+        self._sub = w
+        w.add_listener(functools.partial(self._on_watch, w))
         try:
-            async with self._etcd.watch(self._raw_key, start_revision=start_revision) as w:
-                async for batch in w:
-                    self._on_key_events(batch.events)
+            await w.start()
+        except EtcdkitError:  # the client closed meanwhile: the loop learns it from its put
+            self._unfollow(w)
+
+    def _on_watch(self, w: Watch) -> None:
+        if self._sub is not w:
+            return
+        try:
+            batches = w.take()
         except (CompactedError, ClosedError):
-            pass
+            self._unfollow(w)
+            return
         except EtcdkitError as exc:
             log.warning("lease %r: key watch ended: %s", self._key, exc)
-        finally:
-            if self._sub is asyncio.current_task():
-                self._sub = None
-            self._wake.set()
+            self._unfollow(w)
+            return
+        for batch in batches:
+            self._on_key_events(batch.events)
 
-    async def _stop_following(self) -> None:
+    def _unfollow(self, w: Watch) -> None:
+        """The watch ended: the loop puts again and follows from there."""
+        w.cancel()
+        if self._sub is w:
+            self._sub = None
+        self._wake.set()
+
+    def _stop_following(self) -> None:
         sub, self._sub = self._sub, None
-        if sub is not None and not sub.done():
+        if sub is not None:
             sub.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sub
 
     async def _run(self) -> None:
         try:
@@ -446,7 +463,7 @@ class PersistentLease:
                     self._need_put = True
                     continue
                 self._wake.clear()
-                if not self._need_put:
+                if not self._need_put and self._sub is not None:
                     await self._wake.wait()
             except LeaseNotFoundError:
                 if self._session is not None:
@@ -483,10 +500,8 @@ class PersistentLease:
             )
         self._put_revision = put.revision
         self._written = value
-        if self._sub is None or self._sub.done():
-            self._sub = asyncio.get_running_loop().create_task(
-                self._follow(put.revision + 1), name=f"etcdkit-lease-watch {self._key!r}"
-            )
+        if self._sub is None:
+            await self._follow(put.revision + 1)
         if not self._need_put:
             if time.monotonic() > self._conflict_at + 60:
                 self._conflicts.reset()
