@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -399,6 +397,8 @@ class Maintenance:
         a corrupt stream with :class:`ServerError`; file system errors are ``OSError``."""
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"path must be a str or a path, got {type(path).__name__}")
+        import tempfile  # (here: tempfile, shutil and hashlib weigh 1.3 MB, for snapshots only)
+
         target = Path(path)
         ch = _channel(self._core, endpoint)
         self._core.check_open()
@@ -420,6 +420,8 @@ class Maintenance:
 
     async def _stream_into(self, out: IO[bytes], ch: Channel | None) -> int:
         what = "snapshot" if ch is None else f"snapshot of {ch.endpoint}"
+        import hashlib
+
         digest = hashlib.sha256()
         pending = bytearray()
         last: bytes | None = None  # the newest blob: the sha256 of the others, once all came

@@ -22,7 +22,6 @@ with a warning, and so do we (counted).
 
 from __future__ import annotations
 
-import decimal
 import json
 import math
 import re
@@ -138,6 +137,8 @@ def _go_float(f: float) -> str:
     plain notation unless below 1e-6 or from 1e21 (then ``1e-7``, ``1.5e+21``)."""
     if not math.isfinite(f):
         raise ValueError(f"metadata cannot hold {f!r}: JSON has no NaN or infinity")
+    import decimal  # (here: 0.4 MB, for float metadata only)
+
     digits = decimal.Decimal(repr(f)).normalize()  # repr: the shortest round-trip digits
     size = abs(f)
     if size == 0 or 1e-6 <= size < 1e21:
