@@ -96,6 +96,17 @@ async def _connected(client: AsyncClient) -> set[int]:
     return set(await client.leases())
 
 
+@contextlib.asynccontextmanager
+async def _connected_pair(
+    server: EtcdServer,
+) -> AsyncIterator[tuple[AsyncClient, AsyncClient, set[int]]]:
+    """An admin client and a client, both connected; and the leases etcd holds before."""
+    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
+        before = await _connected(admin)
+        await _connected(client)
+        yield admin, client, before
+
+
 async def _grant_in_flight(s: Session) -> asyncio.Task[Session]:
     """Start ``s.open()`` as a task and let it start its grant (one turn of the loop: the open
     task runs up to ``await shield(grant)``); the grant has no answer yet."""
@@ -185,9 +196,7 @@ async def test_close_waits_for_a_paused_etcd_then_revokes(
     # etcd is stopped when the grant goes out and resumed PAUSE s later, while close() waits
     # for the answer (PAUSE < GRANT_WAIT): close gets the lease and revokes it.
     server = etcd_server_factory()
-    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
-        before = await _connected(admin)
-        await _connected(client)
+    async with _connected_pair(server) as (admin, client, before):
         s = client.session(30)
         with paused(server):
             opener = await _grant_in_flight(s)
@@ -217,9 +226,7 @@ async def test_close_gives_up_on_a_grant_never_answered(
     # the test checks that any lease made meanwhile is gone within TTL + a few seconds.
     ttl = 2
     server = etcd_server_factory()
-    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
-        before = await _connected(admin)
-        await _connected(client)
+    async with _connected_pair(server) as (admin, client, before):
         s = client.session(ttl)
         with paused(server):
             opener = await _grant_in_flight(s)
@@ -253,9 +260,7 @@ async def test_a_cancelled_open_keeps_granting_and_close_revokes(
     # The caller cancels its open() while the grant is in flight: the shield in open() keeps
     # the grant running (it ends ALIVE, with a lease), and close() revokes that lease.
     server = etcd_server_factory()
-    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
-        before = await _connected(admin)
-        await _connected(client)
+    async with _connected_pair(server) as (admin, client, before):
         s = client.session(30)
         with paused(server):
             opener = await _grant_in_flight(s)
@@ -282,9 +287,7 @@ async def test_a_cancelled_open_then_close_during_the_grant_revokes(
     # As above, but close() comes while the (shielded) grant is still unanswered: close waits
     # for it (etcd resumes PAUSE s later), then revokes the lease it got.
     server = etcd_server_factory()
-    async with fresh_client(server.endpoint) as admin, fresh_client(server.endpoint) as client:
-        before = await _connected(admin)
-        await _connected(client)
+    async with _connected_pair(server) as (admin, client, before):
         s = client.session(30)
         with paused(server):
             opener = await _grant_in_flight(s)
