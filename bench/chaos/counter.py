@@ -58,6 +58,7 @@ class CounterChaosReport(LockChaosReport):
             f"{self.adds_failed} failed; final value {self.final_value} in {self.versions} "
             f"steps ({self.unknown_applied} of them unknown adds that landed); faults "
             f"{sum(self.faults.values())} {self.faults}, recovery max {rec:.2f}s; "
+            f"server panics {self.server_panics}, "
             f"violations {len(self.violations)}, took {self.elapsed:.0f}s"
         )
 

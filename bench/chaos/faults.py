@@ -9,6 +9,13 @@ the PersistentLeases to come back and the consumers (raw watches too) to catch u
 
 How a "kill" stops a member is :func:`kill_signal_for`'s choice: SIGKILL, except on etcd
 3.5.0-3.5.2, where a SIGKILL can make members diverge (etcd-io/etcd#13766).
+
+:func:`revive_panicked` restarts, as a supervisor would, a member that died of a known server
+bug rather than of a fault of ours: etcd 3.5.0-3.5.4 panics when a client gives up on a
+read-only transaction while the member is still executing it (etcd-io/etcd#14110, fixed in
+3.5.5), which a hung member resumed after SIGSTOP does as it works through requests whose
+callers long timed out (ours and Go's alike). Two such panics take a 3-member cluster's quorum,
+and every later fault then finds no leader.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 import random
 import re
 import time
+from collections.abc import Callable
 
 from bench.chaos.checker import Checker
 from bench.chaos.raw import RawChecker
@@ -159,6 +167,33 @@ class Faults:
         self.run.context = f"during {what}"
         self.run.event(what)
         return what
+
+
+# etcd-io/etcd#14110: the panic a cancelled read-only txn causes on etcd 3.5.0-3.5.4
+TXN_PANIC = '"msg":"unexpected error during txn","error":"context canceled"'
+START_MARK = "--- etcdkit: starting"
+
+
+def panicked(member: EtcdServer) -> bool:
+    """The member exited on its own with the etcd-io/etcd#14110 panic since it last started
+    (never one we killed or stopped: their logs end without it)."""
+    if member.running:
+        return False
+    log = member.logs(400)
+    return TXN_PANIC in log[log.rfind(START_MARK) :]
+
+
+async def revive_panicked(
+    members: list[EtcdServer], progress: Callable[[str], None] | None = None
+) -> int:
+    """Start every member :func:`panicked` again, without waiting for it to be healthy (with
+    two down, none is healthy alone); returns how many."""
+    dead = [m for m in members if panicked(m)]
+    for m in dead:
+        if progress is not None:
+            progress(f"{m.name} died of etcd-io/etcd#14110 (a cancelled read-only txn); restarting")
+        await asyncio.to_thread(m.start, wait=False)
+    return len(dead)
 
 
 def kill_signal_for(choice: str, version: str) -> str:

@@ -89,7 +89,8 @@ class HoldersChaosReport(LockChaosReport):
             f"{self.stale_writes_accepted}/{self.stale_writes_tried} accepted, faults "
             f"{sum(self.faults.values())} {self.faults}, recovery max {rec:.2f}s, believed "
             f"they held together at most {self.max_believed_together} (fencing covers the "
-            f"rest), violations {len(self.violations)}, took {self.elapsed:.0f}s"
+            f"rest), server panics {self.server_panics}, "
+            f"violations {len(self.violations)}, took {self.elapsed:.0f}s"
         )
 
 

@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from bench.chaos.faults import kill_signal_for
+from bench.chaos.faults import kill_signal_for, revive_panicked
 from etcdkit import AsyncClient, EtcdkitError, HoldState, KeyValue, Op
 from etcdkit.server import EtcdCluster, EtcdServer, Proxy
 
@@ -100,6 +100,7 @@ class LockChaosReport:
     recoveries: list[float] = field(default_factory=list)  # heal -> next accepted write, s
     belief_overlaps: int = 0
     max_overlap_ms: float = 0.0
+    server_panics: int = 0  # members restarted after etcd-io/etcd#14110 (not a fault of ours)
     violations: list[str] = field(default_factory=list)
     elapsed: float = 0.0
 
@@ -114,7 +115,8 @@ class LockChaosReport:
             f"stale writes {self.stale_writes_accepted}/{self.stale_writes_tried} accepted "
             f"(each by a key still oldest), faults {sum(self.faults.values())} {self.faults}, "
             f"recovery max {rec:.2f}s, belief overlaps {self.belief_overlaps} "
-            f"(max {self.max_overlap_ms:.1f} ms), violations {len(self.violations)}, "
+            f"(max {self.max_overlap_ms:.1f} ms), server panics {self.server_panics}, "
+            f"violations {len(self.violations)}, "
             f"took {self.elapsed:.0f}s"
         )
 
@@ -359,7 +361,13 @@ async def run_contenders(
             first = await run.accepted_after(time.monotonic() - 60, 30.0)
             if first is None:
                 report.violations.append("no contender ever made an accepted fenced write")
-            await _faults(cfg, seed, duration, cluster, proxies, direct, run, progress, holder)
+            supervisor = asyncio.create_task(_supervise(cluster, report, progress))
+            try:
+                await _faults(cfg, seed, duration, cluster, proxies, direct, run, progress, holder)
+            finally:
+                supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await supervisor
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
@@ -388,6 +396,16 @@ def _child_env() -> dict[str, str]:
     from bench._common import child_env
 
     return child_env()
+
+
+async def _supervise(
+    cluster: EtcdCluster, report: LockChaosReport, progress: Callable[[str], None] | None
+) -> None:
+    """Restart members that died of etcd-io/etcd#14110 while the faults run (see
+    :func:`revive_panicked`); counted in ``report.server_panics``."""
+    while True:
+        await asyncio.sleep(0.25)
+        report.server_panics += await revive_panicked(list(cluster.members), progress)
 
 
 async def _read(proc: asyncio.subprocess.Process, run: _Run) -> None:

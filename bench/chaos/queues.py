@@ -66,7 +66,8 @@ class QueueChaosReport(LockChaosReport):
             f"{self.remaining} left in the queue, {self.takes_unknown} takes unknown, "
             f"{self.putbacks_failed} put-backs failed, {self.lost_as_documented} lost as "
             f"documented; faults {sum(self.faults.values())} {self.faults}, recovery max "
-            f"{rec:.2f}s; violations {len(self.violations)}, took {self.elapsed:.0f}s"
+            f"{rec:.2f}s; server panics {self.server_panics}, "
+            f"violations {len(self.violations)}, took {self.elapsed:.0f}s"
         )
 
 

@@ -74,7 +74,8 @@ class StmChaosReport(LockChaosReport):
             f"{self.committed}, {self.unknown} unknown ({self.unknown_landed} landed), "
             f"{self.conflicts} gave up, {self.failed} failed; {self.audits} audits; "
             f"{self.revisions} commits replayed; faults {sum(self.faults.values())} "
-            f"{self.faults}, recovery max {rec:.2f}s; violations {len(self.violations)}, "
+            f"{self.faults}, recovery max {rec:.2f}s; server panics {self.server_panics}, "
+            f"violations {len(self.violations)}, "
             f"took {self.elapsed:.0f}s"
         )
 
