@@ -9,7 +9,8 @@ oldest start revision among them. Its events are handed to the watchers of their
 from its own start revision on: what each watcher sees is exactly what its own watch would have
 shown. The price: events of other keys inside a run are received and dropped (Kubernetes'
 informers make the same trade at a larger scale). Fewer than :data:`GROUP_MIN` keys under a
-parent keep a watch each, exactly as before.
+parent keep a watch each, exactly as before, and so does the first watch of each turn, asked
+for at once (a lone watch is not held back for company that may never come).
 
 An error that ends a shared watch ends all its watchers with it (a compaction, too: each then
 reads again, as after its own watch's compaction).
@@ -134,6 +135,7 @@ class KeyWatches:
     def __init__(self, hub: WatchHub) -> None:
         self._hub = hub
         self._pending: list[KeyWatch] = []
+        self._turn = False  # a watch was asked for in this turn of the event loop
         self.live = 0  # watches neither cancelled nor ended
 
     def waiting(self) -> int:
@@ -143,16 +145,23 @@ class KeyWatches:
     def watch(
         self, key: bytes, start_revision: int, *, on_events: EventsCallback, on_end: EndCallback
     ) -> KeyWatch:
-        """Watch ``key`` from ``start_revision`` (> 0) until cancelled; the etcd watch is
-        asked for at the next turn of the event loop, with the others asked for meanwhile."""
+        """Watch ``key`` from ``start_revision`` (> 0) until cancelled. The first watch asked
+        for in a turn of the event loop gets its etcd watch at once (a lone watch, as a
+        PersistentLease's, reaches etcd before the caller's next request does: one created
+        after the changes it starts from waits for etcd's 100 ms catch-up loop); those asked for
+        later in the same turn get theirs at the next turn, together, sharing where many."""
         w = KeyWatch(self, key, start_revision, on_events, on_end)
-        if not self._pending:
+        if not self._turn:
+            self._turn = True
             asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(w)
+            w._sub = self._hub.watch(key, b"", start_revision, on_events=on_events, on_end=w._end)
+        else:
+            self._pending.append(w)
         self.live += 1
         return w
 
     def _flush(self) -> None:
+        self._turn = False
         pending, self._pending = self._pending, []
         by_parent: dict[bytes, list[KeyWatch]] = {}
         for w in pending:

@@ -407,13 +407,18 @@ class PrefixWatch(Generic[K, V]):
 
     def _apply(self, batches: list[WatchBatch]) -> None:
         engine = self._engine
+        before = engine.revision
+        changed = False  # events applied (or an error): publish
         try:
             for batch in batches:
                 events = batch.events
                 if not events:  # progress, or etcd confirmed the watch
                     engine.advance(batch.revision)
-                    self._watching = True
+                    if not self._watching:
+                        self._watching = True
+                        self._updated.set()
                     continue
+                changed = True
                 engine.apply(
                     events[-1].kv.mod_revision,
                     [
@@ -429,4 +434,6 @@ class PrefixWatch(Generic[K, V]):
             w = self._w
             if w is not None:
                 w.cancel()
-        self._publish()
+            changed = True
+        if changed or engine.revision != before:  # (a confirmation alone changes nothing)
+            self._publish()
