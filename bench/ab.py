@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from bench._common import REPO_ROOT, progress
+from bench._common import REPO_ROOT, bytecode_env, compile_tree, progress
 from bench.run import SCENARIOS
 
 Key = tuple[str, str, str]
@@ -45,7 +45,10 @@ def export(rev: str, into: Path) -> None:
 
 
 def run_side(tree: Path, only: str, out: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{tree}")
+    # Bytecode cached on both sides, whatever their bench does (bench._common.bytecode_env):
+    # otherwise each process compiles its library first, and the bigger library pays more.
+    env = bytecode_env(dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{tree}"))
+    compile_tree(tree, env)
     with out.open("wb") as stdout:
         done = subprocess.run(
             [sys.executable, "-m", "bench", "--only", only], cwd=tree, env=env, stdout=stdout

@@ -38,6 +38,7 @@ from bench._common import (
     Env,
     Job,
     child_env,
+    compile_tree,
     progress,
     run_async,
 )
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.etcd_bin and not os.access(args.etcd_bin, os.X_OK):
         parser.error(f"--etcd-bin {args.etcd_bin!r} is not an executable file")
     jobs = plan(args.quick, only)
+    compile_tree(REPO_ROOT, child_env())  # no job's process compiles the library first
     progress(f"{len(jobs)} jobs ({'quick' if args.quick else 'full'}): {', '.join(only)}")
     t0 = time.monotonic()
     failed: list[str] = []
