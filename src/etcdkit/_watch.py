@@ -225,7 +225,8 @@ class Watch:
             return []
         batches = list(buffer)
         buffer.clear()
-        self._resume_if_paused()
+        if self._paused:
+            self._resume_if_paused()
         return batches
 
     def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:

@@ -31,6 +31,7 @@ from etcdkit._surface import Etcd
 from etcdkit._types import EventType, WatchBatch, to_bytes
 
 if TYPE_CHECKING:
+    from etcdkit._pmap import PMap
     from etcdkit._watch import Watch
 
 __all__ = ["PrefixWatch", "WatchState", "WatchStats"]
@@ -119,7 +120,9 @@ class PrefixWatch(Generic[K, V]):
         self._last: Snapshot[K, V] | None = None  # the newest delivered snapshot
         # The newest state, published in one assignment after every change (other threads
         # read it: a tree is never paired with another revision).
-        self._now: Snapshot[K, V] | None = None
+        # The newest (tree, revision), made a Snapshot only when read (most never are)
+        self._view: tuple[PMap[K, V], int] | None = None
+        self._now: tuple[tuple[PMap[K, V], int], Snapshot[K, V]] | None = None
         self._watching = False  # etcd confirmed the watch after the newest listing
         self._disconnects = 0  # of the watches before the current one
         self._confirmed_at = 0.0
@@ -225,10 +228,15 @@ class PrefixWatch(Generic[K, V]):
         Its ``changes`` are those of the last delivered snapshot; reading this property does
         not consume changes from the iterator.
         """
-        last, now = self._last, self._now
-        if now is None:
+        last, view = self._last, self._view
+        if view is None:
             return None
-        return last if last is not None and last.revision == now.revision else now
+        if last is not None and last.revision == view[1]:
+            return last
+        now = self._now
+        if now is None or now[0] is not view:
+            now = self._now = (view, Snapshot(Tree(view[0]), view[1], {}))
+        return now[1]
 
     @property
     def state(self) -> WatchState:
@@ -268,8 +276,8 @@ class PrefixWatch(Generic[K, V]):
     @property
     def revision(self) -> int:
         """The revision of the newest state (0 before the first listing)."""
-        now = self._now
-        return 0 if now is None else now.revision
+        view = self._view
+        return 0 if view is None else view[1]
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -298,8 +306,7 @@ class PrefixWatch(Generic[K, V]):
         return snap
 
     def _publish(self) -> None:
-        tree, revision = self._engine.view
-        self._now = Snapshot(Tree(tree), revision, {})
+        self._view = self._engine.view
         self._meter.invalid_total(self._engine.invalid_records)
         self._updated.set()
 
