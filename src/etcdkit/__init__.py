@@ -12,24 +12,29 @@
 development and tests live in :mod:`etcdkit.testing`.
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from etcdkit._admin_types import Alarm, AuthStatus, HashKV, Member, Permission, Status
-from etcdkit._blocking.admin import SyncAuth, SyncMaintenance, SyncMembers
-from etcdkit._blocking.client import (
-    Client,
-    SyncKeepAlive,
-    SyncPersistentLease,
-    SyncPrefixWatch,
-    SyncSession,
-    SyncWatch,
-)
-from etcdkit._blocking.locks import (
-    SyncCampaign,
-    SyncElection,
-    SyncLeadership,
-    SyncLock,
-    SyncLockHold,
-)
 from etcdkit._client import AsyncClient
+
+if TYPE_CHECKING:  # the threaded face, imported on first use (see __getattr__ below)
+    from etcdkit._blocking.admin import SyncAuth, SyncMaintenance, SyncMembers
+    from etcdkit._blocking.client import (
+        Client,
+        SyncKeepAlive,
+        SyncPersistentLease,
+        SyncPrefixWatch,
+        SyncSession,
+        SyncWatch,
+    )
+    from etcdkit._blocking.locks import (
+        SyncCampaign,
+        SyncElection,
+        SyncLeadership,
+        SyncLock,
+        SyncLockHold,
+    )
 from etcdkit._errors import (
     AuthError,
     ClosedError,
@@ -189,3 +194,35 @@ __all__ = [
     "__version__",
     "default_transform",
 ]
+
+
+# The threaded face (Client and its Sync* twins) is imported when first used: an asyncio
+# program (one process of many, each starting up) does not pay for it.
+_THREADED = {
+    "etcdkit._blocking.admin": ("SyncAuth", "SyncMaintenance", "SyncMembers"),
+    "etcdkit._blocking.client": (
+        "Client",
+        "SyncKeepAlive",
+        "SyncPersistentLease",
+        "SyncPrefixWatch",
+        "SyncSession",
+        "SyncWatch",
+    ),
+    "etcdkit._blocking.locks": (
+        "SyncCampaign",
+        "SyncElection",
+        "SyncLeadership",
+        "SyncLock",
+        "SyncLockHold",
+    ),
+}
+_LAZY = {name: module for module, names in _THREADED.items() for name in names}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'etcdkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -100,7 +100,8 @@ class Session:
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
     async def open(self) -> Session:
-        """Grant the lease and start keeping it alive (idempotent); returns the session."""
+        """Grant the lease and start keeping it alive (idempotent); returns the session.
+        Raises :class:`ClosedError` when the session is closed before etcd answers."""
         if self._state in (SessionState.LOST, SessionState.CLOSED) and not self._lease_id:
             raise ClosedError(f"this session is {self._state.name.lower()}; open a new one")
         opening = self._opening
@@ -109,7 +110,16 @@ class Session:
             opening = self._opening = asyncio.get_running_loop().create_task(
                 self._grant(), name="etcdkit-session-grant"
             )
-        await asyncio.shield(opening)
+        try:
+            await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if opening.cancelled() and me is not None and not me.cancelling():
+                # not us cancelled: close() gave up on the grant (etcd never answered it)
+                raise ClosedError(
+                    "the session was closed before etcd answered its lease grant"
+                ) from None
+            raise
         return self
 
     def __await__(self) -> Generator[Any, None, Session]:
