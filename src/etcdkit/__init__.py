@@ -15,10 +15,10 @@ development and tests live in :mod:`etcdkit.testing`.
 import importlib
 from typing import TYPE_CHECKING
 
-from etcdkit._admin_types import Alarm, AuthStatus, HashKV, Member, Permission, Status
 from etcdkit._client import AsyncClient
 
-if TYPE_CHECKING:  # the threaded face, imported on first use (see __getattr__ below)
+if TYPE_CHECKING:  # imported on first use (see __getattr__ below)
+    from etcdkit._admin_types import Alarm, AuthStatus, HashKV, Member, Permission, Status
     from etcdkit._blocking.admin import SyncAuth, SyncMaintenance, SyncMembers
     from etcdkit._blocking.client import (
         Client,
@@ -35,6 +35,15 @@ if TYPE_CHECKING:  # the threaded face, imported on first use (see __getattr__ b
         SyncLock,
         SyncLockHold,
     )
+    from etcdkit._wire.admin import Auth, Maintenance, Members
+    from etcdkit.naming import Endpoint, EndpointManager, SyncEndpointManager
+    from etcdkit.recipes.barrier import Barrier, SyncBarrier
+    from etcdkit.recipes.counter import Counter, SyncCounter
+    from etcdkit.recipes.double_barrier import BarrierFullError, DoubleBarrier, SyncDoubleBarrier
+    from etcdkit.recipes.priority_queue import PriorityQueue, SyncPriorityQueue
+    from etcdkit.recipes.queue import Queue, SyncQueue
+    from etcdkit.recipes.rwlock import RWHold, RWLock, SyncRWHold, SyncRWLock
+    from etcdkit.recipes.semaphore import Permit, Semaphore, SyncPermit, SyncSemaphore
 from etcdkit._errors import (
     AuthError,
     ClosedError,
@@ -74,20 +83,11 @@ from etcdkit._types import (
 )
 from etcdkit._version import __version__
 from etcdkit._watch import Watch
-from etcdkit._wire.admin import Auth, Maintenance, Members
 from etcdkit._wire.keepalive import KeepAlive
-from etcdkit.naming import Endpoint, EndpointManager, SyncEndpointManager
-from etcdkit.recipes.barrier import Barrier, SyncBarrier
-from etcdkit.recipes.counter import Counter, SyncCounter
-from etcdkit.recipes.double_barrier import BarrierFullError, DoubleBarrier, SyncDoubleBarrier
 from etcdkit.recipes.election import Campaign, Election, Leader, Leadership
 from etcdkit.recipes.lock import Lock, LockHold
 from etcdkit.recipes.persistent_lease import LeaseState, PersistentLease
 from etcdkit.recipes.prefix_watch import PrefixWatch, WatchState, WatchStats
-from etcdkit.recipes.priority_queue import PriorityQueue, SyncPriorityQueue
-from etcdkit.recipes.queue import Queue, SyncQueue
-from etcdkit.recipes.rwlock import RWHold, RWLock, SyncRWHold, SyncRWLock
-from etcdkit.recipes.semaphore import Permit, Semaphore, SyncPermit, SyncSemaphore
 from etcdkit.recipes.session import Session, SessionState
 from etcdkit.recipes.stm import Stm, SyncStm
 
@@ -196,9 +196,20 @@ __all__ = [
 ]
 
 
-# The threaded face (Client and its Sync* twins) is imported when first used: an asyncio
-# program (one process of many, each starting up) does not pay for it.
-_THREADED = {
+# The threaded face (Client and its Sync* twins), administration, naming and the recipes a
+# client makes on request are imported when first used: a program that does not use them (one
+# process of many, each starting up) does not pay for them.
+_ON_FIRST_USE = {
+    "etcdkit._admin_types": ("Alarm", "AuthStatus", "HashKV", "Member", "Permission", "Status"),
+    "etcdkit._wire.admin": ("Auth", "Maintenance", "Members"),
+    "etcdkit.naming": ("Endpoint", "EndpointManager", "SyncEndpointManager"),
+    "etcdkit.recipes.barrier": ("Barrier", "SyncBarrier"),
+    "etcdkit.recipes.counter": ("Counter", "SyncCounter"),
+    "etcdkit.recipes.double_barrier": ("BarrierFullError", "DoubleBarrier", "SyncDoubleBarrier"),
+    "etcdkit.recipes.priority_queue": ("PriorityQueue", "SyncPriorityQueue"),
+    "etcdkit.recipes.queue": ("Queue", "SyncQueue"),
+    "etcdkit.recipes.rwlock": ("RWHold", "RWLock", "SyncRWHold", "SyncRWLock"),
+    "etcdkit.recipes.semaphore": ("Permit", "Semaphore", "SyncPermit", "SyncSemaphore"),
     "etcdkit._blocking.admin": ("SyncAuth", "SyncMaintenance", "SyncMembers"),
     "etcdkit._blocking.client": (
         "Client",
@@ -216,7 +227,7 @@ _THREADED = {
         "SyncLockHold",
     ),
 }
-_LAZY = {name: module for module, names in _THREADED.items() for name in names}
+_LAZY = {name: module for module, names in _ON_FIRST_USE.items() for name in names}
 
 
 def __getattr__(name: str) -> object:
@@ -226,3 +237,7 @@ def __getattr__(name: str) -> object:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

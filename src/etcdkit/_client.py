@@ -7,7 +7,7 @@ import contextlib
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from etcdkit._core import Core, CoreState
 from etcdkit._metrics import ClientStats
@@ -32,26 +32,28 @@ from etcdkit._types import (
     range_end_of,
 )
 from etcdkit._watch import Watch
-from etcdkit._wire.admin import Auth, Maintenance, Members
 from etcdkit._wire.conn import Connection, Stubs
 from etcdkit._wire.keepalive import KeepAlive
 from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
-from etcdkit.naming.endpoints import EndpointManager
-from etcdkit.recipes.barrier import Barrier
-from etcdkit.recipes.counter import Counter
-from etcdkit.recipes.double_barrier import DoubleBarrier
 from etcdkit.recipes.election import Election
 from etcdkit.recipes.lock import Lock
 from etcdkit.recipes.persistent_lease import PersistentLease
 from etcdkit.recipes.prefix_watch import PrefixWatch
-from etcdkit.recipes.priority_queue import PriorityQueue
-from etcdkit.recipes.queue import Queue
-from etcdkit.recipes.rwlock import RWLock
-from etcdkit.recipes.semaphore import Semaphore
 from etcdkit.recipes.session import Session, SessionPool, SessionState
 from etcdkit.recipes.stm import DEFAULT_ATTEMPTS as DEFAULT_STM_ATTEMPTS
 from etcdkit.recipes.stm import Isolation, Stm, run_stm
 from etcdkit.recipes.wait import wait_for
+
+if TYPE_CHECKING:  # imported where used: an asyncio program that never asks pays nothing
+    from etcdkit._wire.admin import Auth, Maintenance, Members
+    from etcdkit.naming.endpoints import EndpointManager
+    from etcdkit.recipes.barrier import Barrier
+    from etcdkit.recipes.counter import Counter
+    from etcdkit.recipes.double_barrier import DoubleBarrier
+    from etcdkit.recipes.priority_queue import PriorityQueue
+    from etcdkit.recipes.queue import Queue
+    from etcdkit.recipes.rwlock import RWLock
+    from etcdkit.recipes.semaphore import Semaphore
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClient"]
 
@@ -192,6 +194,8 @@ class AsyncClient:
         """The cluster's members (:class:`Members`: ``list``, ``add``, ``remove``, ``update``,
         ``promote``). No I/O here; the same object every time."""
         if self._members is None:
+            from etcdkit._wire.admin import Members
+
             self._members = Members(self._core)
         return self._members
 
@@ -200,6 +204,8 @@ class AsyncClient:
         """Per-member maintenance (:class:`Maintenance`: ``status``, ``alarms``, ``disarm``,
         ``defragment``, ``hash_kv``, ``move_leader``, ``snapshot``). No I/O here."""
         if self._maintenance is None:
+            from etcdkit._wire.admin import Maintenance
+
             self._maintenance = Maintenance(self._core)
         return self._maintenance
 
@@ -207,6 +213,8 @@ class AsyncClient:
     def auth(self) -> Auth:
         """Users, roles, permissions, and auth on or off (:class:`Auth`). No I/O here."""
         if self._auth is None:
+            from etcdkit._wire.admin import Auth
+
             self._auth = Auth(self._core)
         return self._auth
 
@@ -648,6 +656,8 @@ class AsyncClient:
         ``register(addr)`` (see :class:`etcdkit.naming.EndpointManager`). Go's ``etcd:///``
         resolver finds what it registers. Raises TypeError / ValueError for a bad target."""
         self._core.check_loop()
+        from etcdkit.naming.endpoints import EndpointManager
+
         return EndpointManager(self, target)
 
     def queue(self, name: str | bytes) -> Queue:
@@ -655,6 +665,8 @@ class AsyncClient:
         ``await q.put(value)``, ``await q.get(timeout=None)``; each item goes to exactly one
         consumer, at most once (see :class:`Queue`)."""
         self._core.check_loop()
+        from etcdkit.recipes.queue import Queue
+
         return Queue(self, name)
 
     def priority_queue(self, name: str | bytes) -> PriorityQueue:
@@ -662,6 +674,8 @@ class AsyncClient:
         ``recipe.PriorityQueue`` layout: ``await pq.put(value, priority)`` (0..65535, lower
         first), ``await pq.get(timeout=None)`` (see :class:`PriorityQueue`)."""
         self._core.check_loop()
+        from etcdkit.recipes.priority_queue import PriorityQueue
+
         return PriorityQueue(self, name)
 
     def counter(self, key: str | bytes) -> Counter:
@@ -669,6 +683,8 @@ class AsyncClient:
         ``await c.value()`` reads it; no update is lost under contention (see
         :class:`Counter`)."""
         self._core.check_loop()
+        from etcdkit.recipes.counter import Counter
+
         return Counter(self, key)
 
     async def stm(
@@ -707,6 +723,8 @@ class AsyncClient:
         waits up to ``timeout`` seconds (``0``: only a free permit) for a :class:`Permit` of its
         own; guard the writes it protects with ``permit.guard()`` (see :class:`Semaphore`)."""
         self._core.check_loop()
+        from etcdkit.recipes.semaphore import Semaphore
+
         return Semaphore(self, name, permits, ttl=ttl, timeout=timeout)
 
     def rwlock(self, name: str | bytes, ttl: int = 10, timeout: float | None = 30) -> RWLock:
@@ -714,12 +732,16 @@ class AsyncClient:
         ``async with rw.read():`` shares it with other readers, ``async with rw.write():``
         holds it alone (see :class:`RWLock`)."""
         self._core.check_loop()
+        from etcdkit.recipes.rwlock import RWLock
+
         return RWLock(self, name, ttl=ttl, timeout=timeout)
 
     def barrier(self, name: str | bytes) -> Barrier:
         """The barrier on the key ``name``, with Go's ``Barrier`` layout: ``hold()``,
         ``release()``, and ``wait()`` until it is released (see :class:`Barrier`)."""
         self._core.check_loop()
+        from etcdkit.recipes.barrier import Barrier
+
         return Barrier(self, name)
 
     def double_barrier(self, name: str | bytes, count: int, ttl: int = 10) -> DoubleBarrier:
@@ -727,6 +749,8 @@ class AsyncClient:
         ``DoubleBarrier`` layout: ``enter()`` returns once ``count`` are in, ``leave()`` once
         all are out (see :class:`DoubleBarrier`)."""
         self._core.check_loop()
+        from etcdkit.recipes.double_barrier import DoubleBarrier
+
         return DoubleBarrier(self, name, count, ttl=ttl)
 
     def cluster(
