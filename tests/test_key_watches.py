@@ -320,3 +320,27 @@ async def test_a_key_waited_for_twice_wakes_both(
             await etcd.delete(k)
     got = await asyncio.gather(*waiters)
     assert got[: len(keys)] == got[len(keys) :]
+
+
+async def test_the_first_watch_of_a_turn_asks_etcd_at_once(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    # A lone single-key watch (a PersistentLease's) is asked for before the caller's next
+    # request can reach etcd: one created behind its start revision waits for etcd's 100 ms
+    # catch-up loop. Those asked for later in the same turn wait for the next turn, together.
+    rev = await etcd.put(f"{etcd_prefix}lone", "1")
+    first = etcd.watch(f"{etcd_prefix}lone", start_revision=rev + 1)
+    await first.start()  # a given start revision: no I/O, no turn of the loop
+    assert etcd.stats.watches == 1  # asked for already
+    others = [etcd.watch(f"{etcd_prefix}o{i}", start_revision=rev + 1) for i in range(3)]
+    for w in others:
+        await w.start()
+    assert etcd.stats.watches == 1  # ... these at the next turn
+    await asyncio.sleep(0)
+    assert etcd.stats.watches == 4
+    put = await etcd.put(f"{etcd_prefix}lone", "2")
+    async with asyncio.timeout(WAIT):
+        batch = await anext(aiter(first))
+    assert [e.kv.mod_revision for e in batch.events] == [put]
+    for w in (first, *others):
+        w.cancel()
