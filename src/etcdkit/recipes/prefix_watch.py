@@ -118,9 +118,9 @@ class PrefixWatch(Generic[K, V]):
         self._error: BaseException | None = None
         self._closed = False
         self._last: Snapshot[K, V] | None = None  # the newest delivered snapshot
-        # The newest state, published in one assignment after every change (other threads
-        # read it: a tree is never paired with another revision).
-        # The newest (tree, revision), made a Snapshot only when read (most never are)
+        # The newest state, (tree, revision) published in one assignment after every change
+        # (other threads read it: a tree is never paired with another revision), made a
+        # Snapshot only when .snapshot is read (most states never are), and kept in _now.
         self._view: tuple[PMap[K, V], int] | None = None
         self._now: tuple[tuple[PMap[K, V], int], Snapshot[K, V]] | None = None
         self._watching = False  # etcd confirmed the watch after the newest listing
