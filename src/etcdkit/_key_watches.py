@@ -151,13 +151,13 @@ class KeyWatches:
         after the changes it starts from waits for etcd's 100 ms catch-up loop); those asked for
         later in the same turn get theirs at the next turn, together, sharing where many."""
         w = KeyWatch(self, key, start_revision, on_events, on_end)
+        self.live += 1
         if not self._turn:
             self._turn = True
             asyncio.get_running_loop().call_soon(self._flush)
-            w._sub = self._hub.watch(key, b"", start_revision, on_events=on_events, on_end=w._end)
+            self._alone(w)
         else:
             self._pending.append(w)
-        self.live += 1
         return w
 
     def _flush(self) -> None:
