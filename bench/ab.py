@@ -6,9 +6,11 @@ its own ``bench`` runs there on its own library; the working tree runs as it is.
 alternate the order (before, after; then after, before; ...) so drift on the machine does not
 favour one side. Each run's JSON lines are kept in ``DIR`` (``<round>-before.jsonl``,
 ``<round>-after.jsonl``); then one JSON object per figure goes to stdout: ``scenario``,
-``case``, ``figure``, ``before`` and ``after`` (every round's value) and ``ratio`` (median
-after / median before). Progress goes to stderr. Issue 22's check, "nothing gets slower", is
-this against the revision before it (``--before 6f3a1a7``).
+``case``, ``figure``, ``before`` and ``after`` (every round's value), ``ratio`` (median
+after / median before) and ``every_round`` (see :func:`every_round`); stderr ends with the
+figures worse / better in every round. Progress goes to stderr. Issue 22's check, "nothing
+gets slower", is this against the revision before it (``--before 6f3a1a7``).
+``--from DIR`` compares the runs kept in ``DIR`` again, running nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from bench.run import SCENARIOS
 Key = tuple[str, str, str]
 # what bench/results-2026-11-26.jsonl holds (the revision before issue 22 knows no others)
 BASELINE_SCENARIOS = "watch,latency,wait,lease,initial,hung,cluster,lock,proxy"
+MARGIN = 0.05  # a ratio of medians within 5% of 1 is no verdict (see every_round)
 
 
 def export(rev: str, into: Path) -> None:
@@ -99,19 +102,39 @@ def compare(befores: Runs, afters: Runs) -> Iterator[dict[str, Any]]:
                 "before": before,
                 "after": after,
                 "ratio": ratio,
+                "every_round": every_round(name, before, after, ratio),
             }
+
+
+def every_round(name: str, before: list[float], after: list[float], ratio: float | None) -> str:
+    """``"worse"`` / ``"better"`` when the after side lost / won against the before side in
+    every round (round by round: the two sides of a round ran back to back) and the ratio of
+    medians is more than :data:`MARGIN` off 1; else ``""``. Lower is better, except for rates
+    (``*_per_s``). A figure of pure noise is one or the other in a quarter of 3-round runs
+    (half of them past the margin): read the control figures (``raw_*``) alongside."""
+    if ratio is None or abs(ratio - 1) <= MARGIN:
+        return ""
+    higher_better = name.endswith("per_s")
+    lost = [(a < b) if higher_better else (a > b) for b, a in zip(before, after, strict=True)]
+    won = [(a > b) if higher_better else (a < b) for b, a in zip(before, after, strict=True)]
+    return "worse" if all(lost) else "better" if all(won) else ""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
-    parser.add_argument("--before", required=True, help="git revision to compare against")
+    parser.add_argument("--before", help="git revision to compare against (required to run)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", default=BASELINE_SCENARIOS)
     parser.add_argument("--out", help="directory for each run's JSON lines (default: a new one)")
+    parser.add_argument("--from", dest="kept", help="compare the runs kept in this directory")
     args = parser.parse_args(argv)
+    if args.kept:
+        return report(Path(args.kept))
     unknown = sorted(set(args.only.split(",")) - set(SCENARIOS))
     if unknown or args.rounds < 1:
         parser.error(f"unknown scenario(s) {unknown} or rounds < 1")
+    if not args.before:
+        parser.error("--before REV is required (or --from DIR, to compare kept runs)")
     out = Path(args.out or tempfile.mkdtemp(prefix="etcdkit-ab-"))
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="etcdkit-ab-before-") as tmp:
@@ -124,10 +147,32 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"ab: round {round_}, {side}")
                 run_side(trees[side], args.only, out / f"{round_}-{side}.jsonl")
     progress(f"ab: runs kept in {out}")
-    befores = [load(out / f"{r}-before.jsonl") for r in range(1, args.rounds + 1)]
-    afters = [load(out / f"{r}-after.jsonl") for r in range(1, args.rounds + 1)]
+    return report(out)
+
+
+def report(out: Path) -> int:
+    """Print the comparison of the runs kept in ``out`` (stdout), and the verdicts (stderr)."""
+    rounds = len(list(out.glob("*-before.jsonl")))
+    if not rounds:
+        raise SystemExit(f"ab: no runs (N-before.jsonl, N-after.jsonl) in {out}")
+    befores = [load(out / f"{r}-before.jsonl") for r in range(1, rounds + 1)]
+    afters = [load(out / f"{r}-after.jsonl") for r in range(1, rounds + 1)]
+    verdicts: dict[str, list[str]] = {"worse": [], "better": []}
+    rows = 0
     for row in compare(befores, afters):
         print(json.dumps(row), flush=True)
+        rows += 1
+        if row["every_round"]:
+            verdicts[row["every_round"]].append(
+                f"{row['scenario']} {row['case']} {row['figure']} x{row['ratio']}"
+            )
+    progress(
+        f"ab: {rows} figures; after worse in every round (ratio off by > {MARGIN:.0%}): "
+        f"{len(verdicts['worse'])}; better: {len(verdicts['better'])}"
+    )
+    for verdict, names in verdicts.items():
+        for name in names:
+            progress(f"ab:   {verdict}: {name}")
     return 0
 
 
