@@ -32,6 +32,7 @@ from bench.chaos.history import Event, EventLog
 from bench.chaos.raw import RawChecker, RawConsumer
 from bench.chaos.writer import apply_ops
 
+from _helpers import fresh_client
 from etcdkit import (
     Change,
     ChangeKind,
@@ -42,6 +43,7 @@ from etcdkit import (
     WatchBatch,
     WatchEvent,
 )
+from etcdkit.testing import EtcdServer
 
 DEFAULT_SEED = 20250611
 SECONDS = float(os.environ.get("ETCDKIT_CHAOS_SECONDS", "150"))
@@ -117,6 +119,27 @@ def _checker_with(table: Mapping[int, dict[bytes, bytes]]) -> Checker:
     run = Run(7, 1.0, cfg, report_for(7), None, [], None)  # type: ignore[arg-type]
     run.direct = _FakeDirect(table)  # type: ignore[assignment]
     return Checker(run)
+
+
+async def test_wait_callers_create_keys_only_with_a_put_that_answered(
+    etcd_server_factory: object,
+) -> None:
+    # A put that timed out may be applied later (here: etcd, paused, reads it once resumed),
+    # so the checker's create_once says -1 for it and its wait_for caller takes a fresh key.
+    server: EtcdServer = etcd_server_factory()  # type: ignore[operator]
+    async with fresh_client(server.endpoint, timeout=1) as client:
+        run = Run(7, 1.0, ChaosConfig(), report_for(7), None, [], None)  # type: ignore[arg-type]
+        run.direct = client
+        checker = Checker(run)
+        rev = await checker.create_once("/wait/answered")
+        kv = await client.get("/wait/answered")
+        assert kv is not None
+        assert rev == kv.create_revision > 0
+        server.pause()
+        try:
+            assert await checker.create_once("/wait/timed-out") == -1
+        finally:
+            server.resume()
 
 
 def report_for(seed: int) -> ChaosReport:
