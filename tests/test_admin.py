@@ -5,6 +5,7 @@ test_auth.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -99,6 +100,46 @@ async def test_members_and_status(etcd: AsyncClient, etcd_server: EtcdServer) ->
     assert etcd.members is etcd.members
     assert etcd.maintenance is etcd.maintenance
     assert repr(etcd.members).startswith("<Members of ")
+
+
+async def test_membership_changes_made_at_once_all_apply_soon(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """raft drops a membership change proposed while the previous one is not applied yet, and
+    etcd answers the dropped one only at the call's deadline (it logs "ignoring conf change").
+    Two clients changing members at the same moment: both changes apply, and neither waits for
+    the deadline, because a change not answered soon is looked up and sent again."""
+    server = etcd_server_factory()
+    async with (
+        AsyncClient(server.endpoint, timeout=20) as a,
+        AsyncClient(server.endpoint, timeout=20) as b,
+    ):
+        (me,) = await a.members.list()
+        learner = await a.members.add(f"http://{HOST}:{free_port()}", learner=True)
+        dropped = 0
+        for _ in range(20):  # until etcd dropped one (it does at once, mostly)
+            target = [f"http://{HOST}:{free_port()}"]
+            async with asyncio.timeout(10):  # a dropped change left alone waits the full 20 s
+                await asyncio.gather(
+                    a.members.update(learner.id, target),
+                    b.members.update(me.id, me.peer_urls),  # the same URLs: still a raft change
+                )
+            now = {m.id: m for m in await b.members.list()}
+            assert now[learner.id].peer_urls == target
+            assert now[me.id].peer_urls == me.peer_urls
+            dropped = server.logs(100_000).count("ignoring conf change")
+            if dropped:
+                break
+        assert dropped, "etcd never dropped one of two changes made at once (the test's premise)"
+        # one client's changes, back to back and at once: one after the other, none dropped
+        await asyncio.gather(
+            a.members.update(learner.id, f"http://{HOST}:{free_port()}"),
+            a.members.remove(learner.id),
+        )
+        assert [m.id for m in await a.members.list()] == [me.id]
+        # a change etcd refuses is still refused (sent once: nothing to look up)
+        with pytest.raises(etcdkit.ServerError, match="member not found"):
+            await a.members.remove(learner.id)
 
 
 async def test_hash_kv(etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str) -> None:

@@ -7,7 +7,8 @@ Each is made from the client's core without I/O. Every call checks its arguments
 its RPC through the connection (its timeout, retries of what is safe, auth token), whose
 errors arrive mapped into the etcdkit tree (``raise X(...) from exc``). Reads are retried
 within the client's timeout; changes are sent once (etcd may have applied one that failed in
-flight: read back before trying again).
+flight: read back before trying again), except membership changes, which are read back and sent
+again by :class:`Members` itself (etcd's raft drops one proposed too soon after another).
 
 Calls addressed to one member (``endpoint=...``) go to that member only: an endpoint is one of
 the client's endpoints, as "host:port" or URL; another is a ``ValueError``.
@@ -19,7 +20,7 @@ import asyncio
 import builtins
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -27,7 +28,7 @@ from urllib.parse import urlsplit
 from aetcd import rpc
 
 from etcdkit._admin_types import Alarm, HashKV, Member, Status
-from etcdkit._errors import ConnectionUnavailableError, ServerError
+from etcdkit._errors import ConnectionUnavailableError, EtcdTimeoutError, ServerError
 from etcdkit._types import check_int64
 from etcdkit._wire.admin_auth import Auth
 from etcdkit._wire.conn import Channel
@@ -42,6 +43,11 @@ SNAPSHOT_FLUSH = 1 << 20  # bytes of snapshot gathered before one write to the f
 _SHA256_SIZE = 32
 
 _ALARM_KINDS = ("NOSPACE", "CORRUPT")
+
+# A membership change not answered within this many seconds is looked for in the member list
+# and, if absent, sent again; the wait doubles up to the cap (within the client's timeout).
+CHANGE_FIRST_WAIT = 0.5
+CHANGE_MAX_WAIT = 4.0
 
 
 # -- argument checks (before any I/O) -------------------------------------------------------------
@@ -135,10 +141,20 @@ class Members:
     Membership changes go through raft: they need a quorum, and etcd refuses one that would
     leave the cluster without a quorum of started members. Add a member as a learner first
     (``learner=True``), start its etcd with ``--initial-cluster-state existing``, then
-    :meth:`promote` it once it caught up."""
+    :meth:`promote` it once it caught up.
+
+    raft takes one membership change at a time: one proposed while the previous is not applied
+    yet is dropped without an answer (etcd logs "ignoring conf change ... possible unapplied
+    conf change"), and etcd replies only when the call's deadline passes. That happens to
+    changes sent back to back, and to changes sent at once. So a client makes its changes one
+    after the other, and a change not answered within :data:`CHANGE_FIRST_WAIT` seconds is
+    looked for in the (linearizable) member list and sent again if it is not there, until the
+    client's timeout. A change sent again that etcd refuses because it was applied meanwhile
+    (the member is gone, the peer URL is taken, it is no longer a learner) counts as done."""
 
     def __init__(self, core: Core) -> None:
         self._core = core
+        self._changing = asyncio.Lock()  # this client's membership changes, one at a time
 
     def __repr__(self) -> str:
         return f"<Members of {self._core.where}>"
@@ -171,14 +187,23 @@ class Members:
         if not isinstance(learner, bool):
             raise TypeError(f"learner must be True or False, got {learner!r:.40}")
         self._core.check_open()
-        resp = await self._core.conn.call(
+        want = sorted(urls)
+
+        def added(members: builtins.list[Member]) -> Member | None:
+            return next((m for m in members if sorted(m.peer_urls) == want), None)
+
+        resp = await self._change(
             "add member",
-            "cluster",
             "MemberAdd",
             rpc.MemberAddRequest(peerURLs=urls, isLearner=learner),
-            idempotent=False,
+            lambda members: added(members) is not None,
         )
-        return _member_of(resp.member)
+        if resp is not None:
+            return _member_of(resp.member)
+        found = added(await self.list())  # sent twice: the one etcd applied
+        if found is None:
+            raise ServerError(f"add member: {want} was added, then removed by someone else")
+        return found
 
     async def remove(self, member_id: int) -> None:
         """Remove the member ``member_id`` (an int, :attr:`Member.id`) from the cluster; its
@@ -186,12 +211,11 @@ class Members:
         found"); etcd refuses to remove a member when the rest would lose the quorum."""
         mid = _member_id(member_id)
         self._core.check_open()
-        await self._core.conn.call(
+        await self._change(
             "remove member",
-            "cluster",
             "MemberRemove",
             rpc.MemberRemoveRequest(ID=mid),
-            idempotent=False,
+            lambda members: all(m.id != mid for m in members),
         )
 
     async def update(self, member_id: int, peer_urls: str | Sequence[str]) -> None:
@@ -200,12 +224,12 @@ class Members:
         mid = _member_id(member_id)
         urls = _peer_urls(peer_urls)
         self._core.check_open()
-        await self._core.conn.call(
+        want = sorted(urls)
+        await self._change(
             "update member",
-            "cluster",
             "MemberUpdate",
             rpc.MemberUpdateRequest(ID=mid, peerURLs=urls),
-            idempotent=False,
+            lambda members: any(m.id == mid and sorted(m.peer_urls) == want for m in members),
         )
 
     async def promote(self, member_id: int) -> None:
@@ -215,13 +239,59 @@ class Members:
         that is not a learner."""
         mid = _member_id(member_id)
         self._core.check_open()
-        await self._core.conn.call(
+        await self._change(
             "promote member",
-            "cluster",
             "MemberPromote",
             rpc.MemberPromoteRequest(ID=mid),
-            idempotent=False,
+            lambda members: any(m.id == mid and not m.is_learner for m in members),
         )
+
+    async def _change(
+        self,
+        what: str,
+        method: str,
+        request: Any,
+        applied: Callable[[builtins.list[Member]], bool],
+    ) -> Any:
+        """Make one membership change; its response, or None when it was found applied in the
+        member list after a send that got no answer (see the class docstring)."""
+        conn = self._core.conn
+        loop = asyncio.get_running_loop()
+        deadline = None if conn.timeout is None else loop.time() + conn.timeout
+        wait = CHANGE_FIRST_WAIT
+        sends = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._changing.acquire()  # (the wait counts against the timeout)
+        except TimeoutError:
+            raise EtcdTimeoutError(
+                f"{what}: waited {conn.timeout} s for this client's other membership changes"
+            ) from None
+        try:
+            while True:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise EtcdTimeoutError(
+                        f"{what}: etcd did not apply it within {conn.timeout} s (sent {sends} "
+                        f"times; at {conn.where})"
+                    )
+                bound = wait if left is None else min(wait, left)
+                sends += 1
+                try:
+                    async with asyncio.timeout(bound) as attempt:
+                        return await conn.call(what, "cluster", method, request, idempotent=False)
+                except TimeoutError:
+                    if not attempt.expired():
+                        raise  # the connection's own (EtcdTimeoutError)
+                except ServerError:
+                    if sends == 1 or not applied(await self.list()):
+                        raise
+                    return None  # refused as done: an earlier send was applied meanwhile
+                if applied(await self.list()):
+                    return None
+                wait = min(2 * wait, CHANGE_MAX_WAIT)
+        finally:
+            self._changing.release()
 
 
 # -- Maintenance service --------------------------------------------------------------------------
