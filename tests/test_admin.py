@@ -142,6 +142,28 @@ async def test_membership_changes_made_at_once_all_apply_soon(
             await a.members.remove(learner.id)
 
 
+async def test_updating_a_learner_warns_when_etcd_forgets_it_is_one(
+    etcd_server_factory: Callable[..., EtcdServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """etcd before the fix of its issue 21694 (3.5.1, 3.4) turns a learner into a voter in its
+    member list on MemberUpdate (raft still has a learner: it can never be promoted). When
+    that happens, update() says so; on a fixed etcd it stays a learner and nothing is said."""
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as etcd:
+        learner = await etcd.members.add(f"http://{HOST}:{free_port()}", learner=True)
+        with caplog.at_level("WARNING", logger="etcdkit.admin"):
+            await etcd.members.update(learner.id, f"http://{HOST}:{free_port()}")
+        (now,) = [m for m in await etcd.members.list() if m.id == learner.id]
+        warned = [r for r in caplog.records if r.name == "etcdkit.admin"]
+        if now.is_learner:
+            assert warned == []
+        else:
+            assert len(warned) == 1
+            assert f"member {learner.id:x} is a learner" in warned[0].getMessage()
+            assert "Remove the member and add it again" in warned[0].getMessage()
+        await etcd.members.remove(learner.id)
+
+
 async def test_hash_kv(etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str) -> None:
     await etcd.put(etcd_prefix + "a", "1")
     first = await etcd.maintenance.hash_kv(etcd_server.endpoint)

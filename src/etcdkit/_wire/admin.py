@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from etcdkit._core import Core
 
 __all__ = ["Auth", "Maintenance", "Members"]
+
+log = logging.getLogger("etcdkit.admin")
 
 SNAPSHOT_FLUSH = 1 << 20  # bytes of snapshot gathered before one write to the file
 _SHA256_SIZE = 32
@@ -220,7 +223,13 @@ class Members:
 
     async def update(self, member_id: int, peer_urls: str | Sequence[str]) -> None:
         """Set the peer URLs of member ``member_id`` to ``peer_urls`` (a URL or a list); the
-        member itself must then listen there. An unknown id raises :class:`ServerError`."""
+        member itself must then listen there. An unknown id raises :class:`ServerError`.
+
+        Not on a learner with etcd before the fix of etcd issue 21694 (3.5.1 and 3.4 among
+        them): etcd then forgets that the member is a learner. Its member list shows a voter
+        that raft still treats as a learner, which can never be promoted, and whose absence
+        makes etcd refuse further changes ("unhealthy cluster"). When that happens this logs
+        a warning (``etcdkit.admin``); the way out is to remove the member and add it again."""
         mid = _member_id(member_id)
         urls = _peer_urls(peer_urls)
         self._core.check_open()
@@ -230,6 +239,7 @@ class Members:
             "MemberUpdate",
             rpc.MemberUpdateRequest(ID=mid, peerURLs=urls),
             lambda members: any(m.id == mid and sorted(m.peer_urls) == want for m in members),
+            learner=mid,
         )
 
     async def promote(self, member_id: int) -> None:
@@ -252,14 +262,16 @@ class Members:
         method: str,
         request: Any,
         applied: Callable[[builtins.list[Member]], bool],
+        *,
+        learner: int | None = None,
     ) -> Any:
         """Make one membership change; its response, or None when it was found applied in the
-        member list after a send that got no answer (see the class docstring)."""
+        member list after a send that got no answer (see the class docstring). ``learner``: a
+        member whose learner status etcd may forget (see :meth:`update`); checked before and
+        after, with this client's other changes kept out meanwhile."""
         conn = self._core.conn
         loop = asyncio.get_running_loop()
         deadline = None if conn.timeout is None else loop.time() + conn.timeout
-        wait = CHANGE_FIRST_WAIT
-        sends = 0
         try:
             async with asyncio.timeout_at(deadline):
                 await self._changing.acquire()  # (the wait counts against the timeout)
@@ -268,30 +280,57 @@ class Members:
                 f"{what}: waited {conn.timeout} s for this client's other membership changes"
             ) from None
         try:
-            while True:
-                left = None if deadline is None else deadline - loop.time()
-                if left is not None and left <= 0:
-                    raise EtcdTimeoutError(
-                        f"{what}: etcd did not apply it within {conn.timeout} s (sent {sends} "
-                        f"times; at {conn.where})"
-                    )
-                bound = wait if left is None else min(wait, left)
-                sends += 1
-                try:
-                    async with asyncio.timeout(bound) as attempt:
-                        return await conn.call(what, "cluster", method, request, idempotent=False)
-                except TimeoutError:
-                    if not attempt.expired():
-                        raise  # the connection's own (EtcdTimeoutError)
-                except ServerError:
-                    if sends == 1 or not applied(await self.list()):
-                        raise
-                    return None  # refused as done: an earlier send was applied meanwhile
-                if applied(await self.list()):
-                    return None
-                wait = min(2 * wait, CHANGE_MAX_WAIT)
+            was_learner = learner is not None and any(
+                m.id == learner and m.is_learner for m in await self.list()
+            )
+            resp = await self._send(what, method, request, applied, deadline)
+            if was_learner and any(m.id == learner and not m.is_learner for m in await self.list()):
+                log.warning(
+                    "etcd forgot that member %x is a learner when its peer URLs were updated "
+                    "(etcd issue 21694, fixed in later 3.5 and 3.6 releases): its member list "
+                    "now shows a voter that raft still treats as a learner, which cannot be "
+                    "promoted. Remove the member and add it again as a learner.",
+                    learner,
+                )
+            return resp
         finally:
             self._changing.release()
+
+    async def _send(
+        self,
+        what: str,
+        method: str,
+        request: Any,
+        applied: Callable[[builtins.list[Member]], bool],
+        deadline: float | None,
+    ) -> Any:
+        """Send the change until it is answered, or found applied (None), by ``deadline``."""
+        conn = self._core.conn
+        loop = asyncio.get_running_loop()
+        wait = CHANGE_FIRST_WAIT
+        sends = 0
+        while True:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise EtcdTimeoutError(
+                    f"{what}: etcd did not apply it within {conn.timeout} s (sent {sends} "
+                    f"times; at {conn.where})"
+                )
+            bound = wait if left is None else min(wait, left)
+            sends += 1
+            try:
+                async with asyncio.timeout(bound) as attempt:
+                    return await conn.call(what, "cluster", method, request, idempotent=False)
+            except TimeoutError:
+                if not attempt.expired():
+                    raise  # the connection's own (EtcdTimeoutError)
+            except ServerError:
+                if sends == 1 or not applied(await self.list()):
+                    raise
+                return None  # refused as done: an earlier send was applied meanwhile
+            if applied(await self.list()):
+                return None
+            wait = min(2 * wait, CHANGE_MAX_WAIT)
 
 
 # -- Maintenance service --------------------------------------------------------------------------
