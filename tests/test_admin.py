@@ -164,6 +164,22 @@ async def test_updating_a_learner_warns_when_etcd_forgets_it_is_one(
         await etcd.members.remove(learner.id)
 
 
+async def test_the_same_peer_url_added_again_at_once(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """etcd derives a new member's id from its peer URLs and the current second, and refuses a
+    removed member's id ("member not found"): adding a peer URL again within the second it
+    was removed in would fail. add() sends it again a second later, with a new id."""
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as etcd:
+        peer = f"http://{HOST}:{free_port()}"
+        for _ in range(3):
+            member = await etcd.members.add(peer, learner=True)
+            assert member.peer_urls == [peer]
+            await etcd.members.remove(member.id)
+        assert len(await etcd.members.list()) == 1
+
+
 async def test_hash_kv(etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str) -> None:
     await etcd.put(etcd_prefix + "a", "1")
     first = await etcd.maintenance.hash_kv(etcd_server.endpoint)

@@ -51,6 +51,7 @@ _ALARM_KINDS = ("NOSPACE", "CORRUPT")
 # and, if absent, sent again; the wait doubles up to the cap (within the client's timeout).
 CHANGE_FIRST_WAIT = 0.5
 CHANGE_MAX_WAIT = 4.0
+NEW_ID_WAIT = 1.0  # s: a MemberAdd sent again gets a new member id (see Members._send)
 
 
 # -- argument checks (before any I/O) -------------------------------------------------------------
@@ -200,6 +201,7 @@ class Members:
             "MemberAdd",
             rpc.MemberAddRequest(peerURLs=urls, isLearner=learner),
             lambda members: added(members) is not None,
+            adding=True,
         )
         if resp is not None:
             return _member_of(resp.member)
@@ -264,11 +266,13 @@ class Members:
         applied: Callable[[builtins.list[Member]], bool],
         *,
         learner: int | None = None,
+        adding: bool = False,
     ) -> Any:
         """Make one membership change; its response, or None when it was found applied in the
         member list after a send that got no answer (see the class docstring). ``learner``: a
         member whose learner status etcd may forget (see :meth:`update`); checked before and
-        after, with this client's other changes kept out meanwhile."""
+        after, with this client's other changes kept out meanwhile. ``adding``: see
+        :meth:`_send`."""
         conn = self._core.conn
         loop = asyncio.get_running_loop()
         deadline = None if conn.timeout is None else loop.time() + conn.timeout
@@ -283,7 +287,7 @@ class Members:
             was_learner = learner is not None and any(
                 m.id == learner and m.is_learner for m in await self.list()
             )
-            resp = await self._send(what, method, request, applied, deadline)
+            resp = await self._send(what, method, request, applied, deadline, adding)
             if was_learner and any(m.id == learner and not m.is_learner for m in await self.list()):
                 log.warning(
                     "etcd forgot that member %x is a learner when its peer URLs were updated "
@@ -303,8 +307,14 @@ class Members:
         request: Any,
         applied: Callable[[builtins.list[Member]], bool],
         deadline: float | None,
+        adding: bool,
     ) -> Any:
-        """Send the change until it is answered, or found applied (None), by ``deadline``."""
+        """Send the change until it is answered, or found applied (None), by ``deadline``.
+
+        ``adding`` (a MemberAdd): etcd derives the new member's id from its peer URLs and the
+        current second, and refuses the id of a removed member ("member not found", at apply:
+        nothing was added). The same peer URLs added again within the second they were removed
+        in hit that; sent again a second later, the id is new."""
         conn = self._core.conn
         loop = asyncio.get_running_loop()
         wait = CHANGE_FIRST_WAIT
@@ -324,7 +334,13 @@ class Members:
             except TimeoutError:
                 if not attempt.expired():
                     raise  # the connection's own (EtcdTimeoutError)
-            except ServerError:
+            except ServerError as exc:
+                if adding and sends == 1 and "member not found" in str(exc):
+                    left = None if deadline is None else deadline - loop.time()
+                    if left is None or left > NEW_ID_WAIT:
+                        await asyncio.sleep(NEW_ID_WAIT)
+                        wait = CHANGE_FIRST_WAIT
+                        continue
                 if sends == 1 or not applied(await self.list()):
                     raise
                 return None  # refused as done: an earlier send was applied meanwhile
