@@ -55,6 +55,7 @@ from etcdkit.recipes._hold import name_prefix as prefix_of
 
 if TYPE_CHECKING:
     from etcdkit import Session, Watch
+    from etcdkit._retry import Backoff
     from etcdkit._surface import Etcd
 
 __all__ = [
@@ -116,6 +117,7 @@ class Contender:
         self._acquiring: asyncio.Task[object] | None = None
         self._leaving = False
         self._aborted = False
+        self._whole_line = self._line_op(0)  # (an Op is immutable: made once, sent each entry)
         self._abandoned: set[asyncio.Task[None]] = set()  # lease grants we gave up on
 
     def __repr__(self) -> str:
@@ -166,7 +168,7 @@ class Contender:
         return True
 
     async def _acquire(self, wait: bool) -> int | None:
-        backoff = self.etcd.retry.backoff()
+        backoff: Backoff | None = None  # made at the first retry (most acquisitions need none)
         while True:
             try:
                 session = await self._session()
@@ -179,11 +181,13 @@ class Contender:
             except _Gone as gone:
                 self._requeue(str(gone))
                 await self._drop_session()
+                backoff = backoff or self.etcd.retry.backoff()
                 await self._pause(backoff.next_delay() or 0.0)
             except EtcdkitError as exc:
                 if not wait or not self.etcd.retry.is_retryable(exc):
                     raise
                 log.info("%s: etcd unreachable (%s); retrying", self.what, exc)
+                backoff = backoff or self.etcd.retry.backoff()
                 await self._pause(backoff.next_delay() or 0.0)
 
     async def _pause(self, delay: float) -> None:
@@ -251,7 +255,7 @@ class Contender:
             # and the key just before it) in one transaction; else get the key as it is.
             res = await self.etcd.txn(
                 [Compare.create_revision(key, "==", 0)],
-                [Op.put(key, self.value, lease=session.lease_id), self._line_op(0)],
+                [Op.put(key, self.value, lease=session.lease_id), self._whole_line],
                 [Op.get(key)],
             )
         except LeaseNotFoundError as exc:
