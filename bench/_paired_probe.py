@@ -9,6 +9,9 @@
   line: ``register ID`` -> ``{"t0": .., "t1": ..}`` (before ``register()`` was called, when it
   returned), ``deregister ID`` -> ``{}``, ``lock NAME`` -> ``{"acquire_s": .., "release_s": ..}``
   (an uncontended acquire and its release), ``quit``.
+- ``follow ENDPOINT PREFIX``: ``watch_prefix(PREFIX)``; prints ``ready`` once synced, then,
+  when the key ``PREFIX + "~done"`` is in a snapshot, one JSON line: ``cpu_s`` (this
+  process's CPU seconds from ready on), ``events`` and ``snapshots``.
 """
 
 from __future__ import annotations
@@ -69,6 +72,21 @@ async def serve(endpoint: str, root: str) -> None:
             print(json.dumps(answer), flush=True)
 
 
+async def follow(endpoint: str, prefix: str) -> None:
+    done = prefix + "~done"
+    async with AsyncClient(endpoint) as etcd, etcd.watch_prefix(prefix) as watch:
+        await watch.synced(timeout=60.0)
+        print("ready", flush=True)
+        cpu0 = time.process_time()
+        snapshots = 0
+        async for snap in watch:
+            snapshots += 1
+            if done in snap.tree:
+                break
+        cpu = time.process_time() - cpu0
+        print(json.dumps({"cpu_s": cpu, "events": watch.stats.events, "snapshots": snapshots}))
+
+
 if __name__ == "__main__":
     role, endpoint_, root_ = sys.argv[1:4]
-    asyncio.run({"observe": observe, "serve": serve}[role](endpoint_, root_))
+    asyncio.run({"observe": observe, "serve": serve, "follow": follow}[role](endpoint_, root_))

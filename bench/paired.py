@@ -14,6 +14,11 @@ op, so drift on the machine hits both alike:
   comparison of the view side alone).
 - **lock**: an uncontended ``acquire`` and ``release`` (a fresh lock each time), the sides
   alternating op by op.
+- **watch**: a ``watch_prefix`` of each side follows the same prefix while a writer process
+  (``bench._writer``, 64 puts in flight over 1,000 keys) puts ``ops`` updates: each side's CPU
+  microseconds per event, from the same events at the same time. Rounds (``--rounds``) repeat
+  it; the figure is over rounds (``after_faster``: the share of rounds the after side used
+  less CPU).
 
 Each figure is a JSON line on stdout: ``case``, ``figure``, ``before``, ``after`` (ms),
 ``ratio`` (after / before), and for paired figures ``median_diff_ms`` (after - before, over
@@ -38,13 +43,23 @@ import statistics
 import tempfile
 from typing import Any
 
-from bench._common import REPO_ROOT, bytecode_env, compile_tree, percentile, progress
+from bench._common import (
+    REPO_ROOT,
+    bytecode_env,
+    child_env,
+    compile_tree,
+    percentile,
+    progress,
+)
 from bench.ab import export
+from etcdkit import AsyncClient
 from etcdkit.testing import EtcdServer
 
 SIDES = ("before", "after")
 ROOT = "/bench/paired"
 TIMEOUT = 30.0
+WATCH_KEYS = 1_000
+WATCH_IN_FLIGHT = 64
 
 
 class Probe:
@@ -59,11 +74,13 @@ class Probe:
         self.changed = asyncio.Event()
 
     @classmethod
-    async def start(cls, side: str, tree: Path, role: str, endpoint: str) -> Probe:
+    async def start(
+        cls, side: str, tree: Path, role: str, endpoint: str, root: str = ROOT
+    ) -> Probe:
         env = bytecode_env(dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{REPO_ROOT}"))
         env.pop("PYTHONASYNCIODEBUG", None)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench._paired_probe", role, endpoint, ROOT,
+            sys.executable, "-m", "bench._paired_probe", role, endpoint, root,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
             cwd=str(REPO_ROOT),
         )  # fmt: skip
@@ -110,12 +127,15 @@ def _orders(ops: int) -> list[tuple[str, str]]:
     return [SIDES if (i % 4) in (0, 3) else SIDES[::-1] for i in range(ops)]
 
 
-def figure(case: str, name: str, values: dict[str, list[float]], paired: bool) -> dict[str, Any]:
-    """One figure: the p50 (or p99, by ``name``) of each side, in ms, and for paired values
-    (``values[side][i]`` of the same op) the median difference and the after side's wins."""
-    q = 99 if name.endswith("p99_ms") else 50
-    before = percentile(values["before"], q) * 1000
-    after = percentile(values["after"], q) * 1000
+def figure(
+    case: str, name: str, values: dict[str, list[float]], paired: bool, scale: float = 1000.0
+) -> dict[str, Any]:
+    """One figure: the p50 (or p99, by ``name``) of each side, in ms (seconds times
+    ``scale``), and for paired values (``values[side][i]`` of the same op) the median
+    difference and the after side's wins."""
+    q = 99 if "p99" in name else 50
+    before = percentile(values["before"], q) * scale
+    after = percentile(values["after"], q) * scale
     out: dict[str, Any] = {
         "case": case,
         "figure": name,
@@ -126,7 +146,9 @@ def figure(case: str, name: str, values: dict[str, list[float]], paired: bool) -
     }
     if paired:
         diffs = [a - b for b, a in zip(values["before"], values["after"], strict=True)]
-        out["median_diff_ms"] = round(statistics.median(diffs) * 1000, 4)
+        out["median_diff_ms" if scale == 1000.0 else "median_diff"] = round(
+            statistics.median(diffs) * scale, 4
+        )
         out["after_faster"] = round(sum(d < 0 for d in diffs) / len(diffs), 3)
     return out
 
@@ -187,31 +209,69 @@ async def lock(trees: dict[str, Path], endpoint: str, ops: int) -> list[dict[str
     ]
 
 
-async def run(trees: dict[str, Path], cases: list[str], ops: int) -> list[dict[str, Any]]:
+async def watch(
+    trees: dict[str, Path], endpoint: str, updates: int, rounds: int
+) -> list[dict[str, Any]]:
+    cpu: dict[str, list[float]] = {s: [] for s in SIDES}
+    for r in range(rounds):
+        prefix = f"/bench/paired-watch/{r}/"
+        followers = {s: await Probe.start(s, trees[s], "follow", endpoint, prefix) for s in SIDES}
+        try:
+            writer = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench._writer", endpoint, prefix, str(WATCH_KEYS),
+                str(updates), str(WATCH_IN_FLIGHT),
+                stdout=asyncio.subprocess.DEVNULL, env=child_env(), cwd=str(REPO_ROOT),
+            )  # fmt: skip
+            if await writer.wait():
+                raise RuntimeError(f"paired: the writer exited {writer.returncode}")
+            async with AsyncClient(endpoint) as etcd:
+                await etcd.put(prefix + "~done", "1")
+            for side, probe in followers.items():
+                async with asyncio.timeout(TIMEOUT):
+                    line = await probe.stdout.readline()
+                got = json.loads(line)
+                if got["events"] < updates:
+                    raise RuntimeError(f"paired: the {side} watch saw {got['events']} events")
+                cpu[side].append(got["cpu_s"] / updates)
+        finally:
+            for probe in followers.values():
+                await probe.stop()
+    return [figure("watch", "cpu_us_per_event_p50", cpu, True, scale=1e6)]
+
+
+async def run(
+    trees: dict[str, Path], cases: list[str], ops: int, rounds: int
+) -> list[dict[str, Any]]:
     figures: list[dict[str, Any]] = []
     with EtcdServer() as server:
         for case in cases:
             progress(f"paired: {case}, {ops} ops per side")
-            fn = visible if case == "visible" else lock
-            figures += await fn(trees, server.endpoint, ops)
+            if case == "watch":
+                figures += await watch(trees, server.endpoint, ops, rounds)
+            else:
+                fn = visible if case == "visible" else lock
+                figures += await fn(trees, server.endpoint, ops)
     return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__)
     parser.add_argument("--before", required=True, help="git revision to compare against")
-    parser.add_argument("--ops", type=int, default=300, help="ops per side and case")
-    parser.add_argument("--only", default="visible,lock", help="cases: visible, lock")
+    parser.add_argument(
+        "--ops", type=int, default=300, help="ops per side and case (watch: updates a round)"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the watch case")
+    parser.add_argument("--only", default="visible,lock", help="cases: visible, lock, watch")
     args = parser.parse_args(argv)
     cases = args.only.split(",")
-    if set(cases) - {"visible", "lock"} or args.ops < 4:
-        parser.error("--only takes visible and/or lock; --ops at least 4")
+    if set(cases) - {"visible", "lock", "watch"} or args.ops < 4 or args.rounds < 1:
+        parser.error("--only takes visible, lock, watch; --ops at least 4, --rounds at least 1")
     with tempfile.TemporaryDirectory(prefix="etcdkit-paired-before-") as tmp:
         trees = {"before": Path(tmp), "after": REPO_ROOT}
         export(args.before, trees["before"])
         for tree in trees.values():
             compile_tree(tree, bytecode_env(dict(os.environ)))
-        figures = asyncio.run(run(trees, cases, args.ops))
+        figures = asyncio.run(run(trees, cases, args.ops, args.rounds))
     for f in figures:
         print(json.dumps(f), flush=True)
     return 0
