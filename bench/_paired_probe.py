@@ -12,6 +12,9 @@
 - ``follow ENDPOINT PREFIX``: ``watch_prefix(PREFIX)``; prints ``ready`` once synced, then,
   when the key ``PREFIX + "~done"`` is in a snapshot, one JSON line: ``cpu_s`` (this
   process's CPU seconds from ready on), ``events`` and ``snapshots``.
+- ``live ENDPOINT PREFIX``: reads a count N from stdin, opens N ``watch_prefix`` on
+  ``PREFIX + "w%05d/"`` (one client) and prints ``{"seconds": ..}`` once every one is
+  ``synced()`` (listed, and its watch confirmed by etcd).
 """
 
 from __future__ import annotations
@@ -87,6 +90,23 @@ async def follow(endpoint: str, prefix: str) -> None:
         print(json.dumps({"cpu_s": cpu, "events": watch.stats.events, "snapshots": snapshots}))
 
 
+async def live(endpoint: str, prefix: str) -> None:
+    count = int(sys.stdin.readline())
+    async with AsyncClient(endpoint, timeout=60.0) as etcd:
+        await etcd.get_revision()  # connected before the clock starts
+        print("ready", flush=True)
+        t0 = time.monotonic()
+        opened = [etcd.watch_prefix(f"{prefix}w{i:05d}/") for i in range(count)]
+        try:
+            await asyncio.gather(*(w.synced(timeout=120.0) for w in opened))
+            seconds = time.monotonic() - t0
+        finally:
+            await asyncio.gather(*(w.aclose() for w in opened))
+    print(json.dumps({"seconds": seconds}), flush=True)
+
+
+ROLES = {"observe": observe, "serve": serve, "follow": follow, "live": live}
+
 if __name__ == "__main__":
     role, endpoint_, root_ = sys.argv[1:4]
-    asyncio.run({"observe": observe, "serve": serve, "follow": follow}[role](endpoint_, root_))
+    asyncio.run(ROLES[role](endpoint_, root_))

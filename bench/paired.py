@@ -19,6 +19,10 @@ op, so drift on the machine hits both alike:
   microseconds per event, from the same events at the same time. Rounds (``--rounds``) repeat
   it; the figure is over rounds (``after_faster``: the share of rounds the after side used
   less CPU).
+- **live**: ``ops`` ``watch_prefix`` on one client (distinct prefixes of one key each), until
+  every one is synced (``bench.wait``'s ``watches``): one side, then the other (a burst each,
+  not at once: they would compete for etcd), ``--rounds`` times, the order swapped each
+  round; seconds per side, paired by round.
 
 Each figure is a JSON line on stdout: ``case``, ``figure``, ``before``, ``after`` (ms),
 ``ratio`` (after / before), and for paired figures ``median_diff_ms`` (after - before, over
@@ -52,7 +56,7 @@ from bench._common import (
     progress,
 )
 from bench.ab import export
-from etcdkit import AsyncClient
+from etcdkit import AsyncClient, Op
 from etcdkit.testing import EtcdServer
 
 SIDES = ("before", "after")
@@ -75,7 +79,7 @@ class Probe:
 
     @classmethod
     async def start(
-        cls, side: str, tree: Path, role: str, endpoint: str, root: str = ROOT
+        cls, side: str, tree: Path, role: str, endpoint: str, root: str = ROOT, stdin: str = ""
     ) -> Probe:
         env = bytecode_env(dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{REPO_ROOT}"))
         env.pop("PYTHONASYNCIODEBUG", None)
@@ -85,6 +89,9 @@ class Probe:
             cwd=str(REPO_ROOT),
         )  # fmt: skip
         probe = cls(side, proc)
+        if stdin:
+            probe.stdin.write(stdin.encode())
+            await probe.stdin.drain()
         async with asyncio.timeout(TIMEOUT):
             line = await probe.stdout.readline()
         if line.strip() != b"ready":
@@ -239,6 +246,30 @@ async def watch(
     return [figure("watch", "cpu_us_per_event_p50", cpu, True, scale=1e6)]
 
 
+async def live(
+    trees: dict[str, Path], endpoint: str, count: int, rounds: int
+) -> list[dict[str, Any]]:
+    prefix = "/bench/paired-live/"
+    async with AsyncClient(endpoint, timeout=60.0) as etcd:
+        for i in range(0, count, 128):
+            await etcd.txn(
+                success=[Op.put(f"{prefix}w{j:05d}/k", "1") for j in range(i, min(count, i + 128))]
+            )
+    seconds: dict[str, list[float]] = {s: [] for s in SIDES}
+    for r in range(rounds):
+        for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+            probe = await Probe.start(
+                side, trees[side], "live", endpoint, prefix, stdin=f"{count}\n"
+            )
+            try:
+                async with asyncio.timeout(TIMEOUT * 4):
+                    line = await probe.stdout.readline()
+                seconds[side].append(json.loads(line)["seconds"])
+            finally:
+                await probe.stop()
+    return [figure("live", "all_live_s_p50", seconds, True, scale=1.0)]
+
+
 async def run(
     trees: dict[str, Path], cases: list[str], ops: int, rounds: int
 ) -> list[dict[str, Any]]:
@@ -248,6 +279,8 @@ async def run(
             progress(f"paired: {case}, {ops} ops per side")
             if case == "watch":
                 figures += await watch(trees, server.endpoint, ops, rounds)
+            elif case == "live":
+                figures += await live(trees, server.endpoint, ops, rounds)
             else:
                 fn = visible if case == "visible" else lock
                 figures += await fn(trees, server.endpoint, ops)
@@ -258,14 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__)
     parser.add_argument("--before", required=True, help="git revision to compare against")
     parser.add_argument(
-        "--ops", type=int, default=300, help="ops per side and case (watch: updates a round)"
+        "--ops",
+        type=int,
+        default=300,
+        help="ops per side and case (watch: updates a round; live: watches)",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the watch case")
-    parser.add_argument("--only", default="visible,lock", help="cases: visible, lock, watch")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of watch and live")
+    parser.add_argument("--only", default="visible,lock", help="visible, lock, watch, live")
     args = parser.parse_args(argv)
     cases = args.only.split(",")
-    if set(cases) - {"visible", "lock", "watch"} or args.ops < 4 or args.rounds < 1:
-        parser.error("--only takes visible, lock, watch; --ops at least 4, --rounds at least 1")
+    if set(cases) - {"visible", "lock", "watch", "live"} or args.ops < 4 or args.rounds < 1:
+        parser.error("--only takes visible, lock, watch, live; --ops >= 4, --rounds >= 1")
     with tempfile.TemporaryDirectory(prefix="etcdkit-paired-before-") as tmp:
         trees = {"before": Path(tmp), "after": REPO_ROOT}
         export(args.before, trees["before"])

@@ -30,13 +30,15 @@ def test_paired_figure() -> None:
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git (to export HEAD)")
 def test_a_short_run_against_head(capsys: pytest.CaptureFixture[str]) -> None:
     assert (
-        main(["--before", "HEAD", "--ops", "4", "--only", "visible,lock,watch", "--rounds", "1"])
+        main(
+            ["--before", "HEAD", "--ops", "4", "--only", "visible,lock,watch,live", "--rounds", "1"]
+        )
         == 0
     )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {r["case"] for r in rows} == {"visible", "lock", "watch"}
+    assert {r["case"] for r in rows} == {"visible", "lock", "watch", "live"}
     assert all(r["before"] > 0 and r["after"] > 0 for r in rows)
-    assert {r["n"] for r in rows if r["case"] != "watch"} == {4}
+    assert {r["n"] for r in rows if r["case"] in ("visible", "lock")} == {4}
     (watch,) = [r for r in rows if r["case"] == "watch"]
     assert watch["n"] == 1
     assert "median_diff" in watch
