@@ -9,7 +9,7 @@ from etcdkit import _pmap
 from etcdkit._pmap import PMap
 
 OPS = st.lists(
-    st.tuples(st.sampled_from(["set", "del", "finish"]), st.integers(0, 40), st.integers()),
+    st.tuples(st.sampled_from(["set", "swap", "del", "finish"]), st.integers(0, 40), st.integers()),
     max_size=300,
 )
 
@@ -29,6 +29,9 @@ def test_every_version_equals_its_model(
         for op, k, v in ops:
             if op == "set":
                 m[k] = v
+                model[k] = v
+            elif op == "swap":
+                assert m.swap(k, v, "none") == model.get(k, "none")
                 model[k] = v
             elif op == "del" and k in model:
                 del m[k]

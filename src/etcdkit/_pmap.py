@@ -143,6 +143,21 @@ class PMapMutation(Generic[K, V]):
             self._size += 1
         self._over[key] = value
 
+    def swap(self, key: K, value: V, default: Any = None) -> Any:
+        """``self[key] = value``; returns the value it replaced (``default`` if none): one
+        lookup where ``get`` then ``[key] =`` make two."""
+        over = self._over
+        old = over.get(key, _MISSING)
+        if old is _MISSING:
+            old = self._base.get(key, _MISSING)
+        elif old is _GONE:
+            old = _MISSING
+        over[key] = value
+        if old is _MISSING:
+            self._size += 1
+            return default
+        return old
+
     def __delitem__(self, key: K) -> None:
         if self.get(key, _MISSING) is _MISSING:
             raise KeyError(key)

@@ -380,6 +380,7 @@ class SnapshotEngine(Generic[K, V]):
         if revision <= current:
             return False
         mm = tree.mutate()
+        transform = self._transform
         index = self._index
         owner = self._owner
         losers = self._losers
@@ -409,26 +410,37 @@ class SnapshotEngine(Generic[K, V]):
                 del mm[old_k]
                 touched = True
                 continue
-            rec = self._convert(raw, value, known_bad=None)
-            if rec is None:
-                if old_k is not _ABSENT:
-                    del index[raw]
-                    touched = self._withdraw(mm, raw, old_k) or touched
-                continue
-            k, v = rec
+            # The common case inline, as Listing.add has it: a (K, V) tuple whose K hashes
+            # (owner.get below hashes it); anything else goes through _convert, which says what
+            # is wrong.
+            try:
+                out = transform(raw, value)
+                if type(out) is not tuple:
+                    raise TypeError
+                k, v = out
+                cur = owner.get(k)
+            except Exception:
+                rec = self._convert(raw, value, known_bad=None)
+                if rec is None:
+                    if old_k is not _ABSENT:
+                        del index[raw]
+                        touched = self._withdraw(mm, raw, old_k) or touched
+                    continue
+                k, v = rec
+                cur = owner.get(k)
             if invalid:
                 invalid.pop(raw, None)
             if old_k is not _ABSENT and old_k != k:
                 del index[raw]
                 touched = self._withdraw(mm, raw, old_k) or touched
-            cur = owner.get(k)
+                cur = owner.get(k)  # (the withdrawal may have changed who holds k)
             if cur is None or cur == raw:
                 if cur is None:
                     index[raw] = k
                     owner[k] = raw
+                old = mm.swap(k, v, _ABSENT)
                 if k not in pending:
-                    pending[k] = mm.get(k, _ABSENT)
-                mm[k] = v
+                    pending[k] = old
                 touched = True
             else:
                 touched = self._contend(mm, raw, k, v, cur) or touched
