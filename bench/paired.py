@@ -53,10 +53,11 @@ from bench._common import (
     child_env,
     compile_tree,
     percentile,
+    preload,
     progress,
 )
 from bench.ab import export
-from etcdkit import AsyncClient, Op
+from etcdkit import AsyncClient
 from etcdkit.testing import EtcdServer
 
 SIDES = ("before", "after")
@@ -160,7 +161,9 @@ def figure(
     return out
 
 
-async def visible(trees: dict[str, Path], endpoint: str, ops: int) -> list[dict[str, Any]]:
+async def visible(
+    trees: dict[str, Path], endpoint: str, ops: int, rounds: int
+) -> list[dict[str, Any]]:
     observers = {s: await Probe.start(s, trees[s], "observe", endpoint) for s in SIDES}
     servers = {s: await Probe.start(s, trees[s], "serve", endpoint) for s in SIDES}
     following = [asyncio.create_task(o.follow()) for o in observers.values()]
@@ -196,7 +199,9 @@ async def visible(trees: dict[str, Path], endpoint: str, ops: int) -> list[dict[
     return figures
 
 
-async def lock(trees: dict[str, Path], endpoint: str, ops: int) -> list[dict[str, Any]]:
+async def lock(
+    trees: dict[str, Path], endpoint: str, ops: int, rounds: int
+) -> list[dict[str, Any]]:
     servers = {s: await Probe.start(s, trees[s], "serve", endpoint) for s in SIDES}
     acquire: dict[str, list[float]] = {s: [] for s in SIDES}
     release: dict[str, list[float]] = {s: [] for s in SIDES}
@@ -251,10 +256,7 @@ async def live(
 ) -> list[dict[str, Any]]:
     prefix = "/bench/paired-live/"
     async with AsyncClient(endpoint, timeout=60.0) as etcd:
-        for i in range(0, count, 128):
-            await etcd.txn(
-                success=[Op.put(f"{prefix}w{j:05d}/k", "1") for j in range(i, min(count, i + 128))]
-            )
+        await preload(etcd, ((f"{prefix}w{i:05d}/k".encode(), b"1") for i in range(count)))
     seconds: dict[str, list[float]] = {s: [] for s in SIDES}
     for r in range(rounds):
         for side in SIDES if r % 2 == 0 else SIDES[::-1]:
@@ -270,6 +272,11 @@ async def live(
     return [figure("live", "all_live_s_p50", seconds, True, scale=1.0)]
 
 
+# Each case: (trees, endpoint, ops, rounds) -> figures (visible and lock take turns op by op,
+# with no rounds).
+CASES = {"visible": visible, "lock": lock, "watch": watch, "live": live}
+
+
 async def run(
     trees: dict[str, Path], cases: list[str], ops: int, rounds: int
 ) -> list[dict[str, Any]]:
@@ -277,13 +284,7 @@ async def run(
     with EtcdServer() as server:
         for case in cases:
             progress(f"paired: {case}, {ops} ops per side")
-            if case == "watch":
-                figures += await watch(trees, server.endpoint, ops, rounds)
-            elif case == "live":
-                figures += await live(trees, server.endpoint, ops, rounds)
-            else:
-                fn = visible if case == "visible" else lock
-                figures += await fn(trees, server.endpoint, ops)
+            figures += await CASES[case](trees, server.endpoint, ops, rounds)
     return figures
 
 
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="visible,lock", help="visible, lock, watch, live")
     args = parser.parse_args(argv)
     cases = args.only.split(",")
-    if set(cases) - {"visible", "lock", "watch", "live"} or args.ops < 4 or args.rounds < 1:
+    if set(cases) - set(CASES) or args.ops < 4 or args.rounds < 1:
         parser.error("--only takes visible, lock, watch, live; --ops >= 4, --rounds >= 1")
     with tempfile.TemporaryDirectory(prefix="etcdkit-paired-before-") as tmp:
         trees = {"before": Path(tmp), "after": REPO_ROOT}
