@@ -139,9 +139,7 @@ class PMapMutation(Generic[K, V]):
         return self.get(key, _MISSING) is not _MISSING  # type: ignore[arg-type]
 
     def __setitem__(self, key: K, value: V) -> None:
-        if self.get(key, _MISSING) is _MISSING:
-            self._size += 1
-        self._over[key] = value
+        self.swap(key, value)
 
     def swap(self, key: K, value: V, default: Any = None) -> Any:
         """``self[key] = value``; returns the value it replaced (``default`` if none): one
