@@ -18,6 +18,7 @@ import pytest
 import etcdkit
 from _helpers import fresh_client, quickly
 from etcdkit import Alarm, AsyncClient, Client, HashKV, Member, Status
+from etcdkit._wire.admin import CHANGE_FIRST_WAIT
 from etcdkit.testing import HOST, EtcdServer, find_etcd_binary, free_port
 
 
@@ -140,6 +141,32 @@ async def test_membership_changes_made_at_once_all_apply_soon(
         # a change etcd refuses is still refused (sent once: nothing to look up)
         with pytest.raises(etcdkit.ServerError, match="member not found"):
             await a.members.remove(learner.id)
+
+
+async def test_an_add_that_got_no_answer_is_looked_up_not_made_twice(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """etcd paused (SIGSTOP) under an add: it gets no answer within the first wait, so it is
+    looked up in the member list (once etcd answers again) and sent again only if absent.
+    Whichever way it went, the add returns the one member with its peer URL."""
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint, timeout=20) as etcd:
+        await etcd.members.list()  # connected
+        peer = f"http://{HOST}:{free_port()}"
+        server.pause()
+        try:
+            adding = asyncio.create_task(etcd.members.add(peer, learner=True))
+            await asyncio.sleep(3 * CHANGE_FIRST_WAIT)
+            assert not adding.done()
+        finally:
+            server.resume()
+        async with asyncio.timeout(15):
+            added = await adding
+        assert added.peer_urls == [peer]
+        assert added.is_learner is True
+        members = await etcd.members.list()
+        assert [m.id for m in members if m.peer_urls == [peer]] == [added.id]
+        await etcd.members.remove(added.id)
 
 
 async def test_updating_a_learner_warns_when_etcd_forgets_it_is_one(

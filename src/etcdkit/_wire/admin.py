@@ -192,22 +192,23 @@ class Members:
             raise TypeError(f"learner must be True or False, got {learner!r:.40}")
         self._core.check_open()
         want = sorted(urls)
+        found: Member | None = None  # the member the list showed, when it was looked up
 
-        def added(members: builtins.list[Member]) -> Member | None:
-            return next((m for m in members if sorted(m.peer_urls) == want), None)
+        def added(members: builtins.list[Member]) -> bool:
+            nonlocal found
+            found = next((m for m in members if sorted(m.peer_urls) == want), None)
+            return found is not None
 
         resp = await self._change(
             "add member",
             "MemberAdd",
             rpc.MemberAddRequest(peerURLs=urls, isLearner=learner),
-            lambda members: added(members) is not None,
+            added,
             adding=True,
         )
         if resp is not None:
             return _member_of(resp.member)
-        found = added(await self.list())  # sent twice: the one etcd applied
-        if found is None:
-            raise ServerError(f"add member: {want} was added, then removed by someone else")
+        assert found is not None  # (None means the list showed it: see _change)
         return found
 
     async def remove(self, member_id: int) -> None:
