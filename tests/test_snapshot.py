@@ -519,3 +519,31 @@ def test_engine_matches_a_model_dict(steps: list[Step]) -> None:
 @given(step_lists(FOLDING_KEYS, FOLDING_VALUES))
 def test_engine_with_colliding_keys_matches_a_model_dict(steps: list[Step]) -> None:
     check_against_model(folding_transform, steps)
+
+
+def test_the_engine_makes_the_same_frozen_snapshots_and_changes_a_constructor_makes() -> None:
+    """The engine sets the slots of its Snapshots and Changes directly (fast): they must be
+    the objects the constructors make, equal, hashing alike, pickling and still frozen."""
+    import dataclasses
+    import pickle
+
+    e = engine()
+    e.reset([(b"a", b"1"), (b"c", b"5")], 10)
+    take(e)
+    e.apply(11, [(b"a", b"2"), (b"b", b"3"), (b"c", None)])
+    snap = take(e)
+    assert type(snap) is Snapshot
+    assert snap == Snapshot(snap.tree, 11, snap.changes)
+    assert repr(snap) == repr(Snapshot(snap.tree, 11, snap.changes))
+    updated, added, removed = snap.changes["a"], snap.changes["b"], snap.changes["c"]
+    assert type(updated) is Change
+    assert updated == Change(ChangeKind.UPDATED, "a", 1, 2)
+    assert added == Change(ChangeKind.ADDED, "b", None, 3)
+    assert removed == Change(ChangeKind.REMOVED, "c", 5, None)
+    assert hash(updated) == hash(Change(ChangeKind.UPDATED, "a", 1, 2))
+    assert dataclasses.astuple(added) == (ChangeKind.ADDED, "b", None, 3)
+    assert pickle.loads(pickle.dumps(updated)) == updated
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        updated.new = 4  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.revision = 12  # type: ignore[misc]

@@ -35,6 +35,7 @@ class _Tombstone:
 _GONE: Any = _Tombstone()
 _MISSING: Any = object()
 FOLD_MIN = 1024  # an overlay this small is never folded
+_new_object = object.__new__
 
 
 class PMap(Mapping[K, V], Generic[K, V]):
@@ -110,7 +111,9 @@ class PMap(Mapping[K, V], Generic[K, V]):
         return f"PMap({len(self)} keys, {len(self._over)} in the overlay)"
 
     def mutate(self) -> PMapMutation[K, V]:
-        return PMapMutation(self._base, self._over.mutate(), self._size)
+        mm: PMapMutation[K, V] = _new_object(PMapMutation)
+        mm._base, mm._over, mm._size = self._base, self._over.mutate(), self._size
+        return mm
 
 
 class PMapMutation(Generic[K, V]):
@@ -175,4 +178,7 @@ class PMapMutation(Generic[K, V]):
                 else:
                     base[k] = v
             return PMap(base)
-        return PMap(self._base, over, self._size)
+        # (one version per watch event: made without __init__'s defaults)
+        pm: PMap[K, V] = _new_object(PMap)
+        pm._base, pm._over, pm._size = self._base, over, self._size
+        return pm
