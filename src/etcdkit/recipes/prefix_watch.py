@@ -112,7 +112,9 @@ class PrefixWatch(Generic[K, V]):
         self._meter = WatchMeter(raw)  # the same figures for OpenTelemetry, when installed
         self._task: asyncio.Task[None] | None = None
         self._w: Watch | None = None
-        self._updated = asyncio.Event()
+        # The consumers waiting for news (usually one), each on a future of its own: woken
+        # straight by _wake, without an asyncio.Event's clear/set bookkeeping per event.
+        self._waiters: list[asyncio.Future[None]] = []
         self._synced = False
         self._listing = False
         self._error: BaseException | None = None
@@ -168,7 +170,7 @@ class PrefixWatch(Generic[K, V]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._updated.set()
+        self._wake()
 
     close = aclose
 
@@ -203,22 +205,18 @@ class PrefixWatch(Generic[K, V]):
     async def __anext__(self) -> Snapshot[K, V]:
         """The next snapshot. Closing the watch ends the iteration; closing its client raises
         :class:`ClosedError`; a fatal error (e.g. permission denied) is raised."""
-        if self._error is not None:
-            raise self._error
-        if self._closed:  # closing ends the iteration, also for a later loop
-            raise StopAsyncIteration
-        self.start()
+        if self._task is None and not self._closed:
+            self.start()
         while True:
             if self._error is not None:
                 raise self._error
-            if self._closed:
+            if self._closed:  # closing ends the iteration, also for a later loop
                 raise StopAsyncIteration
-            if not self._engine_ready():  # the first snapshot comes once synced() would return
-                await self._wait_update()
-                continue
-            snap = self._take()
-            if snap is not None:
-                return snap
+            # the first snapshot comes once synced() would return (_engine_ready, inline)
+            if self._synced and (self._watching or self._stats.relists > 0):
+                snap = self._take()
+                if snap is not None:
+                    return snap
             await self._wait_update()
 
     @property
@@ -289,8 +287,19 @@ class PrefixWatch(Generic[K, V]):
         return self._synced and (self._watching or self._stats.relists > 0)
 
     async def _wait_update(self) -> None:
-        self._updated.clear()
-        await self._updated.wait()
+        """Wait for the next change of state (news published after this call)."""
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self._waiters
+        waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _take(self) -> Snapshot[K, V] | None:
         snap = self._engine.take()
@@ -308,7 +317,7 @@ class PrefixWatch(Generic[K, V]):
     def _publish(self) -> None:
         self._view = self._engine.view
         self._meter.invalid_total(self._engine.invalid_records)
-        self._updated.set()
+        self._wake()
 
     async def _run(self) -> None:
         retry = self._etcd.retry
@@ -353,7 +362,7 @@ class PrefixWatch(Generic[K, V]):
         except BaseException as exc:
             if self._error is None:
                 self._error = exc
-            self._updated.set()
+            self._wake()
             if not isinstance(exc, ClosedError):
                 log.error("watch %r failed: %s", self.prefix, exc)
 
@@ -423,7 +432,7 @@ class PrefixWatch(Generic[K, V]):
                     engine.advance(batch.revision)
                     if not self._watching:
                         self._watching = True
-                        self._updated.set()
+                        self._wake()
                     continue
                 changed = True
                 engine.apply(
