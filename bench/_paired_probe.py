@@ -15,6 +15,11 @@
 - ``live ENDPOINT PREFIX``: reads a count N from stdin, opens N ``watch_prefix`` on
   ``PREFIX + "w%05d/"`` (one client) and prints ``{"seconds": ..}`` once every one is
   ``synced()`` (listed, and its watch confirmed by etcd).
+- ``replay ENDPOINT PREFIX``: reads a count N from stdin; prints ``ready``, then
+  ``{"watch_prefix_us": .., "watch_us": ..}``: this process's CPU microseconds per event when
+  N single-event watch responses are handed to the client's watch stream reader, one per loop
+  turn, for a ``watch_prefix(PREFIX)`` and for a ``watch(PREFIX, prefix=True)`` (when the
+  revision has one). The one role that reaches inside the client (its stream reader).
 """
 
 from __future__ import annotations
@@ -105,7 +110,75 @@ async def live(endpoint: str, prefix: str) -> None:
     print(json.dumps({"seconds": seconds}), flush=True)
 
 
-ROLES = {"observe": observe, "serve": serve, "follow": follow, "live": live}
+async def replay(endpoint: str, prefix: str) -> None:
+    """The client's own CPU per watch event, without etcd's or grpc's: N single-event watch
+    responses, made and parsed beforehand, handed to the client's watch stream reader one per
+    loop turn (as the stream delivers them), the consumer taking every batch or snapshot."""
+    count = int(sys.stdin.readline())
+    async with AsyncClient(endpoint, timeout=60.0) as etcd:
+        await etcd.put(prefix + "k00000", "0")
+        print("ready", flush=True)
+        out = {"watch_prefix_us": await _replay(etcd, prefix, count, prefix_watch=True)}
+        if hasattr(etcd, "watch"):  # the raw watch (issue 22 on)
+            out["watch_us"] = await _replay(etcd, prefix, count, prefix_watch=False)
+    print(json.dumps(out), flush=True)
+
+
+async def _replay(etcd: AsyncClient, prefix: str, count: int, *, prefix_watch: bool) -> float:
+    # The one place this reaches inside the client: its watch stream's reader (``_dispatch``)
+    # and the watch ids it knows (``_by_id``), the same in every revision compared so far.
+    from aetcd import rpc
+
+    hub: Any = etcd._core.watches
+    known = set(hub._by_id.values())
+    rev0 = await etcd.get_revision()
+    raw = prefix.encode()
+    ctx: Any = (
+        etcd.watch_prefix(prefix)
+        if prefix_watch
+        else etcd.watch(prefix, prefix=True, start_revision=rev0 + 1)
+    )
+    async with ctx as w:
+        if prefix_watch:
+            await w.synced(timeout=60.0)
+        else:
+            await w.start()
+        async with asyncio.timeout(30.0):
+            while not (ours := [i for i, sub in hub._by_id.items() if sub not in known]):  # noqa: ASYNC110 (no event to wait on: the client's state, polled)
+                await asyncio.sleep(0.01)  # until etcd confirmed this watch
+        (wid,) = ours
+        responses = []
+        for i in range(count):
+            r = rev0 + 1 + i
+            kv = rpc.KeyValue(
+                key=raw + b"k%05d" % (i % 1000), value=b"%d" % r, create_revision=r,
+                mod_revision=r, version=1,
+            )  # fmt: skip
+            msg = rpc.WatchResponse(
+                header=rpc.ResponseHeader(revision=r), watch_id=wid, events=[rpc.Event(kv=kv)]
+            )
+            responses.append(rpc.WatchResponse.FromString(msg.SerializeToString()))
+        last = rev0 + count
+
+        async def consume() -> None:
+            async for item in w:
+                if item.revision >= last:
+                    return
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0)
+        dispatch = hub._dispatch
+        cpu0 = time.process_time()
+        for resp in responses:
+            dispatch(resp, None)  # (the backoff is only reset by a "created" response)
+            await asyncio.sleep(0)
+        async with asyncio.timeout(30.0):
+            await consumer
+        cpu = time.process_time() - cpu0
+    return cpu / count * 1e6
+
+
+ROLES = {"observe": observe, "serve": serve, "follow": follow, "live": live, "replay": replay}
 
 if __name__ == "__main__":
     role, endpoint_, root_ = sys.argv[1:4]

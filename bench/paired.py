@@ -23,6 +23,12 @@ op, so drift on the machine hits both alike:
   every one is synced (``bench.wait``'s ``watches``): one side, then the other (a burst each,
   not at once: they would compete for etcd), ``--rounds`` times, the order swapped each
   round; seconds per side, paired by round.
+- **replay** (``--only replay --ops 50000``): the client's own CPU per watch event, with no
+  etcd, grpc or writer in the measured part (their costs, the same for both sides, are most of
+  the ``watch`` figure, and so is its noise): ``ops`` single-event watch responses, made
+  beforehand, are handed to the client's watch stream reader one per loop turn, for a
+  ``watch_prefix`` and for a ``watch()``; one side, then the other, ``--rounds`` times, the
+  order swapped each round; microseconds per event, paired by round.
 
 Each figure is a JSON line on stdout: ``case``, ``figure``, ``before``, ``after`` (ms),
 ``ratio`` (after / before), and for paired figures ``median_diff_ms`` (after - before, over
@@ -272,9 +278,33 @@ async def live(
     return [figure("live", "all_live_s_p50", seconds, True, scale=1.0)]
 
 
+async def replay(
+    trees: dict[str, Path], endpoint: str, count: int, rounds: int
+) -> list[dict[str, Any]]:
+    us: dict[str, dict[str, list[float]]] = {}
+    for r in range(rounds):
+        for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+            probe = await Probe.start(
+                side, trees[side], "replay", endpoint, f"/bench/paired-replay/{side}/{r}/",
+                stdin=f"{count}\n",
+            )  # fmt: skip
+            try:
+                async with asyncio.timeout(TIMEOUT * 4):
+                    line = await probe.stdout.readline()
+            finally:
+                await probe.stop()
+            for name, value in json.loads(line).items():
+                us.setdefault(name, {s: [] for s in SIDES})[side].append(value)
+    return [
+        figure("replay", f"{name}_per_event_p50", values, True, scale=1.0)
+        for name, values in us.items()
+        if all(len(values[s]) == rounds for s in SIDES)  # (a revision with no raw watch)
+    ]
+
+
 # Each case: (trees, endpoint, ops, rounds) -> figures (visible and lock take turns op by op,
 # with no rounds).
-CASES = {"visible": visible, "lock": lock, "watch": watch, "live": live}
+CASES = {"visible": visible, "lock": lock, "watch": watch, "live": live, "replay": replay}
 
 
 async def run(
@@ -295,14 +325,14 @@ def main(argv: list[str] | None = None) -> int:
         "--ops",
         type=int,
         default=300,
-        help="ops per side and case (watch: updates a round; live: watches)",
+        help="ops per side and case (watch: updates a round; live: watches; replay: events)",
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds of watch and live")
-    parser.add_argument("--only", default="visible,lock", help="visible, lock, watch, live")
+    parser.add_argument("--only", default="visible,lock", help="visible, lock, watch, live, replay")
     args = parser.parse_args(argv)
     cases = args.only.split(",")
     if set(cases) - set(CASES) or args.ops < 4 or args.rounds < 1:
-        parser.error("--only takes visible, lock, watch, live; --ops >= 4, --rounds >= 1")
+        parser.error(f"--only takes {', '.join(CASES)}; --ops >= 4, --rounds >= 1")
     with tempfile.TemporaryDirectory(prefix="etcdkit-paired-before-") as tmp:
         trees = {"before": Path(tmp), "after": REPO_ROOT}
         export(args.before, trees["before"])

@@ -1,4 +1,4 @@
-"""bench.paired: its op order and figures (pure logic), and one short run of both cases against
+"""bench.paired: its op order and figures (pure logic), and one short run of every case against
 the committed HEAD (real etcd, processes of both sides; no timing asserted)."""
 
 from __future__ import annotations
@@ -29,16 +29,14 @@ def test_paired_figure() -> None:
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git (to export HEAD)")
 def test_a_short_run_against_head(capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        main(
-            ["--before", "HEAD", "--ops", "4", "--only", "visible,lock,watch,live", "--rounds", "1"]
-        )
-        == 0
-    )
+    argv = ["--before", "HEAD", "--ops", "4", "--rounds", "1"]
+    assert main([*argv, "--only", "visible,lock,watch,live,replay"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {r["case"] for r in rows} == {"visible", "lock", "watch", "live"}
+    assert {r["case"] for r in rows} == {"visible", "lock", "watch", "live", "replay"}
     assert all(r["before"] > 0 and r["after"] > 0 for r in rows)
     assert {r["n"] for r in rows if r["case"] in ("visible", "lock")} == {4}
     (watch,) = [r for r in rows if r["case"] == "watch"]
     assert watch["n"] == 1
     assert "median_diff" in watch
+    replayed = {r["figure"] for r in rows if r["case"] == "replay"}
+    assert replayed == {"watch_prefix_us_per_event_p50", "watch_us_per_event_p50"}
