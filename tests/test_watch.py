@@ -379,3 +379,32 @@ async def test_no_tasks_left_after_close(etcd_server: EtcdServer) -> None:
     await asyncio.sleep(0)
     names = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("etcdkit")]
     assert names == []
+
+
+async def test_several_tasks_waiting_on_one_watch_are_all_woken(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """Tasks waiting at once on one watch (synced() in some, the iteration in others) are each
+    woken by the news they wait for; a waiter cancelled meanwhile leaves the others waiting;
+    closing the watch ends the iterations still waiting."""
+    await etcd.put(etcd_prefix + "a", "1")
+    async with etcd.watch_prefix(etcd_prefix, int_transform) as watch:
+        synced = [asyncio.create_task(watch.synced(timeout=WAIT)) for _ in range(3)]
+        cancelled = asyncio.create_task(watch.synced(timeout=WAIT))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        for snap in await asyncio.gather(*synced):
+            assert dict(snap.tree) == {"a": 1}
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        rev = await etcd.put(etcd_prefix + "b", "2")
+        # two iterations wait for the next snapshot: the one that takes it returns, and the
+        # other waits on (a snapshot is delivered once) until the watch closes
+        nexts = [asyncio.create_task(next_snap(watch)) for _ in range(2)]
+        done, pending = await asyncio.wait(nexts, timeout=WAIT, return_when="FIRST_COMPLETED")
+        (first,) = done
+        assert first.result().revision == rev
+        assert dict(first.result().tree) == {"a": 1, "b": 2}
+        await watch.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(pending.pop(), WAIT)
