@@ -49,6 +49,56 @@ def prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
+def watch_responses(prefix: bytes, watch_id: int, first: int, count: int) -> list[Any]:
+    """``count`` single-event watch responses (a put of one of 1,000 keys under ``prefix`` at
+    revisions ``first``, ``first + 1``...), made and parsed the way a stream parses them."""
+    from aetcd import rpc
+
+    out = []
+    for i in range(count):
+        r = first + i
+        kv = rpc.KeyValue(
+            key=prefix + b"k%05d" % (i % 1000), value=b"%d" % r, create_revision=r,
+            mod_revision=r, version=1,
+        )  # fmt: skip
+        msg = rpc.WatchResponse(
+            header=rpc.ResponseHeader(revision=r), watch_id=watch_id, events=[rpc.Event(kv=kv)]
+        )
+        out.append(rpc.WatchResponse.FromString(msg.SerializeToString()))
+    return out
+
+
+async def take_until(w: Any, last: int) -> None:
+    """Iterate an etcdkit watch (batches) or watch_prefix (snapshots) up to revision ``last``,
+    reading every event's key and value."""
+    async for item in w:
+        for ev in getattr(item, "events", ()):
+            kv = ev.kv
+            len(kv.key) + len(kv.value)
+        if item.revision >= last:
+            return
+
+
+async def drive(
+    responses: list[Any], handle: Callable[[Any], Any], consumer: Any, is_async: bool
+) -> float:
+    """Hand ``responses`` to a library's stream handler one per loop turn (as its stream reader
+    would) while ``consumer`` (a coroutine) takes what it delivers; CPU µs per response."""
+    task = asyncio.create_task(consumer)
+    await asyncio.sleep(0)
+    gc.collect()
+    cpu0 = time.process_time()
+    for resp in responses:
+        if is_async:
+            await handle(resp)
+        else:
+            handle(resp)
+        await asyncio.sleep(0)
+    async with asyncio.timeout(60.0):
+        await task
+    return (time.process_time() - cpu0) / len(responses) * 1e6
+
+
 # -- adapters: one per library --------------------------------------------------------------------
 
 
@@ -87,6 +137,11 @@ class Adapter:
 
     def lock(self, name: str, ttl: int) -> Any:
         """An object with ``async acquire()`` and ``async release()``."""
+        raise NotImplementedError
+
+    async def replay(self, prefix: bytes, count: int) -> dict[str, float]:
+        """The library's own CPU µs per watch event (see :func:`replay_case`), by watch kind.
+        Only etcdkit's and aetcd's adapters have it: it reaches inside the library."""
         raise NotImplementedError
 
 
@@ -150,6 +205,34 @@ class EtcdkitAdapter(Adapter):
     def lock(self, name: str, ttl: int) -> Any:
         return self.c.lock(name, ttl=ttl, timeout=60)
 
+    async def replay(self, prefix: bytes, count: int) -> dict[str, float]:
+        # The stream reader's handler (``_dispatch``) and the ids of its watches (``_by_id``).
+        hub: Any = self.c._core.watches
+        out = {}
+        for kind in ("watch", "watch_prefix"):
+            known = set(hub._by_id.values())
+            rev = await self.revision()
+            if kind == "watch":
+                ctx: Any = self.c.watch(prefix, prefix=True, start_revision=rev + 1)
+            else:
+                ctx = self.c.watch_prefix(prefix)
+            async with ctx as w:
+                if kind == "watch":
+                    await w.start()
+                else:
+                    await w.synced(timeout=60.0)
+                    rev = w.revision
+                async with asyncio.timeout(30.0):
+                    while not (ours := [i for i, sub in hub._by_id.items() if sub not in known]):  # noqa: ASYNC110 (its state, polled)
+                        await asyncio.sleep(0.01)
+                (wid,) = ours
+                responses = watch_responses(prefix, wid, rev + 1, count)
+                out[f"{kind}_us"] = await drive(
+                    responses, lambda r: hub._dispatch(r, None), take_until(w, rev + count),
+                    is_async=False,
+                )  # fmt: skip
+        return out
+
 
 class AetcdAdapter(Adapter):
     async def open(self, endpoint: str) -> None:
@@ -211,6 +294,32 @@ class AetcdAdapter(Adapter):
                 await lock.release()
 
         return Waiting()
+
+    async def replay(self, prefix: bytes, count: int) -> dict[str, float]:
+        # The stream reader's handler (``_handle_response``) and its watches (``_callbacks``).
+        watcher: Any = self.c._watcher
+        known = set(watcher._callbacks)
+        rev = await self.revision()
+        w = await self.c.watch_prefix(prefix, start_revision=rev + 1)
+        (wid,) = set(watcher._callbacks) - known
+        last = rev + count
+
+        async def consume() -> None:
+            async for ev in w:
+                kv = ev.kv
+                len(kv.key) + len(kv.value)
+                if kv.mod_revision >= last:
+                    return
+
+        responses = watch_responses(prefix, wid, rev + 1, count)
+        try:
+            return {
+                "watch_us": await drive(
+                    responses, watcher._handle_response, consume(), is_async=True
+                )
+            }
+        finally:
+            await w.cancel()
 
 
 class Etcd3aioAdapter(Adapter):
@@ -439,12 +548,23 @@ async def lock_case(a: Adapter, p: dict[str, Any]) -> None:
         await asyncio.sleep(gap)
 
 
+async def replay_case(a: Adapter, p: dict[str, Any]) -> None:
+    """The library's own CPU per watch event, with no etcd or grpc in the measured part: the
+    library's watch of a prefix is on (etcd confirmed it), then ``events`` single-event watch
+    responses, made beforehand, are handed to the handler its stream reader calls, one per
+    loop turn, while a consumer takes what the watch delivers (reading every key and value).
+    etcdkit: ``watch()`` and ``watch_prefix``; aetcd: its ``watch_prefix``. The grpc stream's
+    own cost per event (the same for every library) is what the ``watch`` case adds to this."""
+    out(**await a.replay(p["prefix"].encode(), int(p["events"])))
+
+
 CASES = {
     "put_get": put_get,
     "range": range_case,
     "watch": watch_case,
     "watch_prefix": watch_prefix_case,
     "lock": lock_case,
+    "replay": replay_case,
 }
 
 

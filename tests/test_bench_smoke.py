@@ -46,3 +46,33 @@ def test_quick_subset_prints_json_lines() -> None:
         assert all(isinstance(v, int | float | list) for v in line["figures"].values()), line
         for verdict in line["goal"].values():
             assert isinstance(verdict["met"], bool)
+
+
+@pytest.mark.timeout(120)
+def test_peers_replay_reaches_both_libraries_stream_handlers() -> None:
+    """The peers scenario's replay case reaches inside etcdkit and aetcd (their watch stream
+    handlers): it must keep running as either changes."""
+    env = dict(os.environ)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    params = json.dumps({"case": "replay", "rounds": 1, "events": 200})
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--worker", "peers", "--params", params, "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (line,) = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert line["params"]["clients"] == ["etcdkit", "aetcd"]
+    figures = line["figures"]
+    assert figures.keys() == {
+        "etcdkit_watch_us",
+        "etcdkit_watch_prefix_us",
+        "aetcd_watch_us",
+        "watch_us_vs_aetcd",
+        "watch_prefix_us_vs_aetcd",
+    }
+    assert all(v > 0 for v in figures.values())
