@@ -2,9 +2,10 @@
 
 The job's process preloads N small keys (``k0000042`` = ``42``), times a bare paged listing of
 them on the raw KV stub (pages of 10,000 read at one revision, nothing kept), then starts fresh
-processes (``python -m bench.initial ENDPOINT N MODE``), one per figure, so each peak RSS
-(``ru_maxrss``) belongs to that figure alone (plus the interpreter and imports, shown as
-``rss_before_mb``):
+processes (``python -m bench.initial ENDPOINT N MODE ETCD_PID``), one per figure, so each peak
+RSS (``ru_maxrss``) belongs to that figure alone (plus the interpreter and imports, shown as
+``rss_before_mb``), and so do the CPU seconds the probe and etcd used meanwhile (``cpu_s``,
+``etcd_cpu_s``; on 2 cores the wall time of a sync is at least half their sum):
 
 - ``sync``: ``watch_prefix(prefix, transform)`` until ``synced()`` (the first snapshot);
 - ``seed``: the Go seed's design done in Python, the reference the issue compares with: ONE
@@ -21,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+import psutil
 from aetcd import rpc
 
 from bench._common import (
@@ -75,7 +77,8 @@ async def run(env: Env, params: dict[str, Any]) -> None:
     progress(f"initial n={n:,}: raw listing {raw_s:.2f} s; syncing in fresh processes")
     probes = {}
     for mode in ("sync", "seed", "get_prefix"):
-        probes[mode] = await run_probe("bench.initial", [env.endpoint, str(n), mode], timeout=900)
+        args = [env.endpoint, str(n), mode, str(env.server.pid)]
+        probes[mode] = await run_probe("bench.initial", args, timeout=900)
     sync, seed, getp = probes["sync"], probes["seed"], probes["get_prefix"]
     figures = {
         "seconds": round(sync["seconds"], 3),
@@ -84,7 +87,11 @@ async def run(env: Env, params: dict[str, Any]) -> None:
         "rss_before_mb": sync["rss_before_mb"],
         "rss_after_mb": sync["rss_after_mb"],
         "rss_after_gc_mb": sync["rss_after_gc_mb"],
+        "cpu_s": round(sync["cpu_s"], 3),
+        "etcd_cpu_s": round(sync["etcd_cpu_s"], 3),
         "seed_design_s": round(seed["seconds"], 3),
+        "seed_design_cpu_s": round(seed["cpu_s"], 3),
+        "seed_design_etcd_cpu_s": round(seed["etcd_cpu_s"], 3),
         "seed_design_peak_rss_mb": seed["peak_rss_mb"],
         "vs_seed_design": round(sync["seconds"] / seed["seconds"], 2),
         "get_prefix_s": round(getp["seconds"], 3),
@@ -113,16 +120,27 @@ async def run(env: Env, params: dict[str, Any]) -> None:
     )
 
 
-async def probe(endpoint: str, n: int, mode: str) -> dict[str, Any]:
-    """The measuring process: one of ``sync``, ``seed``, ``get_prefix`` (module docstring)."""
+def cpu_s(proc: psutil.Process) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far."""
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+async def probe(endpoint: str, n: int, mode: str, etcd_pid: int) -> dict[str, Any]:
+    """The measuring process: one of ``sync``, ``seed``, ``get_prefix`` (module docstring).
+    Besides the seconds, the CPU seconds this process (grpc's threads included) and etcd
+    (``etcd_pid``) used meanwhile: on 2 cores, what the two sides can overlap at best."""
+    etcd, me = psutil.Process(etcd_pid), psutil.Process()
     async with AsyncClient(endpoint, timeout=60.0) as client:
         await client.get_revision()  # connected before the clock starts
         rss_before = rss_mb()
+        etcd_cpu0, cpu0 = cpu_s(etcd), cpu_s(me)
         t0 = time.monotonic()
         if mode == "sync":
             async with client.watch_prefix(PREFIX, transform) as watch:
                 snap = await watch.synced(timeout=900.0)
                 seconds = time.monotonic() - t0
+                cpu1, etcd_cpu1 = cpu_s(me), cpu_s(etcd)
                 got = len(snap.tree)
                 rss_after = rss_mb()
                 gc.collect()
@@ -132,17 +150,21 @@ async def probe(endpoint: str, n: int, mode: str) -> dict[str, Any]:
             resp = await client.raw.kv.Range(rpc.RangeRequest(key=PREFIX, range_end=end))
             tree = dict(transform(kv.key, kv.value) for kv in resp.kvs)
             seconds = time.monotonic() - t0
+            cpu1, etcd_cpu1 = cpu_s(me), cpu_s(etcd)
             got = len(tree)
             rss_after = rss_after_gc = rss_mb()
         else:
             listing = await client.get_prefix(PREFIX)
             seconds = time.monotonic() - t0
+            cpu1, etcd_cpu1 = cpu_s(me), cpu_s(etcd)
             got = len(listing.kvs)
             rss_after = rss_after_gc = rss_mb()
         if got != n:
             raise RuntimeError(f"{mode}: {got} keys, expected {n}")
     return {
         "seconds": seconds,
+        "cpu_s": cpu1 - cpu0,
+        "etcd_cpu_s": etcd_cpu1 - etcd_cpu0,
         "rss_before_mb": rss_before,
         "rss_after_mb": rss_after,
         "rss_after_gc_mb": rss_after_gc,
@@ -151,13 +173,15 @@ async def probe(endpoint: str, n: int, mode: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    endpoint, n, mode = argv
-    out = run_async(f"initial-probe-{mode}-n{n}-{os.getpid()}", probe(endpoint, int(n), mode))
+    endpoint, n, mode, etcd_pid = argv
+    out = run_async(
+        f"initial-probe-{mode}-n{n}-{os.getpid()}", probe(endpoint, int(n), mode, int(etcd_pid))
+    )
     print(json.dumps(out), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit("usage: python -m bench.initial ENDPOINT N sync|seed|get_prefix  (a probe)")
+    if len(sys.argv) != 5:
+        sys.exit("usage: python -m bench.initial ENDPOINT N sync|seed|get_prefix ETCD_PID  (probe)")
     sys.exit(main(sys.argv[1:]))
