@@ -10,6 +10,7 @@ import pytest
 
 import etcdkit
 from etcdkit import AsyncClient, Client, Compare, DeleteResult, Op, PutResult, RangeResult
+from etcdkit.testing import EtcdServer
 
 
 async def _fill(etcd: AsyncClient, prefix: str) -> list[int]:
@@ -112,6 +113,37 @@ async def test_delete_range(etcd: AsyncClient, etcd_prefix: str) -> None:
         e.encode() for e in (p + "c", p + "x/1", p + "x/2")
     ]
     assert (await etcd.range(p, prefix=True)).count == 0
+
+
+async def test_a_plain_put_writes_what_the_same_put_through_an_op_writes(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """put() without options takes a shorter path than put(..., prev_kv=True) and txn's
+    Op.put: the same key, value, lease and revision, and the same refusals."""
+    lease = await etcd.grant(30)
+    try:
+        plain = await etcd.put(etcd_prefix + "plain", "v", lease=lease.id)
+        via_op = await etcd.put(etcd_prefix + "op", "v", lease=lease.id, prev_kv=True)
+        assert plain == via_op.revision - 1
+        a, b = await etcd.get(etcd_prefix + "plain"), await etcd.get(etcd_prefix + "op")
+        assert a is not None
+        assert b is not None
+        assert (a.value, a.lease, a.mod_revision) == (b"v", lease.id, plain)
+        assert (b.value, b.lease) == (b"v", lease.id)
+        assert await etcd.put(etcd_prefix + "plain", b"\x00\xff") == plain + 2
+    finally:
+        await etcd.revoke(lease.id)
+    # non-bool options are refused, not taken for "no option"
+    for option in ("prev_kv", "ignore_value", "ignore_lease"):
+        with pytest.raises(TypeError, match=option):
+            await etcd.put(etcd_prefix + "k", "v", **{option: 0})  # type: ignore[call-overload]
+    # bad input is refused before a closed client is noticed, as through Op.put
+    closed = AsyncClient(etcd_server.endpoint)
+    await closed.close()
+    with pytest.raises(ValueError, match="key must not be empty"):
+        await closed.put("", "v")
+    with pytest.raises(etcdkit.ClosedError):
+        await closed.put(etcd_prefix + "k", "v")
 
 
 async def test_put_options(etcd: AsyncClient, etcd_prefix: str) -> None:

@@ -28,8 +28,10 @@ from etcdkit._types import (
     SortTarget,
     TxnResult,
     WatchFilter,
+    check_int64,
     key_bytes,
     range_end_of,
+    to_bytes,
 )
 from etcdkit._watch import Watch
 from etcdkit._wire.conn import Connection, Stubs
@@ -403,6 +405,12 @@ class AsyncClient:
         value. Both need the key to exist: etcd refuses them otherwise
         (:class:`InvalidArgumentError`).
         """
+        if prev_kv is False and ignore_value is False and ignore_lease is False:
+            # The common write, checked as Op.put checks it, with no Op and no PutResult
+            lid = check_int64(lease, "lease", hint=" (a lease id, 0 = none)")
+            raw, data = key_bytes(key), to_bytes(value, "value")
+            self._core.check_open()
+            return await self._core.kv.put_plain(raw, data, lid)
         op = Op.put(
             key,
             value,
