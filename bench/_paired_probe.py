@@ -8,7 +8,8 @@
 - ``serve ENDPOINT ROOT``: prints ``ready``, then answers each command on stdin with one JSON
   line: ``register ID`` -> ``{"t0": .., "t1": ..}`` (before ``register()`` was called, when it
   returned), ``deregister ID`` -> ``{}``, ``lock NAME`` -> ``{"acquire_s": .., "release_s": ..}``
-  (an uncontended acquire and its release), ``quit``.
+  (an uncontended acquire and its release), ``kv KEY`` -> ``{"put_s": .., "get_s": ..}`` (a
+  plain put of a 16-byte value, then a plain get of it), ``quit``.
 - ``follow ENDPOINT PREFIX``: ``watch_prefix(PREFIX)``; prints ``ready`` once synced, then,
   when the key ``PREFIX + "~done"`` is in a snapshot, one JSON line: ``cpu_s`` (this
   process's CPU seconds from ready on), ``events`` and ``snapshots``.
@@ -33,6 +34,7 @@ from typing import Any
 from etcdkit import AsyncClient
 
 TTL = 10
+VALUE = b"%016d" % 42  # the peers scenario's value size
 
 
 async def observe(endpoint: str, root: str) -> None:
@@ -73,6 +75,12 @@ async def serve(endpoint: str, root: str) -> None:
                 t1 = time.monotonic()
                 await lock.release()
                 answer = {"acquire_s": t1 - t0, "release_s": time.monotonic() - t1}
+            elif command == "kv":
+                t0 = time.monotonic()
+                await etcd.put(arg, VALUE)
+                t1 = time.monotonic()
+                await etcd.get(arg)
+                answer = {"put_s": t1 - t0, "get_s": time.monotonic() - t1}
             elif command == "quit":
                 break
             else:

@@ -14,6 +14,8 @@ op, so drift on the machine hits both alike:
   comparison of the view side alone).
 - **lock**: an uncontended ``acquire`` and ``release`` (a fresh lock each time), the sides
   alternating op by op.
+- **kv**: a plain ``put`` (16-byte value, over 1,000 keys) and a plain ``get`` of it, the
+  sides alternating op by op (issue 25's first row, as a before/after).
 - **watch**: a ``watch_prefix`` of each side follows the same prefix while a writer process
   (``bench._writer``, 64 puts in flight over 1,000 keys) puts ``ops`` updates: each side's CPU
   microseconds per event, from the same events at the same time. Rounds (``--rounds``) repeat
@@ -227,6 +229,27 @@ async def lock(
     ]
 
 
+async def kv(trees: dict[str, Path], endpoint: str, ops: int, rounds: int) -> list[dict[str, Any]]:
+    servers = {s: await Probe.start(s, trees[s], "serve", endpoint) for s in SIDES}
+    put: dict[str, list[float]] = {s: [] for s in SIDES}
+    get: dict[str, list[float]] = {s: [] for s in SIDES}
+    try:
+        for i, order in enumerate(_orders(ops)):
+            for side in order:
+                times = await servers[side].ask(f"kv /bench/paired-kv/{side}-{i % 1000}")
+                put[side].append(times["put_s"])
+                get[side].append(times["get_s"])
+    finally:
+        for probe in servers.values():
+            await probe.stop()
+    return [
+        figure("kv", "put_p50_ms", put, True),
+        figure("kv", "put_p99_ms", put, True),
+        figure("kv", "get_p50_ms", get, True),
+        figure("kv", "get_p99_ms", get, True),
+    ]
+
+
 async def watch(
     trees: dict[str, Path], endpoint: str, updates: int, rounds: int
 ) -> list[dict[str, Any]]:
@@ -304,7 +327,14 @@ async def replay(
 
 # Each case: (trees, endpoint, ops, rounds) -> figures (visible and lock take turns op by op,
 # with no rounds).
-CASES = {"visible": visible, "lock": lock, "watch": watch, "live": live, "replay": replay}
+CASES = {
+    "visible": visible,
+    "lock": lock,
+    "kv": kv,
+    "watch": watch,
+    "live": live,
+    "replay": replay,
+}
 
 
 async def run(
@@ -328,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         help="ops per side and case (watch: updates a round; live: watches; replay: events)",
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds of watch and live")
-    parser.add_argument("--only", default="visible,lock", help="visible, lock, watch, live, replay")
+    parser.add_argument(
+        "--only", default="visible,lock", help="visible, lock, kv, watch, live, replay"
+    )
     args = parser.parse_args(argv)
     cases = args.only.split(",")
     if set(cases) - set(CASES) or args.ops < 4 or args.rounds < 1:

@@ -30,11 +30,13 @@ def test_paired_figure() -> None:
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git (to export HEAD)")
 def test_a_short_run_against_head(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--before", "HEAD", "--ops", "4", "--rounds", "1"]
-    assert main([*argv, "--only", "visible,lock,watch,live,replay"]) == 0
+    assert main([*argv, "--only", "visible,lock,kv,watch,live,replay"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {r["case"] for r in rows} == {"visible", "lock", "watch", "live", "replay"}
+    assert {r["case"] for r in rows} == {"visible", "lock", "kv", "watch", "live", "replay"}
     assert all(r["before"] > 0 and r["after"] > 0 for r in rows)
-    assert {r["n"] for r in rows if r["case"] in ("visible", "lock")} == {4}
+    assert {r["n"] for r in rows if r["case"] in ("visible", "lock", "kv")} == {4}
+    kv = {r["figure"] for r in rows if r["case"] == "kv"}
+    assert kv == {"put_p50_ms", "put_p99_ms", "get_p50_ms", "get_p99_ms"}
     (watch,) = [r for r in rows if r["case"] == "watch"]
     assert watch["n"] == 1
     assert "median_diff" in watch
