@@ -76,3 +76,17 @@ def test_peers_replay_reaches_both_libraries_stream_handlers() -> None:
         "watch_prefix_us_vs_aetcd",
     }
     assert all(v > 0 for v in figures.values())
+
+
+def test_micro_prints_each_case_beside_its_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.micro import main
+
+    assert main(["--keys", "200", "--repeat", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["scenario"], line["case"]) for line in lines] == [
+        ("micro", "kv"),
+        ("micro", "listing"),
+    ]
+    assert set(lines[0]["figures"]) == {"pairs_ms", "six_fields_ms", "kv_of_ms", "kv_of_vs_pairs"}
+    assert set(lines[1]["figures"]) == {"seed_dict_ms", "listing_ms", "listing_vs_seed_dict"}
+    assert all(v > 0 for line in lines for v in line["figures"].values())

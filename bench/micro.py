@@ -1,0 +1,95 @@
+"""Per-key costs in this process, no etcd: ``python -m bench.micro [--keys N] [--repeat R]``.
+
+What issue 25's two big-listing figures come down to, each beside its baseline in the same
+run (best of ``--repeat``, milliseconds for ``--keys`` keys, one JSON line per case):
+
+- ``kv``: a parsed ``RangeResponse`` of N keys (the ``peers`` scenario's shape: 16-byte
+  values). ``pairs_ms`` reads each key and value (what a caller of a library handing out the
+  protobuf messages does), ``six_fields_ms`` reads the six fields of every key at C speed
+  (``operator.attrgetter``), ``kv_of_ms`` makes etcdkit's :class:`~etcdkit.KeyValue` of each
+  (what ``range()`` does).
+- ``listing``: the ``initial`` scenario's keys (``k0000042`` = ``42``) and transform.
+  ``seed_dict_ms`` is the Go seed's design (a dict of the transformed records),
+  ``listing_ms`` a ``watch_prefix`` listing (``SnapshotEngine.begin_reset().add()``: the
+  transform, plus the maps that deletes and key collisions need).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aetcd import rpc
+
+from bench._common import result, transform
+from etcdkit._snapshot import SnapshotEngine
+from etcdkit._wire.kv import kv_of
+
+
+def best_ms(fn: Callable[[], object], repeat: int) -> float:
+    """The fastest of ``repeat`` calls, in ms (whatever ``fn`` returns is dropped after the
+    clock stops)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        del out
+    return round(min(times) * 1e3, 2)
+
+
+def response(keys: int, key: Callable[[int], bytes], value: Callable[[int], bytes]) -> Any:
+    """A parsed ``RangeResponse`` of ``keys`` keys, as grpc hands it over."""
+    resp = rpc.RangeResponse()
+    for i in range(keys):
+        kv = resp.kvs.add()
+        kv.key, kv.value = key(i), value(i)
+        kv.create_revision = kv.mod_revision = 1000 + i
+        kv.version = 1
+    return rpc.RangeResponse.FromString(resp.SerializeToString())
+
+
+def kv_case(keys: int, repeat: int) -> dict[str, Any]:
+    kvs = response(keys, lambda i: b"/bench/range/k%07d" % i, lambda i: b"%016d" % i).kvs
+    six = operator.attrgetter("key", "value", "create_revision", "mod_revision", "version", "lease")
+    figures = {
+        "pairs_ms": best_ms(lambda: [(kv.key, kv.value) for kv in kvs], repeat),
+        "six_fields_ms": best_ms(lambda: list(map(six, kvs)), repeat),
+        "kv_of_ms": best_ms(lambda: [kv_of(kv) for kv in kvs], repeat),
+    }
+    figures["kv_of_vs_pairs"] = round(figures["kv_of_ms"] / figures["pairs_ms"], 2)
+    return result("micro", "kv", {"keys": keys, "repeat": repeat}, figures)
+
+
+def listing_case(keys: int, repeat: int) -> dict[str, Any]:
+    kvs = response(keys, lambda i: b"/bench/initial/k%07d" % i, lambda i: b"%d" % i).kvs
+
+    def listing() -> object:
+        lst = SnapshotEngine(transform).begin_reset()
+        lst.add(kvs)
+        return lst
+
+    figures = {
+        "seed_dict_ms": best_ms(lambda: dict(transform(kv.key, kv.value) for kv in kvs), repeat),
+        "listing_ms": best_ms(listing, repeat),
+    }
+    figures["listing_vs_seed_dict"] = round(figures["listing_ms"] / figures["seed_dict_ms"], 2)
+    return result("micro", "listing", {"keys": keys, "repeat": repeat}, figures)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args(argv)
+    for case in (kv_case, listing_case):
+        print(json.dumps(case(args.keys, args.repeat)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
