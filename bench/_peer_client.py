@@ -171,6 +171,14 @@ class EtcdkitAdapter(Adapter):
     def entries(self, result: Any) -> list[tuple[bytes, bytes]]:
         return [(kv.key, kv.value) for kv in result.kvs]
 
+    async def pages(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """The same keys through ``get_prefix_pages`` (its default pages, all at one
+        revision): no object made per key; each page is read while the next is on its way."""
+        entries: list[tuple[bytes, bytes]] = []
+        async for kvs, _ in self.c.get_prefix_pages(prefix):
+            entries += [(kv.key, kv.value) for kv in kvs]
+        return entries
+
     async def watch(
         self, prefix: bytes, start: int, target: int, ready: Callable[[], None]
     ) -> tuple[int, int]:
@@ -488,6 +496,26 @@ async def range_case(a: Adapter, p: dict[str, Any]) -> None:
         peak_rss_mb=peak_rss_mb())  # fmt: skip
 
 
+async def range_pages_case(a: Adapter, p: dict[str, Any]) -> None:
+    """etcdkit's read of the same prefix with no object made per key (``get_prefix_pages``,
+    pages at one revision; no peer has it), measured as :func:`range_case` measures: the
+    seconds until every key and value was read, and the peak RSS. ``call_s`` is the same
+    figure: the reading happens while the pages arrive."""
+    if not isinstance(a, EtcdkitAdapter):
+        raise ValueError("get_prefix_pages is etcdkit's only")
+    prefix, n = p["prefix"].encode(), int(p["n"])
+    await a.get(prefix + b"warm-up")
+    gc.collect()
+    before = rss_mb()
+    t0 = time.perf_counter()
+    entries = await a.pages(prefix)
+    t1 = time.perf_counter()
+    if len(entries) != n or entries[-1][1] != b"%016d" % (n - 1):
+        raise RuntimeError(f"get_prefix_pages returned {len(entries)} entries, expected {n}")
+    out(call_s=t1 - t0, read_s=0.0, seconds=t1 - t0, rss_before_mb=before,
+        peak_rss_mb=peak_rss_mb())  # fmt: skip
+
+
 async def watch_case(a: Adapter, p: dict[str, Any]) -> None:
     """The library's own prefix watch, from now, until the event at the writer's last
     revision: CPU seconds from "ready" on, and when that event arrived (``time.monotonic``,
@@ -561,6 +589,7 @@ async def replay_case(a: Adapter, p: dict[str, Any]) -> None:
 CASES = {
     "put_get": put_get,
     "range": range_case,
+    "range_pages": range_pages_case,
     "watch": watch_case,
     "watch_prefix": watch_prefix_case,
     "lock": lock_case,

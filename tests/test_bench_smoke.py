@@ -90,3 +90,34 @@ def test_micro_prints_each_case_beside_its_baseline(capsys: pytest.CaptureFixtur
     assert set(lines[0]["figures"]) == {"pairs_ms", "six_fields_ms", "kv_of_ms", "kv_of_vs_pairs"}
     assert set(lines[1]["figures"]) == {"seed_dict_ms", "listing_ms", "listing_vs_seed_dict"}
     assert all(v > 0 for line in lines for v in line["figures"].values())
+
+
+@pytest.mark.timeout(120)
+def test_peers_range_reads_every_key_both_ways() -> None:
+    """The peers scenario's range case times etcdkit's range() and its get_prefix_pages (no
+    object per key), each beside the peers; every library's child checks it read every key."""
+    env = dict(os.environ)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    params = json.dumps({"case": "range", "rounds": 1, "n": 2000})
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--worker", "peers", "--params", params, "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (line,) = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    figures = line["figures"]
+    for name in ("etcdkit", "etcdkit_range_pages", "aetcd"):
+        assert figures[f"{name}_seconds"] > 0, figures
+        assert figures[f"{name}_peak_rss_mb"] > 0, figures
+    for ratio in (
+        "seconds_vs_best",
+        "range_pages_seconds_vs_best",
+        "range_pages_peak_rss_mb_vs_aetcd",
+    ):
+        assert figures[ratio] > 0, figures
+    assert set(line["goal"]) == {"seconds_vs_best", "peak_rss_mb_vs_best"}
