@@ -25,16 +25,19 @@ def test_every_surface_name_is_on_the_client() -> None:
 
 
 def test_import_defers_what_a_program_may_never_use() -> None:
-    # A fresh interpreter: `import etcdkit` leaves the threaded face, administration, naming
-    # and the on-request recipes unloaded; each public name still resolves, to the same object
-    # as its module's, and star-import and dir() list them all.
+    # A fresh interpreter: `import etcdkit` leaves the threaded face, administration, naming,
+    # the cluster and the on-request recipes unloaded; each public name still resolves, to the
+    # same object as its module's, and star-import and dir() list them all.
     import subprocess
     import sys
 
     code = (
         "import sys, etcdkit\n"
-        "deferred = sorted(set(etcdkit._LAZY.values()))\n"
+        "deferred = sorted({*etcdkit._LAZY.values(), 'etcdkit.cluster'})\n"
         "print(sorted(m for m in deferred if m in sys.modules))\n"
+        "import etcdkit.cluster, inspect\n"
+        "default = inspect.signature(etcdkit.AsyncClient.cluster).parameters['timeout'].default\n"
+        "assert default == etcdkit.cluster.DEFAULT_OPEN_TIMEOUT\n"
         "import importlib\n"
         "for name, module in etcdkit._LAZY.items():\n"
         "    assert getattr(etcdkit, name) is getattr(importlib.import_module(module), name)\n"

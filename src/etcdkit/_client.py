@@ -14,6 +14,7 @@ from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._snapshot import Transform, default_transform
 from etcdkit._types import (
+    DEFAULT_OPEN_TIMEOUT,
     Compare,
     DeleteResult,
     KeyValue,
@@ -36,7 +37,6 @@ from etcdkit._types import (
 from etcdkit._watch import Watch
 from etcdkit._wire.conn import Connection, Stubs
 from etcdkit._wire.keepalive import KeepAlive
-from etcdkit.cluster import DEFAULT_OPEN_TIMEOUT, EtcdBackedCluster
 from etcdkit.recipes.election import Election
 from etcdkit.recipes.lock import Lock
 from etcdkit.recipes.persistent_lease import PersistentLease
@@ -48,6 +48,7 @@ from etcdkit.recipes.wait import wait_for
 
 if TYPE_CHECKING:  # imported where used: an asyncio program that never asks pays nothing
     from etcdkit._wire.admin import Auth, Maintenance, Members
+    from etcdkit.cluster import EtcdBackedCluster
     from etcdkit.naming.endpoints import EndpointManager
     from etcdkit.recipes.barrier import Barrier
     from etcdkit.recipes.counter import Counter
@@ -772,4 +773,6 @@ class AsyncClient:
         See :class:`etcdkit.cluster.EtcdBackedCluster`.
         """
         self._core.check_loop()
+        from etcdkit.cluster import EtcdBackedCluster
+
         return EtcdBackedCluster(self, root, ttl, timeout=timeout)

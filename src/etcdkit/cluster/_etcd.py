@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from etcdkit._errors import ClosedError, EtcdkitError, EtcdTimeoutError
 from etcdkit._snapshot import Snapshot
 from etcdkit._surface import Etcd
+from etcdkit._types import DEFAULT_OPEN_TIMEOUT
 from etcdkit.cluster._member import (
     Member,
     check_root,
@@ -40,8 +41,6 @@ log = logging.getLogger("etcdkit.cluster")
 
 T = TypeVar("T")
 View = tuple[Member, ...]
-
-DEFAULT_OPEN_TIMEOUT = 10.0  # seconds opening may take to load the first view
 
 
 class EtcdBackedCluster:
