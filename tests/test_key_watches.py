@@ -4,6 +4,7 @@ them: the delivery rule as a property, then against real etcd with faults, on bo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Callable
 
@@ -84,6 +85,57 @@ def test_each_watcher_sees_exactly_its_own_watch(
                 expected[i].append(mine)
     assert seen == expected
     assert group.count == sum(not w.ended for w in ws)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    joiners=st.lists(
+        st.tuples(st.sampled_from([b"k0", b"k1", b"k2"]), st.integers(0, 4), st.integers(0, 3)),
+        max_size=8,
+    ),
+    batches=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from([b"k0", b"k1", b"k2", b"x"]), st.booleans()), max_size=4
+        ),
+        max_size=5,
+    ),
+)
+def test_a_watcher_that_joins_later_sees_exactly_its_own_watch(
+    joiners: list[tuple[bytes, int, int]], batches: list[list[tuple[bytes, bool]]]
+) -> None:
+    """A watcher joining an open group (before batch ``n``, from a start revision the group
+    has not delivered yet: ``delivered + 1 + ahead``) is handed exactly what a watch of its own
+    key from its start revision would show."""
+    owner = KeyWatches.__new__(KeyWatches)
+    owner.live = 1 + len(joiners)
+    founder = KeyWatch(owner, b"k1", 1, lambda evs: None, lambda err: None)
+    group = _Group([founder])
+    seen: list[list[WatchEvent]] = [[] for _ in joiners]
+    ws: list[KeyWatch | None] = [None] * len(joiners)
+    rev = 0
+    history: list[WatchEvent] = []
+    for n in range(len(batches) + 1):
+        for i, (key, at, ahead) in enumerate(joiners):
+            if at == n:
+                w = KeyWatch(owner, key, rev + 1 + ahead, seen[i].extend, lambda err: None)
+                group.join(w)
+                ws[i] = w
+        if n == len(batches):
+            break
+        events = []
+        for key, put in batches[n]:
+            rev += 1
+            events.append(_event(key, rev, put))
+        history += events
+        group.on_events(events)
+    for i, joined in enumerate(ws):
+        if joined is None:
+            assert seen[i] == []
+            continue
+        start = joined.start
+        assert seen[i] == [
+            e for e in history if e.kv.key == joined.key and e.kv.mod_revision >= start
+        ]
 
 
 def test_an_end_reaches_every_member_once() -> None:
@@ -344,3 +396,99 @@ async def test_the_first_watch_of_a_turn_asks_etcd_at_once(
     assert [e.kv.mod_revision for e in batch.events] == [put]
     for w in (first, *others):
         w.cancel()
+
+
+def _open_groups(client: AsyncClient) -> list[tuple[bytes, bytes]]:
+    """The ranges of the client's open shared watches, sorted."""
+    groups = client._core.key_watches._groups
+    return sorted((g.first, g.last) for gs in groups.values() for g in gs)
+
+
+async def _revisions(w: etcdkit.Watch, count: int) -> list[int]:
+    """The revisions of the watch's next events, until ``count`` of them."""
+    out: list[int] = []
+    async with asyncio.timeout(WAIT):
+        async for batch in w:
+            out += [e.kv.mod_revision for e in batch.events]
+            if len(out) >= count:
+                break
+    return out
+
+
+# Enough keys for a shared watch: the first read goes out alone, and the first watch of each
+# turn is asked for alone; the rest (>= GROUP_MIN) share.
+SHARED = GROUP_MIN + 4
+
+
+async def test_keys_asked_for_later_inside_a_shared_watch_join_it(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    # Waiters on even keys share a watch; waiters on the odd keys between, asked for later,
+    # ride on it: no etcd watch more, and each still wakes on its own put only, with that
+    # put's revision.
+    even = [f"{etcd_prefix}j/{i:03d}" for i in range(0, 2 * SHARED, 2)]
+    odd = [f"{etcd_prefix}j/{i:03d}" for i in range(5, 2 * SHARED - 4, 2)]
+    first = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in even]
+    before = await _settled(etcd, len(even))
+    assert len(_open_groups(etcd)) == 1
+    later = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in odd]
+    after = await _settled(etcd, len(even) + len(odd))
+    assert after.watches == before.watches
+    revs = [await etcd.put(k, "up") for k in odd + even]
+    assert await asyncio.gather(*later, *first) == revs
+    assert etcd.stats.watches == 0
+    assert _open_groups(etcd) == []
+
+
+async def test_a_watch_from_before_what_a_shared_watch_delivered_gets_its_own(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    # A watch of a key inside an open shared watch's range, from a revision that shared watch
+    # has already delivered past, must not ride on it (it would miss the events between): it
+    # gets an etcd watch of its own, and sees them. From a revision not yet delivered, it rides.
+    p = f"{etcd_prefix}r/"
+    keys = [f"{p}{i:03d}" for i in range(0, 2 * SHARED, 2)]
+    early = await etcd.put(f"{p}031", "early")
+    waiters = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in keys]
+    await _settled(etcd, len(keys))
+    ((lo, hi),) = _open_groups(etcd)
+    assert lo < f"{p}031".encode() < f"{p}033".encode() < hi
+    past = await etcd.put(keys[-2], "up")  # the shared watch delivers it
+    assert await waiters[-2] == past
+    before = etcd.stats.watches
+    behind = etcd.watch(f"{p}031", start_revision=early)
+    await behind.start()
+    await asyncio.sleep(0)
+    assert etcd.stats.watches == before + 1
+    ahead = etcd.watch(f"{p}033", start_revision=past + 1)
+    await ahead.start()
+    await asyncio.sleep(0)
+    assert etcd.stats.watches == before + 1
+    now = await etcd.put(f"{p}033", "now")
+    again = await etcd.put(f"{p}031", "again")
+    assert await _revisions(behind, 2) == [early, again]
+    assert await _revisions(ahead, 1) == [now]
+    behind.cancel()
+    ahead.cancel()
+    rest = [k for i, k in enumerate(keys) if i != len(keys) - 2]
+    revs = [await etcd.put(k, "up") for k in rest]
+    assert await asyncio.gather(*(w for i, w in enumerate(waiters) if i != len(keys) - 2)) == revs
+
+
+async def test_a_later_run_is_cut_rather_than_reach_over_a_shared_watch(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    # Waiters asked for together on keys below and above an open shared watch's range make
+    # runs that stop short of it, so no event reaches two shared watches.
+    p = f"{etcd_prefix}c/"
+    middle = [f"{p}1{i:02d}" for i in range(SHARED)]
+    outside = [f"{p}0{i:02d}" for i in range(SHARED)] + [f"{p}2{i:02d}" for i in range(SHARED)]
+    first = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in middle]
+    await _settled(etcd, len(middle))
+    later = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in outside]
+    await _settled(etcd, len(middle) + len(outside))
+    ranges = _open_groups(etcd)
+    assert len(ranges) >= 3, ranges
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges)), ranges
+    revs = [await etcd.put(k, "up") for k in outside + middle]
+    assert await asyncio.gather(*later, *first) == revs

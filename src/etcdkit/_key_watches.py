@@ -12,6 +12,13 @@ informers make the same trade at a larger scale). Fewer than :data:`GROUP_MIN` k
 parent keep a watch each, exactly as before, and so does the first watch of each turn, asked
 for at once (a lone watch is not held back for company that may never come).
 
+Keys asked for in different turns are kept apart: a key inside the range of a shared watch
+already open joins it (no new etcd watch) when that watch has delivered nothing from the key's
+start revision on, so it will show the key everything a watch of its own would; and a new run
+is cut where it would reach over a shared watch already open. Otherwise reads answered out of
+order (10,000 ``wait_for`` calls: their transactions come back in any order, two or three in
+one turn) would make runs that span other runs' keys, and events received twice.
+
 An error that ends a shared watch ends all its watchers with it (a compaction, too: each then
 reads again, as after its own watch's compaction).
 """
@@ -19,6 +26,7 @@ reads again, as after its own watch's compaction).
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable
 
 from etcdkit._errors import EtcdkitError
@@ -81,18 +89,32 @@ class KeyWatch:
             self.on_end(err)
 
 
+def _first_key(group: _Group) -> bytes:
+    return group.first
+
+
 class _Group:
-    """One etcd watch over a run of sorted keys, and the watchers it carries, by key."""
+    """One etcd watch over a run of sorted keys, ``[first, last]``, and the watchers it
+    carries, by key. ``owner`` (absent in unit tests) keeps it findable while it is open."""
 
-    __slots__ = ("count", "members", "sub")
+    __slots__ = ("count", "first", "last", "members", "owner", "sub")
 
-    def __init__(self, run: list[KeyWatch]) -> None:
+    def __init__(self, run: list[KeyWatch], owner: KeyWatches | None = None) -> None:
         self.members: dict[bytes, list[KeyWatch]] = {}
         for w in run:
             self.members.setdefault(w.key, []).append(w)
             w._group = self
         self.count = len(run)
+        self.first = run[0].key
+        self.last = run[-1].key
+        self.owner = owner
         self.sub: WatchSub | None = None
+
+    def join(self, w: KeyWatch) -> None:
+        """Carry ``w`` too (its key is in ``[first, last]``; see :meth:`KeyWatches._join`)."""
+        self.members.setdefault(w.key, []).append(w)
+        w._group = self
+        self.count += 1
 
     def on_events(self, events: list[WatchEvent]) -> None:
         members = self.members
@@ -112,6 +134,8 @@ class _Group:
     def on_end(self, err: EtcdkitError) -> None:
         members, self.members = self.members, {}
         self.count = 0
+        if self.owner is not None:
+            self.owner._closed(self)
         for ws in members.values():
             for w in ws:
                 w._end(err)
@@ -126,6 +150,8 @@ class _Group:
         self.count -= 1
         if not self.count and self.sub is not None:
             self.sub.cancel()
+            if self.owner is not None:
+                self.owner._closed(self)
 
 
 class KeyWatches:
@@ -136,6 +162,7 @@ class KeyWatches:
         self._hub = hub
         self._pending: list[KeyWatch] = []
         self._turn = False  # a watch was asked for in this turn of the event loop
+        self._groups: dict[bytes, list[_Group]] = {}  # open shared watches by parent, by first
         self.live = 0  # watches neither cancelled nor ended
 
     def waiting(self) -> int:
@@ -152,6 +179,8 @@ class KeyWatches:
         later in the same turn get theirs at the next turn, together, sharing where many."""
         w = KeyWatch(self, key, start_revision, on_events, on_end)
         self.live += 1
+        if self._join(w):
+            return w
         if not self._turn:
             self._turn = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -165,16 +194,68 @@ class KeyWatches:
         pending, self._pending = self._pending, []
         by_parent: dict[bytes, list[KeyWatch]] = {}
         for w in pending:
-            if not w.ended:
+            if not w.ended and not self._join(w):
                 by_parent.setdefault(parent_of(w.key), []).append(w)
-        for ws in by_parent.values():
+        for parent, ws in by_parent.items():
             if len(ws) < GROUP_MIN:
                 for w in ws:
                     self._alone(w)
                 continue
             ws.sort(key=lambda w: w.key)
-            for i in range(0, len(ws), KEYS_PER_WATCH):
-                self._share(ws[i : i + KEYS_PER_WATCH])
+            for run in self._runs(parent, ws):
+                self._share(run)
+
+    def _join(self, w: KeyWatch) -> bool:
+        """Carry ``w`` on the open shared watch whose range holds its key, if there is one
+        and it has delivered nothing from ``w.start`` on (its next revision is not past it):
+        all it delivers from now on, filtered from ``w.start``, is then exactly what a watch
+        of ``w``'s own would show. (A reconnect resumes it from that next revision, too.)"""
+        groups = self._groups.get(parent_of(w.key))
+        if not groups:
+            return False
+        i = bisect_right(groups, w.key, key=_first_key) - 1
+        if i < 0:
+            return False
+        group = groups[i]
+        sub = group.sub
+        if w.key > group.last or sub is None or sub.ended or sub.next_rev > w.start:
+            return False
+        group.join(w)
+        return True
+
+    def _runs(self, parent: bytes, ws: list[KeyWatch]) -> list[list[KeyWatch]]:
+        """``ws`` (sorted by key) cut into runs of at most :data:`KEYS_PER_WATCH`, and also
+        wherever the next key lies past the first key of an open shared watch: no run reaches
+        over one."""
+        firsts = [g.first for g in self._groups.get(parent, ())]
+        runs: list[list[KeyWatch]] = []
+        run: list[KeyWatch] = []
+        for w in ws:
+            if run and (
+                len(run) == KEYS_PER_WATCH
+                or (firsts and bisect_right(firsts, run[-1].key) < bisect_left(firsts, w.key))
+            ):
+                runs.append(run)
+                run = []
+            run.append(w)
+        runs.append(run)
+        return runs
+
+    def _closed(self, group: _Group) -> None:
+        """``group``'s etcd watch ended or was cancelled: no key joins it any more."""
+        group.owner = None
+        parent = parent_of(group.first)
+        groups = self._groups.get(parent)
+        if groups is None:
+            return
+        i = bisect_left(groups, group.first, key=_first_key)
+        while i < len(groups) and groups[i].first == group.first:
+            if groups[i] is group:
+                del groups[i]
+                break
+            i += 1
+        if not groups:
+            del self._groups[parent]
 
     def _alone(self, w: KeyWatch) -> None:
         try:
@@ -183,7 +264,8 @@ class KeyWatches:
             w._end(exc)
 
     def _share(self, run: list[KeyWatch]) -> None:
-        group = _Group(run)
+        group = _Group(run, self)
+        insort(self._groups.setdefault(parent_of(group.first), []), group, key=_first_key)
         start = min(w.start for w in run)
         try:
             group.sub = self._hub.watch(
