@@ -316,6 +316,44 @@ async def test_bulk_waiters_survive_a_restart(
         assert client.stats.watch_reconnects >= 1
 
 
+async def test_waiters_joining_shared_watches_after_a_restart_wake_exactly(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # Shared watches over the even keys live through a restart and deliver some puts; waiters
+    # on the odd keys between then join them (from their own, later, start revisions). Every
+    # waiter still wakes on its own put only, with that put's revision.
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as client:
+        even = [f"/w/join/{i:04d}" for i in range(0, 4 * SHARED, 2)]
+        odd = [f"/w/join/{i:04d}" for i in range(5, 4 * SHARED - 4, 2)]
+        first = [asyncio.create_task(client.wait_for(k, timeout=WAIT)) for k in even]
+        await _settled(client, len(even))
+        server.kill()
+        await asyncio.sleep(0.3)
+        server.restart()
+
+        async def put(key: str) -> int:
+            while True:
+                try:
+                    return await client.put(key, "1")
+                except etcdkit.ConnectionUnavailableError:
+                    await asyncio.sleep(0.1)
+
+        async with asyncio.timeout(WAIT):
+            early = [await put(k) for k in even[::3]]
+            assert [await first[i] for i in range(0, len(even), 3)] == early
+            held = client.stats.watches
+            later = [asyncio.create_task(client.wait_for(k, timeout=WAIT)) for k in odd]
+            rest = [i for i in range(len(even)) if i % 3]
+            await _settled(client, len(rest) + len(odd))
+            assert _open_groups(client)
+            assert client.stats.watches == held  # (they all rode on the shared watches)
+            revs = [await put(k) for k in odd] + [await put(even[i]) for i in rest]
+        assert await asyncio.gather(*later, *(first[i] for i in rest)) == revs
+        assert client.stats.watch_reconnects >= 1
+        assert client.stats.watches == 0
+
+
 async def test_bulk_waiters_through_the_grpc_proxy(etcd_grpc_proxy: object) -> None:
     endpoint = etcd_grpc_proxy.endpoint  # type: ignore[attr-defined]
     n = GROUP_MIN * 3
