@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,15 +49,13 @@ def test_quick_subset_prints_json_lines() -> None:
             assert isinstance(verdict["met"], bool)
 
 
-@pytest.mark.timeout(120)
-def test_peers_replay_reaches_both_libraries_stream_handlers() -> None:
-    """The peers scenario's replay case reaches inside etcdkit and aetcd (their watch stream
-    handlers): it must keep running as either changes."""
+def _peers_job(params: dict[str, object]) -> dict[str, Any]:
+    """One quick peers job in a worker process of its own: its one JSON line."""
     env = dict(os.environ)
     env.pop("PYTHONASYNCIODEBUG", None)
-    params = json.dumps({"case": "replay", "rounds": 1, "events": 200})
+    worker = ["-m", "bench.run", "--worker", "peers", "--quick"]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--worker", "peers", "--params", params, "--quick"],
+        [sys.executable, *worker, "--params", json.dumps(params)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -66,6 +65,15 @@ def test_peers_replay_reaches_both_libraries_stream_handlers() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (line,) = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert isinstance(line, dict)
+    return line
+
+
+@pytest.mark.timeout(120)
+def test_peers_replay_reaches_both_libraries_stream_handlers() -> None:
+    """The peers scenario's replay case reaches inside etcdkit and aetcd (their watch stream
+    handlers): it must keep running as either changes."""
+    line = _peers_job({"case": "replay", "rounds": 1, "events": 200})
     assert line["params"]["clients"] == ["etcdkit", "aetcd"]
     figures = line["figures"]
     assert figures.keys() == {
@@ -96,20 +104,7 @@ def test_micro_prints_each_case_beside_its_baseline(capsys: pytest.CaptureFixtur
 def test_peers_range_reads_every_key_both_ways() -> None:
     """The peers scenario's range case times etcdkit's range() and its get_prefix_pages (no
     object per key), each beside the peers; every library's child checks it read every key."""
-    env = dict(os.environ)
-    env.pop("PYTHONASYNCIODEBUG", None)
-    params = json.dumps({"case": "range", "rounds": 1, "n": 2000})
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--worker", "peers", "--params", params, "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (line,) = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    line = _peers_job({"case": "range", "rounds": 1, "n": 2000})
     figures = line["figures"]
     for name in ("etcdkit", "etcdkit_range_pages", "aetcd"):
         assert figures[f"{name}_seconds"] > 0, figures
