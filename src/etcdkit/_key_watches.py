@@ -245,15 +245,8 @@ class KeyWatches:
         """``group``'s etcd watch ended or was cancelled: no key joins it any more."""
         group.owner = None
         parent = parent_of(group.first)
-        groups = self._groups.get(parent)
-        if groups is None:
-            return
-        i = bisect_left(groups, group.first, key=_first_key)
-        while i < len(groups) and groups[i].first == group.first:
-            if groups[i] is group:
-                del groups[i]
-                break
-            i += 1
+        groups = self._groups[parent]
+        groups.remove(group)  # (a _Group equals only itself)
         if not groups:
             del self._groups[parent]
 

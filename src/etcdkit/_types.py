@@ -258,11 +258,11 @@ class KeepAliveStatus:
 
 
 WatchFilter: TypeAlias = Literal["noput", "nodelete"]
+WATCH_FILTERS = ("noput", "nodelete")
+
 # Seconds a cluster view (etcdkit.cluster, AsyncClient.cluster) may take to load its first view.
 # Here, not in etcdkit.cluster, so that the client names it without importing the cluster.
 DEFAULT_OPEN_TIMEOUT = 10.0
-
-WATCH_FILTERS = ("noput", "nodelete")
 
 
 # -- transactions ---------------------------------------------------------------------------------
