@@ -247,10 +247,12 @@ class Channel:
     def __init__(self, endpoint: Endpoint, stubs: Stubs) -> None:
         self.endpoint = endpoint
         self.stubs = stubs
-        self.calls: set[Any] = set()  # unary calls in flight
+        self.calls: set[Any] = set()  # unary calls in flight (awaited by their caller)
         self.kicked: set[Any] = set()  # calls cancelled by a failover (to be sent elsewhere)
         self.ended: set[Any] = set()  # calls cancelled because the client is closing
-        self.live: weakref.WeakSet[Any] = weakref.WeakSet()  # every call not known finished
+        # the streams, and the unary calls whose caller stopped awaiting them before grpc
+        # finished them: close() waits for each one's end
+        self.live: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def stream(self, service: str, method: str, metadata: list[tuple[str, str]]) -> Any:
         """Open a bidirectional stream call (its owner reads, writes and cancels it)."""
@@ -355,7 +357,7 @@ class Connection:
         # Cancel every call and wait (bounded) until grpc has delivered each one's final status:
         # grpc.aio finishes calls in callbacks on this loop, and one still pending when the loop
         # closes logs "Event loop is closed" from its poller, or "Task was destroyed".
-        calls = [call for ch in self._channels for call in list(ch.live) if not call.done()]
+        calls = [call for ch in self._channels for call in {*ch.calls, *ch.live} if not call.done()]
         for call in calls:
             call.cancel()
         if calls:
@@ -497,9 +499,80 @@ class Connection:
         :meth:`channel_at`) pins the call to that endpoint: it is retried there, never
         elsewhere (maintenance calls address one member).
         """
+        # One coroutine for the call, its retries and its meter: each more frame costs every
+        # call of the client (put, get, txn) a little.
         started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        backoff = None  # made at the first retry (most calls never need one)
+        last: EtcdkitError | None = None
+        refreshed = False
         try:
-            resp = await self._call_retrying(what, service, method, request, idempotent, channel)
+            while True:
+                ch = self.channel  # raises ClosedError once closed
+                if channel is not None:
+                    ch = channel
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise self._gave_up(what, last)
+                call: Any = None
+                try:
+                    # (no coroutine per call without a user: nothing to await)
+                    md: Sequence[tuple[str, str]] = (
+                        _NO_METADATA if self._username is None else await self.metadata()
+                    )
+                    fn = getattr(getattr(ch.stubs, service), method)
+                    call = fn(request, timeout=left, metadata=md)
+                    ch.calls.add(call)
+                    try:
+                        resp = await call
+                    finally:
+                        ch.calls.discard(call)
+                        if not call.done():  # (cancelled: grpc has yet to finish it)
+                            ch.live.add(call)
+                    self.answered = True
+                    break
+                except asyncio.CancelledError:
+                    if _cancelled_from_outside():
+                        raise
+                    if self.closed or (call is not None and call in ch.ended):
+                        ch.ended.discard(call)
+                        raise ClosedError(f"{what}: the etcdkit client was closed") from None
+                    if call is None or call not in ch.kicked:
+                        raise
+                    ch.kicked.discard(call)
+                    last = ConnectionUnavailableError(
+                        f"{what} at {ch.endpoint}: the endpoint stopped answering"
+                    )
+                    if not idempotent:
+                        raise ConnectionUnavailableError(
+                            f"{what} at {ch.endpoint}: the endpoint stopped answering while the "
+                            "request was in flight; it may or may not have been applied"
+                        ) from None
+                except grpc.aio.AioRpcError as exc:
+                    if self.closed:
+                        raise ClosedError(f"{what}: the etcdkit client was closed") from exc
+                    if is_invalid_token(exc) and not refreshed:
+                        refreshed = True
+                        await self.metadata(refresh=True)
+                        continue
+                    err = map_rpc_error(exc, str(ch.endpoint), what)
+                    code = exc.code()
+                    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        self.note_failure(err)
+                        self.failover(ch, f"{code.name}: {exc.details()}")
+                    if code != grpc.StatusCode.UNAVAILABLE or not (idempotent or _pick_failed(exc)):
+                        raise err from exc
+                    last = err
+                except (ConnectionUnavailableError, EtcdTimeoutError) as exc:  # from authenticate
+                    self.note_failure(exc)
+                    last = exc
+                if backoff is None:
+                    backoff = self.retry.backoff(cap=self.retry.call_cap)
+                delay = backoff.next_delay() or 0.0
+                if deadline is not None:
+                    delay = min(delay, max(0.0, deadline - loop.time()))
+                await self.pause(delay)
         except asyncio.CancelledError:
             raise  # the caller gave up: neither a latency nor an error of etcd's
         except BaseException as exc:
@@ -507,85 +580,6 @@ class Connection:
             raise
         self.meter.record(method, time.monotonic() - started, None)
         return resp
-
-    async def _call_retrying(
-        self,
-        what: str,
-        service: str,
-        method: str,
-        request: Any,
-        idempotent: bool,
-        pinned: Channel | None,
-    ) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = None if self.timeout is None else loop.time() + self.timeout
-        backoff = None  # made at the first retry (most calls never need one)
-        last: EtcdkitError | None = None
-        refreshed = False
-        while True:
-            ch = self.channel  # raises ClosedError once closed
-            if pinned is not None:
-                ch = pinned
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                raise self._gave_up(what, last)
-            call: Any = None
-            try:
-                # (no coroutine per call without a user: nothing to await)
-                md: Sequence[tuple[str, str]] = (
-                    _NO_METADATA if self._username is None else await self.metadata()
-                )
-                fn = getattr(getattr(ch.stubs, service), method)
-                call = fn(request, timeout=left, metadata=md)
-                ch.calls.add(call)
-                ch.live.add(call)
-                try:
-                    resp = await call
-                finally:
-                    ch.calls.discard(call)
-                self.answered = True
-                return resp
-            except asyncio.CancelledError:
-                if _cancelled_from_outside():
-                    raise
-                if self.closed or (call is not None and call in ch.ended):
-                    ch.ended.discard(call)
-                    raise ClosedError(f"{what}: the etcdkit client was closed") from None
-                if call is None or call not in ch.kicked:
-                    raise
-                ch.kicked.discard(call)
-                last = ConnectionUnavailableError(
-                    f"{what} at {ch.endpoint}: the endpoint stopped answering"
-                )
-                if not idempotent:
-                    raise ConnectionUnavailableError(
-                        f"{what} at {ch.endpoint}: the endpoint stopped answering while the "
-                        "request was in flight; it may or may not have been applied"
-                    ) from None
-            except grpc.aio.AioRpcError as exc:
-                if self.closed:
-                    raise ClosedError(f"{what}: the etcdkit client was closed") from exc
-                if is_invalid_token(exc) and not refreshed:
-                    refreshed = True
-                    await self.metadata(refresh=True)
-                    continue
-                err = map_rpc_error(exc, str(ch.endpoint), what)
-                code = exc.code()
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    self.note_failure(err)
-                    self.failover(ch, f"{code.name}: {exc.details()}")
-                if code != grpc.StatusCode.UNAVAILABLE or not (idempotent or _pick_failed(exc)):
-                    raise err from exc
-                last = err
-            except (ConnectionUnavailableError, EtcdTimeoutError) as exc:  # from authenticate
-                self.note_failure(exc)
-                last = exc
-            if backoff is None:
-                backoff = self.retry.backoff(cap=self.retry.call_cap)
-            delay = backoff.next_delay() or 0.0
-            if deadline is not None:
-                delay = min(delay, max(0.0, deadline - loop.time()))
-            await self.pause(delay)
 
     async def server_stream(
         self, what: str, service: str, method: str, request: Any, *, channel: Channel | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from typing import Any
 
 import grpc
@@ -315,11 +315,12 @@ class KV:
     def where(self) -> str:
         return self._conn.where
 
-    async def _read(self, what: str, service: str, method: str, request: Any) -> Any:
-        return await self._conn.call(what, service, method, request, idempotent=True)
+    # (plain functions handing back the call's coroutine: no frame of their own per call)
+    def _read(self, what: str, service: str, method: str, request: Any) -> Awaitable[Any]:
+        return self._conn.call(what, service, method, request, idempotent=True)
 
-    async def _write(self, what: str, service: str, method: str, request: Any) -> Any:
-        return await self._conn.call(what, service, method, request, idempotent=False)
+    def _write(self, what: str, service: str, method: str, request: Any) -> Awaitable[Any]:
+        return self._conn.call(what, service, method, request, idempotent=False)
 
     # -- reads ------------------------------------------------------------------------------------
 
