@@ -35,6 +35,7 @@ from etcdkit import AsyncClient
 
 TTL = 10
 VALUE = b"%016d" % 42  # the peers scenario's value size
+LOCK_HOLD_S = 0.002  # how long the lock command holds (not timed)
 
 
 async def observe(endpoint: str, root: str) -> None:
@@ -73,8 +74,12 @@ async def serve(endpoint: str, root: str) -> None:
                 t0 = time.monotonic()
                 await lock.acquire()
                 t1 = time.monotonic()
+                # held as a short critical section is (a hold released in the turn it began
+                # never starts its watch of its key: not what a lock is for)
+                await asyncio.sleep(LOCK_HOLD_S)
+                t2 = time.monotonic()
                 await lock.release()
-                answer = {"acquire_s": t1 - t0, "release_s": time.monotonic() - t1}
+                answer = {"acquire_s": t1 - t0, "release_s": time.monotonic() - t2}
             elif command == "kv":
                 t0 = time.monotonic()
                 await etcd.put(arg, VALUE)

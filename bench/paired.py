@@ -12,8 +12,8 @@ op, so drift on the machine hits both alike:
   registered and who observed; ``register()``'s own time per side; and, since both observers
   see the same registrations, the per-registration difference of their times (a paired
   comparison of the view side alone).
-- **lock**: an uncontended ``acquire`` and ``release`` (a fresh lock each time), the sides
-  alternating op by op.
+- **lock**: an uncontended ``acquire`` and ``release`` (a fresh lock each time, held for 2 ms
+  in between), the sides alternating op by op.
 - **kv**: a plain ``put`` (16-byte value, over 1,000 keys) and a plain ``get`` of it, the
   sides alternating op by op (issue 25's first row, as a before/after).
 - **watch**: a ``watch_prefix`` of each side follows the same prefix while a writer process
