@@ -265,6 +265,35 @@ async def test_revoke_or_delete_sets_lost_and_hands_over(
             await waiter.release()
 
 
+async def test_a_delete_before_the_holds_watch_started_still_loses_it(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """The watch of a hold's key starts after acquire() returned, from the revision the hold
+    began at: a delete made in between (here by a threaded client, while this loop is blocked
+    and so cannot start it) is still seen, and the hold is lost."""
+    name = etcd_prefix + "early"
+
+    def delete(key: bytes) -> None:
+        with Client(etcd_server.endpoint) as blocking:
+            blocking.delete(key)
+
+    lock = etcd.lock(name, ttl=10)
+    await lock.acquire()
+    deleter = threading.Thread(target=delete, args=(lock.key,))
+    deleter.start()
+    deleter.join()  # (blocks this loop: nothing of ours runs meanwhile)
+    await asyncio.wait_for(lock.lost.wait(), 2.0)
+    assert lock.state is HoldState.LOST
+    await lock.release()
+    # and one released in the turn it began needs no watch: nothing is left behind
+    lock = etcd.lock(name, ttl=10)
+    await lock.acquire()
+    await lock.release()
+    assert lock.state is HoldState.RELEASED
+    assert await keys_under(etcd, name + "/") == []
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("etcdkit-lock")] == []
+
+
 async def test_server_paused_past_ttl_sets_lost(
     etcd_server_factory: Callable[..., EtcdServer],
 ) -> None:

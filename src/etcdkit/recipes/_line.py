@@ -164,7 +164,7 @@ class Contender:
         if held_at is None:
             await self._leave()
             return False
-        await self._hold(held_at)
+        self._hold(held_at)
         return True
 
     async def _acquire(self, wait: bool) -> int | None:
@@ -410,15 +410,20 @@ class Contender:
 
     # -- holding ----------------------------------------------------------------------------------
 
-    async def _hold(self, rev: int) -> None:
-        """We hold at ``rev`` (our key was the oldest then): watch our key and our session
-        (no I/O: this returns at once)."""
+    def _hold(self, rev: int) -> None:
+        """We hold at ``rev`` (our key was the oldest then): watch our key and our session.
+        Nothing is awaited: the watch of our key starts in a task of its own, once acquire()
+        returned, from ``rev + 1`` (whenever it starts, it misses nothing); a hold released
+        in the turn it began never needs it."""
         session = self.session
         assert session is not None
         self.token = self.revision
         suspended = session.state is SessionState.SUSPENDED
         self._set(HoldState.SUSPENDED if suspended else HoldState.HELD)
-        await self._watch_own(rev)
+        # (creating that watch was most of what acquire() did after its last read)
+        self._recheck = asyncio.get_running_loop().create_task(
+            self._watch_own(rev), name=f"etcdkit-lock-own {self.key!r}"
+        )
         self._unlisten = session.add_listener(self._on_session)
         if session.lost.is_set():
             self.lose("our lease expired or was revoked")
@@ -428,8 +433,8 @@ class Contender:
     async def _watch_own(self, rev: int) -> None:
         """Watch our key from ``rev + 1`` while we hold: its deletion, or a key of the same
         name created again by someone else, loses the hold. Read in the turn each change
-        arrives (a listener), with no task of our own: starting from a given revision does
-        no I/O, so this returns at once."""
+        arrives (a listener): starting from a given revision does no I/O, so this returns at
+        once."""
         w = self.etcd.watch(self.key, start_revision=rev + 1)
         self._own = w
         w.add_listener(self._on_own)
