@@ -112,6 +112,7 @@ class Contender:
         self._own: Watch | None = None  # watches our key while we hold
         self._unlisten: Callable[[], None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        # the task that starts our key's watch once we hold, or restarts it after a compaction
         self._recheck: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None  # the revoke started by lose()
         self._acquiring: asyncio.Task[object] | None = None
