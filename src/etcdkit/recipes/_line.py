@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -67,6 +68,15 @@ __all__ = [
 ]
 
 log = logging.getLogger("etcdkit.lock")
+
+
+@functools.lru_cache(maxsize=256)
+def _line_read(prefix: bytes) -> Op:
+    """The read of the line under ``prefix`` that the entry transaction makes: the two newest
+    keys by create revision, ours and the one just before it (Go's ``WithLastCreate``). An
+    ``Op`` is immutable: made once per name (checking its options costs more than the
+    rest of the transaction's building), sent with every entry."""
+    return Op.range(prefix, prefix=True, sort_target="create", sort_order="descend", limit=2)
 
 
 class _Gone(Exception):
@@ -118,7 +128,6 @@ class Contender:
         self._acquiring: asyncio.Task[object] | None = None
         self._leaving = False
         self._aborted = False
-        self._whole_line = self._line_op(0)  # (an Op is immutable: made once, sent each entry)
         self._abandoned: set[asyncio.Task[None]] = set()  # lease grants we gave up on
 
     def __repr__(self) -> str:
@@ -256,7 +265,7 @@ class Contender:
             # and the key just before it) in one transaction; else get the key as it is.
             res = await self.etcd.txn(
                 [Compare.create_revision(key, "==", 0)],
-                [Op.put(key, self.value, lease=session.lease_id), self._whole_line],
+                [Op.put(key, self.value, lease=session.lease_id), _line_read(self.prefix)],
                 [Op.get(key)],
             )
         except LeaseNotFoundError as exc:
@@ -294,20 +303,6 @@ class Contender:
             if not wait:
                 return None
             floor = await self._wait_deleted(self.ahead.key, rev, session)
-
-    def _line_op(self, max_create_revision: int, serializable: bool = False) -> Op:
-        """The read of the line: the two newest keys under the name by create revision (among
-        those created at or before ``max_create_revision``, when > 0): ours, and the one just
-        before it (Go's ``WithLastCreate`` with ``WithMaxCreateRev``)."""
-        return Op.range(
-            self.prefix,
-            prefix=True,
-            sort_target="create",
-            sort_order="descend",
-            limit=2,
-            max_create_revision=max_create_revision,
-            serializable=serializable,
-        )
 
     async def _look(self, floor: int) -> tuple[list[KeyValue], int]:
         """Our key and the one just before it, read from a state at revision ``floor`` or
