@@ -206,38 +206,32 @@ def _fill_delete(pb: Any, op: Op) -> None:
         pb.prev_kv = True
 
 
-def _fill_op(pb: Any, op: Op) -> bool:
-    """Fill a ``RequestOp``; whether the operation may write (a nested txn: any of its)."""
+def _fill_op(pb: Any, op: Op) -> None:
     if not isinstance(op, Op):
         raise TypeError(f"txn operations must be etcdkit.Op, got {op!r:.80}")
     kind = op.kind
     if kind == "range":
         _fill_range(pb.request_range, op)
-        return False
-    if kind == "put":
+    elif kind == "put":
         _fill_put(pb.request_put, op)
-        return True
-    if kind == "txn":
-        return _fill_txn(pb.request_txn, op.compare, op.success, op.failure)
-    _fill_delete(pb.request_delete_range, op)
-    return True
+    elif kind == "txn":
+        _fill_txn(pb.request_txn, op.compare, op.success, op.failure)
+    else:
+        _fill_delete(pb.request_delete_range, op)
 
 
 def _fill_txn(
     pb: Any, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
-) -> bool:
-    """Fill a ``TxnRequest``; whether any of its operations may write."""
+) -> None:
     add = pb.compare.add
     for c in compare:
         _fill_compare(add(), c)
-    writes = False
     add = pb.success.add
     for o in success:
-        writes = _fill_op(add(), o) or writes
+        _fill_op(add(), o)
     add = pb.failure.add
     for o in failure:
-        writes = _fill_op(add(), o) or writes
-    return writes
+        _fill_op(add(), o)
 
 
 def _range_pb(op: Op) -> Any:
@@ -258,12 +252,10 @@ def _delete_pb(op: Op) -> Any:
     return pb
 
 
-def _txn_pb(
-    compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
-) -> tuple[Any, bool]:
-    """A ``TxnRequest``, and whether any of its operations may write."""
+def _txn_pb(compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]) -> Any:
     pb = rpc.TxnRequest()
-    return pb, _fill_txn(pb, compare, success, failure)
+    _fill_txn(pb, compare, success, failure)
+    return pb
 
 
 def _range_result(resp: Any, header: ResponseHeader, revision: int = 0) -> RangeResult:
@@ -562,7 +554,9 @@ class KV:
             for name, seq in (("compare", compare), ("success", success), ("failure", failure)):
                 if isinstance(seq, str | bytes) or not isinstance(seq, Sequence):
                     raise TypeError(f"txn {name} must be a list, got {seq!r:.80}")
-        req, writes = _txn_pb(compare, success, failure)
+        req = _txn_pb(compare, success, failure)
+        # (Op.writes is the one rule for what may write: it decides whether a txn is retried)
+        writes = any(o.writes for o in success) or any(o.writes for o in failure)
         what = f"txn ({len(compare)} compares)"
         if writes:
             resp = await self._write(what, "kv", "Txn", req)
