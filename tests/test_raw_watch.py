@@ -443,13 +443,21 @@ async def test_a_slow_reader_under_steady_writes_gets_every_event_once(
 ) -> None:
     p = etcd_prefix
     n = 120
+    end = f"{p}end"
     acked: list[Row] = []
+    fell_behind = asyncio.Event()
     async with etcd.watch(p, prefix=True) as w:
 
         async def write() -> None:
-            for i in range(n):
+            # At least n puts, and on until the reader has fallen more than the bound behind:
+            # on a loaded machine etcd may send a late-created watch's first events in one
+            # batch, or the writer may be slower than the reader's naps (CI saw both).
+            i = 0
+            while i < n or not fell_behind.is_set():
                 k = f"{p}k{i % 4}"
                 acked.append(("put", k.encode(), await etcd.put(k, str(i)), str(i).encode()))
+                i += 1
+            acked.append(("put", end.encode(), await etcd.put(end, "end"), b"end"))
 
         writer = asyncio.create_task(write())
         got: list[Row] = []
@@ -461,19 +469,17 @@ async def test_a_slow_reader_under_steady_writes_gets_every_event_once(
                 last = check_batch(batch, last)
                 got.extend(row(e) for e in batch.events)
                 stepped_off += "paused" in repr(w)
-                if len(got) >= n:
+                if got[-1][1] == end.encode():
                     break
                 if len(got) // 5 > naps:  # a nap per 5 events (a batch may hold several)
+                    if naps == 0:  # the first nap lasts until the watch steps off the stream
+                        await until("the watch stepped off the stream", lambda: "paused" in repr(w))
+                        fell_behind.set()
                     naps = len(got) // 5
-                    if naps == 1:
-                        # Fall behind for sure, whatever etcd's put latency on this machine (on
-                        # a loaded CI the writer was slower than the naps): the first nap lasts
-                        # until the watch steps off the stream (the writer is far from done).
-                        while "paused" not in repr(w) and not writer.done():
-                            await asyncio.sleep(0.01)
                     await asyncio.sleep(0.05)  # slower than the writer
-        await writer
+            await writer
     assert_same_stream(got, acked)
+    assert len(acked) > n
     assert stepped_off  # it did fall more than the bound behind
     assert etcd.stats.watches == 0
 
