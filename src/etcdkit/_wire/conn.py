@@ -216,6 +216,22 @@ def _pick_failed(exc: grpc.aio.AioRpcError) -> bool:
     )
 
 
+def _maybe_applied(exc: grpc.aio.AioRpcError) -> bool:
+    """A write that failed this way may still have been applied: its answer was lost (the
+    connection ended, or the deadline passed) after the request may have left this process."""
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return True
+    details = (exc.details() or "").lower()
+    return (
+        code == grpc.StatusCode.UNAVAILABLE
+        and not _pick_failed(exc)
+        # etcd's own refusals, made before anything was proposed
+        and "unhealthy cluster" not in details
+        and "no leader" not in details
+    )
+
+
 async def _final_status(call: Any) -> None:
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await call.code()
@@ -562,6 +578,11 @@ class Connection:
                         self.note_failure(err)
                         self.failover(ch, f"{code.name}: {exc.details()}")
                     if code != grpc.StatusCode.UNAVAILABLE or not (idempotent or _pick_failed(exc)):
+                        if not idempotent and _maybe_applied(exc):
+                            err = type(err)(
+                                f"{err}; the request may have reached etcd: it may or may not "
+                                "have been applied"
+                            )
                         raise err from exc
                     last = err
                 except (ConnectionUnavailableError, EtcdTimeoutError) as exc:  # from authenticate
