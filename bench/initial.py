@@ -10,7 +10,10 @@ RSS (``ru_maxrss``) belongs to that figure alone (plus the interpreter and impor
 - ``sync``: ``watch_prefix(prefix, transform)`` until ``synced()`` (the first snapshot);
 - ``seed``: the Go seed's design done in Python, the reference the issue compares with: ONE
   unpaged Range of the whole prefix on the raw stub, then a dict of the transformed records;
-- ``get_prefix``: ``client.get_prefix(prefix)`` (every ``KeyValue``, one revision).
+- ``get_prefix``: ``client.get_prefix(prefix)`` (every ``KeyValue``, one revision);
+- ``pages_dict``: the floor of the sync's design: ``get_prefix_pages`` (the pages the sync
+  reads, each asked for while the one before is used) into a dict of the transformed records,
+  with none of the snapshot engine's work (the maps deletes and colliding keys need).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -43,6 +47,7 @@ from etcdkit import AsyncClient
 
 PREFIX = b"/bench/initial/"
 PAGE = 10_000
+ROUNDS = 5  # of each figure at 100k keys (medians); 1 at 1M
 
 
 def jobs(quick: bool) -> list[Job]:
@@ -74,31 +79,48 @@ async def run(env: Env, params: dict[str, Any]) -> None:
         progress(f"initial: preloading {n:,} keys")
         await preload(client, ((key_of(PREFIX, i), b"%d" % i) for i in range(n)), what="keys")
         raw_s = await raw_listing(client, n)
-    progress(f"initial n={n:,}: raw listing {raw_s:.2f} s; syncing in fresh processes")
-    probes = {}
-    for mode in ("sync", "seed", "get_prefix"):
-        args = [env.endpoint, str(n), mode, str(env.server.pid)]
-        probes[mode] = await run_probe("bench.initial", args, timeout=900)
-    sync, seed, getp = probes["sync"], probes["seed"], probes["get_prefix"]
+    # The sync and the seed alternate, a fresh process each: one sample of each is noise on a
+    # loaded 2-core machine (0.76..0.96 x in two runs of the same code), so 100k takes the
+    # median of ROUNDS, and the ratio is also given per round (median of the ratios).
+    rounds = ROUNDS if n <= 100_000 else 1
+    progress(f"initial n={n:,}: raw listing {raw_s:.2f} s; {rounds} rounds in fresh processes")
+    modes = ("sync", "seed", "pages_dict", "get_prefix")
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            args = [env.endpoint, str(n), mode, str(env.server.pid)]
+            runs[mode].append(await run_probe("bench.initial", args, timeout=900))
+
+    def med(mode: str, figure: str) -> float:
+        return float(statistics.median(r[figure] for r in runs[mode]))
+
+    ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs["sync"], runs["seed"], strict=True)]
     figures = {
-        "seconds": round(sync["seconds"], 3),
-        "keys_per_s": round(n / sync["seconds"], 1),
-        "peak_rss_mb": sync["peak_rss_mb"],
-        "rss_before_mb": sync["rss_before_mb"],
-        "rss_after_mb": sync["rss_after_mb"],
-        "rss_after_gc_mb": sync["rss_after_gc_mb"],
-        "cpu_s": round(sync["cpu_s"], 3),
-        "etcd_cpu_s": round(sync["etcd_cpu_s"], 3),
-        "seed_design_s": round(seed["seconds"], 3),
-        "seed_design_cpu_s": round(seed["cpu_s"], 3),
-        "seed_design_etcd_cpu_s": round(seed["etcd_cpu_s"], 3),
-        "seed_design_peak_rss_mb": seed["peak_rss_mb"],
-        "vs_seed_design": round(sync["seconds"] / seed["seconds"], 2),
-        "get_prefix_s": round(getp["seconds"], 3),
-        "get_prefix_peak_rss_mb": getp["peak_rss_mb"],
+        "rounds": rounds,
+        "seconds": round(med("sync", "seconds"), 3),
+        "keys_per_s": round(n / med("sync", "seconds"), 1),
+        "peak_rss_mb": med("sync", "peak_rss_mb"),
+        "rss_before_mb": med("sync", "rss_before_mb"),
+        "rss_after_mb": med("sync", "rss_after_mb"),
+        "rss_after_gc_mb": med("sync", "rss_after_gc_mb"),
+        "cpu_s": round(med("sync", "cpu_s"), 3),
+        "etcd_cpu_s": round(med("sync", "etcd_cpu_s"), 3),
+        "seed_design_s": round(med("seed", "seconds"), 3),
+        "seed_design_cpu_s": round(med("seed", "cpu_s"), 3),
+        "seed_design_etcd_cpu_s": round(med("seed", "etcd_cpu_s"), 3),
+        "seed_design_peak_rss_mb": med("seed", "peak_rss_mb"),
+        "vs_seed_design": round(med("sync", "seconds") / med("seed", "seconds"), 2),
+        "vs_seed_design_per_round": [round(r, 2) for r in ratios],
+        "pages_dict_s": round(med("pages_dict", "seconds"), 3),
+        "pages_dict_cpu_s": round(med("pages_dict", "cpu_s"), 3),
+        "pages_dict_vs_seed_design": round(
+            med("pages_dict", "seconds") / med("seed", "seconds"), 2
+        ),
+        "get_prefix_s": round(med("get_prefix", "seconds"), 3),
+        "get_prefix_peak_rss_mb": med("get_prefix", "peak_rss_mb"),
         "raw_listing_s": round(raw_s, 3),
     }
-    goals = [Goal("vs_seed_design", "<=", 1.0)]
+    goals = [Goal("vs_seed_design", "<=", 0.8)]  # issue 25
     if n >= 1_000_000:
         goals += [
             Goal("seconds", "<=", 5.0),
@@ -114,7 +136,8 @@ async def run(env: Env, params: dict[str, Any]) -> None:
             figures,
             goals,
             notes="each of seconds (watch_prefix synced), seed_design_s (one unpaged Range + a "
-            "dict, in Python) and get_prefix_s measured in a fresh process that does only that; "
+            "dict, in Python) and get_prefix_s measured in a fresh process that does only that, "
+            "alternating, medians of `rounds`; "
             "raw_listing_s = paged raw Range of 10,000 keys, nothing kept",
         )
     )
@@ -127,7 +150,8 @@ def cpu_s(proc: psutil.Process) -> float:
 
 
 async def probe(endpoint: str, n: int, mode: str, etcd_pid: int) -> dict[str, Any]:
-    """The measuring process: one of ``sync``, ``seed``, ``get_prefix`` (module docstring).
+    """The measuring process: one of ``sync``, ``seed``, ``pages_dict``, ``get_prefix`` (module
+    docstring).
     Besides the seconds, the CPU seconds this process (grpc's threads included) and etcd
     (``etcd_pid``) used meanwhile: on 2 cores, what the two sides can overlap at best."""
     etcd, me = psutil.Process(etcd_pid), psutil.Process()
@@ -149,6 +173,14 @@ async def probe(endpoint: str, n: int, mode: str, etcd_pid: int) -> dict[str, An
             end = PREFIX[:-1] + bytes([PREFIX[-1] + 1])
             resp = await client.raw.kv.Range(rpc.RangeRequest(key=PREFIX, range_end=end))
             tree = dict(transform(kv.key, kv.value) for kv in resp.kvs)
+            seconds = time.monotonic() - t0
+            cpu1, etcd_cpu1 = cpu_s(me), cpu_s(etcd)
+            got = len(tree)
+            rss_after = rss_after_gc = rss_mb()
+        elif mode == "pages_dict":
+            tree = {}
+            async for kvs, _ in client.get_prefix_pages(PREFIX):
+                tree.update(transform(kv.key, kv.value) for kv in kvs)
             seconds = time.monotonic() - t0
             cpu1, etcd_cpu1 = cpu_s(me), cpu_s(etcd)
             got = len(tree)
@@ -183,5 +215,7 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 5:
-        sys.exit("usage: python -m bench.initial ENDPOINT N sync|seed|get_prefix ETCD_PID  (probe)")
+        sys.exit(
+            "usage: python -m bench.initial ENDPOINT N sync|seed|pages_dict|get_prefix ETCD_PID"
+        )
     sys.exit(main(sys.argv[1:]))
