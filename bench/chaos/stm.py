@@ -52,6 +52,7 @@ ACCOUNTS = 5
 START = 100
 LEVELS: tuple[Isolation, ...] = ("serializable_snapshot", "serializable", "repeatable_reads")
 READY = "/chaos/stm/ready"  # its create revision: where the history of transfers starts
+VERIFY = "/chaos/stm/verify"  # written once the workers stopped (see _verify)
 
 Move = tuple[int, int, int]  # (from, to, amount)
 
@@ -65,6 +66,9 @@ class StmChaosReport(LockChaosReport):
     audits: int = 0
     revisions: int = 0  # commits in etcd's history
     unknown_landed: int = 0
+    marker: int = 0  # the revision of the write made once the workers stopped
+    replay_target: int = 0  # the accounts' last mod revision at that revision
+    replayed_to: int = 0  # the last revision the replay saw a commit at
 
     def summary(self) -> str:
         rec = max(self.recoveries, default=0.0)
@@ -73,7 +77,8 @@ class StmChaosReport(LockChaosReport):
             f"(kill={self.kill_signal}): {self.contenders} workers, transfers committed "
             f"{self.committed}, {self.unknown} unknown ({self.unknown_landed} landed), "
             f"{self.conflicts} gave up, {self.failed} failed; {self.audits} audits; "
-            f"{self.revisions} commits replayed; faults {sum(self.faults.values())} "
+            f"{self.revisions} commits replayed (to revision {self.replayed_to} of "
+            f"{self.replay_target}, marker {self.marker}); faults {sum(self.faults.values())} "
             f"{self.faults}, recovery max {rec:.2f}s; server panics {self.server_panics}, "
             f"violations {len(self.violations)}, "
             f"took {self.elapsed:.0f}s"
@@ -219,8 +224,14 @@ async def _verify(direct: AsyncClient, run: _Run) -> None:
         report.violations.append("the accounts were never opened")
         return
     opened = ready.create_revision
-    now = await _retry(direct.range, PREFIX, prefix=True)
+    # The last commit to replay up to, read AT a revision no acknowledged commit can be after:
+    # a write's (made through the leader, once every worker stopped). A plain read could come
+    # from a member still catching up (one revived after a panic, say): the replay would then
+    # stop early and the commits after it would look lost.
+    report.marker = await _retry(direct.put, VERIFY, "1")
+    now = await _retry(direct.range, PREFIX, prefix=True, revision=report.marker)
     last = max((kv.mod_revision for kv in now.kvs), default=opened)
+    report.replay_target = last
     commits: dict[int, dict[int, int]] = {}
     if last > opened:  # replay every commit since the accounts were opened
         async with direct.watch(PREFIX, prefix=True, start_revision=opened + 1) as w:
@@ -230,6 +241,7 @@ async def _verify(direct: AsyncClient, run: _Run) -> None:
                     commits.setdefault(ev.kv.mod_revision, {})[acct] = int(ev.kv.value)
                 if commits and max(commits) >= last:
                     break
+        report.replayed_to = max(commits, default=opened)
     committed: list[Move] = []
     unknown: list[Move] = []
     levels: Counter[str] = Counter()
