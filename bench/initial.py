@@ -24,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sized
 from typing import Any
 
 import psutil
@@ -81,7 +82,8 @@ async def run(env: Env, params: dict[str, Any]) -> None:
         raw_s = await raw_listing(client, n)
     # The sync and the seed alternate, a fresh process each: one sample of each is noise on a
     # loaded 2-core machine (0.76..0.96 x in two runs of the same code), so 100k takes the
-    # median of ROUNDS, and the ratio is also given per round (median of the ratios).
+    # median of ROUNDS (vs_seed_design is the ratio of the medians), and the ratio of each
+    # round is given too.
     rounds = ROUNDS if n <= 100_000 else 1
     progress(f"initial n={n:,}: raw listing {raw_s:.2f} s; {rounds} rounds in fresh processes")
     modes = ("sync", "seed", "pages_dict", "get_prefix")
@@ -169,27 +171,24 @@ async def probe(endpoint: str, n: int, mode: str, etcd_pid: int) -> dict[str, An
                 rss_after = rss_mb()
                 gc.collect()
                 rss_after_gc = rss_mb()
-        elif mode == "seed":
-            end = PREFIX[:-1] + bytes([PREFIX[-1] + 1])
-            resp = await client.raw.kv.Range(rpc.RangeRequest(key=PREFIX, range_end=end))
-            tree = dict(transform(kv.key, kv.value) for kv in resp.kvs)
+        else:  # the modes that end once the keys are read: one clock stop for the three
+            kept: Sized
+            if mode == "seed":
+                end = PREFIX[:-1] + bytes([PREFIX[-1] + 1])
+                resp = await client.raw.kv.Range(rpc.RangeRequest(key=PREFIX, range_end=end))
+                kept = dict(transform(kv.key, kv.value) for kv in resp.kvs)
+            elif mode == "pages_dict":
+                tree: dict[str, int] = {}
+                async for kvs, _ in client.get_prefix_pages(PREFIX):
+                    tree.update(transform(kv.key, kv.value) for kv in kvs)
+                kept = tree
+            elif mode == "get_prefix":
+                kept = (await client.get_prefix(PREFIX)).kvs
+            else:
+                raise ValueError(f"mode must be sync, seed, pages_dict or get_prefix, not {mode!r}")
             seconds = time.monotonic() - t0
             cpu1, etcd_cpu1 = cpu_s(me), cpu_s(etcd)
-            got = len(tree)
-            rss_after = rss_after_gc = rss_mb()
-        elif mode == "pages_dict":
-            tree = {}
-            async for kvs, _ in client.get_prefix_pages(PREFIX):
-                tree.update(transform(kv.key, kv.value) for kv in kvs)
-            seconds = time.monotonic() - t0
-            cpu1, etcd_cpu1 = cpu_s(me), cpu_s(etcd)
-            got = len(tree)
-            rss_after = rss_after_gc = rss_mb()
-        else:
-            listing = await client.get_prefix(PREFIX)
-            seconds = time.monotonic() - t0
-            cpu1, etcd_cpu1 = cpu_s(me), cpu_s(etcd)
-            got = len(listing.kvs)
+            got = len(kept)
             rss_after = rss_after_gc = rss_mb()
         if got != n:
             raise RuntimeError(f"{mode}: {got} keys, expected {n}")
