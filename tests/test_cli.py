@@ -33,6 +33,10 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("ETCDKIT_ENDPOINTS", None)  # every test says where etcd is
     env.pop("ETCDKIT_PASSWORD", None)
+    # rich takes COLUMNS/LINES over the terminal's size: a runner's (pytest-xdist's workers
+    # have COLUMNS=80) would override the size a pty test gives its terminal
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
     env.update(extra)
     return env
 
