@@ -52,9 +52,9 @@ PAGE_BYTES = 16 * 1024 * 1024
 # to about PAGE_TARGET_BYTES at the sizes seen so far (1M small keys: ~16 pages, not 100). A
 # larger target is faster at a million keys and costs peak memory (8 MB: 4.3 s, 367 MB; 4 MB:
 # 5.0 s, 340 MB; bench/initial.py). Once fewer keys are left than that (etcd's count says how
-# many), each page takes half of the rest, down to LAST_PAGE_KEYS: the caller's work on the last
-# page overlaps no read (100k keys: 8 pages, not 4; peak RSS of the first sync 77.5 MB, not
-# 84.3, `python -m bench.ab --before 849e6b5 --only initial`).
+# many), each page takes half of the rest, down to LAST_PAGE_KEYS (and no smaller one after
+# it): the caller's work on the last page overlaps no read (100k keys: 8 pages, not 4; the
+# first sync's peak RSS is lower, bench/README.md "Last pages").
 FIRST_PAGE_KEYS = 10_000
 PAGE_TARGET_BYTES = 4 * 1024 * 1024
 MAX_PAGE_KEYS = 500_000
@@ -468,6 +468,8 @@ class KV:
                     # ...and shrink toward the end (see LAST_PAGE_KEYS).
                     rest = int(resp.count) - len(kvs)
                     limit = min(cap, limit * 2, max(LAST_PAGE_KEYS, -(-rest // 2)))
+                    if rest - limit < LAST_PAGE_KEYS:
+                        limit = min(cap, rest)  # no runt page after this one
                 elif limit > 100 and resp.ByteSize() > PAGE_BYTES:
                     limit //= 2
                 start = kvs[-1].key + b"\0"
