@@ -416,12 +416,14 @@ async def test_listing_pages_grow_then_shrink_to_the_end(
     # count says fewer keys are left, each takes half of the rest (down to the last page's
     # size, and no smaller page after it), so the caller's work on the last page, which overlaps
     # no read, stays small.
-    monkeypatch.setattr(etcdkit._wire.kv, "FIRST_PAGE_KEYS", 10)
-    monkeypatch.setattr(etcdkit._wire.kv, "LAST_PAGE_KEYS", 4)
+    monkeypatch.setattr("etcdkit._wire.kv.FIRST_PAGE_KEYS", 10)
+    monkeypatch.setattr("etcdkit._wire.kv.LAST_PAGE_KEYS", 4)
     await etcd.txn(success=[Op.put(f"{etcd_prefix}k{i:03d}", str(i)) for i in range(100)])
     await etcd.txn(success=[Op.put(f"{etcd_prefix}k{i:03d}", str(i)) for i in range(100, 197)])
     want = await etcd.get_prefix(etcd_prefix)
-    sizes, seen, revisions = [], [], set()
+    sizes: list[int] = []
+    seen: list[tuple[bytes, bytes, int]] = []
+    revisions: set[int] = set()
     async for kvs, rev in etcd.get_prefix_pages(etcd_prefix):
         sizes.append(len(kvs))
         seen.extend((kv.key, kv.value, kv.mod_revision) for kv in kvs)
