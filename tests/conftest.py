@@ -23,3 +23,20 @@ def no_leaked_threads() -> Iterator[None]:
         if t.ident not in before and t.name.startswith("etcdkit") and t.is_alive()
     ]
     assert not leaked, f"threads left running: {leaked}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures the fault checkers and timing tests record (``record_property("report",
+    ...)``) for the tests that passed: the CI log keeps them (a failing test's own message has
+    its report), and they come back from pytest-xdist's workers, which drop what tests print."""
+    lines = [
+        f"{rep.nodeid}: {value}"
+        for rep in terminalreporter.stats.get("passed", [])
+        if rep.when == "call"
+        for name, value in rep.user_properties
+        if name == "report"
+    ]
+    if lines:
+        terminalreporter.section("reports")
+        for line in lines:
+            terminalreporter.write_line(line)

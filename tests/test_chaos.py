@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import bench.chaos
@@ -54,12 +54,11 @@ SECONDS = float(os.environ.get("ETCDKIT_CHAOS_SECONDS", "150"))
 @pytest.mark.cluster
 @pytest.mark.timeout(SECONDS + 240)
 async def test_snapshots_stay_exact_through_random_faults(
-    capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     seed = int(os.environ.get("ETCDKIT_CHAOS_SEED", DEFAULT_SEED))
     report = await run_chaos(seed, SECONDS)
-    with capsys.disabled():
-        print(f"\n{report.summary()}")
+    record_property("report", report.summary())
     assert report.mismatches == [], report.summary()
     assert report.mismatch_count == 0
     assert report.skipped == 0

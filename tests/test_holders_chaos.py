@@ -9,6 +9,7 @@ that its checks catch what they claim to catch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 from bench.chaos.holders import (
@@ -35,12 +36,11 @@ SECONDS = float(os.environ.get("ETCDKIT_HOLDERS_CHAOS_SECONDS", "8"))
 @pytest.mark.timeout(SECONDS + 150)
 @pytest.mark.parametrize("recipe", ["semaphore", "rwlock"])
 async def test_fenced_holders_stay_within_bounds_through_faults(
-    recipe: str, capsys: pytest.CaptureFixture[str]
+    recipe: str, record_property: Callable[[str, object], None]
 ) -> None:
     seed = int(os.environ.get("ETCDKIT_HOLDERS_CHAOS_SEED", DEFAULT_SEED))
     report = await run_holders_chaos(recipe, seed, SECONDS)  # type: ignore[arg-type]
-    with capsys.disabled():
-        print(f"\n{report.summary()}")
+    record_property("report", report.summary())
     assert report.violations == [], report.summary()
     assert report.acquisitions > 20
     assert report.journal_records > 100

@@ -9,6 +9,7 @@ claim to catch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 from bench.chaos.locks import LOCK_FAULTS, Record, belief_overlaps, check_journal, run_lock_chaos
@@ -22,12 +23,11 @@ SECONDS = float(os.environ.get("ETCDKIT_LOCK_CHAOS_SECONDS", "30"))
 @pytest.mark.cluster
 @pytest.mark.timeout(SECONDS + 120)
 async def test_fenced_writes_stay_in_order_through_faults(
-    capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     seed = int(os.environ.get("ETCDKIT_LOCK_CHAOS_SEED", DEFAULT_SEED))
     report = await run_lock_chaos(seed, SECONDS)
-    with capsys.disabled():
-        print(f"\n{report.summary()}")
+    record_property("report", report.summary())
     assert report.violations == [], report.summary()
     assert report.acquisitions > 20
     assert report.journal_records > 100

@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -142,7 +142,10 @@ async def test_no_endpoint_fails_at_once_and_the_first_view_is_awaited(
 
 
 async def test_a_new_server_gets_calls_within_milliseconds(
-    etcd: AsyncClient, etcd_prefix: str, nodes: list[Node], capsys: pytest.CaptureFixture[str]
+    etcd: AsyncClient,
+    etcd_prefix: str,
+    nodes: list[Node],
+    record_property: Callable[[str, object], None],
 ) -> None:
     target = etcd_prefix + "svc"
     eps = etcd.endpoint_manager(target)
@@ -167,9 +170,11 @@ async def test_a_new_server_gets_calls_within_milliseconds(
                     await until(lambda: "n1" in got, "a call on the new server", timeout=WAIT)
                     took = got["n1"] - t0
                     # the figure (see the bench for a p50); the bound is generous: loaded CI
-                    with capsys.disabled():
-                        print(f"\nnew server took its first call {took * 1000:.1f} ms after "
-                              "register() began")  # fmt: skip
+                    record_property(
+                        "report",
+                        f"new server took its first call {took * 1000:.1f} ms after "
+                        "register() began",
+                    )
                     assert took < 2.0
                     before = len(ch.view.nodes)
                 assert before == 2
@@ -266,7 +271,7 @@ async def test_a_killed_server_costs_no_call_and_leaves_the_view_within_ttl(
     etcd_server: EtcdServer,
     etcd: AsyncClient,
     etcd_prefix: str,
-    capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     target = etcd_prefix + "svc"
     servers = await asyncio.gather(
@@ -306,12 +311,12 @@ async def test_a_killed_server_costs_no_call_and_leaves_the_view_within_ttl(
             finally:
                 stop.set()
                 await asyncio.gather(*callers)
-            with capsys.disabled():
-                print(
-                    f"\nkilled server left the view {dropped:.2f} s after SIGKILL (lease ttl "
-                    f"{victim.ttl} s); {len(calls)} calls meanwhile, slowest "
-                    f"{max(t for t, _ in calls) * 1000:.0f} ms"
-                )
+            record_property(
+                "report",
+                f"killed server left the view {dropped:.2f} s after SIGKILL (lease ttl "
+                f"{victim.ttl} s); {len(calls)} calls meanwhile, slowest "
+                f"{max(t for t, _ in calls) * 1000:.0f} ms",
+            )
             failed = [c for c in calls if c[1] not in ("p0", "p1", "p2")]
             assert failed == []  # every call met the dead server at most once, then moved on
             assert max(t for t, _ in calls) < deadline + 0.5

@@ -10,6 +10,7 @@ claim to catch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 from bench.chaos.counter import check_history, run_counter_chaos
@@ -29,11 +30,10 @@ def seed() -> int:
 @pytest.mark.cluster
 @pytest.mark.timeout(SECONDS + 150)
 async def test_queue_delivers_each_item_once_through_faults(
-    capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     report = await run_queue_chaos(seed(), SECONDS)
-    with capsys.disabled():
-        print(f"\n{report.summary()}")
+    record_property("report", report.summary())
     assert report.violations == [], report.summary()
     assert report.puts_added > 100
     assert report.taken > 100
@@ -45,11 +45,10 @@ async def test_queue_delivers_each_item_once_through_faults(
 @pytest.mark.cluster
 @pytest.mark.timeout(SECONDS + 150)
 async def test_counter_loses_no_acknowledged_add_through_faults(
-    capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     report = await run_counter_chaos(seed(), SECONDS)
-    with capsys.disabled():
-        print(f"\n{report.summary()}")
+    record_property("report", report.summary())
     assert report.violations == [], report.summary()
     assert report.adds_acked > 100
     assert report.final_value >= report.acked_sum
@@ -61,11 +60,10 @@ async def test_counter_loses_no_acknowledged_add_through_faults(
 @pytest.mark.cluster
 @pytest.mark.timeout(SECONDS + 150)
 async def test_stm_transfers_keep_the_sum_through_faults(
-    capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     report = await run_stm_chaos(seed(), SECONDS)
-    with capsys.disabled():
-        print(f"\n{report.summary()}")
+    record_property("report", report.summary())
     assert report.violations == [], report.summary()
     assert sum(report.faults.values()) >= 3
 
