@@ -101,6 +101,22 @@ _SET_KVS, _SET_REVISION, _SET_COUNT, _SET_MORE, _SET_HEADER = (
 _new_tuple = tuple.__new__
 
 
+def next_page_keys(limit: int, cap: int, rest: int) -> int:
+    """The keys to ask for in the next page of a listing the library sizes, after a page of
+    ``limit`` keys with ``rest`` keys after it: twice as many, at most ``cap``; once ``rest`` is
+    small, half of it, at least LAST_PAGE_KEYS, and all of it rather than leave a smaller page
+    after it (``cap`` is at least FIRST_PAGE_KEYS, over 3 x LAST_PAGE_KEYS: a rest that would
+    leave one is never above ``cap``). ``rest <= 0`` (a server that left its count out) gets
+    the doubling alone."""
+    limit = min(cap, limit * 2)
+    if rest <= 0:
+        return limit
+    limit = min(limit, max(LAST_PAGE_KEYS, -(-rest // 2)))
+    if rest - limit < LAST_PAGE_KEYS:
+        limit = min(cap, rest)  # no runt page after this one
+    return limit
+
+
 def kv_of(pb: Any) -> KeyValue:
     """A :class:`KeyValue` from an ``mvccpb.KeyValue`` message."""
     kv: KeyValue = _new_object(KeyValue)
@@ -465,11 +481,8 @@ class KV:
                     # on the first keys while etcd reads the next (and a 100k-key prefix is
                     # not one big page nothing overlaps with).
                     cap = min(MAX_PAGE_KEYS, max(FIRST_PAGE_KEYS, PAGE_TARGET_BYTES // per_key))
-                    # ...and shrink toward the end (see LAST_PAGE_KEYS).
-                    rest = int(resp.count) - len(kvs)
-                    limit = min(cap, limit * 2, max(LAST_PAGE_KEYS, -(-rest // 2)))
-                    if rest - limit < LAST_PAGE_KEYS:
-                        limit = min(cap, rest)  # no runt page after this one
+                    # ...and shrink toward the end (etcd's count covers this page and the rest)
+                    limit = next_page_keys(limit, cap, int(resp.count) - len(kvs))
                 elif limit > 100 and resp.ByteSize() > PAGE_BYTES:
                     limit //= 2
                 start = kvs[-1].key + b"\0"
