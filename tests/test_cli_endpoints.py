@@ -87,12 +87,12 @@ def test_endpoints_live_view_in_a_terminal(
     target = etcd_prefix + "live"
     env = cli_env(TERM="xterm-256color", ETCDKIT_ENDPOINTS=etcd_server.endpoint)
     env.pop("NO_COLOR", None)
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "etcdkit", "endpoints", target],
-        dimensions=(40, 140),
+    from _terminal import Terminal  # (pexpect's spawn forks: see tests/_terminal.py)
+
+    child = Terminal(
+        [sys.executable, "-m", "etcdkit", "endpoints", target],
         env=env,
-        encoding="utf-8",
+        dimensions=(40, 140),
         timeout=WAIT,
     )
     try:

@@ -93,12 +93,12 @@ def test_members_live_view_in_a_terminal(
     root = etcd_prefix + "svc"
     env = cli_env(TERM="xterm-256color", ETCDKIT_ENDPOINTS=etcd_server.endpoint)
     env.pop("NO_COLOR", None)
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "etcdkit", "members", root],
-        dimensions=(40, 120),
+    from _terminal import Terminal  # (pexpect's spawn forks: see tests/_terminal.py)
+
+    child = Terminal(
+        [sys.executable, "-m", "etcdkit", "members", root],
         env=env,
-        encoding="utf-8",
+        dimensions=(40, 120),
         timeout=WAIT,
     )
     try:
