@@ -207,6 +207,23 @@ async def test_the_same_peer_url_added_again_at_once(
         assert len(await etcd.members.list()) == 1
 
 
+async def test_the_same_peer_url_added_again_when_the_first_answer_is_late(
+    etcd_server_factory: Callable[..., EtcdServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, when the "member not found" answers a later send: the first one's answer was
+    not waited for (a loaded machine, here a first wait of 1 ms), so the same second's id was
+    sent again. add() waits for a new second then too (CI saw it fail once)."""
+    monkeypatch.setattr("etcdkit._wire.admin.CHANGE_FIRST_WAIT", 0.001)
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as etcd:
+        peer = f"http://{HOST}:{free_port()}"
+        for _ in range(4):
+            member = await etcd.members.add(peer, learner=True)
+            assert member.peer_urls == [peer]
+            await etcd.members.remove(member.id)
+        assert len(await etcd.members.list()) == 1
+
+
 async def test_hash_kv(etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str) -> None:
     await etcd.put(etcd_prefix + "a", "1")
     first = await etcd.maintenance.hash_kv(etcd_server.endpoint)

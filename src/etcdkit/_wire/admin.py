@@ -52,6 +52,7 @@ _ALARM_KINDS = ("NOSPACE", "CORRUPT")
 CHANGE_FIRST_WAIT = 0.5
 CHANGE_MAX_WAIT = 4.0
 NEW_ID_WAIT = 1.0  # s: a MemberAdd sent again gets a new member id (see Members._send)
+NEW_ID_TRIES = 3
 
 
 # -- argument checks (before any I/O) -------------------------------------------------------------
@@ -315,11 +316,13 @@ class Members:
         ``adding`` (a MemberAdd): etcd derives the new member's id from its peer URLs and the
         current second, and refuses the id of a removed member ("member not found", at apply:
         nothing was added). The same peer URLs added again within the second they were removed
-        in hit that; sent again a second later, the id is new."""
+        in hit that, whichever send etcd answers so (a first send's answer may come after the
+        wait for it ended); sent again a second later, the id is new (up to NEW_ID_TRIES
+        times)."""
         conn = self._core.conn
         loop = asyncio.get_running_loop()
         wait = CHANGE_FIRST_WAIT
-        sends = 0
+        sends = new_ids = 0
         while True:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
@@ -336,9 +339,14 @@ class Members:
                 if not attempt.expired():
                     raise  # the connection's own (EtcdTimeoutError)
             except ServerError as exc:
-                if adding and sends == 1 and "member not found" in str(exc):
+                if adding and new_ids < NEW_ID_TRIES and "member not found" in str(exc):
+                    # This send added nothing; an earlier one (whose answer was not waited
+                    # for) may have. Else the same second's id was sent again: wait for a new one.
+                    if sends > 1 and applied(await self.list()):
+                        return None
                     left = None if deadline is None else deadline - loop.time()
                     if left is None or left > NEW_ID_WAIT:
+                        new_ids += 1
                         await asyncio.sleep(NEW_ID_WAIT)
                         wait = CHANGE_FIRST_WAIT
                         continue
