@@ -37,6 +37,9 @@ def cli_env(**extra: str) -> dict[str, str]:
     # have COLUMNS=80) would override the size a pty test gives its terminal
     env.pop("COLUMNS", None)
     env.pop("LINES", None)
+    # the CLI as a user runs it: asyncio's debug mode (conftest turns it on for the tests'
+    # own loops) logs every callback over 100 ms, a line on stderr of a loaded machine
+    env.pop("PYTHONASYNCIODEBUG", None)
     env.update(extra)
     return env
 
