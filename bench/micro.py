@@ -7,7 +7,8 @@ run (best of ``--repeat``, milliseconds for ``--keys`` keys, one JSON line per c
   values). ``pairs_ms`` reads each key and value (what a caller of a library handing out the
   protobuf messages does), ``six_fields_ms`` reads the six fields of every key at C speed
   (``operator.attrgetter``), ``kv_of_ms`` makes etcdkit's :class:`~etcdkit.KeyValue` of each
-  (what ``range()`` does).
+  (what ``range()`` does). ``pairs_mb`` and ``kv_of_mb``: the memory the pairs and the
+  ``KeyValue`` list hold (``tracemalloc``; the keys are written once: create = mod revision).
 - ``listing``: the ``initial`` scenario's keys (``k0000042`` = ``42``) and transform.
   ``seed_dict_ms`` is the Go seed's design (a dict of the transformed records),
   ``listing_ms`` a ``watch_prefix`` listing (``SnapshotEngine.begin_reset().add()``: the
@@ -20,6 +21,7 @@ import argparse
 import json
 import operator
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +44,19 @@ def best_ms(fn: Callable[[], object], repeat: int) -> float:
     return round(min(times) * 1e3, 2)
 
 
+def kept_mb(fn: Callable[[], object]) -> float:
+    """The memory (MB, Python's allocations by ``tracemalloc``) held by what ``fn`` returns."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        out = fn()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    del out
+    return round(kept / 1e6, 2)
+
+
 def response(keys: int, key: Callable[[int], bytes], value: Callable[[int], bytes]) -> Any:
     """A parsed ``RangeResponse`` of ``keys`` keys, as grpc hands it over."""
     resp = rpc.RangeResponse()
@@ -60,6 +75,8 @@ def kv_case(keys: int, repeat: int) -> dict[str, Any]:
         "pairs_ms": best_ms(lambda: [(kv.key, kv.value) for kv in kvs], repeat),
         "six_fields_ms": best_ms(lambda: list(map(six, kvs)), repeat),
         "kv_of_ms": best_ms(lambda: [kv_of(kv) for kv in kvs], repeat),
+        "pairs_mb": kept_mb(lambda: [(kv.key, kv.value) for kv in kvs]),
+        "kv_of_mb": kept_mb(lambda: [kv_of(kv) for kv in kvs]),
     }
     figures["kv_of_vs_pairs"] = round(figures["kv_of_ms"] / figures["pairs_ms"], 2)
     return result("micro", "kv", {"keys": keys, "repeat": repeat}, figures)

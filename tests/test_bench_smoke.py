@@ -95,7 +95,14 @@ def test_micro_prints_each_case_beside_its_baseline(capsys: pytest.CaptureFixtur
         ("micro", "kv"),
         ("micro", "listing"),
     ]
-    assert set(lines[0]["figures"]) == {"pairs_ms", "six_fields_ms", "kv_of_ms", "kv_of_vs_pairs"}
+    assert set(lines[0]["figures"]) == {
+        "pairs_ms",
+        "six_fields_ms",
+        "kv_of_ms",
+        "kv_of_vs_pairs",
+        "pairs_mb",
+        "kv_of_mb",
+    }
     assert set(lines[1]["figures"]) == {"seed_dict_ms", "listing_ms", "listing_vs_seed_dict"}
     assert all(v > 0 for line in lines for v in line["figures"].values())
 
