@@ -31,3 +31,13 @@ def test_kv_of_makes_the_same_frozen_key_value() -> None:
 
 def test_kv_of_an_empty_message_has_every_field() -> None:
     assert kv_of(rpc.KeyValue()) == KeyValue(b"", b"", 0, 0, 0, 0)
+
+
+def test_a_key_never_changed_holds_one_int_for_both_revisions() -> None:
+    """Memory, not behaviour: a key whose create and mod revisions are equal shares one int
+    (python -m bench.micro, kv_of_mb); unequal ones keep their own values."""
+    once = kv_of(rpc.KeyValue(key=b"/k", create_revision=70_001, mod_revision=70_001, version=1))
+    assert once.create_revision == once.mod_revision == 70_001
+    assert once.create_revision is once.mod_revision
+    changed = kv_of(rpc.KeyValue(key=b"/k", create_revision=70_001, mod_revision=70_002))
+    assert (changed.create_revision, changed.mod_revision) == (70_001, 70_002)
