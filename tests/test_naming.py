@@ -140,6 +140,29 @@ def test_what_we_write_reads_back_and_writes_the_same_bytes(addr: str, metadata:
     assert endpoint.encode() == text  # (a float 5.6e16 reads back as the int Go writes)
 
 
+@pytest.mark.parametrize(
+    ("metadata", "held", "written_again"),
+    [
+        ("-0", -0.0, "-0"),  # Go's float64 keeps the sign (hypothesis found it: -0 read as 0)
+        ("[-0,0,-0.0]", [-0.0, 0, -0.0], "[-0,0,-0]"),
+        ("9007199254740992", 2**53, "9007199254740992"),
+        ("-9007199254740992", -(2**53), "-9007199254740992"),
+        ("9007199254740993", 9007199254740992.0, "9007199254740992"),  # rounded, as in Go
+        ("123456789012345678901234", 1.2345678901234569e23, "1.2345678901234569e+23"),
+    ],
+)
+def test_numbers_read_as_the_float64_go_holds(metadata: str, held: Any, written_again: str) -> None:
+    endpoint = decode_endpoint(f'{{"Op":-0,"Addr":"h:1","Metadata":{metadata}}}')
+    assert endpoint.metadata == held
+    assert repr(endpoint.metadata) == repr(held)  # -0.0, not 0; a float, not an int
+    assert endpoint.encode() == f'{{"Op":0,"Addr":"h:1","Metadata":{written_again}}}'
+
+
+def test_a_number_no_float64_holds_is_refused() -> None:
+    with pytest.raises(ValueError, match="overflows a float64"):
+        decode_endpoint('{"Op":0,"Addr":"h:1","Metadata":' + "9" * 400 + "}")
+
+
 # -- the manager on etcd ---------------------------------------------------------------------------
 
 

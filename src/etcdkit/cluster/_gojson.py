@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["GoObject", "dumps", "field", "loads_object"]
@@ -50,11 +51,16 @@ def dumps(obj: dict[str, Any]) -> str:
     return _GO_ESCAPED.sub(lambda m: _GO_ESCAPES[m.group()], out)
 
 
-def loads_object(data: str | bytes, what: str) -> GoObject:
-    """Parse *data* as one JSON object; ValueError (saying it is not a valid *what*) otherwise."""
+def loads_object(
+    data: str | bytes, what: str, *, parse_int: Callable[[str], Any] = int
+) -> GoObject:
+    """Parse *data* as one JSON object; ValueError (saying it is not a valid *what*) otherwise.
+    *parse_int* makes the value of a number written with no fraction or exponent."""
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
     try:
-        obj = json.loads(text, object_pairs_hook=GoObject, parse_constant=_no_constant)
+        obj = json.loads(
+            text, object_pairs_hook=GoObject, parse_constant=_no_constant, parse_int=parse_int
+        )
     except ValueError as exc:  # json.JSONDecodeError and our NaN refusal
         raise ValueError(f"not a valid {what}: invalid JSON ({exc})") from exc
     if not isinstance(obj, GoObject):

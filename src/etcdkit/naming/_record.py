@@ -15,9 +15,11 @@ Reading follows ``json.Unmarshal`` into that struct, as Go's ``List``, ``NewWatc
 and the ``etcd:///`` resolver do: field names match case-insensitively (the last occurrence
 wins), unknown fields are ignored, ``null`` leaves a field empty, ``Op`` must be an integer
 from 0 to 255 (its value is ignored, as Go ignores it), ``Addr`` a string, ``Metadata`` any
-JSON value (objects become dicts). A document that is JSON ``null`` decodes to an empty
-endpoint, as in Go. Anything else Go would refuse raises ValueError: Go skips such records
-with a warning, and so do we (counted).
+JSON value (objects become dicts; numbers the float64 Go holds, so Go's bytes come out again:
+an integer literal up to 2**53 in size stays an int, a bigger one is rounded to a float,
+``-0`` is -0.0). A document that is JSON ``null`` decodes to an empty endpoint, as in Go.
+Anything else Go would refuse raises ValueError: Go skips such records with a warning, and so
+do we (counted).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def decode_endpoint(value: str | bytes) -> Endpoint:
     text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
     if text.strip(_JSON_SPACE) == "null":
         return Endpoint("", None)  # Go: unmarshalling null into a struct leaves it empty
-    obj = loads_object(text, _WHAT)
+    obj = loads_object(text, _WHAT, parse_int=_parse_int)
     op = field(obj, "op", int, _WHAT)
     if op is not None and not 0 <= op <= 255:
         raise ValueError(f"not a valid {_WHAT}: 'Op' must fit a uint8, got {op}")
@@ -156,15 +158,38 @@ def _go_float(f: float) -> str:
 # -- reading ---------------------------------------------------------------------------------------
 
 
+class _MinusZero(int):
+    """JSON's ``-0``: 0 in an integer field (Go's ``Op``), -0.0 in ``Metadata`` (Go's
+    ``interface{}`` holds a float64, which ``json.Marshal`` writes as ``-0`` again)."""
+
+    __slots__ = ()
+
+
+_MINUS_ZERO = _MinusZero(0)
+_GO_EXACT_INT = 2**53  # the integers a float64 holds exactly (and any between them)
+
+
+def _parse_int(text: str) -> int:
+    return _MINUS_ZERO if text == "-0" else int(text)
+
+
 def _plain(item: Any) -> Any:
     """A decoded JSON value as Go's ``interface{}`` holds it: objects as dicts (the last of
-    duplicate keys wins), lone surrogate escapes as U+FFFD."""
+    duplicate keys wins), lone surrogate escapes as U+FFFD, numbers as a float64 holds them
+    (an int where it is exact)."""
     if isinstance(item, GoObject):
         return {_SURROGATE.sub("\ufffd", k): _plain(v) for k, v in item}
     if isinstance(item, list):
         return [_plain(v) for v in item]
     if isinstance(item, str):
         return _SURROGATE.sub("\ufffd", item)
+    if type(item) is _MinusZero:
+        return -0.0
+    if type(item) is int and not -_GO_EXACT_INT <= item <= _GO_EXACT_INT:
+        try:
+            return float(item)  # rounded, as Go's float64 rounds it
+        except OverflowError:
+            item = math.inf
     if isinstance(item, float) and not math.isfinite(item):
         raise ValueError(f"not a valid {_WHAT}: a number in 'Metadata' overflows a float64")
     return item
