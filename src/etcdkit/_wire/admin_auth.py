@@ -115,7 +115,8 @@ class Auth:
         await self._call("disable auth", "AuthDisable", rpc.AuthDisableRequest(), idempotent=True)
 
     async def status(self) -> AuthStatus:
-        """Whether auth is enabled and the auth store's revision, as an :class:`AuthStatus`."""
+        """Whether auth is enabled and the auth store's revision, as an :class:`AuthStatus`.
+        Needs etcd 3.5 or later: etcd 3.4 has no such call (:class:`ServerError`, saying so)."""
         resp = await self._call(
             "auth status", "AuthStatus", rpc.AuthStatusRequest(), idempotent=True
         )

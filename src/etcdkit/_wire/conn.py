@@ -173,6 +173,11 @@ def map_rpc_error(exc: BaseException, where: str, what: str) -> EtcdkitError:
         return ConnectionUnavailableError(msg + " (is etcd running and reachable?)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return EtcdTimeoutError(msg)
+    if code == grpc.StatusCode.UNIMPLEMENTED:  # before the "auth" in the details below
+        return ServerError(
+            msg + " (this etcd, or a proxy in between, does not have that call: a later etcd "
+            "version has it)"
+        )
     if "compacted" in low:
         return CompactedError(msg)
     if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in low:
