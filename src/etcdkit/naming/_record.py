@@ -187,9 +187,9 @@ def _plain(item: Any) -> Any:
         return -0.0
     if type(item) is int and not -_GO_EXACT_INT <= item <= _GO_EXACT_INT:
         try:
-            return float(item)  # rounded, as Go's float64 rounds it
+            item = float(item)  # rounded, as Go's float64 rounds it
         except OverflowError:
-            item = math.inf
+            item = math.inf  # refused below, as a float literal that overflows
     if isinstance(item, float) and not math.isfinite(item):
         raise ValueError(f"not a valid {_WHAT}: a number in 'Metadata' overflows a float64")
     return item
