@@ -303,6 +303,7 @@ class Checked:
         tree = dict(self.engine.tree)
         assert tree == fresh_tree(folding_transform, sorted(self.raw.items()))
         assert tree == fresh_tree(folding_transform, sorted(self.raw.items(), reverse=True))
+        check_internals(self.engine)
 
 
 def test_colliding_raw_keys_the_smallest_one_wins_whatever_the_order() -> None:
@@ -337,6 +338,24 @@ def test_a_hidden_record_takes_over_when_the_winner_goes() -> None:
     assert c.apply((b"zz", b"8")) is None  # b"AB" < b"zz": hidden
     s = c.take((b"AB", None))
     assert s.changes == {"zz": Change(ChangeKind.UPDATED, "zz", 7, 8)}
+
+
+def test_no_reverse_map_is_kept_while_no_two_records_collide() -> None:
+    # The K -> raw key map is one dict entry per key: a prefix whose keys never collide (the
+    # common case) goes without it; the first collision makes it, a listing without one drops it.
+    c = Checked([(b"a", b"1"), (b"b", b"2")])
+    take(c.engine)
+    c.take((b"c", b"3"), (b"a", b"d:4"), (b"b", None))  # a new K, a moved one, a deleted one
+    assert c.engine._owner is None
+    c.take((b"C", b"5"))  # folds to "c", as b"c" does: b"C" < b"c" takes over
+    assert c.engine._owner == {"c": b"C", "d": b"a"}
+    c.take((b"a", None), (b"C", None), (b"c", None))
+    assert c.engine._owner == {}
+    c.engine.reset([(b"x", b"1")], c.rev)
+    assert c.engine._owner is None
+    c.engine.reset([(b"x", b"1"), (b"X", b"2")], c.rev)  # a listing with a collision
+    assert c.engine._owner == {"x": b"X"}
+    check_internals(c.engine)
 
 
 def test_a_smaller_raw_key_takes_over_at_once() -> None:
@@ -452,6 +471,29 @@ def model_tree(
     return out
 
 
+def check_internals(e: SnapshotEngine[str, int]) -> None:
+    """The engine's own maps agree with each other and with its tree: every valid raw key is
+    in the index; the K -> raw map, when there is one, names the raw key in the tree for every
+    K; without one no record is hidden and every K of the index is a distinct key of the
+    tree."""
+    tree = dict(e.tree)
+    index, owner, losers, hidden = e._index, e._owner, e._losers, e._hidden
+    if owner is None:
+        assert not losers
+        assert not hidden
+        assert sorted(index.values()) == sorted(tree)
+        return
+    assert owner.keys() == tree.keys()
+    assert all(index[raw] == k for k, raw in owner.items())
+    for k, raws in losers.items():
+        assert raws
+        assert raws == sorted(raws)
+        assert all(owner[k] < raw for raw in raws)
+        assert all(index[raw] == k for raw in raws)
+    assert sorted(hidden) == sorted(raw for raws in losers.values() for raw in raws)
+    assert len(index) == len(owner) + len(hidden)
+
+
 def check_against_model(transform: Transform[str, int], steps: list[Step]) -> None:
     e = SnapshotEngine(transform, name="test")
     raw: dict[bytes, bytes] = {}
@@ -480,6 +522,7 @@ def check_against_model(transform: Transform[str, int], steps: list[Step]) -> No
             e.advance(rev)
         assert dict(e.tree) == model_tree(raw, transform)
         assert dict(e.tree) == fresh_tree(transform, sorted(raw.items()))
+        check_internals(e)
         assert e.view == (e.tree, e.revision)
         assert e.view[0] is e.tree
         assert e.pending <= len(delivered) + len(e.tree)

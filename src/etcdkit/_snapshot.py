@@ -242,7 +242,8 @@ class Listing(Generic[K, V]):
         self.old_invalid = engine._invalid
         self.invalid: dict[bytes, bytes] = {}
         self.index: dict[bytes, K] = {}
-        self.owner: dict[K, bytes] = {}
+        # K -> raw key in the tree, made at the first collision (see SnapshotEngine._owner)
+        self.owner: dict[K, bytes] | None = None
         self.losers: dict[K, list[bytes]] = {}
         self.hidden: dict[bytes, V] = {}
         self.mm: dict[K, V] = {}
@@ -251,38 +252,50 @@ class Listing(Generic[K, V]):
         """Load the next page: records with ``.key`` and ``.value`` (raw keys in any order, each
         at most once per listing). etcd's own messages qualify: a page is read straight from
         the answer, with no pair made per key."""
-        index, owner, mm, old_invalid = self.index, self.owner, self.mm, self.old_invalid
+        index, mm, old_invalid = self.index, self.mm, self.old_invalid
         transform, convert, invalid = self._transform, self._convert, self.invalid
         for record in records:
             raw = record.key
             value = record.value
             try:
-                # The common case, inline: a (K, V) tuple whose K is hashable (setdefault
-                # hashes it) and not yet taken. (Another length fails to unpack: convert()
-                # below then says what is wrong.)
+                # The common case, inline: a (K, V) tuple whose K is hashable (``in`` hashes
+                # it) and not yet taken. (Another length fails to unpack: convert() below then
+                # says what is wrong.)
                 out = transform(raw, value)
                 if type(out) is not tuple:
                     raise TypeError
                 k, v = out
-                cur = owner.setdefault(k, raw)
+                taken = k in mm
             except Exception:
                 known_bad = old_invalid.get(raw) if old_invalid else None
                 rec = convert(raw, value, known_bad=known_bad, invalid=invalid)
                 if rec is None:
                     continue
                 k, v = rec
-                cur = owner.setdefault(k, raw)
-            index[raw] = k
-            if cur is raw:
-                mm[k] = v
-            elif raw < cur:
-                bisect.insort(self.losers.setdefault(k, []), cur)
-                self.hidden[cur] = mm[k]
-                owner[k] = raw
-                mm[k] = v
+                taken = k in mm
+            if taken:
+                self._collide(raw, k, v)
             else:
-                bisect.insort(self.losers.setdefault(k, []), raw)
-                self.hidden[raw] = v
+                index[raw] = k
+                mm[k] = v
+                if self.owner is not None:
+                    self.owner[k] = raw
+
+    def _collide(self, raw: bytes, k: K, v: V) -> None:
+        """``raw -> (k, v)`` meets the record holding ``k``: the smallest raw key wins."""
+        owner = self.owner
+        if owner is None:  # the first collision: until now every K had one raw key
+            owner = self.owner = {kk: r for r, kk in self.index.items()}
+        cur = owner[k]
+        self.index[raw] = k
+        if raw < cur:
+            bisect.insort(self.losers.setdefault(k, []), cur)
+            self.hidden[cur] = self.mm[k]
+            owner[k] = raw
+            self.mm[k] = v
+        else:
+            bisect.insort(self.losers.setdefault(k, []), raw)
+            self.hidden[raw] = v
 
 
 class SnapshotEngine(Generic[K, V]):
@@ -305,7 +318,11 @@ class SnapshotEngine(Generic[K, V]):
         # (tree, revision), replaced in one assignment so a reader never pairs two revisions
         self._view: tuple[PMap[K, V], int] = (PMap(), 0)
         self._index: dict[bytes, K] = {}  # raw key -> K of every valid record, hidden or not
-        self._owner: dict[K, bytes] = {}  # K -> raw key of the record in the tree
+        # K -> raw key of the record in the tree; None while no two valid records share a K
+        # (every valid record is then in the tree: the owner of K is the one raw key whose
+        # index entry is K). Made at the first collision, kept until a listing without one:
+        # a prefix whose keys never collide keeps one map per key fewer.
+        self._owner: dict[K, bytes] | None = None
         self._losers: dict[K, list[bytes]] = {}  # K -> sorted raw keys of its hidden records
         self._hidden: dict[bytes, V] = {}  # raw key of a hidden record -> its value
         self._reported: dict[bytes, Any] = {}  # raw key -> the value it was counted hidden at
@@ -413,7 +430,6 @@ class SnapshotEngine(Generic[K, V]):
         mm = tree.mutate()
         transform = self._transform
         index = self._index
-        owner = self._owner
         losers = self._losers
         pending = self._pending
         invalid = self._invalid
@@ -433,7 +449,9 @@ class SnapshotEngine(Generic[K, V]):
                     touched = self._withdraw(mm, raw, old_k) or touched
                     continue
                 # no collision anywhere: every valid record is in the tree
-                del owner[old_k]
+                owner = self._owner  # (made by a collision earlier in this loop, maybe)
+                if owner is not None:
+                    del owner[old_k]
                 if old_k not in pending:
                     pending[old_k] = mm[old_k]
                 elif pending[old_k] is _ABSENT:
@@ -442,14 +460,20 @@ class SnapshotEngine(Generic[K, V]):
                 touched = True
                 continue
             # The common case inline, as Listing.add has it: a (K, V) tuple whose K hashes
-            # (owner.get below hashes it); anything else goes through _convert, which says what
-            # is wrong.
+            # (looking it up below hashes it); anything else goes through _convert, which says
+            # what is wrong.
             try:
                 out = transform(raw, value)
                 if type(out) is not tuple:
                     raise TypeError
                 k, v = out
-                cur = owner.get(k)
+                owner = self._owner
+                if owner is not None:
+                    cur = owner.get(k)
+                elif old_k is not _ABSENT and old_k == k:
+                    cur = raw  # (no collision anywhere: raw's record is the one filed under k)
+                else:
+                    cur = self._holder(mm, k)
             except Exception:
                 rec = self._convert(raw, value, known_bad=None)
                 if rec is None:
@@ -458,17 +482,26 @@ class SnapshotEngine(Generic[K, V]):
                         touched = self._withdraw(mm, raw, old_k) or touched
                     continue
                 k, v = rec
-                cur = owner.get(k)
+                owner = self._owner
+                if owner is not None:
+                    cur = owner.get(k)
+                elif old_k is not _ABSENT and old_k == k:
+                    cur = raw
+                else:
+                    cur = self._holder(mm, k)
             if invalid:
                 invalid.pop(raw, None)
             if old_k is not _ABSENT and old_k != k:
                 del index[raw]
                 touched = self._withdraw(mm, raw, old_k) or touched
-                cur = owner.get(k)  # (the withdrawal may have changed who holds k)
+                # (the withdrawal may have changed who holds k)
+                owner = self._owner
+                cur = owner.get(k) if owner is not None else self._holder(mm, k)
             if cur is None or cur == raw:
                 if cur is None:
                     index[raw] = k
-                    owner[k] = raw
+                    if self._owner is not None:
+                        self._owner[k] = raw
                 old = mm.swap(k, v, _ABSENT)
                 if k not in pending:
                     pending[k] = old
@@ -540,6 +573,8 @@ class SnapshotEngine(Generic[K, V]):
         Returns whether the tree changed: the next hidden record takes over, or ``k`` goes.
         """
         owner = self._owner
+        if owner is None:  # no collision anywhere: raw held k alone
+            return self._remove(mm, k)
         losers = self._losers.get(k)
         if owner[k] != raw:
             assert losers is not None
@@ -556,6 +591,10 @@ class SnapshotEngine(Generic[K, V]):
             self._set(mm, k, self._hidden.pop(nxt))
             return True
         del owner[k]
+        return self._remove(mm, k)
+
+    def _remove(self, mm: PMapMutation[K, V], k: K) -> bool:
+        """``k`` leaves the tree (no record holds it any more)."""
         pending = self._pending
         if k not in pending:
             pending[k] = mm[k]
@@ -563,6 +602,16 @@ class SnapshotEngine(Generic[K, V]):
             del pending[k]
         del mm[k]
         return True
+
+    def _holder(self, mm: PMapMutation[K, V], k: K) -> bytes | None:
+        """With no reverse map yet: ``None`` if ``k`` is not in the tree; else a record meets
+        the one holding ``k``, the first collision, which makes the map: the raw key holding
+        ``k``. (Until then every valid record is in the tree under its own K: the map is the
+        index turned around.)"""
+        if k not in mm:
+            return None
+        owner = self._owner = {kk: r for r, kk in self._index.items()}
+        return owner[k]
 
     def _contend(self, mm: PMapMutation[K, V], raw: bytes, k: K, v: V, cur: bytes) -> bool:
         """A valid record ``raw -> (k, v)`` meets ``cur``, the raw key holding ``k`` now.
@@ -581,6 +630,7 @@ class SnapshotEngine(Generic[K, V]):
         was = mm[k]
         bisect.insort(self._losers.setdefault(k, []), cur)
         hidden[cur] = was
+        assert self._owner is not None  # (made by the collision that brought us here)
         self._owner[k] = raw
         self._set(mm, k, v)
         self._report_hidden(cur, was, k)
@@ -592,6 +642,7 @@ class SnapshotEngine(Generic[K, V]):
             return
         self._reported[raw] = v
         self._invalid_count += 1
+        assert self._owner is not None  # (made by the collision that hides raw)
         self._log.warning(
             "watch %s: hiding record %r: its key %r is also the key of %r, which wins"
             " (the smallest raw key does)",
