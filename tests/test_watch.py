@@ -43,14 +43,26 @@ async def until(
 async def expected_tree(
     client: AsyncClient, prefix: str, revision: int, transform: Callable[[bytes, bytes], Any]
 ) -> dict[Any, Any]:
-    out = {}
+    """The tree by the documented rule: valid records only; when raw keys collide (transform
+    to one key), the smallest raw key wins (``get_prefix`` lists them in key order)."""
+    out: dict[Any, Any] = {}
     for kv in (await client.get_prefix(prefix, revision=revision)).kvs:
         try:
             k, v = transform(kv.key, kv.value)
         except Exception:
             continue
-        out[k] = v
+        out.setdefault(k, v)
     return out
+
+
+def folding_transform(key: bytes, value: bytes) -> tuple[str, int]:
+    """The last segment in lower case (``A`` and ``a`` collide); a value ``name:n`` files the
+    record under ``name``; a value that is not an integer is invalid."""
+    text = value.decode()
+    if ":" in text:
+        name, _, number = text.partition(":")
+        return name, int(number)
+    return key.decode().rsplit("/", 1)[-1].lower(), int(text)
 
 
 async def test_seed_scenario_four_trees_in_order(etcd: AsyncClient, etcd_prefix: str) -> None:
@@ -332,6 +344,73 @@ async def test_every_snapshot_is_exact_under_random_writes(
                 applied[key] = cast(int, change.new)
         assert applied == dict(snap.tree)
         prev = snap.tree
+
+
+async def test_colliding_keys_stay_exact_through_events_and_a_relist(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    # Raw keys that transform to one key. Events arrive first with no collision anywhere, then
+    # make one, then make and undo them at random; a relist (the watch cut off while history
+    # is compacted) lists them again, and a second watch starts from a listing that has them.
+    # Every snapshot is the tree a fresh listing at its revision gives.
+    server = etcd_server_factory()
+    p = "/fold/"
+    rng = random.Random(2612)
+
+    async def scribble(writer: AsyncClient, n: int, names: str, values: list[str]) -> int:
+        for _ in range(n):
+            key = p + rng.choice(names)
+            if rng.random() < 0.25:
+                await writer.delete(key)
+            else:
+                await writer.put(key, rng.choice(values))
+        # a last write that changes the tree: a snapshot is delivered at its revision
+        return await writer.put(p + "end", str(rng.randrange(10**9)))
+
+    async def check(watch: PrefixWatch[str, int], writer: AsyncClient, revision: int) -> None:
+        snap = await until_past(watch, revision)
+        assert snap.tree == await expected_tree(writer, p, snap.revision, folding_transform)
+
+    with Proxy(server.endpoint) as proxy:
+        async with (
+            AsyncClient(server.endpoint) as writer,
+            AsyncClient(proxy.endpoint) as client,
+        ):
+            await writer.put(p + "a", "1")
+            async with client.watch_prefix(p, folding_transform) as watch:
+                await watch.synced(timeout=WAIT)
+                # distinct lower-case names, no value filing elsewhere: no collision yet
+                await check(watch, writer, await scribble(writer, 40, "abc", ["1", "2", "bad"]))
+                await writer.put(p + "a", "1")
+                snap = await until_past(watch, await writer.put(p + "A", "2"))
+                assert snap.tree["a"] == 2  # b"A" < b"a" wins
+                for _ in range(3):
+                    revision = await scribble(writer, 40, "aAbBc", ["1", "2", "bad", "a:7", "c:8"])
+                    await check(watch, writer, revision)
+                proxy.cut()
+                revision = await scribble(writer, 40, "aAbBc", ["1", "2", "bad", "a:7", "c:8"])
+                await writer.compact(revision)
+                proxy.drop_connections()
+                proxy.restore()
+                await check(watch, writer, revision)
+                assert watch.stats.relists >= 1
+                await check(watch, writer, await scribble(writer, 40, "aAbBc", ["1", "c:8"]))
+            await writer.delete_prefix(p)
+            await writer.put(p + "x", "b:5")
+            await writer.put(p + "b", "6")  # b"b" < b"x", both under "b": "b" wins
+            await writer.put(p + "c", "7")
+            async with client.watch_prefix(p, folding_transform) as watch:
+                snap = await watch.synced(timeout=WAIT)
+                assert snap.tree["b"] == 6
+                assert snap.tree == await expected_tree(writer, p, snap.revision, folding_transform)
+                await writer.delete(p + "b")  # the hidden record takes over
+                await check(watch, writer, await writer.put(p + "end", "0"))
+                assert watch.snapshot is not None
+                assert watch.snapshot.tree["b"] == 5
+
+
+async def until_past(watch: PrefixWatch[Any, Any], revision: int) -> Snapshot[Any, Any]:
+    return await until(watch, lambda s: s.revision >= revision)
 
 
 async def until_revision(seen: list[Snapshot[Any, Any]], revision: int) -> None:
