@@ -221,6 +221,12 @@ class Pair(NamedTuple):
     value: bytes
 
 
+def _owners(index: dict[bytes, K]) -> dict[K, bytes]:
+    """K -> raw key, from an index in which no two raw keys share a K (no collision so far):
+    the index turned around."""
+    return {k: raw for raw, k in index.items()}
+
+
 class Listing(Generic[K, V]):
     """A full listing being loaded page by page (see :meth:`SnapshotEngine.begin_reset`)."""
 
@@ -285,7 +291,7 @@ class Listing(Generic[K, V]):
         """``raw -> (k, v)`` meets the record holding ``k``: the smallest raw key wins."""
         owner = self.owner
         if owner is None:  # the first collision: until now every K had one raw key
-            owner = self.owner = {kk: r for r, kk in self.index.items()}
+            owner = self.owner = _owners(self.index)
         cur = owner[k]
         self.index[raw] = k
         if raw < cur:
@@ -461,21 +467,14 @@ class SnapshotEngine(Generic[K, V]):
                 del mm[old_k]
                 touched = True
                 continue
-            # The common case inline, as Listing.add has it: a (K, V) tuple whose K hashes
-            # (looking it up below hashes it); anything else goes through _convert, which says
-            # what is wrong.
+            # The common case inline, as Listing.add has it: a (K, V) tuple whose K hashes;
+            # anything else goes through _convert, which says what is wrong.
             try:
                 out = transform(raw, value)
                 if type(out) is not tuple:
                     raise TypeError
                 k, v = out
-                owner = self._owner
-                if owner is not None:
-                    cur = owner.get(k)
-                elif old_k is not _ABSENT and old_k == k:
-                    cur = raw  # (no collision anywhere: raw's record is the one filed under k)
-                else:
-                    cur = self._holder(mm, k)
+                hash(k)
             except Exception:
                 rec = self._convert(raw, value, known_bad=None)
                 if rec is None:
@@ -484,13 +483,13 @@ class SnapshotEngine(Generic[K, V]):
                         touched = self._withdraw(mm, raw, old_k) or touched
                     continue
                 k, v = rec
-                owner = self._owner
-                if owner is not None:
-                    cur = owner.get(k)
-                elif old_k is not _ABSENT and old_k == k:
-                    cur = raw
-                else:
-                    cur = self._holder(mm, k)
+            owner = self._owner
+            if owner is not None:
+                cur = owner.get(k)
+            elif old_k is not _ABSENT and old_k == k:
+                cur = raw  # (no collision anywhere: raw's record is the one filed under k)
+            else:
+                cur = self._holder(mm, k)
             if invalid:
                 invalid.pop(raw, None)
             if old_k is not _ABSENT and old_k != k:
@@ -612,7 +611,7 @@ class SnapshotEngine(Generic[K, V]):
         index turned around.)"""
         if k not in mm:
             return None
-        owner = self._owner = {kk: r for r, kk in self._index.items()}
+        owner = self._owner = _owners(self._index)
         return owner[k]
 
     def _contend(self, mm: PMapMutation[K, V], raw: bytes, k: K, v: V, cur: bytes) -> bool:
