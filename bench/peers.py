@@ -18,7 +18,9 @@ writes. Every figure is also given as a ratio of etcdkit's to the best peer's of
 
 - ``put_get``: OPS sequential puts, then OPS sequential gets of those keys: p50/p99 each.
 - ``range``: one unpaged read of 100k keys, then a pass over every key and value: seconds,
-  and the client process's peak RSS (and its growth over the RSS before the read).
+  and the client process's peak RSS (and its growth over the RSS before the read). etcdkit
+  also with ``get_prefix_pages`` (no object per key) and ``get_prefix`` (the typed result of
+  ``range()``, read in pages at one revision); no peer has either.
 - ``watch``: the library's own prefix watch while a writer process (``bench._writer``, the
   same for all, 64 puts in flight) puts UPDATES new values to 1,000 keys: CPU seconds of
   the watching process, and the lag of the last event behind the writer's last ack. etcdkit
@@ -394,7 +396,7 @@ async def turn(
 ) -> dict[str, float]:
     if which == "put_get":
         return await put_get_turn(rt, env, spec)
-    if which in ("range", "range_pages"):
+    if which in ("range", "range_pages", "range_get_prefix"):
         return await range_turn(rt, env, spec, which)
     if which in ("watch", "watch_prefix"):
         return await watch_turn(rt, env, spec, which)
@@ -455,6 +457,7 @@ async def run(env: Env, params: dict[str, Any]) -> None:
             variants.append((up.clients[0], "watch_prefix"))  # etcdkit's, which no peer has
         if case == "range":
             variants.append((up.clients[0], "range_pages"))  # etcdkit's, which no peer has
+            variants.append((up.clients[0], "range_get_prefix"))  # ditto
         failed: set[str] = set()
         for r in range(rounds):
             k = r % len(variants)
@@ -490,6 +493,7 @@ async def run(env: Env, params: dict[str, Any]) -> None:
             figures.update(_ratios(figures, peers, f))
             # No goal on these: the goal is on range(), which makes a KeyValue per key.
             figures.update(_ratios(figures, peers, f, ours="etcdkit_range_pages"))
+            figures.update(_ratios(figures, peers, f, ours="etcdkit_range_get_prefix"))
         goals = [Goal("seconds_vs_best", "<=", 1.0), Goal("peak_rss_mb_vs_best", "<=", 1.0)]
     elif case == "watch":
         # (no ratio for the lag: near zero, and negative when the last event arrives before

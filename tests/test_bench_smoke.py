@@ -109,17 +109,20 @@ def test_micro_prints_each_case_beside_its_baseline(capsys: pytest.CaptureFixtur
 
 @pytest.mark.timeout(120)
 def test_peers_range_reads_every_key_both_ways() -> None:
-    """The peers scenario's range case times etcdkit's range() and its get_prefix_pages (no
-    object per key), each beside the peers; every library's child checks it read every key."""
+    """The peers scenario's range case times etcdkit's range(), its get_prefix_pages (no
+    object per key) and its get_prefix (typed, paged), each beside the peers; every library's
+    child checks it read every key."""
     line = _peers_job({"case": "range", "rounds": 1, "n": 2000})
     figures = line["figures"]
-    for name in ("etcdkit", "etcdkit_range_pages", "aetcd"):
+    for name in ("etcdkit", "etcdkit_range_pages", "etcdkit_range_get_prefix", "aetcd"):
         assert figures[f"{name}_seconds"] > 0, figures
         assert figures[f"{name}_peak_rss_mb"] > 0, figures
     for ratio in (
         "seconds_vs_best",
         "range_pages_seconds_vs_best",
         "range_pages_peak_rss_mb_vs_aetcd",
+        "range_get_prefix_seconds_vs_best",
+        "range_get_prefix_peak_rss_mb_vs_best",
     ):
         assert figures[ratio] > 0, figures
     assert set(line["goal"]) == {"seconds_vs_best", "peak_rss_mb_vs_best"}
