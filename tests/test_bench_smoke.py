@@ -96,9 +96,11 @@ def test_micro_prints_each_case_beside_its_baseline(capsys: pytest.CaptureFixtur
         ("micro", "listing"),
     ]
     assert set(lines[0]["figures"]) == {
+        "iterate_ms",
         "pairs_ms",
         "six_fields_ms",
         "kv_of_ms",
+        "tuple_kv_ms",
         "kv_of_vs_pairs",
         "pairs_mb",
         "kv_of_mb",
