@@ -1,8 +1,9 @@
-"""kv_of builds KeyValue objects by setting their slots directly (fast); they must be the same
-objects a constructor call makes."""
+"""kv_of builds KeyValue objects by filling in their slots directly (fast); they must be the
+same objects a constructor call makes."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 
@@ -25,6 +26,9 @@ def test_kv_of_makes_the_same_frozen_key_value() -> None:
     assert repr(kv) == repr(made)
     assert dataclasses.astuple(kv) == (b"/k", b"v", 3, 7, 2, 0x1F)
     assert pickle.loads(pickle.dumps(kv)) == made
+    assert copy.copy(kv) == made
+    assert dataclasses.replace(kv, value=b"w") == KeyValue(b"/k", b"w", 3, 7, 2, 0x1F)
+    assert not hasattr(kv, "__dict__")
     with pytest.raises(dataclasses.FrozenInstanceError):
         kv.value = b"w"  # type: ignore[misc]
 
