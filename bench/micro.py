@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import operator
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from aetcd import rpc
 
 from bench._common import result, transform
+from etcdkit import KeyValue
 from etcdkit._snapshot import SnapshotEngine
 from etcdkit._wire.kv import kv_of
 
@@ -72,15 +74,9 @@ def response(keys: int, key: Callable[[int], bytes], value: Callable[[int], byte
     return rpc.RangeResponse.FromString(resp.SerializeToString())
 
 
-class _TupleKV(NamedTuple):
-    """``KeyValue``'s fields as a ``NamedTuple`` (``tuple_kv_ms``; not etcdkit's type)."""
-
-    key: bytes
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
+# KeyValue's fields as a NamedTuple (tuple_kv_ms; not etcdkit's type)
+_KV_FIELDS = [f.name for f in dataclasses.fields(KeyValue)]
+_TupleKV: Any = collections.namedtuple("_TupleKV", _KV_FIELDS)  # type: ignore[misc]
 
 
 def kv_case(keys: int, repeat: int) -> dict[str, Any]:
