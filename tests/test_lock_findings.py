@@ -245,6 +245,74 @@ def test_1_threaded_a_late_exit_never_releases_a_newer_acquisition(
     assert sync_keys_under(etcd_sync, name + "/") == []
 
 
+async def test_1_a_release_from_a_task_that_made_none_ends_the_holder_not_a_waiter(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """A acquires in a task of its own (what ``asyncio.wait_for(lock.acquire(), t)`` does on
+    Python 3.11) and releases from its own task, which made no acquisition, while B waits
+    through the same Lock: A's acquisition is released and B takes over (it was B's waiting
+    acquisition that ended, and A's lock stayed held)."""
+    name = etcd_prefix + "other-task"
+    lock = etcd.lock(name, ttl=10)
+    a_held = await asyncio.create_task(lock.acquire())  # acquired in another task
+    assert lock.hold is a_held  # this task made none: the holder's
+    assert lock.state is HoldState.HELD
+    tb = asyncio.create_task(lock.acquire())  # B waits through the same Lock
+    await line_is(etcd, name + "/", 2)
+    assert lock.hold is a_held  # the holder, not the waiter
+    await lock.release()  # this task made none: the one holding is released
+    b_held = await asyncio.wait_for(tb, WAIT)
+    assert a_held.state is HoldState.RELEASED
+    assert b_held.state is HoldState.HELD
+    assert await keys_under(etcd, name + "/") == [b_held.key]
+    await b_held.release()
+    await lock.release()  # nothing in progress: a no-op
+    assert await keys_under(etcd, name + "/") == []
+
+
+async def test_1_a_release_that_cannot_tell_which_raises(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """Two acquisitions in progress that both held (A lost its lease, B holds now), released
+    from a task that made neither: no guess, a RuntimeError, and nothing released."""
+    name = etcd_prefix + "which"
+    lock = etcd.lock(name, ttl=10)
+    a_held = await asyncio.create_task(lock.acquire())
+    await etcd.revoke(a_held.lease_id)
+    await asyncio.wait_for(a_held.lost.wait(), WAIT)
+    b_held = await asyncio.wait_for(asyncio.create_task(lock.acquire()), WAIT)
+    with pytest.raises(RuntimeError, match=r"release\(\) on the LockHold"):
+        await lock.release()
+    assert b_held.state is HoldState.HELD
+    assert await keys_under(etcd, name + "/") == [b_held.key]
+    await a_held.release()  # A's own: nothing of B's
+    await lock.release()  # now the one in progress is B's
+    assert b_held.state is HoldState.RELEASED
+    assert await keys_under(etcd, name + "/") == []
+
+
+def test_1_threaded_a_release_from_a_thread_that_made_none_ends_the_holder(
+    etcd_sync: Client, etcd_prefix: str
+) -> None:
+    name = etcd_prefix + "other-thread"
+    lock = etcd_sync.lock(name, ttl=10)
+    got: dict[str, Any] = {}
+    ta = started(lambda: got.setdefault("a", lock.acquire()))
+    ta.join(WAIT)
+    a_held = got["a"]
+    tb = started(lambda: got.setdefault("b", lock.acquire()))  # B waits, same Lock
+    sync_line_is(etcd_sync, name + "/", 2)
+    assert lock.state is HoldState.HELD  # this thread made none: the holder's
+    lock.release()  # this thread made none: the one holding is released
+    tb.join(WAIT)
+    b_held = got["b"]
+    assert a_held.state is HoldState.RELEASED
+    assert b_held.state is HoldState.HELD
+    assert sync_keys_under(etcd_sync, name + "/") == [b_held.key]
+    b_held.release()
+    assert sync_keys_under(etcd_sync, name + "/") == []
+
+
 async def test_1_election_terms_are_their_own(etcd: AsyncClient, etcd_prefix: str) -> None:
     name = etcd_prefix + "elect"
     election = etcd.election(name)  # one Election object, shared
@@ -340,6 +408,61 @@ def test_2_threaded_timeout_zero(etcd_sync: Client, etcd_prefix: str) -> None:
         with pytest.raises(EtcdTimeoutError, match="timeout=0"), election.campaign("b", timeout=0):
             pass
         assert sync_keys_under(etcd_sync, name + "-e/") == [lead.key]
+
+
+ZERO_TAKES: list[tuple[str, Callable[[Any, str], Any]]] = [
+    ("lock", lambda c, n: c.lock(n, timeout=0)),
+    ("election", lambda c, n: c.election(n).campaign("v", timeout=0)),
+    ("semaphore", lambda c, n: c.semaphore(n, 1, timeout=0)),
+    ("rwlock read", lambda c, n: c.rwlock(n, timeout=0).read()),
+    ("rwlock write", lambda c, n: c.rwlock(n, timeout=0).write()),
+]
+
+
+async def test_2_timeout_zero_does_not_wait_for_an_unreachable_etcd(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """With etcd paused, ``timeout=0`` raises the client's error (after its own timeout)
+    instead of retrying until etcd answers: for every recipe that takes one."""
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint, timeout=0.5) as client:
+        server.pause()
+        try:
+            for what, take in ZERO_TAKES:
+
+                async def enter(take: Any = take, name: str = "/zero-" + what) -> None:
+                    async with take(client, name):
+                        pass
+
+                with pytest.raises(etcdkit.EtcdkitError):
+                    await asyncio.wait_for(enter(), WAIT)
+            with pytest.raises(etcdkit.EtcdkitError):
+                async with asyncio.timeout(WAIT):
+                    await client.double_barrier("/zero-db", 2).enter(timeout=0)
+        finally:
+            server.resume()
+        assert (await client.get_prefix("/zero")).kvs == []  # nothing left behind
+        assert await client.leases() == []
+
+
+def test_2_threaded_timeout_zero_does_not_wait_for_an_unreachable_etcd(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    server = etcd_server_factory()
+    with Client(server.endpoint, timeout=0.5) as client:
+        server.pause()
+        try:
+            for what, take in ZERO_TAKES:
+                t0 = time.monotonic()
+                with pytest.raises(etcdkit.EtcdkitError), take(client, "/zero-" + what):
+                    pass
+                assert time.monotonic() - t0 < WAIT, what  # (a bound, not a speed)
+            with pytest.raises(etcdkit.EtcdkitError):
+                client.double_barrier("/zero-db", 2).enter(timeout=0)
+        finally:
+            server.resume()
+        assert client.get_prefix("/zero").kvs == []
+        assert client.leases() == []
 
 
 # -- 3. a cancel during the lease grant leaves no lease -------------------------------------------

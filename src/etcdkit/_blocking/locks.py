@@ -92,9 +92,10 @@ class SyncLock(Twin[Lock]):
 
     Each acquisition is a :class:`SyncLockHold` of its own. The Lock's own attributes answer
     for the acquisition made by the *current thread*, else (a thread that made none) for the
-    latest made through this Lock; :meth:`release` (and leaving ``with``) releases the
-    current thread's acquisition, else the latest: a thread's late release never releases
-    another thread's newer acquisition. Threads sharing one SyncLock exclude each other.
+    one in progress as :class:`Lock` says; :meth:`release` (and leaving ``with``) releases
+    the current thread's acquisition, else that one (``RuntimeError`` rather than a guess
+    between two in progress): a thread's late release never releases another thread's newer
+    acquisition. Threads sharing one SyncLock exclude each other.
     """
 
     def __init__(self, portal: PortalLike, lock: Lock) -> None:
@@ -139,14 +140,14 @@ class SyncLock(Twin[Lock]):
         return ok
 
     def release(self) -> None:
-        """Release the current thread's acquisition (else the latest); see
-        :meth:`Lock.release`. A no-op once the client is closed."""
-        hold = self._current()
+        """Release the current thread's acquisition (else, as :meth:`Lock.release` says, the
+        one in progress); see :meth:`Lock.release`. A no-op once the client is closed."""
+        hold = self._current(releasing=True)
         if hold is not None:
             hold.release()
 
     def guard(self) -> Compare:
-        """:meth:`LockHold.guard` of the current thread's acquisition (else the latest)."""
+        """:meth:`LockHold.guard` of the current thread's acquisition (else see :attr:`hold`)."""
         hold = self._current()
         if hold is None:
             raise NotHeldError(f"lock {self.aio.name!r} was never acquired: nothing to guard with")
@@ -158,8 +159,8 @@ class SyncLock(Twin[Lock]):
 
     @property
     def hold(self) -> SyncLockHold | None:
-        """The acquisition made through this Lock by the current thread, else the latest one
-        made through it; ``None`` before the first."""
+        """The acquisition made through this Lock by the current thread, else the one in
+        progress (see :class:`Lock`), else the latest; ``None`` before the first."""
         return self._current()
 
     @property
@@ -196,7 +197,7 @@ class SyncLock(Twin[Lock]):
 
     @property
     def lost(self) -> threading.Event:
-        """The ``lost`` event of the current thread's acquisition (else the latest)."""
+        """The ``lost`` event of the current thread's acquisition (else see :attr:`hold`)."""
         hold = self._current()
         return hold.lost if hold is not None else self._never
 
@@ -210,14 +211,15 @@ class SyncLock(Twin[Lock]):
         hold = self._current()
         return hold.requeues if hold is not None else 0
 
-    def _current(self) -> SyncLockHold | None:
+    def _current(self, *, releasing: bool = False) -> SyncLockHold | None:
         with self._maps:
             mine = self._mine.get(threading.current_thread())
         if mine is not None:
             return mine
-        # (read in a task of the portal's, which made no acquisition: the latest)
-        latest = self.portal.read(lambda: self.aio.hold)
-        return self._twin(latest) if latest is not None else None
+        # (read in a task of the portal's, which made no acquisition: the Lock's answer for
+        # such a task; ``releasing`` raises where it could be the wrong acquisition)
+        hold = self.portal.read(lambda: self.aio._current(releasing=releasing))
+        return self._twin(hold) if hold is not None else None
 
     def _twin(self, hold: LockHold) -> SyncLockHold:
         """The one twin of ``hold`` (one ``lost`` event per acquisition) if it is a thread's

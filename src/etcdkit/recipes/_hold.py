@@ -187,7 +187,7 @@ async def watch_until(
     fifteen. The read tells at once; the watch decides otherwise. Every caller reads again
     after this returns, so a read that says "settled" too early costs one read, no more."""
     if session is not None and session.lost.is_set():
-        raise Gone("our lease expired or was revoked while we waited")
+        raise Gone("our lease expired or was revoked")
     watch = etcd.watch(key, prefix=prefix, start_revision=rev + 1, filters=filters)
     seen = False
 
@@ -222,7 +222,7 @@ async def watch_until(
             await asyncio.gather(check, return_exceptions=True)
     if seen:
         return
-    raise Gone("our lease expired or was revoked while we waited")
+    raise Gone("our lease expired or was revoked")
 
 
 def ranges(responses: Sequence[OpResult]) -> list[RangeResult]:

@@ -336,7 +336,7 @@ class Contender:
         The watch and the session tell a listener each, in the turn they learn it, which
         settles one future: the hand-off costs no task and no extra turn of the loop."""
         if session.lost.is_set():
-            raise _Gone("our lease expired or was revoked while waiting")
+            raise _Gone("our lease expired or was revoked")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
         w = self.etcd.watch(key, start_revision=rev + 1)
@@ -361,7 +361,7 @@ class Contender:
 
         def on_session(state: SessionState) -> None:
             if state in (SessionState.LOST, SessionState.CLOSED) and not done.done():
-                done.set_exception(_Gone("our lease expired or was revoked while waiting"))
+                done.set_exception(_Gone("our lease expired or was revoked"))
 
         async def check() -> None:
             # A watch created when etcd is already past ``rev`` (the key ahead may have been

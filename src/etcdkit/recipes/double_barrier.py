@@ -212,7 +212,11 @@ class DoubleBarrier:
                 entered = 0
                 await backoff.wait()
             except EtcdkitError as exc:
-                if isinstance(exc, BarrierFullError) or not etcd.retry.is_retryable(exc):
+                if (
+                    isinstance(exc, BarrierFullError)
+                    or not wait
+                    or not etcd.retry.is_retryable(exc)
+                ):
                     raise
                 log.info("%s: etcd unreachable (%s); retrying", place.what, exc)
                 await backoff.wait()
@@ -276,8 +280,8 @@ class DoubleBarrier:
                     raise TimeoutError
                 await watch_until(etcd, target, now.revision, None, deleted, settled=absent)
             except EtcdkitError as exc:
-                if not etcd.retry.is_retryable(exc):
-                    raise
+                if not wait or not etcd.retry.is_retryable(exc):
+                    raise  # (timeout=0 does not wait for etcd either)
                 log.info("%s: etcd unreachable (%s); retrying", self._place.what, exc)
                 await backoff.wait()
 

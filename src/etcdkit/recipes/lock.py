@@ -37,6 +37,7 @@ class LockHold:
     def __init__(self, lock: Lock) -> None:
         self._lock = lock
         self._listeners: list[Callable[[HoldState], None]] = []
+        self._released = False  # release() was called (a LOST hold stays LOST after it)
         self._c = Contender(
             lock._etcd,
             lock._prefix,
@@ -117,6 +118,7 @@ class LockHold:
         at once. Idempotent; bounded when etcd is down (the key then expires with its TTL).
         Never touches another acquisition. While this acquisition is still being acquired
         (by another task), that ends with :class:`ClosedError`."""
+        self._released = True
         await self._c.release()
 
     def _on_state(self, state: HoldState) -> None:
@@ -146,10 +148,14 @@ class Lock:
     exclude each other, as acquisitions through different Locks do (each has its own key).
     The Lock's own :attr:`key`, :attr:`fencing_token`, :attr:`lease_id`, :attr:`state`,
     :attr:`lost`, :attr:`wakeups`, :attr:`requeues` and :meth:`guard` answer for the
-    acquisition made by the *current task*, else (a task that made none) for the latest one
-    made through this Lock; :meth:`release` (and leaving ``async with``) releases the current
-    task's acquisition, else the latest. So a task's late release never releases another
-    task's newer acquisition. Hold on to the :class:`LockHold` to be explicit.
+    acquisition made by the *current task*. A task that made none (a cleanup task; on Python
+    3.11 the task ``asyncio.wait_for(lock.acquire(), t)`` runs ``acquire`` in) gets the one
+    acquisition that holds (or held, and is not yet released), else the one still waiting,
+    else the latest; :meth:`release` (and leaving ``async with``) releases the current task's
+    acquisition, else that one, and raises ``RuntimeError`` rather than guess between two in
+    progress. So a task's late release never releases another task's newer acquisition, and
+    never a waiter's in place of the holder's. Hold on to the :class:`LockHold` to be
+    explicit.
 
     **Why fence.** Holding a lock in etcd does not stop the holder's own writes elsewhere from
     being late: a process paused (GC, swap, SIGSTOP) or cut off past the TTL can wake up still
@@ -184,6 +190,9 @@ class Lock:
             weakref.WeakKeyDictionary()
         )
         self._latest: LockHold | None = None
+        # every acquisition still referenced (a task's, a returned LockHold, one in force):
+        # a task that made none is answered for the one in progress, when there is one
+        self._holds: weakref.WeakSet[LockHold] = weakref.WeakSet()
         self._never = asyncio.Event()  # ``lost`` before any acquisition: never set
 
     def __repr__(self) -> str:
@@ -207,9 +216,9 @@ class Lock:
 
     @property
     def hold(self) -> LockHold | None:
-        """The acquisition made through this Lock by the current task, else the latest one
-        made through it (by any task); ``None`` before the first. The attributes below answer
-        for it."""
+        """The acquisition made through this Lock by the current task, else (see the class
+        notes) the one in progress, else the latest; ``None`` before the first. The
+        attributes below answer for it."""
         return self._current()
 
     @property
@@ -221,44 +230,44 @@ class Lock:
 
     @property
     def fencing_token(self) -> int:
-        """The fencing token of the current task's acquisition (else the latest): see
+        """The fencing token of the current task's acquisition (else see :attr:`hold`): see
         :attr:`LockHold.fencing_token` (0 before one held)."""
         hold = self._current()
         return hold.fencing_token if hold is not None else 0
 
     @property
     def lease_id(self) -> int:
-        """The lease of the current task's acquisition (else the latest); 0 when none."""
+        """The lease of the current task's acquisition (else see :attr:`hold`); 0 when none."""
         hold = self._current()
         return hold.lease_id if hold is not None else 0
 
     @property
     def state(self) -> HoldState:
-        """The state of the current task's acquisition (else the latest); ``IDLE`` before."""
+        """The state of the current task's acquisition (else see :attr:`hold`); ``IDLE`` before."""
         hold = self._current()
         return hold.state if hold is not None else HoldState.IDLE
 
     @property
     def lost(self) -> asyncio.Event:
-        """The ``lost`` event of the current task's acquisition (else the latest): set when it
+        """The ``lost`` event of the current task's acquisition (else see :attr:`hold`): set when it
         can no longer be trusted (LOST) or was released."""
         hold = self._current()
         return hold.lost if hold is not None else self._never
 
     @property
     def wakeups(self) -> int:
-        """:attr:`LockHold.wakeups` of the current task's acquisition (else the latest)."""
+        """:attr:`LockHold.wakeups` of the current task's acquisition (else see :attr:`hold`)."""
         hold = self._current()
         return hold.wakeups if hold is not None else 0
 
     @property
     def requeues(self) -> int:
-        """:attr:`LockHold.requeues` of the current task's acquisition (else the latest)."""
+        """:attr:`LockHold.requeues` of the current task's acquisition (else see :attr:`hold`)."""
         hold = self._current()
         return hold.requeues if hold is not None else 0
 
     def guard(self) -> Compare:
-        """:meth:`LockHold.guard` of the current task's acquisition (else the latest). Raises
+        """:meth:`LockHold.guard` of the current task's acquisition (else see :attr:`hold`). Raises
         :class:`NotHeldError` if the lock was never acquired (by that acquisition)."""
         hold = self._current()
         if hold is None:
@@ -294,12 +303,15 @@ class Lock:
         return await self._run(self._begin(), try_once=True)
 
     async def release(self) -> None:
-        """Release the current task's acquisition (else the latest made through this Lock):
-        its key goes with its lease; the next waiter takes over at once. Idempotent; bounded
-        when etcd is down (the key then expires with its TTL). Called while another task waits
-        in :meth:`acquire` (and this task made no acquisition), that acquisition ends with
-        :class:`ClosedError`. Use :meth:`LockHold.release` to release one acquisition."""
-        hold = self._current()
+        """Release the current task's acquisition (else the one in progress through this
+        Lock: see the class notes): its key goes with its lease; the next waiter takes over at
+        once. Idempotent; bounded when etcd is down (the key then expires with its TTL).
+        Called while another task waits in :meth:`acquire` (and this task made none, and no
+        other acquisition is in progress), that acquisition ends with :class:`ClosedError`.
+        Raises ``RuntimeError`` when this task made none and two or more are in progress
+        without exactly one of them holding. Use :meth:`LockHold.release` to release one
+        acquisition."""
+        hold = self._current(releasing=True)
         if hold is not None:
             await hold.release()
 
@@ -313,13 +325,37 @@ class Lock:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _current(self) -> LockHold | None:
+    def _current(self, *, releasing: bool = False) -> LockHold | None:
+        """The current task's acquisition; for a task that made none (a cleanup task, the
+        task ``asyncio.wait_for`` ran ``acquire()`` in on Python 3.11, a thread's read through
+        the portal): the one acquisition that holds or held the lock and is not released,
+        else the one still waiting, else the latest. ``releasing``: where that guess could
+        end the wrong acquisition (two or more in progress, none or several of them having
+        held), raise ``RuntimeError`` instead."""
         try:
             task = asyncio.current_task()
         except RuntimeError:  # no running loop: read from outside it
             task = None
         hold = self._mine.get(task) if task is not None else None
-        return hold if hold is not None else self._latest
+        if hold is not None:
+            return hold
+        going = [
+            h
+            for h in self._holds
+            if not h._released and (h.state in ACTIVE or h.state is HoldState.LOST)
+        ]
+        held = [h for h in going if h.fencing_token]
+        if len(held) == 1:
+            return held[0]
+        if not held and len(going) == 1:
+            return going[0]
+        if releasing and going:
+            raise RuntimeError(
+                f"lock {self._name!r}: this task made no acquisition through this Lock and "
+                f"{len(going)} are in progress ({len(held)} of them acquired): which one to "
+                "release is not known; call release() on the LockHold that acquire() returned"
+            )
+        return self._latest
 
     def _begin(self) -> LockHold:
         """A new acquisition of the current task (not yet started)."""
@@ -331,6 +367,7 @@ class Lock:
                 "this Lock object (Locks are not re-entrant); release() it first"
             )
         hold = self._latest = LockHold(self)
+        self._holds.add(hold)
         if task is not None:
             self._mine[task] = hold
         return hold

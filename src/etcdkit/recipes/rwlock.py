@@ -194,8 +194,8 @@ class RWHold(Hold):
                 entered = rev = 0
                 await backoff.wait()
             except EtcdkitError as exc:
-                if not etcd.retry.is_retryable(exc):
-                    raise
+                if not wait or not etcd.retry.is_retryable(exc):
+                    raise  # (timeout=0 does not wait for etcd either)
                 log.info("%s: etcd unreachable (%s); retrying", self.what, exc)
                 await backoff.wait()
 
