@@ -5,6 +5,7 @@ again; on both faces. etcd's refusals arrive typed; bad input fails before any I
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from etcdkit.testing import HOST, EtcdServer
 
 ROOT_PW = "root-pw"
 ALICE_PW = "alice-pw"
+WAIT = 20.0
 APP = "/app/"  # the prefix alice's role may use
 
 
@@ -119,6 +121,73 @@ async def test_auth_round_trip(etcd_server_factory: Callable[..., EtcdServer]) -
     async with fresh_client(endpoint) as anyone:  # auth off: no credentials needed again
         await check_enabled(server, anyone, False)
         await anyone.put("/other", "v")
+
+
+async def test_a_logged_in_client_goes_on_when_auth_goes_off_and_on(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """Auth turned off under a client that logged in: its calls go on without a token (as Go's
+    client does); turned on again, it logs in again."""
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint) as admin:
+        await add_root(admin)
+        await admin.auth.enable()
+    async with fresh_client(server.endpoint, username="root", password=ROOT_PW) as root:
+        first = await root.put("/k", "1")
+        await root.auth.disable()
+        for value in ("2", "3"):
+            await root.put("/k", value)
+            kv = await root.get("/k")
+            assert kv is not None
+            assert kv.value == value.encode()
+        await root.auth.enable()
+        last = await root.put("/k", "4")  # without a token: it logs in again
+        values = []
+        async with root.watch("/k", start_revision=first) as w, asyncio.timeout(WAIT):
+            async for batch in w:
+                values += [e.kv.value for e in batch.events]
+                if batch.events and batch.events[-1].kv.mod_revision >= last:
+                    break
+        assert values == [b"1", b"2", b"3", b"4"]
+        await root.auth.disable()
+    async with fresh_client(server.endpoint) as anyone:
+        await check_enabled(server, anyone, False)
+
+
+async def test_a_user_limited_to_a_prefix_watches_it_from_now(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """A watch from "now" reads the current revision on its own first key, which the user may
+    read (``get_revision()`` reads a key outside its prefix: refused, as documented)."""
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint) as admin:
+        await add_root(admin)
+        await admin.auth.role_add("app")
+        await admin.auth.role_grant_permission("app", APP, prefix=True)
+        await admin.auth.user_add("alice", ALICE_PW)
+        await admin.auth.user_grant_role("alice", "app")
+        await admin.auth.enable()
+    async with fresh_client(server.endpoint, username="alice", password=ALICE_PW) as alice:
+        async with alice.watch(APP, prefix=True) as w, alice.watch(APP + "x") as one:
+            rev = await alice.put(APP + "x", "1")
+            for watch in (w, one):
+                async with asyncio.timeout(WAIT):
+                    batch = await watch.__anext__()
+                assert [e.kv.mod_revision for e in batch.events] == [rev]
+        with quickly(), pytest.raises(etcdkit.PermissionDeniedError):
+            await alice.get_revision()
+
+        def threaded() -> None:
+            with (
+                Client(server.endpoint, username="alice", password=ALICE_PW) as sync_alice,
+                sync_alice.watch(APP, prefix=True) as sw,
+            ):
+                rev = sync_alice.put(APP + "y", "1")
+                assert [e.kv.mod_revision for e in next(iter(sw)).events] == [rev]
+
+        await asyncio.to_thread(threaded)
+    async with fresh_client(server.endpoint, username="root", password=ROOT_PW) as root:
+        await root.auth.disable()
 
 
 def test_auth_threaded(

@@ -55,19 +55,14 @@ CTOR_CASES = [
     pytest.param({"ca_cert": "/nonexistent/ca.pem"}, ValueError, "cannot read", id="ca-missing"),
     pytest.param({"timeout": 0}, ValueError, "timeout", id="timeout-0"),
     pytest.param({"timeout": -1}, ValueError, "timeout", id="timeout-negative"),
-    pytest.param({"timeout": "5"}, (TypeError, ValueError), "timeout", id="timeout-str"),
+    pytest.param({"timeout": "5"}, TypeError, "timeout", id="timeout-str"),
     pytest.param(
         {"timeout": float("nan")},
         ValueError,
         "timeout",
         id="timeout-nan",
     ),
-    pytest.param(
-        {"timeout": True},
-        (TypeError, ValueError),
-        "timeout",
-        id="timeout-bool",
-    ),
+    pytest.param({"timeout": True}, TypeError, "timeout", id="timeout-bool"),
 ]
 
 
@@ -143,7 +138,7 @@ CALL_CASES = [
     ("wait_for", (None,), {}, TypeError, "key must be str or bytes"),
     ("wait_for", ("/k",), {"exists": "yes"}, TypeError, "exists"),
     ("wait_for", ("/k",), {"timeout": -1}, ValueError, "timeout"),
-    ("wait_for", ("/k",), {"timeout": "1"}, (TypeError, ValueError), "timeout"),
+    ("wait_for", ("/k",), {"timeout": "1"}, TypeError, "timeout"),
     ("wait_for", ("/bad-input/absent",), {"timeout": 0}, etcdkit.EtcdTimeoutError, "within 0"),
     ("wait_for", ("/bad-input/absent",), {"timeout": 0.2}, etcdkit.EtcdTimeoutError, "within"),
     ("watch_prefix", (None,), {}, TypeError, "prefix must be str or bytes"),

@@ -314,6 +314,16 @@ async def test_progress_notify_arrives_as_empty_batches(
             got = await batches_until(quiet, rev2)
             assert [[e.kv.mod_revision for e in b.events] for b in got] == [[rev], [rev2]]
             assert w.revision >= rev2
+            # nothing written anywhere: etcd's progress still arrives, each one (as Go's
+            # client hands them out), though the revision does not move
+            now = await client.get_revision()
+            assert now == rev2
+            for watch in (w, one):
+                await batches_until(watch, rev2)
+                watch.take()
+                async with asyncio.timeout(WAIT):
+                    idle = [await watch.__anext__() for _ in range(2)]
+                assert idle == [WatchBatch(now, []), WatchBatch(now, [])]
 
 
 async def test_progress_never_claims_events_not_yet_delivered(

@@ -232,7 +232,10 @@ class AsyncClient:
         return kv
 
     async def get_revision(self) -> int:
-        """The store's current revision (one cheap linearizable read)."""
+        """The store's current revision (one cheap linearizable read, of the key ``"\\0"``:
+        with etcd's auth on, a user whose roles do not let it read that key gets
+        :class:`PermissionDeniedError`; the header of any read it may make, e.g.
+        ``(await etcd.range(key, count_only=True)).header.revision``, says the same)."""
         self._core.check_open()
         return await self._core.kv.revision()
 

@@ -193,7 +193,9 @@ class Watch:
         start = self._start
         if start == 0:
             self._core.check_open()
-            start = await self._core.kv.revision() + 1
+            # (read on the watch's own first key: a user that etcd's auth lets watch this
+            # range may read it, where it may read no other key)
+            start = await self._core.kv.revision(self._key) + 1
         if self._cancelled:
             return
         self._begin(start)

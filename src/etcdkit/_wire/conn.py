@@ -209,6 +209,10 @@ def is_invalid_token(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and "invalid auth token" in (exc.details() or "")
 
 
+def _details(exc: BaseException) -> str:
+    return (exc.details() or "") if isinstance(exc, grpc.aio.AioRpcError) else ""
+
+
 def _pick_failed(exc: grpc.aio.AioRpcError) -> bool:
     """The RPC never left this process: no connection could be made for it (so even a write
     is safe to send again). grpc says so in the details of a fail-fast pick failure."""
@@ -318,10 +322,12 @@ class Connection:
         if (cert is None) != (key is None):
             raise ValueError("pass both cert and key (client certificate), or neither")
         if timeout is not None and (
-            not isinstance(timeout, int | float)
-            or isinstance(timeout, bool)
-            or not 0 < timeout < math.inf
+            not isinstance(timeout, int | float) or isinstance(timeout, bool)
         ):
+            raise TypeError(
+                f"timeout must be a positive number of seconds or None, not {timeout!r:.40}"
+            )
+        if timeout is not None and not 0 < timeout < math.inf:
             raise ValueError(
                 f"timeout must be a positive number of seconds or None, not {timeout!r}"
             )
@@ -487,6 +493,14 @@ class Connection:
                 try:
                     resp = await ch.stubs.auth.Authenticate(req, timeout=self.timeout)
                 except grpc.aio.AioRpcError as exc:
+                    if self._token is not None and "authentication is not enabled" in _details(exc):
+                        # auth was turned off since we logged in: go on without a token, as
+                        # Go's client does (a refusal for want of a user logs in again)
+                        log.info(
+                            "etcd at %s: auth is disabled; calls go without a token", ch.endpoint
+                        )
+                        self._token = ""
+                        return []
                     err = map_rpc_error(
                         exc, str(ch.endpoint), f"authenticate as {self._username!r}"
                     )
@@ -497,7 +511,14 @@ class Connection:
                         )
                     raise err from exc
                 self._token = resp.token
-        return [("token", self._token)]
+        return [("token", self._token)] if self._token else []
+
+    def token_refused(self, exc: BaseException) -> bool:
+        """etcd refused a call for its token: an invalid (expired) one, or none while auth is
+        on again after it was turned off (``user name is empty``). A new login may fix it."""
+        if is_invalid_token(exc):
+            return True
+        return self._token == "" and "user name is empty" in _details(exc)
 
     # -- unary calls ------------------------------------------------------------------------------
 
@@ -573,7 +594,7 @@ class Connection:
                 except grpc.aio.AioRpcError as exc:
                     if self.closed:
                         raise ClosedError(f"{what}: the etcdkit client was closed") from exc
-                    if is_invalid_token(exc) and not refreshed:
+                    if self.token_refused(exc) and not refreshed:
                         refreshed = True
                         await self.metadata(refresh=True)
                         continue
@@ -639,7 +660,7 @@ class Connection:
             except grpc.aio.AioRpcError as exc:
                 if self.closed or self.closing:
                     raise ClosedError(f"{what}: the etcdkit client was closed") from exc
-                if is_invalid_token(exc) and not refreshed and not started:
+                if self.token_refused(exc) and not refreshed and not started:
                     refreshed = True
                     continue
                 err = map_rpc_error(exc, str(ch.endpoint), what)

@@ -436,10 +436,11 @@ class KV:
         resp = await self._read(what, "kv", "Range", _range_pb(op))
         return _range_result(resp, header_of(resp.header), op.revision)
 
-    async def revision(self) -> int:
-        """The store's current revision (one cheap linearizable read)."""
+    async def revision(self, key: bytes = b"\0") -> int:
+        """The store's current revision (one cheap linearizable read: a count of the one key
+        ``key``, which a user of etcd's auth must be allowed to read)."""
         resp = await self._read(
-            "get revision", "kv", "Range", rpc.RangeRequest(key=b"\0", count_only=True)
+            "get revision", "kv", "Range", rpc.RangeRequest(key=key, count_only=True)
         )
         return int(resp.header.revision)
 

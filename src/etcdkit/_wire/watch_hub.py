@@ -359,7 +359,7 @@ class WatchHub:
                         self._conn.failover(ch, str(err))
                     if isinstance(exc, grpc.aio.AioRpcError) and (
                         exc.code() == grpc.StatusCode.UNAUTHENTICATED
-                        or "invalid auth token" in (exc.details() or "")
+                        or self._conn.token_refused(exc)
                     ):
                         with contextlib.suppress(EtcdkitError):
                             await self._conn.metadata(refresh=True)
@@ -515,9 +515,10 @@ class WatchHub:
         if one is None or one.ended:
             return
         one.confirmed_at = now
-        if rev + 1 > one.next_rev:
-            one.next_rev = rev + 1
-            one.header_revision = rev
+        if rev + 1 >= one.next_rev:  # (each one, as Go's client hands them out, moved on or not)
+            if rev + 1 > one.next_rev:
+                one.next_rev = rev + 1
+                one.header_revision = rev
             one.on_progress(rev)
 
     def _confirm_all(self, now: float) -> None:
