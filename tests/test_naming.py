@@ -20,7 +20,9 @@ from etcdkit import (
     LeaseState,
     SyncEndpointManager,
 )
+from etcdkit.cluster._gojson import GO_MAX_DEPTH, loads_object
 from etcdkit.naming import decode_endpoint, encode_endpoint
+from etcdkit.naming._record import MAX_DEPTH
 
 WAIT = 10.0
 
@@ -85,6 +87,7 @@ def test_records_that_cannot_be_written_are_refused(
         (b'{"Addr":"a:1","Metadata":1,"Metadata":null}', Endpoint("a:1")),  # ... not an any
         (b'{"Op":1,"Addr":"a:1","Extra":[1,{"x":2}]}', Endpoint("a:1")),  # Op and unknowns
         (b'{"Op":255,"Addr":"a:1"}', Endpoint("a:1")),
+        (b'{"Op":null,"op":7,"OP":0,"Addr":"a:1"}', Endpoint("a:1")),
         (b'{"Addr":"a:1","Metadata":{"k":{"x":1,"x":2}}}', Endpoint("a:1", {"k": {"x": 2}})),
         (b"{}", Endpoint("")),
         (b" null \n", Endpoint("")),  # Go unmarshals null into a struct without an error
@@ -107,6 +110,20 @@ def test_records_are_read_as_go_unmarshals_them(value: str | bytes, want: Endpoi
         b'{"Op":-1,"Addr":"a:1"}',
         b'{"Op":1.0,"Addr":"a:1"}',
         b'{"Op":"0","Addr":"a:1"}',
+        # Op as Go's strconv.ParseUint(literal, 10, 64) reads a uint8: digits only, <= 255
+        b'{"Op":-0,"Addr":"a:1"}',
+        b'{"OP":-0,"Addr":"a:1"}',
+        b'{"Op":0.0,"Addr":"a:1"}',
+        b'{"Op":0e0,"Addr":"a:1"}',
+        b'{"Op":1e2,"Addr":"a:1"}',
+        b'{"Op":1E2,"Addr":"a:1"}',
+        b'{"Op":+0,"Addr":"a:1"}',
+        b'{"Op":00,"Addr":"a:1"}',
+        b'{"Op":true,"Addr":"a:1"}',
+        b'{"Op":[0],"Addr":"a:1"}',
+        b'{"Op":18446744073709551616,"Addr":"a:1"}',
+        b'{"Op":256,"Op":0,"Addr":"a:1"}',  # Go fails on any occurrence, not just the last
+        b'{"Op":0,"op":-0,"Addr":"a:1"}',
         b'{"Addr":5}',
         b'{"Addr":"a:1","Metadata":1e400}',
         b'{"Addr":"a:1","Metadata":NaN}',
@@ -152,7 +169,7 @@ def test_what_we_write_reads_back_and_writes_the_same_bytes(addr: str, metadata:
     ],
 )
 def test_numbers_read_as_the_float64_go_holds(metadata: str, held: Any, written_again: str) -> None:
-    endpoint = decode_endpoint(f'{{"Op":-0,"Addr":"h:1","Metadata":{metadata}}}')
+    endpoint = decode_endpoint(f'{{"Op":0,"Addr":"h:1","Metadata":{metadata}}}')
     assert endpoint.metadata == held
     assert repr(endpoint.metadata) == repr(held)  # -0.0, not 0; a float, not an int
     assert endpoint.encode() == f'{{"Op":0,"Addr":"h:1","Metadata":{written_again}}}'
@@ -161,6 +178,53 @@ def test_numbers_read_as_the_float64_go_holds(metadata: str, held: Any, written_
 def test_a_number_no_float64_holds_is_refused() -> None:
     with pytest.raises(ValueError, match="overflows a float64"):
         decode_endpoint('{"Op":0,"Addr":"h:1","Metadata":' + "9" * 400 + "}")
+
+
+def nested(depth: int) -> str:
+    """A record whose document nests *depth* levels (its own object is level 1)."""
+    inner = depth - 1
+    return '{"Op":0,"Addr":"deep:1","Metadata":' + "[" * inner + "]" * inner + "}"
+
+
+def test_records_nest_up_to_max_depth() -> None:
+    assert MAX_DEPTH == 256
+    endpoint = decode_endpoint(nested(MAX_DEPTH))
+    assert endpoint.encode() == nested(MAX_DEPTH)
+    assert endpoint == decode_endpoint(nested(MAX_DEPTH).encode())
+    assert repr(endpoint).startswith("Endpoint(addr='deep:1', metadata=[[[")
+    brackets = "[{" * 5000  # brackets in strings do not nest
+    record = f'{{"Addr":"{brackets}","Metadata":"{brackets}\\"]\\\\"}}'  # \" and \\ too
+    assert decode_endpoint(record) == Endpoint(brackets, brackets + '"]\\')
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 1_500, 10_000, 10_001, 100_000])
+def test_records_nested_deeper_are_refused_never_a_recursion_error(depth: int) -> None:
+    # Go reads up to 10,000 levels; Python's json raised RecursionError from about 1,000
+    with pytest.raises(ValueError, match=f"not a valid endpoint record.*nested {depth} levels"):
+        decode_endpoint(nested(depth))
+
+
+def test_the_go_json_reader_turns_a_recursion_error_into_a_value_error() -> None:
+    # the cluster records read up to Go's limit, deeper than Python's json recurses
+    deep = '{"id":"a","data":' + "[" * 5_000 + "]" * 5_000 + "}"
+    assert GO_MAX_DEPTH == 10_000
+    with pytest.raises(ValueError, match="not a valid member record: nested too deeply"):
+        loads_object(deep, "member record")
+    with pytest.raises(ValueError, match="nested 10001 levels deep, more than 10000"):
+        loads_object("[" * 10_001 + "]" * 10_001, "member record")
+
+
+def test_metadata_nested_too_deeply_to_read_back_is_refused() -> None:
+    metadata: Any = []
+    for _ in range(MAX_DEPTH - 2):
+        metadata = [metadata]
+    assert decode_endpoint(encode_endpoint("h:1", metadata)).metadata == metadata  # 255 levels
+    with pytest.raises(ValueError, match="metadata nested deeper than 255 levels"):
+        encode_endpoint("h:1", {"k": metadata})
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(ValueError, match="or cyclic"):
+        encode_endpoint("h:1", cyclic)
 
 
 # -- the manager on etcd ---------------------------------------------------------------------------
@@ -176,8 +240,18 @@ def test_bad_arguments_are_refused_before_any_io(etcd_sync: Client) -> None:
         eps.add("svc-v2/a", "a:1")
     with pytest.raises(ValueError, match="'svc/'"):
         eps.delete("svc")
-    with pytest.raises(TypeError, match="lease must be a lease id"):
-        eps.add("svc/a", "a:1", lease=-1)
+    for lease, error in [
+        (-1, ValueError),
+        (2**63, ValueError),
+        ("1", TypeError),
+        (True, TypeError),
+    ]:
+        # a wrong value is a ValueError, a wrong type a TypeError, with put()'s message
+        with pytest.raises(error, match=r"lease must be an int.* \(a lease id, 0 = none\)") as got:
+            eps.add("svc/a", "a:1", lease=lease)  # type: ignore[arg-type]
+        with pytest.raises(error) as put:
+            etcd_sync.put("svc/a", "v", lease=lease)  # type: ignore[call-overload]
+        assert str(got.value) == str(put.value)
     with pytest.raises(ValueError, match="addr must not be empty"):
         eps.register("")
     with pytest.raises(TypeError, match="metadata must be JSON"):
@@ -211,6 +285,36 @@ async def test_add_list_delete(etcd: AsyncClient, etcd_prefix: str) -> None:
     assert await eps.delete(f"{target}/a") is True
     assert await eps.delete(f"{target}/a") is False
     assert f"{target}/a" not in await eps.list()
+
+
+async def test_records_go_skips_are_skipped_by_list_and_watch(
+    etcd: AsyncClient, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # one record nested 1,500 deep made list() raise RecursionError; "Op":-0 was read as 0
+    target = etcd_prefix + "svc"
+    eps = etcd.endpoint_manager(target)
+    await eps.add(f"{target}/ok", "10.0.0.1:80")
+    await etcd.put(f"{target}/deep", nested(1_500))
+    await etcd.put(f"{target}/deeper", nested(10_001))
+    await etcd.put(f"{target}/neg0", '{"Op":-0,"Addr":"10.0.0.2:80"}')
+    with caplog.at_level(logging.WARNING):
+        assert await eps.list() == {f"{target}/ok": Endpoint("10.0.0.1:80")}
+        assert eps.skipped == 3
+        async with eps.watch() as w:
+            view = await w.synced(timeout=WAIT)
+            assert dict(view.tree) == {f"{target}/ok": Endpoint("10.0.0.1:80")}
+            assert w.stats.invalid_records == 3
+            await etcd.put(f"{target}/deep2", nested(2_000))
+            await etcd.put(f"{target}/op", '{"Op":1e0,"Addr":"10.0.0.3:80"}')
+            await eps.add(f"{target}/last", "10.0.0.4:80")
+            async with asyncio.timeout(WAIT):
+                async for view in w:
+                    if f"{target}/last" in view.tree:
+                        break
+            assert set(view.tree) == {f"{target}/ok", f"{target}/last"}
+            assert w.stats.invalid_records == 5
+    assert "RecursionError" not in caplog.text
+    assert "nested 1500 levels deep" in caplog.text
 
 
 async def test_add_under_a_lease(etcd: AsyncClient, etcd_prefix: str) -> None:

@@ -8,7 +8,8 @@ diff in ``etcdctl``, sees no difference).
 Reading follows ``json.Unmarshal`` into a struct: object keys match field names case-insensitively
 (the last occurrence wins), unknown keys are ignored, ``null`` leaves a field at its zero value,
 a value of the wrong JSON type is an error, and invalid UTF-8 (or a lone surrogate escape) reads
-as U+FFFD.
+as U+FFFD. A document nested deeper than Go's limit (10,000 levels), or than a reader's own
+lower limit, is an error too, never a RecursionError.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
-__all__ = ["GoObject", "dumps", "field", "loads_object"]
+__all__ = ["GO_MAX_DEPTH", "GoObject", "dumps", "field", "loads_object"]
+
+GO_MAX_DEPTH = 10_000
+"""How deep ``json.Unmarshal`` reads: its scanner refuses an array or object nested deeper
+(``maxNestingDepth`` in Go's ``encoding/json/scanner.go``: "exceeded max depth")."""
 
 _GO_ESCAPES = {
     "<": "\\u003c",
@@ -29,6 +35,11 @@ _GO_ESCAPES = {
 }
 _GO_ESCAPED = re.compile("[<>&\u2028\u2029]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A JSON string (an unterminated one runs to the end: one linear pass, no retries), then
+# everything that is not a bracket.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class GoObject(list[tuple[str, Any]]):
@@ -52,20 +63,41 @@ def dumps(obj: dict[str, Any]) -> str:
 
 
 def loads_object(
-    data: str | bytes, what: str, *, parse_int: Callable[[str], Any] = int
+    data: str | bytes,
+    what: str,
+    *,
+    parse_int: Callable[[str], Any] = int,
+    max_depth: int = GO_MAX_DEPTH,
 ) -> GoObject:
     """Parse *data* as one JSON object; ValueError (saying it is not a valid *what*) otherwise.
-    *parse_int* makes the value of a number written with no fraction or exponent."""
+    *parse_int* makes the value of a number written with no fraction or exponent.
+
+    A document with arrays or objects nested deeper than *max_depth* levels (the document's
+    own object is level 1, as Go counts) is a ValueError, and so is one nested too deeply for
+    Python's recursive ``json`` (RecursionError): one bad record never fails its reader.
+    """
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    # (two scans in C; the brackets are counted only when there are more than max_depth)
+    if text.count("[") + text.count("{") > max_depth and (depth := _depth(text)) > max_depth:
+        raise ValueError(f"not a valid {what}: nested {depth} levels deep, more than {max_depth}")
     try:
         obj = json.loads(
             text, object_pairs_hook=GoObject, parse_constant=_no_constant, parse_int=parse_int
         )
     except ValueError as exc:  # json.JSONDecodeError and our NaN refusal
         raise ValueError(f"not a valid {what}: invalid JSON ({exc})") from exc
+    except RecursionError as exc:  # Python's json recurses per level; Go's scanner does not
+        raise ValueError(f"not a valid {what}: nested too deeply to read ({exc})") from exc
     if not isinstance(obj, GoObject):
         raise ValueError(f"not a valid {what}: expected a JSON object, got {text[:80]!r}")
     return obj
+
+
+def _depth(text: str) -> int:
+    """How deeply the arrays and objects of JSON *text* nest (brackets in strings do not
+    count), in linear time and without recursion."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
 
 
 def field(obj: GoObject, name: str, kind: type, what: str) -> Any:

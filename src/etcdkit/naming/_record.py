@@ -13,13 +13,19 @@ a delete is a deleted key, never a record.
 
 Reading follows ``json.Unmarshal`` into that struct, as Go's ``List``, ``NewWatchChannel``
 and the ``etcd:///`` resolver do: field names match case-insensitively (the last occurrence
-wins), unknown fields are ignored, ``null`` leaves a field empty, ``Op`` must be an integer
-from 0 to 255 (its value is ignored, as Go ignores it), ``Addr`` a string, ``Metadata`` any
-JSON value (objects become dicts; numbers the float64 Go holds, so Go's bytes come out again:
-an integer literal up to 2**53 in size stays an int, a bigger one is rounded to a float,
-``-0`` is -0.0). A document that is JSON ``null`` decodes to an empty endpoint, as in Go.
-Anything else Go would refuse raises ValueError: Go skips such records with a warning, and so
-do we (counted).
+wins), unknown fields are ignored, ``null`` leaves a field empty, ``Op`` must be a uint8 as
+``strconv.ParseUint`` reads one: digits only, 0 to 255 (so not ``-0``, ``0.0``, ``0e0`` or
+``1e2``; every occurrence of the field is checked, as Go checks each; its value is ignored, as
+Go ignores it), ``Addr`` a string, ``Metadata`` any JSON value (objects become dicts; numbers
+the float64 Go holds, so Go's bytes come out again: an integer literal up to 2**53 in size
+stays an int, a bigger one is rounded to a float, ``-0`` is -0.0). A document that is JSON
+``null`` decodes to an empty endpoint, as in Go. Anything else Go would refuse raises
+ValueError: Go skips such records with a warning, and so do we (counted).
+
+One difference: Go reads arrays and objects nested up to 10,000 levels; we read up to
+``MAX_DEPTH`` (256, the record's own object being level 1) and refuse a deeper record with
+ValueError, as one Go would refuse (Python's data structures recurse: comparing or printing a
+value 10,000 levels deep raises RecursionError). Writing refuses metadata that deep too.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ from typing import Any
 
 from etcdkit.cluster._gojson import GoObject, field, loads_object
 
-__all__ = ["Endpoint", "decode_endpoint", "encode_endpoint", "metadata_is_safe"]
+__all__ = ["MAX_DEPTH", "Endpoint", "decode_endpoint", "encode_endpoint", "metadata_is_safe"]
+
+MAX_DEPTH = 256
+"""How deeply a record may nest (its own object is level 1; Go reads up to 10,000)."""
 
 _WHAT = "endpoint record (Go's naming/endpoints JSON)"
 _GO_ESCAPES = {
@@ -70,30 +79,34 @@ def encode_endpoint(addr: str, metadata: Any = None) -> str:
     """``{"Op":0,"Addr":addr,"Metadata":metadata}`` byte for byte as Go's ``json.Marshal``.
 
     Raises TypeError for an *addr* that is not a str or *metadata* that is not JSON (say what
-    to pass), ValueError for an empty *addr*, a NaN or infinite float, or a lone surrogate.
+    to pass), ValueError for an empty *addr*, a NaN or infinite float, a lone surrogate, or
+    metadata nested deeper than the record may be (:data:`MAX_DEPTH`; or cyclic).
     """
     if not isinstance(addr, str):
         raise TypeError(f'addr must be a str such as "10.0.0.5:8080", got {addr!r:.80}')
     if not addr:
         raise ValueError('addr must not be empty; pass the address to dial, e.g. "10.0.0.5:8080"')
-    return f'{{"Op":0,"Addr":{_dump(addr)},"Metadata":{_dump(metadata)}}}'
+    return f'{{"Op":0,"Addr":{_dump(addr, 1)},"Metadata":{_dump(metadata, 1)}}}'
 
 
 def decode_endpoint(value: str | bytes) -> Endpoint:
     """Read a record as Go's ``json.Unmarshal`` does (see module doc); ValueError when Go
-    would refuse it."""
+    would refuse it, or when it nests deeper than :data:`MAX_DEPTH`. Never RecursionError."""
     text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
     if text.strip(_JSON_SPACE) == "null":
         return Endpoint("", None)  # Go: unmarshalling null into a struct leaves it empty
-    obj = loads_object(text, _WHAT, parse_int=_parse_int)
-    op = field(obj, "op", int, _WHAT)
-    if op is not None and not 0 <= op <= 255:
-        raise ValueError(f"not a valid {_WHAT}: 'Op' must fit a uint8, got {op}")
-    addr = field(obj, "addr", str, _WHAT) or ""
+    obj = loads_object(text, _WHAT, parse_int=_parse_int, max_depth=MAX_DEPTH)
     metadata: Any = None
     for key, item in obj:
-        if key.lower() == "metadata":
-            metadata = _plain(item)  # null too: Go sets an interface{} field to nil
+        name = key.lower()
+        if name == "op" and item is not None:
+            _check_op(item)
+        elif name == "metadata":
+            try:
+                metadata = _plain(item)  # null too: Go sets an interface{} field to nil
+            except RecursionError as exc:  # (not within MAX_DEPTH, but a caller's deep stack)
+                raise ValueError(f"not a valid {_WHAT}: nested too deeply to read") from exc
+    addr = field(obj, "addr", str, _WHAT) or ""
     return Endpoint(addr, metadata)
 
 
@@ -105,7 +118,8 @@ def metadata_is_safe(metadata: object) -> bool:
 # -- writing ---------------------------------------------------------------------------------------
 
 
-def _dump(value: Any) -> str:
+def _dump(value: Any, level: int) -> str:
+    """*value* as Go writes it, inside an array or object at nesting *level*."""
     if value is None:
         return "null"
     if value is True:
@@ -121,13 +135,24 @@ def _dump(value: Any) -> str:
         return str(int(value))
     if isinstance(value, float):
         return _go_float(value)
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_dump(v) for v in value) + "]"
-    if isinstance(value, Mapping):
+    if isinstance(value, list | tuple | Mapping):
+        level += 1
+        if level > MAX_DEPTH:
+            raise ValueError(
+                f"metadata nested deeper than {MAX_DEPTH - 1} levels (or cyclic) cannot be "
+                f"read back: etcdkit reads records nested up to {MAX_DEPTH} levels; flatten it"
+            )
+        parts = []  # (a loop, not a generator: one frame per level)
+        if not isinstance(value, Mapping):
+            for v in value:
+                parts.append(_dump(v, level))
+            return "[" + ",".join(parts) + "]"
         if not all(isinstance(k, str) for k in value):
             raise TypeError(f"metadata maps must have str keys, got {value!r:.80}")
         # Go marshals a map[string]any with its keys sorted (UTF-8 byte order = code points)
-        return "{" + ",".join(f"{_dump(k)}:{_dump(value[k])}" for k in sorted(value)) + "}"
+        for k in sorted(value):
+            parts.append(_dump(k, level) + ":" + _dump(value[k], level))
+        return "{" + ",".join(parts) + "}"
     raise TypeError(
         "metadata must be JSON: None, str, bool, int, float, list or dict with str keys "
         f"(best a str or None), got {type(value).__name__}"
@@ -159,10 +184,14 @@ def _go_float(f: float) -> str:
 
 
 class _MinusZero(int):
-    """JSON's ``-0``: 0 in an integer field (Go's ``Op``), -0.0 in ``Metadata`` (Go's
-    ``interface{}`` holds a float64, which ``json.Marshal`` writes as ``-0`` again)."""
+    """JSON's ``-0``: refused in ``Op`` (Go's ``strconv.ParseUint`` takes no sign), -0.0 in
+    ``Metadata`` (Go's ``interface{}`` holds a float64, which ``json.Marshal`` writes as
+    ``-0`` again)."""
 
     __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "-0"
 
 
 _MINUS_ZERO = _MinusZero(0)
@@ -173,14 +202,30 @@ def _parse_int(text: str) -> int:
     return _MINUS_ZERO if text == "-0" else int(text)
 
 
+def _check_op(item: Any) -> None:
+    """One ``Op`` value as Go's ``literalStore`` reads it into a uint8: ``strconv.ParseUint(s,
+    10, 64)`` of the literal (digits only: no sign, fraction or exponent), then at most 255.
+    Go records the first failure and still fails the record, so every occurrence counts."""
+    if type(item) is not int or not 0 <= item <= 255:  # (-0 is a _MinusZero; True a bool)
+        raise ValueError(
+            f"not a valid {_WHAT}: 'Op' must be a uint8 (digits only, 0 to 255), got {item!r:.40}"
+        )
+
+
 def _plain(item: Any) -> Any:
     """A decoded JSON value as Go's ``interface{}`` holds it: objects as dicts (the last of
     duplicate keys wins), lone surrogate escapes as U+FFFD, numbers as a float64 holds them
     (an int where it is exact)."""
-    if isinstance(item, GoObject):
-        return {_SURROGATE.sub("\ufffd", k): _plain(v) for k, v in item}
+    if isinstance(item, GoObject):  # (loops, not comprehensions: one frame per level)
+        plain: dict[str, Any] = {}
+        for k, v in item:
+            plain[_SURROGATE.sub("\ufffd", k)] = _plain(v)
+        return plain
     if isinstance(item, list):
-        return [_plain(v) for v in item]
+        values = []
+        for v in item:
+            values.append(_plain(v))
+        return values
     if isinstance(item, str):
         return _SURROGATE.sub("\ufffd", item)
     if type(item) is _MinusZero:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from etcdkit._blocking.twin import PortalLike, Twin, blocking, mirror
 from etcdkit._surface import Etcd
+from etcdkit._types import check_int64
 from etcdkit.naming._record import Endpoint, decode_endpoint, encode_endpoint, metadata_is_safe
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ class EndpointManager:
     - ``register(addr, metadata=None, ttl=10)``: keep one endpoint registered while open.
 
     Records that do not decode (Go would skip them too) are left out, logged once and counted
-    (``skipped`` for ``list()``, ``watch.stats.invalid_records`` for a watch).
+    (``skipped`` for ``list()``, ``watch.stats.invalid_records`` for a watch); so are records
+    nested deeper than we read (256 levels; Go reads 10,000). One record never fails a call.
 
     Go's ``List`` and ``NewWatchChannel`` (and so its resolver) read the prefix *target*
     without the slash: a Go client of ``svc`` also picks up keys under ``svc-v2/`` or a key
@@ -104,14 +106,14 @@ class EndpointManager:
         lease *lease* if not 0; returns the revision of the write.
 
         Raises ValueError when *key* does not start with ``target + "/"`` (as Go does), and
-        TypeError / ValueError for an *addr* or *metadata* that cannot be a record, before any
-        I/O; the client's errors (EtcdTimeoutError, LeaseNotFoundError, ...) otherwise.
+        TypeError / ValueError for an *addr* or *metadata* that cannot be a record or a *lease*
+        that is not an int / not an int64 >= 0 (as ``put`` does), before any I/O; the client's
+        errors (EtcdTimeoutError, LeaseNotFoundError, ...) otherwise.
         Metadata that is not a string or None is written, with a warning logged once.
         """
         self._check_key(key)
         value = self._encode(addr, metadata)
-        if isinstance(lease, bool) or not isinstance(lease, int) or lease < 0:
-            raise TypeError(f"lease must be a lease id (int >= 0; 0 for none), got {lease!r}")
+        check_int64(lease, "lease", hint=" (a lease id, 0 = none)")  # the checks of put()
         return await self._etcd.put(key, value, lease=lease)
 
     async def delete(self, key: str) -> bool:
@@ -131,7 +133,7 @@ class EndpointManager:
         for kv in result.kvs:
             try:
                 key, endpoint = endpoint_item(kv.key, kv.value)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # (the codec makes the latter a ValueError)
                 self._skipped += 1
                 if (kv.key, kv.mod_revision) not in self._logged:
                     if len(self._logged) > 1000:  # bounded: a flood is logged again, not kept
