@@ -14,11 +14,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
+from aetcd import rpc
 
 import etcdkit
 import etcdkit.compat.etcd3 as etcd3
 from etcdkit.compat.etcd3 import exceptions
 from etcdkit.compat.etcd3.events import DeleteEvent, PutEvent
+from etcdkit.compat.etcd3.results import ResponseOp
 from etcdkit.testing import HOST, EtcdCluster, EtcdServer, free_port
 
 T = TypeVar("T")
@@ -30,6 +32,10 @@ def compat(server: EtcdServer, **kwargs: Any) -> Etcd3:
     assert url.hostname is not None
     assert url.port is not None
     return etcd3.client(url.hostname, url.port, **kwargs)
+
+
+def compat_at(port: int, **kwargs: Any) -> Etcd3:
+    return etcd3.client(HOST, port, **kwargs)
 
 
 @pytest.fixture
@@ -101,8 +107,10 @@ def test_each_etcdkit_error_maps_to_its_python_etcd3_exception() -> None:
 
 
 def test_bad_arguments_fail_before_any_io() -> None:
+    with pytest.raises(ValueError, match="ca_cert"):  # python-etcd3's check: with a ca_cert
+        etcd3.client(port=free_port(), ca_cert="ca.pem", cert_key="k.pem")
     with pytest.raises(ValueError, match="ca_cert"):
-        etcd3.client(port=free_port(), cert_key="k.pem")
+        etcd3.client(port=free_port(), ca_cert="ca.pem", cert_cert="c.pem")
     with pytest.raises(ValueError, match="user and password"):
         etcd3.client(port=free_port(), user="root")
     with pytest.raises(ValueError, match="ttl"):
@@ -249,7 +257,8 @@ def test_transactions(e3: Etcd3, etcd_prefix: str) -> None:
     assert nested.response_txn.succeeded is True
     put, got = nested.response_txn.responses
     assert put.WhichOneof("response") == "response_put"
-    assert got[0][0] == b"v2"
+    assert got.WhichOneof("response") == "response_range"  # a ResponseOp, as python-etcd3's
+    assert got.response_range.kvs[0].value == b"v2"
     assert e3.get(other)[0] == b"x"
 
 
@@ -469,8 +478,8 @@ def test_lock_expires_after_ttl_unless_refreshed(e3: Etcd3, etcd_prefix: str) ->
         time.sleep(0.05)
     assert kept.is_acquired()
     assert lapsed.release() is False
-    with pytest.raises(ValueError, match="expired"):
-        lapsed.refresh()
+    assert [r.TTL for r in lapsed.refresh()] == [0]  # the lease is gone, as in python-etcd3
+    assert not lapsed.is_acquired()  # ... and the refresh did not take the lock again
     taker = e3.lock(etcd_prefix + "lapsed", ttl=5)
     assert taker.acquire(timeout=5) is True
     taker.release()
@@ -621,3 +630,208 @@ def test_a_stopped_server_gives_connection_errors(
             e3.lease(10)
         with pytest.raises(failed):
             e3.watch("/k")
+
+
+# -- python-etcd3's behaviour where an audit found this module differing --------------------------
+
+
+def test_create_alarm_without_a_member_raises_it_for_every_member(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """python-etcd3's ``create_alarm()`` (member_id=0) "activates the alarm for all the
+    members"; here each member gets its own (etcd would record one of a member 0)."""
+    server = etcd_server_factory()
+    with compat(server) as e3:
+        (me,) = list(e3.members)
+        raised = e3.create_alarm()
+        assert [(a.alarm_type, a.member_id) for a in raised] == [(1, me.id)]
+        assert [(a.alarm_type, a.member_id) for a in e3.list_alarms()] == [(1, me.id)]
+        with pytest.raises(exceptions.InternalServerError, match="NOSPACE"):
+            e3.put("/refused", "v")
+        assert [a.member_id for a in e3.disarm_alarm()] == [me.id]
+        e3.put("/after", "ok")
+        with pytest.raises(ValueError, match="member"):  # (python-etcd3's protobuf: ValueError)
+            e3.create_alarm(-1)
+
+        # an alarm of "member 0", as python-etcd3's create_alarm() raises it
+        stubs = e3.native.raw
+
+        async def alarm(action: int) -> None:
+            await stubs.maintenance.Alarm(
+                rpc.AlarmRequest(action=action, memberID=0, alarm=rpc.NOSPACE)
+            )
+
+        e3.native.run(alarm(rpc.AlarmRequest.ACTIVATE))
+        try:
+            assert [(a.alarm_type, a.member_id) for a in e3.list_alarms()] == [(1, 0)]
+            with pytest.raises(exceptions.Etcd3Exception, match="etcdctl alarm disarm"):
+                e3.disarm_alarm()
+        finally:
+            e3.native.run(alarm(rpc.AlarmRequest.DEACTIVATE))
+        assert list(e3.list_alarms()) == []
+
+
+def test_nested_transaction_responses_are_response_ops(e3: Etcd3, etcd_prefix: str) -> None:
+    """As in python-etcd3, where they were etcd's ResponseOp messages: inside a nested
+    transaction a get's response is a ResponseOp with ``response_range`` too."""
+    assert "refused" not in (etcd3.transactions.__doc__ or "")  # (it said nesting was)
+    t = e3.transactions
+    a, b = etcd_prefix + "a", etcd_prefix + "b"
+    e3.put(a, "1")
+    ok, (outer,) = e3.transaction(
+        [],
+        [
+            t.txn(
+                [t.value(a) == "1"],
+                [t.get(a), t.put(b, "2", prev_kv=True), t.txn([], [t.get(b)], []), t.delete(a)],
+                [],
+            )
+        ],
+        [],
+    )
+    assert ok
+    inner = outer.response_txn
+    assert inner.succeeded is True
+    got, put, deeper, deleted = inner.responses
+    assert all(isinstance(r, ResponseOp) for r in inner.responses)
+    assert [r.WhichOneof("response") for r in inner.responses] == [
+        "response_range",
+        "response_put",
+        "response_txn",
+        "response_delete_range",
+    ]
+    assert got.response_range.kvs[0].value == b"1"
+    assert got.response_range.count == 1
+    assert put.response_put.prev_kv.key == b""  # b did not exist
+    assert put.response_put.header.revision > 0
+    (deep_get,) = deeper.response_txn.responses
+    assert deep_get.response_range.kvs[0].value == b"2"
+    assert deleted.response_delete_range.deleted == 1
+
+
+def test_a_hung_server_gives_connection_timeout_errors(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """A SIGSTOPped etcd accepts connections but answers nothing: python-etcd3's call ran into
+    its deadline (ConnectionTimeoutError), whether connected before or not; a refused
+    connection (nothing listening) is a ConnectionFailedError."""
+    server = etcd_server_factory()
+    with compat(server, timeout=1) as before:
+        before.put("/k", "v")
+        server.pause()
+        try:
+            with compat(server, timeout=1) as fresh:
+                for e3 in (fresh, before):
+                    started = time.monotonic()
+                    with pytest.raises(exceptions.ConnectionTimeoutError) as info:
+                        e3.get("/k")
+                    assert isinstance(info.value, TimeoutError)
+                    assert isinstance(info.value.__cause__, etcdkit.EtcdkitError)
+                    assert time.monotonic() - started < 30
+        finally:
+            server.resume()
+    with (
+        compat_at(free_port(), timeout=1) as nobody,
+        pytest.raises(exceptions.ConnectionFailedError),
+    ):
+        nobody.get("/k")
+
+
+def test_timed_out_is_read_from_grpcs_words_not_the_key() -> None:
+    hung = etcdkit.ConnectionUnavailableError(
+        "get b'/k': no etcd endpoint answered within 1.0 s (x); last error: get b'/k' at x "
+        "failed: UNAVAILABLE: ... connection attempt timed out before receiving SETTINGS frame"
+    )
+    refused = etcdkit.ConnectionUnavailableError(
+        "get b'/timeout': no etcd endpoint answered within 1.0 s (x); last error: get "
+        "b'/timeout' at x failed: UNAVAILABLE: ...: Connection refused"
+    )
+    assert type(exceptions.translate(hung)) is exceptions.ConnectionTimeoutError
+    assert type(exceptions.translate(refused)) is exceptions.ConnectionFailedError
+
+
+def test_lock_refresh_after_release_or_expiry_answers_ttl_0(e3: Etcd3, etcd_prefix: str) -> None:
+    """python-etcd3 kept the lock's lease: refreshing it once the lock was gone answered a
+    keep-alive with TTL 0 (here the lease is revoked with the lock, so always 0)."""
+    lapsed = e3.lock(etcd_prefix + "lapsed", ttl=1)
+    assert lapsed.acquire(timeout=5)
+    lease = lapsed.lease
+    deadline = time.monotonic() + 10
+    while lapsed.is_acquired():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert lease is not None
+    assert lapsed.lease is lease
+    assert [(r.ID, r.TTL) for r in lapsed.refresh()] == [(lease.id, 0)]
+
+    released = e3.lock(etcd_prefix + "released", ttl=30)
+    assert released.acquire(timeout=5)
+    assert released.release() is True
+    assert [r.TTL for r in released.refresh()] == [0]
+    assert not released.is_acquired()
+
+    holder = e3.lock(etcd_prefix + "released", ttl=30)
+    assert holder.acquire(timeout=5)
+    assert released.acquire(timeout=0.2) is False  # a failed acquire forgets the lease
+    assert released.lease is None
+    with pytest.raises(ValueError, match="acquired"):
+        released.refresh()
+    holder.release()
+
+
+def test_lock_acquire_raises_when_etcd_is_unreachable() -> None:
+    """python-etcd3's acquire raised ConnectionFailedError at once (its lease grant failed);
+    here within the client's timeout, whatever the acquire's timeout, ``with`` too."""
+    with compat_at(free_port(), timeout=1) as e3:
+        for timeout in (2, None, 0):
+            started = time.monotonic()
+            with pytest.raises(exceptions.ConnectionFailedError):
+                e3.lock("down").acquire(timeout=timeout)
+            assert time.monotonic() - started < 30, timeout
+        ran = False
+        with pytest.raises(exceptions.ConnectionFailedError), e3.lock("down"):
+            ran = True
+        assert not ran
+
+
+def test_client_certificate_without_ca_cert_is_ignored_as_in_python_etcd3(
+    etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """python-etcd3 made an insecure channel when ca_cert was not given, whatever cert_key
+    and cert_cert said; here too, with a warning."""
+    with (
+        caplog.at_level("WARNING", logger="etcdkit.compat.etcd3"),
+        compat(
+            etcd_server, cert_key="/nonexistent/key.pem", cert_cert="/nonexistent/cert.pem"
+        ) as e3,
+    ):
+        assert e3.get("/etcdkit-test/no-such-key") == (None, None)
+    assert any("ca_cert" in r.getMessage() for r in caplog.records)
+
+
+def test_add_watch_callback_takes_python_etcd3s_positional_arguments(
+    e3: Etcd3, etcd_prefix: str
+) -> None:
+    """python-etcd3 passed ``*args`` to ``Watcher.add_callback(key, callback, range_end,
+    start_revision, progress_notify, filters, prev_kv)``."""
+    k = etcd_prefix + "pos"
+    rev = e3.put(k, "1").header.revision
+    seen: queue.Queue[Any] = queue.Queue()
+    replay = e3.add_watch_callback(k, seen.put, None, rev)
+    assert [e.value for e in seen.get(timeout=10).events] == [b"1"]
+    e3.cancel_watch(replay)
+
+    ranged = e3.add_watch_callback(etcd_prefix + "a", seen.put, etcd_prefix + "z", None, False)
+    e3.put(etcd_prefix + "m", "2", prev_kv=False)
+    assert [e.key for e in seen.get(timeout=10).events] == [(etcd_prefix + "m").encode()]
+    e3.cancel_watch(ranged)
+
+    deletes = e3.add_watch_callback(k, seen.put, None, None, False, [0], True)  # NOPUT, prev_kv
+    e3.put(k, "2")
+    e3.delete(k)
+    (ev,) = seen.get(timeout=10).events
+    assert isinstance(ev, DeleteEvent)
+    assert ev.prev_value == b"2"
+    e3.cancel_watch(deletes)
+    with pytest.raises(TypeError):
+        e3.add_watch_callback(k, seen.put, None, None, False, None, False, "extra")  # type: ignore[call-arg]

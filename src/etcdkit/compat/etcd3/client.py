@@ -35,7 +35,12 @@ from etcdkit import (
 )
 from etcdkit.compat.etcd3 import transactions
 from etcdkit.compat.etcd3.events import NO_KV, Event
-from etcdkit.compat.etcd3.exceptions import handle_errors, translate, translated
+from etcdkit.compat.etcd3.exceptions import (
+    Etcd3Exception,
+    handle_errors,
+    translate,
+    translated,
+)
 from etcdkit.compat.etcd3.leases import Lease, LeaseKeepAliveResponse, LeaseTimeToLiveResponse
 from etcdkit.compat.etcd3.locks import Lock
 from etcdkit.compat.etcd3.members import Member
@@ -102,7 +107,10 @@ class Etcd3Client:
 
     ``timeout=None`` means etcdkit's default of 5 s (python-etcd3 had no deadline but failed
     at once when etcd was unreachable; here a call waits that long for etcd, retrying what is
-    safe). ``grpc_options`` is ignored (etcdkit sets its channels up itself).
+    safe). ``grpc_options`` is ignored (etcdkit sets its channels up itself). TLS as in
+    python-etcd3: ``ca_cert`` alone, or with both ``cert_cert`` and ``cert_key`` (one of them
+    alone is a ``ValueError``); without ``ca_cert`` the channel is insecure and a client
+    certificate given is ignored (logged as a warning).
     """
 
     def __init__(
@@ -117,7 +125,14 @@ class Etcd3Client:
         password: str | None = None,
         grpc_options: Sequence[tuple[str, Any]] | None = None,
     ) -> None:
-        if (cert_key is None) != (cert_cert is None) or (cert_key and ca_cert is None):
+        if ca_cert is None and (cert_key is not None or cert_cert is not None):
+            # python-etcd3 made an insecure channel then, ignoring the client certificate
+            log.warning(
+                "cert_key/cert_cert ignored: without ca_cert the channel is insecure (plain "
+                "HTTP/2, no TLS), as in python-etcd3; pass ca_cert as well to use TLS"
+            )
+            cert_key = cert_cert = None
+        elif (cert_key is None) != (cert_cert is None):
             raise ValueError(
                 "to use a secure channel ca_cert is required by itself, or cert_cert and "
                 "cert_key must both be specified."
@@ -299,8 +314,10 @@ class Etcd3Client:
         failure: Sequence[transactions.Operation] | None = None,
     ) -> tuple[bool, list[Any]]:
         """One atomic transaction: ``(succeeded, responses)``, one response per operation run
-        (a get's is a list of ``(value, KVMetadata)``, a put's or delete's a
-        :class:`ResponseOp`)."""
+        (a get's is a list of ``(value, KVMetadata)``; a put's, delete's or nested
+        transaction's a :class:`ResponseOp`, and inside a nested transaction's
+        ``response_txn.responses`` every response is a ResponseOp, a get's with
+        ``response_range``)."""
         compares = to_compares(compare)
         ok, bad = to_ops(success, "success"), to_ops(failure, "failure")
         with translated():
@@ -310,12 +327,22 @@ class Etcd3Client:
     # -- watches ------------------------------------------------------------------------------
 
     def add_watch_callback(
-        self, key: str | bytes, callback: Callable[[Any], object], **kwargs: Any
+        self,
+        key: str | bytes,
+        callback: Callable[[Any], object],
+        range_end: str | bytes | None = None,
+        start_revision: int | None = None,
+        progress_notify: bool = False,
+        filters: Sequence[object] | None = None,
+        prev_kv: bool = False,
     ) -> int:
-        """Watch ``key`` (``range_end``, ``start_revision``, ``progress_notify``,
-        ``filters``, ``prev_kv``), calling ``callback`` with each :class:`WatchResponse` (or
-        once with the error that ended it); returns the watch id for :meth:`cancel_watch`."""
-        return self.watcher.add_callback(key, callback, **kwargs)
+        """Watch ``key`` (or ``[key, range_end)``), from ``start_revision`` on, calling
+        ``callback`` with each :class:`WatchResponse` (or once with the error that ended it);
+        returns the watch id for :meth:`cancel_watch`. The arguments, positional or by
+        name, are python-etcd3's ``Watcher.add_callback``'s."""
+        return self.watcher.add_callback(
+            key, callback, range_end, start_revision, progress_notify, filters, prev_kv
+        )
 
     def add_watch_prefix_callback(
         self, key_prefix: str | bytes, callback: Callable[[Any], object], **kwargs: Any
@@ -485,9 +512,15 @@ class Etcd3Client:
 
     @handle_errors
     def create_alarm(self, member_id: int = 0) -> list[Alarm]:
-        """Raise the NOSPACE alarm of member ``member_id`` by hand: etcd then refuses writes
-        until it is disarmed. Returns the alarms raised."""
-        raised = self.native.maintenance.activate(KitAlarm(member_id, "NOSPACE"))
+        """Raise the NOSPACE alarm of member ``member_id`` by hand (0: of every member): etcd
+        then refuses writes until it is disarmed. Returns the alarms raised, one per member.
+
+        (python-etcd3 sent member id 0 as it was, which etcd records as one alarm of a member
+        with id 0 and returned as ``[Alarm(1, 0)]``; etcdkit names real members only.)"""
+        targets = [m.id for m in self.native.members.list()] if member_id == 0 else [member_id]
+        raised = []
+        for mid in targets:
+            raised += self.native.maintenance.activate(KitAlarm(mid, "NOSPACE"))
         return [Alarm(ALARM_TYPES.get(a.kind, 0), a.member_id) for a in raised]
 
     @handle_errors
@@ -507,11 +540,22 @@ class Etcd3Client:
     def disarm_alarm(self, member_id: int = 0) -> list[Alarm]:
         """Disarm the NOSPACE alarm of member ``member_id`` (0: of every member); the
         alarms disarmed."""
-        done = []
+        done, stray = [], 0
         for a in self.native.maintenance.alarms():
-            if a.kind == "NOSPACE" and member_id in (0, a.member_id):
-                self.native.maintenance.disarm(KitAlarm(a.member_id, a.kind))
-                done.append(Alarm(ALARM_TYPES["NOSPACE"], a.member_id))
+            if a.kind != "NOSPACE" or member_id not in (0, a.member_id):
+                continue
+            if a.member_id == 0:  # raised by python-etcd3's create_alarm(): see the docs
+                stray += 1
+                continue
+            self.native.maintenance.disarm(KitAlarm(a.member_id, a.kind))
+            done.append(Alarm(ALARM_TYPES["NOSPACE"], a.member_id))
+        if stray:
+            raise Etcd3Exception(
+                "a NOSPACE alarm of member id 0 (raised by python-etcd3's create_alarm()) is "
+                "active; etcdkit disarms the alarms of real members only: disarm it with "
+                "`etcdctl alarm disarm`"
+                + (f" (disarmed meanwhile: {[hex(a.member_id) for a in done]})" if done else "")
+            )
         return done
 
     @handle_errors
@@ -551,17 +595,27 @@ def client(
 
 
 def _responses(result: TxnResult) -> list[Any]:
-    """python-etcd3's shapes of a transaction's responses (nested transactions too)."""
-    responses: list[Any] = []
-    for res in result.responses:
-        if isinstance(res, RangeResult):
-            responses.append([(kv.value, KVMetadata(kv, result.header)) for kv in res.kvs])
-        elif isinstance(res, PutResult):
-            header = header_or_revision(res.header or result.header, res.revision)
-            responses.append(ResponseOp(response_put=PutResponse(header, res.prev_kv or NO_KV)))
-        elif isinstance(res, TxnResult):
-            nested = TxnResponse(res.succeeded, _responses(res), res.header)
-            responses.append(ResponseOp(response_txn=nested))
-        else:
-            responses.append(ResponseOp(response_delete_range=res))
-    return responses
+    """python-etcd3's shapes of a transaction's responses: a get's is a list of ``(value,
+    KVMetadata)``, any other a :class:`ResponseOp`."""
+    return [
+        [(kv.value, KVMetadata(kv, result.header)) for kv in res.kvs]
+        if isinstance(res, RangeResult)
+        else _response_op(res, result.header)
+        for res in result.responses
+    ]
+
+
+def _response_op(
+    res: RangeResult | PutResult | DeleteResult | TxnResult, header: ResponseHeader | None
+) -> ResponseOp:
+    """The :class:`ResponseOp` of one operation's result (a nested transaction's responses are
+    all ResponseOps, as etcd's messages were in python-etcd3)."""
+    if isinstance(res, RangeResult):
+        return ResponseOp(response_range=res)
+    if isinstance(res, PutResult):
+        put_header = header_or_revision(res.header or header, res.revision)
+        return ResponseOp(response_put=PutResponse(put_header, res.prev_kv or NO_KV))
+    if isinstance(res, TxnResult):
+        inner = [_response_op(r, res.header or header) for r in res.responses]
+        return ResponseOp(response_txn=TxnResponse(res.succeeded, inner, res.header))
+    return ResponseOp(response_delete_range=res)

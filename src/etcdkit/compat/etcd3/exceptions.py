@@ -3,8 +3,10 @@
 ::
 
     Etcd3Exception              every error this module raises on purpose
-    ├── ConnectionFailedError   no endpoint answered    (etcdkit.ConnectionUnavailableError)
-    ├── ConnectionTimeoutError  a deadline passed       (etcdkit.EtcdTimeoutError)
+    ├── ConnectionFailedError   etcd unreachable        (etcdkit.ConnectionUnavailableError)
+    ├── ConnectionTimeoutError  a deadline passed       (etcdkit.EtcdTimeoutError, and a
+    │                           ConnectionUnavailableError whose endpoints never answered:
+    │                           connection attempts that timed out rather than were refused)
     ├── InternalServerError     etcd reported an error  (etcdkit.ServerError)
     ├── PreconditionFailedError ... FAILED_PRECONDITION (etcdkit.ServerError)
     ├── RevisionCompactedError  history compacted       (etcdkit.CompactedError)
@@ -64,11 +66,14 @@ class InternalServerError(Etcd3Exception):
 
 
 class ConnectionFailedError(Etcd3Exception):
-    """No etcd endpoint answered within the client's timeout (down, refused, partitioned)."""
+    """etcd could not be reached within the client's timeout: its connections were refused
+    (etcd down) or broke (python-etcd3: gRPC UNAVAILABLE)."""
 
 
 class ConnectionTimeoutError(Etcd3Exception, TimeoutError):
-    """The request's deadline (the client's ``timeout``) passed."""
+    """The request's deadline (the client's ``timeout``) passed: etcd was slow or did not
+    answer at all (hung, partitioned), also while connecting (python-etcd3: gRPC
+    DEADLINE_EXCEEDED)."""
 
 
 class PreconditionFailedError(Etcd3Exception):
@@ -104,6 +109,22 @@ def _grpc_code(exc: BaseException) -> str:
     return "FAILED_PRECONDITION" if ": FAILED_PRECONDITION:" in str(exc) else ""
 
 
+# What grpc says of a connection attempt that got no answer in time (a hung or black-holed
+# etcd: the TCP connection is accepted, or its SYN dropped, and nothing more comes), as opposed
+# to one refused (etcd down). python-etcd3's call then ran into its deadline:
+# DEADLINE_EXCEEDED, ConnectionTimeoutError; a refusal failed at once: UNAVAILABLE.
+_NO_ANSWER_MARKS = ("timed out", "timeout", "deadline exceeded")
+
+
+def _timed_out(exc: ConnectionUnavailableError) -> bool:
+    """``exc`` says the client's deadline ran out while connection attempts went unanswered
+    (etcdkit reports that as the endpoint being unavailable, ending with grpc's last error:
+    "... failed: UNAVAILABLE: <grpc's details>"). Only grpc's part is read: the key named
+    before it may say anything."""
+    grpc_part = str(exc).rpartition(" failed: ")[2].lower()
+    return any(mark in grpc_part for mark in _NO_ANSWER_MARKS)
+
+
 def translate(exc: EtcdkitError) -> Etcd3Exception:
     """The python-etcd3 exception standing for ``exc`` (raise it ``from exc``)."""
     message = str(exc)
@@ -112,6 +133,8 @@ def translate(exc: EtcdkitError) -> Etcd3Exception:
     if isinstance(exc, EtcdTimeoutError):
         return ConnectionTimeoutError(message)
     if isinstance(exc, ConnectionUnavailableError):
+        if _timed_out(exc):
+            return ConnectionTimeoutError(message)
         return ConnectionFailedError(message)
     if isinstance(exc, ServerError):
         if _grpc_code(exc) == "FAILED_PRECONDITION":

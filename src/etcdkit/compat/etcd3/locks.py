@@ -1,8 +1,11 @@
 """python-etcd3's :class:`Lock`, implemented on etcdkit's lock (:meth:`etcdkit.Client.lock`).
 
 As in python-etcd3, the lock expires ``ttl`` seconds after it was acquired unless
-:meth:`Lock.refresh` is called in time, a second :meth:`Lock.acquire` on a Lock that holds
-returns ``False``, and :meth:`Lock.release` returns whether it released the lock.
+:meth:`Lock.refresh` is called in time (a refresh once it expired, or was released, answers
+``TTL`` 0), a second :meth:`Lock.acquire` on a Lock that holds returns ``False``,
+:meth:`Lock.release` returns whether it released the lock, and an acquire with etcd
+unreachable raises :class:`~etcdkit.compat.etcd3.exceptions.ConnectionFailedError` (within
+the client's timeout, where python-etcd3 raised at once).
 
 What etcdkit's lock changes:
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -50,7 +54,8 @@ class Lock:
     :ivar ttl: seconds the lock lives after it was acquired or last refreshed
     :ivar key: ``/locks/<name>``, the prefix of the lock's keys (each acquisition puts its own
         key ``/locks/<name>/<lease id in hex>`` under it)
-    :ivar lease: the :class:`Lease` of the current acquisition, else ``None``
+    :ivar lease: the :class:`Lease` of the latest acquisition (kept after a release or an
+        expiry, when etcd no longer has it, as in python-etcd3), else ``None``
     """
 
     lock_prefix = "/locks/"
@@ -88,16 +93,33 @@ class Lock:
     def acquire(self, timeout: float | None = DEFAULT_ACQUIRE_TIMEOUT) -> bool:
         """Acquire the lock, waiting up to ``timeout`` seconds (``None``: for ever; 0: only a
         free lock). ``True`` once acquired, ``False`` when the time ran out, and ``False`` at
-        once when this Lock already holds it."""
+        once when this Lock already holds it.
+
+        As in python-etcd3, an etcd that cannot be reached raises instead of waiting:
+        :class:`ConnectionFailedError` (or :class:`ConnectionTimeoutError` for one that does
+        not answer), within the client's timeout whatever ``timeout`` is. Once etcd answered
+        that another holds the lock, the wait rides out faults (etcdkit's lock retries) until
+        ``timeout``."""
         client = self._client()
         if self._holding():
             return False
-        try:
-            hold = client.native.lock(self.key, self.ttl, timeout).acquire()
-        except EtcdTimeoutError:
+        started = time.monotonic()
+        # One look first: python-etcd3 began with a lease grant, which raised at once when
+        # etcd was unreachable, where etcdkit's waiting acquire retries until its timeout.
+        with translated():
+            probe = client.native.lock(self.key, self.ttl, 0)
+            hold = probe.hold if probe.try_acquire() else None
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        if hold is None and left != 0:
+            try:
+                hold = client.native.lock(self.key, self.ttl, left).acquire()
+            except EtcdTimeoutError:
+                hold = None
+            except EtcdkitError as exc:
+                raise translate(exc) from exc
+        if hold is None:
+            self.lease = None  # (python-etcd3 too forgot its lease when it did not acquire)
             return False
-        except EtcdkitError as exc:
-            raise translate(exc) from exc
         with self._mutex:
             self._hold = hold
             self.lease = Lease(hold.lease_id, self.ttl, client)
@@ -119,8 +141,7 @@ class Lock:
         with self._mutex:
             if self._hold is not hold:
                 return
-            self._hold = None
-            self.lease = None
+            self._hold = None  # (self.lease stays: refresh() answers TTL 0, as python-etcd3's)
             self._timer = None
         log.info("lock %r: not refreshed within its ttl of %s s, released", self.name, self.ttl)
         try:
@@ -133,7 +154,6 @@ class Lock:
         ``False`` (never acquired, released already, or expired)."""
         with self._mutex:
             hold, self._hold = self._hold, None
-            self.lease = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -145,17 +165,16 @@ class Lock:
 
     def refresh(self) -> list[LeaseKeepAliveResponse]:
         """Restart the lock's ttl (and refresh its lease once); a list of one
-        :class:`LeaseKeepAliveResponse`. ``ValueError`` when it is not held."""
+        :class:`LeaseKeepAliveResponse`. As in python-etcd3, once the lock was released or its
+        ttl ran out the lease is gone and its ``TTL`` is 0 (the lock is not taken again);
+        ``ValueError`` when this Lock never acquired (or its last acquire failed)."""
         with self._mutex:
             lease, hold = self.lease, self._hold
-        if lease is None or hold is None:
-            raise ValueError(
-                "No lease associated with this lock - have you acquired the lock yet? (it may "
-                "also have been released, or have expired after its ttl)"
-            )
+        if lease is None:
+            raise ValueError("No lease associated with this lock - have you acquired the lock yet?")
         responses = lease.refresh()
         with self._mutex:
-            if self._hold is hold and hold.state in _HOLDING:
+            if hold is not None and self._hold is hold and hold.state in _HOLDING:
                 self._arm(hold)
         return responses
 

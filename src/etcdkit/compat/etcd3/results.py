@@ -1,11 +1,12 @@
 """What :class:`~etcdkit.compat.etcd3.Etcd3Client` returns, in python-etcd3's shapes, made
 from etcdkit's results: :class:`KVMetadata`, :class:`Status`, :class:`Alarm`,
-:class:`PutResponse` and a transaction's :class:`ResponseOp`."""
+:class:`PutResponse`, a transaction's :class:`ResponseOp` and a nested transaction's
+:class:`TxnResponse`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from etcdkit import DeleteResult, KeyValue, RangeResult, ResponseHeader
 from etcdkit.compat.etcd3.members import Member
@@ -16,6 +17,7 @@ __all__ = [
     "PutResponse",
     "ResponseOp",
     "Status",
+    "TxnResponse",
     "header_or_revision",
     "pairs",
 ]
@@ -74,30 +76,42 @@ class PutResponse(NamedTuple):
 
 
 class TxnResponse(NamedTuple):
-    """A nested transaction's response: ``succeeded``, and its ``responses`` in the shape
-    :meth:`Etcd3Client.transaction` gives them."""
+    """A nested transaction's response (protobuf's ``TxnResponse``): ``succeeded``, one
+    :class:`ResponseOp` per operation run in ``responses`` (a get's too, with its
+    ``response_range``, as python-etcd3 passed etcd's messages through), and ``header``."""
 
     succeeded: bool
-    responses: list[Any]
+    responses: list[ResponseOp]
     header: ResponseHeader | None
 
 
 class ResponseOp:
-    """One response of a transaction's put, delete or nested transaction (a get's is a list
-    of ``(value, KVMetadata)``): ``response_put``, ``response_delete_range`` or
-    ``response_txn``."""
+    """One response of a transaction (protobuf's ``ResponseOp``): the one of
+    ``response_range``, ``response_put``, ``response_delete_range`` or ``response_txn`` that
+    is set (the others are ``None``); :meth:`WhichOneof` names it. ``transaction()`` gives a
+    top-level get as a list of ``(value, KVMetadata)`` instead, as python-etcd3 did; inside a
+    nested transaction every response is a ResponseOp."""
 
     def __init__(
         self,
         response_put: PutResponse | None = None,
         response_delete_range: DeleteResult | None = None,
         response_txn: TxnResponse | None = None,
+        response_range: RangeResult | None = None,
     ) -> None:
+        self.response_range = response_range
         self.response_put = response_put
         self.response_delete_range = response_delete_range
         self.response_txn = response_txn
 
+    def __repr__(self) -> str:
+        which = self.WhichOneof("response")
+        return f"<ResponseOp {which}={getattr(self, which)!r:.200}>"
+
     def WhichOneof(self, group: str) -> str:  # (protobuf's name)
+        """The name of the response that is set (``group`` is protobuf's ``"response"``)."""
+        if self.response_range is not None:
+            return "response_range"
         if self.response_put is not None:
             return "response_put"
         return "response_txn" if self.response_txn is not None else "response_delete_range"

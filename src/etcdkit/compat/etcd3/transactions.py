@@ -5,9 +5,10 @@ Compares are written as in python-etcd3: ``client.transactions.value(key) == b"v
 ``.version(key) > 0``, ``.create(key) == 0``, ``.mod(key) < rev``, ``.lease(key) == lease_id``,
 with ``==``, ``!=``, ``<`` and ``>``; operations as ``client.transactions.put(key, value,
 lease=None, prev_kv=False)``, ``.get(key, range_end=None)``, ``.delete(key, range_end=None,
-prev_kv=False)``. ``.txn(compare, success, failure)`` (a transaction nested in another) is
-accepted here but refused by ``transaction()``: etcdkit's :class:`~etcdkit.Op` has no nested
-transaction.
+prev_kv=False)``, and ``.txn(compare, success, failure)``: a transaction nested in another
+(etcd 3.3+; etcdkit's :meth:`~etcdkit.Op.txn`), whose response is a ``ResponseOp`` with
+``response_txn``: ``succeeded``, and a ``ResponseOp`` per operation in ``responses`` (a get's
+has ``response_range``), as in python-etcd3.
 """
 
 from __future__ import annotations
