@@ -552,6 +552,72 @@ def test_3_threaded_timeouts_at_any_point_leave_no_lease(
     assert outcomes["timed out"] > TRIES // 4, outcomes
 
 
+GIVE_UP: list[tuple[str, Callable[[Any, str, float], Any]]] = [
+    ("lock", lambda c, n, t: c.lock(n, timeout=t)),
+    ("election", lambda c, n, t: c.election(n).campaign("v", timeout=t)),
+    ("semaphore", lambda c, n, t: c.semaphore(n, 1, timeout=t)),
+    ("rwlock", lambda c, n, t: c.rwlock(n, timeout=t).write()),
+]
+SHORT = 0.3
+# A bound, not a speed: a timeout during a grant etcd does not answer used to return only after
+# GRANT_WAIT (2 s) more, waiting for the grant's answer; now its lease is revoked by a task of
+# its own while the call returns within ABANDON_WAIT (0.2 s) of its timeout.
+ON_TIME = SHORT + 1.2
+
+
+async def test_3_a_timeout_during_a_grant_etcd_does_not_answer_returns_on_time(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint, timeout=5.0) as client:
+        server.pause()  # the grants stay unanswered (until resume: then each is revoked)
+        try:
+            for what, take in GIVE_UP:
+
+                async def enter(take: Any = take, what: str = what) -> None:
+                    async with take(client, "/give-up-" + what, SHORT):
+                        pass
+
+                t0 = time.monotonic()
+                with pytest.raises(EtcdTimeoutError):
+                    await asyncio.wait_for(enter(), WAIT)
+                took = time.monotonic() - t0
+                assert took < ON_TIME, f"{what}: timeout {SHORT} s, returned after {took:.2f} s"
+        finally:
+            server.resume()
+        await until_no_leases(client)
+        assert (await client.get_prefix("/give-up-")).kvs == []
+
+
+async def until_no_leases(client: AsyncClient) -> None:
+    """Granted leases of given-up acquisitions are revoked by their own tasks (bounded)."""
+    async with asyncio.timeout(WAIT):
+        while await client.leases():
+            await asyncio.sleep(0.05)
+
+
+def test_3_threaded_a_timeout_during_a_grant_etcd_does_not_answer_returns_on_time(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    server = etcd_server_factory()
+    with Client(server.endpoint, timeout=5.0) as client:
+        server.pause()
+        try:
+            for what, take in GIVE_UP:
+                t0 = time.monotonic()
+                with pytest.raises(EtcdTimeoutError), take(client, "/give-up-" + what, SHORT):
+                    pass
+                took = time.monotonic() - t0
+                assert took < ON_TIME, f"{what}: timeout {SHORT} s, returned after {took:.2f} s"
+        finally:
+            server.resume()
+        deadline = time.monotonic() + WAIT
+        while client.leases():
+            assert time.monotonic() < deadline, "leases of given-up acquisitions left"
+            time.sleep(0.05)
+        assert client.get_prefix("/give-up-").kvs == []
+
+
 # -- 4. a waiter that loses its place says so -----------------------------------------------------
 
 

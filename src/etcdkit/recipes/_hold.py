@@ -47,12 +47,12 @@ from etcdkit._types import (
     WatchFilter,
     to_bytes,
 )
+from etcdkit.recipes.session import abandon
 
 if TYPE_CHECKING:
     from etcdkit.recipes.session import Session
 
 __all__ = [
-    "GRANT_BOUND",
     "Gone",
     "Hold",
     "Holds",
@@ -70,8 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("etcdkit.recipes")
-
-GRANT_BOUND = 2.0  # seconds a cancelled acquisition waits for a grant in flight, to revoke it
 
 
 class Holds(Protocol):
@@ -139,28 +137,20 @@ class Gone(Exception):
 
 
 async def open_session(etcd: Etcd, ttl: int) -> Session:
-    """A new session (a lease of its own), open. Cancelled while the lease is being granted, it
-    lets the grant answer (at most :data:`GRANT_BOUND` seconds) and revokes that lease: a
-    cancellation leaves no lease behind."""
+    """A new session (a lease of its own), open. Cancelled (or timed out) while the lease is
+    being granted, it hands the session to :func:`~etcdkit.recipes.session.abandon`, which
+    lets the grant answer (at most ``GRANT_WAIT`` seconds, in a task of its own) and revokes
+    that lease: a cancellation leaves no lease behind, and returns within ``ABANDON_WAIT``."""
     session = etcd.session(ttl)
     try:
         await session.open()
     except asyncio.CancelledError:
-        await _discard(session)
+        await abandon(session, f"ttl {ttl}")
         raise
     except BaseException:
         await session.close()
         raise
     return session
-
-
-async def _discard(session: Session) -> None:
-    with contextlib.suppress(EtcdkitError, TimeoutError):
-        async with asyncio.timeout(GRANT_BOUND):
-            await (
-                session.open()
-            )  # the grant in flight (shielded inside): its answer names the lease
-    await asyncio.shield(session.close())
 
 
 async def watch_until(

@@ -53,6 +53,7 @@ from etcdkit._types import (
 )
 from etcdkit.recipes._hold import check_timeout, check_ttl, lost_margin
 from etcdkit.recipes._hold import name_prefix as prefix_of
+from etcdkit.recipes.session import abandon
 
 if TYPE_CHECKING:
     from etcdkit import Session, Watch
@@ -128,7 +129,6 @@ class Contender:
         self._acquiring: asyncio.Task[object] | None = None
         self._leaving = False
         self._aborted = False
-        self._abandoned: set[asyncio.Task[None]] = set()  # lease grants we gave up on
 
     def __repr__(self) -> str:
         lease = self.session.lease_id if self.session is not None else 0
@@ -232,18 +232,13 @@ class Contender:
         self.session = session
         # The grant runs in the session's own task: a cancellation (or timeout) of ours does
         # not cancel a grant in flight, which etcd may apply all the same and leave a lease
-        # that nobody knows of (for its TTL). Given up on, the session is closed, which waits
-        # for the grant's answer (bounded) and revokes what it granted.
+        # that nobody knows of (for its TTL). Given up on, the session is closed in a task of
+        # its own, which waits for the grant's answer (bounded) and revokes what it granted.
         try:
             await session.open()
         except BaseException:
             self.session = None
-            closer = asyncio.get_running_loop().create_task(
-                session.close(), name=f"etcdkit-lock-abandon {self.prefix!r}"
-            )
-            self._abandoned.add(closer)
-            closer.add_done_callback(self._abandoned.discard)
-            await asyncio.shield(closer)  # (cancelled again: it still runs to its end)
+            await abandon(session, repr(self.prefix))
             raise
         self.key = self.prefix + format(session.lease_id, "x").encode()
         self.revision = 0

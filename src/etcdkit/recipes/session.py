@@ -37,6 +37,27 @@ log = logging.getLogger("etcdkit.lease")
 
 REVOKE_TIMEOUT = 2.0  # bound on the revoke a close sends (etcd may be down)
 GRANT_WAIT = 2.0  # how long a close waits for the answer to a grant in flight
+ABANDON_WAIT = 0.2  # how long a recipe that gave up on a grant waits for its close to end
+
+# Closes of sessions a recipe gave up on while their grant was in flight (a timeout or a
+# cancel), each in a task of its own: it waits (GRANT_WAIT) for the grant's answer and
+# revokes what etcd granted, then ends; at once when the client closes (its calls fail).
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+async def abandon(session: Session, what: str) -> None:
+    """Close ``session``, given up on while its lease grant may still be in flight, without
+    holding the caller up for long: its close runs in a task of its own (so a lease etcd
+    granted is revoked, not left unknown for its TTL), which the caller waits for at most
+    ``ABANDON_WAIT`` seconds (a grant etcd answers at once is revoked before it returns; one
+    an unreachable etcd never answers no longer adds ``GRANT_WAIT`` to the caller's timeout).
+    Cancelled meanwhile, the close still runs to its end."""
+    closer = asyncio.get_running_loop().create_task(
+        session.close(), name=f"etcdkit-session-abandon {what}"
+    )
+    _abandoned.add(closer)
+    closer.add_done_callback(_abandoned.discard)
+    await asyncio.wait({closer}, timeout=ABANDON_WAIT)
 
 
 class Session:
