@@ -152,6 +152,8 @@ CALL_CASES = [
     ("persistent_lease", ("/k", "v", 1.5), {}, TypeError, "ttl"),
     ("persistent_lease", ("/k", "v", "10"), {}, TypeError, "ttl"),
     ("persistent_lease", ("/k", "v", True), {}, TypeError, "ttl"),
+    ("persistent_lease", ("/k", "v", 2**63), {}, ValueError, "int64"),
+    ("persistent_lease", ("/k", "v", 10**30), {}, ValueError, "int64"),
 ]
 
 
@@ -197,6 +199,55 @@ def test_sync_call(
         with quickly(), pytest.raises(exc, match=match):
             getattr(client, method)(*args, **kwargs)
         assert client.get("/bad-input/absent") is None
+
+
+BAD_WAIT_TIMEOUTS: list[tuple[Any, type[Exception]]] = [
+    ("5", TypeError),
+    (True, TypeError),
+    (float("nan"), ValueError),
+    (-1, ValueError),
+]
+
+
+async def test_the_waits_check_their_timeouts(etcd_server: EtcdServer) -> None:
+    """``synced``, ``registered`` and ``wait_state`` refuse a timeout that is not None or a
+    number of seconds >= 0, and ``wait_state`` anything but LeaseStates, before waiting."""
+    async with fresh_client(etcd_server.endpoint) as client:
+        async with (
+            client.watch_prefix("/bad-input/waits/") as watch,
+            client.persistent_lease("/bad-input/waits/k", "v", ttl=5) as lease,
+        ):
+            for timeout, exc in BAD_WAIT_TIMEOUTS:
+                for wait in (
+                    lambda t: watch.synced(timeout=t),
+                    lambda t: lease.registered(timeout=t),
+                    lambda t: lease.synced(timeout=t),
+                    lambda t: lease.wait_state(etcdkit.LeaseState.FAILED, timeout=t),
+                ):
+                    with quickly(), pytest.raises(exc, match="timeout"):
+                        await wait(timeout)
+            with quickly(), pytest.raises(TypeError, match="LeaseState"):
+                await lease.wait_state("registered")  # type: ignore[arg-type]
+            assert await lease.registered(timeout=BOUND) > 0  # still fine
+
+
+def test_the_threaded_waits_check_their_timeouts(
+    etcd_server: EtcdServer, no_leaked_threads: None
+) -> None:
+    with (
+        Client(etcd_server.endpoint) as client,
+        client.watch_prefix("/bad-input/waits-sync/") as watch,
+        client.persistent_lease("/bad-input/waits-sync/k", "v", ttl=5) as lease,
+    ):
+        for timeout, exc in BAD_WAIT_TIMEOUTS:
+            for wait in (
+                lambda t: watch.synced(timeout=t),
+                lambda t: lease.registered(timeout=t),
+                lambda t: lease.wait_state(etcdkit.LeaseState.FAILED, timeout=t),
+            ):
+                with quickly(), pytest.raises(exc, match="timeout"):
+                    wait(timeout)
+        assert lease.registered(timeout=BOUND) > 0
 
 
 async def test_calls_on_closed_and_unopened_clients(etcd_server: EtcdServer) -> None:

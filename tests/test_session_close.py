@@ -343,3 +343,45 @@ async def test_a_grant_answered_after_close_gave_up_expires_after_its_ttl(
                 await asyncio.sleep(0.2)
         assert state_of(s) is SessionState.CLOSED
         assert s.lease_id == 0
+
+
+async def test_a_persistent_lease_closed_during_its_grant_leaves_no_lease(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """A PersistentLease closed while its (pooled) session's grant is unanswered: the close
+    returns (bounded), and the session it was opening is abandoned, not left to come alive
+    when etcd answers with nobody to close it (it used to keep a lease alive for ever)."""
+    server = etcd_server_factory()
+    async with _connected_pair(server) as (admin, client, before):
+        with paused(server):
+            lease = client.persistent_lease("/pl-closed-in-grant", "v", ttl=2)
+            lease.start()
+            await _wait_sent()
+            assert GRANT_TASK in etcdkit_tasks()  # its grant is out, unanswered
+            async with asyncio.timeout(BOUND):
+                await lease.aclose()
+        async with asyncio.timeout(BOUND):  # etcd answers the grant: it is revoked
+            while set(await admin.leases()) != before or GRANT_TASK in etcdkit_tasks():
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(3 * 2 / 3)  # a keepalive period of that ttl: still none
+        assert set(await admin.leases()) == before
+        assert not [t for t in etcdkit_tasks() if "session" in t]  # (the client's shared
+        assert await admin.get("/pl-closed-in-grant") is None  # keepalive stream may stay)
+
+
+async def test_a_persistent_lease_closed_with_etcd_down_leaves_no_task(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """etcd stays down: the close returns, and the grant in flight ends with the session's
+    own bounded wait (no task left, no exception left unretrieved)."""
+    server = etcd_server_factory()
+    async with _connected_pair(server) as (_admin, client, _before):
+        with paused(server):
+            lease = client.persistent_lease("/pl-closed-down", "v", ttl=2)
+            lease.start()
+            await _wait_sent()
+            async with asyncio.timeout(BOUND):
+                await lease.aclose()
+                while GRANT_TASK in etcdkit_tasks():
+                    await asyncio.sleep(0.05)
+        assert not [t for t in etcdkit_tasks() if "abandon" in t or "session" in t]

@@ -611,7 +611,11 @@ class AsyncClient:
         already holds; else watches from the read's revision + 1 (no gap), through reconnects.
         Raises :class:`EtcdTimeoutError` (a ``TimeoutError``) after ``timeout`` seconds,
         :class:`ClosedError` if the client closes meanwhile, and :class:`WatchEndedError` /
-        :class:`PermissionDeniedError` if the watch ends otherwise.
+        :class:`PermissionDeniedError` if the watch ends otherwise. ``timeout=0`` makes one
+        read and answers from it: :class:`EtcdTimeoutError` at once if the condition does not
+        hold; with etcd unreachable, that read raises the client's own error (e.g.
+        :class:`ConnectionUnavailableError`) within the client's timeout, as ``lock(name,
+        timeout=0)`` does.
         """
         return await wait_for(self, key, exists=exists, timeout=timeout)  # (its read checks)
 

@@ -29,6 +29,7 @@ from etcdkit._metrics import LeaseMeter, LeaseStats
 from etcdkit._retry import Backoff
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare, EventType, Op, SessionState, WatchEvent, key_bytes, to_bytes
+from etcdkit.recipes._hold import check_timeout
 
 if TYPE_CHECKING:
     from etcdkit import Session, Watch
@@ -112,8 +113,8 @@ class PersistentLease:
         self._value = to_bytes(value, "value")
         if not isinstance(ttl, int) or isinstance(ttl, bool):
             raise TypeError(f"ttl must be a whole number of seconds (int), got {ttl!r}")
-        if ttl < 1:
-            raise ValueError(f"ttl must be >= 1 second, got {ttl}")
+        if not 1 <= ttl < 2**63:
+            raise ValueError(f"ttl must be >= 1 second (and fit etcd's int64), got {ttl}")
         if not isinstance(own_lease, bool):
             raise TypeError(f"own_lease must be True or False, got {own_lease!r}")
         self._etcd = etcd
@@ -204,6 +205,9 @@ class PersistentLease:
         """Wait until the state is one of ``states``; returns it."""
         if not states:
             raise ValueError("pass at least one LeaseState to wait for")
+        for state in states:
+            if not isinstance(state, LeaseState):
+                raise TypeError(f"wait_state takes LeaseState values, got {state!r:.40}")
         return await self._until(
             lambda: self._state if self._state in states else None,
             timeout,
@@ -305,6 +309,7 @@ class PersistentLease:
     # -- internals --------------------------------------------------------------------------------
 
     async def _until(self, pick: Callable[[], T | None], timeout: float | None, what: str) -> T:
+        check_timeout(timeout)
         if not self._closing:
             self.start()
         try:

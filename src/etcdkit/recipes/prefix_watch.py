@@ -29,6 +29,7 @@ from etcdkit._metrics import WatchMeter
 from etcdkit._snapshot import Snapshot, SnapshotEngine, Transform, Tree
 from etcdkit._surface import Etcd
 from etcdkit._types import EventType, WatchBatch, to_bytes
+from etcdkit.recipes._hold import check_timeout
 
 if TYPE_CHECKING:
     from etcdkit._pmap import PMap
@@ -184,6 +185,7 @@ class PrefixWatch(Generic[K, V]):
     async def synced(self, timeout: float | None = None) -> Snapshot[K, V]:
         """Wait for the first complete snapshot and for etcd to confirm the watch that follows
         it (the state is then LIVE); return the newest snapshot (delivering it)."""
+        check_timeout(timeout)
         self.start()
         try:
             async with asyncio.timeout(timeout):
@@ -223,8 +225,10 @@ class PrefixWatch(Generic[K, V]):
     def snapshot(self) -> Snapshot[K, V] | None:
         """The newest state (tree and revision) without I/O; ``None`` before the first sync.
 
-        Its ``changes`` are those of the last delivered snapshot; reading this property does
-        not consume changes from the iterator.
+        When the newest state is the last snapshot delivered, it is that snapshot (with its
+        ``changes``); when a newer state has not been delivered yet, its ``changes`` are empty
+        (the changes since the last delivered snapshot go to the next one the iterator
+        delivers). Reading this property does not consume changes from the iterator.
         """
         last, view = self._last, self._view
         if view is None:

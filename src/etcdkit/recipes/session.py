@@ -301,16 +301,29 @@ class SessionPool:
     async def acquire(self, user: object, ttl: int, *, shared: bool = True) -> Session:
         """An open, live session for ``user``."""
         if not shared:
-            session = await self.new(ttl).open()
+            session = self.new(ttl)
+            await self._open(session, ttl)
         else:
             async with self._locks.setdefault(ttl, asyncio.Lock()):
                 session = self._by_ttl.get(ttl) or self.new(ttl)
                 if session.state in (SessionState.LOST, SessionState.CLOSED):
                     session = self.new(ttl)
                 self._by_ttl[ttl] = session
-                await session.open()
+                await self._open(session, ttl)
         self._users.setdefault(session, set()).add(user)
         return session
+
+    async def _open(self, session: Session, ttl: int) -> None:
+        """Open ``session``; given up on (the user closed, a cancel) while nobody uses it
+        yet, it is abandoned: never left to come alive later with nobody to close it."""
+        try:
+            await session.open()
+        except BaseException:
+            if not self._users.get(session):
+                if self._by_ttl.get(ttl) is session:
+                    del self._by_ttl[ttl]
+                await abandon(session, f"pool ttl {ttl}")
+            raise
 
     def release(self, user: object, session: Session) -> bool:
         """``user`` leaves ``session``; ``True`` when nobody is left on it (close it then)."""
@@ -327,7 +340,7 @@ class SessionPool:
 
     async def close(self) -> None:
         """Close every pooled session (their leases are revoked, bounded)."""
-        sessions = list(self._users)
+        sessions = list({*self._users, *self._by_ttl.values()})
         self._users.clear()
         self._by_ttl.clear()
         await asyncio.gather(*(s.close() for s in sessions))
