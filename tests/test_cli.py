@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import psutil
 import pytest
 
 from etcdkit import AsyncClient, Client
@@ -229,6 +230,19 @@ def test_unreachable_endpoint_fails_with_a_hint(args: list[str]) -> None:
     assert len(lines) == 1, res.stderr
     assert "cannot reach etcd at http://127.0.0.1:1" in lines[0]
     assert "etcdkit dev" in lines[0]
+
+
+def test_unreachable_endpoint_says_why() -> None:
+    """The client's own reason (here a refused connection), not "no answer in time"; and
+    --log-level debug shows etcdkit's lines, not other libraries' (asyncio, grpc)."""
+    res = run("--endpoints", "127.0.0.1:1", "--timeout", "1", "--log-level", "debug", "wait", "/k")
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    last = res.stderr.strip().splitlines()[-1]
+    assert "refused" in last.lower(), res.stderr
+    assert "no answer in time" not in last
+    debug = [line for line in res.stderr.splitlines() if " DEBUG " in line]
+    assert debug, res.stderr
+    assert all(" DEBUG etcdkit" in line for line in debug), res.stderr
 
 
 def test_default_endpoint_unreachable_says_so() -> None:
@@ -521,6 +535,39 @@ def test_dev_serves_until_sigint() -> None:
     assert res.returncode == 1  # it is gone
 
 
+def test_dev_stops_etcd_when_its_reader_is_gone() -> None:
+    """`etcdkit dev | grep ...` then Ctrl-C: the pipe is gone when dev says it stops etcd;
+    etcd is stopped all the same (it was left running)."""
+    proc = subprocess.Popen(
+        [*CLI, "dev", "--port", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:  # (until etcd is up)
+            if line.startswith("export ETCDKIT_ENDPOINTS="):
+                break
+            assert time.monotonic() < deadline, "etcdkit dev did not start"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children
+        proc.stdout.close()  # the reader is gone
+        proc.send_signal(signal.SIGINT)
+        proc.wait(WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+    _, alive = psutil.wait_procs(children, timeout=WAIT)
+    for left in alive:  # (a failure leaves none behind either)
+        left.kill()
+    assert alive == [], f"etcd left running: {alive}"
+
+
 def test_dev_keeps_data_in_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "etcd-data"
     for run_no in range(2):
@@ -594,6 +641,21 @@ def test_watch_json_keys_are_unambiguous(
         etcd_prefix.encode() + b"\xff": b"bin",
         etcd_prefix.encode() + b"\\xff": b"text",
     }
+
+
+def test_watch_json_escapes_keys_for_every_transform(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    """A key that is not UTF-8 is escaped (surrogateescape) with the text and json
+    transforms too, never dropped."""
+    etcd_sync.put(etcd_prefix.encode() + b"\xff", '"v"')
+    ep = ["--endpoints", etcd_server.endpoint]
+    for transform, value in (("text", '"v"'), ("json", "v")):
+        with Cli(*ep, "watch", etcd_prefix, "--json", "--transform", transform) as cli:
+            tree = JsonLines(cli).next()["tree"]
+            cli.signal(signal.SIGTERM)
+            assert cli.wait() == 0
+        assert tree == {etcd_prefix + "\udcff": value}, transform
 
 
 def test_wait_once_says_what_holds(

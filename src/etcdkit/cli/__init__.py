@@ -58,7 +58,7 @@ environment:
 
 exit codes:
   0 success, 1 runtime error (etcd unreachable, auth failed, ...), 2 bad usage,
-  3 `wait` timed out, 130 interrupted
+  3 `wait` timed out, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)
 """
 
 DEV_EPILOG = """\
@@ -66,7 +66,7 @@ examples:
   etcdkit dev                          # one member; 127.0.0.1:2379 if free
   etcdkit dev --members 3              # a real 3-member cluster on loopback
   etcdkit dev --data-dir ./etcd-data   # keep the data across runs
-  eval "$(etcdkit dev --port 0 | grep ^export)"   # (in another shell: copy the export line)
+  etcdkit dev --port 0 > dev.out &     # then, once it is up: eval "$(grep ^export dev.out)"
 
 Prints the endpoints and an `export ETCDKIT_ENDPOINTS=...` line, then runs until Ctrl-C or
 SIGTERM and stops etcd cleanly. The etcd binary is $ETCDKIT_ETCD_BIN, else the packaged one

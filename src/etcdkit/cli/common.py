@@ -101,7 +101,9 @@ async def check_reachable(client: AsyncClient, opts: ConnOptions) -> None:
     """One bounded read, so that commands fail at once (never hang) when etcd is not there."""
     where = ",".join(client.endpoints)
     try:
-        async with asyncio.timeout(opts.timeout):
+        # (the client's own timeout ends the read first, with its reason: connection refused,
+        # a failed TLS handshake...; this one is a safety net)
+        async with asyncio.timeout(opts.timeout + 2.0):
             await client.get_revision()
     except PermissionDeniedError:
         return  # authenticated and answering; the role just may not read that key
@@ -228,7 +230,10 @@ def setup_logging(level: str) -> None:
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    # the level is etcdkit's; other libraries (asyncio, grpc) show their warnings only
+    wanted = logging.getLevelNamesMapping()[level.upper()]
+    root.setLevel(max(wanted, logging.WARNING))
+    logging.getLogger("etcdkit").setLevel(wanted)
 
 
 def timestamp() -> str:

@@ -96,7 +96,9 @@ async def run_dev(args: argparse.Namespace, opts: ConnOptions) -> int:
                 _announce(target, version, data_dir)
             return await _supervise(target, stop)
         finally:
-            out("stopping etcd ...")
+            # (stdout may be gone, e.g. `| grep` ended: etcd is stopped all the same)
+            with contextlib.suppress(BrokenPipeError):
+                out("stopping etcd ...")
             await asyncio.to_thread(_shutdown, target)
             out("etcd stopped")
 

@@ -45,11 +45,11 @@ def _key(raw: bytes) -> str:
 
 
 def text_transform(key: bytes, value: bytes) -> tuple[str, str]:
-    return key.decode(), value.decode()
+    return _key(key), value.decode()
 
 
 def json_transform(key: bytes, value: bytes) -> tuple[str, Any]:
-    return key.decode(), json.loads(value)
+    return _key(key), json.loads(value)
 
 
 def raw_transform(key: bytes, value: bytes) -> tuple[str, bytes]:

@@ -295,7 +295,7 @@ class PersistentLease:
                         "lease %r: could not remove the key on close (%s); it goes away when "
                         "lease %#x ends (TTL %d s after its last refresh)",
                         self._key,
-                        exc,
+                        str(exc) or f"no answer within {REVOKE_TIMEOUT:g} s",
                         session.lease_id,
                         session.ttl,
                     )

@@ -192,7 +192,7 @@ class Session:
                     "session %#x: could not revoke on close (%s); it expires %d s after its "
                     "last refresh",
                     self._lease_id,
-                    exc,
+                    str(exc) or f"no answer within {REVOKE_TIMEOUT:g} s",
                     self.ttl,
                 )
 
