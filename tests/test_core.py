@@ -127,10 +127,15 @@ async def test_async_close_ends_everything_in_flight(
     await watch.synced(timeout=5)
     lease = client.persistent_lease("/inflight/lease", "v", ttl=5)
     await lease.registered(timeout=5)
+    raw = client.watch("/inflight/", prefix=True)
+    await raw.start()
+    granted = await client.grant(30)
+    kept = client.keep_alive(granted.id, ttl=30)
+    kept.start()
     server.pause()  # every unary call now hangs (no timeout on this client)
 
-    async def iterate() -> None:
-        async for _ in watch:
+    async def iterate(it: Any = watch) -> None:
+        async for _ in it:
             pass
 
     work = [
@@ -139,6 +144,9 @@ async def test_async_close_ends_everything_in_flight(
         asyncio.create_task(client.wait_for("/inflight/never")),
         asyncio.create_task(client.wait_for("/inflight/never2", timeout=30)),
         asyncio.create_task(iterate()),
+        # (the raw streams end at once too, not after the lease's revoke, 2 s with etcd hung)
+        asyncio.create_task(iterate(raw)),
+        asyncio.create_task(iterate(kept)),
         asyncio.create_task(lease.wait_state(etcdkit.LeaseState.LOST)),
         asyncio.create_task(client.get_prefix("/inflight/")),
     ]
@@ -239,6 +247,56 @@ async def test_blocking_client_inside_a_loop_is_refused(etcd_server: EtcdServer)
         assert time.monotonic() - t0 < 0.5  # refused, not blocking the loop
     finally:
         await asyncio.to_thread(client.close)
+
+
+async def test_blocking_close_and_waits_inside_a_loop_are_refused_with_no_harm(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """``close()`` and ``SyncSession.wait_lost()`` inside a running loop are refused at once
+    and change nothing: the client still works, and a later close (in a thread) revokes."""
+    client = await asyncio.to_thread(Client, etcd_server.endpoint)
+    try:
+        session = await asyncio.to_thread(client.session, 30)
+        t0 = time.monotonic()
+        with pytest.raises(etcdkit.WrongContextError):
+            session.wait_lost(timeout=2)  # (it used to block the loop for those 2 s)
+        with pytest.raises(etcdkit.WrongContextError):
+            client.close()  # (it used to leave the client half-closed)
+        assert time.monotonic() - t0 < 0.5  # refused, not blocking the loop
+        assert not await asyncio.to_thread(lambda: client.closed)
+        await asyncio.to_thread(client.put, etcd_prefix + "still", "open")
+        lease = await asyncio.to_thread(lambda: session.lease_id)
+    finally:
+        await asyncio.to_thread(client.close)
+    assert await asyncio.to_thread(lambda: client.closed)
+    async with fresh_client(etcd_server.endpoint) as check:
+        assert lease not in await check.leases()  # the later close revoked it
+
+
+def test_blocking_close_from_a_listener_is_refused_with_no_harm(
+    etcd_server: EtcdServer, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    """``close()`` from a callback on the client's loop thread is refused, and leaves the
+    client as it was: another thread's call is not ended, and a close from a thread works."""
+    client = Client(etcd_server.endpoint)
+    refused: list[BaseException] = []
+
+    def on_state(state: etcdkit.LeaseState) -> None:
+        try:
+            client.close()
+        except etcdkit.WrongContextError as exc:
+            refused.append(exc)
+
+    with client.persistent_lease(etcd_prefix + "k", "v", ttl=5) as lease:
+        lease.add_listener(on_state)
+        lease.registered(timeout=5)
+        lease.set_value("v2")
+        lease.synced(timeout=5)
+    assert refused
+    assert not client.closed
+    client.put(etcd_prefix + "after", "ok")  # still usable
+    client.close()
+    assert client.closed
 
 
 # -- calls while etcd is starting ------------------------------------------------------------------

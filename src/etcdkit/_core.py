@@ -186,6 +186,13 @@ class Core:
         self.state = CoreState.CLOSING
         self.conn.end_calls()  # what callers wait for ends now, not after the revokes
         try:
+            # The streams end now too: watches and keepalives in flight end with ClosedError
+            # at once, not after the children's revokes (each bounded, 2 s with etcd hung).
+            # The children need neither to close (a session is not lost by it: it revokes).
+            if self._watches is not None:
+                await self._watches.close()
+            if self._keepalives is not None:
+                await self._keepalives.close()
             await asyncio.gather(*(close() for close in list(self._children.values())))
             for close in self.after_children:
                 await close()

@@ -116,6 +116,9 @@ class Client(Twin[AsyncClient]):
         calls in flight in other threads end with :class:`ClosedError`."""
         if self.portal.closed:
             return
+        # Refused where it would block its loop (or deadlock on it) before anything changes:
+        # a close refused half-way left the client closed to callers, its leases not revoked.
+        self.portal.check_caller()
         try:
             self.portal.call(self.aio.close())
         except ClosedError:
@@ -637,6 +640,7 @@ class SyncSession(Twin[Session]):
 
     def wait_lost(self, timeout: float | None = None) -> SessionState:
         """See :meth:`Session.wait_lost`; raises :class:`EtcdTimeoutError` after ``timeout``."""
+        self.portal.check_caller()  # (a wait here would block the loop that sets ``lost``)
         if not self.lost.wait(timeout):
             raise EtcdTimeoutError(
                 f"session {self.aio.lease_id:#x} was not lost within {timeout} s"

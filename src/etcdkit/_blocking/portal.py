@@ -45,7 +45,9 @@ class Portal:
     def in_loop_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    def _check_caller(self) -> None:
+    def check_caller(self) -> None:
+        """Raise :class:`WrongContextError` where a blocking call would block the loop (or
+        deadlock on it): on the client's loop thread, or inside any running event loop."""
         if self.in_loop_thread():
             raise WrongContextError(
                 "a blocking etcdkit call was made from the client's own event-loop thread "
@@ -64,7 +66,7 @@ class Portal:
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for it."""
         try:
-            self._check_caller()
+            self.check_caller()
         except BaseException:
             coro.close()
             raise

@@ -37,6 +37,8 @@ class PortalLike(Protocol):
 
     def read(self, fn: Callable[[], T]) -> T: ...
 
+    def check_caller(self) -> None: ...
+
 
 class Twin(Generic[A]):
     """The base of a blocking twin: ``aio`` is the asyncio object every call goes to, and
