@@ -287,7 +287,8 @@ async def test_1_a_release_that_cannot_tell_which_raises(
     assert await keys_under(etcd, name + "/") == [b_held.key]
     await a_held.release()  # A's own: nothing of B's
     await lock.release()  # now the one in progress is B's
-    assert b_held.state is HoldState.RELEASED
+    after: HoldState = b_held.state  # (read again: the release changed it)
+    assert after is HoldState.RELEASED
     assert await keys_under(etcd, name + "/") == []
 
 
