@@ -239,6 +239,35 @@ async def test_a_transaction_nested_in_another(etcd: AsyncClient, etcd_prefix: s
         Op.txn([Op.get("/k")])  # type: ignore[list-item]
 
 
+async def test_a_range_at_a_past_revision_inside_a_transaction_says_it(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """``RangeResult.revision`` is the revision read at, inside a transaction (nested too) as
+    from range(): a past one when the Op asks for it, else the transaction's."""
+    k = etcd_prefix + "k"
+    old = await etcd.put(k, "old")
+    new = await etcd.put(k, "new")
+    past = Op.range(k, revision=old)
+    res = await etcd.txn([], [past, Op.get(k)], [])
+    at_old, now = res.responses
+    assert isinstance(at_old, RangeResult)
+    assert isinstance(now, RangeResult)
+    assert (at_old.revision, [kv.value for kv in at_old.kvs]) == (old, [b"old"])
+    assert (now.revision, [kv.value for kv in now.kvs]) == (res.revision, [b"new"])
+    assert res.revision >= new
+    failed = await etcd.txn(
+        [Compare.value(k, "==", "nope")],
+        [],
+        [Op.txn([], [Op.get(k), past], [])],
+    )
+    (inner,) = failed.responses
+    assert isinstance(inner, etcdkit.TxnResult)
+    latest, before = inner.responses
+    assert isinstance(latest, RangeResult)
+    assert isinstance(before, RangeResult)
+    assert (latest.revision, before.revision) == (failed.revision, old)
+
+
 async def test_leases(etcd: AsyncClient, etcd_prefix: str) -> None:
     lease = await etcd.grant(20)
     assert lease.header is not None

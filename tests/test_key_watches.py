@@ -277,6 +277,35 @@ async def test_a_compacted_start_ends_every_member(etcd: AsyncClient, etcd_prefi
     assert mux.live == 0
 
 
+async def test_a_compacted_start_ends_only_the_watches_it_compacts(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """Raw single-key watches entered in one turn share etcd watches from their oldest start;
+    one from a compacted revision gets CompactedError, and the others go on as their own
+    watches would (Go gives each its own etcd watch: only that one is compacted)."""
+    p = etcd_prefix
+    for i in range(3):
+        await etcd.put(f"{p}k/000", str(i))
+    compacted = await etcd.put(f"{p}k/000", "last")
+    await etcd.compact(compacted)
+    good = compacted + 1
+    bad = etcd.watch(f"{p}k/000", start_revision=2)  # (entered first: the group's oldest)
+    others = [etcd.watch(f"{p}k/{i:03d}", start_revision=good) for i in range(1, GROUP_MIN + 8)]
+    for w in (bad, *others):  # (a given start: entering does not yield; one turn, shared)
+        await w.__aenter__()
+    revs = [await etcd.put(f"{p}k/{i:03d}", "new") for i in range(1, GROUP_MIN + 8)]
+    with pytest.raises(CompactedError) as info:
+        async with asyncio.timeout(WAIT):
+            await bad.__anext__()
+    assert info.value.compact_revision == compacted
+    async with asyncio.timeout(WAIT):
+        firsts = [await w.__anext__() for w in others]
+    assert [[e.kv.mod_revision for e in b.events] for b in firsts] == [[r] for r in revs]
+    for w in others:
+        w.cancel()
+    assert etcd.core.key_watches.live == 0
+
+
 async def test_wait_for_in_bulk_reads_again_after_compaction(
     etcd: AsyncClient, etcd_prefix: str
 ) -> None:

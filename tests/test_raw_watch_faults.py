@@ -195,6 +195,37 @@ async def test_resumes_exactly_through_cut_connections(
             assert client.stats.watch_reconnects >= 2
 
 
+def _confirmed(w: Watch) -> bool:
+    return w.connected and w.confirmed_at > 0
+
+
+def _broke_once(w: Watch) -> bool:
+    return w.disconnects == 1
+
+
+async def test_a_single_key_watch_reports_its_stream_as_a_range_watch_does(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """A watch of one key (carried by the client's shared key watches) says ``connected``,
+    ``confirmed_at`` and ``disconnects`` of the etcd watch under it, as a prefix watch does."""
+    key = etcd_prefix + "one"
+    with Proxy(etcd_server.endpoint) as proxy:
+        async with fresh_client(proxy.endpoint, timeout=1) as client:
+            async with client.watch(key) as single, client.watch(key, prefix=True) as ranged:
+                for w in (single, ranged):
+                    await until("confirmed", functools.partial(_confirmed, w))
+                assert (single.disconnects, ranged.disconnects) == (0, 0)
+                proxy.drop_connections()
+                for w in (single, ranged):
+                    await until("the break seen", functools.partial(_broke_once, w))
+                    await until("resumed", functools.partial(_confirmed, w))
+                rev = await etcd.put(key, "v")
+                for w in (single, ranged):
+                    async with asyncio.timeout(WAIT):
+                        batch = await w.__anext__()
+                    assert [e.kv.mod_revision for e in batch.events] == [rev]
+
+
 @pytest.mark.slow
 async def test_resumes_exactly_after_a_black_hole_is_detected(
     etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str

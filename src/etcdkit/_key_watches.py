@@ -19,8 +19,10 @@ is cut where it would reach over a shared watch already open. Otherwise reads an
 order (10,000 ``wait_for`` calls: their transactions come back in any order, two or three in
 one turn) would make runs that span other runs' keys, and events received twice.
 
-An error that ends a shared watch ends all its watchers with it (a compaction, too: each then
-reads again, as after its own watch's compaction).
+An error that ends a shared watch ends all its watchers with it, but for a compaction: the
+shared watch starts at its oldest watcher's revision (or resumes at its own next one), and a
+watcher whose own next revision etcd still has goes on, on an etcd watch of its own, as its
+own watch would have; only the others get the :class:`CompactedError`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import asyncio
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable
 
-from etcdkit._errors import EtcdkitError
+from etcdkit._errors import CompactedError, EtcdkitError
 from etcdkit._types import WatchEvent
 from etcdkit._wire.watch_hub import WatchHub, WatchSub
 
@@ -50,7 +52,18 @@ def parent_of(key: bytes) -> bytes:
 class KeyWatch:
     """One key's watch from ``start`` on. Create with :meth:`KeyWatches.watch`."""
 
-    __slots__ = ("_group", "_owner", "_sub", "ended", "key", "on_end", "on_events", "start")
+    __slots__ = (
+        "_base",
+        "_before",
+        "_group",
+        "_owner",
+        "_sub",
+        "ended",
+        "key",
+        "on_end",
+        "on_events",
+        "start",
+    )
 
     def __init__(
         self,
@@ -68,6 +81,29 @@ class KeyWatch:
         self.ended = False
         self._sub: WatchSub | None = None  # its own etcd watch, or
         self._group: _Group | None = None  # ... the shared one it is carried by
+        self._base = 0  # its carrier's disconnects when it joined it
+        self._before = 0  # disconnects under earlier carriers
+
+    def carrier(self) -> WatchSub | None:
+        """The etcd watch that carries it (its own or a shared one); ``None`` before the
+        next turn's flush gives it one, and once it ended."""
+        if self._sub is not None:
+            return self._sub
+        group = self._group
+        return group.sub if group is not None else None
+
+    @property
+    def disconnects(self) -> int:
+        """Times the stream broke under it (under every etcd watch that carried it)."""
+        c = self.carrier()
+        return self._before + (c.disconnects - self._base if c is not None else 0)
+
+    def _carried_by(self, sub: WatchSub | None) -> None:
+        """It moves to ``sub`` (a shared watch it joins or its own): count on from there."""
+        old = self.carrier()
+        if old is not None:
+            self._before += old.disconnects - self._base
+        self._base = sub.disconnects if sub is not None else 0
 
     def cancel(self) -> None:
         """Stop watching; idempotent, no callback is called afterwards."""
@@ -113,6 +149,7 @@ class _Group:
     def join(self, w: KeyWatch) -> None:
         """Carry ``w`` too (its key is in ``[first, last]``; see :meth:`KeyWatches._join`)."""
         self.members.setdefault(w.key, []).append(w)
+        w._carried_by(self.sub)
         w._group = self
         self.count += 1
 
@@ -134,11 +171,23 @@ class _Group:
     def on_end(self, err: EtcdkitError) -> None:
         members, self.members = self.members, {}
         self.count = 0
-        if self.owner is not None:
-            self.owner._closed(self)
+        owner = self.owner
+        if owner is not None:
+            owner._closed(self)
+        compacted = err.compact_revision if isinstance(err, CompactedError) else 0
+        # (where the shared watch was to resume: it delivered everything before it)
+        resume = self.sub.next_rev if self.sub is not None else 0
         for ws in members.values():
             for w in ws:
-                w._end(err)
+                start = max(w.start, resume)
+                if compacted and owner is not None and not w.ended and start >= compacted:
+                    # etcd still has this watcher's history: it goes on, on a watch of its own
+                    w.start = start
+                    w._carried_by(None)
+                    w._group = None
+                    owner._alone(w)
+                else:
+                    w._end(err)
 
     def leave(self, w: KeyWatch) -> None:
         ws = self.members.get(w.key)

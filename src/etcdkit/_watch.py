@@ -152,7 +152,8 @@ class Watch:
         sub = self._sub
         if isinstance(sub, WatchSub):
             return sub.connected
-        return sub is not None and not sub.ended
+        carrier = sub.carrier() if sub is not None and not sub.ended else None
+        return carrier is not None and carrier.connected  # (a single key's shared watch)
 
     @property
     def confirmed_at(self) -> float:
@@ -160,12 +161,17 @@ class Watch:
         (``time.monotonic()``; refreshed about every second while the stream is healthy, by
         progress requests); 0.0 before the first confirmation."""
         sub = self._sub
-        return sub.confirmed_at if isinstance(sub, WatchSub) else self._confirmed
+        if isinstance(sub, WatchSub):
+            return sub.confirmed_at
+        carrier = sub.carrier() if sub is not None else None
+        return carrier.confirmed_at if carrier is not None else self._confirmed
 
     @property
     def disconnects(self) -> int:
         """Times the stream under this watch broke and the watch was resumed."""
-        return self._disconnects
+        sub = self._sub
+        keyed = sub.disconnects if isinstance(sub, KeyWatch) else 0
+        return self._disconnects + keyed
 
     @property
     def revision(self) -> int:
@@ -302,6 +308,8 @@ class Watch:
     def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
+            if isinstance(sub, KeyWatch):
+                self._disconnects += sub.disconnects  # (a new one counts from 0)
             sub.cancel()
 
     def _push(self, batch: WatchBatch, next_rev: int) -> None:
@@ -354,7 +362,9 @@ class Watch:
             self._push(WatchBatch(rev, []), sub.next_rev)
 
     def _on_end(self, err: EtcdkitError) -> None:
-        self._sub = None
+        sub, self._sub = self._sub, None
+        if isinstance(sub, KeyWatch):
+            self._disconnects += sub.disconnects
         if self._cancelled:
             return
         if isinstance(err, ClosedError):

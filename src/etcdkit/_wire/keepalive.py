@@ -51,6 +51,7 @@ from etcdkit._wire.conn import Channel, Connection, map_rpc_error
 __all__ = ["KeepAlive", "KeepAliveHub"]
 
 log = logging.getLogger("etcdkit.lease")
+PASS_GAP = 0.05  # a refreshed lease is due again this long after the window it was sent in
 
 
 def _noop(*_args: object) -> None:
@@ -202,7 +203,10 @@ class KeepAliveHub:
                     if found is None or found.due != due:
                         continue  # removed or rescheduled
                     entry = found
-                    entry.due = time.monotonic() + max(entry.ttl / 3.0, 0.2)
+                    # next at a third of the TTL, and never inside this pass's window (a TTL
+                    # of 1 s, or the 1 s placed before the first answer, fell back inside it:
+                    # thousands of requests a second): at most one refresh per lease per pass
+                    entry.due = max(time.monotonic() + entry.ttl / 3.0, horizon + PASS_GAP)
                     heapq.heappush(self._heap, (entry.due, lid))
                     self._unanswered.setdefault(lid, time.monotonic() + stall_after(entry.ttl))
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lid))

@@ -85,6 +85,7 @@ class WatchSub:
         "asked_id",
         "confirmed_at",
         "connected",
+        "disconnects",
         "ended",
         "filters",
         "header_revision",
@@ -127,6 +128,7 @@ class WatchSub:
         self.watch_id: int | None = None
         self.asked_id = 0  # the watch id its pending create asked for (0: any)
         self.connected = False
+        self.disconnects = 0  # times the stream broke under it while it was confirmed
         self.ended = False
         self.confirmed_at = 0.0  # monotonic time the data was last confirmed current
 
@@ -382,6 +384,7 @@ class WatchHub:
             sub.watch_id = None
             if sub.connected:
                 sub.connected = False
+                sub.disconnects += 1
                 sub.on_status(False, err)
 
     async def _stream_once(self, ch: Channel, backoff: Backoff) -> None:
