@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import random
+import signal
 import sys
 
 from bench.chaos import FAULTS, ChaosConfig, run_chaos
@@ -30,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="writer ops per second")
     parser.add_argument("-v", "--verbose", action="store_true", help="log etcdkit at INFO")
     args = parser.parse_args(argv)
-    if args.minutes <= 0:
-        parser.error("--minutes must be positive")
+    if not 0 < args.minutes < math.inf:  # (NaN too)
+        parser.error("--minutes must be a positive number")
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
     unknown = sorted(set(faults) - set(FAULTS))
     if unknown or not faults:
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"soak: seed {seed}, {args.minutes:g} min, faults {','.join(faults)}", flush=True)
     config = ChaosConfig(faults=faults, write_rate=args.rate)
+    # SIGTERM (a `timeout`, a CI cancel) stops the run as Ctrl-C does: its cluster and proxies
+    # are torn down on the way out, not left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = asyncio.run(
         run_chaos(seed, args.minutes * 60, config=config, progress=lambda s: print(s, flush=True))
     )

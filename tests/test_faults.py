@@ -166,3 +166,29 @@ async def test_a_session_opens_once_etcd_is_back(etcd_server_factory: object) ->
         await session.open()
         assert session.lease_id
         await session.close()
+
+
+async def test_a_listing_compacted_on_every_try_falls_back_to_one_read(
+    etcd: AsyncClient, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compactions that keep overtaking the pages (here: one after every page) made the first
+    sync list again for ever; after two such listings it reads the prefix in one read (one
+    read is never compacted half-way) and syncs, exact."""
+    p = etcd_prefix
+    for i in range(50):
+        await etcd.put(f"{p}k/{i:03d}", str(i))
+    async with fresh_client(etcd.endpoints[0]) as watcher:
+        paged = watcher.get_prefix_pages
+
+        async def compacted_after_each_page(prefix: str | bytes, **kw: object) -> object:
+            async for page, rev in paged(prefix, page_size=5):
+                yield page, rev
+                now = await etcd.put(f"{p}noise", "x")
+                await etcd.compact(now)
+
+        monkeypatch.setattr(watcher, "get_prefix_pages", compacted_after_each_page)
+        async with watcher.watch_prefix(p + "k/") as watch:
+            snap = await watch.synced(timeout=20)
+        listed = await etcd.range(p + "k/", prefix=True, revision=snap.revision)
+        assert dict(snap.tree) == {kv.key.decode(): kv.value for kv in listed.kvs}
+        assert len(snap.tree) == 50

@@ -507,6 +507,26 @@ async def test_keys_asked_for_later_inside_a_shared_watch_join_it(
     assert _open_groups(etcd) == []
 
 
+async def test_keys_joining_later_never_pass_the_bound_of_a_shared_watch(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """Waiters joining an open shared watch stop at KEYS_PER_WATCH; the rest get watches of
+    their own (or new shared ones), and everyone still wakes on exactly its own put."""
+    n = KEYS_PER_WATCH
+    even = [f"{etcd_prefix}b/{i:04d}" for i in range(0, 2 * n, 2)]
+    odd = [f"{etcd_prefix}b/{i:04d}" for i in range(1, 2 * n, 2)]
+    first = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in even]
+    await _settled(etcd, len(even))
+    later = [asyncio.create_task(etcd.wait_for(k, timeout=WAIT)) for k in odd]
+    await _settled(etcd, len(even) + len(odd))
+    groups = [g for gs in etcd.core.key_watches._groups.values() for g in gs]
+    assert groups
+    assert max(g.count for g in groups) <= KEYS_PER_WATCH
+    revs = [await etcd.put(k, "up") for k in odd + even]
+    assert await asyncio.gather(*later, *first) == revs
+    assert etcd.stats.watches == 0
+
+
 async def test_a_watch_from_before_what_a_shared_watch_delivered_gets_its_own(
     etcd: AsyncClient, etcd_prefix: str
 ) -> None:

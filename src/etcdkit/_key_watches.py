@@ -269,6 +269,8 @@ class KeyWatches:
         sub = group.sub
         if w.key > group.last or sub is None or sub.ended or sub.next_rev > w.start:
             return False
+        if group.count >= KEYS_PER_WATCH:
+            return False  # full: at most KEYS_PER_WATCH watchers per shared watch
         group.join(w)
         return True
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["PrefixWatch", "WatchState", "WatchStats"]
 
 log = logging.getLogger("etcdkit.watch")
+UNPAGED_AFTER = 2  # listings compacted while paging, in a row, before one unpaged read
 limited = RateLimitedLog(log)  # restarts of a watch that etcd keeps ending
 
 K = TypeVar("K")
@@ -328,11 +329,13 @@ class PrefixWatch(Generic[K, V]):
         backoff = retry.backoff()
         first = True
         reason = ""  # why the next listing is a relist
+        compacted = 0  # listings in a row whose revision was compacted while paging
         try:
             while True:
                 try:
-                    await self._list()
+                    await self._list(unpaged=compacted >= UNPAGED_AFTER)
                 except CompactedError as exc:  # the revision went while paging: list again
+                    compacted += 1
                     log.info("watch %r: %s; listing again", self.prefix, exc)
                     continue
                 except EtcdkitError as exc:
@@ -345,6 +348,7 @@ class PrefixWatch(Generic[K, V]):
                     self._stats.relists += 1
                     self._meter.relist(reason)
                 first = False
+                compacted = 0
                 backoff.reset()
                 err = await self._watch()
                 if isinstance(err, CompactedError):
@@ -370,17 +374,25 @@ class PrefixWatch(Generic[K, V]):
             if not isinstance(exc, ClosedError):
                 log.error("watch %r failed: %s", self.prefix, exc)
 
-    async def _list(self) -> None:
+    async def _list(self, *, unpaged: bool = False) -> None:
+        """List the prefix into a new tree, in pages at one revision; ``unpaged``: in one read
+        (when compactions keep overtaking the pages: one read cannot be compacted half-way)."""
         self._listing = True
         self._watching = False
         # Each page goes into the new tree as it arrives (while etcd reads the next one):
         # a million keys never sit in memory twice, once as a listing and once as a tree.
         listing = self._engine.begin_reset()
         revision = 0
-        async with contextlib.aclosing(self._etcd.get_prefix_pages(self.prefix)) as pages:
-            async for page, rev in pages:
-                listing.add(page)
-                revision = rev
+        if unpaged:
+            log.info("watch %r: compacted while paging again: listing in one read", self.prefix)
+            whole = await self._etcd.range(self.prefix, prefix=True)
+            listing.add(whole.kvs)
+            revision = whole.revision
+        else:
+            async with contextlib.aclosing(self._etcd.get_prefix_pages(self.prefix)) as pages:
+                async for page, rev in pages:
+                    listing.add(page)
+                    revision = rev
         self._engine.finish_reset(listing, revision)
         self._confirmed_at = time.monotonic()
         self._listing = False
