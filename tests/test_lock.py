@@ -480,3 +480,24 @@ async def test_ours_waits_for_etcdctl_lock(
         if proc.poll() is None:
             proc.kill()
         await asyncio.to_thread(proc.communicate, timeout=WAIT)
+
+
+def test_a_one_second_ttl_is_allowed_with_one_warning(
+    etcd_sync: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ttl=1 is allowed (as in Go), but a cut-off holder may be told LOST only after etcd
+    expired its lease: one WARNING per process says so; ttl >= 2 says nothing."""
+    import math
+
+    from etcdkit._logs import RateLimitedLog
+    from etcdkit.recipes import _hold
+
+    monkeypatch.setattr(_hold, "_SHORT_TTL", RateLimitedLog(_hold.log, math.inf))
+    with caplog.at_level("WARNING", logger="etcdkit.recipes"):
+        etcd_sync.lock("/short", ttl=2)
+        assert not caplog.records
+        etcd_sync.lock("/short", ttl=1)
+        etcd_sync.semaphore("/short-sem", 1, ttl=1)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1
+    assert "ttl >= 2" in warned[0]

@@ -18,6 +18,7 @@ from etcdkit import (
     AsyncClient,
     ClosedError,
     ConflictError,
+    ConnectionUnavailableError,
     OutcomeUnknownError,
     Stm,
     SyncStm,
@@ -354,6 +355,35 @@ async def test_a_failed_read_runs_fn_again(etcd_server: EtcdServer, etcd_prefix:
 
         assert await etcd.stm(fn) == b"v"
         assert calls == 2
+
+
+async def test_an_unreachable_etcd_raises_its_error_not_a_conflict(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """Reads failing with etcd unreachable run ``fn`` once more, then raise the client's own
+    error (they used to run it ``attempts`` times, each a client timeout, then say every
+    commit conflicted)."""
+    key = etcd_prefix + "k"
+    async with AsyncClient(etcd_server.endpoint) as etcd:
+        await etcd.put(key, "v")
+        real_txn = etcd.txn
+
+        async def unreachable(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionUnavailableError("test: etcd unreachable")
+
+        etcd.txn = unreachable  # type: ignore[method-assign]
+        calls = 0
+
+        async def fn(stm: Stm) -> bytes | None:
+            nonlocal calls
+            calls += 1
+            return await stm.get(key)
+
+        with pytest.raises(ConnectionUnavailableError, match="unreachable"):
+            await etcd.stm(fn)
+        assert calls == 2
+        etcd.txn = real_txn  # type: ignore[method-assign]
+        assert await etcd.stm(fn) == b"v"  # and it works again once etcd answers
 
 
 # -- the pure state -------------------------------------------------------------------------------

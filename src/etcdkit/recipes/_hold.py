@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -35,6 +36,7 @@ from etcdkit._errors import (
     EtcdTimeoutError,
     NotHeldError,
 )
+from etcdkit._logs import RateLimitedLog
 from etcdkit._surface import Etcd
 from etcdkit._types import (
     Compare,
@@ -70,6 +72,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("etcdkit.recipes")
+_SHORT_TTL = RateLimitedLog(log, math.inf)  # the ttl=1 warning: once per process
 
 
 class Holds(Protocol):
@@ -102,6 +105,15 @@ def check_ttl(ttl: object) -> int:
         raise TypeError(f"ttl must be a whole number of seconds (int), got {ttl!r:.40}")
     if not 1 <= ttl < 2**63:
         raise ValueError(f"ttl must be >= 1 second, got {ttl!r}")
+    if ttl == 1:
+        # A refresh goes out every half second and a stall is noticed a second after one went
+        # unanswered: with a 1 s lease, etcd may expire it (and hand the hold to another)
+        # before LOST is set. Allowed, as in Go, but said once per process.
+        _SHORT_TTL.warning(
+            ("ttl", 1),
+            "ttl=1: etcd may expire the lease, and give the hold to another, before a cut-off "
+            "holder is told LOST; use ttl >= 2 for a hold that relies on lost/guard()",
+        )
     return ttl
 
 

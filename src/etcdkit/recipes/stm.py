@@ -70,6 +70,7 @@ ISOLATIONS: tuple[Isolation, ...] = (
 )
 _SNAPSHOT: tuple[Isolation, ...] = ("serializable_snapshot", "serializable")
 DEFAULT_ATTEMPTS = 32
+UNREACHABLE_ATTEMPTS = 2  # attempts in a row with etcd unreachable before its error is raised
 
 
 def _value(result: RangeResult) -> bytes | None:
@@ -297,13 +298,22 @@ class _Attempts:
         self.backoff: Backoff = contention_backoff(retry)
         self.made = 0
         self.last: Exception | None = None
+        self.unreachable = 0  # attempts in a row whose read failed with etcd unreachable
 
     def restartable(self, stm: Stm, state: StmState, exc: Exception) -> bool:
         """A read of the attempt failed (so ``fn`` raised it, or went on without it):
-        retryable errors and a compacted snapshot run ``fn`` again."""
+        retryable errors and a compacted snapshot run ``fn`` again; etcd unreachable for
+        :data:`UNREACHABLE_ATTEMPTS` attempts in a row (each already retried within the
+        client's timeout) raises the read's error instead: an outage is not a conflict."""
         if stm._read_error is None or exc is not stm._read_error:
             return False
-        if not (self.retry.is_retryable(exc) or isinstance(exc, CompactedError)):
+        if isinstance(exc, CompactedError):
+            self.unreachable = 0
+        elif self.retry.is_retryable(exc):
+            self.unreachable += 1
+            if self.unreachable >= UNREACHABLE_ATTEMPTS:
+                return False
+        else:
             return False
         state.forget()
         self.last = exc
