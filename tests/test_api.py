@@ -389,6 +389,31 @@ async def test_get_prefix_pages(etcd: AsyncClient, etcd_prefix: str) -> None:
     assert keys == [b""] * 25
 
 
+async def test_default_pages_after_the_first_are_sized_in_bytes(
+    etcd: AsyncClient, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the first page (FIRST_PAGE_KEYS keys: sizes unknown before), pages hold about
+    PAGE_TARGET_BYTES, fewer keys than the first when values are big (they held at least
+    FIRST_PAGE_KEYS: with 8 KB values, 78 MB pages). Scaled down: a 64 KB target."""
+    from etcdkit._wire import kv as kv_module
+
+    monkeypatch.setattr(kv_module, "PAGE_TARGET_BYTES", 64 * 1024)
+    n = kv_module.FIRST_PAGE_KEYS + 2_000
+    value = b"v" * 100
+    for start in range(0, n, 100):
+        await etcd.txn(
+            [], [Op.put(f"{etcd_prefix}{i:06d}", value) for i in range(start, start + 100)]
+        )
+    sizes = []
+    async for kvs, _ in etcd.get_prefix_pages(etcd_prefix):
+        sizes.append(len(kvs))
+    assert sum(sizes) == n
+    assert sizes[0] == kv_module.FIRST_PAGE_KEYS
+    assert len(sizes) > 2
+    assert max(sizes[1:]) * (24 + len(etcd_prefix) + 6 + len(value)) <= 2 * 64 * 1024
+    await etcd.delete_range(etcd_prefix, prefix=True)
+
+
 def test_get_prefix_pages_threaded(etcd_sync: Client, etcd_prefix: str) -> None:
     for i in range(5):
         etcd_sync.put(f"{etcd_prefix}{i}", "v")

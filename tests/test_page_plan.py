@@ -63,3 +63,17 @@ def test_pages_cover_the_listing_and_leave_no_runt(total: int, first: int, cap: 
         if page < before:
             falling = True
         assert not (falling and page > before), pages
+
+
+@given(
+    total=st.integers(1, 200_000),
+    first=st.integers(1, 20_000),
+    cap=st.integers(100, 3 * LAST_PAGE_KEYS),  # big values: a few MB are fewer keys
+)
+def test_small_caps_still_cover_the_listing_within_the_cap(
+    total: int, first: int, cap: int
+) -> None:
+    first = min(first, cap)
+    pages = plan(total, first, cap)
+    assert sum(pages) == total
+    assert all(1 <= p <= cap for p in pages)

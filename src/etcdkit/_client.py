@@ -251,7 +251,8 @@ class AsyncClient:
 
         With ``revision=0`` the first page fixes the revision; later pages are read at it, so
         the result is one consistent cut even for millions of keys. ``page_size``: keys per
-        page, or ``None`` (default) for pages of a few MB each. Raises :class:`CompactedError`
+        page, or ``None`` (default) for a first page of 10,000 keys (their size is not known
+        before), then pages of a few MB each. Raises :class:`CompactedError`
         if that revision is compacted while paging.
         """
         self._core.check_open()

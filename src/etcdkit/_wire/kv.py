@@ -48,17 +48,19 @@ __all__ = ["KV", "header_of", "kv_of"]
 # A fixed-size listing page is cut in half when its answer is bigger than this (keeps messages
 # well below gRPC/etcd limits for big values).
 PAGE_BYTES = 16 * 1024 * 1024
-# Pages sized by the library: the first of FIRST_PAGE_KEYS keys, then twice as many each time, up
-# to about PAGE_TARGET_BYTES at the sizes seen so far (1M small keys: ~16 pages, not 100). A
-# larger target is faster at a million keys and costs peak memory (8 MB: 4.3 s, 367 MB; 4 MB:
-# 5.0 s, 340 MB; bench/initial.py). Once fewer keys are left than that (etcd's count says how
-# many), each page takes half of the rest, down to LAST_PAGE_KEYS (and no smaller one after
-# it): the caller's work on the last page overlaps no read (100k keys: 8 pages, not 4; the
-# first sync's peak RSS is lower, bench/README.md "Last pages").
+# Pages sized by the library: the first of FIRST_PAGE_KEYS keys (whatever their size: none is
+# known before), then twice as many each time, up to about PAGE_TARGET_BYTES at the sizes seen
+# so far (fewer keys than the first page's when values are big; 1M small keys: ~16 pages, not
+# 100). A larger target is faster at a million keys and costs peak memory (8 MB: 4.3 s,
+# 367 MB; 4 MB: 5.0 s, 340 MB; bench/initial.py). Once fewer keys are left than that (etcd's
+# count says how many), each page takes half of the rest, down to LAST_PAGE_KEYS (and no
+# smaller one after it): the caller's work on the last page overlaps no read (100k keys: 8
+# pages, not 4; the first sync's peak RSS is lower, bench/README.md "Last pages").
 FIRST_PAGE_KEYS = 10_000
 PAGE_TARGET_BYTES = 4 * 1024 * 1024
 MAX_PAGE_KEYS = 500_000
 LAST_PAGE_KEYS = 2_000
+MIN_PAGE_KEYS = 100  # later pages of big values: about PAGE_TARGET_BYTES, at least this many keys
 SEND_TURNS = 3  # loop turns a prefetch needs to put its request on the wire
 KV_OVERHEAD = 24  # bytes of a listed key besides its key and value (revisions, lease, framing)
 
@@ -499,7 +501,8 @@ class KV:
                     # Pages double up to that size: early pages are small, so the caller starts
                     # on the first keys while etcd reads the next (and a 100k-key prefix is
                     # not one big page nothing overlaps with).
-                    cap = min(MAX_PAGE_KEYS, max(FIRST_PAGE_KEYS, PAGE_TARGET_BYTES // per_key))
+                    # (big values: fewer keys than the first page's, down to MIN_PAGE_KEYS)
+                    cap = min(MAX_PAGE_KEYS, max(MIN_PAGE_KEYS, PAGE_TARGET_BYTES // per_key))
                     # ...and shrink toward the end (etcd's count covers this page and the rest)
                     limit = next_page_keys(limit, cap, int(resp.count) - len(kvs))
                 elif limit > 100 and resp.ByteSize() > PAGE_BYTES:
