@@ -366,6 +366,38 @@ def test_watch_callbacks(no_leaked_threads: None, e3: Etcd3, etcd_prefix: str) -
     assert seen.empty()
 
 
+def test_a_watch_cancelled_by_another_callback_is_not_called_again(
+    no_leaked_threads: None, e3: Etcd3, etcd_prefix: str
+) -> None:
+    """Callbacks run one at a time: B's next call may already wait while A's callback cancels
+    B. Once that cancel_watch returned, B's callback is not called again (it was, once)."""
+    k = etcd_prefix + "pair"
+    ids: dict[str, int] = {}
+    after = []
+    cancelled = threading.Event()
+
+    def on_b(_: object) -> None:
+        if cancelled.is_set():
+            after.append(1)
+        time.sleep(0.002)  # (B's responses queue up behind A's callback)
+
+    def on_a(r: Any) -> None:
+        if isinstance(r, Exception) or cancelled.is_set():
+            return
+        if any(e.value == b"5" for e in r.events):
+            e3.cancel_watch(ids["b"])
+            cancelled.set()
+
+    ids["b"] = e3.add_watch_callback(k, on_b)
+    ids["a"] = e3.add_watch_callback(k, on_a)
+    for i in range(40):
+        e3.put(k, str(i))
+    assert cancelled.wait(10)
+    time.sleep(0.3)
+    assert after == []
+    e3.cancel_watch(ids["a"])
+
+
 def test_watch_resumes_through_a_restart(etcd_server_factory: Callable[..., EtcdServer]) -> None:
     """etcdkit's watch resumes from the next revision: no event lost, none repeated (python-etcd3
     ended its watches on the stream's error). A watch whose event was still on its way when

@@ -136,15 +136,20 @@ class Watcher:
     def _run(self, watch_id: int, watch: SyncWatch, callback: WatchCallback) -> None:
         try:
             for batch in watch:
-                self._call(callback, WatchResponse.of(batch))
+                self._call(watch_id, callback, WatchResponse.of(batch))
         except EtcdkitError as exc:
-            self._call(callback, translate(exc))
+            self._call(watch_id, callback, translate(exc))
         finally:
             with self._mutex:
                 self._watches.pop(watch_id, None)
 
-    def _call(self, callback: WatchCallback, arg: WatchResponse | Etcd3Exception) -> None:
+    def _call(
+        self, watch_id: int, callback: WatchCallback, arg: WatchResponse | Etcd3Exception
+    ) -> None:
         with self._calling:
+            with self._mutex:
+                if watch_id not in self._watches:
+                    return  # cancelled (e.g. by another watch's callback) while this waited
             self._local.in_callback = True
             try:
                 callback(arg)
