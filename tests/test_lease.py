@@ -288,3 +288,21 @@ async def test_client_close_during_outage_with_many_leases_is_bounded(
         assert all(lease.state is LeaseState.CLOSED for lease in leases)
     finally:
         server.resume()
+
+
+async def test_closing_the_client_with_open_leases_warns_of_nothing(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Leases left open when their client closes go with their shared lease's revoke: no
+    false "could not remove the key" warning (one per lease but the last)."""
+    client = AsyncClient(etcd_server.endpoint)
+    await client.connect()
+    leases = [client.persistent_lease(f"{etcd_prefix}open/{i}", "v", ttl=30) for i in range(4)]
+    for lease in leases:
+        lease.start()
+    for lease in leases:
+        await lease.registered(timeout=10)
+    with caplog.at_level("WARNING", logger="etcdkit"):
+        await client.close()
+    assert [r.getMessage() for r in caplog.records] == []
+    assert (await etcd.get_prefix(etcd_prefix + "open/")).kvs == []

@@ -501,3 +501,42 @@ def test_a_one_second_ttl_is_allowed_with_one_warning(
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1
     assert "ttl >= 2" in warned[0]
+
+
+def test_a_threaded_listener_reads_the_lock_and_cancels_a_watch(
+    etcd_sync: Client, etcd_prefix: str
+) -> None:
+    """Listeners run on the client's loop thread: the twins' non-blocking reads and cancels
+    work there (they raised WrongContextError, as a blocking call would)."""
+    lock = etcd_sync.lock(etcd_prefix + "listened")
+    seen: list[tuple[HoldState, HoldState, int]] = []
+    errors: list[BaseException] = []
+
+    def on_state(state: HoldState) -> None:
+        try:
+            seen.append((state, lock.state, lock.fencing_token))
+            assert lock.hold is not None
+        except BaseException as exc:  # (reported below: a listener's error is only logged)
+            errors.append(exc)
+
+    lock.add_listener(on_state)
+    with lock as held:
+        token = held.fencing_token
+    assert errors == []
+    assert (HoldState.HELD, HoldState.HELD, token) in seen
+    watch = etcd_sync.watch(etcd_prefix + "w")
+    cancelled = threading.Event()
+
+    def cancel_it() -> None:
+        try:
+            watch.cancel()
+            cancelled.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    with watch:
+        watch.add_listener(cancel_it)
+        etcd_sync.put(etcd_prefix + "w", "1")
+        assert cancelled.wait(10), errors
+        assert list(watch) == []  # cancelled: the iteration ends
+    assert errors == []

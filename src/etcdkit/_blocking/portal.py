@@ -97,7 +97,10 @@ class Portal:
                 self._futures.discard(fut)
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call ``fn(*args)`` on the loop thread and return its result."""
+        """Call ``fn(*args)`` on the loop thread and return its result (directly when called
+        on it, e.g. from a listener: ``fn`` does no I/O and never waits)."""
+        if self.in_loop_thread():
+            return fn(*args)
 
         async def run() -> T:
             return fn(*args)

@@ -290,6 +290,9 @@ class PersistentLease:
                             [Compare.lease(self._raw_key, "==", session.lease_id)],
                             [Op.delete(self._raw_key)],
                         )
+                except ClosedError:
+                    # the client is closing: it revokes the shared lease, and our key with it
+                    log.debug("lease %r: the client closes; its lease takes the key", self._key)
                 except (EtcdkitError, TimeoutError) as exc:
                     log.warning(
                         "lease %r: could not remove the key on close (%s); it goes away when "
