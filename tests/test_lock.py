@@ -540,3 +540,55 @@ def test_a_threaded_listener_reads_the_lock_and_cancels_a_watch(
         assert cancelled.wait(10), errors
         assert list(watch) == []  # cancelled: the iteration ends
     assert errors == []
+
+
+INTERRUPTED_ACQUIRE = """
+import os, signal, sys, time
+import etcdkit
+from etcdkit import HoldState
+
+with etcdkit.Client(sys.argv[1]) as c:
+    lock = c.lock(sys.argv[2], ttl=5, timeout=3)
+    fired = []
+
+    def on_state(state):  # on the loop thread, as the acquisition holds
+        if state is HoldState.HELD and not fired:
+            fired.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    lock.add_listener(on_state)
+    try:
+        lock.acquire()
+        print("returned")
+    except KeyboardInterrupt:
+        print("interrupted")
+    deadline = time.monotonic() + 10
+    while c.get_prefix(sys.argv[2] + "/").kvs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("keys", len(c.get_prefix(sys.argv[2] + "/").kvs))
+    again = c.lock(sys.argv[2], ttl=5, timeout=3).acquire()  # free again
+    print("again", again.state.name)
+    again.release()
+"""
+
+
+def test_an_acquire_interrupted_as_it_holds_releases_the_lock(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """A KeyboardInterrupt in the thread waiting in acquire(), arriving once the acquisition
+    holds but before the thread has it: the lock is released, not held by nobody (it was
+    held until the client closed). A real SIGINT, in a process of its own."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_ACQUIRE, etcd_server.endpoint, etcd_prefix + "kb"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    assert "interrupted" in lines, out.stdout
+    assert out.stdout.splitlines()[-2:] == ["keys 0", "again HELD"], (out.stdout, out.stderr)

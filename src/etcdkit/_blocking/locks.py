@@ -124,7 +124,8 @@ class SyncLock(Twin[Lock]):
     def acquire(self) -> SyncLockHold:
         """See :meth:`Lock.acquire`; not re-entrant per thread."""
         self._check_reentry()
-        return self._mine_now(self.portal.call(self.aio.acquire()))
+        # (a KeyboardInterrupt after the acquisition was made releases it: nobody holds it)
+        return self._mine_now(self.portal.call(self.aio.acquire(), abandon=_release))
 
     def try_acquire(self) -> bool:
         """See :meth:`Lock.try_acquire`."""
@@ -336,3 +337,7 @@ class SyncLeadership(_Held[Leadership]):
     @property
     def lease_id(self) -> int:
         return self.aio.lease_id
+
+
+async def _release(hold: LockHold) -> None:
+    await hold.release()

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from etcdkit._errors import ClosedError, WrongContextError
@@ -63,21 +64,51 @@ class Portal:
             "blocking call in a thread (await asyncio.to_thread(...))"
         )
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and wait for it."""
+    def call(
+        self,
+        coro: Coroutine[Any, Any, T],
+        *,
+        abandon: Callable[[T], Awaitable[object]] | None = None,
+    ) -> T:
+        """Run ``coro`` on the loop and wait for it. ``abandon``: what undoes its result (e.g.
+        releases a lock it acquired) when the waiting thread gave up on the call (a
+        ``KeyboardInterrupt``) after the result was made but before it got it: else that
+        result would be held by nobody."""
         try:
             self.check_caller()
         except BaseException:
             coro.close()
             raise
+        # the task running the call, and whether the waiting thread gave up on it (both set
+        # and read on the loop)
+        task: asyncio.Task[Any] | None = None
+        gave_up = False
 
         async def run() -> T:
+            nonlocal task
+            task = asyncio.current_task()
             try:
-                return await coro
+                result = await coro
             except asyncio.CancelledError:
                 if self._stopping:
                     raise ClosedError("the etcdkit Client was closed during this call") from None
                 raise
+            if gave_up and abandon is not None:
+                await abandon(result)  # nobody takes it
+            return result
+
+        def give_up() -> None:
+            """On the loop (so the call is suspended or done, never half-way): cancel it, or
+            undo what it made if it is done."""
+            nonlocal gave_up
+            gave_up = True
+            if task is None:
+                fut.cancel()  # not started: it never runs
+            elif not task.done():
+                task.cancel()
+            elif abandon is not None and not task.cancelled() and task.exception() is None:
+                undo = asyncio.ensure_future(abandon(task.result()))
+                undo.add_done_callback(_retrieved)
 
         with self._lock:
             if self.closed:
@@ -90,7 +121,9 @@ class Portal:
         except concurrent.futures.CancelledError:
             raise ClosedError("the etcdkit Client was closed during this call") from None
         except BaseException:
-            fut.cancel()
+            # (a KeyboardInterrupt in this thread): cancel the call on the loop, or undo it
+            with contextlib.suppress(RuntimeError):  # (the loop stopped meanwhile)
+                self.loop.call_soon_threadsafe(give_up)
             raise
         finally:
             with self._lock:
@@ -139,3 +172,12 @@ class Portal:
             self.loop.close()
         for fut in pending:
             fut.cancel()
+
+
+async def _awaited(aw: Awaitable[object]) -> None:
+    await aw
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # (an undo that failed is no error of anyone's now)

@@ -15,7 +15,7 @@ mypy checks the result like the original (``ParamSpec``). Nothing is re-implemen
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 __all__ = ["PortalLike", "Twin", "blocking", "blocking_read", "mirror"]
@@ -31,7 +31,12 @@ class PortalLike(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T: ...
+    def call(
+        self,
+        coro: Coroutine[Any, Any, T],
+        *,
+        abandon: Callable[[T], Awaitable[object]] | None = None,
+    ) -> T: ...
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T: ...
 
