@@ -440,7 +440,9 @@ class _StreamTwin(Twin[S], Generic[S, T]):
             self.portal.call(_awaited(started))
 
     def cancel(self) -> None:
-        """End it (idempotent, from any thread): the iteration stops in every thread."""
+        """End it (idempotent, from any thread, or a listener): the iteration stops (iterate
+        one stream from one thread at a time: a second thread waiting at once may wait on
+        until the client closes)."""
         if not self.portal.closed:
             self.portal.run_sync(self.aio.cancel)
 
@@ -473,7 +475,8 @@ async def _awaited(aw: Awaitable[T]) -> T:
 
 class SyncWatch(_StreamTwin[Watch, WatchBatch]):
     """Blocking view of a :class:`Watch`: ``with client.watch(...) as w: for batch in w:``.
-    ``cancel()`` from any thread ends the iteration in every thread that waits on it."""
+    ``cancel()`` from any thread ends the iteration of the thread that waits on it (one
+    reader at a time)."""
 
     def __enter__(self) -> SyncWatch:
         self.start()
