@@ -174,10 +174,6 @@ class Portal:
             fut.cancel()
 
 
-async def _awaited(aw: Awaitable[object]) -> None:
-    await aw
-
-
 def _retrieved(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # (an undo that failed is no error of anyone's now)

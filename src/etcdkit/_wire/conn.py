@@ -205,12 +205,12 @@ def map_rpc_error(exc: BaseException, where: str, what: str) -> EtcdkitError:
     return ServerError(msg)
 
 
-def is_invalid_token(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.aio.AioRpcError) and "invalid auth token" in (exc.details() or "")
-
-
 def _details(exc: BaseException) -> str:
     return (exc.details() or "") if isinstance(exc, grpc.aio.AioRpcError) else ""
+
+
+def is_invalid_token(exc: BaseException) -> bool:
+    return "invalid auth token" in _details(exc)
 
 
 def _pick_failed(exc: grpc.aio.AioRpcError) -> bool:

@@ -316,26 +316,27 @@ def _delete_result(resp: Any, header: ResponseHeader) -> DeleteResult:
 def _op_results(pbs: Any, header: ResponseHeader, ops: Sequence[Op]) -> list[OpResult]:
     # Inside a transaction, each operation's result carries the transaction's header (etcd
     # fills the per-operation headers partly, and they would only repeat it); a range read at
-    # a past revision says that revision, as a range() outside does. ``ops``: the branch run.
+    # a past revision says that revision, as a range() outside does. ``ops``: the branch run
+    # (etcd answers each of its operations, in order).
     results: list[OpResult] = []
-    for i, resp in enumerate(pbs):
-        op = ops[i] if i < len(ops) else None
+    for resp, op in zip(pbs, ops, strict=True):
         which = resp.WhichOneof("response")
         if which == "response_range":
-            rev = op.revision if op is not None else 0
-            results.append(_range_result(resp.response_range, header, rev))
+            results.append(_range_result(resp.response_range, header, op.revision))
         elif which == "response_put":
             results.append(_put_result(resp.response_put, header))
         elif which == "response_txn":
-            results.append(_txn_result(resp.response_txn, header, op))
+            results.append(_txn_result(resp.response_txn, header, op.success, op.failure))
         else:
             results.append(_delete_result(resp.response_delete_range, header))
     return results
 
 
-def _txn_result(resp: Any, header: ResponseHeader, txn: Op | None = None) -> TxnResult:
-    """``txn``: the Op.txn it answers (its branches), for a nested one."""
-    ops: Sequence[Op] = () if txn is None else txn.success if resp.succeeded else txn.failure
+def _txn_result(
+    resp: Any, header: ResponseHeader, success: Sequence[Op], failure: Sequence[Op]
+) -> TxnResult:
+    """The result of a transaction (or of one nested in it) whose branches were these."""
+    ops = success if resp.succeeded else failure
     return _new_tuple(
         TxnResult,
         (resp.succeeded, header.revision, _op_results(resp.responses, header, ops), header),
@@ -605,12 +606,7 @@ class KV:
             resp = await self._write(what, "kv", "Txn", req)
         else:
             resp = await self._read(what, "kv", "Txn", req)
-        branch = success if resp.succeeded else failure
-        header = header_of(resp.header)
-        return _new_tuple(
-            TxnResult,
-            (resp.succeeded, header.revision, _op_results(resp.responses, header, branch), header),
-        )
+        return _txn_result(resp, header_of(resp.header), success, failure)
 
     async def compact(self, revision: int, *, physical: bool = False) -> None:
         rev = check_int64(revision, "revision", low=1)
