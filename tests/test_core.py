@@ -467,6 +467,100 @@ async def test_listing_pages_by_size_at_one_revision(etcd: AsyncClient, etcd_pre
     assert [t for t in asyncio.all_tasks() if "Range" in repr(t.get_coro())] == []
 
 
+def _key_shapes(prefix: str) -> dict[str, list[bytes]]:
+    """Keys a listing's guessed ranges (KeySpace) must cover whatever they guess."""
+    import random
+
+    rnd = random.Random(7)
+    p = prefix.encode()
+    return {
+        "decimal": [p + b"k%05d" % i for i in range(400)],  # dense blocks between gaps
+        "hex": [p + b"%040x" % rnd.getrandbits(160) for _ in range(400)],  # a gap in 9..a
+        "bytes": [p + rnd.randbytes(rnd.randint(1, 12)) for _ in range(400)],  # \0, \xff
+        "clusters": [p + b"a/%04d" % i for i in range(200)]
+        + [p + b"z/%04d" % i for i in range(200)],
+        "shared": [p + b"x" * 70 + b"%04d" % i for i in range(400)],  # past the widest number
+        "ends": [p + bytes([i]) for i in range(256)] + [p + b"\xff" * n for n in range(2, 40)],
+    }
+
+
+@pytest.mark.parametrize("guesses", ["real", "on keys"])
+@pytest.mark.parametrize("shape", ["decimal", "hex", "bytes", "clusters", "shared", "ends"])
+async def test_listing_pages_from_guessed_ranges_cover_every_key_once(
+    etcd: AsyncClient,
+    etcd_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    shape: str,
+    guesses: str,
+) -> None:
+    # Pages read from guessed ranges (KeySpace: etcd counts a range's every key, so a page
+    # asked for to the end of the prefix costs a walk of all keys left). Scaled down so that
+    # every page after the second is guessed: whatever the keys, the pages hold each key of
+    # the listing's revision once, in order, in the pages the plan sizes, and most pages take
+    # one request.
+    from etcdkit._wire import kv as kv_module
+
+    monkeypatch.setattr(kv_module, "FIRST_PAGE_KEYS", 10)
+    monkeypatch.setattr(kv_module, "LAST_PAGE_KEYS", 4)
+    keys = sorted(set(_key_shapes(etcd_prefix)[shape]))
+    for i in range(0, len(keys), 100):
+        await etcd.txn(success=[Op.put(k, b"%d" % n) for n, k in enumerate(keys[i : i + 100])])
+    want = await etcd.get_prefix(etcd_prefix)
+    end = kv_module.prefix_range_end(etcd_prefix.encode())
+    requests: list[bytes] = []
+    read = etcd.core.kv._read
+
+    def counted(what: str, service: str, method: str, req: Any) -> Any:
+        if method == "Range":
+            requests.append(req.range_end)
+        return read(what, service, method, req)
+
+    async def listing() -> tuple[list[int], list[tuple[bytes, bytes, int]], set[int]]:
+        sizes: list[int] = []
+        seen: list[tuple[bytes, bytes, int]] = []
+        revisions: set[int] = set()
+        async for kvs, rev in etcd.get_prefix_pages(etcd_prefix):
+            sizes.append(len(kvs))
+            seen.extend((kv.key, kv.value, kv.mod_revision) for kv in kvs)
+            revisions.add(rev)
+            # writes between pages: after the listing's revision, so in none of its pages
+            await etcd.put(seen[-1][0], "changed")
+            await etcd.put(seen[0][0] + b"\0new", "new")
+            await etcd.delete(seen[-1][0])
+        return sizes, seen, revisions
+
+    monkeypatch.setattr(kv_module, "GUESS_REST_KEYS", 10**9)  # no guess: the plan alone
+    plain, _, _ = await listing()
+    await etcd.delete_range(etcd_prefix, prefix=True)
+    for i in range(0, len(keys), 100):
+        await etcd.txn(success=[Op.put(k, b"%d" % n) for n, k in enumerate(keys[i : i + 100])])
+    want = await etcd.get_prefix(etcd_prefix)
+    monkeypatch.setattr(kv_module, "GUESS_REST_KEYS", 0)
+    monkeypatch.setattr(etcd.core.kv, "_read", counted)
+    if guesses == "on keys":
+        # range ends a guess could give, made to land where a slip shows: on a key, just
+        # after one, on the start (an empty range) or far on
+        import random
+
+        rnd = random.Random(shape)
+
+        def on_keys(space: Any, start: bytes, want: int, stop: bytes, misses: int = 0) -> bytes:
+            after = [k for k in keys if k > start][: want * 2] or [stop]
+            pick = rnd.choice(after)
+            pick = rnd.choice([pick, pick + b"\0", start + b"\0", after[-1]])
+            return pick if start < pick < stop else stop
+
+        monkeypatch.setattr(kv_module.KeySpace, "guess", on_keys)
+    sizes, seen, revisions = await listing()
+    assert revisions == {want.revision}
+    assert seen == [(kv.key, kv.value, kv.mod_revision) for kv in want.kvs]
+    assert sizes == plain
+    guessed = [stop for stop in requests if stop != end]
+    if shape != "shared":  # (keys alike past the widest number read: nothing to guess from)
+        assert guessed
+    assert len(requests) <= 2 * len(sizes) + 2 * kv_module.GUESS_TRIES
+
+
 async def test_listing_pages_grow_then_shrink_to_the_end(
     etcd: AsyncClient, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
