@@ -14,6 +14,7 @@ from etcdkit.server import (
     EtcdBinaryNotFoundError,
     EtcdCluster,
     EtcdServer,
+    EtcdServerError,
     Proxy,
     etcd_version,
     find_etcd_binary,
@@ -87,6 +88,50 @@ def test_startup_failure_shows_the_log(tmp_path: Path) -> None:
             server.start()
     finally:
         server.close()
+
+
+def _alive(pid: int | None) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_a_server_that_fails_to_start_leaves_nothing(tmp_path: Path) -> None:
+    # `with` whose start fails (its __exit__ never runs): no process, no temp dir. A start that
+    # is not healthy in time leaves no process either (etcd's own session: nothing else would
+    # stop it).
+    server = EtcdServer(extra_args=["--no-such-flag"])
+    with pytest.raises(EtcdServerError, match="no-such-flag"), server:
+        pass
+    assert not server._work.exists()
+    slow = EtcdServer(start_timeout=0.001)
+    try:
+        with pytest.raises(EtcdServerError, match="not healthy within"):
+            slow.start()
+        assert not _alive(slow.pid)
+        assert slow._work.exists()  # (kept for a start again, until close())
+    finally:
+        slow.close()
+    assert not slow._work.exists()
+
+
+def test_a_server_never_closed_is_ended_when_collected() -> None:
+    import gc
+
+    server = EtcdServer().start()
+    pid, work = server.pid, server._work
+    assert _alive(pid)
+    del server
+    gc.collect()
+    assert not _alive(pid)
+    assert not work.exists()
+    unstarted = EtcdServer()
+    work = unstarted._work
+    del unstarted
+    gc.collect()
+    assert not work.exists()
 
 
 @pytest.mark.cluster

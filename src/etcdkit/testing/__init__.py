@@ -4,7 +4,8 @@
   ``kill()``, ``restart()``, ``pause()`` and friends for fault tests.
 - :class:`Proxy`: a TCP proxy that cuts, restores or resets the path to an endpoint.
 - :class:`GrpcProxy`: etcd's own gRPC proxy (``etcd grpc-proxy start``) in front of them.
-- ``etcdkit.testing.pytest_plugin``: pytest fixtures on top of these (installed as a plugin).
+- ``etcdkit.testing.pytest_plugin``: pytest fixtures on top of these (the plugin
+  ``etcdkit.pytest_plugin``, installed with etcdkit).
 
 Nothing here listens on anything but 127.0.0.1.
 """

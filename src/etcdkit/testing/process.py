@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -40,6 +41,18 @@ def _wait_stopped(pid: int, bound: float = 2.0) -> None:
         time.sleep(0.005)
 
 
+def _end(children: list[subprocess.Popen[bytes]], work: Path) -> None:
+    """Kill what is left running of a process's children and remove its work dir."""
+    for proc in children:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGCONT)  # (a paused one must not stay stopped)
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 class EtcdServerError(EtcdkitError):
     """A test etcd process (or proxy) could not be started or controlled."""
 
@@ -61,6 +74,11 @@ class ManagedProcess:
         self._paused = False
         self._closed = False
         self._lock = threading.RLock()
+        # What close() ends, ended too if it is never called: when this object is collected,
+        # or at the interpreter's exit (a forgotten server must not outlive the test run; its
+        # process is in a session of its own, so nothing else stops it).
+        self._children: list[subprocess.Popen[bytes]] = []
+        self._finalizer = weakref.finalize(self, _end, self._children, self._work)
 
     # -- what a subclass says ---------------------------------------------------------------------
 
@@ -105,7 +123,11 @@ class ManagedProcess:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def __enter__(self: P) -> P:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # (__exit__ does not run when __enter__ raises)
+            raise
         return self
 
     def __exit__(
@@ -117,7 +139,11 @@ class ManagedProcess:
         """Start the process and (unless ``wait=False``) wait until it is healthy."""
         self._spawn()
         if wait:
-            self.wait_healthy()
+            try:
+                self.wait_healthy()
+            except BaseException:
+                self.kill()  # not healthy in time: not left running either
+                raise
         return self
 
     def _spawn(self) -> None:
@@ -140,6 +166,7 @@ class ManagedProcess:
                     )
                 except OSError as exc:
                     raise EtcdServerError(f"cannot start {self.binary}: {exc}") from exc
+            self._children[:] = [self._proc]
             self._paused = False
             log.debug("started %r (pid %s)", self, self._proc.pid)
 
@@ -228,4 +255,4 @@ class ManagedProcess:
             self._closed = True
             self.kill()
             # The work dir (log, and the data unless the caller gave a data_dir) is ours.
-            shutil.rmtree(self._work, ignore_errors=True)
+            self._finalizer()

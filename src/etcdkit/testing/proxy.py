@@ -91,8 +91,10 @@ class Proxy:
             target=self._run, args=(fn, *args), name=f"etcdkit-proxy-{self.port}-{what}",
             daemon=True,
         )  # fmt: skip
-        t.start()  # registered only once started: close() joins it
+        # Registered only once started (close() joins it), and under the lock its end takes to
+        # leave the set: one that ends at once leaves after it came, not before.
         with self._lock:
+            t.start()
             self._threads.add(t)
 
     def _run(self, fn: object, *args: object) -> None:

@@ -1,4 +1,5 @@
-"""pytest fixtures backed by real etcd processes (registered through the ``pytest11`` entry point).
+"""pytest fixtures backed by real etcd processes: the plugin :mod:`etcdkit.pytest_plugin` (the
+``pytest11`` entry point) loads this module.
 
 Fixtures:
 
@@ -10,7 +11,8 @@ Fixtures:
 - ``etcd_grpc_proxy`` (function): etcd's own gRPC proxy (:class:`GrpcProxy`) in front of
   ``etcd_server``, started for the test and killed after it (so a test may kill or restart it).
 - ``etcd_prefix`` (function): a unique key prefix for the test (``/etcdkit-test/<name>-<hex>/``);
-  everything under it is deleted after the test.
+  everything under it is deleted after the test. Tests are isolated by writing under it: the
+  clients below can reach every key, and what a test writes elsewhere stays.
 - ``etcd`` (function, async, needs pytest-asyncio): a connected :class:`AsyncClient` on
   ``etcd_server``.
 - ``etcd_sync`` (function): a connected :class:`Client` on ``etcd_server``.
@@ -115,8 +117,18 @@ else:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if report.failed and _SERVERS_KEY in item.stash:
-        for server in item.stash[_SERVERS_KEY]:
+    if report.failed:
+        servers: list[Any] = []
+        if _SERVERS_KEY in item.stash:
+            tracked = item.stash[_SERVERS_KEY]
+            servers.extend(tracked)
+        # (the session's server and cluster are made once, for every test that asks)
+        funcargs = getattr(item, "funcargs", {})
+        if isinstance(funcargs.get("etcd_server"), EtcdServer):
+            servers.append(funcargs["etcd_server"])
+        if isinstance(funcargs.get("etcd_cluster"), EtcdCluster):
+            servers.extend(funcargs["etcd_cluster"].members)
+        for server in dict.fromkeys(servers):  # each once, in order
             try:
                 logs = server.logs()
             except Exception as exc:  # a broken server must not hide the failure
