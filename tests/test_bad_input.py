@@ -43,6 +43,13 @@ CTOR_CASES = [
     pytest.param({"endpoints": "127.0.0.1:0"}, ValueError, "host:port", id="port-0"),
     pytest.param({"endpoints": "127.0.0.1:65536"}, ValueError, "host:port", id="port-big"),
     pytest.param({"endpoints": ":2379"}, ValueError, "host:port", id="no-host"),
+    # (each of these was taken, then failed every call only at the timeout)
+    pytest.param({"endpoints": "127.0.0.1 :2379"}, ValueError, "no spaces", id="host-space"),
+    pytest.param({"endpoints": "h:2379:2380"}, ValueError, "brackets", id="two-ports"),
+    pytest.param({"endpoints": "::1:2379"}, ValueError, "brackets", id="v6-bare"),
+    pytest.param({"endpoints": "http://u@h:2379"}, ValueError, "user names", id="user"),
+    pytest.param({"endpoints": "[h]:2379"}, ValueError, "IPv6", id="v6-not"),
+    pytest.param({"endpoints": "h:\u00b2"}, ValueError, "host:port", id="port-superscript"),
     pytest.param(
         {"endpoints": "http://127.0.0.1:1,https://127.0.0.1:2"}, ValueError, "mix", id="mixed-tls"
     ),
@@ -63,6 +70,9 @@ CTOR_CASES = [
         id="timeout-nan",
     ),
     pytest.param({"timeout": True}, TypeError, "timeout", id="timeout-bool"),
+    # (a gRPC deadline that far out failed every call at once, as a timeout)
+    pytest.param({"timeout": 1e10}, ValueError, "up to 1e", id="timeout-past-grpc"),
+    pytest.param({"timeout": float("inf")}, ValueError, "None", id="timeout-inf"),
 ]
 
 
@@ -72,6 +82,8 @@ def test_several_hostnames_are_accepted() -> None:
         "http://a.invalid:1",
         "http://b.invalid:2",
     ]
+    # IPv6 in brackets, with or without a port; shown in brackets
+    assert AsyncClient("[::1]:1,http://[::1]").endpoints == ["http://[::1]:1", "http://[::1]:2379"]
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), CTOR_CASES)
@@ -207,6 +219,18 @@ BAD_WAIT_TIMEOUTS: list[tuple[Any, type[Exception]]] = [
     (float("nan"), ValueError),
     (-1, ValueError),
 ]
+
+
+async def test_a_huge_key_is_cut_short_in_error_messages(etcd_server: EtcdServer) -> None:
+    # The message says which call failed and where, with the key's first characters: a 3 MB
+    # key made a 3 MB message (and a log line of it).
+    async with fresh_client(etcd_server.endpoint) as client:
+        with pytest.raises(etcdkit.InvalidArgumentError, match="too large") as caught:
+            await client.put(BIG, "v")
+    message = str(caught.value)
+    assert "put b'xxxx" in message
+    assert etcd_server.endpoint in message
+    assert len(message) < 1000
 
 
 async def test_the_waits_check_their_timeouts(etcd_server: EtcdServer) -> None:

@@ -84,6 +84,63 @@ async def test_a_hung_member_is_left_within_seconds(
                 hung.resume()
 
 
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.parametrize("face", ["async", "threaded"])
+async def test_a_read_at_a_hung_member_is_answered_by_the_next_in_time(
+    etcd_cluster: EtcdCluster, etcd_prefix: str, face: str
+) -> None:
+    # A client with no stream open (nothing to notice the hang but HTTP/2 keepalive, which
+    # etcd allows every 5 s at most), connected to its preferred member, which then hangs:
+    # its next read gets half its time there, then goes to the next endpoint, within its
+    # timeout, on both faces.
+    members = etcd_cluster.members
+    key = etcd_prefix + "k"
+    async with AsyncClient([m.endpoint for m in members[1:]]) as writer:
+        await writer.put(key, "v")
+
+    def threaded_read() -> tuple[etcdkit.KeyValue | None, float]:
+        with etcdkit.Client(etcd_cluster.endpoints, timeout=5) as sync:
+            assert sync.get(key) is not None  # connected, to the first endpoint
+            members[0].pause()
+            t0 = time.monotonic()
+            return sync.get(key), time.monotonic() - t0
+
+    try:
+        if face == "async":
+            async with fresh_client(etcd_cluster.endpoints, timeout=5) as client:
+                assert await client.get(key) is not None  # connected, to the first endpoint
+                members[0].pause()
+                t0 = time.monotonic()
+                kv = await client.get(key)
+                took = time.monotonic() - t0
+        else:
+            kv, took = await asyncio.to_thread(threaded_read)
+    finally:
+        members[0].resume()
+    assert kv is not None
+    assert kv.value == b"v"
+    assert took < 5.0, f"{took:.1f} s"
+
+
+async def test_a_call_that_gave_up_keeps_grpcs_error_as_its_cause(
+    etcd_server_factory: object,
+) -> None:
+    import grpc.aio
+
+    server = etcd_server_factory()  # type: ignore[operator]
+    server.kill()
+    async with fresh_client(server.endpoint, timeout=1) as client:
+        with pytest.raises(etcdkit.ConnectionUnavailableError) as caught:
+            await client.get("/k")
+    causes = []
+    exc: BaseException | None = caught.value
+    while exc is not None:
+        causes.append(type(exc))
+        exc = exc.__cause__
+    assert grpc.aio.AioRpcError in causes, causes
+
+
 async def test_a_foreign_writer_delays_recovery_by_at_most_the_cap(
     etcd: AsyncClient, etcd_prefix: str
 ) -> None:

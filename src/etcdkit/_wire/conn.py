@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import math
 import os
+import re
 import time
 import weakref
 from collections.abc import AsyncGenerator, Sequence
@@ -48,6 +48,14 @@ _NO_METADATA: tuple[tuple[str, str], ...] = ()  # a call's metadata when no user
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 ENV_ENDPOINTS = "ETCDKIT_ENDPOINTS"
+# The longest client timeout: each call's gRPC deadline (grpc fails every call at once past
+# about 1e10 s); None is no timeout at all.
+MAX_TIMEOUT = 1e9
+# A read (a call safe to repeat) on a client of several endpoints gets half of the time it has
+# left, when that is over twice this, and is then sent to the next endpoint: a member that
+# hangs (SIGSTOP, a full disk) answers nothing, and HTTP/2 keepalive notices only after 5-8 s
+# (etcd refuses pings more often than every 5 s), past the default 5 s timeout.
+READ_ATTEMPT_FLOOR = 1.0
 
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 2**31 - 1),
@@ -79,7 +87,11 @@ class Endpoint:
     tls: bool
 
     def __str__(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+
+_HOST = re.compile(r"[A-Za-z0-9_.-]+")  # a host name, or an IPv4 address
 
 
 def parse_endpoints(endpoints: str | Sequence[str] | None) -> list[Endpoint]:
@@ -111,13 +123,28 @@ def parse_endpoints(endpoints: str | Sequence[str] | None) -> list[Endpoint]:
                 raise ValueError(f"endpoint {item!r}: scheme must be http or https")
             tls = scheme == "https"
         rest = rest.rstrip("/")
-        if rest.startswith("["):  # [v6]:port
-            host, _, port_s = rest[1:].partition("]:")
+        if rest.startswith("["):  # [v6]:port or [v6]
+            host, sep, port_s = rest[1:].partition("]")
+            if not sep or (port_s and not port_s.startswith(":")):
+                host = ""
+            port_s = port_s[1:] or "2379"
+            if host and not _is_ip(host):
+                raise ValueError(f"endpoint {item!r}: {host!r} in brackets is not an IPv6 address")
         else:
             host, sep, port_s = rest.rpartition(":")
             if not sep:
                 host, port_s = rest, "2379"
-        if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            if ":" in host:
+                raise ValueError(
+                    f"endpoint {item!r}: write an IPv6 address in brackets ('[::1]:2379'), "
+                    "and one port after the host"
+                )
+            if host and not _HOST.fullmatch(host):
+                raise ValueError(
+                    f"endpoint {item!r}: {host!r} is not a host name or an IP address "
+                    "(no spaces, user names or paths)"
+                )
+        if not host or not (port_s.isascii() and port_s.isdigit()) or not 0 < int(port_s) < 65536:
             raise ValueError(f"endpoint {item!r} is not 'host:port' or 'http(s)://host:port'")
         parsed.append(Endpoint(host, int(port_s), tls))
     if len({e.tls for e in parsed}) > 1:
@@ -156,8 +183,18 @@ def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
 # -- error mapping -------------------------------------------------------------------------------
 
 
+MESSAGE_WHAT = 300  # characters of a call's description in an error message (a key can be MBs)
+
+
+def short(what: str) -> str:
+    """``what`` (a call, with its key) as an error message shows it: its first MESSAGE_WHAT
+    characters."""
+    return what if len(what) <= MESSAGE_WHAT else what[:MESSAGE_WHAT] + "...(cut)"
+
+
 def map_rpc_error(exc: BaseException, where: str, what: str) -> EtcdkitError:
     """Convert a grpc error into the etcdkit hierarchy (callers ``raise ... from exc``)."""
+    what = short(what)
     if not isinstance(exc, grpc.aio.AioRpcError):
         return ConnectionUnavailableError(f"{what} at {where} failed: {exc!r}")
     code = exc.code()
@@ -327,9 +364,10 @@ class Connection:
             raise TypeError(
                 f"timeout must be a positive number of seconds or None, not {timeout!r:.40}"
             )
-        if timeout is not None and not 0 < timeout < math.inf:
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
             raise ValueError(
-                f"timeout must be a positive number of seconds or None, not {timeout!r}"
+                f"timeout must be a positive number of seconds up to {MAX_TIMEOUT:.0e} or None "
+                f"(no timeout), not {timeout!r}"
             )
         if not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be an etcdkit.RetryPolicy, got {retry!r:.80}")
@@ -544,6 +582,8 @@ class Connection:
         # One coroutine for the call, its retries and its meter: each more frame costs every
         # call of the client (put, get, txn) a little.
         started = time.monotonic()
+        if len(what) > MESSAGE_WHAT:
+            what = short(what)
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout is None else loop.time() + self.timeout
         backoff = None  # made at the first retry (most calls never need one)
@@ -557,6 +597,7 @@ class Connection:
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
                     raise self._gave_up(what, last)
+                attempt = left
                 call: Any = None
                 try:
                     # (no coroutine per call without a user: nothing to await)
@@ -564,7 +605,15 @@ class Connection:
                         _NO_METADATA if self._username is None else await self.metadata()
                     )
                     fn = getattr(getattr(ch.stubs, service), method)
-                    call = fn(request, timeout=left, metadata=md)
+                    if (
+                        idempotent
+                        and left is not None
+                        and left > 2 * READ_ATTEMPT_FLOOR
+                        and channel is None
+                        and len(self.endpoints) > 1
+                    ):
+                        attempt = left / 2  # (then the next endpoint; see READ_ATTEMPT_FLOOR)
+                    call = fn(request, timeout=attempt, metadata=md)
                     ch.calls.add(call)
                     try:
                         resp = await call
@@ -599,10 +648,14 @@ class Connection:
                         await self.metadata(refresh=True)
                         continue
                     err = map_rpc_error(exc, str(ch.endpoint), what)
+                    err.__cause__ = exc  # (kept as ``last``, it is raised later, as a cause)
                     code = exc.code()
                     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                         self.note_failure(err)
                         self.failover(ch, f"{code.name}: {exc.details()}")
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED and attempt != left:
+                        last = err  # a read cut at half its time: again, at the next endpoint
+                        continue
                     if code != grpc.StatusCode.UNAVAILABLE or not (idempotent or _pick_failed(exc)):
                         if not idempotent and _maybe_applied(exc):
                             err = type(err)(
