@@ -128,6 +128,27 @@ async def test_bad_input_and_bad_data(etcd: AsyncClient, etcd_prefix: str) -> No
         assert (await etcd.get(key)).value == junk  # type: ignore[union-attr]
 
 
+def test_more_digits_than_python_converts(etcd_sync: Client, etcd_prefix: str) -> None:
+    # A decimal past sys.get_int_max_str_digits() (4300 by default; etcdctl writes one as
+    # easily as any other): a ValueError that names the key and the limit, nothing written,
+    # and an n that could not be written is refused before any I/O (threaded face).
+    key = etcd_prefix + "c"
+    c = etcd_sync.counter(key)
+    with pytest.raises(ValueError, match="digits than this Python converts"):
+        c.add(10**5000)
+    assert etcd_sync.get(key) is None
+    huge = b"1" * 5000
+    etcd_sync.put(key, huge)
+    for call in (c.value, c.add):
+        with pytest.raises(ValueError, match=r"holds a decimal of 5000 digits, more than the"):
+            call()
+    assert etcd_sync.get(key).value == huge  # type: ignore[union-attr]
+    etcd_sync.put(key, b"9" * 4300)  # as many as it converts: the sum has one more
+    with pytest.raises(ValueError, match="nothing written"):
+        c.add(1)
+    assert etcd_sync.get(key).value == b"9" * 4300  # type: ignore[union-attr]
+
+
 async def test_unanswered_adds(etcd_server: EtcdServer, etcd_prefix: str) -> None:
     async with FlakyClient(etcd_server.endpoint) as etcd:
         c = Counter(etcd, etcd_prefix + "c")

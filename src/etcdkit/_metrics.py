@@ -256,8 +256,8 @@ class ClientStats:
       ``watches_unconfirmed``: of those, the ones etcd has not confirmed yet (creates in
       flight, or no connection at the moment).
     - ``waiting``: watches of single keys (``wait_for`` calls, ``watch(key)`` with no
-      options) waiting now for their key to change (many started together share etcd
-      watches, so this can exceed ``watches``).
+      options, a PersistentLease's watch of its own key) waiting now for their key to change
+      (many started together share etcd watches, so this can exceed ``watches``).
     - ``answered``: etcd has answered at least one call or stream of this client;
       ``last_error``: the newest connection-level failure, if any (for messages).
     """

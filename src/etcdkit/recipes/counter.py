@@ -14,6 +14,7 @@ is ours.
 from __future__ import annotations
 
 import re
+import sys
 
 from etcdkit._blocking.twin import Twin, blocking, mirror
 from etcdkit._errors import OutcomeUnknownError
@@ -31,10 +32,26 @@ def _value_of(key: bytes, kv: KeyValue | None) -> int:
         return 0
     if not _DECIMAL.fullmatch(kv.value):
         raise ValueError(
-            f"counter {key!r} holds {kv.value!r:.60}, not a decimal integer (fix it with "
-            f"'etcdctl put {key.decode(errors='replace')} 0')"
+            f"counter {key!r:.200} holds {kv.value!r:.60}, not a decimal integer (fix it with "
+            f"'etcdctl put {key.decode(errors='replace'):.200} 0')"
+        )
+    limit = sys.get_int_max_str_digits()
+    if limit and len(kv.value.lstrip(b"-")) > limit:
+        raise ValueError(
+            f"counter {key!r:.200} holds a decimal of {len(kv.value.lstrip(b'-'))} digits, "
+            f"more than the {limit} this Python converts (sys.set_int_max_str_digits)"
         )
     return int(kv.value)
+
+
+def _text_of(key: bytes, value: int) -> str:
+    try:
+        return str(value)
+    except ValueError:  # past sys.get_int_max_str_digits()
+        raise ValueError(
+            f"counter {key!r:.200}: the new value has more digits than this Python converts "
+            f"({sys.get_int_max_str_digits()}, sys.set_int_max_str_digits); nothing written"
+        ) from None
 
 
 class Counter:
@@ -76,6 +93,7 @@ class Counter:
         integer (nothing written)."""
         if not isinstance(n, int) or isinstance(n, bool):
             raise TypeError(f"n must be an int, got {type(n).__name__}: {n!r:.40}")
+        _text_of(self._key, n)  # (one this Python cannot write: refused before any I/O)
         backoff = contention_backoff(self._etcd.retry)
         kv = await self._etcd.get(self._key)
         lost = 0
@@ -84,7 +102,7 @@ class Counter:
             answer = await guarded_txn(
                 self._etcd,
                 [Compare.mod_revision(self._key, "==", kv.mod_revision if kv else 0)],
-                [Op.put(self._key, str(new))],
+                [Op.put(self._key, _text_of(self._key, new))],
                 [Op.get(self._key)],
                 what=f"counter {self._key!r}: add {n}",
             )
