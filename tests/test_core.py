@@ -17,6 +17,7 @@ import pytest
 import etcdkit
 from _helpers import etcdkit_tasks, fresh_client
 from etcdkit import AsyncClient, Client, Compare, Op, SessionState
+from etcdkit._types import prefix_range_end
 from etcdkit.testing import EtcdServer
 
 BOUND = 1.0  # everything in flight must end within this after close()
@@ -506,7 +507,7 @@ async def test_listing_pages_from_guessed_ranges_cover_every_key_once(
     for i in range(0, len(keys), 100):
         await etcd.txn(success=[Op.put(k, b"%d" % n) for n, k in enumerate(keys[i : i + 100])])
     want = await etcd.get_prefix(etcd_prefix)
-    end = kv_module.prefix_range_end(etcd_prefix.encode())
+    end = prefix_range_end(etcd_prefix.encode())
     requests: list[bytes] = []
     read = etcd.core.kv._read
 
