@@ -67,9 +67,9 @@ KV_OVERHEAD = 24  # bytes of a listed key besides its key and value (revisions, 
 # ranges (KeySpace): a range sized for GUESS_SLACK times the keys wanted (the limit cuts the
 # rest), at most GUESS_TRIES ranges a page (then the rest of the prefix), each
 # GUESS_MISS_GROWTH times wider after one that held no key; keys read as numbers of at most
-# GUESS_WIDTH bytes. (Under 100k keys left, etcd's walk of them costs no more than the round
-# trips of a guess that missed: 100k-key listings took as long either way; 1M-key listings
-# 35% less time, bench/README.md "Guessed ranges".)
+# GUESS_WIDTH bytes. (Under 100k keys left, etcd's walk of them costs about what the round
+# trips of a guess that missed do: 100k-key listings took as long either way. A 1M-key sync
+# 0.79 x the time, etcd's CPU 0.65 x: bench/README.md "Guessed ranges".)
 GUESS_REST_KEYS = 100_000
 GUESS_SLACK = 2.0
 GUESS_TRIES = 6
