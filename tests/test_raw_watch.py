@@ -494,6 +494,31 @@ async def test_a_slow_reader_under_steady_writes_gets_every_event_once(
     assert etcd.stats.watches == 0
 
 
+def test_a_threaded_reader_past_the_real_bound_loses_nothing(
+    etcd_sync: Client, etcd_prefix: str
+) -> None:
+    # api.md: at most MAX_BUFFERED (1,024) batches wait for the reader; past that the watch
+    # steps off the stream and comes back from where the reader is. At the real bound, on the
+    # threaded face: a batch per put, nobody reading, then every event once, in order.
+    p = etcd_prefix
+    n = watch_module.MAX_BUFFERED + 200
+    with etcd_sync.watch(p, prefix=True) as w:
+        first = etcd_sync.put(p + "first", "0")
+        assert [e.kv.mod_revision for e in sync_events_until(w, first)] == [first]
+        acked: list[int] = []
+        for i in range(n):
+            acked.append(etcd_sync.put(f"{p}k{i % 7}", str(i)))
+        deadline = time.monotonic() + WAIT
+        while "paused" not in repr(w):
+            assert time.monotonic() < deadline, "the watch never stepped off the stream"
+            time.sleep(0.01)
+        assert etcd_sync.stats.watches == 0
+        acked.append(etcd_sync.put(p + "off", "1"))  # while it is off the stream
+        got = [e.kv.mod_revision for e in sync_events_until(w, acked[-1])]
+    assert got == acked
+    assert etcd_sync.stats.watches == 0
+
+
 async def test_closing_the_client_while_a_watch_is_off_the_stream(
     etcd_server: EtcdServer, etcd_prefix: str, small_buffer: int
 ) -> None:
