@@ -11,7 +11,7 @@ import pytest
 import etcdkit
 from _helpers import fresh_client
 from etcdkit import AsyncClient, LeaseState, WatchState
-from etcdkit.testing import EtcdCluster, EtcdServer
+from etcdkit.testing import EtcdCluster, EtcdServer, Proxy
 
 RECOVER = 5.0  # issue 17: pausing one member of three, everything recovers within this
 
@@ -171,6 +171,25 @@ async def test_wait_for_says_when_etcd_never_answered(etcd_server_factory: objec
     assert "never answered" in msg
     assert endpoint.split("://")[-1] in msg
     assert "last error" in msg
+
+
+async def test_wait_for_says_what_failed_after_etcd_answered(etcd_server: EtcdServer) -> None:
+    # answered first, then cut off (a black hole): the message has the connection's newest
+    # error, as the docs say
+    target = etcd_server.endpoint.split("://")[-1]
+    with Proxy(target) as proxy:
+        async with fresh_client(f"127.0.0.1:{proxy.port}", timeout=1) as client:
+            await client.put("/wait-for-cut", "v")
+            proxy.cut()
+            with pytest.raises(etcdkit.EtcdTimeoutError):
+                await client.get("/wait-for-cut")  # the connection's newest error
+            with pytest.raises(etcdkit.EtcdTimeoutError) as info:
+                await client.wait_for("/never", timeout=1)
+            proxy.restore()
+    msg = str(info.value)
+    assert "did not exist within 1 s" in msg
+    assert "etcd answered before; last connection error:" in msg
+    assert "DEADLINE_EXCEEDED" in msg
 
 
 async def test_state_is_live_right_after_synced(etcd: AsyncClient, etcd_prefix: str) -> None:

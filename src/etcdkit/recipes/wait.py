@@ -59,8 +59,10 @@ async def wait_for(
                 f"etcd never answered ({', '.join(etcd.endpoints)}; last error: "
                 f"{stats.last_error or 'none, no connection was made'})"
             )
-        else:
+        else:  # (the connection may have failed since: then its newest error says how)
             why = f"endpoints {', '.join(etcd.endpoints)}"
+            if stats.last_error:
+                why += f"; etcd answered before; last connection error: {stats.last_error}"
         raise EtcdTimeoutError(f"key {raw!r} {want} {timeout} s ({why})") from None
 
 
