@@ -9,7 +9,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -468,6 +468,28 @@ async def test_listing_pages_by_size_at_one_revision(etcd: AsyncClient, etcd_pre
     assert [t for t in asyncio.all_tasks() if "Range" in repr(t.get_coro())] == []
 
 
+Listed = tuple[bytes, bytes, int]  # a listed key: key, value, mod revision
+
+
+async def _listed_pages(
+    etcd: AsyncClient,
+    prefix: str,
+    between: Callable[[list[Listed], list[int]], Awaitable[None]],
+) -> tuple[list[int], list[Listed], set[int]]:
+    """The pages of ``get_prefix_pages(prefix)``: their sizes, their keys, the revisions they
+    said; ``between(seen, sizes)`` writes after each page (after the listing's revision, so in
+    none of its pages)."""
+    sizes: list[int] = []
+    seen: list[Listed] = []
+    revisions: set[int] = set()
+    async for kvs, rev in etcd.get_prefix_pages(prefix):
+        sizes.append(len(kvs))
+        seen.extend((kv.key, kv.value, kv.mod_revision) for kv in kvs)
+        revisions.add(rev)
+        await between(seen, sizes)
+    return sizes, seen, revisions
+
+
 def _key_shapes(prefix: str) -> dict[str, list[bytes]]:
     """Keys a listing's guessed ranges (KeySpace) must cover whatever they guess."""
     import random
@@ -504,9 +526,13 @@ async def test_listing_pages_from_guessed_ranges_cover_every_key_once(
     monkeypatch.setattr(kv_module, "FIRST_PAGE_KEYS", 10)
     monkeypatch.setattr(kv_module, "LAST_PAGE_KEYS", 4)
     keys = sorted(set(_key_shapes(etcd_prefix)[shape]))
-    for i in range(0, len(keys), 100):
-        await etcd.txn(success=[Op.put(k, b"%d" % n) for n, k in enumerate(keys[i : i + 100])])
-    want = await etcd.get_prefix(etcd_prefix)
+
+    async def load() -> None:  # (afresh: a listing writes between its pages)
+        await etcd.delete_range(etcd_prefix, prefix=True)
+        for i in range(0, len(keys), 100):
+            batch = keys[i : i + 100]
+            await etcd.txn(success=[Op.put(k, b"%d" % n) for n, k in enumerate(batch)])
+
     end = prefix_range_end(etcd_prefix.encode())
     requests: list[bytes] = []
     read = etcd.core.kv._read
@@ -516,25 +542,18 @@ async def test_listing_pages_from_guessed_ranges_cover_every_key_once(
             requests.append(req.range_end)
         return read(what, service, method, req)
 
-    async def listing() -> tuple[list[int], list[tuple[bytes, bytes, int]], set[int]]:
-        sizes: list[int] = []
-        seen: list[tuple[bytes, bytes, int]] = []
-        revisions: set[int] = set()
-        async for kvs, rev in etcd.get_prefix_pages(etcd_prefix):
-            sizes.append(len(kvs))
-            seen.extend((kv.key, kv.value, kv.mod_revision) for kv in kvs)
-            revisions.add(rev)
-            # writes between pages: after the listing's revision, so in none of its pages
-            await etcd.put(seen[-1][0], "changed")
-            await etcd.put(seen[0][0] + b"\0new", "new")
-            await etcd.delete(seen[-1][0])
-        return sizes, seen, revisions
+    async def between(seen: list[Listed], sizes: list[int]) -> None:
+        await etcd.put(seen[-1][0], "changed")
+        await etcd.put(seen[0][0] + b"\0new", "new")
+        await etcd.delete(seen[-1][0])
+
+    async def listing() -> tuple[list[int], list[Listed], set[int]]:
+        return await _listed_pages(etcd, etcd_prefix, between)
 
     monkeypatch.setattr(kv_module, "GUESS_REST_KEYS", 10**9)  # no guess: the plan alone
+    await load()
     plain, _, _ = await listing()
-    await etcd.delete_range(etcd_prefix, prefix=True)
-    for i in range(0, len(keys), 100):
-        await etcd.txn(success=[Op.put(k, b"%d" % n) for n, k in enumerate(keys[i : i + 100])])
+    await load()
     want = await etcd.get_prefix(etcd_prefix)
     monkeypatch.setattr(kv_module, "GUESS_REST_KEYS", 0)
     monkeypatch.setattr(etcd.core.kv, "_read", counted)
@@ -574,16 +593,12 @@ async def test_listing_pages_grow_then_shrink_to_the_end(
     await etcd.txn(success=[Op.put(f"{etcd_prefix}k{i:03d}", str(i)) for i in range(100)])
     await etcd.txn(success=[Op.put(f"{etcd_prefix}k{i:03d}", str(i)) for i in range(100, 197)])
     want = await etcd.get_prefix(etcd_prefix)
-    sizes: list[int] = []
-    seen: list[tuple[bytes, bytes, int]] = []
-    revisions: set[int] = set()
-    async for kvs, rev in etcd.get_prefix_pages(etcd_prefix):
-        sizes.append(len(kvs))
-        seen.extend((kv.key, kv.value, kv.mod_revision) for kv in kvs)
-        revisions.add(rev)
-        # writes between pages: after the listing's revision, so in none of its pages
+
+    async def between(seen: list[Listed], sizes: list[int]) -> None:
         await etcd.put(f"{etcd_prefix}k{len(seen) - 1:03d}", "changed")
         await etcd.put(f"{etcd_prefix}k999-{len(sizes)}", "new")
+
+    sizes, seen, revisions = await _listed_pages(etcd, etcd_prefix, between)
     assert sizes == [10, 20, 40, 64, 32, 16, 8, 7]  # not ..., 8, 4, 3
     assert revisions == {want.revision}
     assert seen == [(kv.key, kv.value, kv.mod_revision) for kv in want.kvs]
