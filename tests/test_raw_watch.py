@@ -626,6 +626,26 @@ def test_threaded_cancel_from_another_thread_ends_a_blocked_for(
     assert etcd_sync.stats.watches == 0
 
 
+def test_threaded_next_after_close_is_refused_and_leaves_nothing_unawaited(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    import gc
+    import warnings
+
+    client = Client(etcd_server.endpoint)
+    w = client.watch(etcd_prefix, prefix=True)
+    client.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with pytest.raises(etcdkit.ClosedError):
+                next(w)
+        with pytest.raises(etcdkit.ClosedError):
+            w.start()
+        gc.collect()
+    assert [str(c.message) for c in caught] == []
+
+
 def test_threaded_close_ends_a_blocked_for_with_closed_error(
     etcd_server: EtcdServer, no_leaked_threads: None
 ) -> None:

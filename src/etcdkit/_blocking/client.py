@@ -437,7 +437,15 @@ class _StreamTwin(Twin[S], Generic[S, T]):
         """Start (``with`` does it; the first ``next()`` too)."""
         started = self.portal.run_sync(self.aio.start)
         if inspect.isawaitable(started):
-            self.portal.call(_awaited(started))
+            try:
+                self.portal.call(_awaited(lambda: started))
+            except BaseException:
+                if (
+                    inspect.iscoroutine(started)
+                    and inspect.getcoroutinestate(started) == inspect.CORO_CREATED
+                ):
+                    started.close()  # (refused before it ran: not left un-awaited)
+                raise
 
     def cancel(self) -> None:
         """End it (idempotent, from any thread, or a listener): the iteration stops (iterate
@@ -463,14 +471,16 @@ class _StreamTwin(Twin[S], Generic[S, T]):
 
     def __next__(self) -> T:
         try:
-            item: T = self.portal.call(_awaited(self.aio.__anext__()))
+            item: T = self.portal.call(_awaited(self.aio.__anext__))
         except StopAsyncIteration:
             raise StopIteration from None
         return item
 
 
-async def _awaited(aw: Awaitable[T]) -> T:
-    return await aw
+async def _awaited(make: Callable[[], Awaitable[T]]) -> T:
+    """``await make()``, made on the loop: a call the portal refuses (the client closed) leaves
+    no awaitable made and never awaited."""
+    return await make()
 
 
 class SyncWatch(_StreamTwin[Watch, WatchBatch]):
