@@ -197,6 +197,11 @@ class KeySpace:
         return stop if start < stop < end else end
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _joined(pieces: list[Any]) -> Any:
     return pieces[0] if len(pieces) == 1 else [kv for piece in pieces for kv in piece]
 
@@ -636,6 +641,9 @@ class KV:
                 # request leaves only once its task (and grpc's own) ran, so give them those
                 # loop turns before the caller's synchronous work on this page.
                 pending = asyncio.ensure_future(page(start, limit, rev))
+                # (a listing dropped unfinished, say as its client closes, may never reach the
+                # finally below: its prefetch's error is no one's to log)
+                pending.add_done_callback(_retrieved)
                 for _ in range(SEND_TURNS):
                     await asyncio.sleep(0)
                 yield kvs, rev, resp.header
