@@ -581,6 +581,35 @@ async def test_listing_pages_from_guessed_ranges_cover_every_key_once(
     assert len(requests) <= 2 * len(sizes) + 2 * kv_module.GUESS_TRIES
 
 
+async def test_a_listing_from_guessed_ranges_compacted_midway_raises_compacted_error(
+    etcd: AsyncClient, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A guessed range is read at the listing's revision like any page: compacted past it,
+    # the listing raises CompactedError (what watch_prefix relists on), never a short page.
+    from etcdkit._wire import kv as kv_module
+
+    monkeypatch.setattr(kv_module, "FIRST_PAGE_KEYS", 10)
+    monkeypatch.setattr(kv_module, "LAST_PAGE_KEYS", 4)
+    monkeypatch.setattr(kv_module, "GUESS_REST_KEYS", 0)
+    for start in range(0, 300, 100):
+        await etcd.txn(
+            success=[Op.put(f"{etcd_prefix}{i:04x}", "v") for i in range(start, start + 100)]
+        )
+    seen = 0
+
+    async def listing() -> None:
+        nonlocal seen
+        async for kvs, _rev in etcd.get_prefix_pages(etcd_prefix):
+            seen += len(kvs)
+            if seen >= 30:  # the pages from guessed ranges start with the third
+                await etcd.put(etcd_prefix + "zz", "after")
+                await etcd.compact(await etcd.get_revision())
+
+    with pytest.raises(etcdkit.CompactedError):
+        await listing()
+    assert 30 <= seen < 300
+
+
 async def test_listing_pages_grow_then_shrink_to_the_end(
     etcd: AsyncClient, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
