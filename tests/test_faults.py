@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
 import etcdkit
 from _helpers import fresh_client
-from etcdkit import AsyncClient, LeaseState, WatchState
+from etcdkit import AsyncClient, LeaseState, Op, WatchState
 from etcdkit.testing import EtcdCluster, EtcdServer, Proxy
 
 RECOVER = 5.0  # issue 17: pausing one member of three, everything recovers within this
@@ -121,6 +122,42 @@ async def test_a_read_at_a_hung_member_is_answered_by_the_next_in_time(
     assert kv is not None
     assert kv.value == b"v"
     assert took < 5.0, f"{took:.1f} s"
+
+
+@pytest.mark.cluster
+async def test_a_slow_read_at_a_live_member_stays_there(
+    etcd_cluster: EtcdCluster, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a member that answers nothing, not even its status, is left: a read that is merely
+    # slow (a big range) goes on where it is, and the write in flight beside it is not cut.
+    # (Scaled down: the member is asked after 0.02 s, not 1 s.)
+    from etcdkit._wire import conn as conn_module
+
+    monkeypatch.setattr(conn_module, "READ_PROBE_AFTER", 0.02)
+    asked: list[str] = []
+    ask = conn_module.Connection._status_or_failover
+
+    async def counted(self: Any, ch: Any) -> None:
+        asked.append(str(ch.endpoint))
+        await ask(self, ch)
+
+    monkeypatch.setattr(conn_module.Connection, "_status_or_failover", counted)
+    async with fresh_client(etcd_cluster.endpoints, timeout=10) as client:
+        for start in range(0, 30_000, 128):
+            batch = range(start, min(start + 128, 30_000))
+            await client.txn(success=[Op.put(f"{etcd_prefix}{i:06d}", "v" * 64) for i in batch])
+        t0 = time.monotonic()
+        read = asyncio.create_task(client.range(etcd_prefix, prefix=True))
+        await asyncio.sleep(0.01)
+        write = await client.put(etcd_prefix + "beside", "w")
+        got = await read
+        took = time.monotonic() - t0
+        assert len(got.kvs) >= 30_000  # (and the write, if etcd read after applying it)
+        assert write > 0
+        assert client.stats.failovers == 0
+        if took > 0.1:  # (slow enough that its member was asked, as it is here)
+            assert asked
+        await client.delete_range(etcd_prefix, prefix=True)
 
 
 async def test_a_call_that_gave_up_keeps_grpcs_error_as_its_cause(

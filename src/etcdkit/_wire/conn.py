@@ -51,11 +51,15 @@ ENV_ENDPOINTS = "ETCDKIT_ENDPOINTS"
 # The longest client timeout: each call's gRPC deadline (grpc fails every call at once past
 # about 1e10 s); None is no timeout at all.
 MAX_TIMEOUT = 1e9
-# A read (a call safe to repeat) on a client of several endpoints gets half of the time it has
-# left, when that is over twice this, and is then sent to the next endpoint: a member that
-# hangs (SIGSTOP, a full disk) answers nothing, and HTTP/2 keepalive notices only after 5-8 s
-# (etcd refuses pings more often than every 5 s), past the default 5 s timeout.
-READ_ATTEMPT_FLOOR = 1.0
+# A member that hangs (SIGSTOP, a full disk) answers nothing, and HTTP/2 keepalive notices
+# only after 5-8 s (etcd refuses pings more often than every 5 s), past the default 5 s
+# timeout. So on a client of several endpoints, a read (a call safe to repeat) with no answer
+# after READ_PROBE_AFTER, and more than that and READ_PROBE_TIMEOUT left, has its member asked
+# for its status: no answer to that either within READ_PROBE_TIMEOUT, and the client fails over
+# (the read goes to the next endpoint). A read that is only slow goes on where it is.
+READ_PROBE_AFTER = 1.0
+READ_PROBE_TIMEOUT = 1.0
+_STATUS = rpc.StatusRequest()
 
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 2**31 - 1),
@@ -304,7 +308,7 @@ class Stubs:
 class Channel:
     """One grpc.aio channel to one endpoint, and the calls in flight on it."""
 
-    __slots__ = ("calls", "ended", "endpoint", "kicked", "live", "stubs")
+    __slots__ = ("calls", "ended", "endpoint", "kicked", "live", "probe", "stubs")
 
     def __init__(self, endpoint: Endpoint, stubs: Stubs) -> None:
         self.endpoint = endpoint
@@ -315,6 +319,7 @@ class Channel:
         # the streams, and the unary calls whose caller stopped awaiting them before grpc
         # finished them: close() waits for each one's end
         self.live: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.probe: asyncio.Task[None] | None = None  # asking the member if it hangs
 
     def stream(self, service: str, method: str, metadata: list[tuple[str, str]]) -> Any:
         """Open a bidirectional stream call (its owner reads, writes and cancels it)."""
@@ -422,6 +427,11 @@ class Connection:
         # Cancel every call and wait (bounded) until grpc has delivered each one's final status:
         # grpc.aio finishes calls in callbacks on this loop, and one still pending when the loop
         # closes logs "Event loop is closed" from its poller, or "Task was destroyed".
+        probes = [ch.probe for ch in self._channels if ch.probe is not None]
+        for probe in probes:
+            probe.cancel()
+        if probes:
+            await asyncio.wait(probes)
         calls = [call for ch in self._channels for call in {*ch.calls, *ch.live} if not call.done()]
         for call in calls:
             call.cancel()
@@ -503,6 +513,27 @@ class Connection:
         for call in list(failed.calls):
             failed.kicked.add(call)
             call.cancel()
+
+    def _probe(self, ch: Channel, call: Any) -> None:
+        """(A timer's) ``call``, a read on ``ch``, has had no answer for READ_PROBE_AFTER: ask
+        the member for its status, once for every read waiting there."""
+        if call.done() or call not in ch.calls or self.closing or ch.probe is not None:
+            return
+        ch.probe = asyncio.ensure_future(self._status_or_failover(ch))
+        ch.probe.set_name(f"etcdkit-probe-{ch.endpoint}")
+
+    async def _status_or_failover(self, ch: Channel) -> None:
+        """No answer from ``ch``'s member to a status request either (an error is an answer):
+        it hangs; fail over, which sends the reads waiting there to the next endpoint."""
+        try:
+            await ch.stubs.maintenance.Status(_STATUS, timeout=READ_PROBE_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                self.note_failure(map_rpc_error(exc, str(ch.endpoint), "status (a read waits)"))
+                self.failover(ch, f"a read and a status request unanswered ({code.name})")
+        finally:
+            ch.probe = None
 
     async def pause(self, delay: float) -> None:
         """Sleep ``delay`` seconds; :class:`ClosedError` at once if the connection closes."""
@@ -597,27 +628,28 @@ class Connection:
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
                     raise self._gave_up(what, last)
-                attempt = left
                 call: Any = None
+                probe = None
                 try:
                     # (no coroutine per call without a user: nothing to await)
                     md: Sequence[tuple[str, str]] = (
                         _NO_METADATA if self._username is None else await self.metadata()
                     )
                     fn = getattr(getattr(ch.stubs, service), method)
+                    call = fn(request, timeout=left, metadata=md)
+                    ch.calls.add(call)
                     if (
                         idempotent
-                        and left is not None
-                        and left > 2 * READ_ATTEMPT_FLOOR
                         and channel is None
-                        and len(self.endpoints) > 1
+                        and len(self._channels) > 1
+                        and (left is None or left > READ_PROBE_AFTER + READ_PROBE_TIMEOUT)
                     ):
-                        attempt = left / 2  # (then the next endpoint; see READ_ATTEMPT_FLOOR)
-                    call = fn(request, timeout=attempt, metadata=md)
-                    ch.calls.add(call)
+                        probe = loop.call_later(READ_PROBE_AFTER, self._probe, ch, call)
                     try:
                         resp = await call
                     finally:
+                        if probe is not None:
+                            probe.cancel()
                         ch.calls.discard(call)
                         if not call.done():  # (cancelled: grpc has yet to finish it)
                             ch.live.add(call)
@@ -653,9 +685,6 @@ class Connection:
                     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                         self.note_failure(err)
                         self.failover(ch, f"{code.name}: {exc.details()}")
-                    if code == grpc.StatusCode.DEADLINE_EXCEEDED and attempt != left:
-                        last = err  # a read cut at half its time: again, at the next endpoint
-                        continue
                     if code != grpc.StatusCode.UNAVAILABLE or not (idempotent or _pick_failed(exc)):
                         if not idempotent and _maybe_applied(exc):
                             err = type(err)(
