@@ -49,6 +49,8 @@ CTOR_CASES = [
     pytest.param({"endpoints": "::1:2379"}, ValueError, "brackets", id="v6-bare"),
     pytest.param({"endpoints": "http://u@h:2379"}, ValueError, "user names", id="user"),
     pytest.param({"endpoints": "[h]:2379"}, ValueError, "IPv6", id="v6-not"),
+    pytest.param({"endpoints": "[::1]:"}, ValueError, "host:port", id="v6-colon-no-port"),
+    pytest.param({"endpoints": "127.0.0.1:"}, ValueError, "host:port", id="colon-no-port"),
     pytest.param({"endpoints": "h:\u00b2"}, ValueError, "host:port", id="port-superscript"),
     pytest.param(
         {"endpoints": "http://127.0.0.1:1,https://127.0.0.1:2"}, ValueError, "mix", id="mixed-tls"
@@ -84,6 +86,7 @@ def test_several_hostnames_are_accepted() -> None:
     ]
     # IPv6 in brackets, with or without a port; shown in brackets
     assert AsyncClient("[::1]:1,http://[::1]").endpoints == ["http://[::1]:1", "http://[::1]:2379"]
+    assert AsyncClient("HTTPS://h:1").endpoints == ["https://h:1"]  # (schemes: any case)
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), CTOR_CASES)

@@ -45,6 +45,8 @@ def test_parse_endpoints_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(parse_endpoints(None)[0]) == "http://127.0.0.1:4444"
     monkeypatch.delenv("ETCDKIT_ENDPOINTS")
     assert str(parse_endpoints(None)[0]) == "http://127.0.0.1:2379"
+    monkeypatch.setenv("ETCDKIT_ENDPOINTS", " ")  # blank as empty: the default
+    assert str(parse_endpoints(None)[0]) == "http://127.0.0.1:2379"
 
 
 @pytest.mark.parametrize("bad", ["", "ftp://x:1", "host:notaport", "h:70000", ","])

@@ -104,7 +104,7 @@ def parse_endpoints(endpoints: str | Sequence[str] | None) -> list[Endpoint]:
     ``None`` means ``$ETCDKIT_ENDPOINTS``, else 127.0.0.1:2379.
     """
     if endpoints is None:
-        endpoints = os.environ.get(ENV_ENDPOINTS) or DEFAULT_ENDPOINT
+        endpoints = os.environ.get(ENV_ENDPOINTS, "").strip() or DEFAULT_ENDPOINT
     if isinstance(endpoints, str):
         items = [e.strip() for e in endpoints.split(",")]
     elif isinstance(endpoints, Sequence) and all(isinstance(e, str) for e in endpoints):
@@ -123,6 +123,7 @@ def parse_endpoints(endpoints: str | Sequence[str] | None) -> list[Endpoint]:
         rest = item
         if "://" in item:
             scheme, rest = item.split("://", 1)
+            scheme = scheme.lower()  # (a URL's scheme is case-insensitive)
             if scheme not in ("http", "https"):
                 raise ValueError(f"endpoint {item!r}: scheme must be http or https")
             tls = scheme == "https"
@@ -131,7 +132,7 @@ def parse_endpoints(endpoints: str | Sequence[str] | None) -> list[Endpoint]:
             host, sep, port_s = rest[1:].partition("]")
             if not sep or (port_s and not port_s.startswith(":")):
                 host = ""
-            port_s = port_s[1:] or "2379"
+            port_s = port_s[1:] if port_s else "2379"  # ("[::1]:" has no port: refused below)
             if host and not _is_ip(host):
                 raise ValueError(f"endpoint {item!r}: {host!r} in brackets is not an IPv6 address")
         else:
