@@ -867,3 +867,13 @@ def test_add_watch_callback_takes_python_etcd3s_positional_arguments(
     e3.cancel_watch(deletes)
     with pytest.raises(TypeError):
         e3.add_watch_callback(k, seen.put, None, None, False, None, False, "extra")  # type: ignore[call-arg]
+
+
+def test_an_ipv6_host_is_taken_as_python_etcd3_took_it() -> None:
+    # python-etcd3 joined host and port ("::1:2379"); an etcdkit endpoint needs the brackets
+    for host in ("::1", "[::1]"):
+        client = etcd3.client(host=host, port=2379)
+        try:
+            assert client.native.endpoints == ["http://[::1]:2379"]
+        finally:
+            client.close()

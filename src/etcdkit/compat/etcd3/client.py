@@ -142,6 +142,8 @@ class Etcd3Client:
         if grpc_options:
             log.info("grpc_options %r ignored: etcdkit configures its own channels", grpc_options)
         scheme = "https" if ca_cert is not None else "http"
+        if isinstance(host, str) and ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address: "::1" is "[::1]" in an endpoint
         self.timeout = timeout
         self.native = Client(
             f"{scheme}://{host}:{port}",
