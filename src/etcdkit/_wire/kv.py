@@ -595,12 +595,12 @@ class KV:
 
         start = raw if raw else b"\0"
         pending = asyncio.ensure_future(page(start, limit, rev))
-        first = True
         first_key = b""
-        read = 0
+        read = 0  # keys in the pages yielded so far
         try:
             while True:
                 kvs, resp, more, start = await pending
+                first = read == 0
                 if rev == 0:
                     rev = int(resp.header.revision)
                 if not more:
@@ -619,7 +619,6 @@ class KV:
                             space = KeySpace.of(raw, first_key, kvs[-1].key, read)
                         else:
                             space.read(kvs[-1].key, read)
-                first = False
                 if page_size is None:
                     # Pages sized in bytes, not keys: few large pages beat many small ones. The
                     # size of a key is estimated from a sample (ByteSize() would walk the
@@ -641,8 +640,9 @@ class KV:
                 # request leaves only once its task (and grpc's own) ran, so give them those
                 # loop turns before the caller's synchronous work on this page.
                 pending = asyncio.ensure_future(page(start, limit, rev))
-                # (a listing dropped unfinished, say as its client closes, may never reach the
-                # finally below: its prefetch's error is no one's to log)
+                # (its error is retrieved when it is done: a listing dropped unfinished, say as
+                # its client closes, may never reach the finally below, and a failed prefetch
+                # nobody waits for is no error)
                 pending.add_done_callback(_retrieved)
                 for _ in range(SEND_TURNS):
                     await asyncio.sleep(0)
@@ -652,8 +652,6 @@ class KV:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, EtcdkitError):
                     await pending
-            elif not pending.cancelled():
-                pending.exception()  # retrieved: a failed prefetch nobody waits for is no error
 
     async def pages(
         self,
