@@ -520,8 +520,9 @@ class Connection:
         the member for its status, once for every read waiting there."""
         if call.done() or call not in ch.calls or self.closing or ch.probe is not None:
             return
-        ch.probe = asyncio.ensure_future(self._status_or_failover(ch))
-        ch.probe.set_name(f"etcdkit-probe-{ch.endpoint}")
+        ch.probe = asyncio.create_task(
+            self._status_or_failover(ch), name=f"etcdkit-probe-{ch.endpoint}"
+        )
 
     async def _status_or_failover(self, ch: Channel) -> None:
         """No answer from ``ch``'s member to a status request either (an error is an answer):
@@ -630,7 +631,7 @@ class Connection:
                 if left is not None and left <= 0:
                     raise self._gave_up(what, last)
                 call: Any = None
-                probe = None
+                hang_check = None  # (a timer: see READ_PROBE_AFTER)
                 try:
                     # (no coroutine per call without a user: nothing to await)
                     md: Sequence[tuple[str, str]] = (
@@ -645,12 +646,12 @@ class Connection:
                         and len(self._channels) > 1
                         and (left is None or left > READ_PROBE_AFTER + READ_PROBE_TIMEOUT)
                     ):
-                        probe = loop.call_later(READ_PROBE_AFTER, self._probe, ch, call)
+                        hang_check = loop.call_later(READ_PROBE_AFTER, self._probe, ch, call)
                     try:
                         resp = await call
                     finally:
-                        if probe is not None:
-                            probe.cancel()
+                        if hang_check is not None:
+                            hang_check.cancel()
                         ch.calls.discard(call)
                         if not call.done():  # (cancelled: grpc has yet to finish it)
                             ch.live.add(call)
