@@ -35,13 +35,14 @@ def _value_of(key: bytes, kv: KeyValue | None) -> int:
             f"counter {key!r:.200} holds {kv.value!r:.60}, not a decimal integer (fix it with "
             f"'etcdctl put {key.decode(errors='replace'):.200} 0')"
         )
-    limit = sys.get_int_max_str_digits()
-    if limit and len(kv.value.lstrip(b"-")) > limit:
+    try:
+        return int(kv.value)
+    except ValueError:  # past sys.get_int_max_str_digits()
         raise ValueError(
             f"counter {key!r:.200} holds a decimal of {len(kv.value.lstrip(b'-'))} digits, "
-            f"more than the {limit} this Python converts (sys.set_int_max_str_digits)"
-        )
-    return int(kv.value)
+            f"more than the {sys.get_int_max_str_digits()} this Python converts "
+            "(sys.set_int_max_str_digits)"
+        ) from None
 
 
 def _text_of(key: bytes, value: int) -> str:
