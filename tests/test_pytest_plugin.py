@@ -6,8 +6,10 @@ process of its own on a test file of its own (each starting its own etcd)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,58 @@ def test_a_failing_test_shows_the_logs_of_the_etcd_it_used(tmp_path: Path) -> No
     assert "2 failed" in out.stdout, out.stdout + out.stderr
     sections = [line for line in out.stdout.splitlines() if " etcd logs (http://" in line]
     assert len(sections) == 2, out.stdout  # one per test: its server, once
+
+
+HANGS = """
+import os, pathlib, time
+
+def test_hangs(etcd_server, etcd_server_factory):
+    made = etcd_server_factory()
+    said = f"{etcd_server.pid} {etcd_server._work} {made.pid} {made._work}"
+    pathlib.Path(os.environ["ETCDKIT_TEST_SAID"]).write_text(said)
+    time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2 :].startswith("Z")  # (not yet reaped by init)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_killed_test_run_leaves_no_etcd_running(tmp_path: Path, signum: int) -> None:
+    """The test etcds run in sessions of their own, so a run killed by a signal would leave
+    them running; the plugin kills them (and removes their dirs) before the run dies."""
+    (tmp_path / "test_it.py").write_text(HANGS)
+    said = tmp_path / "said"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["ETCDKIT_TEST_SAID"] = str(said)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not said.exists() or len(said.read_text().split()) < 4:
+            assert run.poll() is None, "the test run ended before its test started"
+            assert time.monotonic() < deadline, "the test never started"
+            time.sleep(0.05)
+        pid1, work1, pid2, work2 = said.read_text().split()
+        run.send_signal(signum)
+        assert run.wait(30) == -signum
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.monotonic() + 10
+    while not (_gone(int(pid1)) and _gone(int(pid2))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(int(pid1))
+    assert _gone(int(pid2))
+    assert not Path(work1).exists()
+    assert not Path(work2).exists()

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from etcdkit._errors import EtcdkitError
 
-__all__ = ["EtcdServerError", "ManagedProcess"]
+__all__ = ["EtcdServerError", "ManagedProcess", "end_all"]
 
 log = logging.getLogger("etcdkit.server")
 
@@ -53,6 +53,19 @@ def _end(children: list[subprocess.Popen[bytes]], work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+# Every process object not yet ended, for end_all (weakly: one dropped is ended by its finalizer).
+_LIVE: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
+
+
+def end_all() -> None:
+    """Kill every process the test kit started that is still running, and remove their work
+    dirs, as if each were closed (the pytest plugin calls it when the test run is killed by
+    SIGTERM or SIGHUP: their processes run in sessions of their own, so nothing else stops
+    them)."""
+    for proc in list(_LIVE):
+        proc._finalizer()
+
+
 class EtcdServerError(EtcdkitError):
     """A test etcd process (or proxy) could not be started or controlled."""
 
@@ -79,6 +92,7 @@ class ManagedProcess:
         # process is in a session of its own, so nothing else stops it).
         self._children: list[subprocess.Popen[bytes]] = []
         self._finalizer = weakref.finalize(self, _end, self._children, self._work)
+        _LIVE.add(self)
 
     # -- what a subclass says ---------------------------------------------------------------------
 
@@ -256,3 +270,4 @@ class ManagedProcess:
             self.kill()
             # The work dir (log, and the data unless the caller gave a data_dir) is ours.
             self._finalizer()
+            _LIVE.discard(self)

@@ -17,12 +17,17 @@ Fixtures:
   ``etcd_server``.
 - ``etcd_sync`` (function): a connected :class:`Client` on ``etcd_server``.
 
-When a test fails, the logs of the etcd processes it used are attached to its report.
+When a test fails, the logs of the etcd processes it used are attached to its report. When the
+test run is killed by SIGTERM or SIGHUP (and nothing else handles those), the etcd processes it
+started are killed and their directories removed before it exits.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -31,9 +36,11 @@ import pytest
 
 from etcdkit import AsyncClient, Client
 from etcdkit.testing.grpc_proxy import GrpcProxy
+from etcdkit.testing.process import end_all
 from etcdkit.testing.server import EtcdCluster, EtcdServer
 
 _SERVERS_KEY = pytest.StashKey[list[Any]]()
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _track(request: pytest.FixtureRequest, server: Any) -> None:
@@ -137,5 +144,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def _end_then_die(signum: int, frame: object) -> None:
+    """A signal that ends the test run: its etcd processes end first (they run in sessions of
+    their own, and the run's own cleanup will not run), then the signal's default action."""
+    end_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "etcd: the test talks to a real etcd server")
+    if threading.current_thread() is threading.main_thread():
+        for signum in _ENDING_SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_DFL:  # (a handler of the user's wins)
+                signal.signal(signum, _end_then_die)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in _ENDING_SIGNALS:
+            if signal.getsignal(signum) is _end_then_die:
+                signal.signal(signum, signal.SIG_DFL)
