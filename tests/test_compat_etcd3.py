@@ -398,6 +398,109 @@ def test_a_watch_cancelled_by_another_callback_is_not_called_again(
     e3.cancel_watch(ids["a"])
 
 
+def test_concurrent_cancels_each_wait_for_the_running_callback(
+    no_leaked_threads: None, e3: Etcd3, etcd_prefix: str
+) -> None:
+    """Two threads cancel one watch while its callback runs: neither returns before the
+    callback finished (as one cancel_watch does), not only the first to cancel."""
+    k = etcd_prefix + "k"
+    entered, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def callback(_: object) -> None:
+        entered.set()
+        release.wait(10)
+        done.set()
+
+    wid = e3.add_watch_callback(k, callback)
+    e3.put(k, "v")
+    assert entered.wait(10)
+    early: list[str] = []
+
+    def cancel() -> None:
+        e3.cancel_watch(wid)
+        if not done.is_set():
+            early.append(threading.current_thread().name)
+
+    threads = [threading.Thread(target=cancel, name=f"canceller-{i}") for i in (1, 2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # both cancels are waiting for the callback now
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert early == [], f"{early} returned from cancel_watch while the callback still ran"
+
+
+class _Gate(threading.local):
+    """Stands in for the watcher's thread-local flags: holds a watch thread at the moment it
+    starts a callback (its check that the watch is not cancelled is done) until opened."""
+
+    at_gate = threading.Event()
+    opened = threading.Event()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "in_callback" and value and not self.opened.is_set():
+            self.at_gate.set()
+            self.opened.wait(10)
+        super().__setattr__(name, value)
+
+
+def test_no_callback_after_any_of_concurrent_cancels_returned(
+    no_leaked_threads: None, e3: Etcd3, etcd_prefix: str
+) -> None:
+    """A watch thread about to call its callback when two threads cancel: the callback runs
+    before either cancel_watch returns, never after one."""
+    k = etcd_prefix + "k"
+    gate = _Gate()
+    gate.at_gate.clear()
+    gate.opened.clear()
+    e3.watcher._local = gate
+    calls: list[float] = []
+    wid = e3.add_watch_callback(k, lambda _: calls.append(time.monotonic()))
+    e3.put(k, "v")
+    assert gate.at_gate.wait(10)
+    returned: list[float] = []
+
+    def cancel() -> None:
+        e3.cancel_watch(wid)
+        returned.append(time.monotonic())
+
+    threads = [threading.Thread(target=cancel) for _ in (1, 2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    gate.opened.set()
+    for t in threads:
+        t.join(10)
+    assert len(returned) == 2
+    assert len(calls) == 1
+    assert calls[0] < min(returned), "the callback was called after a cancel_watch returned"
+
+
+def test_an_interrupted_cancel_watch_can_be_retried(
+    no_leaked_threads: None, e3: Etcd3, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel_watch interrupted (Ctrl-C) while it cancels: calling it again still ends the
+    watch and its thread (the id is not forgotten by the first try)."""
+    wid = e3.add_watch_callback(etcd_prefix + "k", lambda _: None)
+    thread = next(t for t in threading.enumerate() if t.name == f"etcdkit-compat-watch-{wid}")
+    real = etcdkit.SyncWatch.cancel
+    tries = []
+
+    def interrupted(self: etcdkit.SyncWatch) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(etcdkit.SyncWatch, "cancel", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        e3.cancel_watch(wid)
+    e3.cancel_watch(wid)
+    thread.join(5)
+    assert not thread.is_alive(), "the retried cancel_watch did not end the watch"
+
+
 def test_watch_resumes_through_a_restart(etcd_server_factory: Callable[..., EtcdServer]) -> None:
     """etcdkit's watch resumes from the next revision: no event lost, none repeated (python-etcd3
     ended its watches on the stream's error). A watch whose event was still on its way when

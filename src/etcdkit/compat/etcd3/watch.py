@@ -71,7 +71,10 @@ class Watcher:
         self._mutex = threading.Lock()
         self._calling = threading.Lock()  # one callback at a time, as python-etcd3 did
         self._local = threading.local()  # .in_callback: this thread is running a callback
+        # every callback watch until its thread ends (cancelled ones too, so that each
+        # canceller, not only the first, can wait for the thread and a failed cancel be retried)
         self._watches: dict[int, tuple[SyncWatch, threading.Thread]] = {}
+        self._live: set[int] = set()  # the ids not cancelled: only their callbacks are called
 
     def open(
         self,
@@ -130,6 +133,7 @@ class Watcher:
         )
         with self._mutex:
             self._watches[watch_id] = (watch, thread)
+            self._live.add(watch_id)
         thread.start()
         return watch_id
 
@@ -142,13 +146,14 @@ class Watcher:
         finally:
             with self._mutex:
                 self._watches.pop(watch_id, None)
+                self._live.discard(watch_id)
 
     def _call(
         self, watch_id: int, callback: WatchCallback, arg: WatchResponse | Etcd3Exception
     ) -> None:
         with self._calling:
             with self._mutex:
-                if watch_id not in self._watches:
+                if watch_id not in self._live:
                     return  # cancelled (e.g. by another watch's callback) while this waited
             self._local.in_callback = True
             try:
@@ -161,9 +166,10 @@ class Watcher:
     def cancel(self, watch_id: int) -> None:
         """End the watch ``watch_id`` (idempotent; unknown ids are ignored). Once it returns,
         its callback is not called again (unless this runs inside a callback, which cannot
-        wait for the others)."""
+        wait for the others); so too when several threads cancel it at once."""
         with self._mutex:
-            entry = self._watches.pop(watch_id, None)
+            self._live.discard(watch_id)  # no callback of it starts from here on
+            entry = self._watches.get(watch_id)  # (its thread removes it when it ends)
         if entry is not None:
             watch, thread = entry
             watch.cancel()
@@ -179,7 +185,7 @@ class Watcher:
         """End every callback watch and wait for its thread (not the calling one)."""
         with self._mutex:
             entries = list(self._watches.values())
-            self._watches.clear()
+            self._live.clear()
         for watch, _ in entries:
             watch.cancel()
         for _, thread in entries:
