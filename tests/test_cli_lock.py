@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -223,6 +224,36 @@ def test_elect_and_listen(etcd_server: EtcdServer, etcd_sync: Client, etcd_prefi
                 assert any("lost" in line for line in b.lines), b.lines
         listener.proc.send_signal(signal.SIGTERM)
         assert listener.wait() == 0
+
+
+@pytest.mark.parametrize("command", ["lock", "elect"])
+def test_an_unanswered_revoke_is_not_reported_as_released(
+    etcd_server_factory: Callable[..., EtcdServer], command: str
+) -> None:
+    """Releasing the lock or resigning revokes the lease; when etcd does not answer (paused),
+    the key stays until the TTL runs out, and the command says so instead of "released" or
+    "resigned": elect exits 1, lock with its command's status."""
+    server = etcd_server_factory()
+    name = "/unanswered"
+    ep = ("--endpoints", server.endpoint)
+    args: tuple[str, ...] = ("lock", name, "--ttl", "30", "--", "sleep", "60")
+    if command == "elect":
+        args = ("elect", name, "node-a", "--ttl", "30")
+    with Proc(*ep, *args) as p:
+        p.expect("holding lock" if command == "lock" else "elected: ")
+        server.pause()
+        try:
+            p.proc.send_signal(signal.SIGINT)
+            code = p.wait(60)
+        finally:
+            server.resume()
+    said = "\n".join(p.lines)
+    assert "not confirmed" in said, said
+    assert "released lock" not in said
+    assert "resigned: " not in said
+    assert code == (1 if command == "elect" else 128 + signal.SIGINT), said
+    with Client(server.endpoint) as etcd:
+        assert len(etcd.get_prefix(name + "/").kvs) == 1  # (it was indeed left, until its TTL)
 
 
 @pytest.mark.parametrize("command", ["lock", "elect"])

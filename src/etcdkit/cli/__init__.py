@@ -123,7 +123,9 @@ CMD with $ETCDKIT_LOCK_KEY, $ETCDKIT_FENCING_TOKEN (higher for every later holde
 what CMD writes, so late writes of an old holder can be refused) and $ETCD_LOCK_KEY. Exits
 with CMD's status and releases the lock. SIGINT/SIGTERM are passed on to CMD, then the lock is
 released. If the lock is lost (its lease expired or was revoked, its key deleted), CMD gets
-SIGTERM (SIGKILL after 10 s) and the exit status is 1. 127: CMD not found.
+SIGTERM (SIGKILL after 10 s) and the exit status is 1. If etcd does not confirm the release
+(our key then stays, and others wait, until the lease TTL runs out), it says so. 127: CMD not
+found.
 """
 
 ELECT_EPILOG = """\
@@ -133,7 +135,8 @@ examples:
 
 The same election as `etcdctl elect NAME` and Go's concurrency.Election. Campaigning prints a
 line when elected and holds leadership until Ctrl-C or SIGTERM, which resign (exit 0); if
-leadership is lost (lease expired or revoked, key deleted) it says so and exits with 1.
+leadership is lost (lease expired or revoked, key deleted), or etcd does not confirm the
+resignation (our key then stays until the lease TTL runs out), it says so and exits with 1.
 """
 
 MEMBERS_EPILOG = """\

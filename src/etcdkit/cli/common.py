@@ -18,6 +18,7 @@ from etcdkit import AsyncClient
 from etcdkit._errors import (
     AuthError,
     ConnectionUnavailableError,
+    EtcdkitError,
     EtcdTimeoutError,
     PermissionDeniedError,
 )
@@ -117,6 +118,17 @@ async def check_reachable(client: AsyncClient, opts: ConnOptions) -> None:
             f"cannot reach etcd at {where}{what}: {_short_reason(exc)}; "
             "start one with `etcdkit dev` or pass --endpoints"
         ) from exc
+
+
+async def key_gone(client: AsyncClient, key: str | bytes, opts: ConnOptions) -> bool:
+    """Whether etcd confirms (in at most 2 s) that ``key`` is gone. Closing a lease, a lock or
+    a leadership revokes its lease, and a revoke etcd did not answer is only logged: the key
+    then stays until its lease's TTL runs out, and the command must not say it is gone."""
+    try:
+        async with asyncio.timeout(min(opts.timeout, 2.0)):
+            return await client.get(key) is None
+    except (EtcdkitError, TimeoutError):
+        return False
 
 
 @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ from etcdkit.cli.common import (
     UsageError,
     connected,
     err,
+    key_gone,
     out,
     timestamp,
 )
@@ -52,6 +53,7 @@ async def run_elect(args: argparse.Namespace, opts: ConnOptions) -> int:
         if leadership is None:
             err(f"etcdkit: interrupted while campaigning in {name}")
             return stop.exit_code
+        key = leadership.key
         try:
             out(
                 f"{timestamp()} elected: {name} = {value} (key "
@@ -67,5 +69,12 @@ async def run_elect(args: argparse.Namespace, opts: ConnOptions) -> int:
                 return EXIT_ERROR
         finally:
             await campaign.__aexit__(None, None, None)
+        if not await key_gone(client, key, opts):
+            err(
+                f"etcdkit: resignation from {name} not confirmed (the revoke went unanswered or "
+                f"our key is still there): {key.decode(errors='replace')} may stay, and others "
+                f"see us as leader, until its lease (ttl {args.ttl} s) runs out"
+            )
+            return EXIT_ERROR
         out(f"{timestamp()} resigned: {name}")
         return EXIT_OK

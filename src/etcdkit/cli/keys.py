@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from etcdkit import EtcdkitError, EtcdTimeoutError, LeaseState
+from etcdkit import EtcdTimeoutError, LeaseState
 from etcdkit.cli.common import (
     EXIT_OK,
     EXIT_TIMEOUT,
@@ -15,6 +15,7 @@ from etcdkit.cli.common import (
     UsageError,
     connected,
     err,
+    key_gone,
     out,
     timestamp,
 )
@@ -129,12 +130,7 @@ async def run_register(args: argparse.Namespace, opts: ConnOptions) -> int:
                     out(f"{timestamp()} {state.value}")
                 previous = state
         # Leaving the block revoked the lease (bounded in time); say whether the key is gone.
-        try:
-            async with asyncio.timeout(min(opts.timeout, 2.0)):
-                gone = await client.get(key) is None
-        except (EtcdkitError, TimeoutError):
-            gone = False
-        if gone:
+        if await key_gone(client, key, opts):
             out(f"{timestamp()} closed: lease revoked, {key} removed")
         else:
             out(f"{timestamp()} closed: {key} goes away when its lease TTL runs out")

@@ -16,6 +16,7 @@ from etcdkit.cli.common import (
     UsageError,
     connected,
     err,
+    key_gone,
     timestamp,
 )
 
@@ -88,6 +89,7 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
                 proc.kill()
                 await proc.wait()
             lost = lock.lost.is_set()
+            key = lock.key
             await lock.release()
         if lost:
             err(
@@ -95,6 +97,13 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
                 f"stopped {cmd[0]}"
             )
             return EXIT_ERROR
+        if not await key_gone(client, key, opts):
+            err(
+                f"etcdkit: release of lock {name} not confirmed (the revoke went unanswered or "
+                f"our key is still there): {key.decode(errors='replace')} may stay, and others "
+                f"wait, until its lease (ttl {ttl} s) runs out; {cmd[0]} exited with {code}"
+            )
+            return code
         err(f"{timestamp()} released lock {name}; {cmd[0]} exited with {code}")
         return code
 
