@@ -422,6 +422,11 @@ def test_get_prefix_pages_threaded(etcd_sync: Client, etcd_prefix: str) -> None:
     for kvs, _rev in etcd_sync.get_prefix_pages(etcd_prefix, page_size=2):
         assert len(kvs) == 2
         break  # stopping early closes the reading
+    with etcd_sync.get_prefix_pages(etcd_prefix, page_size=2) as reading:
+        kvs, _rev = next(reading)
+        assert len(kvs) == 2
+    with pytest.raises(StopIteration):  # closed by the with: no more pages
+        next(reading)
 
 
 async def test_watch_status_is_public(etcd: AsyncClient, etcd_prefix: str) -> None:

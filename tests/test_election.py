@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -242,6 +244,55 @@ def test_threaded_face(etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: 
         assert "SyncLeadership" in repr(a)
         with pytest.raises(NotHeldError):
             a.proclaim("c")
+
+
+def _until(cond: Callable[[], bool], bound: float = WAIT) -> None:
+    deadline = time.monotonic() + bound
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("led", [False, True])
+def test_threaded_observe_is_closed_from_another_thread(
+    etcd_sync: Client, etcd_prefix: str, led: bool
+) -> None:
+    """A thread iterates observe() and waits for the next leader (none yet, or the one it got
+    stays); close() from another thread ends its loop (StopIteration, as closing a watch
+    does) and the watch; the iterator stays closed."""
+    election = etcd_sync.election(etcd_prefix + "e")
+    with contextlib.ExitStack() as stack:
+        if led:
+            stack.enter_context(election.campaign("a"))
+        watches = etcd_sync.stats.watches  # (the leadership's own included)
+        observer = election.observe()
+        seen: list[Leader] = []
+        ended: list[BaseException | None] = []
+
+        def follow() -> None:
+            try:
+                for leader in observer:
+                    seen.append(leader)
+                ended.append(None)
+            except BaseException as exc:
+                ended.append(exc)
+
+        t = threading.Thread(target=follow)
+        t.start()
+        _until(lambda: etcd_sync.stats.watches > watches and len(seen) == int(led))
+        time.sleep(0.1)  # (the thread waits in next() now)
+        if not led:  # (the watch shows its next() is under way)
+            with pytest.raises(RuntimeError, match="one thread at a time"):
+                next(observer)
+        observer.close()
+        t.join(WAIT)
+        assert not t.is_alive()
+        assert ended == [None]
+        assert [leader.value for leader in seen] == [b"a"] * int(led)
+        _until(lambda: etcd_sync.stats.watches == watches)
+        with pytest.raises(StopIteration):
+            next(observer)
+        observer.close()  # again: nothing
 
 
 # -- interop with etcdctl elect (Go's concurrency.Election) ---------------------------------------

@@ -15,6 +15,7 @@ development and tests live in :mod:`etcdkit.testing`.
 import importlib
 from typing import TYPE_CHECKING
 
+from etcdkit._blocking.twin import SyncIterator  # (loaded anyway: the recipes' twins use it)
 from etcdkit._client import AsyncClient
 
 if TYPE_CHECKING:  # imported on first use (see __getattr__ below)
@@ -166,6 +167,7 @@ __all__ = [
     "SyncDoubleBarrier",
     "SyncElection",
     "SyncEndpointManager",
+    "SyncIterator",
     "SyncKeepAlive",
     "SyncLeadership",
     "SyncLock",

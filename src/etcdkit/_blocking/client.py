@@ -23,7 +23,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 from etcdkit._blocking.admin import SyncAuth, SyncMaintenance, SyncMembers
 from etcdkit._blocking.locks import SyncElection, SyncLock
 from etcdkit._blocking.portal import Portal
-from etcdkit._blocking.twin import Twin, blocking, blocking_read, mirror
+from etcdkit._blocking.twin import SyncIterator, Twin, blocking, blocking_read, mirror
 from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient
 from etcdkit._errors import ClosedError, EtcdTimeoutError
 from etcdkit._metrics import ClientStats
@@ -197,9 +197,9 @@ class Client(Twin[AsyncClient]):
         revision: int = 0,
         page_size: int | None = None,
         keys_only: bool = False,
-    ) -> Iterator[tuple[Sequence[KeyValueLike], int]]:
+    ) -> SyncIterator[tuple[Sequence[KeyValueLike], int]]:
         """See :meth:`AsyncClient.get_prefix_pages`: a plain iterator of ``(kvs, revision)``;
-        stopping early (``break``, or closing the generator) stops the reading."""
+        stopping early (``close()``, from any thread, or ``with`` it) stops the reading."""
         pages = self.portal.run_sync(
             functools.partial(
                 self.aio.get_prefix_pages,
@@ -209,15 +209,7 @@ class Client(Twin[AsyncClient]):
                 keys_only=keys_only,
             )
         )
-        try:
-            while True:
-                try:
-                    yield self.portal.call(pages.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            if not self.portal.closed:
-                self.portal.call(pages.aclose())
+        return SyncIterator(self.portal, pages)
 
     @overload
     def put(

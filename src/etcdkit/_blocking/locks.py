@@ -7,15 +7,14 @@ every call is forwarded.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-from etcdkit._blocking.twin import PortalLike, Twin, blocking_read, mirror
-from etcdkit._errors import ClosedError, NotHeldError
+from etcdkit._blocking.twin import PortalLike, SyncIterator, Twin, blocking_read, mirror
+from etcdkit._errors import NotHeldError
 from etcdkit._types import Compare, HoldState
 from etcdkit.recipes.election import Campaign, Election, Leader, Leadership
 from etcdkit.recipes.lock import ACTIVE, Lock, LockHold
@@ -273,24 +272,11 @@ class SyncElection(Twin[Election]):
     def leader(self) -> Leader | None:
         return self.portal.call(self.aio.leader())
 
-    def observe(self) -> Generator[Leader, None, None]:
+    def observe(self) -> SyncIterator[Leader]:
         """A plain iterator over the leaders (see :meth:`Election.observe`); its watch ends
-        when the iterator is closed or garbage-collected."""
-        agen = self.portal.run_sync(self.aio.observe)
-        try:
-            while True:
-                try:
-                    yield self.portal.call(_next(agen))
-                except StopAsyncIteration:
-                    return
-        finally:
-            if not self.portal.closed:
-                with contextlib.suppress(ClosedError):
-                    self.portal.call(agen.aclose())
-
-
-async def _next(agen: AsyncIterator[T]) -> T:
-    return await agen.__anext__()
+        when the iterator is closed (from any thread: a ``for`` loop over it in another ends)
+        or garbage-collected."""
+        return SyncIterator(self.portal, self.portal.run_sync(self.aio.observe))
 
 
 class SyncCampaign(Twin[Campaign]):

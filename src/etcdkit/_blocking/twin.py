@@ -14,11 +14,16 @@ mypy checks the result like the original (``ParamSpec``). Nothing is re-implemen
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-__all__ = ["PortalLike", "Twin", "blocking", "blocking_read", "mirror"]
+from etcdkit._errors import ClosedError
+
+__all__ = ["PortalLike", "SyncIterator", "Twin", "blocking", "blocking_read", "mirror"]
 
 A = TypeVar("A")
 P = ParamSpec("P")
@@ -108,3 +113,66 @@ class mirror(Generic[T]):
         if self._direct:
             return self._fget(obj.aio)
         return obj.portal.read(functools.partial(self._fget, obj.aio))
+
+
+class SyncIterator(Generic[T]):
+    """A plain iterator over an async generator that runs on the client's loop thread (e.g.
+    :meth:`SyncElection.observe`, :meth:`Client.get_prefix_pages`).
+
+    Unlike a generator it can be closed from any thread, also while another thread waits in
+    ``next()`` on it: that ``next()`` then raises ``StopIteration`` (a ``for`` loop over it
+    ends), as closing a watch does. ``close()`` ends the async generator (its ``finally``
+    runs), is idempotent, and ``with`` closes it too; one dropped unclosed is closed by the
+    loop (asyncio's async-generator hooks). One thread at a time may iterate it."""
+
+    def __init__(self, portal: PortalLike, agen: AsyncGenerator[T, None]) -> None:
+        self._portal = portal
+        self._agen = agen
+        self._closed = False  # (these two are read and set on the loop thread)
+        self._step: asyncio.Future[T] | None = None  # the next() under way, if any
+
+    def __iter__(self) -> SyncIterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        try:
+            return self._portal.call(self._next())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """End the iteration, from any thread: a ``next()`` waiting in another raises
+        ``StopIteration``; the async generator is closed before this returns."""
+        if not self._portal.closed:
+            with contextlib.suppress(ClosedError):
+                self._portal.call(self._aclose())
+
+    def __enter__(self) -> SyncIterator[T]:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def _next(self) -> T:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._step is not None and not self._step.done():
+            raise RuntimeError("iterate this iterator from one thread at a time")
+        step = self._step = asyncio.ensure_future(anext(self._agen))
+        try:
+            return await step
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self._closed and (me is None or not me.cancelling()):
+                raise StopAsyncIteration from None  # close() ended the step
+            raise  # the client closing, or the waiting thread giving up
+
+    async def _aclose(self) -> None:
+        self._closed = True
+        step = self._step
+        if step is not None and not step.done():
+            step.cancel()  # (the generator's finally runs)
+            await asyncio.wait([step])
+        await self._agen.aclose()
