@@ -225,7 +225,7 @@ def test_public_names_are_pinned() -> None:
             "SyncPrefixWatch", "SyncSession", "TxnResult", "WatchEndedError", "WatchEvent",
             "WatchState", "WatchStats", "WrongContextError", "__version__", "default_transform",
             "Campaign", "Election", "HoldState", "Leader", "Leadership", "Lock", "NotHeldError",
-            "SyncCampaign", "SyncElection", "SyncLeadership", "SyncLock",
+            "SyncCampaign", "SyncElection", "SyncIterator", "SyncLeadership", "SyncLock",
             "LockHold", "SyncLockHold",
             "ClientStats", "LeaseStats",
             "LeaseInfo", "ResponseHeader", "SyncWatch", "Watch", "WatchBatch",

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import etcdkit
 from _helpers import etcdkit_tasks
-from etcdkit import AsyncClient, Client
+from etcdkit import AsyncClient, Client, HoldState
 from etcdkit.testing import EtcdServer
 
 BOUND = 1.0  # every wait ends within this after close()
@@ -88,3 +91,93 @@ def test_close_ends_the_recipes_waits_threaded(
             assert time.monotonic() - t0 < BOUND
             for name, f in futures.items():
                 assert isinstance(f.exception(), etcdkit.ClosedError), (name, f.exception())
+
+
+async def test_a_close_during_another_returns_once_it_released_everything(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """A second close() while the first still runs (a shutdown handler and an ``async with``
+    exit) returns once the first has released what the client held, not at once."""
+    client = AsyncClient(etcd_server.endpoint)
+    await client.connect()
+    lock = client.lock(etcd_prefix + "lock")
+    await lock.acquire()
+    first = asyncio.ensure_future(client.close())
+    await asyncio.sleep(0)  # (the first close is under way)
+    await client.close()
+    assert lock.lost.is_set()
+    assert lock.state is not HoldState.HELD
+    async with AsyncClient(etcd_server.endpoint) as other:
+        assert (await other.get_prefix(etcd_prefix)).kvs == []  # its lease was revoked
+    await first
+
+
+@pytest.mark.parametrize("held_by_another", [False, True])
+@pytest.mark.parametrize("recipe", ["lock", "semaphore"])
+async def test_close_does_not_wait_for_what_a_failed_acquirer_does_next(
+    etcd_server: EtcdServer, etcd_prefix: str, held_by_another: bool, recipe: str
+) -> None:
+    """close() ends an acquire under way (ClosedError) and waits for that acquire to end, not
+    for the task that called it: that task may go on to wait for close() itself. The acquire
+    is caught as it starts (a free lock), or waiting for another's."""
+    async with AsyncClient(etcd_server.endpoint) as other:
+
+        def made_by(etcd: AsyncClient) -> Any:
+            if recipe == "lock":
+                return etcd.lock(etcd_prefix + "lock", timeout=None)
+            return etcd.semaphore(etcd_prefix + "sem", 1, timeout=None)
+
+        if held_by_another:
+            await made_by(other).acquire()
+        client = AsyncClient(etcd_server.endpoint)
+        await client.connect()
+        closed = asyncio.Event()
+        got: list[BaseException] = []
+
+        async def acquirer() -> None:
+            try:
+                await made_by(client).acquire()
+            except etcdkit.ClosedError as exc:
+                got.append(exc)
+            await closed.wait()  # e.g. a shutdown step that runs once the client is closed
+
+        task = asyncio.ensure_future(acquirer())
+        await asyncio.sleep(0.3 if held_by_another else 0.001)
+        async with asyncio.timeout(10):
+            await client.close()
+        closed.set()
+        await task
+        assert len(got) == 1
+
+
+def test_threaded_closes_at_once_leave_nothing_held(
+    etcd_server: EtcdServer, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    """Two threads close one client (a signal handler's and a ``with`` exit): once both
+    returned, the lock a thread held is released (its key gone), and acquiring again raises
+    ClosedError, not "already held". (The first close is made slower, to be caught midway.)"""
+    client = Client(etcd_server.endpoint)
+    lock = client.lock(etcd_prefix + "lock")
+    lock.acquire()
+    hub = client.aio.core._watches
+    assert hub is not None
+    hub_close = hub.close
+    inside = threading.Event()
+
+    async def slow_close() -> None:
+        inside.set()
+        await asyncio.sleep(0.5)
+        await hub_close()
+
+    hub.close = slow_close  # type: ignore[method-assign]
+    first = threading.Thread(target=client.close)
+    first.start()
+    assert inside.wait(10)
+    with client:
+        pass  # (its exit closes too, while the first close runs)
+    first.join(10)
+    assert not first.is_alive()
+    with pytest.raises(etcdkit.ClosedError):
+        lock.acquire()
+    with Client(etcd_server.endpoint) as other:
+        assert other.get_prefix(etcd_prefix).kvs == []

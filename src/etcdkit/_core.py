@@ -65,6 +65,7 @@ class Core:
         self._children: dict[object, Callable[[], Awaitable[None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.state = CoreState.UNOPENED
+        self._closed = asyncio.Event()  # set once a close() has ended: what another waits for
 
     @property
     def where(self) -> str:
@@ -177,8 +178,11 @@ class Core:
     async def close(self) -> None:
         """Close every child at once (bounded: each revoke/delete has its own bound), then the
         streams, the pooled sessions and the channels. Everything in flight ends with
-        :class:`ClosedError`. Idempotent."""
-        if self.state in (CoreState.CLOSED, CoreState.CLOSING):
+        :class:`ClosedError`. Idempotent: a close while another is under way waits for it."""
+        if self.state is CoreState.CLOSED:
+            return
+        if self.state is CoreState.CLOSING:
+            await self._closed.wait()
             return
         was_open = self.state is CoreState.OPEN
         if was_open:
@@ -202,5 +206,8 @@ class Core:
                 await self._keepalives.close()
         finally:
             self.state = CoreState.CLOSED
-            if was_open:
-                await self.conn.close()
+            try:
+                if was_open:
+                    await self.conn.close()
+            finally:
+                self._closed.set()

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from etcdkit._blocking.twin import PortalLike, SyncIterator, Twin, blocking_read, mirror
-from etcdkit._errors import NotHeldError
+from etcdkit._errors import ClosedError, NotHeldError
 from etcdkit._types import Compare, HoldState
 from etcdkit.recipes.election import Campaign, Election, Leader, Leadership
 from etcdkit.recipes.lock import ACTIVE, Lock, LockHold
@@ -243,11 +243,14 @@ class SyncLock(Twin[Lock]):
         return twin
 
     def _check_reentry(self) -> None:
+        if self.portal.closed:  # (first: a close cut short may have left a hold HELD)
+            raise ClosedError("this etcdkit Client is closed; create a new one")
         with self._maps:
             mine = self._mine.get(threading.current_thread())
-        if mine is not None and mine.state in ACTIVE:
+        state = mine.state if mine is not None else HoldState.IDLE  # (read once: it moves)
+        if state in ACTIVE:
             raise RuntimeError(
-                f"lock {self.aio.name!r} is already {mine.state.name.lower()} by this thread "
+                f"lock {self.aio.name!r} is already {state.name.lower()} by this thread "
                 "through this Lock object (Locks are not re-entrant); release() it first"
             )
 

@@ -281,6 +281,9 @@ class Hold:
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
         self._acquiring: asyncio.Task[object] | None = None
+        # set once the acquire() under way has ended (held, left, or raised): what release()
+        # waits for (not the acquiring task, which goes on with its caller's own work)
+        self._acquired = asyncio.Event()
         self._aborted = False
 
     def __repr__(self) -> str:
@@ -361,6 +364,17 @@ class Hold:
                 "acquisition is its own handle: acquire anew for another"
             )
         self._acquiring = asyncio.current_task()
+        self._acquired.clear()
+        try:
+            return await self._acquire_or_leave(take, timeout)
+        finally:
+            self._acquired.set()
+
+    async def _acquire_or_leave(
+        self,
+        take: Callable[[bool], Awaitable[tuple[bytes, int, int] | None]],
+        timeout: float | None,
+    ) -> bool:
         self._set(HoldState.WAITING)
         wait = timeout != 0
         try:
@@ -561,8 +575,7 @@ class Hold:
         if acquiring is not None and acquiring is not asyncio.current_task():
             self._aborted = True
             acquiring.cancel()
-            await asyncio.wait({acquiring})
-            return
+            await self._acquired.wait()  # (then release what it may have got)
         if self._state in (HoldState.IDLE, HoldState.RELEASED) and self._session is None:
             return
         self.stop_watching()

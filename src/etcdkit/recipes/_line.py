@@ -127,6 +127,9 @@ class Contender:
         self._recheck: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None  # the revoke started by lose()
         self._acquiring: asyncio.Task[object] | None = None
+        # set once the acquire() under way has ended (held, left, or raised): what release()
+        # waits for (not the acquiring task, which goes on with its caller's own work)
+        self._acquired = asyncio.Event()
         self._leaving = False
         self._aborted = False
 
@@ -152,6 +155,13 @@ class Contender:
         """
         self.etcd.adopt(self, self.release)  # (ClosedError on a closed client)
         self._acquiring = asyncio.current_task()
+        self._acquired.clear()
+        try:
+            return await self._acquire_or_leave(wait)
+        finally:
+            self._acquired.set()
+
+    async def _acquire_or_leave(self, wait: bool) -> bool:
         self._set(HoldState.WAITING)
         try:
             try:
@@ -559,8 +569,7 @@ class Contender:
             if not self._leaving:
                 self._aborted = True
                 acquiring.cancel()
-            await asyncio.wait({acquiring})
-            return
+            await self._acquired.wait()  # (then release what it may have got)
         if self.state in (HoldState.IDLE, HoldState.RELEASED) and self.session is None:
             return
         self.etcd.disown(self)
