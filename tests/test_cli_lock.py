@@ -252,8 +252,8 @@ def test_an_unanswered_revoke_is_not_reported_as_released(
     assert "released lock" not in said
     assert "resigned: " not in said
     assert code == (1 if command == "elect" else 128 + signal.SIGINT), said
-    with Client(server.endpoint) as etcd:
-        assert len(etcd.get_prefix(name + "/").kvs) == 1  # (it was indeed left, until its TTL)
+    # (whether the key is still there after resume() is etcd's business: a revoke it had read
+    # from the socket before the pause may still be applied)
 
 
 @pytest.mark.parametrize("command", ["lock", "elect"])

@@ -181,3 +181,41 @@ def test_threaded_closes_at_once_leave_nothing_held(
         lock.acquire()
     with Client(etcd_server.endpoint) as other:
         assert other.get_prefix(etcd_prefix).kvs == []
+
+
+async def test_close_during_acquisitions_leaves_no_key_or_lease(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """close() while acquisitions wait in line (a semaphore, a read lock, a double barrier's
+    enter, a lock): each ends with ClosedError, and its key and lease are gone when close()
+    returns; their revokes are not cut short by the client closing after them."""
+    p = etcd_prefix
+    async with AsyncClient(etcd_server.endpoint) as other:
+        leases_before = set(await other.leases())
+        held = [
+            await other.semaphore(p + "sem", 1).acquire(),
+            await other.rwlock(p + "rw").write().acquire(),
+        ]
+        await other.lock(p + "lock").acquire()
+        theirs = {kv.key: kv.lease for kv in (await other.get_prefix(p)).kvs}
+        assert len(theirs) == 3
+        client = AsyncClient(etcd_server.endpoint)
+        await client.connect()
+        waits = [
+            client.semaphore(p + "sem", 1, ttl=60, timeout=None).acquire(),
+            client.rwlock(p + "rw", ttl=60, timeout=None).read().acquire(),
+            client.double_barrier(p + "db", 2, ttl=60).enter(),
+            client.lock(p + "lock", ttl=60, timeout=None).acquire(),
+        ]
+        tasks = [asyncio.ensure_future(wait) for wait in waits]
+        async with asyncio.timeout(10):
+            while len((await other.get_prefix(p)).kvs) < 3 + 4:  # (each waiter's key is in)
+                await asyncio.sleep(0.02)
+        await client.close()
+        for t in await asyncio.gather(*tasks, return_exceptions=True):
+            assert isinstance(t, etcdkit.ClosedError), t
+        left = {kv.key: kv.lease for kv in (await other.get_prefix(p)).kvs}
+        assert left == theirs
+        assert set(await other.leases()) - leases_before == set(theirs.values())
+        for hold in held:
+            await hold.release()

@@ -388,3 +388,18 @@ async def test_go_priority_queue_and_ours_agree(
     for word in ("ready", "y", "x", "z"):
         await go.expect(word)
     assert await go.finish() == 0
+
+
+@pytest.mark.parametrize("kind", ["queue", "priority_queue"])
+async def test_gets_that_never_wait_share_one_object(
+    etcd: AsyncClient, etcd_prefix: str, kind: str
+) -> None:
+    """get(timeout=0) takes an item if one is there, also when other gets of the same object
+    are under way (they take turns only to wait): ten at once on one object take ten items."""
+    q = etcd.queue(etcd_prefix + "q") if kind == "queue" else etcd.priority_queue(etcd_prefix + "q")
+    for i in range(10):
+        await (q.put(f"v{i}") if kind == "queue" else q.put(f"v{i}", 1))  # type: ignore[call-arg]
+    got = await asyncio.gather(*(q.get(timeout=0) for _ in range(10)))
+    assert sorted(got) == sorted(f"v{i}".encode() for i in range(10))
+    with pytest.raises(EtcdTimeoutError):
+        await q.get(timeout=0)

@@ -536,7 +536,7 @@ class AsyncClient:
         core.adopt(session, session.close)  # closing the client closes (revokes) it
 
         def forget(state: SessionState) -> None:
-            if state in (SessionState.LOST, SessionState.CLOSED):
+            if state is SessionState.LOST:  # (a closed one disowns itself once its close ended)
                 core.disown(session)
 
         session.add_listener(forget)

@@ -95,6 +95,11 @@ class ItemLine:
         deadline = None if timeout is None else loop.time() + timeout
         self.waiting += 1
         try:
+            if timeout == 0:
+                # No wait for a turn: a get that never waits reads and claims at once (the
+                # turns only keep waiting consumers from all watching), racing the others as
+                # other objects' consumers do; the mod-revision guard decides each item.
+                return await self._take(deadline, timeout)
             try:
                 async with asyncio.timeout_at(deadline):
                     await self._turn.acquire()

@@ -83,6 +83,7 @@ class Session:
         self._lease_id = 0
         self._state = SessionState.OPENING
         self._opening: asyncio.Task[None] | None = None
+        self._closed: asyncio.Event | None = None  # set once the close() under way ended
         self._kept: KeepAlive | None = None  # etcd renewing the lease
         self._expiry: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[SessionState], None]] = []
@@ -167,9 +168,23 @@ class Session:
 
     async def close(self) -> None:
         """Revoke the lease (every key on it goes at once) and stop; idempotent, bounded when
-        etcd is down (the lease then expires by itself after its TTL)."""
+        etcd is down (the lease then expires by itself after its TTL). A close while another
+        is under way waits for it: its revoke is not cut short by the client closing after."""
+        if self._closed is not None:
+            await self._closed.wait()
+            return
         if self._state is SessionState.CLOSED:
             return
+        self._closed = closed = asyncio.Event()
+        try:
+            await self._close()
+        finally:
+            closed.set()
+            # The client that made it no longer closes it: only now, once its revoke has an
+            # answer (the client's close waits for this close until then).
+            self._etcd.disown(self)
+
+    async def _close(self) -> None:
         was_lost = self._state is SessionState.LOST
         opening = self._opening
         if opening is not None and not opening.done():
