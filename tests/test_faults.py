@@ -305,3 +305,37 @@ async def test_a_listing_compacted_on_every_try_falls_back_to_one_read(
         listed = await etcd.range(p + "k/", prefix=True, revision=snap.revision)
         assert dict(snap.tree) == {kv.key.decode(): kv.value for kv in listed.kvs}
         assert len(snap.tree) == 50
+
+
+@pytest.mark.parametrize("recipe", ["lock", "campaign", "semaphore"])
+async def test_a_timeout_while_waiting_is_kept_when_etcd_goes_away(
+    etcd_server: EtcdServer, etcd_prefix: str, recipe: str
+) -> None:
+    """A lock, campaign or semaphore waiting in line when etcd becomes unreachable raises its
+    EtcdTimeoutError on time: the revoke of its lease (bounded at 2 s with etcd gone) goes on
+    in a task the client owns, not in the caller's timeout."""
+    timeout = 1.0
+    with Proxy(etcd_server.endpoint) as proxy:
+        async with (
+            AsyncClient(etcd_server.endpoint) as holder,
+            AsyncClient(proxy.endpoint, timeout=2) as client,
+        ):
+
+            def made_by(etcd: AsyncClient, wait: float | None) -> Any:
+                name = etcd_prefix + recipe
+                if recipe == "lock":
+                    return etcd.lock(name, ttl=5, timeout=wait)
+                if recipe == "campaign":
+                    return etcd.election(name).campaign("v", ttl=5, timeout=wait)
+                return etcd.semaphore(name, 1, ttl=5, timeout=wait)
+
+            async with made_by(holder, None):
+                t0 = time.monotonic()
+                waiting = asyncio.ensure_future(made_by(client, timeout).__aenter__())
+                await asyncio.sleep(0.3)
+                proxy.cut()
+                with pytest.raises(etcdkit.EtcdTimeoutError):
+                    await waiting
+                took = time.monotonic() - t0
+                proxy.restore()
+            assert took < timeout + 0.9, f"raised after {took:.2f} s"

@@ -382,7 +382,7 @@ class Hold:
                 async with asyncio.timeout(timeout if wait else None):
                     got = await take(wait)
             except TimeoutError as exc:
-                await self._leave()
+                await self._leave(promptly=True)
                 if isinstance(exc, EtcdkitError):
                     raise
                 raise EtcdTimeoutError(
@@ -391,7 +391,7 @@ class Hold:
                     f"(endpoints {', '.join(self._etcd.endpoints)})"
                 ) from None
             except asyncio.CancelledError:
-                await self._leave()
+                await self._leave(promptly=True)
                 task = asyncio.current_task()
                 if self._aborted and task is not None and task.uncancel() == 0:
                     raise ClosedError(f"{self.what} was released while being acquired") from None
@@ -435,14 +435,20 @@ class Hold:
         if self._state is HoldState.REQUEUED:
             self._set(HoldState.WAITING)
 
-    async def _drop_session(self) -> None:
+    async def _drop_session(self, promptly: bool = False) -> None:
         session, self._session = self._session, None
         if session is not None:
-            await asyncio.shield(session.close())
+            if promptly:
+                await abandon(session, self.what)
+            else:
+                await asyncio.shield(session.close())
 
-    async def _leave(self) -> None:
-        """Leave the line without having held: our keys go with our lease."""
-        await self._drop_session()
+    async def _leave(self, promptly: bool = False) -> None:
+        """Leave the line without having held: our keys go with our lease. ``promptly`` (given
+        up on: a timeout or a cancellation): the revoke runs in a task of its own, waited for
+        at most ``ABANDON_WAIT`` (an unreachable etcd does not add the revoke's bound to the
+        caller's timeout; the client's close still waits for it)."""
+        await self._drop_session(promptly)
         if self._state in (HoldState.WAITING, HoldState.REQUEUED):
             self._set(HoldState.IDLE)
 

@@ -169,7 +169,7 @@ class Contender:
             finally:
                 self._leaving = True  # from here on, release() waits instead of cancelling
         except asyncio.CancelledError:
-            await self._leave()
+            await self._leave(promptly=True)
             task = asyncio.current_task()
             if self._aborted and task is not None and task.uncancel() == 0:
                 raise ClosedError(
@@ -254,11 +254,14 @@ class Contender:
         self.revision = 0
         return session
 
-    async def _drop_session(self) -> None:
+    async def _drop_session(self, promptly: bool = False) -> None:
         session, self.session = self.session, None
         self.revision = 0
         if session is not None:
-            await asyncio.shield(session.close())
+            if promptly:
+                await abandon(session, repr(self.prefix))
+            else:
+                await asyncio.shield(session.close())
 
     async def _enter(self, session: Session) -> tuple[list[KeyValue], int] | None:
         """Put our key (or find it, when an earlier attempt of ours landed) and set
@@ -402,10 +405,13 @@ class Contender:
             return 0
         return res.revision if not res.kvs and res.revision > rev else 0
 
-    async def _leave(self) -> None:
-        """Leave the line without having held (our key goes with its lease)."""
+    async def _leave(self, promptly: bool = False) -> None:
+        """Leave the line without having held (our key goes with its lease). ``promptly``
+        (given up on: a timeout or a cancellation): the revoke runs in a task of its own,
+        waited for at most ``ABANDON_WAIT`` (an unreachable etcd does not add the revoke's
+        bound to the caller's timeout; the client's close still waits for it)."""
         self.etcd.disown(self)
-        await self._drop_session()
+        await self._drop_session(promptly)
         if self.state in (HoldState.WAITING, HoldState.REQUEUED):
             self._set(HoldState.IDLE)
 
