@@ -41,7 +41,7 @@ class _Held(Twin[H]):
     def __init__(self, portal: PortalLike, aio: H) -> None:
         super().__init__(portal, aio)
         self._lost = threading.Event()
-        portal.run_sync(self._follow)
+        portal.read(self._follow)  # (directly once the client is closed: its loop is gone)
 
     def _follow(self) -> None:  # on the loop thread, as are the listener's calls
         if self.aio.state in _OVER:
