@@ -395,6 +395,7 @@ def test_descriptor_reads_go_variants() -> None:
         '{"id":"m","address":{"ip":"h","port":"80"}}',
         '{"id":"m","address":{"ip":"h","port":70000}}',
         '{"id":"m","address":{"ip":"h","port":1},"weight":-1}',
+        '{"id":"m","address":{"ip":"h","port":1},"weight":-0}',  # (Go's uint32 refuses it)
         '{"id":"m","address":{"ip":"h","port":1},"weight":4294967296}',
         '{"id":"m","address":{"ip":"h","port":1},"weight":1.5}',
         '{"id":"m","address":{"ip":"[nope]","port":1}}',
