@@ -980,3 +980,47 @@ def test_an_ipv6_host_is_taken_as_python_etcd3_took_it() -> None:
             assert client.native.endpoints == ["http://[::1]:2379"]
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("how", ["lock.refresh()", "lock.lease.refresh()", "refresh_lease(id)"])
+def test_refreshing_a_locks_lease_keeps_the_lock(
+    e3: Etcd3, etcd_server: EtcdServer, etcd_prefix: str, how: str
+) -> None:
+    """python-etcd3's lock.refresh() is its lease's: refreshing the lease directly keeps the
+    lock past its ttl too (no other client gets it)."""
+    lock = e3.lock(etcd_prefix + "job", ttl=1)
+    assert lock.acquire(timeout=2)
+    assert lock.lease is not None
+    for _ in range(6):  # 2.4 s: over twice the ttl
+        time.sleep(0.4)
+        if how == "lock.refresh()":
+            lock.refresh()
+        elif how == "lock.lease.refresh()":
+            lock.lease.refresh()
+        else:
+            list(e3.refresh_lease(lock.lease.id))
+    assert lock.is_acquired()
+    with compat(etcd_server) as other:
+        assert not other.lock(etcd_prefix + "job", ttl=1).acquire(timeout=0)
+    assert lock.release()
+
+
+def test_a_client_dropped_unclosed_is_closed_when_collected(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """As python-etcd3's: a client dropped without close() is closed once collected (one made
+    per request must not keep a thread and sockets for good); one whose watch is still
+    iterated is not collected."""
+    import gc
+
+    client = compat(etcd_server)
+    client.put(etcd_prefix + "k", "v")
+    native = client.native
+    events, cancel = compat(etcd_server).watch(etcd_prefix + "k")  # (its client: dropped)
+    del client
+    gc.collect()
+    assert native.closed
+    with compat(etcd_server) as other:
+        other.put(etcd_prefix + "k", "w")
+    assert next(events).value == b"w"  # its client is alive: the watch holds it
+    cancel()

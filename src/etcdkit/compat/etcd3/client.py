@@ -12,6 +12,7 @@ was iterated).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -171,6 +172,12 @@ class Etcd3Client:
         for lock in locks:
             lock.stop_timer()
         self.native.close()
+
+    def __del__(self) -> None:
+        # As python-etcd3's: a client dropped without close() is closed when collected (a
+        # client made per request would else keep a thread and its sockets for good).
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __enter__(self) -> Etcd3Client:
         return self
@@ -364,14 +371,19 @@ class Etcd3Client:
             kwargs.pop("range_end", None)
         watch = self.watcher.open(key, prefix=prefix, **kwargs)
 
-        def responses() -> Iterator[WatchResponse]:
+        # (both hold the client, as python-etcd3's do: it is not collected, and closed, while
+        # its watch is iterated or may be cancelled)
+        def responses(client: Etcd3Client = self) -> Iterator[WatchResponse]:
             try:
                 for batch in watch:
                     yield WatchResponse.of(batch)
             except EtcdkitError as exc:
                 raise translate(exc) from exc
 
-        return responses(), watch.cancel
+        def cancel(client: Etcd3Client = self) -> None:
+            watch.cancel()
+
+        return responses(), cancel
 
     def watch_response(
         self, key: str | bytes, **kwargs: Any
@@ -446,6 +458,11 @@ class Etcd3Client:
             ttl = self.native.keep_alive_once(lease_id)
         except LeaseNotFoundError:
             ttl = 0
+        if ttl > 0:  # a lock on this lease has its ttl started again, as it would in etcd
+            with self._locks_mutex:
+                locks = list(self._locks)
+            for lock in locks:
+                lock.lease_refreshed(lease_id)
         return iter([LeaseKeepAliveResponse(lease_id, ttl)])
 
     @handle_errors

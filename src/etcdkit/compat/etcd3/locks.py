@@ -169,14 +169,19 @@ class Lock:
         ttl ran out the lease is gone and its ``TTL`` is 0 (the lock is not taken again);
         ``ValueError`` when this Lock never acquired (or its last acquire failed)."""
         with self._mutex:
-            lease, hold = self.lease, self._hold
+            lease = self.lease
         if lease is None:
             raise ValueError("No lease associated with this lock - have you acquired the lock yet?")
-        responses = lease.refresh()
+        return lease.refresh()  # (the client restarts our ttl: see lease_refreshed)
+
+    def lease_refreshed(self, lease_id: int) -> None:
+        """The lease ``lease_id`` was refreshed (by :meth:`refresh`, ``lock.lease.refresh()``
+        or ``refresh_lease(id)``: python-etcd3's ``refresh()`` is its lease's): if it is this
+        Lock's and the Lock holds, its ttl starts again."""
         with self._mutex:
-            if hold is not None and self._hold is hold and hold.state in _HOLDING:
+            hold = self._hold
+            if hold is not None and hold.lease_id == lease_id and hold.state in _HOLDING:
                 self._arm(hold)
-        return responses
 
     def is_acquired(self) -> bool:
         """Whether this Lock holds the lock now: its key is still in etcd (one read)."""
