@@ -1024,3 +1024,15 @@ def test_a_client_dropped_unclosed_is_closed_when_collected(
         other.put(etcd_prefix + "k", "w")
     assert next(events).value == b"w"  # its client is alive: the watch holds it
     cancel()
+
+
+def test_a_lease_id_may_be_given_as_its_digits(e3: Etcd3, etcd_prefix: str) -> None:
+    """python-etcd3 took ``int(lease)``: a lease id in a str works too; other strs are refused."""
+    lease = e3.lease(10)
+    e3.put(etcd_prefix + "k", "v", lease=str(lease.id))
+    _value, meta = e3.get(etcd_prefix + "k")
+    assert meta is not None
+    assert meta.lease_id == lease.id
+    with pytest.raises(TypeError, match="lease must be"):
+        e3.put(etcd_prefix + "k", "v", lease="soon")
+    lease.revoke()

@@ -267,7 +267,7 @@ class Etcd3Client:
         self,
         key: str | bytes,
         value: str | bytes,
-        lease: Lease | int | None = None,
+        lease: Lease | int | str | None = None,
         prev_kv: bool = False,
     ) -> PutResponse:
         """Store ``key=value`` (on ``lease``, a Lease or an id); a :class:`PutResponse`."""
@@ -280,7 +280,7 @@ class Etcd3Client:
         return PutResponse(ResponseHeader(0, 0, revision, 0), NO_KV)
 
     def put_if_not_exists(
-        self, key: str | bytes, value: str | bytes, lease: Lease | int | None = None
+        self, key: str | bytes, value: str | bytes, lease: Lease | int | str | None = None
     ) -> bool:
         """Store ``key=value`` only if the key does not exist; whether it did."""
         status, _ = self.transaction(

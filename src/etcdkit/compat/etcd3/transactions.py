@@ -48,16 +48,21 @@ def to_bytes(value: str | bytes, what: str = "key") -> bytes:
     raise TypeError(f"{what} must be str or bytes, got {type(value).__name__}: {value!r:.80}")
 
 
-def lease_to_id(lease: LeaseObject | int | None) -> int:
-    """A lease id from a :class:`~etcdkit.compat.etcd3.Lease`, an int id, or ``None`` (0)."""
+def lease_to_id(lease: LeaseObject | int | str | None) -> int:
+    """A lease id from a :class:`~etcdkit.compat.etcd3.Lease`, an int id, its decimal digits
+    as a str (python-etcd3 took ``int(lease)``), or ``None`` (0)."""
     if lease is None:
         return 0
     if isinstance(lease, int) and not isinstance(lease, bool):
         return lease
+    if isinstance(lease, str) and lease.isascii() and lease.isdigit():
+        return int(lease)
     lease_id = getattr(lease, "id", None)
     if isinstance(lease_id, int):
         return lease_id
-    raise TypeError(f"lease must be a Lease, an int lease id or None, got {lease!r:.80}")
+    raise TypeError(
+        f"lease must be a Lease, an int lease id (or its digits) or None, got {lease!r:.80}"
+    )
 
 
 class BaseCompare:
@@ -159,7 +164,7 @@ class Put:
         self,
         key: str | bytes,
         value: str | bytes,
-        lease: LeaseObject | int | None = None,
+        lease: LeaseObject | int | str | None = None,
         prev_kv: bool = False,
     ) -> None:
         self.key = key
