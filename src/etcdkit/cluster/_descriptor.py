@@ -76,7 +76,7 @@ class NodeDescriptor:
         what = "node descriptor"
         if id is not None:
             check_id(id)
-        obj = _gojson.loads_object(data, what, parse_int=_read_int)
+        obj = _gojson.loads_object(data, what, parse_int=_gojson.parse_int)
         if id is None:
             id = _gojson.field(obj, "id", str, what) or ""
             if not id:
@@ -87,7 +87,7 @@ class NodeDescriptor:
         ip = _gojson.field(address, "ip", str, what) or ""
         port = _gojson.field(address, "port", int, what) or 0
         weight = _gojson.field(obj, "weight", int, what)
-        if isinstance(weight, _NegativeZero):  # (Go's uint32 refuses "-0"; an int takes it)
+        if isinstance(weight, _gojson.MinusZero):  # (Go's uint32 refuses "-0"; an int takes it)
             raise ValueError(f"not a valid {what}: 'weight' must be an unsigned integer, got -0")
         weight = weight or 0
         if ":" in ip and not ip.startswith("["):
@@ -103,14 +103,6 @@ class NodeDescriptor:
         if not isinstance(member, Member):
             raise TypeError(f"from_member takes a Member, got {type(member).__name__}")
         return cls.decode(member.data, id=member.id)
-
-
-class _NegativeZero(int):
-    """A 0 written as ``-0``: Go's ``encoding/json`` reads it into an int, not an unsigned."""
-
-
-def _read_int(text: str) -> int:
-    return _NegativeZero(0) if text.startswith("-") and int(text) == 0 else int(text)
 
 
 def _split_address(address: object) -> tuple[str, int]:

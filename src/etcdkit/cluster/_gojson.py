@@ -20,7 +20,15 @@ from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
 
-__all__ = ["GO_MAX_DEPTH", "GoObject", "dumps", "field", "loads_object"]
+__all__ = [
+    "GO_MAX_DEPTH",
+    "GoObject",
+    "MinusZero",
+    "dumps",
+    "field",
+    "loads_object",
+    "parse_int",
+]
 
 GO_MAX_DEPTH = 10_000
 """How deep ``json.Unmarshal`` reads: its scanner refuses an array or object nested deeper
@@ -44,6 +52,26 @@ _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 class GoObject(list[tuple[str, Any]]):
     """A decoded JSON object as its (key, value) pairs in document order, duplicates kept."""
+
+
+class MinusZero(int):
+    """JSON's ``-0`` as :func:`parse_int` reads it: Go's ``strconv.ParseUint`` refuses it (a
+    uint field), a signed int reads 0, and an ``interface{}`` holds -0.0 (a float64, which
+    ``json.Marshal`` writes as ``-0`` again)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "-0"
+
+
+_MINUS_ZERO = MinusZero(0)
+
+
+def parse_int(text: str) -> int:
+    """A ``parse_int`` for :func:`loads_object` that tells ``-0`` (a :class:`MinusZero`) from
+    ``0``, for the readers that must treat it as Go does."""
+    return _MINUS_ZERO if text == "-0" else int(text)
 
 
 def dumps(obj: dict[str, Any]) -> str:

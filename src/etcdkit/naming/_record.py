@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from etcdkit.cluster._gojson import GoObject, field, loads_object
+from etcdkit.cluster._gojson import GoObject, MinusZero, field, loads_object, parse_int
 
 __all__ = ["MAX_DEPTH", "Endpoint", "decode_endpoint", "encode_endpoint", "metadata_is_safe"]
 
@@ -95,7 +95,7 @@ def decode_endpoint(value: str | bytes) -> Endpoint:
     text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
     if text.strip(_JSON_SPACE) == "null":
         return Endpoint("", None)  # Go: unmarshalling null into a struct leaves it empty
-    obj = loads_object(text, _WHAT, parse_int=_parse_int, max_depth=MAX_DEPTH)
+    obj = loads_object(text, _WHAT, parse_int=parse_int, max_depth=MAX_DEPTH)
     metadata: Any = None
     for key, item in obj:
         name = key.lower()
@@ -183,30 +183,14 @@ def _go_float(f: float) -> str:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-class _MinusZero(int):
-    """JSON's ``-0``: refused in ``Op`` (Go's ``strconv.ParseUint`` takes no sign), -0.0 in
-    ``Metadata`` (Go's ``interface{}`` holds a float64, which ``json.Marshal`` writes as
-    ``-0`` again)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "-0"
-
-
-_MINUS_ZERO = _MinusZero(0)
 _GO_EXACT_INT = 2**53  # the integers a float64 holds exactly (and any between them)
-
-
-def _parse_int(text: str) -> int:
-    return _MINUS_ZERO if text == "-0" else int(text)
 
 
 def _check_op(item: Any) -> None:
     """One ``Op`` value as Go's ``literalStore`` reads it into a uint8: ``strconv.ParseUint(s,
     10, 64)`` of the literal (digits only: no sign, fraction or exponent), then at most 255.
     Go records the first failure and still fails the record, so every occurrence counts."""
-    if type(item) is not int or not 0 <= item <= 255:  # (-0 is a _MinusZero; True a bool)
+    if type(item) is not int or not 0 <= item <= 255:  # (-0 is a MinusZero; True a bool)
         raise ValueError(
             f"not a valid {_WHAT}: 'Op' must be a uint8 (digits only, 0 to 255), got {item!r:.40}"
         )
@@ -228,7 +212,7 @@ def _plain(item: Any) -> Any:
         return values
     if isinstance(item, str):
         return _SURROGATE.sub("\ufffd", item)
-    if type(item) is _MinusZero:
+    if type(item) is MinusZero:
         return -0.0
     if type(item) is int and not -_GO_EXACT_INT <= item <= _GO_EXACT_INT:
         try:
