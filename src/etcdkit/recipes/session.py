@@ -170,10 +170,8 @@ class Session:
         """Revoke the lease (every key on it goes at once) and stop; idempotent, bounded when
         etcd is down (the lease then expires by itself after its TTL). A close while another
         is under way waits for it: its revoke is not cut short by the client closing after."""
-        if self._closed is not None:
+        if self._closed is not None:  # (closed, or closing: only close() makes it CLOSED)
             await self._closed.wait()
-            return
-        if self._state is SessionState.CLOSED:
             return
         self._closed = closed = asyncio.Event()
         try:
