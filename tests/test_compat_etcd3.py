@@ -106,6 +106,25 @@ def test_each_etcdkit_error_maps_to_its_python_etcd3_exception() -> None:
         assert str(err) in str(exceptions.translate(err))
 
 
+def test_credentials_are_checked_by_client(
+    etcd_server_factory: Callable[..., EtcdServer], no_leaked_threads: None
+) -> None:
+    """As python-etcd3's ``client()``, which authenticates before it returns: bad credentials
+    fail there (an Etcd3Exception, the etcdkit AuthError as its cause), not at a first call."""
+    server = etcd_server_factory()
+    with etcdkit.Client(server.endpoint) as admin:
+        admin.auth.user_add("root", "root-pw")
+        admin.auth.role_add("root")
+        admin.auth.user_grant_role("root", "root")
+        admin.auth.enable()
+    with pytest.raises(exceptions.Etcd3Exception) as info:
+        compat(server, user="root", password="wrong")
+    assert isinstance(info.value.__cause__, etcdkit.AuthError)
+    with compat(server, user="root", password="root-pw") as e3:
+        e3.put("/auth/k", "v")
+        assert e3.get("/auth/k")[0] == b"v"
+
+
 def test_bad_arguments_fail_before_any_io() -> None:
     with pytest.raises(ValueError, match="ca_cert"):  # python-etcd3's check: with a ca_cert
         etcd3.client(port=free_port(), ca_cert="ca.pem", cert_key="k.pem")

@@ -111,7 +111,8 @@ class Etcd3Client:
     safe). ``grpc_options`` is ignored (etcdkit sets its channels up itself). TLS as in
     python-etcd3: ``ca_cert`` alone, or with both ``cert_cert`` and ``cert_key`` (one of them
     alone is a ``ValueError``); without ``ca_cert`` the channel is insecure and a client
-    certificate given is ignored (logged as a warning).
+    certificate given is ignored (logged as a warning). With ``user`` and ``password`` it logs
+    in before it returns, as python-etcd3's did: bad credentials raise here.
     """
 
     def __init__(
@@ -155,6 +156,15 @@ class Etcd3Client:
             key=cert_key,
             timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         )
+        if user is not None:
+            # python-etcd3's client() logs in before it returns: bad credentials (or etcd out
+            # of reach) fail here, not at the first call
+            try:
+                with translated():
+                    self.native.auth_metadata()
+            except BaseException:
+                self.native.close()
+                raise
         self.transactions = Transactions()
         self.watcher = Watcher(self.native)
         self._locks: weakref.WeakSet[Lock] = weakref.WeakSet()
