@@ -242,6 +242,43 @@ def test_keys_that_come_and_go_leave_no_pending_state() -> None:
     assert e.pending == 0
 
 
+def test_changes_read_late_are_those_of_their_own_delivery() -> None:
+    """A snapshot's changes are worked out when first read (a consumer of the tree alone
+    never pays for them): read after later events, a relist and later deliveries, each is
+    still the delta from the snapshot delivered before it, and equal however it is compared."""
+    e = engine()
+    e.reset([(b"a", b"1"), (b"b", b"2")], 1)
+    take(e)
+    e.apply(2, [(b"a", b"10"), (b"c", b"3")])
+    first = take(e)
+    e.apply(3, [(b"a", b"11"), (b"b", None)])
+    second = take(e)
+    e.reset([(b"a", b"11"), (b"d", b"4")], 5)
+    third = take(e)
+    e.apply(6, [(b"a", b"1"), (b"e", b"5")])  # the engine goes on; the snapshots are done
+    assert third.changes == {
+        "c": Change(ChangeKind.REMOVED, "c", 3, None),
+        "d": Change(ChangeKind.ADDED, "d", None, 4),
+    }
+    assert second.changes == {
+        "a": Change(ChangeKind.UPDATED, "a", 10, 11),
+        "b": Change(ChangeKind.REMOVED, "b", 2, None),
+    }
+    want = {
+        "a": Change(ChangeKind.UPDATED, "a", 1, 10),
+        "c": Change(ChangeKind.ADDED, "c", None, 3),
+    }
+    assert first.changes == want
+    assert want == first.changes
+    assert dict(first.changes) == want
+    assert sorted(first.changes) == ["a", "c"]
+    assert "c" in first.changes
+    assert "b" not in first.changes
+    assert len(first.changes) == 2
+    assert repr(first.changes) == repr(want)
+    assert first == Snapshot(first.tree, 2, want)
+
+
 def test_a_relist_forgets_keys_that_came_and_went() -> None:
     e = engine()
     e.reset([(b"a", b"1")], 1)

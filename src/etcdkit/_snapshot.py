@@ -121,7 +121,8 @@ class Snapshot(Generic[K, V]):
     """Every valid record under a prefix at exactly one etcd revision.
 
     ``tree`` is a read-only mapping (shared structure: keeping old snapshots is cheap);
-    ``changes`` holds, per key, the delta since the previously delivered snapshot.
+    ``changes`` holds, per key, the delta since the previously delivered snapshot (a
+    read-only mapping, worked out when first read).
     """
 
     tree: Mapping[K, V]
@@ -201,6 +202,63 @@ class _AllAdded(Mapping[K, "Change[K, V]"]):
 
     def __repr__(self) -> str:
         return f"<{len(self._tree)} changes, all ADDED>"
+
+
+class _Changes(Mapping[K, "Change[K, V]"]):
+    """The changes since the delivery before, worked out on first access: from each key's
+    value at that delivery (``pending``: ``_ABSENT`` for a key it did not have) and ``tree``,
+    both fixed for good once handed over. A consumer that only reads the tree never pays for
+    them."""
+
+    __slots__ = ("_made", "_pending", "_tree")
+
+    def __init__(self, pending: dict[K, Any], tree: PMap[K, V]) -> None:
+        self._pending = pending
+        self._tree = tree
+        self._made: dict[K, Change[K, V]] | None = None
+
+    def _changes(self) -> dict[K, Change[K, V]]:
+        made = self._made
+        if made is None:
+            # (threads that get here at once make equal dicts: whichever is kept will do)
+            made = self._made = _changes_between(self._pending, self._tree)
+        return made
+
+    def __getitem__(self, key: K) -> Change[K, V]:
+        return self._changes()[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._changes())
+
+    def __len__(self) -> int:
+        return len(self._changes())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._changes()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Changes):
+            other = other._changes()
+        return self._changes() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._changes())
+
+
+def _changes_between(pending: dict[K, Any], tree: PMap[K, V]) -> dict[K, Change[K, V]]:
+    changes: dict[K, Change[K, V]] = {}
+    for k, old in pending.items():
+        new = tree.get(k, _ABSENT)
+        if old is _ABSENT:
+            if new is not _ABSENT:
+                changes[k] = _change(_ADDED, k, None, new)
+        elif new is _ABSENT:
+            changes[k] = _change(_REMOVED, k, old, None)
+        elif not _same(old, new):
+            changes[k] = _change(_UPDATED, k, old, new)
+    return changes
 
 
 class Record(Protocol):
@@ -541,25 +599,12 @@ class SnapshotEngine(Generic[K, V]):
             self._delivered = revision
             self._base_empty = len(tree) == 0
             return _snapshot(tree, revision, changes)
-        changes = self._changes_since_delivery(tree)
+        changes = _Changes(self._pending, tree)
         self._pending = {}
         self._dirty = False
         self._delivered = revision
         self._base_empty = len(tree) == 0
         return _snapshot(tree, revision, changes)
-
-    def _changes_since_delivery(self, tree: PMap[K, V]) -> dict[K, Change[K, V]]:
-        changes: dict[K, Change[K, V]] = {}
-        for k, old in self._pending.items():
-            new = tree.get(k, _ABSENT)
-            if old is _ABSENT:
-                if new is not _ABSENT:
-                    changes[k] = _change(_ADDED, k, None, new)
-            elif new is _ABSENT:
-                changes[k] = _change(_REMOVED, k, old, None)
-            elif not _same(old, new):
-                changes[k] = _change(_UPDATED, k, old, new)
-        return changes
 
     # -- internals ------------------------------------------------------------------------------
 
