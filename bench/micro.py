@@ -16,6 +16,9 @@ run (best of ``--repeat``, milliseconds for ``--keys`` keys, one JSON line per c
   ``seed_dict_ms`` is the Go seed's design (a dict of the transformed records),
   ``listing_ms`` a ``watch_prefix`` listing (``SnapshotEngine.begin_reset().add()``: the
   transform, plus the maps that deletes and key collisions need).
+- ``events``: a ``watch_prefix``'s snapshot engine on 1,000 keys, a put per revision and a
+  snapshot taken after each: ``apply_take_us`` per event for a consumer of the tree alone,
+  ``apply_take_read_changes_us`` for one that also reads each snapshot's ``changes``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from aetcd import rpc
 
 from bench._common import result, transform
 from etcdkit import KeyValue
-from etcdkit._snapshot import SnapshotEngine
+from etcdkit._snapshot import Pair, SnapshotEngine
 from etcdkit._wire.kv import kv_of
 
 
@@ -112,12 +115,42 @@ def listing_case(keys: int, repeat: int) -> dict[str, Any]:
     return result("micro", "listing", {"keys": keys, "repeat": repeat}, figures)
 
 
+def events_case(keys: int, repeat: int) -> dict[str, Any]:
+    """A ``watch_prefix``'s engine on 1,000 keys, one put per revision, a snapshot taken
+    after each (what a consumer keeping up gets): microseconds per event, the consumer
+    reading only the tree, and reading each snapshot's ``changes`` too."""
+    events = min(keys, 20_000)
+
+    def per_event_us(read_changes: bool) -> float:
+        engine = SnapshotEngine(transform)
+        lst = engine.begin_reset()
+        lst.add(Pair(b"/bench/events/k%07d" % i, b"0") for i in range(1000))
+        engine.finish_reset(lst, 1)
+        engine.take()
+        puts = [[(b"/bench/events/k%07d" % (r % 1000), b"%d" % r)] for r in range(events)]
+
+        def run() -> None:
+            for r, put in enumerate(puts, 2):
+                engine.apply(r, put)
+                snap = engine.take()
+                if read_changes:
+                    len(snap.changes)  # type: ignore[union-attr]
+
+        return round(best_ms(run, 1) * 1e3 / events, 3)
+
+    figures = {
+        "apply_take_us": min(per_event_us(False) for _ in range(repeat)),
+        "apply_take_read_changes_us": min(per_event_us(True) for _ in range(repeat)),
+    }
+    return result("micro", "events", {"events": events, "repeat": repeat}, figures)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args(argv)
-    for case in (kv_case, listing_case):
+    for case in (kv_case, listing_case, events_case):
         print(json.dumps(case(args.keys, args.repeat)), flush=True)
     return 0
 

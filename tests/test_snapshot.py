@@ -276,6 +276,11 @@ def test_changes_read_late_are_those_of_their_own_delivery() -> None:
     assert "b" not in first.changes
     assert len(first.changes) == 2
     assert repr(first.changes) == repr(want)
+    assert first.changes.items() == want.items()
+    assert first.changes.keys() == {"a", "c"}
+    assert list(first.changes.values()) == list(want.values())
+    assert first.changes.get("c") == want["c"]
+    assert first.changes.get("b", 7) == 7
     assert first == Snapshot(first.tree, 2, want)
 
 

@@ -35,7 +35,16 @@ from __future__ import annotations
 import bisect
 import enum
 import logging
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    ValuesView,
+)
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar, cast
 
@@ -235,6 +244,19 @@ class _Changes(Mapping[K, "Change[K, V]"]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._changes()
+
+    # the dict's own views and get, at C speed (Mapping's go through __getitem__ per key)
+    def keys(self) -> KeysView[K]:
+        return self._changes().keys()
+
+    def items(self) -> ItemsView[K, Change[K, V]]:
+        return self._changes().items()
+
+    def values(self) -> ValuesView[Change[K, V]]:
+        return self._changes().values()
+
+    def get(self, key: K, default: Any = None) -> Any:
+        return self._changes().get(key, default)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, _Changes):
