@@ -19,6 +19,8 @@ run (best of ``--repeat``, milliseconds for ``--keys`` keys, one JSON line per c
 - ``events``: a ``watch_prefix``'s snapshot engine on 1,000 keys, a put per revision and a
   snapshot taken after each: ``apply_take_us`` per event for a consumer of the tree alone,
   ``apply_take_read_changes_us`` for one that also reads each snapshot's ``changes``.
+  ``--before REV`` adds ``before_*``: the same for the engine (``_snapshot.py``) of that git
+  revision, loaded beside today's, the two taking turns.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ import collections
 import dataclasses
 import json
 import operator
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from aetcd import rpc
 
-from bench._common import result, transform
+from bench._common import REPO_ROOT, result, transform
 from etcdkit import KeyValue
 from etcdkit._snapshot import Pair, SnapshotEngine
 from etcdkit._wire.kv import kv_of
@@ -115,43 +120,66 @@ def listing_case(keys: int, repeat: int) -> dict[str, Any]:
     return result("micro", "listing", {"keys": keys, "repeat": repeat}, figures)
 
 
-def events_case(keys: int, repeat: int) -> dict[str, Any]:
+def engine_before(rev: str) -> ModuleType:
+    """``etcdkit/_snapshot.py`` as it was at git revision ``rev``, loaded beside today's (it
+    imports only modules that both share)."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:src/etcdkit/_snapshot.py"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    module = ModuleType("etcdkit._snapshot_before")
+    module.__file__ = f"{rev}:src/etcdkit/_snapshot.py"
+    sys.modules[module.__name__] = module  # (dataclasses look their module up)
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def events_case(keys: int, repeat: int, before: str | None = None) -> dict[str, Any]:
     """A ``watch_prefix``'s engine on 1,000 keys, one put per revision, a snapshot taken
     after each (what a consumer keeping up gets): microseconds per event, the consumer
-    reading only the tree, and reading each snapshot's ``changes`` too."""
+    reading only the tree, and reading each snapshot's ``changes`` too. With ``before``, the
+    same for the engine of that git revision, the two taking turns round by round."""
     events = min(keys, 20_000)
+    engines: dict[str, Any] = {"": sys.modules[SnapshotEngine.__module__]}
+    if before is not None:
+        engines["before_"] = engine_before(before)
 
-    def per_event_us(read_changes: bool) -> float:
-        engine = SnapshotEngine(transform)
+    def per_event_us(module: Any, read_changes: bool) -> float:
+        engine = module.SnapshotEngine(transform)
         lst = engine.begin_reset()
         lst.add(Pair(b"/bench/events/k%07d" % i, b"0") for i in range(1000))
         engine.finish_reset(lst, 1)
         engine.take()
         puts = [[(b"/bench/events/k%07d" % (r % 1000), b"%d" % r)] for r in range(events)]
+        t0 = time.perf_counter()
+        for r, put in enumerate(puts, 2):
+            engine.apply(r, put)
+            snap = engine.take()
+            if read_changes:
+                len(snap.changes)
+        return (time.perf_counter() - t0) * 1e6 / events
 
-        def run() -> None:
-            for r, put in enumerate(puts, 2):
-                engine.apply(r, put)
-                snap = engine.take()
-                if read_changes:
-                    len(snap.changes)  # type: ignore[union-attr]
-
-        return round(best_ms(run, 1) * 1e3 / events, 3)
-
-    figures = {
-        "apply_take_us": min(per_event_us(False) for _ in range(repeat)),
-        "apply_take_read_changes_us": min(per_event_us(True) for _ in range(repeat)),
-    }
-    return result("micro", "events", {"events": events, "repeat": repeat}, figures)
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    for _ in range(repeat):
+        for name, module in engines.items():
+            times[f"{name}apply_take_us"].append(per_event_us(module, False))
+            times[f"{name}apply_take_read_changes_us"].append(per_event_us(module, True))
+    figures = {name: round(min(values), 3) for name, values in times.items()}
+    params = {"events": events, "repeat": repeat, "before": before}
+    return result("micro", "events", params, figures)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--before", metavar="REV", help="the events case also for the engine of git revision REV"
+    )
     args = parser.parse_args(argv)
-    for case in (kv_case, listing_case, events_case):
+    for case in (kv_case, listing_case):
         print(json.dumps(case(args.keys, args.repeat)), flush=True)
+    print(json.dumps(events_case(args.keys, args.repeat, args.before)), flush=True)
     return 0
 
 
