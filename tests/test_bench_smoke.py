@@ -89,11 +89,12 @@ def test_peers_replay_reaches_both_libraries_stream_handlers() -> None:
 def test_micro_prints_each_case_beside_its_baseline(capsys: pytest.CaptureFixture[str]) -> None:
     from bench.micro import main
 
-    assert main(["--keys", "200", "--repeat", "1"]) == 0
+    assert main(["--keys", "200", "--repeat", "1", "--before", "HEAD"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(line["scenario"], line["case"]) for line in lines] == [
         ("micro", "kv"),
         ("micro", "listing"),
+        ("micro", "events"),
     ]
     assert set(lines[0]["figures"]) == {
         "iterate_ms",
@@ -106,6 +107,9 @@ def test_micro_prints_each_case_beside_its_baseline(capsys: pytest.CaptureFixtur
         "kv_of_mb",
     }
     assert set(lines[1]["figures"]) == {"seed_dict_ms", "listing_ms", "listing_vs_seed_dict"}
+    assert set(lines[2]["figures"]) == {
+        f"{side}apply_take{read}_us" for side in ("", "before_") for read in ("", "_read_changes")
+    }
     assert all(v > 0 for line in lines for v in line["figures"].values())
 
 
