@@ -456,8 +456,10 @@ async def test_tls_client_to_plain_server(etcd_server: EtcdServer) -> None:
 
 async def test_credentials_for_a_server_without_auth(etcd_server: EtcdServer) -> None:
     async with fresh_client(etcd_server.endpoint, username="u", password="p") as client:
-        with quickly(), pytest.raises(etcdkit.AuthError, match="not enabled"):
+        with quickly(), pytest.raises(etcdkit.AuthError, match="not enabled") as info:
             await client.get("/k")
+        assert "connect without a username and password" in str(info.value)
+        assert "check username and password" not in str(info.value)
 
 
 async def test_huge_ttl_persistent_lease_reports_the_refusal(etcd_server: EtcdServer) -> None:

@@ -576,9 +576,15 @@ class Connection:
                         exc, str(ch.endpoint), f"authenticate as {self._username!r}"
                     )
                     if not isinstance(err, ConnectionUnavailableError | EtcdTimeoutError):
+                        hint = (
+                            "etcd's auth is off: connect without a username and password, or "
+                            "turn auth on"
+                            if "authentication is not enabled" in _details(exc)
+                            else "check username and password"
+                        )
                         err = AuthError(
                             f"authentication as {self._username!r} at {ch.endpoint} failed: "
-                            f"{exc.details()} (check username and password)"
+                            f"{exc.details()} ({hint})"
                         )
                     raise err from exc
                 self._token = resp.token
