@@ -141,6 +141,70 @@ async def test_no_endpoint_fails_at_once_and_the_first_view_is_awaited(
         assert time.monotonic() - t0 < WAIT / 2
 
 
+async def test_calls_made_before_the_first_view_wait_for_it(
+    etcd: AsyncClient, etcd_prefix: str, nodes: list[Node]
+) -> None:
+    """As grpc's calls wait for a new channel's first name resolution: a call made on a
+    channel just created (no ``async with``, no ``synced()``) goes to the endpoints of the
+    first view, unary and server-streaming alike."""
+    target = etcd_prefix + "svc"
+    await etcd.endpoint_manager(target).add(f"{target}/n0", nodes[0].address)
+    ch = channel(etcd, target)
+    try:
+        stub = EchoStub(ch)
+        who, count = stub.Who(b"", timeout=WAIT), stub.Count(b"", timeout=WAIT)
+        assert not who.done()
+        assert owner_name(await who) == "n0"
+        assert [r async for r in count] == [b"n00", b"n01", b"n02"]
+    finally:
+        await ch.close()
+    empty = etcd_prefix + "none"  # a first view without endpoints: UNAVAILABLE once it came
+    ch = channel(etcd, empty, timeout=WAIT)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await EchoStub(ch).Who(b"", timeout=WAIT)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - t0 < WAIT / 2
+        assert ch.view.revision > 0
+    finally:
+        await ch.close()
+
+
+async def test_a_first_view_that_does_not_come_is_waited_for_boundedly(
+    etcd_prefix: str,
+) -> None:
+    """No view at all (etcd out of reach): a call made meanwhile waits at most the channel's
+    *timeout* (then UNAVAILABLE) or its own deadline (DEADLINE_EXCEEDED), whichever is
+    first; a cancelled one ends at once."""
+    async with AsyncClient(f"http://127.0.0.1:{free_port()}", timeout=WAIT) as nowhere:
+        ch = channel(nowhere, etcd_prefix + "svc", timeout=0.5)
+        try:
+            stub = EchoStub(ch)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Who(b"", timeout=WAIT)
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert 0.4 < time.monotonic() - t0 < WAIT / 2
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Who(b"", timeout=0.2)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - t0 < 0.45
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Who(b"")  # no deadline: the channel's timeout bounds the wait
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            call = stub.Who(b"", timeout=WAIT)
+            assert call.cancel()
+            t0 = time.monotonic()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert time.monotonic() - t0 < 0.4
+            assert call.cancelled()
+        finally:
+            await ch.close()
+
+
 async def test_a_new_server_gets_calls_within_milliseconds(
     etcd: AsyncClient,
     etcd_prefix: str,

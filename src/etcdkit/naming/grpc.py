@@ -19,7 +19,9 @@ distinct addresses (default 3). Calls whose requests are a stream (client- and
 bidi-streaming) are never retried, and on the blocking channel neither are ``.future()`` calls
 nor server-streaming calls. A call can fail with UNAVAILABLE after the server took it (it died
 mid-call): make retried methods idempotent, or pass ``attempts=1``. With no endpoint at all a
-call fails with UNAVAILABLE at once.
+call fails with UNAVAILABLE at once; a unary or server-streaming call made before the first
+view of the endpoints is loaded waits for it (within its deadline and the channel's
+*timeout*), as grpc's calls wait for a new channel's first name resolution.
 
 The endpoint's ``addr`` must be ``host:port`` (IPv6 in brackets); others are left out with a
 warning. ``Metadata`` is not used. This module is the only one of etcdkit.naming that imports
@@ -34,6 +36,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, NoReturn, Self
@@ -141,9 +145,12 @@ class EndpointChannel(RoutedChannel):
     object of the public surface). *channel_factory*: ``factory(address) -> grpc.aio.Channel``
     (TLS, options, interceptors); default an insecure channel with keepalive pings.
 
-    It starts following the endpoints at once; calls made before the first view is loaded
-    fail with UNAVAILABLE: ``async with`` (or ``await ch.synced(timeout)``) waits for it,
-    raising EtcdTimeoutError after *timeout* seconds. ``close()`` stops following and closes
+    It starts following the endpoints at once. A unary or server-streaming call made before
+    the first view is loaded waits for it, as grpc's calls wait for a new channel's first
+    name resolution: at most its own deadline (then DEADLINE_EXCEEDED) and *timeout* seconds
+    (then UNAVAILABLE); a call whose requests are a stream fails with UNAVAILABLE then.
+    ``async with`` (or ``await ch.synced(timeout)``) waits for the first view, raising
+    EtcdTimeoutError after *timeout* seconds. ``close()`` stops following and closes
     every address channel. Raises TypeError / ValueError on bad arguments, before any I/O.
     """
 
@@ -177,6 +184,28 @@ class EndpointChannel(RoutedChannel):
             channel_factory=channel_factory,
             grace=grace,
         )
+        # Calls made before the first view wait for it (Nodes.first_view); a task sees it in
+        # (the view hub announces a first view only when it has endpoints).
+        self._first_view: asyncio.Task[None] | None = None
+        if self._source.revision == 0:
+            nodes = self._router.nodes
+            nodes.first_view = asyncio.get_running_loop().create_future()
+            nodes.first_view_timeout = timeout
+            self._first_view = asyncio.get_running_loop().create_task(
+                self._see_first_view(nodes.first_view), name="etcdkit-routed-channel-first-view"
+            )
+
+    async def _see_first_view(self, first: asyncio.Future[None]) -> None:
+        try:
+            await self._source.synced()
+            if self._router.nodes.view.revision < self._source.revision:
+                self._route_on(self._registry.view)
+        except Exception:  # (the watch's failure, logged there): calls go on without a view
+            pass
+        finally:
+            self._router.nodes.first_view = None
+            if not first.done():
+                first.set_result(None)
 
     def __repr__(self) -> str:
         view, state = self.view, self.get_state()
@@ -211,6 +240,10 @@ class EndpointChannel(RoutedChannel):
     async def close(self, grace: float | None = None) -> None:
         """Stop following the endpoints and close every address channel (calls in flight get
         *grace* seconds, then end with CANCELLED). Idempotent."""
+        if self._first_view is not None:
+            self._first_view.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._first_view
         await super().close(grace)
         await self._source.aclose()
 

@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 
 from etcdkit.cluster._api import Cluster
-from etcdkit.cluster._registry import Registry
+from etcdkit.cluster._registry import Registry, RegistryView
 from etcdkit.cluster.grpc._calls import RoutedCall, RoutedUnaryStreamCall, RoutedUnaryUnaryCall
 from etcdkit.cluster.grpc._channel import ChannelMethods, MultiCallable, Router
 from etcdkit.cluster.grpc._routing import (
@@ -207,15 +207,19 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
     async def _follow(self) -> None:
         try:
             async for view in self._registry.watch():
-                for channel in self._router.nodes.update(view):
-                    task = asyncio.get_running_loop().create_task(
-                        channel.close(self._router.grace), name="etcdkit-routed-channel-close"
-                    )
-                    self._leaving[task] = channel
-                    task.add_done_callback(self._leaving.pop)
-                self._view_changed()
+                self._route_on(view)
         except Exception as exc:  # the cluster's view ended on a failure: keep the last view
             log.error("routed channel: the cluster view ended (%s); keeping the last one", exc)
+
+    def _route_on(self, view: RegistryView) -> None:
+        """Route on *view* from now on; the channels of nodes that left close after grace."""
+        for channel in self._router.nodes.update(view):
+            task = asyncio.get_running_loop().create_task(
+                channel.close(self._router.grace), name="etcdkit-routed-channel-close"
+            )
+            self._leaving[task] = channel
+            task.add_done_callback(self._leaving.pop)
+        self._view_changed()
 
     def _view_changed(self) -> None:
         event, self._changed = self._changed, asyncio.Event()

@@ -40,6 +40,37 @@ class RoutedCall:
         self._cancelled = False
         self._callbacks: list[Callable[[Any], None]] = []
         self._fired = False
+        self._gate: asyncio.Future[None] | None = None  # waiting for the first view
+
+    def _begin(self, kind: str) -> None:
+        """Start the first attempt, or, while the channel has no first view yet, wait for it
+        (as grpc's calls wait for a new channel's first name resolution): the attempt then
+        starts in :meth:`_await_first_view`, when the call is awaited."""
+        first = self._attempts.nodes.first_view
+        if first is None or first.done():
+            self._start(kind)
+            return
+        gate = self._gate = asyncio.get_running_loop().create_future()
+
+        def open_gate(_: object) -> None:
+            if not gate.done():
+                gate.set_result(None)
+
+        first.add_done_callback(open_gate)
+
+    async def _await_first_view(self, kind: str) -> None:
+        """The wait :meth:`_begin` put off: for the first view, at most the call's deadline
+        and the channel's timeout; then the first attempt starts (it fails on no node or no
+        time left, as a call made then would). Cancelling the call ends the wait."""
+        gate = self._gate
+        if gate is None:
+            return
+        limits = [self._attempts.time_left(), self._attempts.nodes.first_view_timeout]
+        bound = min((t for t in limits if t is not None), default=None)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gate, max(0.0, bound) if bound is not None else None)
+        self._gate = None
+        self._start(kind)
 
     def _start(self, kind: str) -> bool:
         """Start the next attempt; False (with ``_error`` set) when there is none."""
@@ -97,6 +128,8 @@ class RoutedCall:
         if self.done():
             return False
         self._cancelled = True
+        if self._gate is not None:
+            self._gate.cancel()
         if self._call is not None:
             self._call.cancel()
         return True
@@ -164,12 +197,12 @@ class RoutedUnaryUnaryCall(RoutedCall, grpc.aio.UnaryUnaryCall):  # type: ignore
         self._outcome: tuple[bool, Any] | None = None
         self._awaited = False
         self._settled: asyncio.Event | None = None  # made for a second awaiter
-        self._start("unary_unary")
+        self._begin("unary_unary")
 
     def done(self) -> bool:
         if self._outcome is not None:
             return True
-        if self._awaited:
+        if self._awaited or self._gate is not None:
             return False
         return self._call is None or self._call.done()
 
@@ -186,6 +219,8 @@ class RoutedUnaryUnaryCall(RoutedCall, grpc.aio.UnaryUnaryCall):  # type: ignore
             raise value
         self._awaited = True
         try:
+            if self._gate is not None:
+                yield from self._await_first_view("unary_unary").__await__()
             while True:
                 if self._call is None:
                     assert self._error is not None
@@ -229,11 +264,13 @@ class RoutedUnaryStreamCall(RoutedCall, grpc.aio.UnaryStreamCall):  # type: igno
         super().__init__(targets, attempts, request, options)
         self._responses: AsyncIterator[Any] | None = None
         self._finished = False
-        self._start("unary_stream")
+        self._begin("unary_stream")
 
     def done(self) -> bool:
         if self._finished:
             return True
+        if self._gate is not None:
+            return False
         return self._call is None or (self._call.done() and self._responses is None)
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -250,6 +287,8 @@ class RoutedUnaryStreamCall(RoutedCall, grpc.aio.UnaryStreamCall):  # type: igno
     async def _stream(self) -> AsyncIterator[Any]:
         got_one = False
         try:
+            if self._gate is not None:
+                await self._await_first_view("unary_stream")
             while True:
                 if self._call is None:
                     assert self._error is not None
