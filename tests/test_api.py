@@ -361,10 +361,18 @@ def test_threaded_face(etcd_sync: Client, etcd_prefix: str) -> None:
 
 def test_threaded_methods_have_docstrings() -> None:
     """The API reference is generated from docstrings: every public method of the threaded
-    client has one (made by the generic twin maker from the asyncio one, or its own)."""
+    client, and of every threaded twin etcdkit exports (``Sync*``), has one (made by the
+    generic twin maker from the asyncio one, or its own)."""
+    faces = [Client] + [
+        getattr(etcdkit, name)
+        for name in etcdkit.__all__
+        if name.startswith("Sync") and isinstance(getattr(etcdkit, name), type)
+    ]
+    assert len(faces) > 10
     missing = [
-        name
-        for name, value in vars(Client).items()
+        f"{face.__name__}.{name}"
+        for face in faces
+        for name, value in vars(face).items()
         if not name.startswith("_") and callable(value) and not (value.__doc__ or "").strip()
     ]
     assert missing == []

@@ -13,7 +13,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-from etcdkit._blocking.twin import PortalLike, SyncIterator, Twin, blocking_read, mirror
+from etcdkit._blocking.twin import (
+    PortalLike,
+    SyncIterator,
+    Twin,
+    blocking,
+    blocking_read,
+    mirror,
+)
 from etcdkit._errors import ClosedError, NotHeldError
 from etcdkit._types import Compare, HoldState
 from etcdkit.recipes.election import Campaign, Election, Leader, Leadership
@@ -272,8 +279,7 @@ class SyncElection(Twin[Election]):
         """``with election.campaign(value) as leadership:`` (see :meth:`Election.campaign`)."""
         return SyncCampaign(self.portal, self.aio.campaign(value, ttl, timeout))
 
-    def leader(self) -> Leader | None:
-        return self.portal.call(self.aio.leader())
+    leader = blocking(Election.leader)
 
     def observe(self) -> SyncIterator[Leader]:
         """A plain iterator over the leaders (see :meth:`Election.observe`); its watch ends
