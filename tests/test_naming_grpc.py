@@ -175,7 +175,8 @@ async def test_a_first_view_that_does_not_come_is_waited_for_boundedly(
     etcd_prefix: str,
 ) -> None:
     """No view at all (etcd out of reach): a call made meanwhile waits at most the channel's
-    *timeout* (then UNAVAILABLE) or its own deadline (DEADLINE_EXCEEDED), whichever is
+    *timeout* (then UNAVAILABLE, and so do later calls at once, as grpc's fail on a channel
+    whose name resolution failed) or its own deadline (DEADLINE_EXCEEDED), whichever is
     first; a cancelled one ends at once."""
     async with AsyncClient(f"http://127.0.0.1:{free_port()}", timeout=WAIT) as nowhere:
         ch = channel(nowhere, etcd_prefix + "svc", timeout=0.5)
@@ -188,12 +189,19 @@ async def test_a_first_view_that_does_not_come_is_waited_for_boundedly(
             assert 0.4 < time.monotonic() - t0 < WAIT / 2
             t0 = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Who(b"")  # no deadline: the channel gave up on the view already
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert time.monotonic() - t0 < 0.4
+        finally:
+            await ch.close()
+        ch = channel(nowhere, etcd_prefix + "svc", timeout=WAIT)
+        try:
+            stub = EchoStub(ch)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Who(b"", timeout=0.2)
             assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             assert time.monotonic() - t0 < 0.45
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Who(b"")  # no deadline: the channel's timeout bounds the wait
-            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
             call = stub.Who(b"", timeout=WAIT)
             assert call.cancel()
             t0 = time.monotonic()
@@ -203,6 +211,53 @@ async def test_a_first_view_that_does_not_come_is_waited_for_boundedly(
             assert call.cancelled()
         finally:
             await ch.close()
+
+
+async def test_a_call_waiting_for_the_first_view_is_a_grpc_call(
+    etcd: AsyncClient, etcd_prefix: str, nodes: list[Node]
+) -> None:
+    """A call made before the first view behaves as a grpc.aio call: it goes out without
+    being awaited (a done callback alone sees it through), its metadata and connection can
+    be awaited, a cancel ends it at once (CANCELLED, the server never called), and closing
+    the channel ends the calls that wait."""
+    target = etcd_prefix + "svc"
+    await etcd.endpoint_manager(target).add(f"{target}/n0", nodes[0].address)
+    ch = channel(etcd, target)
+    try:
+        stub = EchoStub(ch)
+        finished = asyncio.Event()
+        call = stub.Who(b"cb", timeout=WAIT)
+        call.add_done_callback(lambda _: finished.set())
+        cancelled = stub.Who(b"no", timeout=WAIT)
+        seen: list[object] = []
+        cancelled.add_done_callback(seen.append)
+        assert cancelled.cancel()
+        assert not cancelled.cancel()  # (once)
+        assert cancelled.done()
+        assert cancelled.cancelled()
+        assert seen == [cancelled]
+        assert await cancelled.code() is grpc.StatusCode.CANCELLED
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        meta = stub.Who(b"meta", timeout=WAIT)
+        await meta.wait_for_connection()
+        assert isinstance(await meta.initial_metadata(), grpc.aio.Metadata)
+        assert await meta == b"n0:meta"
+        await asyncio.wait_for(finished.wait(), WAIT)  # never awaited, yet it went out
+        assert await call.code() is grpc.StatusCode.OK
+        assert await call == b"n0:cb"
+        assert nodes[0].calls == 2  # cb and meta: the cancelled call never went out
+    finally:
+        await ch.close()
+    async with AsyncClient(f"http://127.0.0.1:{free_port()}", timeout=WAIT) as nowhere:
+        ch = channel(nowhere, etcd_prefix + "svc", timeout=None)  # no view will come
+        waiting = EchoStub(ch).Who(b"")  # nor a deadline
+        t0 = time.monotonic()
+        await ch.close()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(waiting, WAIT)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - t0 < WAIT / 4
 
 
 async def test_a_new_server_gets_calls_within_milliseconds(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 import sys
 import threading
 from typing import Any, TypeAlias, cast
@@ -282,6 +284,27 @@ def test_changes_read_late_are_those_of_their_own_delivery() -> None:
     assert first.changes.get("c") == want["c"]
     assert first.changes.get("b", 7) == 7
     assert first == Snapshot(first.tree, 2, want)
+
+
+def test_changes_not_read_yet_copy_and_pickle_as_their_dict() -> None:
+    """Copied or pickled before anyone read them, a snapshot's changes are still its own
+    (the engine's marker for "no value before" does not survive a copy as itself)."""
+    want = {
+        "a": Change(ChangeKind.UPDATED, "a", 1, 2),
+        "b": Change(ChangeKind.ADDED, "b", None, 3),
+    }
+
+    def unread() -> Snapshot[str, int]:
+        e = engine()
+        e.reset([(b"a", b"1")], 1)
+        take(e)
+        e.apply(2, [(b"a", b"2"), (b"b", b"3")])
+        return take(e)
+
+    assert copy.copy(unread().changes) == want
+    assert copy.deepcopy(unread().changes) == want
+    assert pickle.loads(pickle.dumps(unread().changes)) == want
+    assert copy.deepcopy(unread()).changes == want
 
 
 def test_a_relist_forgets_keys_that_came_and_went() -> None:

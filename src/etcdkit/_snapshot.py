@@ -268,6 +268,11 @@ class _Changes(Mapping[K, "Change[K, V]"]):
     def __repr__(self) -> str:
         return repr(self._changes())
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copied or pickled as the dict it stands for (its pending values hold a marker
+        # that only this module's identity checks know)
+        return (dict, (self._changes(),))
+
 
 def _changes_between(pending: dict[K, Any], tree: PMap[K, V]) -> dict[K, Change[K, V]]:
     changes: dict[K, Change[K, V]] = {}

@@ -36,8 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, NoReturn, Self
@@ -183,29 +181,8 @@ class EndpointChannel(RoutedChannel):
             attempts=attempts,
             channel_factory=channel_factory,
             grace=grace,
+            first_view=lambda: self._source.synced(timeout),
         )
-        # Calls made before the first view wait for it (Nodes.first_view); a task sees it in
-        # (the view hub announces a first view only when it has endpoints).
-        self._first_view: asyncio.Task[None] | None = None
-        if self._source.revision == 0:
-            nodes = self._router.nodes
-            nodes.first_view = asyncio.get_running_loop().create_future()
-            nodes.first_view_timeout = timeout
-            self._first_view = asyncio.get_running_loop().create_task(
-                self._see_first_view(nodes.first_view), name="etcdkit-routed-channel-first-view"
-            )
-
-    async def _see_first_view(self, first: asyncio.Future[None]) -> None:
-        try:
-            await self._source.synced()
-            if self._router.nodes.view.revision < self._source.revision:
-                self._route_on(self._registry.view)
-        except Exception:  # (the watch's failure, logged there): calls go on without a view
-            pass
-        finally:
-            self._router.nodes.first_view = None
-            if not first.done():
-                first.set_result(None)
 
     def __repr__(self) -> str:
         view, state = self.view, self.get_state()
@@ -240,10 +217,6 @@ class EndpointChannel(RoutedChannel):
     async def close(self, grace: float | None = None) -> None:
         """Stop following the endpoints and close every address channel (calls in flight get
         *grace* seconds, then end with CANCELLED). Idempotent."""
-        if self._first_view is not None:
-            self._first_view.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._first_view
         await super().close(grace)
         await self._source.aclose()
 

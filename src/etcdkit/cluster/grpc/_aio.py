@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -112,6 +112,10 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
       default: an insecure channel with keepalive pings (:data:`DEFAULT_OPTIONS`).
     - *grace*: seconds the calls on a node that left may still take before its channel is
       closed (they are then retried elsewhere, as on ``UNAVAILABLE``).
+    - *first_view*: for a cluster whose first view may still be loading, ``first_view()``
+      waits for it (e.g. ``lambda: cluster.synced(timeout)``). Until it returns (or fails),
+      unary and server-streaming calls wait, within their own deadline, as grpc's calls wait
+      for a new channel's first name resolution; then they are routed on the view.
 
     Create it inside the event loop of the cluster; it follows the cluster's view in a task
     until :meth:`close` (or ``async with``). ``view`` is the :class:`RegistryView` it routes
@@ -130,6 +134,7 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
         attempts: int = DEFAULT_ATTEMPTS,
         channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
         grace: float = DEFAULT_GRACE,
+        first_view: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._router: Router[grpc.aio.Channel] = Router(
             "RoutedChannel",
@@ -147,6 +152,12 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
         self._task = asyncio.get_running_loop().create_task(
             self._follow(), name="etcdkit-routed-channel"
         )
+        self._first_view: asyncio.Task[None] | None = None
+        if first_view is not None:
+            gate = self._router.nodes.first_view = asyncio.get_running_loop().create_future()
+            self._first_view = asyncio.get_running_loop().create_task(
+                self._see_first_view(first_view, gate), name="etcdkit-routed-channel-first-view"
+            )
 
     # -- grpc.aio.Channel (and the methods of ChannelMethods) -----------------------------------
 
@@ -190,9 +201,14 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
         if not self._router.mark_closed():
             return
         self._view_changed()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        for task in (self._first_view, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        gate, self._router.nodes.first_view = self._router.nodes.first_view, None
+        if gate is not None and not gate.done():  # (its task was cancelled before it ran)
+            gate.set_result(None)
         channels = [*self._router.nodes.take_all(), *self._leaving.values()]
         await asyncio.gather(*(ch.close(grace) for ch in channels), *list(self._leaving))
 
@@ -210,6 +226,23 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
                 self._route_on(view)
         except Exception as exc:  # the cluster's view ended on a failure: keep the last view
             log.error("routed channel: the cluster view ended (%s); keeping the last one", exc)
+
+    async def _see_first_view(
+        self, first_view: Callable[[], Awaitable[object]], gate: asyncio.Future[None]
+    ) -> None:
+        """Wait for the first view; route on it (if the view task did not yet); open the
+        gate that calls made meanwhile wait at. A failure opens it too: they go on without."""
+        try:
+            await first_view()
+            view = self._registry.view
+            if self._router.nodes.view.revision < view.revision:
+                self._route_on(view)
+        except Exception as exc:
+            log.info("routed channel: no first view (%s); calls go on without one", exc)
+        finally:
+            self._router.nodes.first_view = None
+            if not gate.done():
+                gate.set_result(None)
 
     def _route_on(self, view: RegistryView) -> None:
         """Route on *view* from now on; the channels of nodes that left close after grace."""

@@ -40,37 +40,63 @@ class RoutedCall:
         self._cancelled = False
         self._callbacks: list[Callable[[Any], None]] = []
         self._fired = False
-        self._gate: asyncio.Future[None] | None = None  # waiting for the first view
+        self._starter: asyncio.Task[None] | None = None  # starting once there is a view
 
     def _begin(self, kind: str) -> None:
-        """Start the first attempt, or, while the channel has no first view yet, wait for it
-        (as grpc's calls wait for a new channel's first name resolution): the attempt then
-        starts in :meth:`_await_first_view`, when the call is awaited."""
-        first = self._attempts.nodes.first_view
-        if first is None or first.done():
+        """Start the first attempt now, as grpc's calls start. While the channel has no first
+        view yet (and no node), a task starts it once the view came, within the call's
+        deadline, as grpc's calls wait for a new channel's first name resolution."""
+        nodes = self._attempts.nodes
+        first = nodes.first_view
+        if first is None or first.done() or nodes.channels:
             self._start(kind)
             return
-        gate = self._gate = asyncio.get_running_loop().create_future()
+        self._starter = asyncio.get_running_loop().create_task(
+            self._start_after(first, kind), name="etcdkit-routed-call-start"
+        )
+        self._starter.add_done_callback(self._on_started)
 
-        def open_gate(_: object) -> None:
-            if not gate.done():
-                gate.set_result(None)
+    async def _start_after(self, first: asyncio.Future[None], kind: str) -> None:
+        left = self._attempts.time_left()
+        with contextlib.suppress(TimeoutError):  # (shield: the view is not this call's to end)
+            await asyncio.wait_for(asyncio.shield(first), None if left is None else max(0.0, left))
+        if not self._cancelled:
+            self._start(kind)  # (fails on no node or no time left, as a call made now would)
 
-        first.add_done_callback(open_gate)
+    def _on_started(self, starter: asyncio.Task[None]) -> None:
+        if starter.cancelled() and self._call is None:
+            self._cancel_unstarted()
+        elif self.done():
+            self._fire()
 
-    async def _await_first_view(self, kind: str) -> None:
-        """The wait :meth:`_begin` put off: for the first view, at most the call's deadline
-        and the channel's timeout; then the first attempt starts (it fails on no node or no
-        time left, as a call made then would). Cancelling the call ends the wait."""
-        gate = self._gate
-        if gate is None:
-            return
-        limits = [self._attempts.time_left(), self._attempts.nodes.first_view_timeout]
-        bound = min((t for t in limits if t is not None), default=None)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(gate, max(0.0, bound) if bound is not None else None)
-        self._gate = None
-        self._start(kind)
+    def _cancel_unstarted(self) -> None:
+        """The call ends cancelled before its first attempt started (at once, as grpc's)."""
+        self._cancelled = True
+        if self._error is None:
+            self._error = grpc.aio.AioRpcError(
+                grpc.StatusCode.CANCELLED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="cancelled before the channel had a view to route on",
+            )
+        self._fire()
+
+    def _waiting(self) -> bool:
+        """Whether the first attempt waits for the channel's first view."""
+        return self._starter is not None and not self._starter.done() and not self._cancelled
+
+    async def _await_start(self) -> None:
+        """(In ``__await__``/``_stream``) wait until the first attempt started; a cancelled
+        wait cancels the call. Raises CancelledError for a call cancelled before it started."""
+        starter = self._starter
+        if starter is not None and not starter.done():
+            try:
+                await asyncio.wait({starter})
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+        if self._cancelled and self._call is None:
+            raise asyncio.CancelledError()
 
     def _start(self, kind: str) -> bool:
         """Start the next attempt; False (with ``_error`` set) when there is none."""
@@ -128,10 +154,12 @@ class RoutedCall:
         if self.done():
             return False
         self._cancelled = True
-        if self._gate is not None:
-            self._gate.cancel()
+        if self._starter is not None:
+            self._starter.cancel()
         if self._call is not None:
             self._call.cancel()
+        else:
+            self._cancel_unstarted()
         return True
 
     def cancelled(self) -> bool:
@@ -152,6 +180,8 @@ class RoutedCall:
         return self._attempts.time_left()
 
     async def initial_metadata(self) -> Any:
+        if self._starter is not None and not self._starter.done():
+            await asyncio.wait({self._starter})
         if self._call is None:
             return grpc.aio.Metadata()
         return await self._call.initial_metadata()
@@ -175,6 +205,8 @@ class RoutedCall:
         return str(await self._call.details())
 
     async def wait_for_connection(self) -> None:
+        if self._starter is not None and not self._starter.done():
+            await asyncio.wait({self._starter})
         if self._call is not None:
             await self._call.wait_for_connection()
 
@@ -202,7 +234,7 @@ class RoutedUnaryUnaryCall(RoutedCall, grpc.aio.UnaryUnaryCall):  # type: ignore
     def done(self) -> bool:
         if self._outcome is not None:
             return True
-        if self._awaited or self._gate is not None:
+        if self._awaited or self._waiting():
             return False
         return self._call is None or self._call.done()
 
@@ -219,8 +251,7 @@ class RoutedUnaryUnaryCall(RoutedCall, grpc.aio.UnaryUnaryCall):  # type: ignore
             raise value
         self._awaited = True
         try:
-            if self._gate is not None:
-                yield from self._await_first_view("unary_unary").__await__()
+            yield from self._await_start().__await__()
             while True:
                 if self._call is None:
                     assert self._error is not None
@@ -269,7 +300,7 @@ class RoutedUnaryStreamCall(RoutedCall, grpc.aio.UnaryStreamCall):  # type: igno
     def done(self) -> bool:
         if self._finished:
             return True
-        if self._gate is not None:
+        if self._waiting():
             return False
         return self._call is None or (self._call.done() and self._responses is None)
 
@@ -287,8 +318,7 @@ class RoutedUnaryStreamCall(RoutedCall, grpc.aio.UnaryStreamCall):  # type: igno
     async def _stream(self) -> AsyncIterator[Any]:
         got_one = False
         try:
-            if self._gate is not None:
-                await self._await_first_view("unary_stream")
+            await self._await_start()
             while True:
                 if self._call is None:
                     assert self._error is not None

@@ -176,10 +176,9 @@ class Nodes(Generic[C]):
         # (node ids with weight, their cumulative weights, the total) for weighted picks
         self._weights: tuple[list[str], list[int], int] = ([], [], 0)
         self._random = random.Random().random
-        # A future done once the source has its first view (None: it has one, or never waits):
-        # asyncio calls made before it wait for it, at most first_view_timeout seconds.
+        # A future done once the source has its first view (None: it has one, or calls never
+        # wait for it): asyncio calls made before it wait for it (RoutedChannel's first_view).
         self.first_view: Any = None
-        self.first_view_timeout: float | None = None
 
     def update(self, view: RegistryView) -> list[C]:
         old = self.channels
