@@ -145,8 +145,9 @@ class EndpointChannel(RoutedChannel):
 
     It starts following the endpoints at once. A unary or server-streaming call made before
     the first view is loaded waits for it, as grpc's calls wait for a new channel's first
-    name resolution: at most its own deadline (then DEADLINE_EXCEEDED) and *timeout* seconds
-    (then UNAVAILABLE); a call whose requests are a stream fails with UNAVAILABLE then.
+    name resolution: at most its own deadline (then DEADLINE_EXCEEDED); if no view came within
+    *timeout* seconds, the calls waiting and later ones fail with UNAVAILABLE. A call whose
+    requests are a stream fails with UNAVAILABLE at once then.
     ``async with`` (or ``await ch.synced(timeout)``) waits for the first view, raising
     EtcdTimeoutError after *timeout* seconds. ``close()`` stops following and closes
     every address channel. Raises TypeError / ValueError on bad arguments, before any I/O.
