@@ -85,16 +85,20 @@ class RoutedCall:
         """Whether the first attempt waits for the channel's first view."""
         return self._starter is not None and not self._starter.done() and not self._cancelled
 
+    async def _started(self) -> None:
+        """Return once the first attempt started (or the call ended before it could)."""
+        starter = self._starter
+        if starter is not None and not starter.done():
+            await asyncio.wait({starter})
+
     async def _await_start(self) -> None:
         """(In ``__await__``/``_stream``) wait until the first attempt started; a cancelled
         wait cancels the call. Raises CancelledError for a call cancelled before it started."""
-        starter = self._starter
-        if starter is not None and not starter.done():
-            try:
-                await asyncio.wait({starter})
-            except asyncio.CancelledError:
-                self.cancel()
-                raise
+        try:
+            await self._started()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
         if self._cancelled and self._call is None:
             raise asyncio.CancelledError()
 
@@ -180,8 +184,7 @@ class RoutedCall:
         return self._attempts.time_left()
 
     async def initial_metadata(self) -> Any:
-        if self._starter is not None and not self._starter.done():
-            await asyncio.wait({self._starter})
+        await self._started()
         if self._call is None:
             return grpc.aio.Metadata()
         return await self._call.initial_metadata()
@@ -205,8 +208,7 @@ class RoutedCall:
         return str(await self._call.details())
 
     async def wait_for_connection(self) -> None:
-        if self._starter is not None and not self._starter.done():
-            await asyncio.wait({self._starter})
+        await self._started()
         if self._call is not None:
             await self._call.wait_for_connection()
 
