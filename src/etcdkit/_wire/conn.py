@@ -564,7 +564,8 @@ class Connection:
                 try:
                     resp = await ch.stubs.auth.Authenticate(req, timeout=self.timeout)
                 except grpc.aio.AioRpcError as exc:
-                    if self._token is not None and "authentication is not enabled" in _details(exc):
+                    auth_off = "authentication is not enabled" in _details(exc)
+                    if self._token is not None and auth_off:
                         # auth was turned off since we logged in: go on without a token, as
                         # Go's client does (a refusal for want of a user logs in again)
                         log.info(
@@ -579,7 +580,7 @@ class Connection:
                         hint = (
                             "etcd's auth is off: connect without a username and password, or "
                             "turn auth on"
-                            if "authentication is not enabled" in _details(exc)
+                            if auth_off
                             else "check username and password"
                         )
                         err = AuthError(
