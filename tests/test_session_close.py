@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -21,7 +22,7 @@ import pytest
 from _helpers import etcdkit_tasks, fresh_client
 from etcdkit import AsyncClient, ClosedError, SessionState
 from etcdkit.recipes.session import GRANT_WAIT, REVOKE_TIMEOUT, Session
-from etcdkit.testing import EtcdServer
+from etcdkit.testing import HOST, EtcdServer, free_port
 
 GRANT_TASK = "etcdkit-session-grant"
 BOUND = GRANT_WAIT + REVOKE_TIMEOUT + 5.0  # close must return within this (generous: no hang)
@@ -385,3 +386,36 @@ async def test_a_persistent_lease_closed_with_etcd_down_leaves_no_task(
                 while GRANT_TASK in etcdkit_tasks():
                     await asyncio.sleep(0.05)
         assert not [t for t in etcdkit_tasks() if "abandon" in t or "session" in t]
+
+
+async def test_a_grant_failing_after_its_open_was_cancelled_is_no_unretrieved_error() -> None:
+    """The caller gives up on ``open()`` (a lock's timeout) and the grant, which goes on, fails
+    a moment later (nobody listens; the client's deadline ends it): ``close()`` comes after
+    and nobody awaits the grant any more. Its error is nobody's: asyncio must not report it
+    as "Task exception was never retrieved" (found when a lock's timeout equalled the
+    client's: both ended in one turn of the loop)."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        async with fresh_client(f"{HOST}:{free_port()}", timeout=0.5) as client:  # nobody there
+            s = client.session(10)
+            opener = asyncio.create_task(s.open())
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert GRANT_TASK in etcdkit_tasks()
+            opener.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opener
+            async with asyncio.timeout(BOUND):  # the grant fails on its own
+                while GRANT_TASK in etcdkit_tasks():
+                    await asyncio.sleep(0.02)
+            async with asyncio.timeout(BOUND):
+                await s.close()
+            assert state_of(s) is SessionState.CLOSED
+            del s, opener
+            gc.collect()  # a task's unretrieved error is reported when the task goes
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []

@@ -45,6 +45,11 @@ ABANDON_WAIT = 0.2  # how long a recipe that gave up on a grant waits for its cl
 _abandoned: set[asyncio.Task[None]] = set()
 
 
+def _read_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def abandon(session: Session, what: str) -> None:
     """Close ``session``, given up on while its lease grant may still be in flight, without
     holding the caller up for long: its close runs in a task of its own (so a lease etcd
@@ -132,6 +137,9 @@ class Session:
             opening = self._opening = asyncio.get_running_loop().create_task(
                 self._grant(), name="etcdkit-session-grant"
             )
+            # Its error is read by whoever awaits it; one that fails once every opener gave up
+            # (the shield below lets it go on) is nobody's: not "never retrieved".
+            opening.add_done_callback(_read_error)
         try:
             await asyncio.shield(opening)
         except asyncio.CancelledError:
