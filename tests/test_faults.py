@@ -218,8 +218,9 @@ async def test_wait_for_says_what_failed_after_etcd_answered(etcd_server: EtcdSe
         async with fresh_client(f"127.0.0.1:{proxy.port}", timeout=1) as client:
             await client.put("/wait-for-cut", "v")
             proxy.cut()
-            with pytest.raises(etcdkit.EtcdTimeoutError):
+            with pytest.raises(etcdkit.EtcdTimeoutError) as got:
                 await client.get("/wait-for-cut")  # the connection's newest error
+            assert "etcd may be stopped, overloaded or cut off" in str(got.value)  # what to do
             with pytest.raises(etcdkit.EtcdTimeoutError) as info:
                 await client.wait_for("/never", timeout=1)
             proxy.restore()

@@ -261,6 +261,7 @@ async def test_a_compacted_start_raises_compacted_error(
         with pytest.raises(etcdkit.CompactedError) as info:
             await anext(w)
         assert info.value.compact_revision == r2
+        assert "read the keys again, then watch from that read's revision + 1" in str(info.value)
         with pytest.raises(StopAsyncIteration):  # the error ended it
             await anext(w)
     # the compaction revision itself is still there

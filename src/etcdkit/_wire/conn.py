@@ -214,7 +214,10 @@ def map_rpc_error(exc: BaseException, where: str, what: str) -> EtcdkitError:
     if code == grpc.StatusCode.UNAVAILABLE:
         return ConnectionUnavailableError(msg + " (is etcd running and reachable?)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return EtcdTimeoutError(msg)
+        return EtcdTimeoutError(
+            msg + " (no answer in time: etcd may be stopped, overloaded or cut off; if it is "
+            "only slow, give the call more time: the client's timeout=)"
+        )
     if code == grpc.StatusCode.UNIMPLEMENTED:  # before the "auth" in the details below
         return ServerError(
             msg + " (this etcd, or a proxy in between, does not have that call: a later etcd "

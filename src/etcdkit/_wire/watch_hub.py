@@ -555,7 +555,8 @@ class WatchHub:
         if resp.compact_revision:
             err: EtcdkitError = CompactedError(
                 f"watch on {sub.key!r} from revision {sub.next_rev} at {self._conn.where}: "
-                f"history was compacted up to revision {resp.compact_revision}",
+                f"history was compacted up to revision {resp.compact_revision} (read the keys "
+                "again, then watch from that read's revision + 1)",
                 compact_revision=resp.compact_revision,
             )
         else:
