@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -295,3 +296,50 @@ def test_a_lock_whose_acquire_the_close_cut_still_tells_its_state(
                 break
     if not came:
         pytest.skip("no close landed during an acquire in 40 tries")
+
+
+async def test_close_revokes_what_it_held_when_etcd_is_back_within_the_bound(
+    etcd_server_factory: Callable[..., EtcdServer], etcd_prefix: str
+) -> None:
+    """etcd is down (killed) when the client closes and back 0.5 s later, within the revoke's
+    bound (2 s): close() still revokes the lock's and the permit's leases, so their keys go
+    at once, not after their 30 s TTL. (Its revokes were once tried only once: a retry's
+    pause ended them, the client being closed.)"""
+    server, p = etcd_server_factory(), etcd_prefix
+    client = AsyncClient(server.endpoint)
+    await client.connect()
+    await client.lock(p + "lock", ttl=30).acquire()
+    await client.semaphore(p + "sem", 1, ttl=30).acquire()
+    with _down_for_a_moment(server):
+        async with asyncio.timeout(10):
+            await client.close()
+    async with AsyncClient(server.endpoint) as admin:
+        assert (await admin.get_prefix(p)).kvs == []
+        assert await admin.leases() == []
+
+
+def test_threaded_close_revokes_what_it_held_when_etcd_is_back_within_the_bound(
+    etcd_server_factory: Callable[..., EtcdServer], etcd_prefix: str
+) -> None:
+    """The same on the threaded face."""
+    server, p = etcd_server_factory(), etcd_prefix
+    client = Client(server.endpoint)
+    client.lock(p + "lock", ttl=30).acquire()
+    client.semaphore(p + "sem", 1, ttl=30).acquire()
+    with _down_for_a_moment(server):
+        client.close()
+    with Client(server.endpoint) as admin:
+        assert admin.get_prefix(p).kvs == []
+        assert admin.leases() == []
+
+
+@contextlib.contextmanager
+def _down_for_a_moment(server: EtcdServer) -> Iterator[None]:
+    """etcd killed now, started again 0.5 s later (on a timer) while the block runs."""
+    server.kill()
+    restart = threading.Timer(0.5, server.start)
+    restart.start()
+    try:
+        yield
+    finally:
+        restart.join()

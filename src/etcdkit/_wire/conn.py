@@ -540,14 +540,18 @@ class Connection:
         finally:
             ch.probe = None
 
-    async def pause(self, delay: float) -> None:
-        """Sleep ``delay`` seconds; :class:`ClosedError` at once if the connection closes."""
+    async def pause(self, delay: float, *, last: bool = False) -> None:
+        """Sleep ``delay`` seconds; :class:`ClosedError` at once if the client starts closing.
+        ``last``: a call made while it closes (the owner's last revokes, each bounded by its
+        caller): it sleeps its delay and is retried, until the channels close."""
         assert self._closed_event is not None
-        if not self._closed_event.is_set():
+        if last:
+            await asyncio.sleep(delay)
+        elif not self._closed_event.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._closed_event.wait()
-        if self.closing:
+        if self.closed or (self.closing and not last):
             raise ClosedError("the etcdkit client was closed")
 
     def note_failure(self, err: BaseException) -> None:
@@ -631,6 +635,7 @@ class Connection:
         deadline = None if self.timeout is None else loop.time() + self.timeout
         backoff = None  # made at the first retry (most calls never need one)
         last: EtcdkitError | None = None
+        closing = self.closing  # made while the client closes: one of its last revokes
         refreshed = False
         try:
             while True:
@@ -713,7 +718,7 @@ class Connection:
                 delay = backoff.next_delay() or 0.0
                 if deadline is not None:
                     delay = min(delay, max(0.0, deadline - loop.time()))
-                await self.pause(delay)
+                await self.pause(delay, last=closing)
         except asyncio.CancelledError:
             raise  # the caller gave up: neither a latency nor an error of etcd's
         except BaseException as exc:
