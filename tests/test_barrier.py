@@ -19,7 +19,7 @@ from etcdkit import (
     HoldState,
     Op,
 )
-from etcdkit.server import EtcdServer
+from etcdkit.server import EtcdServer, Proxy
 
 __all__ = ["go_program"]  # (a fixture, imported for pytest)
 
@@ -82,6 +82,36 @@ async def test_barrier_wait_sees_the_release_whatever_else_is_written(
     await etcd.revoke(kv.lease)
     async with asyncio.timeout(WAIT):
         await waiter
+
+
+async def test_barrier_wait_sees_a_release_it_missed_while_cut_off(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """While the waiter is cut off, the barrier is released and put up again (a new round),
+    and the history is compacted past both: its watch cannot resume, so it reads the key
+    again and finds a barrier, but not the one it waited on (another create revision). It
+    returns: that barrier was released, at a revision before the new one's creation."""
+    name = etcd_prefix + "gate"
+    b = etcd.barrier(name)
+    await b.hold()
+    with Proxy(etcd_server.endpoint) as proxy:
+        async with AsyncClient(proxy.endpoint) as cut_off:
+            waiter = asyncio.create_task(cut_off.barrier(name).wait(timeout=WAIT))
+            await asyncio.sleep(0.3)  # its watch is on
+            assert not waiter.done()
+            proxy.cut()
+            await b.release()
+            await b.hold()
+            again = await etcd.get(name)
+            assert again is not None
+            await etcd.put(etcd_prefix + "noise", "x")
+            await etcd.compact(await etcd.get_revision())
+            proxy.drop_connections()
+            proxy.restore()
+            async with asyncio.timeout(WAIT):
+                seen = await waiter
+    assert seen == again.create_revision - 1  # the key was absent there
+    await b.release()
 
 
 async def test_barrier_bad_input(etcd: AsyncClient) -> None:

@@ -77,9 +77,11 @@ class Barrier:
 
     async def wait(self, timeout: float | None = None) -> int:
         """Return once the barrier is down: at once if its key is absent, else at the key's
-        deletion, whatever else is written meanwhile. Returns the revision at which it was
-        seen down. Raises :class:`EtcdTimeoutError` after ``timeout`` seconds (``None``:
-        no limit; ``0``: one read), :class:`ClosedError` if the client closes meanwhile."""
+        deletion, whatever else is written meanwhile (a release missed while history was
+        compacted counts: the key found up again is another barrier's). Returns the revision
+        at which it was seen down. Raises :class:`EtcdTimeoutError` after ``timeout``
+        seconds (``None``: no limit; ``0``: one read), :class:`ClosedError` if the client
+        closes meanwhile."""
         limit = check_timeout(timeout)
         try:
             if limit == 0:
@@ -99,11 +101,18 @@ class Barrier:
 
     async def _wait(self) -> int:
         backoff = self._etcd.retry.backoff()
+        up = 0  # the create revision of the barrier waited on (its key's first read)
         while True:
             try:
                 now = await self._etcd.range(self._key)
                 if not now.kvs:
                     return now.revision
+                created = now.kvs[0].create_revision
+                if up and created != up:
+                    # Another barrier: the one waited on went while its watch could not resume
+                    # (compacted). Just before this one was created, the key was absent.
+                    return created - 1
+                up = created
                 async with self._etcd.watch(
                     self._key, start_revision=now.revision + 1, filters=("noput",)
                 ) as watch:
