@@ -130,8 +130,16 @@ class SyncLock(Twin[Lock]):
     def acquire(self) -> SyncLockHold:
         """See :meth:`Lock.acquire`; not re-entrant per thread."""
         self._check_reentry()
+
+        async def acquired() -> SyncLockHold:
+            # (its twin made on the loop: no second trip there that an interrupt could cut)
+            return self._twin(await self.aio.acquire())
+
         # (a KeyboardInterrupt after the acquisition was made releases it: nobody holds it)
-        return self._mine_now(self.portal.call(self.aio.acquire(), abandon=_release))
+        twin = self.portal.call(acquired(), abandon=_release)
+        with self._maps:
+            self._mine[threading.current_thread()] = twin
+        return twin
 
     def try_acquire(self) -> bool:
         """See :meth:`Lock.try_acquire`."""
@@ -295,8 +303,12 @@ class SyncCampaign(Twin[Campaign]):
     add_listener = blocking_read(Campaign.add_listener)
 
     def __enter__(self) -> SyncLeadership:
-        leadership = self.portal.call(self.aio.__aenter__())
-        return SyncLeadership(self.portal, leadership)
+        async def entered() -> SyncLeadership:
+            # (its twin made on the loop: no second trip there that an interrupt could cut)
+            return SyncLeadership(self.portal, await self.aio.__aenter__())
+
+        # (leading for an enter interrupted in this thread: it resigns, nobody leads for it)
+        return self.portal.call(entered(), abandon=lambda _: self.aio.__aexit__(None, None, None))
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -334,5 +346,5 @@ class SyncLeadership(_Held[Leadership]):
         return self.aio.lease_id
 
 
-async def _release(hold: LockHold) -> None:
-    await hold.release()
+async def _release(twin: SyncLockHold) -> None:
+    await twin.aio.release()

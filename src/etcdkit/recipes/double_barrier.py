@@ -297,5 +297,10 @@ class SyncDoubleBarrier(SyncHold[DoubleBarrier]):
     key = mirror(DoubleBarrier.key)
     lease_id = mirror(DoubleBarrier.lease_id)
     state = mirror(DoubleBarrier.state)
-    enter = blocking(DoubleBarrier.enter)
+
+    def enter(self, timeout: float | None = None) -> None:
+        # (entered for an enter interrupted in this thread: it leaves, its key removed)
+        self.portal.call(self.aio.enter(timeout), abandon=lambda _: self.aio.leave(0))
+
+    enter.__doc__ = DoubleBarrier.enter.__doc__
     leave = blocking(DoubleBarrier.leave)

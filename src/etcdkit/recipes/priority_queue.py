@@ -133,4 +133,10 @@ class SyncPriorityQueue(Twin[PriorityQueue]):
 
     name = mirror(PriorityQueue.name, direct=True)
     put = blocking(PriorityQueue.put)
-    get = blocking(PriorityQueue.get)
+
+    def get(self, timeout: float | None = None) -> bytes:
+        # (the item taken for a get interrupted in this thread goes back in its place)
+        line = self.aio._line
+        return self.portal.call(line.take_item(timeout), abandon=line.put_back).value
+
+    get.__doc__ = PriorityQueue.get.__doc__

@@ -90,6 +90,11 @@ class ItemLine:
 
     async def take(self, timeout: float | None) -> bytes:
         """The value of the first item, which this call removed from the queue."""
+        return (await self.take_item(timeout)).value
+
+    async def take_item(self, timeout: float | None) -> KeyValue:
+        """The first item, which this call removed from the queue (:meth:`put_back` puts it
+        back in its place)."""
         check_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -112,7 +117,7 @@ class ItemLine:
         finally:
             self.waiting -= 1
 
-    async def _take(self, deadline: float | None, timeout: float | None) -> bytes:
+    async def _take(self, deadline: float | None, timeout: float | None) -> KeyValue:
         loop = asyncio.get_running_loop()
         retry = self._etcd.retry
         backoff = retry.backoff()
@@ -141,14 +146,14 @@ class ItemLine:
             backoff.reset()
             for kv in head.kvs:
                 if await self._claim(kv):
-                    return kv.value
+                    return kv
             if head.kvs or head.more:
                 continue  # others took what we read: read on
             if deadline is not None and loop.time() >= deadline:
                 raise self._timed_out(timeout, None)
             new = await self._next_put(head.revision, deadline, timeout)
             if new is not None and await self._claim(new):
-                return new.value
+                return new
 
     async def _pause(
         self, backoff: Backoff, deadline: float | None, timeout: float | None, last: EtcdkitError
@@ -224,22 +229,26 @@ class ItemLine:
                 exc,
             )
             return
-        if not took:
-            return
+        if took:
+            await self.put_back(kv)
+
+    async def put_back(self, kv: KeyValue) -> None:
+        """Put back, in its place, an item taken for a get that nobody awaits any more (it
+        was cancelled; on the threaded face, interrupted); a failure is logged."""
         try:
             await _finish(self._restore(kv))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning(
-                "%s: a get was cancelled after it took %r, and putting the item back failed "
+                "%s: a get was given up after it took %r, and putting the item back failed "
                 "(%s): it may be lost",
                 self._label,
                 kv.key,
                 exc,
             )
         else:
-            log.debug("%s: a cancelled get put %r back", self._label, kv.key)
+            log.debug("%s: a get given up put %r back", self._label, kv.key)
 
     def _timed_out(self, timeout: float | None, last: EtcdkitError | None) -> EtcdTimeoutError:
         why = f"; last error: {last}" if last is not None else ""
@@ -331,4 +340,10 @@ class SyncQueue(Twin[Queue]):
 
     name = mirror(Queue.name, direct=True)
     put = blocking(Queue.put)
-    get = blocking(Queue.get)
+
+    def get(self, timeout: float | None = None) -> bytes:
+        # (the item taken for a get interrupted in this thread goes back in its place)
+        line = self.aio._line
+        return self.portal.call(line.take_item(timeout), abandon=line.put_back).value
+
+    get.__doc__ = Queue.get.__doc__

@@ -249,7 +249,8 @@ class SyncRWHold(SyncHold[RWHold]):
 
     def acquire(self) -> SyncRWHold:
         """See :meth:`RWHold.acquire`: blocks until held; returns this hold."""
-        self.portal.call(self.aio.acquire())
+        # (held for an acquire interrupted in this thread: released, nobody has it)
+        self.portal.call(self.aio.acquire(), abandon=_release)
         return self
 
     def __enter__(self) -> SyncRWHold:
@@ -281,3 +282,7 @@ class SyncRWLock(Twin[RWLock]):
     def write(self) -> SyncRWHold:
         """See :meth:`RWLock.write` (no I/O)."""
         return SyncRWHold(self.portal, self.portal.read(self.aio.write))
+
+
+async def _release(hold: RWHold) -> None:
+    await hold.release()

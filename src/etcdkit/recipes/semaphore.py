@@ -413,7 +413,13 @@ class SyncSemaphore(Twin[Semaphore]):
 
     def acquire(self) -> SyncPermit:
         """See :meth:`Semaphore.acquire`: blocks until a permit is held; returns it."""
-        return SyncPermit(self.portal, self.portal.call(self.aio.acquire()))
+
+        async def acquired() -> SyncPermit:
+            # (its twin made on the loop: no second trip there that an interrupt could cut)
+            return SyncPermit(self.portal, await self.aio.acquire())
+
+        # a permit acquired for an acquire interrupted in this thread is released: nobody has it
+        return self.portal.call(acquired(), abandon=_release)
 
     def __enter__(self) -> SyncPermit:
         """:meth:`acquire`, remembered for this thread: the block's exit releases it."""
@@ -432,3 +438,7 @@ class SyncSemaphore(Twin[Semaphore]):
         permit = stack.pop()
         if not self.portal.closed:
             permit.release()
+
+
+async def _release(permit: SyncPermit) -> None:
+    await permit.aio.release()
