@@ -284,6 +284,8 @@ def test_decode_member_reads_like_go() -> None:
     assert decode(b'{"id":"a","data":"1","data":"2"}') == Member("a", "2")
     assert decode(b' {"id":"a","data":"\\ud800"} ') == Member("a", "\ufffd")
     assert decode(b'{"id":"a","data":"\xff"}') == Member("a", "\ufffd")
+    assert decode(b'{"id":"a","data":"\xe2\x82!"}') == Member("a", "\ufffd\ufffd!")  # Go's
+    assert decode(b'{"id":"a","n":' + b"9" * 5000 + b"}") == Member("a", "")  # not read
     assert decode_member("/r/", b"/r/a", b'{"id":"a"}') == Member("a")
 
 

@@ -92,6 +92,16 @@ def test_records_that_cannot_be_written_are_refused(
         (b"{}", Endpoint("")),
         (b" null \n", Endpoint("")),  # Go unmarshals null into a struct without an error
         (b'{"Addr":"\xff:1","Metadata":"\\ud800"}', Endpoint("\ufffd:1", "\ufffd")),
+        # one U+FFFD per byte of a broken sequence, as Go reads it (Python's own "replace"
+        # puts one for the whole sequence)
+        (b'{"Addr":"a\xe2\x82b:1"}', Endpoint("a\ufffd\ufffdb:1")),
+        (b'{"Addr":"a:1","Metadata":"\xf0\x9f\x98"}', Endpoint("a:1", "\ufffd" * 3)),
+        (
+            b'{"Addr":"a:1","Metadata":"\xed\xa0\x80\xc3\xa9"}',
+            Endpoint("a:1", "\ufffd" * 3 + "\xe9"),
+        ),
+        # an unknown field's value is not read, however long a number it holds
+        (b'{"Addr":"a:1","Extra":' + b"9" * 5000 + b"}", Endpoint("a:1")),
         ('{"Addr":"a:1","Metadata":2.5}', Endpoint("a:1", 2.5)),
     ],
 )
@@ -126,6 +136,8 @@ def test_records_are_read_as_go_unmarshals_them(value: str | bytes, want: Endpoi
         b'{"Op":0,"op":-0,"Addr":"a:1"}',
         b'{"Addr":5}',
         b'{"Addr":"a:1","Metadata":1e400}',
+        b'{"Addr":"a:1","Metadata":' + b"9" * 5000 + b"}",  # beyond a float64, as Go says
+        b'{"Op":' + b"9" * 5000 + b',"Addr":"a:1"}',
         b'{"Addr":"a:1","Metadata":NaN}',
         b'{"Addr":"a:1"} trailing',
     ],

@@ -19,7 +19,7 @@ import grpc.aio
 import pytest
 
 from _helpers import etcdkit_tasks
-from etcdkit import AsyncClient, Client
+from etcdkit import AsyncClient, Client, ClosedError
 from etcdkit.naming.grpc import EndpointChannel, EndpointSyncChannel, channel, sync_channel
 from etcdkit.server import EtcdServer
 from test_cluster_grpc import EchoStub, Node, SyncNode, owner_name
@@ -139,6 +139,8 @@ async def test_no_endpoint_fails_at_once_and_the_first_view_is_awaited(
             await EchoStub(ch).Who(b"", timeout=WAIT)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - t0 < WAIT / 2
+    with pytest.raises(ClosedError):  # as its docstring says, once the view was loaded too
+        await ch.synced(0)
 
 
 async def test_calls_made_before_the_first_view_wait_for_it(

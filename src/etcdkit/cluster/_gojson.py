@@ -3,17 +3,22 @@
 Writing: compact, fields in declaration order, UTF-8 text as is, and ``<``, ``>``, ``&``,
 U+2028, U+2029 escaped as ``\\u003c``-style escapes, as ``json.Marshal`` does, so a Python
 process writes byte-for-byte the value a Go process would (a compare-and-swap on the value, or a
-diff in ``etcdctl``, sees no difference).
+diff in ``etcdctl``, sees no difference). (The bytes are Go 1.22's and later's: before 1.22, Go
+wrote backspace and form feed as ``\\u0008`` and ``\\u000c``, where it now writes ``\\b`` and
+``\\f``, as Python does; the same JSON either way.)
 
 Reading follows ``json.Unmarshal`` into a struct: object keys match field names case-insensitively
 (the last occurrence wins), unknown keys are ignored, ``null`` leaves a field at its zero value,
 a value of the wrong JSON type is an error, and invalid UTF-8 (or a lone surrogate escape) reads
-as U+FFFD. A document nested deeper than Go's limit (10,000 levels), or than a reader's own
-lower limit, is an error too, never a RecursionError.
+as U+FFFD, one for each byte that is not part of a valid character (as Go counts them: Python's
+own ``errors="replace"`` puts one for a whole broken sequence). A document nested deeper than
+Go's limit (10,000 levels), or than a reader's own lower limit, is an error too, never a
+RecursionError.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Callable
@@ -26,6 +31,7 @@ __all__ = [
     "MinusZero",
     "dumps",
     "field",
+    "go_text",
     "loads_object",
     "parse_int",
 ]
@@ -68,10 +74,37 @@ class MinusZero(int):
 _MINUS_ZERO = MinusZero(0)
 
 
-def parse_int(text: str) -> int:
+def parse_int(text: str) -> int | float:
     """A ``parse_int`` for :func:`loads_object` that tells ``-0`` (a :class:`MinusZero`) from
     ``0``, for the readers that must treat it as Go does."""
-    return _MINUS_ZERO if text == "-0" else int(text)
+    return _MINUS_ZERO if text == "-0" else _int(text)
+
+
+def _int(text: str) -> int | float:
+    """``int(text)``; a number of more digits than Python turns into an int (``sys.
+    get_int_max_str_digits()``, 4,300 by default) is a float, ``inf``: it is far beyond a
+    float64, which Go refuses where it reads the value (an ``Op``, ``Metadata``) and ignores
+    in an unknown field, as the readers do with ``inf``."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _go_replace(exc: UnicodeError) -> tuple[str, int]:
+    """One U+FFFD for the first byte of an invalid sequence; decoding goes on at the next."""
+    assert isinstance(exc, UnicodeDecodeError)
+    return "\ufffd", exc.start + 1
+
+
+_GO_REPLACE = "etcdkit.go-replace"
+codecs.register_error(_GO_REPLACE, _go_replace)
+
+
+def go_text(data: bytes) -> str:
+    """``data`` decoded as UTF-8 as Go's ``encoding/json`` reads it: each byte that is not part
+    of a valid character reads as one U+FFFD."""
+    return data.decode("utf-8", errors=_GO_REPLACE)
 
 
 def dumps(obj: dict[str, Any]) -> str:
@@ -94,7 +127,7 @@ def loads_object(
     data: str | bytes,
     what: str,
     *,
-    parse_int: Callable[[str], Any] = int,
+    parse_int: Callable[[str], Any] = _int,
     max_depth: int = GO_MAX_DEPTH,
 ) -> GoObject:
     """Parse *data* as one JSON object; ValueError (saying it is not a valid *what*) otherwise.
@@ -104,7 +137,7 @@ def loads_object(
     own object is level 1, as Go counts) is a ValueError, and so is one nested too deeply for
     Python's recursive ``json`` (RecursionError): one bad record never fails its reader.
     """
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    text = go_text(data) if isinstance(data, bytes) else data
     # (two scans in C; the brackets are counted only when there are more than max_depth)
     if text.count("[") + text.count("{") > max_depth and (depth := _depth(text)) > max_depth:
         raise ValueError(f"not a valid {what}: nested {depth} levels deep, more than {max_depth}")

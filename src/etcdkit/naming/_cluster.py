@@ -92,6 +92,8 @@ class EndpointCluster:
         """Wait for the first view of the endpoints; returns its revision. Raises
         EtcdTimeoutError after *timeout* seconds, ClosedError once closed, or the failure
         that ended the watch (e.g. permission denied)."""
+        if self._closed or self._hub.closed:
+            raise ClosedError(f"the endpoints of {self.target!r} are closed")
         try:
             async with asyncio.timeout(timeout):
                 while not self._first.is_set():

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from etcdkit.cluster._gojson import GoObject, MinusZero, field, loads_object, parse_int
+from etcdkit.cluster._gojson import GoObject, MinusZero, field, go_text, loads_object, parse_int
 
 __all__ = ["MAX_DEPTH", "Endpoint", "decode_endpoint", "encode_endpoint", "metadata_is_safe"]
 
@@ -92,7 +92,7 @@ def encode_endpoint(addr: str, metadata: Any = None) -> str:
 def decode_endpoint(value: str | bytes) -> Endpoint:
     """Read a record as Go's ``json.Unmarshal`` does (see module doc); ValueError when Go
     would refuse it, or when it nests deeper than :data:`MAX_DEPTH`. Never RecursionError."""
-    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+    text = go_text(value) if isinstance(value, bytes) else value
     if text.strip(_JSON_SPACE) == "null":
         return Endpoint("", None)  # Go: unmarshalling null into a struct leaves it empty
     obj = loads_object(text, _WHAT, parse_int=parse_int, max_depth=MAX_DEPTH)
