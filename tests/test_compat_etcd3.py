@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -84,6 +86,34 @@ def test_the_submodules_and_names_of_python_etcd3_resolve() -> None:
     assert issubclass(exceptions.WatchTimedOut, TimeoutError)
     assert etcd3.client is not None
     assert etcd3.Transactions is not None
+
+
+_NEVER_CLOSED = """
+import sys, etcdkit.compat.etcd3 as etcd3
+host, port = sys.argv[1], int(sys.argv[2])
+etcd = etcd3.client(host, port, timeout=5)  # module-level, never closed: python-etcd3's way
+etcd.put("/never-closed/k", "v")
+print(etcd.get("/never-closed/k")[0].decode(), flush=True)
+if sys.argv[3] == "busy":
+    etcd.add_watch_prefix_callback("/never-closed/", lambda response: None)
+    etcd.lock("never-closed", ttl=5).acquire()
+"""
+
+
+@pytest.mark.parametrize("use", ["kv", "busy"])
+def test_a_script_that_never_closes_its_client_ends(etcd_server: EtcdServer, use: str) -> None:
+    """python-etcd3's usual script: a module-level client, used, never closed, the script
+    ends. It must end (the client's close, run by ``__del__`` while the interpreter shuts
+    down, once waited for the client's loop thread, which no longer runs then: for ever)."""
+    url = urlsplit(etcd_server.endpoint)
+    proc = subprocess.run(
+        [sys.executable, "-c", _NEVER_CLOSED, str(url.hostname), str(url.port), use],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "v\n"), proc.stderr[-2000:]
 
 
 def test_each_etcdkit_error_maps_to_its_python_etcd3_exception() -> None:

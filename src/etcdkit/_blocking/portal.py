@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -76,6 +77,13 @@ class Portal:
         result would be held by nobody."""
         try:
             self.check_caller()
+            if sys.is_finalizing():
+                # (e.g. a close() from a __del__ at exit): the loop thread, a daemon, can run
+                # no more, and waiting for it would keep the process from ever ending
+                raise ClosedError(
+                    "the interpreter is shutting down: the etcdkit Client's loop thread has "
+                    "stopped (close the client before the program ends)"
+                )
         except BaseException:
             coro.close()
             raise

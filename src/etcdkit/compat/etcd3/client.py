@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import weakref
@@ -185,7 +186,11 @@ class Etcd3Client:
 
     def __del__(self) -> None:
         # As python-etcd3's: a client dropped without close() is closed when collected (a
-        # client made per request would else keep a thread and its sockets for good).
+        # client made per request would else keep a thread and its sockets for good). Not at
+        # exit: the threads a close waits for can no longer run then (the process ends, and
+        # what it kept alive expires by its ttl, as python-etcd3's leases did).
+        if sys.is_finalizing():
+            return
         with contextlib.suppress(Exception):
             self.close()
 
