@@ -738,6 +738,29 @@ def test_add_update_remove_member_on_a_cluster() -> None:
             e3.remove_member(added.id)
 
 
+def test_members_and_status_answer_without_a_leader(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """A member added to a lone etcd that never starts takes its quorum away: there is no
+    leader. python-etcd3's members and status() still answered (the member's own list), the
+    usual health check being ``status().leader is None``."""
+    server = etcd_server_factory()
+    with compat(server, timeout=3) as e3:
+        e3.add_member([f"http://{HOST}:{free_port()}"])
+        deadline = time.monotonic() + 20
+        while e3.status().leader is not None:  # (the leader steps down in a second or two)
+            assert time.monotonic() < deadline, "the leader never stepped down"
+            time.sleep(0.2)
+        assert len(list(e3.members)) == 2
+        assert e3.status().leader is None
+    with etcdkit.Client(server.endpoint, timeout=3) as native:
+        assert len(native.members.list(serializable=True)) == 2
+        with pytest.raises(etcdkit.EtcdTimeoutError):
+            native.members.list()  # linearizable: it needs a leader
+        with pytest.raises(TypeError, match="serializable must be a bool"):
+            native.members.list(serializable=1)  # type: ignore[arg-type]
+
+
 def test_maintenance_alarms_and_snapshot(etcd_server_factory: Callable[..., EtcdServer]) -> None:
     server = etcd_server_factory(extra_args=["--quota-backend-bytes", str(256 * 1024)])
     with compat(server) as e3:

@@ -164,16 +164,21 @@ class Members:
     def __repr__(self) -> str:
         return f"<Members of {self._core.where}>"
 
-    async def list(self) -> builtins.list[Member]:
+    async def list(self, *, serializable: bool = False) -> builtins.list[Member]:
         """Every member of the cluster, as a list of :class:`Member` (linearizable: it includes
-        changes that completed before the call). Raises the client's errors
-        (:class:`ConnectionUnavailableError`, :class:`EtcdTimeoutError`, ...)."""
+        changes that completed before the call). ``serializable=True`` (Go's
+        ``WithSerializable``): the list the member answering holds, which needs no leader
+        (an etcd that lost its quorum still answers it) but may miss a change in progress.
+        Raises the client's errors (:class:`ConnectionUnavailableError`,
+        :class:`EtcdTimeoutError`, ...)."""
+        if not isinstance(serializable, bool):
+            raise TypeError(f"serializable must be a bool, got {serializable!r}")
         self._core.check_open()
         resp = await self._core.conn.call(
             "list members",
             "cluster",
             "MemberList",
-            rpc.MemberListRequest(linearizable=True),
+            rpc.MemberListRequest(linearizable=not serializable),
             idempotent=True,
         )
         return [_member_of(m) for m in resp.members]

@@ -516,9 +516,10 @@ class Etcd3Client:
 
     @property
     def members(self) -> Iterator[Member]:
-        """The cluster's members (an iterator of :class:`Member`; one request)."""
+        """The cluster's members (an iterator of :class:`Member`; one request, answered by
+        the member the client talks to, with or without a leader, as python-etcd3's was)."""
         with translated():
-            listed = self.native.members.list()
+            listed = self.native.members.list(serializable=True)
         return iter([self._member(m) for m in listed])
 
     @handle_errors
