@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -955,6 +956,30 @@ def test_timed_out_is_read_from_grpcs_words_not_the_key() -> None:
     )
     assert type(exceptions.translate(hung)) is exceptions.ConnectionTimeoutError
     assert type(exceptions.translate(refused)) is exceptions.ConnectionFailedError
+
+
+def test_a_black_holed_etcd_times_out_on_every_call() -> None:
+    """A listener that never accepts, its accept queue full: the SYNs of new connections are
+    dropped, as for a black-holed host. Each call runs into its deadline, as python-etcd3's
+    did: ConnectionTimeoutError every time (grpc's last words vary between attempts)."""
+    with socket.create_server((HOST, 0), backlog=0) as hole:
+        port = hole.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):  # (the kernel queues a connection or two beyond "0")
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex((HOST, port))
+                fillers.append(filler)
+            with compat_at(port, timeout=1) as e3:
+                for _ in range(3):
+                    with pytest.raises(exceptions.ConnectionTimeoutError):
+                        e3.get("/k")
+                    with pytest.raises(exceptions.ConnectionTimeoutError):
+                        e3.put("/k", "v")
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 def test_lock_refresh_after_release_or_expiry_answers_ttl_0(e3: Etcd3, etcd_prefix: str) -> None:

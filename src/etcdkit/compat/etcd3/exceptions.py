@@ -112,8 +112,10 @@ def _grpc_code(exc: BaseException) -> str:
 # What grpc says of a connection attempt that got no answer in time (a hung or black-holed
 # etcd: the TCP connection is accepted, or its SYN dropped, and nothing more comes), as opposed
 # to one refused (etcd down). python-etcd3's call then ran into its deadline:
-# DEADLINE_EXCEEDED, ConnectionTimeoutError; a refusal failed at once: UNAVAILABLE.
-_NO_ANSWER_MARKS = ("timed out", "timeout", "deadline exceeded")
+# DEADLINE_EXCEEDED, ConnectionTimeoutError; a refusal failed at once: UNAVAILABLE. ("tcp
+# handshaker shutdown": grpc gave up on a connection whose handshake never completed, e.g.
+# its SYNs dropped.)
+_NO_ANSWER_MARKS = ("timed out", "timeout", "deadline exceeded", "handshaker shutdown")
 
 
 def _timed_out(exc: ConnectionUnavailableError) -> bool:
