@@ -226,6 +226,13 @@ def test_listings_sort_and_keys_only(e3: Etcd3, etcd_prefix: str) -> None:
     everything = {m.key for _, m in e3.get_all()}
     assert {(etcd_prefix + n).encode() for n in "abc"} <= everything
     assert e3.get_all_response(keys_only=True).count >= 3
+    # python-etcd3 takes these by position too
+    by_value_desc = e3.get_range_response(etcd_prefix + "a", etcd_prefix + "z", "descend", "value")
+    assert [kv.value for kv in by_value_desc.kvs] == [b"3", b"2", b"1"]
+    newest_first = e3.get_all_response("descend", "create", True)
+    mine = [kv for kv in newest_first.kvs if kv.key.startswith(etcd_prefix.encode())]
+    assert [kv.key for kv in mine] == [(etcd_prefix + n).encode() for n in "cab"]
+    assert {kv.value for kv in mine} == {b""}
 
     with pytest.raises(TypeError, match="range_end"):
         e3.get_prefix(etcd_prefix, range_end=b"x")

@@ -256,10 +256,17 @@ class Etcd3Client:
         return pairs(self.get_prefix_response(key_prefix, **kwargs))
 
     def get_range_response(
-        self, range_start: str | bytes, range_end: str | bytes, **kwargs: Any
+        self,
+        range_start: str | bytes,
+        range_end: str | bytes,
+        sort_order: str | None = None,
+        sort_target: str = "key",
+        **kwargs: Any,
     ) -> RangeResult:
         """etcd's answer for the keys in ``[range_start, range_end)``."""
-        return self._range(range_start, range_end, **kwargs)
+        return self._range(
+            range_start, range_end, sort_order=sort_order, sort_target=sort_target, **kwargs
+        )
 
     def get_range(
         self, range_start: str | bytes, range_end: str | bytes, **kwargs: Any
@@ -267,9 +274,22 @@ class Etcd3Client:
         """``(value, KVMetadata)`` of every key in ``[range_start, range_end)``."""
         return pairs(self.get_range_response(range_start, range_end, **kwargs))
 
-    def get_all_response(self, **kwargs: Any) -> RangeResult:
+    def get_all_response(
+        self,
+        sort_order: str | None = None,
+        sort_target: str = "key",
+        keys_only: bool = False,
+        **kwargs: Any,
+    ) -> RangeResult:
         """etcd's answer for every key."""
-        return self._range(b"\0", b"\0", **kwargs)
+        return self._range(
+            b"\0",
+            b"\0",
+            sort_order=sort_order,
+            sort_target=sort_target,
+            keys_only=keys_only,
+            **kwargs,
+        )
 
     def get_all(self, **kwargs: Any) -> Iterator[tuple[bytes, KVMetadata]]:
         """``(value, KVMetadata)`` of every key in etcd."""
