@@ -5,9 +5,12 @@ object, unanswered writes, both faces, and Go's recipes sharing the queues both 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 from collections import Counter as Multiset
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,7 @@ from _go import GoProc, GoPrograms, go_program
 from etcdkit import (
     AsyncClient,
     Client,
+    ClosedError,
     EtcdTimeoutError,
     OutcomeUnknownError,
     PriorityQueue,
@@ -229,6 +233,41 @@ async def test_a_take_whose_answer_was_lost_is_reported(
             await q.get(timeout=WAIT)
         with pytest.raises(EtcdTimeoutError):
             await q.get(timeout=0)  # not delivered twice
+
+
+async def test_a_take_cut_off_by_the_clients_close_is_reported(
+    etcd_server_factory: Callable[..., EtcdServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client closes while a take's delete waits for etcd's answer (etcd stopped: it
+    never comes). Whether the take landed is unknown and the item cannot be put back: the get
+    raises ClosedError and a WARNING names the item's key, as the docs promise for every
+    item not delivered."""
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as admin:
+        key = await admin.queue("/q").put("precious")
+        client = AsyncClient(server.endpoint)
+        await client.connect()
+        txn = client.txn
+
+        async def txn_to_a_stopped_etcd(*args: Any, **kwargs: Any) -> Any:
+            server.pause()  # the take's delete goes out, and nothing answers it
+            return await txn(*args, **kwargs)
+
+        client.txn = txn_to_a_stopped_etcd  # type: ignore[method-assign]
+        getter = asyncio.create_task(client.queue("/q").get(timeout=WAIT))
+        try:
+            async with asyncio.timeout(WAIT):
+                while not server.paused:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # (the delete is out)
+            with caplog.at_level(logging.WARNING, logger="etcdkit.queue"):
+                await client.close()
+                with pytest.raises(ClosedError):
+                    await getter
+        finally:
+            server.resume()
+    said = [r.getMessage() for r in caplog.records if r.name == "etcdkit.queue"]
+    assert any("client closed while taking" in m and repr(key) in m for m in said), said
 
 
 async def test_an_unanswered_put_is_not_sent_again(

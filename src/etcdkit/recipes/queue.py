@@ -23,6 +23,7 @@ from typing import Literal, TypeVar
 
 from etcdkit._blocking.twin import Twin, blocking, mirror
 from etcdkit._errors import (
+    ClosedError,
     CompactedError,
     EtcdkitError,
     EtcdTimeoutError,
@@ -198,6 +199,16 @@ class ItemLine:
             if attempt.cancelled():
                 raise
             await self._settle(attempt, kv)
+            raise
+        except ClosedError:
+            # The client closed with the delete in flight: it was cut off unanswered, and
+            # etcd may have applied it (nobody can put the item back now).
+            log.warning(
+                "%s: the client closed while taking %r, with no answer: if the take landed, "
+                "that item is lost",
+                self._label,
+                kv.key,
+            )
             raise
 
     async def _claim_once(self, kv: KeyValue) -> bool:
