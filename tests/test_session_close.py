@@ -346,16 +346,18 @@ async def test_a_grant_answered_after_close_gave_up_expires_after_its_ttl(
         assert s.lease_id == 0
 
 
+@pytest.mark.parametrize("own_lease", [False, True], ids=["pooled", "own"])
 async def test_a_persistent_lease_closed_during_its_grant_leaves_no_lease(
-    etcd_server_factory: Callable[..., EtcdServer],
+    etcd_server_factory: Callable[..., EtcdServer], own_lease: bool
 ) -> None:
-    """A PersistentLease closed while its (pooled) session's grant is unanswered: the close
-    returns (bounded), and the session it was opening is abandoned, not left to come alive
-    when etcd answers with nobody to close it (it used to keep a lease alive for ever)."""
+    """A PersistentLease closed while its session's grant is unanswered (a pooled session,
+    or with ``own_lease=True`` one of its own): the close returns (bounded), and the session
+    it was opening is abandoned, not left to come alive when etcd answers with nobody to
+    close it (each once kept a lease alive until the client closed)."""
     server = etcd_server_factory()
     async with _connected_pair(server) as (admin, client, before):
         with paused(server):
-            lease = client.persistent_lease("/pl-closed-in-grant", "v", ttl=2)
+            lease = client.persistent_lease("/pl-closed-in-grant", "v", ttl=2, own_lease=own_lease)
             lease.start()
             await _wait_sent()
             assert GRANT_TASK in etcdkit_tasks()  # its grant is out, unanswered
@@ -419,3 +421,30 @@ async def test_a_grant_failing_after_its_open_was_cancelled_is_no_unretrieved_er
     finally:
         loop.set_exception_handler(None)
     assert reported == []
+
+
+async def test_a_session_whose_async_with_was_cancelled_leaves_no_lease(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """``async with client.session(30):`` cancelled while its grant is unanswered: the block
+    never runs and nobody gets the session to close; its lease, granted once etcd answers,
+    is revoked (it was kept alive until the client closed)."""
+    server = etcd_server_factory()
+    async with _connected_pair(server) as (admin, client, before):
+
+        async def use() -> None:
+            async with client.session(30):
+                raise AssertionError("the block must not run")
+
+        with paused(server):
+            user = asyncio.create_task(use())
+            await _wait_sent()
+            assert GRANT_TASK in etcdkit_tasks()  # its grant is out, unanswered
+            user.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await user
+        async with asyncio.timeout(BOUND):  # etcd answers the grant: it is revoked
+            while set(await admin.leases()) != before or GRANT_TASK in etcdkit_tasks():
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # (nothing comes back: no keepalive brought it to life)
+        assert set(await admin.leases()) == before

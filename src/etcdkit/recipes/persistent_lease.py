@@ -30,6 +30,7 @@ from etcdkit._retry import Backoff
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare, EventType, Op, SessionState, WatchEvent, key_bytes, to_bytes
 from etcdkit.recipes._hold import check_timeout
+from etcdkit.recipes.session import abandon
 
 if TYPE_CHECKING:
     from etcdkit import Session, Watch
@@ -518,5 +519,11 @@ class PersistentLease:
     async def _new_session(self) -> Session:
         if not self._own_lease:
             return await self._etcd.shared_session(self, self._ttl)
-        session = await self._etcd.session(self._ttl).open()
-        return session
+        session = self._etcd.session(self._ttl)
+        try:
+            return await session.open()
+        except BaseException:
+            # (closed, or the open failed): a grant in flight goes on; its lease is revoked,
+            # not kept alive for a session nobody holds
+            await abandon(session, f"lease {self._key!r}")
+            raise

@@ -156,7 +156,13 @@ class Session:
         return self.open().__await__()
 
     async def __aenter__(self) -> Session:
-        return await self.open()
+        try:
+            return await self.open()
+        except BaseException:
+            # The block never runs, and nobody gets the session to close: a grant still in
+            # flight (the caller cancelled) is revoked, not kept alive for nobody.
+            await abandon(self, f"ttl {self._requested_ttl}")
+            raise
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
