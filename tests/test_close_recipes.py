@@ -343,3 +343,33 @@ def _down_for_a_moment(server: EtcdServer) -> Iterator[None]:
         yield
     finally:
         restart.join()
+
+
+@pytest.mark.parametrize("turns", [0, 1, 5, 10, 11, 20])
+async def test_a_cancelled_close_still_revokes_and_a_second_close_waits_for_it(
+    etcd_server: EtcdServer, etcd_prefix: str, turns: int
+) -> None:
+    """``close()`` cancelled ``turns`` turns of the loop after it began (a timeout around it,
+    a task cancelled at shutdown): the cancellation reaches its caller at once, the close
+    goes on revoking what the client held, and a second close() waits for it. Once, the
+    first close marked the client closed on its way out, so the second returned at once with
+    the lock and the session left in etcd for their TTL (or it swallowed the cancellation)."""
+    p = etcd_prefix
+    async with AsyncClient(etcd_server.endpoint) as admin:
+        client = AsyncClient(etcd_server.endpoint)
+        await client.connect()
+        await client.lock(p + "lock", ttl=30).acquire()
+        session = await client.session(30)
+        await client.put(p + "session-key", "x", lease=session.lease_id)
+        closer = asyncio.create_task(client.close())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        closer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closer
+        async with asyncio.timeout(10):
+            await client.close()
+        assert client.closed
+        assert session.state is etcdkit.SessionState.CLOSED
+        assert (await admin.get_prefix(p)).kvs == []
+        assert session.lease_id not in await admin.leases()

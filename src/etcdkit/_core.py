@@ -66,6 +66,7 @@ class Core:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.state = CoreState.UNOPENED
         self._closed = asyncio.Event()  # set once a close() has ended: what another waits for
+        self._closing: asyncio.Future[None] | None = None  # the close under way (a task)
 
     @property
     def where(self) -> str:
@@ -189,6 +190,14 @@ class Core:
             self.check_loop()
         self.state = CoreState.CLOSING
         self.conn.end_calls()  # what callers wait for ends now, not after the revokes
+        # The close runs to its end in a task of its own: a caller cancelled meanwhile (a
+        # timeout around close(), a task cancelled at shutdown) leaves it revoking what the
+        # client held, and a close() after that waits for it, as any close under way.
+        closing = self._closing = asyncio.ensure_future(self._close(was_open))
+        closing.add_done_callback(_read_error)
+        await asyncio.shield(closing)
+
+    async def _close(self, was_open: bool) -> None:
         try:
             # The streams end now too: watches and keepalives in flight end with ClosedError
             # at once, not after the children's revokes (each bounded, 2 s with etcd hung).
@@ -211,3 +220,8 @@ class Core:
                     await self.conn.close()
             finally:
                 self._closed.set()
+
+
+def _read_error(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # (raised to the close() that awaits it, if one still does)
