@@ -13,7 +13,7 @@ from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from etcdkit._errors import ClosedError, WrongContextError
+from etcdkit._errors import ClosedError, WrongContextError, mark_retrieved
 from etcdkit._key_watches import KeyWatches
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
@@ -194,7 +194,7 @@ class Core:
         # timeout around close(), a task cancelled at shutdown) leaves it revoking what the
         # client held, and a close() after that waits for it, as any close under way.
         closing = self._closing = asyncio.ensure_future(self._close(was_open))
-        closing.add_done_callback(_read_error)
+        closing.add_done_callback(mark_retrieved)
         await asyncio.shield(closing)
 
     async def _close(self, was_open: bool) -> None:
@@ -220,8 +220,3 @@ class Core:
                     await self.conn.close()
             finally:
                 self._closed.set()
-
-
-def _read_error(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()  # (raised to the close() that awaits it, if one still does)

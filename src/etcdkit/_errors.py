@@ -27,6 +27,11 @@ built-in ``TypeError`` / ``ValueError`` with a message that says what to pass in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
+
 __all__ = [
     "AuthError",
     "ClosedError",
@@ -114,3 +119,11 @@ class ConflictError(EtcdkitError):
 
 class ServerError(EtcdkitError):
     """etcd reported an error that has no more specific class."""
+
+
+def mark_retrieved(task: asyncio.Future[Any]) -> None:
+    """A done callback for a task nobody may await any more (its caller gave up, or it runs
+    on alone): its error counts as read, so asyncio does not report it as "never retrieved".
+    Whoever still awaits it gets the error all the same."""
+    if not task.cancelled():
+        task.exception()

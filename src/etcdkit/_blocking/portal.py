@@ -12,7 +12,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from etcdkit._errors import ClosedError, WrongContextError
+from etcdkit._errors import ClosedError, WrongContextError, mark_retrieved
 
 __all__ = ["SHUTDOWN_BOUND", "Portal"]
 
@@ -116,7 +116,7 @@ class Portal:
                 task.cancel()
             elif abandon is not None and not task.cancelled() and task.exception() is None:
                 undo = asyncio.ensure_future(abandon(task.result()))
-                undo.add_done_callback(_retrieved)
+                undo.add_done_callback(mark_retrieved)
 
         with self._lock:
             if self.closed:
@@ -180,8 +180,3 @@ class Portal:
             self.loop.close()
         for fut in pending:
             fut.cancel()
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # (an undo that failed is no error of anyone's now)

@@ -22,6 +22,7 @@ from etcdkit._errors import (
     EtcdTimeoutError,
     InvalidArgumentError,
     LeaseNotFoundError,
+    mark_retrieved,
 )
 from etcdkit._types import (
     Compare,
@@ -195,11 +196,6 @@ class KeySpace:
             return end
         stop = self.prefix + n.to_bytes(self.width, "big").rstrip(b"\0")
         return stop if start < stop < end else end
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _joined(pieces: list[Any]) -> Any:
@@ -643,7 +639,7 @@ class KV:
                 # (its error is retrieved when it is done: a listing dropped unfinished, say as
                 # its client closes, may never reach the finally below, and a failed prefetch
                 # nobody waits for is no error)
-                pending.add_done_callback(_retrieved)
+                pending.add_done_callback(mark_retrieved)
                 for _ in range(SEND_TURNS):
                     await asyncio.sleep(0)
                 yield kvs, rev, resp.header

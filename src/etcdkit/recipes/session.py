@@ -23,6 +23,7 @@ from etcdkit._errors import (
     EtcdkitError,
     EtcdTimeoutError,
     LeaseNotFoundError,
+    mark_retrieved,
 )
 from etcdkit._surface import Etcd
 from etcdkit._types import SessionState
@@ -43,11 +44,6 @@ ABANDON_WAIT = 0.2  # how long a recipe that gave up on a grant waits for its cl
 # cancel), each in a task of its own: it waits (GRANT_WAIT) for the grant's answer and
 # revokes what etcd granted, then ends; at once when the client closes (its calls fail).
 _abandoned: set[asyncio.Task[None]] = set()
-
-
-def _read_error(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 async def abandon(session: Session, what: str) -> None:
@@ -139,7 +135,7 @@ class Session:
             )
             # Its error is read by whoever awaits it; one that fails once every opener gave up
             # (the shield below lets it go on) is nobody's: not "never retrieved".
-            opening.add_done_callback(_read_error)
+            opening.add_done_callback(mark_retrieved)
         try:
             await asyncio.shield(opening)
         except asyncio.CancelledError:
