@@ -34,6 +34,7 @@ __all__ = [
     "WatchBatch",
     "WatchEvent",
     "WatchFilter",
+    "check_bool",
     "check_int64",
     "key_bytes",
     "prefix_range_end",
@@ -365,7 +366,8 @@ def range_end_of(
     return raw, end
 
 
-def _flag(value: object, what: str) -> bool:
+def check_bool(value: object, what: str) -> bool:
+    """``value`` if it is a bool; TypeError naming ``what`` otherwise (not 0 or 1)."""
     if value is True or value is False:
         return value
     if not isinstance(value, bool):
@@ -452,7 +454,7 @@ class Op:
             "range",
             key_bytes(key),
             revision=check_int64(revision, "revision", hint=" (0 = latest)"),
-            serializable=_flag(serializable, "serializable"),
+            serializable=check_bool(serializable, "serializable"),
         )
 
     @classmethod
@@ -492,9 +494,9 @@ class Op:
             limit=check_int64(limit, "limit", hint=" (0 = no limit)"),
             sort_order=sort_order,
             sort_target=sort_target,
-            serializable=_flag(serializable, "serializable"),
-            keys_only=_flag(keys_only, "keys_only"),
-            count_only=_flag(count_only, "count_only"),
+            serializable=check_bool(serializable, "serializable"),
+            keys_only=check_bool(keys_only, "keys_only"),
+            count_only=check_bool(count_only, "count_only"),
             min_mod_revision=check_int64(min_mod_revision, "min_mod_revision"),
             max_mod_revision=check_int64(max_mod_revision, "max_mod_revision"),
             min_create_revision=check_int64(min_create_revision, "min_create_revision"),
@@ -514,16 +516,16 @@ class Op:
     ) -> Op:
         """Write ``key=value`` (see :meth:`AsyncClient.put` for the options)."""
         lease = check_int64(lease, "lease", hint=" (a lease id, 0 = none)")
-        if _flag(ignore_value, "ignore_value") and value not in (b"", ""):
+        if check_bool(ignore_value, "ignore_value") and value not in (b"", ""):
             raise ValueError("ignore_value=True keeps the current value: pass value=b''")
-        if _flag(ignore_lease, "ignore_lease") and lease:
+        if check_bool(ignore_lease, "ignore_lease") and lease:
             raise ValueError("ignore_lease=True keeps the current lease: pass lease=0")
         return _op(
             "put",
             key_bytes(key),
             value=to_bytes(value, "value"),
             lease=lease,
-            prev_kv=_flag(prev_kv, "prev_kv"),
+            prev_kv=check_bool(prev_kv, "prev_kv"),
             ignore_value=ignore_value,
             ignore_lease=ignore_lease,
         )
@@ -545,7 +547,7 @@ class Op:
         """Delete one key, the keys in ``[key, range_end)``, or with ``prefix=True`` every key
         starting with ``key``."""
         raw, end = range_end_of(key, range_end, prefix)
-        return _op("delete", raw, range_end=end, prev_kv=_flag(prev_kv, "prev_kv"))
+        return _op("delete", raw, range_end=end, prev_kv=check_bool(prev_kv, "prev_kv"))
 
     @classmethod
     def delete_prefix(cls, prefix: str | bytes, *, prev_kv: bool = False) -> Op:

@@ -30,7 +30,7 @@ from aetcd import rpc
 
 from etcdkit._admin_types import Alarm, HashKV, Member, Status
 from etcdkit._errors import ConnectionUnavailableError, EtcdTimeoutError, ServerError
-from etcdkit._types import check_int64
+from etcdkit._types import check_bool, check_int64
 from etcdkit._wire.admin_auth import Auth
 from etcdkit._wire.conn import Channel
 from etcdkit._wire.kv import header_of
@@ -171,14 +171,13 @@ class Members:
         (an etcd that lost its quorum still answers it) but may miss a change in progress.
         Raises the client's errors (:class:`ConnectionUnavailableError`,
         :class:`EtcdTimeoutError`, ...)."""
-        if not isinstance(serializable, bool):
-            raise TypeError(f"serializable must be a bool, got {serializable!r}")
+        linearizable = not check_bool(serializable, "serializable")
         self._core.check_open()
         resp = await self._core.conn.call(
             "list members",
             "cluster",
             "MemberList",
-            rpc.MemberListRequest(linearizable=not serializable),
+            rpc.MemberListRequest(linearizable=linearizable),
             idempotent=True,
         )
         return [_member_of(m) for m in resp.members]

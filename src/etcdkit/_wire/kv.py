@@ -37,6 +37,7 @@ from etcdkit._types import (
     RangeResult,
     ResponseHeader,
     TxnResult,
+    check_bool,
     check_int64,
     key_bytes,
     prefix_range_end,
@@ -769,9 +770,7 @@ class KV:
 
     async def lease_info(self, lease_id: int, *, keys: bool = False) -> LeaseInfo:
         lid = check_int64(lease_id, "lease_id")
-        if not isinstance(keys, bool):
-            raise TypeError(f"keys must be a bool, got {type(keys).__name__}: {keys!r:.40}")
-        req = rpc.LeaseTimeToLiveRequest(ID=lid, keys=keys)
+        req = rpc.LeaseTimeToLiveRequest(ID=lid, keys=check_bool(keys, "keys"))
         resp = await self._read(f"info of lease {lid:#x}", "lease", "LeaseTimeToLive", req)
         if resp.TTL == -1:
             raise LeaseNotFoundError(
