@@ -136,22 +136,20 @@ class SyncLock(Twin[Lock]):
             return self._twin(await self.aio.acquire())
 
         # (a KeyboardInterrupt after the acquisition was made releases it: nobody holds it)
-        twin = self.portal.call(acquired(), abandon=_release)
-        with self._maps:
-            self._mine[threading.current_thread()] = twin
-        return twin
+        return self._mine_now(self.portal.call(acquired(), abandon=_release))
 
     def try_acquire(self) -> bool:
         """See :meth:`Lock.try_acquire`."""
         self._check_reentry()
 
-        async def attempt() -> tuple[bool, LockHold | None]:
+        async def attempt() -> tuple[bool, SyncLockHold | None]:
             ok = await self.aio.try_acquire()
-            return ok, self.aio.hold  # (this task's: the one try_acquire made)
+            hold = self.aio.hold  # (this task's: the one try_acquire made)
+            return ok, None if hold is None else self._twin(hold)
 
-        ok, hold = self.portal.call(attempt())
-        if hold is not None:
-            self._mine_now(hold)
+        ok, twin = self.portal.call(attempt())
+        if twin is not None:
+            self._mine_now(twin)
         return ok
 
     def release(self) -> None:
@@ -251,8 +249,8 @@ class SyncLock(Twin[Lock]):
             self._last_twin = made
         return made
 
-    def _mine_now(self, hold: LockHold) -> SyncLockHold:
-        twin = self._twin(hold)
+    def _mine_now(self, twin: SyncLockHold) -> SyncLockHold:
+        """``twin`` is the current thread's acquisition from now on."""
         with self._maps:
             self._mine[threading.current_thread()] = twin
         return twin
