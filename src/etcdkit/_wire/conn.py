@@ -197,12 +197,26 @@ def short(what: str) -> str:
     return what if len(what) <= MESSAGE_WHAT else what[:MESSAGE_WHAT] + "...(cut)"
 
 
+def status_code(exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
+    """``exc``'s code, where etcd's own "context deadline exceeded" counts as DEADLINE_EXCEEDED.
+    etcd gets the call's deadline with it; when its context runs out first (a linearizable read
+    or a proposal waiting for a leader), Go's grpc sends that error back as UNKNOWN, a moment
+    before this side's own deadline would have fired. It is the same event: no answer in time."""
+    code = exc.code()
+    if code == grpc.StatusCode.UNKNOWN and (exc.details() or "").strip() == _GO_DEADLINE:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return code
+
+
+_GO_DEADLINE = "context deadline exceeded"  # Go's context.DeadlineExceeded.Error()
+
+
 def map_rpc_error(exc: BaseException, where: str, what: str) -> EtcdkitError:
     """Convert a grpc error into the etcdkit hierarchy (callers ``raise ... from exc``)."""
     what = short(what)
     if not isinstance(exc, grpc.aio.AioRpcError):
         return ConnectionUnavailableError(f"{what} at {where} failed: {exc!r}")
-    code = exc.code()
+    code = status_code(exc)
     details = exc.details() or ""
     msg = f"{what} at {where} failed: {code.name}: {details}"
     low = details.lower()
@@ -273,7 +287,7 @@ def _pick_failed(exc: grpc.aio.AioRpcError) -> bool:
 def _maybe_applied(exc: grpc.aio.AioRpcError) -> bool:
     """A write that failed this way may still have been applied: its answer was lost (the
     connection ended, or the deadline passed) after the request may have left this process."""
-    code = exc.code()
+    code = status_code(exc)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return True
     details = (exc.details() or "").lower()
@@ -533,7 +547,7 @@ class Connection:
         try:
             await ch.stubs.maintenance.Status(_STATUS, timeout=READ_PROBE_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
+            code = status_code(exc)
             if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
                 self.note_failure(map_rpc_error(exc, str(ch.endpoint), "status (a read waits)"))
                 self.failover(ch, f"a read and a status request unanswered ({code.name})")
@@ -698,7 +712,7 @@ class Connection:
                         continue
                     err = map_rpc_error(exc, str(ch.endpoint), what)
                     err.__cause__ = exc  # (kept as ``last``, it is raised later, as a cause)
-                    code = exc.code()
+                    code = status_code(exc)
                     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                         self.note_failure(err)
                         self.failover(ch, f"{code.name}: {exc.details()}")
