@@ -373,3 +373,42 @@ async def test_a_cancelled_close_still_revokes_and_a_second_close_waits_for_it(
         assert session.state is etcdkit.SessionState.CLOSED
         assert (await admin.get_prefix(p)).kvs == []
         assert session.lease_id not in await admin.leases()
+
+
+async def test_a_session_closing_when_its_client_closes_still_revokes(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """A session's own close is under way, its revoke unanswered (etcd down), when the client
+    closes: the client's close must not cut that revoke short (it was one of the last revokes
+    too). etcd is back 0.5 s later, within the revoke's bound: the lease is gone at once, not
+    after its 30 s TTL."""
+    server = etcd_server_factory()
+    client = AsyncClient(server.endpoint)
+    await client.connect()
+    session = client.session(ttl=30)
+    await session.open()
+    with _down_for_a_moment(server):
+        closing = asyncio.ensure_future(session.close())
+        await asyncio.sleep(0.1)  # its revoke is in flight, unanswered
+        async with asyncio.timeout(10):
+            await client.close()
+            await closing
+    async with AsyncClient(server.endpoint) as admin:
+        assert await admin.leases() == []
+
+
+def test_threaded_a_session_closing_when_its_client_closes_still_revokes(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """The same on the threaded face: the session's close runs in another thread."""
+    server = etcd_server_factory()
+    client = Client(server.endpoint)
+    session = client.session(ttl=30)
+    session.open()
+    with _down_for_a_moment(server), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        closing = pool.submit(session.close)
+        time.sleep(0.1)  # its revoke is in flight, unanswered
+        client.close()
+        closing.result(timeout=10)
+    with Client(server.endpoint) as admin:
+        assert admin.leases() == []

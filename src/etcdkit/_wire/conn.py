@@ -326,7 +326,7 @@ class Stubs:
 class Channel:
     """One grpc.aio channel to one endpoint, and the calls in flight on it."""
 
-    __slots__ = ("calls", "ended", "endpoint", "kicked", "live", "probe", "stubs")
+    __slots__ = ("calls", "ended", "endpoint", "finals", "kicked", "live", "probe", "stubs")
 
     def __init__(self, endpoint: Endpoint, stubs: Stubs) -> None:
         self.endpoint = endpoint
@@ -334,6 +334,7 @@ class Channel:
         self.calls: set[Any] = set()  # unary calls in flight (awaited by their caller)
         self.kicked: set[Any] = set()  # calls cancelled by a failover (to be sent elsewhere)
         self.ended: set[Any] = set()  # calls cancelled because the client is closing
+        self.finals: set[Any] = set()  # calls the client's closing does not cut (revokes)
         # the streams, and the unary calls whose caller stopped awaiting them before grpc
         # finished them: close() waits for each one's end
         self.live: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -465,12 +466,13 @@ class Connection:
 
     def end_calls(self) -> None:
         """The client is closing: every call in flight now, and every retry pause, ends with
-        :class:`ClosedError` at once. Calls made from here on (the owner's last revokes) run."""
+        :class:`ClosedError` at once. Calls made from here on (the owner's last revokes) run,
+        and so do the ``final`` calls in flight (a revoke a session's own close sent)."""
         self.closing = True
         if self._closed_event is not None:
             self._closed_event.set()
         for ch in self._channels:
-            for call in list(ch.calls):
+            for call in ch.calls - ch.finals:
                 ch.ended.add(call)
                 call.cancel()
 
@@ -630,6 +632,7 @@ class Connection:
         *,
         idempotent: bool,
         channel: Channel | None = None,
+        final: bool = False,
     ) -> Any:
         """One unary RPC with the client's timeout, auth metadata and error mapping.
 
@@ -638,7 +641,9 @@ class Connection:
         A call cancelled because the client closed raises :class:`ClosedError`. Its duration
         and outcome are counted by ``method`` (:mod:`etcdkit._metrics`). ``channel`` (from
         :meth:`channel_at`) pins the call to that endpoint: it is retried there, never
-        elsewhere (maintenance calls address one member).
+        elsewhere (maintenance calls address one member). ``final``: one of an owner's last
+        calls (a revoke), which the client's closing does not cut: it runs on, within its
+        bounds, until the channels close.
         """
         # One coroutine for the call, its retries and its meter: each more frame costs every
         # call of the client (put, get, txn) a little.
@@ -649,7 +654,8 @@ class Connection:
         deadline = None if self.timeout is None else loop.time() + self.timeout
         backoff = None  # made at the first retry (most calls never need one)
         last: EtcdkitError | None = None
-        closing = self.closing  # made while the client closes: one of its last revokes
+        # made while the client closes (one of its last revokes), or such a call made before
+        closing = self.closing or final
         refreshed = False
         try:
             while True:
@@ -669,6 +675,8 @@ class Connection:
                     fn = getattr(getattr(ch.stubs, service), method)
                     call = fn(request, timeout=left, metadata=md)
                     ch.calls.add(call)
+                    if final:
+                        ch.finals.add(call)
                     if (
                         idempotent
                         and channel is None
@@ -682,6 +690,8 @@ class Connection:
                         if hang_check is not None:
                             hang_check.cancel()
                         ch.calls.discard(call)
+                        if final:
+                            ch.finals.discard(call)
                         if not call.done():  # (cancelled: grpc has yet to finish it)
                             ch.live.add(call)
                     self.answered = True

@@ -760,7 +760,9 @@ class KV:
         lid = check_int64(lease_id, "lease_id")
         req = rpc.LeaseRevokeRequest(ID=lid)
         # Revoking twice is harmless (the second says "lease not found"): safe to retry.
-        await self._read(f"revoke lease {lid:#x}", "lease", "LeaseRevoke", req)
+        await self._conn.call(
+            f"revoke lease {lid:#x}", "lease", "LeaseRevoke", req, idempotent=True, final=True
+        )
 
     async def time_to_live(self, lease_id: int) -> int:
         lid = check_int64(lease_id, "lease_id")
