@@ -118,6 +118,13 @@ CALL_CASES = [
     ("get", ("/k",), {"revision": -1}, ValueError, "revision"),
     ("get", ("/k",), {"revision": "1"}, (TypeError, ValueError), "revision"),
     ("get", ("/k",), {"revision": 10**12}, etcdkit.InvalidArgumentError, "future revision"),
+    # (once a TypeError naming nothing, and 1 taken for True)
+    ("get", ("/k",), {"serializable": "yes"}, TypeError, "serializable must be a bool"),
+    ("get", ("/k",), {"serializable": 1}, TypeError, "serializable must be a bool"),
+    ("compact", (1,), {"physical": "yes"}, TypeError, "physical must be a bool"),
+    # (once taken, then ended by etcd at the first event read: "watcher range is empty")
+    ("watch", ("/b",), {"range_end": "/a"}, ValueError, "range_end .* must be greater than key"),
+    ("watch", ("/a",), {"range_end": "/a"}, ValueError, "range_end .* must be greater than key"),
     ("get_prefix", (None,), {}, TypeError, "prefix must be str or bytes"),
     ("get_prefix", ("/p/",), {"page_size": 0}, ValueError, "page_size"),
     ("get_prefix", ("/p/",), {"page_size": "10"}, (TypeError, ValueError), "page_size"),
@@ -469,3 +476,13 @@ async def test_huge_ttl_persistent_lease_reports_the_refusal(etcd_server: EtcdSe
                 await lease.registered(timeout=BOUND)
             assert lease.state is etcdkit.LeaseState.FAILED
             assert isinstance(lease.error, etcdkit.InvalidArgumentError)
+
+
+def test_a_compare_prefix_must_be_a_bool() -> None:
+    """Any truthy value once made a range compare silently (flipping a transaction's
+    outcome), where ``Op.range`` refused it."""
+    bad: Any = "no"
+    with pytest.raises(TypeError, match="prefix must be a bool"):
+        etcdkit.Compare.version("/t/", ">", 0, prefix=bad)
+    with pytest.raises(TypeError, match="prefix must be a bool"):
+        etcdkit.Compare.value("/t/", "==", "v", prefix=1)  # type: ignore[arg-type]

@@ -320,7 +320,10 @@ class AsyncClient:
         ``"create"``, ``"mod"`` or ``"value"``. ``serializable``: the member's own state, not
         the leader's (faster, possibly behind). ``keys_only``: no values; ``count_only``: no
         keys. ``min_/max_mod_revision`` and ``min_/max_create_revision`` filter (0: no bound).
-        One request: use :meth:`get_prefix` for a big prefix read page by page.
+        One request: use :meth:`get_prefix` for a big prefix read page by page. (Plain reads
+        of one key asked for while another is in flight go out together, in read-only
+        transactions of up to 128, each read still answered as it would be alone; not on
+        etcd 3.5.0-3.5.4, which panics when such a transaction is cut short: etcd-io/etcd#14110.)
         Returns :class:`RangeResult` ``(kvs, revision, count, more, header)``. Raises
         :class:`CompactedError` for a compacted ``revision``; ``TypeError``/``ValueError`` for
         bad arguments, before any I/O.
@@ -484,7 +487,11 @@ class AsyncClient:
 
     async def revoke(self, lease_id: int) -> None:
         """Revoke a lease: every key attached to it is deleted at once. Also while the client
-        closes (what it closes, sessions first, revokes its leases then)."""
+        closes (what it closes, sessions first, revokes its leases then). Raises
+        :class:`LeaseNotFoundError` when etcd has no such lease (expired, revoked), also when
+        it was this call's own first attempt that revoked it: a revoke whose answer was lost
+        (the connection ended) is sent again, as Go's client does, and the second finds it
+        gone."""
         self._core.check_open(closing_ok=True)
         await self._core.kv.revoke(lease_id)
 
@@ -592,6 +599,11 @@ class AsyncClient:
             raw, end = key_bytes(key), b""  # (one key: what wait_for asks, by the thousand)
         else:
             raw, end = range_end_of(key, range_end, prefix)
+            if end != b"\0" and raw >= end:  # (etcd would end it: "watcher range is empty")
+                raise ValueError(
+                    f"range_end {end!r:.60} must be greater than key {raw!r:.60}: the watch "
+                    "would cover no key (b'\0': every key from key on)"
+                )
         self._core.check_loop()
         return Watch(
             self._core,

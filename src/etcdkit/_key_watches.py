@@ -22,16 +22,21 @@ one turn) would make runs that span other runs' keys, and events received twice.
 An error that ends a shared watch ends all its watchers with it, but for a compaction: the
 shared watch starts at its oldest watcher's revision (or resumes at its own next one), and a
 watcher whose own next revision etcd still has goes on, on an etcd watch of its own, as its
-own watch would have; only the others get the :class:`CompactedError`.
+own watch would have; only the others get the :class:`CompactedError`. And but for a
+permission denied: etcd's auth allows a watch only when the user may read its whole range,
+which a user allowed each watched key but not the keys between is not. Every watcher then
+goes on, on an etcd watch of its own (allowed or refused as it would have been), and the
+client's key watches share no more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable
 
-from etcdkit._errors import CompactedError, EtcdkitError
+from etcdkit._errors import CompactedError, EtcdkitError, WatchEndedError
 from etcdkit._types import WatchEvent
 from etcdkit._wire.watch_hub import WatchHub, WatchSub
 
@@ -39,6 +44,8 @@ __all__ = ["GROUP_MIN", "KEYS_PER_WATCH", "KeyWatch", "KeyWatches"]
 
 GROUP_MIN = 32  # keys under one parent, asked for in one turn, before they share etcd watches
 KEYS_PER_WATCH = 128  # keys per shared etcd watch at most
+
+log = logging.getLogger("etcdkit.watch")
 
 EventsCallback = Callable[[list[WatchEvent]], None]
 EndCallback = Callable[[EtcdkitError], None]
@@ -175,12 +182,20 @@ class _Group:
         if owner is not None:
             owner._closed(self)
         compacted = err.compact_revision if isinstance(err, CompactedError) else 0
+        denied = isinstance(err, WatchEndedError) and "permission denied" in str(err).lower()
+        if denied and owner is not None and owner.share:
+            owner.share = False
+            log.info("single-key watches share etcd watches no more: %s", err)
         # (where the shared watch was to resume: it delivered everything before it)
         resume = self.sub.next_rev if self.sub is not None else 0
         for ws in members.values():
             for w in ws:
                 start = max(w.start, resume)
-                if compacted and owner is not None and not w.ended and start >= compacted:
+                if (
+                    owner is not None
+                    and not w.ended
+                    and (denied or (compacted and start >= compacted))
+                ):
                     # etcd still has this watcher's history: it goes on, on a watch of its own
                     w.start = start
                     w._carried_by(None)
@@ -213,6 +228,7 @@ class KeyWatches:
         self._turn = False  # a watch was asked for in this turn of the event loop
         self._groups: dict[bytes, list[_Group]] = {}  # open shared watches by parent, by first
         self.live = 0  # watches neither cancelled nor ended
+        self.share = True  # until etcd refuses a shared watch (see the module docstring)
 
     def waiting(self) -> int:
         """Watches neither cancelled nor ended whose etcd watch has been asked for."""
@@ -246,7 +262,7 @@ class KeyWatches:
             if not w.ended and not self._join(w):
                 by_parent.setdefault(parent_of(w.key), []).append(w)
         for parent, ws in by_parent.items():
-            if len(ws) < GROUP_MIN:
+            if len(ws) < GROUP_MIN or not self.share:
                 for w in ws:
                     self._alone(w)
                 continue

@@ -333,7 +333,8 @@ class Compare:
         if op not in _OPS:
             raise ValueError(f"compare op must be one of {', '.join(_OPS)}; got {op!r}")
         raw = key_bytes(key)
-        return cls(raw, target, op, operand, prefix_range_end(raw) if prefix else b"")
+        prefixed = check_bool(prefix, "prefix")
+        return cls(raw, target, op, operand, prefix_range_end(raw) if prefixed else b"")
 
 
 SortOrder: TypeAlias = Literal["ascend", "descend"]

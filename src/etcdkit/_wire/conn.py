@@ -492,6 +492,12 @@ class Connection:
     def stubs(self) -> Stubs:
         return self.channel.stubs
 
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        """Every endpoint's channel, in the order the client was given them."""
+        self.check_open()
+        return tuple(self._channels)
+
     def channel_at(self, endpoint: str) -> Channel:
         """The channel of ``endpoint``: one of the client's endpoints, as "host:port" or a URL
         (matched on host and port as the client was given them; no DNS lookup). Another

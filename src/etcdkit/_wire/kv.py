@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from typing import Any
 
@@ -17,6 +19,7 @@ import grpc.aio
 from aetcd import rpc
 
 from etcdkit._errors import (
+    ClosedError,
     ConnectionUnavailableError,
     EtcdkitError,
     EtcdTimeoutError,
@@ -423,16 +426,38 @@ def _txn_result(
 
 _LISTS = (list, tuple)  # (txn's arguments, as given nearly always: no ABC check needed)
 TXN_OPS = 128  # etcd's default --max-txn-ops: gets per coalesced read
+BATCH_PROBE_AGAIN = 30.0  # s before asking again the endpoints' versions, when one did not answer
+_STATUS = rpc.StatusRequest()
+
+log = logging.getLogger("etcdkit.kv")
+
+
+def batches_reads(version: str) -> bool:
+    """Whether etcd of ``version`` may be sent plain reads batched in a read-only transaction.
+    Not etcd 3.5.0-3.5.4: it panics when a read-only transaction's context ends (deadline,
+    cancel, connection gone) while the transaction runs (etcd-io/etcd#14110, fixed in 3.5.5),
+    where a plain Range just fails. Nor a version it cannot read."""
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
+    if m is None:
+        return False
+    v = (int(m[1]), int(m[2]), int(m[3]))
+    return not (3, 5, 0) <= v <= (3, 5, 4)
 
 
 class KV:
     """Typed etcd calls over one :class:`Connection` (retries and deadlines live there)."""
+
+    # Whether plain reads may go out batched (see batches_reads): None until every endpoint's
+    # version is known, unbatched meanwhile. (A class default: tests of what batches do set
+    # it, on an etcd that would not get them.)
+    _batches: bool | None = None
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._gets: list[tuple[bytes, asyncio.Future[RangeResult]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._reading = 0  # coalescable reads in flight
+        self._batch_probe_at = 0.0  # (loop time) not before: the endpoints' versions
 
     @property
     def where(self) -> str:
@@ -452,7 +477,11 @@ class KV:
     ) -> tuple[KeyValue | None, int]:
         """The key's entry (``None`` when absent) and the revision the answer holds at."""
         raw = key_bytes(key)
-        req = rpc.RangeRequest(key=raw, revision=_revision(revision), serializable=serializable)
+        req = rpc.RangeRequest(
+            key=raw,
+            revision=_revision(revision),
+            serializable=check_bool(serializable, "serializable"),
+        )
         resp = await self._read(f"get {raw!r}", "kv", "Range", req)
         return (kv_of(resp.kvs[0]) if resp.kvs else None), int(resp.header.revision)
 
@@ -461,10 +490,18 @@ class KV:
         checked), but reads asked for while another is in flight go out together at the next
         turn of the event loop, up to :data:`TXN_OPS` per read-only transaction (one revision
         each): ten thousand ``wait_for`` calls started at once cost ~80 round trips, not
-        10,000. (No :class:`Op` is made per read: ten thousand of them add up.)"""
-        if not self._reading and not self._gets:
-            # Nothing in flight: this read goes out at once (a lone caller waits no extra turn,
-            # and one that starts before a put reads before that put).
+        10,000. (No :class:`Op` is made per read: ten thousand of them add up.)
+
+        Only once every endpoint said its version and none is etcd 3.5.0-3.5.4
+        (:func:`batches_reads`); until then, and for good on those, each read is its own
+        Range, as Go's ``Get``. A transaction etcd refuses for what one of its reads asks (a
+        key the user may not read, ``--max-txn-ops`` below 128) sends each read again alone,
+        for its own answer."""
+        if (not self._reading and not self._gets) or self._batches is not True:
+            # Nothing in flight (or no batches): this read goes out at once (a lone caller
+            # waits no extra turn, and one that starts before a put reads before that put).
+            if self._reading and self._batches is None:
+                self._learn_versions()
             self._reading += 1
             try:
                 return await self._get_one(key)
@@ -490,32 +527,86 @@ class KV:
     async def _read_many(self, chunk: list[tuple[bytes, asyncio.Future[RangeResult]]]) -> None:
         self._reading += 1
         try:
-            if len(chunk) == 1:
-                results = [await self._get_one(chunk[0][0])]
-            else:
-                # plain reads of one key each: the request and results are built directly
-                req = rpc.TxnRequest(
-                    success=[
-                        rpc.RequestOp(request_range=rpc.RangeRequest(key=key)) for key, _ in chunk
-                    ]
-                )
-                resp = await self._read(f"get {len(chunk)} keys", "kv", "Txn", req)
-                header = header_of(resp.header)
-                results = [_range_result(r.response_range, header) for r in resp.responses]
+            results = await self._batch(chunk)
         except asyncio.CancelledError:
             for _, fut in chunk:
                 fut.cancel()
             raise
-        except Exception as exc:
-            for _, fut in chunk:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
         finally:
             self._reading -= 1
         for (_, fut), result in zip(chunk, results):
-            if not fut.done():
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
                 fut.set_result(result)
+
+    async def _batch(
+        self, chunk: list[tuple[bytes, asyncio.Future[RangeResult]]]
+    ) -> list[RangeResult | BaseException]:
+        """The answer (or error) of each read of ``chunk``."""
+        try:
+            if len(chunk) == 1:
+                return [await self._get_one(chunk[0][0])]
+            # plain reads of one key each: the request and results are built directly
+            req = rpc.TxnRequest(
+                success=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key)) for key, _ in chunk]
+            )
+            resp = await self._read(f"get {len(chunk)} keys", "kv", "Txn", req)
+        except (ConnectionUnavailableError, EtcdTimeoutError, ClosedError) as exc:
+            return [exc] * len(chunk)  # (each read alone would meet the same)
+        except EtcdkitError as exc:
+            # etcd refused the transaction for what one read asks, or for its size: each read
+            # goes again alone, for its own answer (as each was asked for).
+            if "too many operations" in str(exc):
+                self._batches = False
+                log.info("plain reads are no longer batched: %s (etcd's --max-txn-ops)", exc)
+            return list(
+                await asyncio.gather(*(self._get_one(k) for k, _ in chunk), return_exceptions=True)
+            )
+        header = header_of(resp.header)
+        return [_range_result(r.response_range, header) for r in resp.responses]
+
+    def _learn_versions(self) -> None:
+        """Ask every endpoint's version (once at a time, in a task of the KV's: it ends with
+        the client's calls), to know if plain reads may go out batched."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._batch_probe_at:
+            return
+        self._batch_probe_at = float("inf")  # (one at a time)
+        task = asyncio.ensure_future(self._versions())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+        task.add_done_callback(mark_retrieved)
+
+    async def _versions(self) -> None:
+        try:
+            calls = [
+                self._conn.call(
+                    "status (are plain reads batched?)",
+                    "maintenance",
+                    "Status",
+                    _STATUS,
+                    idempotent=True,
+                    channel=ch,
+                )
+                for ch in self._conn.channels
+            ]
+            answers = await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            self._batch_probe_at = asyncio.get_running_loop().time() + BATCH_PROBE_AGAIN
+        old = [a.version for a in answers if not isinstance(a, BaseException)]
+        old = [v for v in old if not batches_reads(v)]
+        if old:
+            self._batches = False
+            log.info(
+                "etcd %s: plain reads are not batched into transactions (etcd 3.5.0-3.5.4 "
+                "panics when one is cut short: etcd-io/etcd#14110)",
+                old[0],
+            )
+        elif not any(isinstance(a, BaseException) for a in answers):
+            self._batches = True
 
     async def range(self, op: Op) -> RangeResult:
         """Run one range :class:`Op` (built, and so checked, by ``Op.range``)."""
@@ -736,7 +827,7 @@ class KV:
 
     async def compact(self, revision: int, *, physical: bool = False) -> None:
         rev = check_int64(revision, "revision", low=1)
-        req = rpc.CompactionRequest(revision=rev, physical=physical)
+        req = rpc.CompactionRequest(revision=rev, physical=check_bool(physical, "physical"))
         await self._write(f"compact to {rev}", "kv", "Compact", req)
 
     # -- leases -----------------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""Plain reads of one key asked for together (``range(key)``, ``wait_for`` in bulk) go out
+batched in read-only transactions, but only where that is safe, and each read still gets its
+own answer: found by an outside audit against etcd 3.5.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pytest
+
+import etcdkit
+from _helpers import fresh_client
+from etcdkit import AsyncClient
+from etcdkit._wire import kv as wire_kv
+from etcdkit._wire.kv import batches_reads
+from etcdkit.testing import EtcdServer
+from etcdkit.testing.server import etcd_version
+
+WAVE = 50  # concurrent plain reads in a wave
+
+
+@pytest.mark.parametrize(
+    ("version", "batched"),
+    [
+        ("3.4.23", True),
+        ("3.5.0", False),
+        ("3.5.1", False),
+        ("3.5.4", False),
+        ("3.5.5", True),
+        ("3.5.17", True),
+        ("3.6.0", True),
+        ("3.6.0-alpha.0", True),
+        ("not a version", False),
+        ("", False),
+    ],
+)
+def test_which_etcd_takes_batched_reads(version: str, batched: bool) -> None:
+    """etcd 3.5.0-3.5.4 panics when a read-only transaction's context ends while it runs
+    (etcd-io/etcd#14110); a plain Range just fails there."""
+    assert batches_reads(version) is batched
+
+
+async def _wave(
+    client: AsyncClient, keys: list[str]
+) -> tuple[list[etcdkit.RangeResult | BaseException], int]:
+    """``keys`` read at once with plain ``range()``: the answers (or errors), and the calls
+    they cost."""
+    calls = client.stats.calls
+    answers = await asyncio.gather(*(client.range(k) for k in keys), return_exceptions=True)
+    return answers, client.stats.calls - calls
+
+
+async def _until_batched(client: AsyncClient, key: str) -> None:
+    """Waves of reads until one goes out batched (the client first asks every endpoint's
+    version)."""
+    async with asyncio.timeout(10):
+        while (await _wave(client, [key] * WAVE))[1] > WAVE // 5:
+            await asyncio.sleep(0.05)
+
+
+async def test_concurrent_reads_with_a_short_deadline_leave_etcd_running(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """128 plain reads of 256 KiB values at once, the client's deadline 1 ms: they fail with
+    EtcdTimeoutError, and etcd goes on. (Batched into one transaction, etcd 3.5.1 panicked
+    when the transaction's deadline passed while it ran.)"""
+    server = etcd_server_factory()
+    keys = [f"/big/{i:03d}" for i in range(128)]
+    async with fresh_client(server.endpoint) as etcd:
+        for k in keys:
+            await etcd.put(k, b"v" * 262144)
+    for _ in range(3):
+        async with fresh_client(server.endpoint, timeout=0.001) as hurried:
+            answers = await asyncio.gather(
+                *(hurried.range(k) for k in keys), return_exceptions=True
+            )
+        assert all(
+            isinstance(a, etcdkit.RangeResult | etcdkit.EtcdTimeoutError) for a in answers
+        ), answers
+        assert server.running, server.logs(20)
+    async with fresh_client(server.endpoint) as etcd:
+        assert (await etcd.range(keys[0])).kvs[0].value == b"v" * 262144
+
+
+async def test_reads_are_batched_only_where_etcd_takes_it(
+    etcd_server_factory: Callable[..., EtcdServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = etcd_server_factory()
+    if batches_reads(etcd_version(server.binary)):  # etcd 3.4, >= 3.5.5 (ETCDKIT_ETCD_BIN)
+        async with fresh_client(server.endpoint) as etcd:
+            await _until_batched(etcd, "/k")
+        return
+    caplog.set_level(logging.INFO, logger="etcdkit.kv")
+    async with fresh_client(server.endpoint) as etcd:
+        async with asyncio.timeout(10):
+            while "plain reads are not batched" not in caplog.text:
+                await _wave(etcd, ["/k"] * WAVE)
+                await asyncio.sleep(0.05)
+        for _ in range(3):
+            answers, calls = await _wave(etcd, ["/k"] * WAVE)
+            assert calls == WAVE  # each read its own Range, as Go's Get
+            assert all(isinstance(a, etcdkit.RangeResult) for a in answers)
+
+
+@pytest.fixture
+def batching(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches at once, on this etcd too (3.5.1 from PyPI would not get them): what follows
+    is about what a batch does, and its reads never run out of time."""
+    monkeypatch.setattr(wire_kv.KV, "_batches", True)
+
+
+@pytest.mark.usefixtures("batching")
+async def test_a_forbidden_read_fails_alone_in_a_batch(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """alice may read /ok/ only: her reads of /ok/ asked for with one of /secret/ each get
+    their value, the forbidden one its PermissionDeniedError, as each does alone."""
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint) as admin:
+        await admin.put("/ok/a", "fine")
+        await admin.put("/secret/b", "hidden")
+        await admin.auth.user_add("root", "rootpw")
+        await admin.auth.role_add("root")
+        await admin.auth.user_grant_role("root", "root")
+        await admin.auth.role_add("ok")
+        await admin.auth.role_grant_permission("ok", "/ok/", prefix=True, perm="read")
+        await admin.auth.user_add("alice", "alicepw")
+        await admin.auth.user_grant_role("alice", "ok")
+        await admin.auth.enable()
+    async with fresh_client(server.endpoint, username="alice", password="alicepw") as alice:
+        await _until_batched(alice, "/ok/a")
+        answers, calls = await _wave(alice, ["/ok/a"] * (WAVE - 1) + ["/secret/b"])
+        assert calls > 1
+        *fine, denied = answers
+        assert all(isinstance(a, etcdkit.RangeResult) and a.kvs[0].value == b"fine" for a in fine)
+        assert isinstance(denied, etcdkit.PermissionDeniedError)
+        # and batches go on (one refusal says nothing of the next batch)
+        assert (await _wave(alice, ["/ok/a"] * WAVE))[1] <= WAVE // 5
+
+
+@pytest.mark.usefixtures("batching")
+async def test_reads_go_alone_on_an_etcd_with_fewer_txn_ops(
+    etcd_server_factory: Callable[..., EtcdServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """etcd --max-txn-ops 8 refuses a batch of 49 reads: each read goes again alone and
+    gets its answer, and the client sends no more batches."""
+    caplog.set_level(logging.INFO, logger="etcdkit.kv")
+    server = etcd_server_factory(extra_args=["--max-txn-ops", "8"])
+    async with fresh_client(server.endpoint) as etcd:
+        await etcd.put("/k", "v")
+        answers: list[etcdkit.RangeResult | BaseException] = []
+        async with asyncio.timeout(10):  # (until the client knows the version: a batch then)
+            while "no longer batched" not in caplog.text:
+                answers += (await _wave(etcd, ["/k"] * WAVE))[0]
+        assert all(isinstance(a, etcdkit.RangeResult) and a.kvs for a in answers), answers
+        for _ in range(3):
+            wave, calls = await _wave(etcd, ["/k"] * WAVE)
+            assert calls == WAVE
+            assert all(isinstance(a, etcdkit.RangeResult) and a.kvs for a in wave)
