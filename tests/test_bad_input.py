@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -250,6 +251,7 @@ async def test_the_waits_check_their_timeouts(etcd_server: EtcdServer) -> None:
         async with (
             client.watch_prefix("/bad-input/waits/") as watch,
             client.persistent_lease("/bad-input/waits/k", "v", ttl=5) as lease,
+            client.session(ttl=5) as session,
         ):
             for timeout, exc in BAD_WAIT_TIMEOUTS:
                 for wait in (
@@ -257,6 +259,8 @@ async def test_the_waits_check_their_timeouts(etcd_server: EtcdServer) -> None:
                     lambda t: lease.registered(timeout=t),
                     lambda t: lease.synced(timeout=t),
                     lambda t: lease.wait_state(etcdkit.LeaseState.FAILED, timeout=t),
+                    # (a NaN once went into the loop's timers: other sleeps overslept by s)
+                    lambda t: session.wait_lost(timeout=t),
                 ):
                     with quickly(), pytest.raises(exc, match="timeout"):
                         await wait(timeout)
@@ -272,16 +276,23 @@ def test_the_threaded_waits_check_their_timeouts(
         Client(etcd_server.endpoint) as client,
         client.watch_prefix("/bad-input/waits-sync/") as watch,
         client.persistent_lease("/bad-input/waits-sync/k", "v", ttl=5) as lease,
+        client.session(ttl=5) as session,
     ):
         for timeout, exc in BAD_WAIT_TIMEOUTS:
             for wait in (
                 lambda t: watch.synced(timeout=t),
                 lambda t: lease.registered(timeout=t),
                 lambda t: lease.wait_state(etcdkit.LeaseState.FAILED, timeout=t),
+                lambda t: session.wait_lost(timeout=t),
             ):
                 with quickly(), pytest.raises(exc, match="timeout"):
                     wait(timeout)
         assert lease.registered(timeout=BOUND) > 0
+        with pytest.raises(etcdkit.EtcdTimeoutError):
+            session.wait_lost(timeout=0.01)
+    with Client(etcd_server.endpoint) as client, client.session(ttl=5) as session:
+        threading.Timer(0.2, session.close).start()
+        assert session.wait_lost(timeout=float("inf")) is etcdkit.SessionState.CLOSED
 
 
 async def test_calls_on_closed_and_unopened_clients(etcd_server: EtcdServer) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -281,6 +282,56 @@ def test_threaded_double_barrier(
         t.join()
     assert errors == []
     assert sorted(done) == ["in 0", "in 1", "out 0", "out 1"]
+    assert etcd_sync.get_prefix(name + "/").kvs == []
+
+
+async def test_a_double_barrier_waiter_whose_key_is_deleted_queues_again(
+    etcd: AsyncClient, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A's key is deleted (its lease alive) while A waits in enter(), then B enters: A queues
+    again with a new key (REQUEUED, one WARNING), so the count is reached and both get in.
+    (A once went on waiting on the ready key alone: the two counted one, both timed out.)"""
+    name = etcd_prefix + "db"
+    a = etcd.double_barrier(name, 2, ttl=5)
+    b = etcd.double_barrier(name, 2, ttl=5)
+    states: list[HoldState] = []
+    a.add_listener(states.append)
+    entering = asyncio.create_task(a.enter(timeout=WAIT))
+    async with asyncio.timeout(WAIT):
+        while not await keys(etcd, a.waiters_prefix.decode() + "/"):
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # (A waits on the ready key now)
+    assert await etcd.delete_prefix(a.waiters_prefix.decode() + "/") == 1
+    await b.enter(timeout=WAIT)
+    await entering
+    assert HoldState.REQUEUED in states
+    assert a.state is b.state is HoldState.HELD
+    assert "deleted" in caplog.text
+    await asyncio.gather(a.leave(timeout=WAIT), b.leave(timeout=WAIT))
+    assert await keys(etcd, name + "/") == []
+
+
+def test_threaded_double_barrier_waiter_whose_key_is_deleted_queues_again(
+    etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    name = etcd_prefix + "db"
+    a = etcd_sync.double_barrier(name, 2, ttl=5)
+    b = etcd_sync.double_barrier(name, 2, ttl=5)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        entering = pool.submit(a.enter, WAIT)
+        deadline = time.monotonic() + WAIT
+        while not etcd_sync.get_prefix(a.waiters_prefix + b"/").kvs:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert etcd_sync.delete_prefix(a.waiters_prefix + b"/") == 1
+        b.enter(timeout=WAIT)
+        entering.result(timeout=WAIT)
+    assert a.state is b.state is HoldState.HELD
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        leaving = pool.submit(a.leave, WAIT)
+        b.leave(timeout=WAIT)
+        leaving.result(timeout=WAIT)
     assert etcd_sync.get_prefix(name + "/").kvs == []
 
 

@@ -367,6 +367,18 @@ def range_end_of(
     return raw, end
 
 
+def check_timeout(timeout: object, what: str = "timeout") -> float | None:
+    """``timeout`` as seconds (``None``: no bound); TypeError/ValueError naming ``what`` for
+    anything but ``None`` or a number >= 0 (not a bool, not NaN)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r:.40}")
+    if not timeout >= 0:
+        raise ValueError(f"{what} must be a number of seconds >= 0 or None, got {timeout!r}")
+    return float(timeout)
+
+
 def check_bool(value: object, what: str) -> bool:
     """``value`` if it is a bool; TypeError naming ``what`` otherwise (not 0 or 1)."""
     if value is True or value is False:

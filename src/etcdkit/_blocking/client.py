@@ -29,7 +29,14 @@ from etcdkit._errors import ClosedError, EtcdTimeoutError
 from etcdkit._metrics import ClientStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._snapshot import Snapshot, Transform
-from etcdkit._types import KeepAliveStatus, KeyValueLike, PutResult, WatchBatch, WatchFilter
+from etcdkit._types import (
+    KeepAliveStatus,
+    KeyValueLike,
+    PutResult,
+    WatchBatch,
+    WatchFilter,
+    check_timeout,
+)
 from etcdkit._watch import Watch
 from etcdkit._wire.conn import Stubs
 from etcdkit._wire.keepalive import KeepAlive
@@ -646,7 +653,8 @@ class SyncSession(Twin[Session]):
     def wait_lost(self, timeout: float | None = None) -> SessionState:
         """See :meth:`Session.wait_lost`; raises :class:`EtcdTimeoutError` after ``timeout``."""
         self.portal.check_caller()  # (a wait here would block the loop that sets ``lost``)
-        if not self.lost.wait(timeout):
+        limit = check_timeout(timeout)
+        if not self.lost.wait(None if limit == float("inf") else limit):
             raise EtcdTimeoutError(
                 f"session {self.aio.lease_id:#x} was not lost within {timeout} s"
             )

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from etcdkit._errors import ClosedError, EtcdkitError, EtcdTimeoutError
 from etcdkit._snapshot import Snapshot
 from etcdkit._surface import Etcd
-from etcdkit._types import DEFAULT_OPEN_TIMEOUT
+from etcdkit._types import DEFAULT_OPEN_TIMEOUT, check_timeout
 from etcdkit.cluster._member import (
     Member,
     check_root,
-    check_timeout,
     decode_member,
     encode_member,
     member_key,

@@ -7,7 +7,6 @@ so Python and Go processes can share one cluster.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from etcdkit.cluster import _gojson
@@ -16,7 +15,6 @@ __all__ = [
     "Member",
     "check_id",
     "check_root",
-    "check_timeout",
     "decode_member",
     "encode_member",
     "member_key",
@@ -62,16 +60,6 @@ def check_root(root: object) -> str:
     if not root:
         raise ValueError("the cluster root must be a non-empty key prefix such as '/services/api'")
     return root.rstrip("/")
-
-
-def check_timeout(timeout: object) -> None:
-    """Refuse a timeout that is not None or a number of seconds >= 0 (TypeError/ValueError)."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
 
 
 def member_prefix(root: str) -> bytes:

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from etcdkit._errors import ClosedError, EtcdTimeoutError
+from etcdkit._types import check_timeout
 from etcdkit.cluster._member import (
     Member,
     check_root,
-    check_timeout,
     decode_member,
     encode_member,
     member_key,

@@ -47,6 +47,7 @@ from etcdkit._types import (
     SessionState,
     WatchEvent,
     WatchFilter,
+    check_timeout,
     to_bytes,
 )
 from etcdkit.recipes.session import abandon
@@ -115,16 +116,6 @@ def check_ttl(ttl: object) -> int:
             "holder is told LOST; use ttl >= 2 for a hold that relies on lost/guard()",
         )
     return ttl
-
-
-def check_timeout(timeout: object, what: str = "timeout") -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r:.40}")
-    if not timeout >= 0:
-        raise ValueError(f"{what} must be a number of seconds >= 0 or None, got {timeout!r}")
-    return float(timeout)
 
 
 def check_count(value: object, what: str) -> int:

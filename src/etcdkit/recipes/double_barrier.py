@@ -48,8 +48,23 @@ class BarrierFullError(EtcdkitError):
     ``ErrTooManyClients``): this one did not enter (its key was removed)."""
 
 
-def _put(events: list[WatchEvent]) -> bool:
-    return any(ev.type is EventType.PUT for ev in events)
+def _ready_or_gone(
+    ready: bytes, mine: bytes, since: int
+) -> tuple[Callable[[list[WatchEvent]], bool], Callable[[RangeResult], bool]]:
+    """For ``watch_until`` on the barrier's keys: the ``ready`` key put at or after revision
+    ``since``, or our own key ``mine`` deleted (events; a read of the keys)."""
+
+    def done(events: list[WatchEvent]) -> bool:
+        return any(
+            ev.kv.key == ready and ev.type is EventType.PUT and ev.kv.mod_revision >= since
+            for ev in events
+        ) or any(ev.kv.key == mine and ev.type is EventType.DELETE for ev in events)
+
+    def settled(now: RangeResult) -> bool:
+        found = {kv.key: kv.mod_revision for kv in now.kvs}
+        return found.get(ready, 0) >= since or mine not in found
+
+    return done, settled
 
 
 class DoubleBarrier:
@@ -176,7 +191,7 @@ class DoubleBarrier:
                 assert isinstance(counted, RangeResult)
                 if isinstance(mine, RangeResult):
                     if not mine.kvs:
-                        raise Gone("our key is gone (its lease expired or was revoked)")
+                        raise Gone("our key is gone (deleted, or its lease expired or was revoked)")
                     rev = mine.kvs[0].create_revision
                 else:
                     rev = res.revision
@@ -194,19 +209,28 @@ class DoubleBarrier:
                 if not wait:
                     return None
 
-                def ready(now: RangeResult, since: int = first) -> bool:
-                    return any(kv.mod_revision >= since for kv in now.kvs)  # put since we came
-
+                # Until the ready key is put since we came, or our own key goes (deleted:
+                # we queue again with a new one, or the others count one too few for ever).
+                done, settled = _ready_or_gone(self.ready_key, key, first)
                 await watch_until(
                     etcd,
-                    self.ready_key,
+                    self._prefix,
                     first - 1,
                     session,
-                    _put,
-                    filters=("nodelete",),
-                    settled=ready,
+                    done,
+                    prefix=True,
+                    filters=(),
+                    settled=settled,
                 )
-                return key, rev, res.revision
+                # which was it (or did etcd compact what the watch was to show)?
+                got = await etcd.txn([], [Op.get(self.ready_key), Op.get(key)])
+                ready_now, mine_now = got.responses
+                assert isinstance(ready_now, RangeResult)
+                assert isinstance(mine_now, RangeResult)
+                if ready_now.kvs and ready_now.kvs[0].mod_revision >= first:
+                    return key, rev, res.revision
+                if not mine_now.kvs:
+                    raise Gone("our key was deleted")
             except Gone as gone:
                 await place.requeue(str(gone))
                 entered = 0

@@ -32,9 +32,8 @@ from etcdkit._errors import (
 )
 from etcdkit._retry import Backoff
 from etcdkit._surface import Etcd
-from etcdkit._types import Compare, EventType, KeyValue, Op, key_bytes, to_bytes
+from etcdkit._types import Compare, EventType, KeyValue, Op, check_timeout, key_bytes, to_bytes
 from etcdkit.recipes.cas import guarded_txn
-from etcdkit.recipes.wait import check_timeout
 
 __all__ = ["READ_BATCH", "ItemLine", "Queue", "SyncQueue"]
 

@@ -26,7 +26,7 @@ from etcdkit._errors import (
     mark_retrieved,
 )
 from etcdkit._surface import Etcd
-from etcdkit._types import SessionState
+from etcdkit._types import SessionState, check_timeout
 
 if TYPE_CHECKING:
     from etcdkit._wire.keepalive import KeepAlive
@@ -166,9 +166,11 @@ class Session:
         await self.close()
 
     async def wait_lost(self, timeout: float | None = None) -> SessionState:
-        """Wait until the lease can no longer be trusted; returns LOST or CLOSED."""
+        """Wait until the lease can no longer be trusted; returns LOST or CLOSED. Raises
+        :class:`EtcdTimeoutError` after ``timeout`` seconds (``None``: no bound)."""
+        limit = check_timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit):
                 await self.lost.wait()
         except TimeoutError:
             raise EtcdTimeoutError(

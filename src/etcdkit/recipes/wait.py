@@ -15,20 +15,11 @@ import logging
 
 from etcdkit._errors import CompactedError, EtcdkitError, EtcdTimeoutError
 from etcdkit._surface import Etcd
-from etcdkit._types import EventType, key_bytes
+from etcdkit._types import EventType, check_timeout, key_bytes
 
-__all__ = ["check_timeout", "wait_for"]
+__all__ = ["wait_for"]
 
 log = logging.getLogger("etcdkit.wait")
-
-
-def check_timeout(timeout: float | None) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if not timeout >= 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
 
 
 async def wait_for(
