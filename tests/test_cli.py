@@ -535,6 +535,21 @@ def test_dev_serves_until_sigint() -> None:
     assert res.returncode == 1  # it is gone
 
 
+def test_dev_stops_etcd_when_its_terminal_closes() -> None:
+    """SIGHUP (the terminal closed) stops etcd as Ctrl-C does: it once killed `etcdkit dev`
+    at once, and its etcd ran on, holding the port, with PID 1 for a parent."""
+    with Cli("dev", "--port", "0") as cli:
+        endpoints = cli.expect(r"^export ETCDKIT_ENDPOINTS=(\S+)$", timeout=60).group(1)
+        children = psutil.Process(cli.proc.pid).children(recursive=True)
+        assert children
+        cli.signal(signal.SIGHUP)
+        assert cli.wait() == 0, cli._why("wrong exit status")
+    _, alive = psutil.wait_procs(children, timeout=WAIT)
+    assert alive == []
+    res = run("--endpoints", endpoints, "--timeout", "2", "wait", "/k", "--timeout", "0")
+    assert res.returncode == 1  # it is gone
+
+
 def test_dev_stops_etcd_when_its_reader_is_gone() -> None:
     """`etcdkit dev | grep ...` then Ctrl-C: the pipe is gone when dev says it stops etcd;
     etcd is stopped all the same (it was left running)."""
@@ -670,3 +685,31 @@ def test_wait_once_says_what_holds(
     missing = run(*ep, "wait", etcd_prefix + "nope", "--timeout", "0")
     assert missing.returncode == 3
     assert "does not exist" in missing.stderr
+
+
+def test_keys_and_values_that_are_not_utf8_are_taken_as_given(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    """Arguments are bytes to etcd, as etcdctl takes them (Python hands them over decoded
+    with surrogateescape). They failed with exit 2 and a codec message; a key printed by
+    ``watch --json`` could not be waited for."""
+    key = etcd_prefix.encode() + b"nu/\xff"
+    etcd_sync.put(key, "v")
+    wait = subprocess.run(
+        [*CLI, "--endpoints", etcd_server.endpoint, "wait", key, "--timeout", "0"],
+        capture_output=True,
+        timeout=60,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert wait.returncode == 0, wait.stderr
+    reg = etcd_prefix.encode() + b"nu/reg\xfe"
+    with Cli("--endpoints", etcd_server.endpoint, "register", reg, b"v\xfe") as cli:  # type: ignore[arg-type]
+        cli.expect("registered")
+        kv = etcd_sync.get(reg)
+        assert kv is not None
+        assert kv.value == b"v\xfe"
+        cli.signal(signal.SIGTERM)
+        assert cli.wait() == 0, cli._why("wrong exit status")
+    assert etcd_sync.get(reg) is None

@@ -120,6 +120,18 @@ async def check_reachable(client: AsyncClient, opts: ConnOptions) -> None:
         ) from exc
 
 
+def raw(arg: str) -> bytes:
+    """A command-line argument's bytes: Python decoded them with surrogateescape, so a key
+    or value that is not UTF-8 (as etcdctl takes them) comes back exactly."""
+    return arg.encode("utf-8", "surrogateescape")
+
+
+def shown(text: str) -> str:
+    """A key (an argument, or decoded with surrogateescape) as printable text: undecodable
+    bytes as \\x escapes (printing a lone surrogate raises)."""
+    return raw(text).decode("utf-8", "backslashreplace")
+
+
 async def key_gone(client: AsyncClient, key: str | bytes, opts: ConnOptions) -> bool:
     """Whether etcd confirms (in at most 2 s) that ``key`` is gone. Closing a lease, a lock or
     a leadership revokes its lease, and a revoke etcd did not answer is only logged: the key
@@ -141,7 +153,8 @@ async def connected(opts: ConnOptions) -> AsyncIterator[AsyncClient]:
 
 
 class Stopper:
-    """SIGINT / SIGTERM ask the command to stop cleanly; a second signal cancels it outright.
+    """SIGINT / SIGTERM / SIGHUP ask the command to stop cleanly; a second signal cancels it
+    outright.
 
     Use as ``async with Stopper() as stop:``; ``await stop.wait()`` returns the signal.
     """
@@ -159,7 +172,9 @@ class Stopper:
     async def __aenter__(self) -> Stopper:
         loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # (SIGHUP: the terminal closed; as SIGTERM, not Python's default death, which left
+        # `etcdkit dev`'s etcd running, and a lock's command)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
             self._installed.append(sig)
         return self

@@ -16,6 +16,8 @@ from etcdkit.cli.common import (
     err,
     key_gone,
     out,
+    raw,
+    shown,
     timestamp,
 )
 
@@ -28,16 +30,16 @@ def _show(leader: Leader) -> str:
 
 
 async def run_elect(args: argparse.Namespace, opts: ConnOptions) -> int:
-    name: str = args.name
-    value: str | None = args.value
-    if not name:
+    if not args.name:
         raise UsageError("NAME must not be empty")
+    name = shown(args.name)
+    value: str | None = None if args.value is None else shown(args.value)
     if args.listen and value is not None:
         raise UsageError("--listen only watches: leave out VALUE (or --listen to campaign)")
     if not args.listen and value is None:
         raise UsageError("give the VALUE to campaign with, or --listen to watch the leader")
     async with connected(opts) as client, Stopper() as stop:
-        election = client.election(name)
+        election = client.election(raw(args.name))
         if args.listen:
             leaders = election.observe()
             try:
@@ -48,7 +50,7 @@ async def run_elect(args: argparse.Namespace, opts: ConnOptions) -> int:
             return EXIT_OK
         assert value is not None
         out(f"{timestamp()} campaigning in {name} as {value} (ttl {args.ttl} s)")
-        campaign = election.campaign(value, ttl=args.ttl)
+        campaign = election.campaign(raw(args.value), ttl=args.ttl)
         leadership = await stop.run(campaign.__aenter__())
         if leadership is None:
             err(f"etcdkit: interrupted while campaigning in {name}")

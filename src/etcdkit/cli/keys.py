@@ -17,21 +17,23 @@ from etcdkit.cli.common import (
     err,
     key_gone,
     out,
+    raw,
+    shown,
     timestamp,
 )
 
 
 async def run_wait(args: argparse.Namespace, opts: ConnOptions) -> int:
-    key: str = args.key
-    if not key:
+    if not args.key:
         raise UsageError("KEY must not be empty")
+    key, raw_key = shown(args.key), raw(args.key)
     exists = not args.absent
     want = "exist" if exists else "be absent"
     state_now = "does not exist" if exists else "still exists"
     limit: float | None = args.wait_timeout
     async with connected(opts) as client, Stopper() as stop:
         if limit == 0:  # check once
-            holds = (await client.get(key) is not None) == exists
+            holds = (await client.get(raw_key) is not None) == exists
             if not holds:
                 err(f"etcdkit: {key} {state_now} (checked once: --timeout 0)")
             return EXIT_OK if holds else EXIT_TIMEOUT
@@ -39,7 +41,7 @@ async def run_wait(args: argparse.Namespace, opts: ConnOptions) -> int:
         try:
             if progress is not None:
                 progress.start()
-            revision = await stop.run(client.wait_for(key, exists=exists, timeout=limit))
+            revision = await stop.run(client.wait_for(raw_key, exists=exists, timeout=limit))
         except EtcdTimeoutError:
             if progress is not None:
                 progress.stop()
@@ -91,15 +93,15 @@ class _Progress:
 
 
 async def run_register(args: argparse.Namespace, opts: ConnOptions) -> int:
-    key: str = args.key
-    if not key:
+    if not args.key:
         raise UsageError("KEY must not be empty")
+    key, raw_key, value = shown(args.key), raw(args.key), shown(args.value)
     async with connected(opts) as client, Stopper() as stop:
-        lease = client.persistent_lease(key, args.value, ttl=args.ttl)
+        lease = client.persistent_lease(raw_key, raw(args.value), ttl=args.ttl)
         changes: asyncio.Queue[LeaseState] = asyncio.Queue()
         lease.add_listener(changes.put_nowait)
         previous = lease.state
-        out(f"{timestamp()} connecting: {key}={args.value} (ttl {args.ttl} s)")
+        out(f"{timestamp()} connecting: {key}={value} (ttl {args.ttl} s)")
         async with lease:
             while True:
                 state = await stop.run(changes.get())
@@ -130,7 +132,7 @@ async def run_register(args: argparse.Namespace, opts: ConnOptions) -> int:
                     out(f"{timestamp()} {state.value}")
                 previous = state
         # Leaving the block revoked the lease (bounded in time); say whether the key is gone.
-        if await key_gone(client, key, opts):
+        if await key_gone(client, raw_key, opts):
             out(f"{timestamp()} closed: lease revoked, {key} removed")
         else:
             out(f"{timestamp()} closed: {key} goes away when its lease TTL runs out")

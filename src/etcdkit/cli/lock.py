@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 
 from etcdkit.cli.common import (
     EXIT_ERROR,
@@ -17,6 +18,8 @@ from etcdkit.cli.common import (
     connected,
     err,
     key_gone,
+    raw,
+    shown,
     timestamp,
 )
 
@@ -27,10 +30,17 @@ EXIT_NOT_EXECUTABLE = 126
 
 def command_of(args: argparse.Namespace) -> tuple[list[str], int]:
     """CMD and the ttl. argparse hands everything after NAME to CMD (so that CMD's own
-    options stay CMD's); what comes before a ``--`` there is ours: only ``--ttl S``."""
+    options stay CMD's), having dropped a ``--`` right after NAME. So options there (only
+    ``--ttl S``) are ours up to the ``--`` that must follow them; anything else starts CMD,
+    which keeps its own ``--`` (``git diff -- f``, ``kubectl exec pod -- sh``)."""
     rest: list[str] = list(args.cmd)
     ttl: int = args.ttl
-    if "--" in rest:
+    if rest and rest[0].startswith("-") and rest[0] != "--":
+        if "--" not in rest:
+            raise UsageError(
+                f"put -- before the command: etcdkit lock NAME {rest[0]} ... -- CMD ARGS "
+                f"(got {' '.join(rest)!r:.80})"
+            )
         cut = rest.index("--")
         ours, rest = rest[:cut], rest[cut + 1 :]
         while ours:
@@ -44,18 +54,20 @@ def command_of(args: argparse.Namespace) -> tuple[list[str], int]:
             if not text.isdigit() or not 1 <= int(text) <= 2**31:
                 raise UsageError(f"--ttl: expected a whole number of seconds >= 1, got {text!r}")
             ttl = int(text)
+    elif rest[:1] == ["--"]:  # (NAME -- -- CMD: the second one is ours to drop too)
+        rest = rest[1:]
     if not rest:
         raise UsageError("give the command to run after --, e.g. etcdkit lock NAME -- ./job.sh")
     return rest, ttl
 
 
 async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
-    name: str = args.name
-    if not name:
+    if not args.name:
         raise UsageError("NAME must not be empty")
+    name = shown(args.name)
     cmd, ttl = command_of(args)
     async with connected(opts) as client, Stopper() as stop:
-        lock = client.lock(name, ttl=ttl, timeout=None)
+        lock = client.lock(raw(args.name), ttl=ttl, timeout=None)
         err(f"{timestamp()} waiting for lock {name}")
         await stop.run(lock.acquire())
         if stop.stopped:
@@ -72,8 +84,15 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
             ETCDKIT_FENCING_TOKEN=str(lock.fencing_token),
             ETCD_LOCK_KEY=lock.key.decode(errors="replace"),  # as etcdctl lock sets it
         )
+        # Not from a terminal (cron, CI, a service), CMD gets a process group of its own, which
+        # the signals go to: a job's children stop with it when the lock is lost, as with
+        # coreutils' timeout. From a terminal it stays in ours (the terminal's group), so that
+        # it may read the terminal; Ctrl-C reaches all of it there.
+        group = not _isatty(sys.stdin)
         try:
-            proc = await asyncio.create_subprocess_exec(*cmd, env=env)
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, env=env, process_group=0 if group else None
+            )
         except FileNotFoundError:
             await lock.release()
             err(f"etcdkit: {cmd[0]}: command not found")
@@ -82,11 +101,15 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
             await lock.release()
             err(f"etcdkit: {cmd[0]}: permission denied")
             return EXIT_NOT_EXECUTABLE
+        except OSError as exc:  # e.g. ENOEXEC: a script with no #! line, a foreign binary
+            await lock.release()
+            err(f"etcdkit: {cmd[0]}: cannot run it: {exc.strerror or exc}")
+            return EXIT_NOT_EXECUTABLE
         try:
-            code = await _supervise(proc, lock.lost, stop)
+            code = await _supervise(proc, lock.lost, stop, group)
         finally:
             if proc.returncode is None:  # a second signal cancelled us: do not leave CMD behind
-                proc.kill()
+                _signal(proc, signal.SIGKILL, group)
                 await proc.wait()
             lost = lock.lost.is_set()
             key = lock.key
@@ -108,7 +131,29 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
         return code
 
 
-async def _supervise(proc: asyncio.subprocess.Process, lost: asyncio.Event, stop: Stopper) -> int:
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):  # (None, or closed)
+        return False
+
+
+def _signal(proc: asyncio.subprocess.Process, sig: int, group: bool) -> None:
+    """Send ``sig`` to CMD (its process group with ``group``). Not ``proc.send_signal()``:
+    that polls first, and reaping a CMD that died meanwhile (the terminal's Ctrl-C reached it
+    too) takes its status from asyncio's child watcher, which then says 255."""
+    if proc.returncode is not None and not group:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process, lost: asyncio.Event, stop: Stopper, group: bool
+) -> int:
     """Wait for CMD; stop it (SIGTERM, then SIGKILL after :data:`GRACE`) if the lock is lost or
     we are asked to stop (it gets the same signal). CMD's exit status, shell style."""
     done = asyncio.ensure_future(proc.wait())
@@ -118,14 +163,12 @@ async def _supervise(proc: asyncio.subprocess.Process, lost: asyncio.Event, stop
         await asyncio.wait({done, on_lost, on_stop}, return_when=asyncio.FIRST_COMPLETED)
         if not done.done():
             sig = stop.signal if on_stop.done() and stop.signal is not None else signal.SIGTERM
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
+            _signal(proc, sig, group)
             try:
                 async with asyncio.timeout(GRACE):
                     await asyncio.shield(done)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                _signal(proc, signal.SIGKILL, group)
         code = await done
     finally:
         for f in (done, on_lost, on_stop):

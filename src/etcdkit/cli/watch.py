@@ -22,7 +22,16 @@ from etcdkit import (
     Snapshot,
     WatchState,
 )
-from etcdkit.cli.common import EXIT_OK, ConnOptions, Stopper, connected, need_rich, pump
+from etcdkit.cli.common import (
+    EXIT_OK,
+    ConnOptions,
+    Stopper,
+    connected,
+    need_rich,
+    pump,
+    raw,
+    shown,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -61,11 +70,6 @@ TRANSFORMS: dict[str, Callable[[bytes, bytes], tuple[str, Any]]] = {
     "json": json_transform,
     "raw": raw_transform,
 }
-
-
-def show_key(key: str) -> str:
-    """A key as printable text (undecodable bytes as \\x escapes)."""
-    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 _LONE_SURROGATE = re.compile("[\udc80-\udcff]")
@@ -244,7 +248,7 @@ class LiveView:
         revision, _, status = self._status.partition("|")
         head = Text.assemble(
             ("etcdkit watch ", "bold"),
-            (show_key(self.prefix), "bold cyan"),
+            (shown(self.prefix), "bold cyan"),
             "  revision ",
             (revision if snap is not None else "-", "bold"),
             "  ",
@@ -294,8 +298,8 @@ class LiveView:
     def _short(self, key: str) -> str:
         """The key relative to the watched prefix (the header shows the prefix)."""
         if key.startswith(self.prefix) and len(key) > len(self.prefix):
-            return show_key(key[len(self.prefix) :])
-        return show_key(key)
+            return shown(key[len(self.prefix) :])
+        return shown(key)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -317,7 +321,7 @@ async def run_watch(args: argparse.Namespace, opts: ConnOptions) -> int:
     async with (
         connected(opts) as client,
         Stopper() as stop,
-        client.watch_prefix(prefix, TRANSFORMS[mode]) as watch,
+        client.watch_prefix(raw(prefix), TRANSFORMS[mode]) as watch,
     ):
         if json_mode:
             await _pump(watch, JsonView(mode), stop)
