@@ -56,6 +56,11 @@ CTOR_CASES = [
     pytest.param(
         {"endpoints": "http://127.0.0.1:1,https://127.0.0.1:2"}, ValueError, "mix", id="mixed-tls"
     ),
+    # (grpc took them, then failed every handshake: a timeout naming no file)
+    pytest.param({"ca_cert": __file__}, ValueError, "not a PEM certificate", id="ca-not-pem"),
+    pytest.param(
+        {"cert": __file__, "key": __file__}, ValueError, "not a PEM", id="cert-key-not-pem"
+    ),
     pytest.param({"username": "u"}, ValueError, "both username and password", id="user-only"),
     pytest.param({"password": "p"}, ValueError, "both username and password", id="password-only"),
     pytest.param({"username": 5, "password": "p"}, TypeError, "username", id="user-int"),

@@ -176,13 +176,27 @@ def _grpc_target(e: Endpoint) -> str:
     return f"ipv4:{e.host}:{e.port}"
 
 
+_PEM_CERT = (b"-----BEGIN CERTIFICATE-----", "certificate")
+_PEM_KEY = (b"PRIVATE KEY-----", "private key")  # (PKCS#8, RSA or EC)
+
+
 def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+    """A PEM file's bytes; ValueError when it cannot be read or holds no PEM block of its
+    kind (grpc would only fail every handshake, a timeout naming nothing)."""
     if path is None:
         return None
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read {what} file {os.fspath(path)!r}: {exc}") from exc
+    pem = _PEM_KEY if what == "key" else _PEM_CERT
+    marker, kind = pem
+    if marker not in data:
+        raise ValueError(
+            f"{what} file {os.fspath(path)!r} is not a PEM {kind} (no "
+            f"'{marker.decode().strip('-')}' block): give the PEM file"
+        )
+    return data
 
 
 # -- error mapping -------------------------------------------------------------------------------
