@@ -713,3 +713,25 @@ def test_keys_and_values_that_are_not_utf8_are_taken_as_given(
         cli.signal(signal.SIGTERM)
         assert cli.wait() == 0, cli._why("wrong exit status")
     assert etcd_sync.get(reg) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    """``watch --json > /dev/full`` (a full disk): ENOSPC once ended in a traceback."""
+    etcd_sync.put(etcd_prefix + "k", "v")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(
+            [*CLI, "--endpoints", etcd_server.endpoint, "watch", "--json", etcd_prefix],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=cli_env(),
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    assert r.returncode == 1, r.stderr
+    assert "No space left on device" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -510,3 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # e.g. ENOSPC writing the output (`> /dev/full`, a full disk)
+        log.debug("%s failed", prog, exc_info=True)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (what is left in stdout's buffer goes nowhere)
+        err(f"etcdkit: {prog}: {exc.strerror or exc}")
+        return EXIT_ERROR
