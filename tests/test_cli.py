@@ -45,10 +45,13 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str | bytes, env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, *args],
-        capture_output=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=60,
         env=env if env is not None else cli_env(),
@@ -695,14 +698,7 @@ def test_keys_and_values_that_are_not_utf8_are_taken_as_given(
     ``watch --json`` could not be waited for."""
     key = etcd_prefix.encode() + b"nu/\xff"
     etcd_sync.put(key, "v")
-    wait = subprocess.run(
-        [*CLI, "--endpoints", etcd_server.endpoint, "wait", key, "--timeout", "0"],
-        capture_output=True,
-        timeout=60,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    wait = run("--endpoints", etcd_server.endpoint, "wait", key, "--timeout", "0")
     assert wait.returncode == 0, wait.stderr
     reg = etcd_prefix.encode() + b"nu/reg\xfe"
     with Cli("--endpoints", etcd_server.endpoint, "register", reg, b"v\xfe") as cli:  # type: ignore[arg-type]
@@ -722,16 +718,7 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_1(
     """``watch --json > /dev/full`` (a full disk): ENOSPC once ended in a traceback."""
     etcd_sync.put(etcd_prefix + "k", "v")
     with open("/dev/full", "w") as full:
-        r = subprocess.run(
-            [*CLI, "--endpoints", etcd_server.endpoint, "watch", "--json", etcd_prefix],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            env=cli_env(),
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        r = run("--endpoints", etcd_server.endpoint, "watch", "--json", etcd_prefix, stdout=full)
     assert r.returncode == 1, r.stderr
     assert "No space left on device" in r.stderr
     assert "Traceback" not in r.stderr
