@@ -17,7 +17,8 @@ says ``LOST`` as soon as either tells it that etcd may give the lock to another.
 
 A waiter whose own key or lease vanishes (deleted or revoked by someone else, or expired while
 etcd was unreachable) has lost its place: it queues again at the back with a new lease, as
-Go's ``Mutex`` would make its caller do after ``ErrSessionExpired``. That is never silent: the
+Go's ``Mutex`` (etcd 3.5 on; 3.4's returns as holder all the same) would make its caller do
+after ``ErrSessionExpired``. That is never silent: the
 state says ``REQUEUED``, ``requeues`` counts it, so does the ``etcdkit.lock.requeues`` metric,
 and one WARNING line says why.
 
