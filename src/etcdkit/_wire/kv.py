@@ -458,6 +458,8 @@ class KV:
         self._flushing: set[asyncio.Task[None]] = set()
         self._reading = 0  # coalescable reads in flight
         self._batch_probe_at = 0.0  # (loop time) not before: the endpoints' versions
+        # (unbatched reads past TXN_OPS in flight wait here for one of TXN_OPS turns)
+        self._plain_turns = asyncio.Semaphore(TXN_OPS)
 
     @property
     def where(self) -> str:
@@ -496,7 +498,9 @@ class KV:
         (:func:`batches_reads`); until then, and for good on those, each read is its own
         Range, as Go's ``Get``. A transaction etcd refuses for what one of its reads asks (a
         key the user may not read, ``--max-txn-ops`` below 128) sends each read again alone,
-        for its own answer."""
+        for its own answer. Unbatched, past :data:`TXN_OPS` such reads in flight, the next
+        wait for one of :data:`TXN_OPS` turns (ten thousand grpc calls in flight at once cost
+        ~20 KB each, and took longer)."""
         if (not self._reading and not self._gets) or self._batches is not True:
             # Nothing in flight (or no batches): this read goes out at once (a lone caller
             # waits no extra turn, and one that starts before a put reads before that put).
@@ -504,7 +508,10 @@ class KV:
                 self._learn_versions()
             self._reading += 1
             try:
-                return await self._get_one(key)
+                if self._reading <= TXN_OPS:
+                    return await self._get_one(key)
+                async with self._plain_turns:
+                    return await self._get_one(key)
             finally:
                 self._reading -= 1
         fut: asyncio.Future[RangeResult] = asyncio.get_running_loop().create_future()
