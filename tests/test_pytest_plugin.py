@@ -128,3 +128,45 @@ def test_a_killed_test_run_leaves_no_etcd_running(tmp_path: Path, signum: int) -
     assert _gone(int(pid2))
     assert not Path(work1).exists()
     assert not Path(work2).exists()
+
+
+FORKS = """
+import atexit, multiprocessing, os, time
+
+def test_forks(etcd_server_factory):
+    server = etcd_server_factory()
+    ctx = multiprocessing.get_context("fork")
+    worker = ctx.Process(target=time.sleep, args=(30,))  # (say, a crashed lock holder's)
+    worker.start()
+    time.sleep(0.5)
+    worker.terminate()  # SIGTERM: the child has the plugin's handler too
+    worker.join()
+    assert worker.exitcode == -15
+    pid = os.fork()
+    if pid == 0:
+        atexit._run_exitfuncs()  # (a child's normal exit: the finalizers run)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert server.data_dir.exists()
+    assert server.logs().strip()
+    assert server.running
+    server.restart()
+"""
+
+
+def test_a_forked_child_leaves_its_parents_etcd_alone(tmp_path: Path) -> None:
+    """A test's forked child (a multiprocessing worker, terminated; or one that exits) once
+    ran the parent's cleanup: the running test etcd lost its data dir and logs, and came back
+    empty from a restart."""
+    (tmp_path / "test_it.py").write_text(FORKS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

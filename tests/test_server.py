@@ -187,5 +187,53 @@ def test_proxy_cut_holds_bytes_and_restore_delivers_them() -> None:
             conn.settimeout(5)
             assert conn.recv(10) == b"two"
             proxy.drop_connections()
-            cli.settimeout(5)
-            assert cli.recv(10) == b""  # reset or closed
+            for end in (cli, conn):  # a reset, not a clean end of stream first (b"")
+                end.settimeout(5)
+                with pytest.raises(ConnectionResetError):
+                    end.recv(10)
+
+
+def _through(proxy: Proxy, srv: socket.socket) -> tuple[socket.socket, socket.socket]:
+    host, p = proxy.endpoint.split("://")[-1].rsplit(":", 1)
+    cli = socket.create_connection((host, int(p)), timeout=5)
+    conn, _ = srv.accept()
+    conn.settimeout(5)
+    return cli, conn
+
+
+def test_proxy_carries_a_half_close() -> None:
+    """A client that sends its request, then shuts its write side, gets the answer (the
+    proxy reset both sides at the first end of stream: the answer was lost)."""
+    srv, port = _echo_server()
+    with srv, Proxy(f"127.0.0.1:{port}") as proxy:
+        cli, conn = _through(proxy, srv)
+        with cli, conn:
+            cli.sendall(b"req")
+            cli.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := conn.recv(10):
+                got += chunk
+            assert got == b"req"
+            conn.sendall(b"reply:" + got)
+            conn.close()
+            answer = b""
+            while chunk := cli.recv(10):
+                answer += chunk
+            assert answer == b"reply:req"
+
+
+def test_proxy_cut_holds_an_end_of_stream_too() -> None:
+    """While cut, a side closing is not seen by the other (a partition carries no FIN); it is
+    once restored."""
+    srv, port = _echo_server()
+    with srv, Proxy(f"127.0.0.1:{port}") as proxy:
+        cli, conn = _through(proxy, srv)
+        with cli, conn:
+            proxy.cut()
+            cli.close()
+            conn.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                conn.recv(10)
+            proxy.restore()
+            conn.settimeout(5)
+            assert conn.recv(10) == b""

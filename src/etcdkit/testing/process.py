@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -41,8 +42,13 @@ def _wait_stopped(pid: int, bound: float = 2.0) -> None:
         time.sleep(0.005)
 
 
-def _end(children: list[subprocess.Popen[bytes]], work: Path) -> None:
-    """Kill what is left running of a process's children and remove its work dir."""
+def _end(children: list[subprocess.Popen[bytes]], work: Path, owner: int) -> None:
+    """Kill what is left running of a process's children and remove its work dir; only in
+    the process that started them (``owner``): a forked child (a test's multiprocessing
+    worker, terminated or exiting) inherits the finalizers and the plugin's signal handler,
+    and once removed its parent's running etcd's data and logs."""
+    if os.getpid() != owner:
+        return
     for proc in children:
         if proc.poll() is None:
             with contextlib.suppress(OSError):
@@ -91,7 +97,7 @@ class ManagedProcess:
         # or at the interpreter's exit (a forgotten server must not outlive the test run; its
         # process is in a session of its own, so nothing else stops it).
         self._children: list[subprocess.Popen[bytes]] = []
-        self._finalizer = weakref.finalize(self, _end, self._children, self._work)
+        self._finalizer = weakref.finalize(self, _end, self._children, self._work, os.getpid())
         _LIVE.add(self)
 
     # -- what a subclass says ---------------------------------------------------------------------

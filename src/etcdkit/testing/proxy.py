@@ -18,9 +18,11 @@ __all__ = ["Proxy"]
 class Proxy:
     """A TCP proxy on a free loopback port in front of ``target`` (an endpoint).
 
-    Starts at once. ``cut()`` black-holes the path both ways (bytes are held, no RST is sent,
-    new connections hang), as a network partition does; ``restore()`` lets traffic flow again;
-    ``drop_connections()`` resets every open connection. ``endpoint`` keeps the target's scheme.
+    Starts at once. ``cut()`` black-holes the path both ways (bytes are held, and so is an end
+    of stream: no FIN or RST gets through, new connections hang), as a network partition does;
+    ``restore()`` lets traffic flow again; ``drop_connections()`` resets every open connection
+    (RST both ways). An end of stream from one side reaches the other as a half-close (its
+    write side shut), as TCP carries it. ``endpoint`` keeps the target's scheme.
     """
 
     def __init__(self, target: str, *, port: int = 0) -> None:
@@ -34,6 +36,7 @@ class Proxy:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
+        self._dropped: set[socket.socket] = set()  # being reset: their end is no clean one
         self._threads: set[threading.Thread] = set()
         self._listener = socket.create_server((HOST, port))
         self._listener.settimeout(0.2)
@@ -69,6 +72,7 @@ class Proxy:
         """Reset every open connection (RST to both sides)."""
         with self._lock:
             conns = list(self._conns)
+            self._dropped.update(conns)
         for s in conns:
             self._reset(s)
 
@@ -106,10 +110,13 @@ class Proxy:
 
     @staticmethod
     def _reset(s: socket.socket) -> None:
+        """RST, no FIN before it: linger 0, then close. ``shutdown(SHUT_RD)`` first wakes a
+        pump blocked reading it (sending nothing); ``SHUT_RDWR`` sent a FIN, and the peer saw
+        a clean end of stream before the reset."""
         with contextlib.suppress(OSError):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)
+            s.shutdown(socket.SHUT_RD)
         with contextlib.suppress(OSError):
             s.close()
 
@@ -151,25 +158,43 @@ class Proxy:
             return
         with self._lock:
             self._conns.add(upstream)
-        self._spawn(self._pump, "up", client, upstream)
-        self._pump(upstream, client)
+        both = [2]  # directions still carrying
+        self._spawn(self._pump, "up", client, upstream, both)
+        self._pump(upstream, client, both)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, both: list[int]) -> None:
+        """``src`` to ``dst`` while the path is open (held while it is cut, an end of stream
+        too). A clean end of stream goes on as a half-close; an error, or the proxy resetting
+        or closing, resets both sides."""
+        clean = False
         try:
             while True:
                 data = src.recv(65536)
-                if not data:
-                    break
                 if not self._wait_open():
+                    break
+                if not data:
+                    with self._lock:
+                        clean = src not in self._dropped and dst not in self._dropped
+                    if clean:
+                        dst.shutdown(socket.SHUT_WR)
                     break
                 dst.sendall(data)
         except OSError:
-            pass
-        finally:
-            self._forget(src)
-            self._forget(dst)
+            clean = False
+        with self._lock:
+            both[0] -= 1
+            other_carries = both[0] > 0
+        if clean and other_carries:
+            return  # the other direction goes on; it ends the pair
+        self._forget(src, clean=clean)
+        self._forget(dst, clean=clean)
 
-    def _forget(self, s: socket.socket) -> None:
+    def _forget(self, s: socket.socket, *, clean: bool = False) -> None:
         with self._lock:
             self._conns.discard(s)
-        self._reset(s)
+            self._dropped.discard(s)
+        if clean:  # (both directions ended cleanly: a plain close)
+            with contextlib.suppress(OSError):
+                s.close()
+        else:
+            self._reset(s)
