@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -237,3 +240,63 @@ def test_proxy_cut_holds_an_end_of_stream_too() -> None:
             proxy.restore()
             conn.settimeout(5)
             assert conn.recv(10) == b""
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"data_dir": 123}, TypeError, "data_dir must be a path"),
+        ({"binary": 123}, TypeError, "binary must be a path"),
+        ({"name": 5}, TypeError, "name must be"),
+        ({"extra_args": "--debug"}, TypeError, "extra_args must be a list of str"),  # (once split)
+        ({"extra_args": 5}, TypeError, "extra_args"),
+        ({"start_timeout": "5"}, TypeError, "start_timeout"),
+        ({"start_timeout": 0}, ValueError, "start_timeout"),
+    ],
+)
+def test_bad_server_arguments_name_what_to_fix_and_leave_no_dir(
+    kwargs: dict[str, object],
+    exc: type[Exception],
+    match: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(exc, match=match):
+        EtcdServer(**kwargs)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []  # (a bad data_dir once left its temp dir behind)
+
+
+def test_bad_proxy_and_cluster_arguments() -> None:
+    with pytest.raises(TypeError, match="target must be an endpoint"):
+        Proxy(123)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="size"):
+        EtcdCluster(size=True)
+
+
+def test_a_proxy_in_front_of_a_server_object_and_a_paused_server_started_again(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """``Proxy(server)`` as ``GrpcProxy(server)``; ``start()`` on a paused server resumes it
+    (it waited out start_timeout, then killed it as unhealthy); ``paused`` is False once the
+    process was killed from outside."""
+    server = etcd_server_factory()
+    with Proxy(server) as proxy, Client(proxy.endpoint) as client:
+        client.put("/p", "v")
+    server.pause()
+    t0 = time.monotonic()
+    server.start()
+    assert time.monotonic() - t0 < 5
+    assert not server.paused
+    server.pause()
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while server.running:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not server.paused
+    server.start()
+    with Client(server.endpoint) as client:
+        kv = client.get("/p")
+        assert kv is not None

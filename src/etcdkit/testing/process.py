@@ -124,8 +124,8 @@ class ManagedProcess:
 
     @property
     def paused(self) -> bool:
-        """Stopped by :meth:`pause` (SIGSTOP) and not resumed."""
-        return self._paused
+        """Stopped by :meth:`pause` (SIGSTOP) and not resumed (nor killed since)."""
+        return self._paused and self.running
 
     @property
     def running(self) -> bool:
@@ -156,7 +156,10 @@ class ManagedProcess:
         self.close()
 
     def start(self: P, *, wait: bool = True) -> P:
-        """Start the process and (unless ``wait=False``) wait until it is healthy."""
+        """Start the process and (unless ``wait=False``) wait until it is healthy. A paused
+        one is resumed (it waited out ``start_timeout``, then was killed as unhealthy)."""
+        if self.paused:
+            self.resume()
         self._spawn()
         if wait:
             try:

@@ -9,14 +9,19 @@ import re
 import socket
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from etcdkit.testing.ports import HOST
+
+if TYPE_CHECKING:
+    from etcdkit.testing.server import EtcdServer
 
 __all__ = ["Proxy"]
 
 
 class Proxy:
-    """A TCP proxy on a free loopback port in front of ``target`` (an endpoint).
+    """A TCP proxy on a free loopback port in front of ``target`` (an endpoint, or an
+    :class:`EtcdServer`).
 
     Starts at once. ``cut()`` black-holes the path both ways (bytes are held, and so is an end
     of stream: no FIN or RST gets through, new connections hang), as a network partition does;
@@ -25,7 +30,15 @@ class Proxy:
     write side shut), as TCP carries it. ``endpoint`` keeps the target's scheme.
     """
 
-    def __init__(self, target: str, *, port: int = 0) -> None:
+    def __init__(self, target: str | EtcdServer, *, port: int = 0) -> None:
+        if not isinstance(target, str):  # (an EtcdServer, or anything with its endpoint)
+            endpoint = getattr(target, "endpoint", None)
+            if not isinstance(endpoint, str):
+                raise TypeError(
+                    "target must be an endpoint such as 'http://127.0.0.1:2379' or an "
+                    f"EtcdServer, got {target!r:.60}"
+                )
+            target = endpoint
         m = re.fullmatch(r"(?:(https?)://)?([^:/]+):(\d+)/?", target.strip())
         if m is None:
             raise ValueError(f"target must look like http://127.0.0.1:2379, got {target!r}")

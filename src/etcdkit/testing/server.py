@@ -100,6 +100,29 @@ def _is_set(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
 
 
+def _check_args(
+    *, binary: object, data_dir: object, name: object, extra_args: object, start_timeout: object
+) -> None:
+    """TypeError/ValueError naming what to fix, before anything is made (a temp dir)."""
+    for what, path in (("binary", binary), ("data_dir", data_dir)):
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise TypeError(f"{what} must be a path (str or os.PathLike), got {path!r:.60}")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r:.60}")
+    if (
+        isinstance(extra_args, str | bytes)
+        or not isinstance(extra_args, Sequence)
+        or not all(isinstance(a, str) for a in extra_args)
+    ):
+        raise TypeError(
+            f"extra_args must be a list of str such as ['--debug'], got {extra_args!r:.60}"
+        )
+    if isinstance(start_timeout, bool) or not isinstance(start_timeout, int | float):
+        raise TypeError(f"start_timeout must be a number of seconds, got {start_timeout!r:.60}")
+    if not start_timeout > 0:
+        raise ValueError(f"start_timeout must be > 0 seconds, got {start_timeout!r}")
+
+
 class EtcdServer(ManagedProcess):
     """One real etcd process on free loopback ports.
 
@@ -122,6 +145,8 @@ class EtcdServer(ManagedProcess):
         start_timeout: float = 30.0,
         _cluster_args: Sequence[str] | None = None,
     ) -> None:
+        _check_args(binary=binary, data_dir=data_dir, name=name, extra_args=extra_args,
+                    start_timeout=start_timeout)  # fmt: skip
         self.binary = Path(binary) if binary is not None else find_etcd_binary()
         self.name = name
         self.tls = tls
@@ -212,7 +237,7 @@ class EtcdCluster:
         extra_args: Sequence[str] = (),
         start_timeout: float = 60.0,
     ) -> None:
-        if not isinstance(size, int) or size < 1:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive int, got {size!r}")
         self.start_timeout = start_timeout
         binary = binary if binary is not None else find_etcd_binary()
