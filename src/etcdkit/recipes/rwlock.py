@@ -222,7 +222,7 @@ class RWHold(Hold):
         res = await self._etcd.txn([], [Op.get(key), self._last_before(rev - 1)])
         me, last = ranges(res.responses)
         if not me.kvs or me.kvs[0].create_revision != rev:
-            raise Gone("our key is gone (its lease expired or was revoked)")
+            raise Gone("our key is gone (deleted, or its lease expired or was revoked)")
         return rev, res.revision, last.kvs[0] if last.kvs else None
 
 
