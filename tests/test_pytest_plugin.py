@@ -159,14 +159,5 @@ def test_a_forked_child_leaves_its_parents_etcd_alone(tmp_path: Path) -> None:
     ran the parent's cleanup: the running test etcd lost its data dir and logs, and came back
     empty from a restart."""
     (tmp_path / "test_it.py").write_text(FORKS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = run_pytest(tmp_path, "-n", "0")
     assert out.returncode == 0, out.stdout + out.stderr

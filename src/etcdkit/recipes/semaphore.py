@@ -234,7 +234,7 @@ class Permit(Hold):
                 if line.held is not None:  # a promotion of ours landed; its answer was lost
                     return held, line.held.create_revision, line.revision
                 if line.mine is None:
-                    raise Gone("our waiter key is gone (deleted, or its lease expired or was revoked)")
+                    raise Gone("our waiter key is gone (deleted, or its lease expired or revoked)")
                 rev = line.mine.create_revision
                 self.in_line()
                 ahead = line.ahead
