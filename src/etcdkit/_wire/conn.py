@@ -189,8 +189,7 @@ def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read {what} file {os.fspath(path)!r}: {exc}") from exc
-    pem = _PEM_KEY if what == "key" else _PEM_CERT
-    marker, kind = pem
+    marker, kind = _PEM_KEY if what == "key" else _PEM_CERT
     if marker not in data:
         raise ValueError(
             f"{what} file {os.fspath(path)!r} is not a PEM {kind} (no "

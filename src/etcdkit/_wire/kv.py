@@ -533,12 +533,15 @@ class KV:
 
     async def _read_many(self, chunk: list[tuple[bytes, asyncio.Future[RangeResult]]]) -> None:
         self._reading += 1
+        results: list[RangeResult | BaseException]
         try:
             results = await self._batch(chunk)
         except asyncio.CancelledError:
             for _, fut in chunk:
                 fut.cancel()
             raise
+        except Exception as exc:  # (anything else: every caller hears of it, none is left waiting)
+            results = [exc] * len(chunk)
         finally:
             self._reading -= 1
         for (_, fut), result in zip(chunk, results):
@@ -553,9 +556,12 @@ class KV:
         self, chunk: list[tuple[bytes, asyncio.Future[RangeResult]]]
     ) -> list[RangeResult | BaseException]:
         """The answer (or error) of each read of ``chunk``."""
-        try:
-            if len(chunk) == 1:
+        if len(chunk) == 1:  # (a Range alone: its error is its own answer, not sent again)
+            try:
                 return [await self._get_one(chunk[0][0])]
+            except EtcdkitError as exc:
+                return [exc]
+        try:
             # plain reads of one key each: the request and results are built directly
             req = rpc.TxnRequest(
                 success=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key)) for key, _ in chunk]
