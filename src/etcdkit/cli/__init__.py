@@ -507,12 +507,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): not an error; keep Python's exit quiet.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _stdout_nowhere()
         return EXIT_OK
     except OSError as exc:  # e.g. ENOSPC writing the output (`> /dev/full`, a full disk)
         log.debug("%s failed", prog, exc_info=True)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # (what is left in stdout's buffer goes nowhere)
+        _stdout_nowhere()
         err(f"etcdkit: {prog}: {exc.strerror or exc}")
         return EXIT_ERROR
+
+
+def _stdout_nowhere() -> None:
+    """What is left in stdout's buffer goes nowhere: its flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
