@@ -281,8 +281,23 @@ def _details(exc: BaseException) -> str:
     return (exc.details() or "") if isinstance(exc, grpc.aio.AioRpcError) else ""
 
 
+# What etcd says of a token it no longer takes: expired or forgotten (a restart forgets simple
+# tokens), or a JWT older than the last change to users and roles (3.5.1 says it as the auth
+# package's error; later releases as etcdserver's). A new login fixes each.
+_STALE_TOKEN = (
+    "invalid auth token",
+    "revision in header is old",
+    "revision of auth store is old",
+)
+
+
 def is_invalid_token(exc: BaseException) -> bool:
-    return "invalid auth token" in _details(exc)
+    return is_stale_token(_details(exc))
+
+
+def is_stale_token(reason: str) -> bool:
+    """Whether etcd's error or cancel reason says the token is stale (see ``_STALE_TOKEN``)."""
+    return any(what in reason for what in _STALE_TOKEN)
 
 
 def _pick_failed(exc: grpc.aio.AioRpcError) -> bool:
@@ -417,6 +432,8 @@ class Connection:
         self._cert = _read(cert, "cert")
         self._key = _read(key, "key")
         self._token: str | None = None
+        # when the token was got (monotonic; 0.0 before the first): see WatchHub._refused
+        self.token_time = 0.0
         self._token_lock: asyncio.Lock | None = None
         self._channels: list[Channel] = []
         self._current = 0
@@ -631,7 +648,13 @@ class Connection:
                         )
                     raise err from exc
                 self._token = resp.token
+                self.token_time = time.monotonic()
         return [("token", self._token)] if self._token else []
+
+    @property
+    def has_credentials(self) -> bool:
+        """A username and password were given: calls carry a token."""
+        return self._username is not None
 
     def token_refused(self, exc: BaseException) -> bool:
         """etcd refused a call for its token: an invalid (expired) one, or none while auth is

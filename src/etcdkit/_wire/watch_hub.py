@@ -40,6 +40,7 @@ from aetcd import rpc
 
 from etcdkit import _metrics
 from etcdkit._errors import (
+    AuthError,
     ClosedError,
     CompactedError,
     ConnectionUnavailableError,
@@ -48,7 +49,7 @@ from etcdkit._errors import (
 )
 from etcdkit._retry import Backoff
 from etcdkit._types import EventType, WatchEvent
-from etcdkit._wire.conn import Channel, Connection, map_rpc_error
+from etcdkit._wire.conn import Channel, Connection, is_stale_token, map_rpc_error
 from etcdkit._wire.kv import kv_of
 
 __all__ = ["WatchHub", "WatchSub"]
@@ -65,6 +66,11 @@ STALL_AFTER = 2.0  # seconds of silence, with a progress request out, that make 
 # A watch on this key (from "now", cancelled at once) is the liveness probe for servers that do
 # not answer progress requests (etcd's gRPC proxy): see WatchHub._stream_once.
 PROBE_KEY = b"\0etcdkit/liveness-probe"
+# A watcher refused for its stream's token (see WatchHub._token_refused) is asked for again on
+# a new stream with a new token, unless the stream's token is the client's newest, got after
+# the last stream failure and younger than this many seconds: then the refusal stands (so at
+# most one new login per this many seconds, whatever a user without the permission asks for).
+TOKEN_TRUSTED = 10.0
 ECHO_ID = 1 << 62  # the watch id a stream's first create asks for: see WatchHub._send_create
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
 _FILTERS = {
@@ -75,6 +81,10 @@ _FILTERS = {
 
 def _noop(*_args: object) -> None:
     return None
+
+
+class _TokenRefused(Exception):
+    """etcd refused a watcher for the stream's token: the stream goes again with a new one."""
 
 
 class WatchSub:
@@ -196,6 +206,8 @@ class WatchHub:
         self._deaf_checked = False  # this stream's first progress request went with a probe
         self._ids_granted: bool | None = None  # the server grants asked ids (None: unknown)
         self._next_id = ECHO_ID
+        self._token_time = 0.0  # when the current stream's token was got (Connection.token_time)
+        self._failed_at = 0.0  # when a stream last ended with an error (monotonic)
         self.reconnects = 0
         self.stalls = 0
 
@@ -352,9 +364,16 @@ class WatchHub:
                     await self._stream_once(ch, backoff)
                 except asyncio.CancelledError:
                     raise
+                except _TokenRefused as exc:
+                    log.info("watch stream at %s: %s; logging in again", ch.endpoint, exc)
+                    self._disconnected(None)
+                    with contextlib.suppress(EtcdkitError):  # (unreachable: the stream says)
+                        await self._login(refresh=True)
+                    continue
                 except Exception as exc:
                     err = map_rpc_error(exc, str(ch.endpoint), "watch stream")
                     log.info("watch stream down: %s", err)
+                    self._failed_at = time.monotonic()
                     self._conn.note_failure(err)
                     self._disconnected(err)
                     if isinstance(err, ConnectionUnavailableError):
@@ -364,14 +383,52 @@ class WatchHub:
                         or self._conn.token_refused(exc)
                     ):
                         with contextlib.suppress(EtcdkitError):
-                            await self._conn.metadata(refresh=True)
+                            await self._login(refresh=True)
                 else:
                     self._disconnected(None)
+                if not self._subs:
+                    continue  # (every watcher ended: nothing to reconnect for)
                 self.reconnects += 1
                 _metrics.stream_reconnected("watch")
                 await backoff.wait()
         finally:
             self._disconnected(None)
+
+    async def _login(self, *, refresh: bool = False) -> list[tuple[str, str]] | None:
+        """The call metadata for a stream (after a new login if ``refresh``), or ``None`` when
+        etcd refused the login (wrong password, user gone): that :class:`AuthError` then ends
+        every watcher, as it fails every other call (retried forever, it would be hidden).
+        Raises what keeps etcd from answering."""
+        try:
+            return await self._conn.metadata(refresh=refresh)
+        except AuthError as exc:
+            subs = list(self._subs)
+            self._subs.clear()
+            self._disconnected(None)
+            for sub in subs:
+                if not sub.ended:
+                    sub.ended = True
+                    sub.on_end(exc)
+            return None
+
+    def _token_refused(self, reason: str) -> bool:
+        """etcd canceled a watcher for what a new login may fix: a stale token by name, or
+        "permission denied" (all etcd 3.5.0-3.5.4 say of a token a restart forgot), or none
+        while auth is on again. Taken so only when this stream's token may be the cause: got
+        before the last stream failure, or older than the client's, or TOKEN_TRUSTED seconds
+        ago or more; else the refusal stands."""
+        if not self._conn.has_credentials:
+            return False
+        if not (
+            is_stale_token(reason) or "permission denied" in reason or "name is empty" in reason
+        ):
+            return False
+        got = self._token_time
+        return (
+            got < self._failed_at  # (a restart forgets every simple token)
+            or got < self._conn.token_time  # (a call found it stale and logged in again)
+            or time.monotonic() - got >= TOKEN_TRUSTED
+        )
 
     def _disconnected(self, err: EtcdkitError | None) -> None:
         call, self._call = self._call, None
@@ -388,7 +445,11 @@ class WatchHub:
                 sub.on_status(False, err)
 
     async def _stream_once(self, ch: Channel, backoff: Backoff) -> None:
-        md = list(await self._conn.metadata())
+        login = await self._login()
+        if login is None:
+            return  # a refused login ended every watcher
+        md = list(login)
+        self._token_time = self._conn.token_time
         if self._require_leader:
             md.append(("hasleader", "true"))
         call = ch.stream("watch", "Watch", md)
@@ -472,6 +533,8 @@ class WatchHub:
                 )
                 return
             if resp.canceled:
+                if self._token_refused(resp.cancel_reason):
+                    raise _TokenRefused(f"watch on {sub.key!r} refused: {resp.cancel_reason}")
                 self._end(sub, resp)
                 return
             backoff.reset()
@@ -489,6 +552,8 @@ class WatchHub:
         if resp.canceled:
             sub_c = self._by_id.pop(wid, None)
             if sub_c is not None:
+                if self._token_refused(resp.cancel_reason):
+                    raise _TokenRefused(f"watch on {sub_c.key!r} canceled: {resp.cancel_reason}")
                 self._end(sub_c, resp)
             return
         events = resp.events  # (each access of a message's field builds a new wrapper)

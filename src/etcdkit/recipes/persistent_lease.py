@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["LeaseState", "PersistentLease"]
 
 log = logging.getLogger("etcdkit.lease")
-limited = RateLimitedLog(log)  # another writer fighting over a key: one line per interval
+limited = RateLimitedLog(log)  # a fight over the key, or a refused watch: one line per interval
 
 T = TypeVar("T")
 
@@ -128,9 +128,11 @@ class PersistentLease:
         self._put_revision = 0  # revision of our newest own put
         self._written: bytes | None = None  # value of that put
         self._need_put = True
-        self._conflict_at = 0.0  # monotonic time a conflicting write may be overwritten
+        # monotonic time our next put may go: after another writer's put over ours, or a key
+        # watch etcd ended (say, refused), re-asserts are paced by this backoff
+        self._reassert_at = 0.0
         policy = etcd.retry
-        self._conflicts = Backoff(
+        self._reasserts = Backoff(
             initial=min(0.5, policy.cap), cap=policy.cap, multiplier=policy.multiplier
         )
         self._sub: Watch | None = None  # follows the key from our put
@@ -399,11 +401,7 @@ class PersistentLease:
                     kv.value[:80],
                     kv.lease,
                 )
-                now = time.monotonic()
-                if self._conflict_at <= now:
-                    # Pace our own re-asserts, not the other writer's events: one more delay
-                    # per re-assert of ours that was overwritten, never pushed further out.
-                    self._conflict_at = now + (self._conflicts.next_delay() or 0.0)
+                self._pace()
                 self._lost("key overwritten by another writer")
 
     async def _follow(self, start_revision: int) -> None:
@@ -429,11 +427,24 @@ class PersistentLease:
             self._unfollow(w)
             return
         except EtcdkitError as exc:
-            log.warning("lease %r: key watch ended: %s", self._key, exc)
+            limited.warning(
+                ("watch", self._raw_key),
+                "lease %r: key watch ended: %s; putting again at backoff pace",
+                self._key,
+                exc,
+            )
+            self._pace()
             self._unfollow(w)
             return
         for batch in batches:
             self._on_key_events(batch.events)
+
+    def _pace(self) -> None:
+        """Pace our own re-asserts, not what causes them (another writer's events, a watch
+        etcd keeps refusing): one more delay per re-assert, never pushed further out."""
+        now = time.monotonic()
+        if self._reassert_at <= now:
+            self._reassert_at = now + (self._reasserts.next_delay() or 0.0)
 
     def _unfollow(self, w: Watch) -> None:
         """The watch ended: the loop puts again and follows from there."""
@@ -463,7 +474,7 @@ class PersistentLease:
         while True:
             try:
                 if self._need_put:
-                    wait = self._conflict_at - time.monotonic()
+                    wait = self._reassert_at - time.monotonic()
                     if wait > 0:
                         await asyncio.sleep(wait)
                     await self._register()
@@ -512,8 +523,8 @@ class PersistentLease:
         if self._sub is None:
             await self._follow(put.revision + 1)
         if not self._need_put:
-            if time.monotonic() > self._conflict_at + 60:
-                self._conflicts.reset()
+            if time.monotonic() > self._reassert_at + 60:
+                self._reasserts.reset()
             self._set_state(LeaseState.REGISTERED)
 
     async def _new_session(self) -> Session:
