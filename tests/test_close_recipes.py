@@ -7,9 +7,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -412,3 +416,73 @@ def test_threaded_a_session_closing_when_its_client_closes_still_revokes(
         closing.result(timeout=10)
     with Client(server.endpoint) as admin:
         assert admin.leases() == []
+
+
+def test_threaded_a_close_while_another_is_under_way_waits_for_it(
+    etcd_server_factory: Callable[..., EtcdServer], no_leaked_threads: None
+) -> None:
+    """Two threads close one client, etcd paused for a second (the revoke waits): the second
+    close() returns once the client is closed and its loop thread gone, as the first does
+    (it could return while the first still stopped the loop), and the revoke is not cut."""
+    server = etcd_server_factory()
+    loops = [t for t in threading.enumerate() if t.name == "etcdkit-loop"]
+    client = Client(server.endpoint, timeout=5)
+    client.session(ttl=30)
+    server.pause()
+    resume = threading.Timer(1.0, server.resume)
+    resume.start()
+    first = threading.Thread(target=client.close)
+    first.start()
+    time.sleep(0.3)
+    assert not client.closed
+    client.close()
+    assert client.closed
+    assert [t for t in threading.enumerate() if t.name == "etcdkit-loop"] == loops
+    first.join()
+    resume.join()
+    with Client(server.endpoint) as admin:
+        assert admin.leases() == []
+
+
+PROBE = Path(__file__).resolve().parent / "_close_probe.py"
+
+
+def _probe(server: EtcdServer, mode: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(PROBE), server.endpoint, str(server.pid), mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_threaded_a_close_interrupted_by_ctrl_c_still_revokes(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """Ctrl-C while close() waits for its revokes (etcd paused for 0.8 s): KeyboardInterrupt
+    at once, and the close goes on to its end, as a cancelled AsyncClient.close() does (the
+    interrupt used to cut it: the lock's and the session's leases stayed for their TTL)."""
+    server = etcd_server_factory()
+    out = _probe(server, "interrupt")
+    assert out["interrupted"], "close() was not interrupted: the probe did not work"
+    assert out["raised_after"] < 0.7
+    assert out["closed"]
+    with Client(server.endpoint) as admin:
+        assert admin.leases() == []
+        assert admin.get_prefix("/close-probe/").kvs == []
+
+
+def test_threaded_a_client_in_a_forked_child_says_so_and_closes_as_a_no_op(
+    etcd_server: EtcdServer,
+) -> None:
+    """A forked child has the client but not its loop thread: a call there raised nothing and
+    waited forever (close() too, as a multiprocessing worker's cleanup does)."""
+    out = _probe(etcd_server, "fork")
+    assert out["child_signal"] is None, out
+    assert out["child"]["get"].startswith("WrongContextError: this etcdkit Client was made in")
+    assert out["child"]["close"] == "ok"
+    assert out["parent_reads"] == "1"

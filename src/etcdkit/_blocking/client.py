@@ -120,8 +120,12 @@ class Client(Twin[AsyncClient]):
 
     def close(self) -> None:
         """Close watches, leases and the connection, then stop the loop thread. Idempotent;
-        calls in flight in other threads end with :class:`ClosedError`."""
+        calls in flight in other threads end with :class:`ClosedError`; a close() while
+        another is under way waits for it. Interrupted (Ctrl-C), it raises at once and the
+        close goes on to its end on the loop thread, as a cancelled :meth:`AsyncClient.close`
+        does. In a process forked from the one that made the client, it does nothing."""
         if self.portal.closed:
+            self.portal.stop()  # (waits for a close under way)
             return
         # Refused where it would block its loop (or deadlock on it) before anything changes:
         # a close refused half-way left the client closed to callers, its leases not revoked.
@@ -129,9 +133,11 @@ class Client(Twin[AsyncClient]):
         try:
             self.portal.call(self.aio.close())
         except ClosedError:
-            pass  # another thread is closing it
-        finally:
-            self.portal.stop()
+            pass  # another thread is closing it: stop() below waits for it
+        except BaseException:
+            self.portal.stop(after=self.aio.close())  # (waits for the interrupted one)
+            raise
+        self.portal.stop()
 
     @property
     def endpoints(self) -> list[str]:
@@ -148,8 +154,9 @@ class Client(Twin[AsyncClient]):
 
     @property
     def closed(self) -> bool:
-        """``True`` once :meth:`close` has finished."""
-        return self.portal.closed or self.portal.read(lambda: self.aio.closed)
+        """``True`` once :meth:`close` has finished (or, in a process forked from the one
+        that made the client, where it cannot be used)."""
+        return self.portal.stopped or self.portal.read(lambda: self.aio.closed)
 
     @property
     def raw(self) -> Stubs:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -26,23 +27,44 @@ class Portal:
 
     ``stop()`` ends every call still in flight: its caller gets :class:`ClosedError`, never a
     raw ``CancelledError`` and never an endless wait.
+
+    A process forked from the one that made it has no loop thread: there every call raises
+    :class:`WrongContextError` and ``stop()`` does nothing (what the loop holds is the
+    parent's).
     """
 
     def __init__(self, name: str = "etcdkit-loop") -> None:
         self.loop = asyncio.new_event_loop()
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._futures: set[concurrent.futures.Future[Any]] = set()
         self._stopping = False
+        self._ended = threading.Event()  # the loop thread is done and the loop closed
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+            self._ended.set()
+
+    @property
+    def forked(self) -> bool:
+        """This is a process forked from the one that made the portal."""
+        return os.getpid() != self._pid
 
     @property
     def closed(self) -> bool:
-        return self._stopping or self.loop.is_closed()
+        """Stopping or stopped: no call is taken any more."""
+        return self._stopping or self.loop.is_closed() or self.forked
+
+    @property
+    def stopped(self) -> bool:
+        """The loop thread is done (or, forked, not in this process)."""
+        return self._ended.is_set() or self.forked
 
     def in_loop_thread(self) -> bool:
         return threading.current_thread() is self._thread
@@ -76,6 +98,12 @@ class Portal:
         ``KeyboardInterrupt``) after the result was made but before it got it: else that
         result would be held by nobody."""
         try:
+            if self.forked:
+                raise WrongContextError(
+                    "this etcdkit Client was made in another process (this one was forked from "
+                    "it): its connection and loop thread are that process's; make a new Client "
+                    "here (after the fork)"
+                )
             self.check_caller()
             if sys.is_finalizing():
                 # (e.g. a close() from a __del__ at exit): the loop thread, a daemon, can run
@@ -157,15 +185,33 @@ class Portal:
         except ClosedError:
             return fn()
 
-    def stop(self) -> None:
-        """Cancel what still runs (bounded), stop the loop thread and close the loop."""
+    def stop(self, *, after: Coroutine[Any, Any, object] | None = None) -> None:
+        """Cancel what still runs (bounded), stop the loop thread and close the loop; return
+        once that is done, also when another thread began it. ``after``: run that to its end
+        first, and return at once (the loop thread ends by itself once it is done; e.g. a
+        close its caller was interrupted in)."""
+        if self.forked:
+            if after is not None:
+                after.close()
+            return
         with self._lock:
-            if self.closed:
-                return
+            first = not self._stopping
             self._stopping = True
             pending = list(self._futures)
+        if not first or self.in_loop_thread():
+            if after is not None:
+                after.close()
+            if not first and not self.in_loop_thread():
+                self._ended.wait()
+            if first:
+                for fut in pending:
+                    fut.cancel()
+            return
 
         async def shutdown() -> None:
+            if after is not None:
+                with contextlib.suppress(Exception):
+                    await after
             me = asyncio.current_task()
             tasks = [t for t in asyncio.all_tasks() if t is not me]
             for t in tasks:
@@ -173,10 +219,13 @@ class Portal:
             if tasks:
                 await asyncio.wait(tasks, timeout=SHUTDOWN_BOUND)
 
-        if not self.in_loop_thread():
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result()
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join()
-            self.loop.close()
+        done = asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+        # (the loop stops once the shutdown is done, from the loop thread: stopped before,
+        # it would never tell the caller waiting on ``done`` below)
+        done.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.loop.stop))
+        if after is None:
+            with contextlib.suppress(Exception):
+                done.result()
+            self._ended.wait()
         for fut in pending:
             fut.cancel()
