@@ -320,3 +320,12 @@ def test_bad_input_threaded(
     with Client(ENDPOINT) as etcd:
         with quickly(1.0), pytest.raises(exc, match=match):
             getattr(etcd.auth, method)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["user_add", "user_change_password"])
+async def test_a_password_of_the_wrong_type_is_not_shown_in_the_error(method: str) -> None:
+    """The error names the type, never the value (errors end up in logs)."""
+    async with fresh_client(ENDPOINT) as etcd:
+        with quickly(1.0), pytest.raises(TypeError, match="password") as info:
+            await getattr(etcd.auth, method)("u", b"s3cret-pw")
+    assert "s3cret" not in str(info.value)

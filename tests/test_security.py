@@ -157,6 +157,27 @@ async def test_tls_mismatch_fails_fast(tls_server: EtcdServer, pki: Pki, variant
             await client.wait_for("/tls/a", timeout=1)
 
 
+@pytest.mark.parametrize("face", [AsyncClient, Client])
+@pytest.mark.parametrize("case", ["garbled-ca", "cert-with-another-key"])
+def test_tls_files_tls_cannot_use_fail_at_construction(
+    pki: Pki, tmp_path: Path, face: type[AsyncClient | Client], case: str
+) -> None:
+    """PEM blocks that do not load, or a certificate with a key not its own: grpc took them
+    and failed every handshake, each call a timeout naming nothing."""
+    garbled = tmp_path / "garbled.pem"
+    garbled.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    cases: dict[str, tuple[dict[str, Any], str]] = {
+        "garbled-ca": ({"ca_cert": garbled}, "holds no certificate TLS can load"),
+        "cert-with-another-key": (
+            {"ca_cert": pki.ca, "cert": pki.client_cert, "key": pki.server_key},
+            "not a certificate and its private key",
+        ),
+    }
+    kwargs, match = cases[case]
+    with quickly(), pytest.raises(ValueError, match=match):
+        face("https://127.0.0.1:1", **kwargs)
+
+
 # -- auth -----------------------------------------------------------------------------------------
 
 

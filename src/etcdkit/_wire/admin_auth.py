@@ -34,9 +34,11 @@ _PERM_FROM_WIRE: dict[int, PermissionType] = {
 # -- argument checks (before any I/O) -------------------------------------------------------------
 
 
-def _name(value: object, what: str) -> str:
+def _name(value: object, what: str, *, secret: bool = False) -> str:
+    """``value``, a non-empty str; a ``secret`` one is never shown in the error."""
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, got {type(value).__name__}: {value!r:.80}")
+        shown = "" if secret else f": {value!r:.80}"
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}{shown}")
     if not value:
         raise ValueError(f"{what} must not be empty")
     return value
@@ -130,7 +132,7 @@ class Auth:
         ``name``). An existing user raises :class:`ServerError`."""
         user = _name(name, "name")
         if password is not None:
-            _name(password, "password (None for a user without password)")
+            _name(password, "password (None for a user without password)", secret=True)
         request = rpc.AuthUserAddRequest(
             name=user,
             password=password or "",
@@ -169,7 +171,7 @@ class Auth:
         """Set the password of the user ``name``; its clients authenticate again with the new
         one. An unknown user raises :class:`ServerError`."""
         user = _name(name, "name")
-        secret = _name(password, "password")
+        secret = _name(password, "password", secret=True)
         await self._call(
             f"change the password of {user!r}",
             "UserChangePassword",

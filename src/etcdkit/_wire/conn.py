@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import re
+import ssl
 import time
 import weakref
 from collections.abc import AsyncGenerator, Sequence
@@ -196,6 +197,33 @@ def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
             f"'{marker.decode().strip('-')}' block): give the PEM file"
         )
     return data
+
+
+def _check_tls_files(
+    ca_cert: str | os.PathLike[str] | None,
+    ca: bytes | None,
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None,
+) -> None:
+    """ValueError unless TLS can use the files: CA certificates that load, a certificate and
+    the key that goes with it (grpc takes any PEM, then fails every handshake: a timeout
+    naming nothing, the cause only in its own lines on stderr)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_cert is not None and ca is not None:
+        try:
+            context.load_verify_locations(cadata=ca.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(
+                f"ca_cert file {os.fspath(ca_cert)!r} holds no certificate TLS can load: {exc}"
+            ) from None
+    if cert is not None and key is not None:
+        try:  # (an encrypted key gets no password: grpc takes none either)
+            context.load_cert_chain(cert, key, password=lambda: b"")
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(
+                f"cert {os.fspath(cert)!r} and key {os.fspath(key)!r} are not a certificate "
+                f"and its private key TLS can use: {exc}"
+            ) from None
 
 
 # -- error mapping -------------------------------------------------------------------------------
@@ -431,6 +459,7 @@ class Connection:
         self._ca = _read(ca_cert, "ca_cert")
         self._cert = _read(cert, "cert")
         self._key = _read(key, "key")
+        _check_tls_files(ca_cert, self._ca, cert, key)
         self._token: str | None = None
         # when the token was got (monotonic; 0.0 before the first): see WatchHub._refused
         self.token_time = 0.0
