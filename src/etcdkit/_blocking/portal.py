@@ -197,15 +197,15 @@ class Portal:
         with self._lock:
             first = not self._stopping
             self._stopping = True
-            pending = list(self._futures)
-        if not first or self.in_loop_thread():
+            pending = list(self._futures) if first else []
+        here = self.in_loop_thread()
+        if not first or here:  # (another thread stops it; or this is the loop's own thread)
             if after is not None:
                 after.close()
-            if not first and not self.in_loop_thread():
+            elif not first and not here:
                 self._ended.wait()
-            if first:
-                for fut in pending:
-                    fut.cancel()
+            for fut in pending:
+                fut.cancel()
             return
 
         async def shutdown() -> None:
