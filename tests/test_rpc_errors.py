@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from etcdkit import EtcdTimeoutError, ServerError
+from etcdkit import ConnectionUnavailableError, EtcdTimeoutError, ServerError
 from etcdkit._wire.conn import map_rpc_error, status_code
 
 
@@ -34,3 +34,13 @@ def test_other_unknown_answers_stay_server_errors(details: str) -> None:
     assert status_code(exc) == grpc.StatusCode.UNKNOWN
     err = map_rpc_error(exc, "127.0.0.1:2379", "put 'k'")
     assert type(err) is ServerError
+
+
+def test_an_etcdkit_error_of_a_stream_is_not_wrapped_again() -> None:
+    """A stream's own error (a stall, a refused login) reached its reconnect loop as a
+    ConnectionUnavailableError whose message held the first one's repr."""
+    stalled = ConnectionUnavailableError("lease keepalive stream at x: no answer for 3.0 s")
+    assert map_rpc_error(stalled, "127.0.0.1:2379", "lease keepalive stream") is stalled
+    other = map_rpc_error(OSError("reset"), "127.0.0.1:2379", "watch stream")
+    assert isinstance(other, ConnectionUnavailableError)
+    assert str(other) == "watch stream at 127.0.0.1:2379 failed: OSError('reset')"

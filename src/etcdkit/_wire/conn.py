@@ -253,8 +253,11 @@ _GO_DEADLINE = "context deadline exceeded"  # Go's context.DeadlineExceeded.Erro
 
 
 def map_rpc_error(exc: BaseException, where: str, what: str) -> EtcdkitError:
-    """Convert a grpc error into the etcdkit hierarchy (callers ``raise ... from exc``)."""
+    """Convert a grpc error into the etcdkit hierarchy (callers ``raise ... from exc``); an
+    etcdkit error is itself."""
     what = short(what)
+    if isinstance(exc, EtcdkitError):
+        return exc  # (already says what failed where: a stream's stall, a refused login)
     if not isinstance(exc, grpc.aio.AioRpcError):
         return ConnectionUnavailableError(f"{what} at {where} failed: {exc!r}")
     code = status_code(exc)

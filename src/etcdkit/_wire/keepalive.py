@@ -41,6 +41,7 @@ from etcdkit._errors import (
     ClosedError,
     ConnectionUnavailableError,
     EtcdkitError,
+    EtcdTimeoutError,
     LeaseNotFoundError,
 )
 from etcdkit._logs import Listeners
@@ -169,7 +170,7 @@ class KeepAliveHub:
                 err = map_rpc_error(exc, str(ch.endpoint), "lease keepalive stream")
                 log.info("keepalive stream down: %s", err)
                 self._conn.note_failure(err)
-                if isinstance(err, ConnectionUnavailableError):
+                if isinstance(err, ConnectionUnavailableError | EtcdTimeoutError):
                     self._conn.failover(ch, str(err))
             self.connected = False
             self.reconnects += 1

@@ -45,6 +45,7 @@ from etcdkit._errors import (
     CompactedError,
     ConnectionUnavailableError,
     EtcdkitError,
+    EtcdTimeoutError,
     WatchEndedError,
 )
 from etcdkit._retry import Backoff
@@ -376,7 +377,7 @@ class WatchHub:
                     self._failed_at = time.monotonic()
                     self._conn.note_failure(err)
                     self._disconnected(err)
-                    if isinstance(err, ConnectionUnavailableError):
+                    if isinstance(err, ConnectionUnavailableError | EtcdTimeoutError):
                         self._conn.failover(ch, str(err))
                     if isinstance(exc, grpc.aio.AioRpcError) and (
                         exc.code() == grpc.StatusCode.UNAUTHENTICATED
