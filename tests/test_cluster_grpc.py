@@ -27,6 +27,7 @@ from etcdkit.cluster import (
     RegistryView,
 )
 from etcdkit.cluster.grpc import (
+    DEFAULT_OPTIONS,
     RoutedChannel,
     RoutedSyncChannel,
     RoutingError,
@@ -309,6 +310,46 @@ async def test_a_node_that_leaves_has_its_channel_closed(nodes: list[Node]) -> N
     assert all(ch.get_state() is grpc.ChannelConnectivity.SHUTDOWN for ch in opened.values())
 
 
+async def test_a_node_whose_channel_cannot_be_opened_is_left_out_and_the_view_followed(
+    nodes: list[Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The channel factory raises for one node: that node gets no calls (an error says why),
+    and the channel goes on following the cluster (it kept the view of that moment, for
+    good: calls went on to a node that had left)."""
+    refused = nodes[0].address
+
+    def factory(address: str) -> grpc.aio.Channel:
+        if address == refused:
+            raise ValueError(f"no channel to {address}")
+        return grpc.aio.insecure_channel(address)
+
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes[:2])
+        async with RoutedChannel(cluster, channel_factory=factory) as channel:
+            stub = EchoStub(channel)
+            for _ in range(10):
+                assert owner_name(await stub.Who(b"", timeout=BOUND)) == "n1"
+            assert "n0 at" in caplog.text
+            assert "no channel to" in caplog.text
+            await cluster.membership(nodes[2].descriptor(), id="n2").register(timeout=BOUND)
+            cluster.store.delete_raw(f"{cluster.store.root}/n1")
+            async with asyncio.timeout(BOUND):
+                while set(channel.view.nodes) != {"n0", "n2"}:
+                    await asyncio.sleep(0.02)
+            for _ in range(10):
+                assert owner_name(await stub.Who(b"", timeout=BOUND)) == "n2"
+
+
+def test_default_options_ping_no_more_than_a_default_grpc_server_allows() -> None:
+    """gRPC servers (C-core's, Go's) allow a keepalive ping per 5 minutes by default, and none
+    without a call in flight; more get GOAWAY "too_many_pings", which ends every call on the
+    connection (seen: a 60 s call cut at ~30 s by 10 s pings, then run again on the next
+    node). Slower pings cannot show it in a test's time: the values are the test."""
+    options = dict(DEFAULT_OPTIONS)
+    assert options["grpc.keepalive_time_ms"] > 300_000
+    assert options["grpc.keepalive_permit_without_calls"] == 0
+
+
 async def test_a_call_on_a_node_that_leaves_finishes_or_moves(nodes: list[Node]) -> None:
     async with MemoryCluster() as cluster:
         await register_all(cluster, nodes)
@@ -431,6 +472,7 @@ def test_bad_arguments() -> None:
         ({"attempts": 0}, ValueError),
         ({"attempts": "3"}, TypeError),
         ({"grace": -1}, ValueError),
+        ({"channel_factory": 1}, TypeError),
     ):
         with pytest.raises(error):
             asyncio.run(make(**kwargs))

@@ -306,3 +306,37 @@ async def test_closing_the_client_with_open_leases_warns_of_nothing(
         await client.close()
     assert [r.getMessage() for r in caplog.records] == []
     assert (await etcd.get_prefix(etcd_prefix + "open/")).kvs == []
+
+
+TOO_LARGE = b"x" * (2 << 20)  # past etcd's default request limit (1.5 MiB)
+
+
+async def test_a_value_etcd_refuses_fails_the_lease_until_a_new_value(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """FAILED on its value, with etcd's refusal; set_value then goes on with the new value
+    (it returned, and nothing was ever put again: the waits kept raising the old error)."""
+    key = etcd_prefix + "big"
+    async with etcd.persistent_lease(key, TOO_LARGE, ttl=5) as lease:
+        with pytest.raises(etcdkit.InvalidArgumentError, match="too large"):
+            await lease.registered(timeout=WAIT)
+        assert lease.state is LeaseState.FAILED
+        lease.set_value("small")
+        assert await lease.synced(timeout=WAIT) > 0
+        assert lease.error is None
+        kv = await etcd.get(key)
+        assert kv is not None
+        assert kv.value == b"small"
+    assert await etcd.get(key) is None
+
+
+def test_a_value_etcd_refuses_fails_the_lease_until_a_new_value_threaded(
+    etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    key = etcd_prefix + "big-sync"
+    with Client(etcd_sync.endpoints) as client, client.persistent_lease(key, TOO_LARGE) as lease:
+        with pytest.raises(etcdkit.InvalidArgumentError, match="too large"):
+            lease.registered(timeout=WAIT)
+        lease.set_value("small")
+        lease.synced(timeout=WAIT)
+        assert client.get(key).value == b"small"  # type: ignore[union-attr]

@@ -22,6 +22,7 @@ from etcdkit._errors import (
     CompactedError,
     EtcdkitError,
     EtcdTimeoutError,
+    InvalidArgumentError,
     LeaseNotFoundError,
 )
 from etcdkit._logs import RateLimitedLog
@@ -60,7 +61,8 @@ class LeaseState(enum.Enum):
       with a new ``lease_id`` / ``create_revision``.
     - ``FAILED``: stopped on a permanent error that retrying cannot fix (wrong credentials,
       no permission for the key, a TTL etcd refuses); :attr:`PersistentLease.error` says which,
-      and the waiting methods raise it. The key is not held. Close the lease.
+      and the waiting methods raise it. The key is not held. Close the lease (or, failed on
+      a value etcd refuses, such as one larger than its request limit, give a new value).
     - ``CLOSED``: closed; the lease was revoked (or will expire by itself if etcd was down).
     """
 
@@ -240,11 +242,16 @@ class PersistentLease:
         )
 
     def set_value(self, value: str | bytes) -> None:
-        """Change the value; non-blocking, the latest value wins."""
+        """Change the value; non-blocking, the latest value wins. A lease FAILED on its value
+        (one etcd refuses: larger than its request limit) goes on with this one."""
         if self._closing:
             raise ClosedError(f"set_value on a closed PersistentLease for {self._key!r}")
         self._value = to_bytes(value, "value")
         self._need_put = True
+        if self._state is LeaseState.FAILED and isinstance(self._error, InvalidArgumentError):
+            self._error, self._task = None, None
+            self._set_state(LeaseState.CONNECTING)
+            self.start()
         self._wake.set()
 
     async def __aenter__(self) -> PersistentLease:

@@ -53,6 +53,10 @@ class Router(Generic[C]):
         closed_error: Callable[[str], Exception],
     ) -> None:
         check_args(key, attempts, grace)
+        if not callable(factory):
+            raise TypeError(
+                f"channel_factory must be a function address -> channel, got {factory!r}"
+            )
         self.name = name
         balancer = key if isinstance(key, Balancer) else None
         self.key = None if balancer is not None else key

@@ -40,11 +40,16 @@ C = TypeVar("C")
 DEFAULT_ATTEMPTS = 3  # nodes a unary call may try: the owner and two failovers
 DEFAULT_GRACE = 5.0  # seconds the calls on a node that left may take to finish
 # Detect dead peers (black-holed connections) by HTTP/2 pings, so that no call waits forever
-# on a node that vanished without closing its connections.
+# on a node that vanished without closing its connections (one that vanished from etcd too
+# leaves the view once its lease expires: its calls then fail over after DEFAULT_GRACE). No
+# more often than a gRPC server allows by default (C-core's and Go's: a ping per 5 minutes,
+# and none without a call in flight): it answers more with GOAWAY "too_many_pings", which
+# ends every call on the connection (a call ended so after it ran was then run again on the
+# next node). To a server that allows more, give faster pings through channel_factory.
 DEFAULT_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 3_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_time_ms", 330_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
@@ -163,7 +168,9 @@ class Nodes(Generic[C]):
     """One channel per node of the current registry view, and the routing decisions.
 
     ``update(view)`` returns the channels to close. ``view`` and ``channels`` are each
-    replaced in one assignment, so calls in any thread route without a lock.
+    replaced in one assignment, so calls in any thread route without a lock. A node whose
+    channel cannot be opened (the factory raised) has none: calls routed to it find no node
+    (it is tried again at the next view).
     """
 
     def __init__(
@@ -187,16 +194,22 @@ class Nodes(Generic[C]):
             have = old.get(node_id)
             if have is not None and have[0] == node.address:
                 new[node_id] = have
-            else:
+                continue
+            try:
                 new[node_id] = (node.address, self._open(node))
-                log.info("node %s joined at %s", node_id, node.address)
+            except Exception as exc:  # (the channel factory's): route without it, go on following
+                log.error(
+                    "node %s at %s: no channel could be opened: %r", node_id, node.address, exc
+                )
+                continue
+            log.info("node %s joined at %s", node_id, node.address)
         gone: list[C] = []
         for node_id, (address, channel) in old.items():
             kept = new.get(node_id)
             if kept is None or kept[1] is not channel:
                 log.info("node %s at %s left; closing its channel", node_id, address)
                 gone.append(channel)
-        ids = [n.id for n in view.nodes.values() if n.weight]
+        ids = [n.id for n in view.nodes.values() if n.weight and n.id in new]
         cumulative = list(itertools.accumulate(view.nodes[i].weight for i in ids))
         self._weights = (ids, cumulative, cumulative[-1] if cumulative else 0)
         self.channels = new
