@@ -340,6 +340,26 @@ async def test_a_node_whose_channel_cannot_be_opened_is_left_out_and_the_view_fo
                 assert owner_name(await stub.Who(b"", timeout=BOUND)) == "n2"
 
 
+async def test_close_ends_the_calls_in_flight_with_cancelled(nodes: list[Node]) -> None:
+    """As documented, not as nodes that left: UNAVAILABLE, which a caller's retry takes as
+    worth another try."""
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes[:2])
+        channel = RoutedChannel(cluster, grace=0)
+        stub = EchoStub(channel)
+        calls = []
+        for key in KEYS[:4]:
+            with route_key(key):
+                calls.append(asyncio.ensure_future(stub.Slow(b"30")))
+        await asyncio.sleep(0.2)
+        await channel.close()
+        async with asyncio.timeout(BOUND):
+            ended = await asyncio.gather(*calls, return_exceptions=True)
+        assert {(type(e), e.code()) for e in ended} == {  # type: ignore[union-attr]
+            (grpc.aio.AioRpcError, grpc.StatusCode.CANCELLED)
+        }
+
+
 def test_default_options_ping_no_more_than_a_default_grpc_server_allows() -> None:
     """gRPC servers (C-core's, Go's) allow a keepalive ping per 5 minutes by default, and none
     without a call in flight; more get GOAWAY "too_many_pings", which ends every call on the

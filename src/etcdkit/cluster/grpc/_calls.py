@@ -134,6 +134,14 @@ class RoutedCall:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 return False  # the caller is being cancelled
+            if self._attempts.nodes.closed:  # (its close ended the call: it says so)
+                self._error = grpc.aio.AioRpcError(
+                    grpc.StatusCode.CANCELLED,
+                    grpc.aio.Metadata(),
+                    grpc.aio.Metadata(),
+                    details="the RoutedChannel was closed during the call",
+                )
+                return False
             if self._attempts.nodes.left(self._node, self._used):
                 self._attempts.node_left(self._node)
                 return True

@@ -180,6 +180,7 @@ class Nodes(Generic[C]):
         self.balancer = balancer  # None: weighted random picks (Go's registry picker)
         self.view = RegistryView.empty()
         self.channels: dict[str, tuple[str, C]] = {}  # node id -> (address, channel)
+        self.closed = False  # the routed channel closed: a call its close ended is not retried
         # (node ids with weight, their cumulative weights, the total) for weighted picks
         self._weights: tuple[list[str], list[int], int] = ([], [], 0)
         self._random = random.Random().random
@@ -217,7 +218,8 @@ class Nodes(Generic[C]):
         return gone
 
     def take_all(self) -> list[C]:
-        """Every node channel, forgotten (for closing)."""
+        """Every node channel, forgotten (for closing: the routed channel is closed)."""
+        self.closed = True
         channels, self.channels = self.channels, {}
         return [channel for _, channel in channels.values()]
 
@@ -250,7 +252,10 @@ class Nodes(Generic[C]):
         return None if entry is None else (node_id, entry[1])
 
     def left(self, node_id: str, channel: object) -> bool:
-        """Whether *channel* (of *node_id*) is no longer the node's: the node left or moved."""
+        """Whether *channel* (of *node_id*) is no longer the node's: the node left or moved
+        (not that the routed channel closed)."""
+        if self.closed:
+            return False
         entry = self.channels.get(node_id)
         return entry is None or entry[1] is not channel
 
