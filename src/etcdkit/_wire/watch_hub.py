@@ -84,6 +84,15 @@ def _noop(*_args: object) -> None:
     return None
 
 
+def _end_each(subs: list[WatchSub], err: EtcdkitError) -> None:
+    """End every watcher of ``subs`` not ended yet with ``err`` (each told once)."""
+    for sub in subs:
+        if not sub.ended:
+            sub.ended = True
+            sub.connected = False
+            sub.on_end(err)
+
+
 class _TokenRefused(Exception):
     """etcd refused a watcher for the stream's token: the stream goes again with a new one."""
 
@@ -269,12 +278,7 @@ class WatchHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        err = ClosedError("the etcdkit client was closed")
-        for sub in subs:
-            if not sub.ended:
-                sub.ended = True
-                sub.connected = False
-                sub.on_end(err)
+        _end_each(subs, ClosedError("the etcdkit client was closed"))
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -406,10 +410,7 @@ class WatchHub:
             subs = list(self._subs)
             self._subs.clear()
             self._disconnected(None)
-            for sub in subs:
-                if not sub.ended:
-                    sub.ended = True
-                    sub.on_end(exc)
+            _end_each(subs, exc)
             return None
 
     def _token_refused(self, reason: str) -> bool:
