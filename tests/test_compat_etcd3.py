@@ -1140,3 +1140,23 @@ def test_a_lease_id_may_be_given_as_its_digits(e3: Etcd3, etcd_prefix: str) -> N
     with pytest.raises(TypeError, match="lease must be"):
         e3.put(etcd_prefix + "k", "v", lease="soon")
     lease.revoke()
+
+
+@pytest.mark.parametrize("prefix", ["", b""])
+def test_an_empty_prefix_is_refused_as_python_etcd3_refused_it(
+    e3: Etcd3, etcd_prefix: str, prefix: str | bytes
+) -> None:
+    """IndexError before anything is sent (python-etcd3's, from its range end of b""): an
+    empty prefix is every key here, and delete_prefix("") deleted every key in etcd."""
+    e3.put(etcd_prefix + "kept", "v")
+    calls = [
+        lambda: e3.delete_prefix(prefix),
+        lambda: list(e3.get_prefix(prefix)),
+        lambda: e3.watch_prefix(prefix),
+        lambda: e3.watch_prefix_once(prefix, timeout=0.1),
+        lambda: e3.add_watch_prefix_callback(prefix, print),
+    ]
+    for call in calls:
+        with pytest.raises(IndexError, match="empty prefix"):
+            call()
+    assert e3.get(etcd_prefix + "kept")[0] == b"v"

@@ -245,7 +245,7 @@ class Etcd3Client:
         """etcd's answer for the keys starting with ``key_prefix``."""
         if "key" in kwargs or "range_end" in kwargs:
             raise TypeError("Don't use key or range_end with prefix")
-        return self._range(key_prefix, prefix=True, **kwargs)
+        return self._range(_prefix(key_prefix), prefix=True, **kwargs)
 
     def get_prefix(
         self, key_prefix: str | bytes, **kwargs: Any
@@ -347,7 +347,7 @@ class Etcd3Client:
     @handle_errors
     def delete_prefix(self, prefix: str | bytes) -> DeleteResult:
         """Delete every key starting with ``prefix``; etcd's answer (``deleted``, ...)."""
-        return self.native.delete_range(prefix, prefix=True)
+        return self.native.delete_range(_prefix(prefix), prefix=True)
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -393,7 +393,7 @@ class Etcd3Client:
     ) -> int:
         """:meth:`add_watch_callback` for every key starting with ``key_prefix``."""
         kwargs.pop("range_end", None)
-        return self.watcher.add_callback(key_prefix, callback, prefix=True, **kwargs)
+        return self.watcher.add_callback(_prefix(key_prefix), callback, prefix=True, **kwargs)
 
     def cancel_watch(self, watch_id: int) -> None:
         """End the callback watch ``watch_id``."""
@@ -404,6 +404,7 @@ class Etcd3Client:
     ) -> tuple[Iterator[WatchResponse], Callable[[], None]]:
         if prefix:
             kwargs.pop("range_end", None)
+            key = _prefix(key)
         watch = self.watcher.open(key, prefix=prefix, **kwargs)
 
         # (both hold the client, as python-etcd3's do: it is not collected, and closed, while
@@ -462,7 +463,8 @@ class Etcd3Client:
     ) -> WatchResponse:
         """:meth:`watch_once_response` for every key starting with ``key_prefix``."""
         kwargs.pop("range_end", None)
-        return first_response(self.watcher.open(key_prefix, prefix=True, **kwargs), timeout)
+        watch = self.watcher.open(_prefix(key_prefix), prefix=True, **kwargs)
+        return first_response(watch, timeout)
 
     def watch_prefix_once(
         self, key_prefix: str | bytes, timeout: float | None = None, **kwargs: Any
@@ -647,6 +649,18 @@ def client(
         password=password,
         grpc_options=grpc_options,
     )
+
+
+def _prefix(prefix: str | bytes) -> str | bytes:
+    """``prefix``, refused when empty as python-etcd3 refused it (IndexError, before anything
+    was sent): here an empty prefix would be every key (``delete_prefix("")`` deleted them
+    all)."""
+    if isinstance(prefix, str | bytes) and not prefix:
+        raise IndexError(
+            "an empty prefix (python-etcd3 refused it with IndexError too); every key is "
+            "get_all()"
+        )
+    return prefix
 
 
 def _responses(result: TxnResult) -> list[Any]:
