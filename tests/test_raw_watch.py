@@ -378,6 +378,8 @@ BAD = [
     pytest.param({"progress_notify": 1}, TypeError, "progress_notify", id="progress-int"),
     pytest.param({"key": 42}, TypeError, "key", id="key-int"),
     pytest.param({"key": ""}, ValueError, "key", id="key-empty"),
+    # (the hint was garbled: a NUL byte where b'\0' was meant)
+    pytest.param({"range_end": "/a"}, ValueError, r"\(b'\\0': every key", id="range-backward"),
 ]
 
 
@@ -402,6 +404,36 @@ def test_bad_input_fails_before_any_io_threaded(
         with quickly(1.0), pytest.raises(exc, match=match):
             client.watch(**args)
         assert client.stats.calls == 0
+
+
+HUGE_KEY = b"/huge/" + b"k" * (2 << 20)  # past what etcd takes in one request (2 MiB)
+
+
+async def test_a_watch_larger_than_etcd_takes_fails_alone(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """Its create would be past etcd's request limit: etcd ended the whole shared stream, and
+    again at each reconnect (the create sent again), every watch of the client with it, while
+    that watch never failed. It fails alone, at once."""
+    async with etcd.watch(etcd_prefix, prefix=True) as other:
+        rev = await etcd.put(etcd_prefix + "a", "1")
+        reconnects = etcd.stats.watch_reconnects
+        with quickly(), pytest.raises(etcdkit.InvalidArgumentError, match="2 MiB"):
+            async with etcd.watch(HUGE_KEY, start_revision=1) as huge:
+                await huge.__anext__()
+        async with asyncio.timeout(10):
+            batch = await other.__anext__()
+        assert [e.kv.mod_revision for e in batch.events] == [rev]
+        assert etcd.stats.watch_reconnects == reconnects
+
+
+def test_a_watch_larger_than_etcd_takes_fails_alone_threaded(
+    etcd_sync: Client, no_leaked_threads: None
+) -> None:
+    with Client(etcd_sync.endpoints) as client:
+        with quickly(), pytest.raises(etcdkit.InvalidArgumentError, match="2 MiB"):
+            with client.watch(HUGE_KEY, start_revision=1) as huge:
+                next(iter(huge))
 
 
 # -- the bounded buffer ---------------------------------------------------------------------------

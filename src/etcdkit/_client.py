@@ -602,7 +602,7 @@ class AsyncClient:
             if end != b"\0" and raw >= end:  # (etcd would end it: "watcher range is empty")
                 raise ValueError(
                     f"range_end {end!r:.60} must be greater than key {raw!r:.60}: the watch "
-                    "would cover no key (b'\0': every key from key on)"
+                    "would cover no key (b'\\0': every key from key on)"
                 )
         self._core.check_loop()
         return Watch(

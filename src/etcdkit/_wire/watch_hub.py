@@ -46,6 +46,7 @@ from etcdkit._errors import (
     ConnectionUnavailableError,
     EtcdkitError,
     EtcdTimeoutError,
+    InvalidArgumentError,
     WatchEndedError,
 )
 from etcdkit._retry import Backoff
@@ -72,6 +73,10 @@ PROBE_KEY = b"\0etcdkit/liveness-probe"
 # the last stream failure and younger than this many seconds: then the refusal stands (so at
 # most one new login per this many seconds, whatever a user without the permission asks for).
 TOKEN_TRUSTED = 10.0
+# The most key and range end bytes a watch may have: etcd's gRPC server takes requests of up
+# to --max-request-bytes (1.5 MiB by default) + 512 KiB, and one larger ends the whole stream,
+# every watch of the client with it (again at each reconnect, the create sent again).
+MAX_RANGE_BYTES = 2 * 1024 * 1024 - 1024
 ECHO_ID = 1 << 62  # the watch id a stream's first create asks for: see WatchHub._send_create
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
 _FILTERS = {
@@ -246,6 +251,12 @@ class WatchHub:
         ``filters``: ``"noput"`` and/or ``"nodelete"`` (etcd leaves those events out)."""
         if self._closed:
             raise ClosedError("the etcdkit client is closed; create a new one")
+        if len(key) + len(range_end) > MAX_RANGE_BYTES:
+            raise InvalidArgumentError(
+                f"watch on {key[:40]!r}...: its key and range end are "
+                f"{len(key) + len(range_end)} bytes, more than etcd takes in one request (2 MiB "
+                "by default: --max-request-bytes + 512 KiB)"
+            )
         sub = WatchSub(
             self,
             key,

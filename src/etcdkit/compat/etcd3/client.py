@@ -657,8 +657,7 @@ def _prefix(prefix: str | bytes) -> str | bytes:
     all)."""
     if isinstance(prefix, str | bytes) and not prefix:
         raise IndexError(
-            "an empty prefix (python-etcd3 refused it with IndexError too); every key is "
-            "get_all()"
+            "an empty prefix (python-etcd3 refused it with IndexError too); every key is get_all()"
         )
     return prefix
 
