@@ -340,3 +340,24 @@ def test_a_value_etcd_refuses_fails_the_lease_until_a_new_value_threaded(
         lease.set_value("small")
         lease.synced(timeout=WAIT)
         assert client.get(key).value == b"small"  # type: ignore[union-attr]
+
+
+async def test_another_value_on_our_shared_lease_is_an_overwrite(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """Two PersistentLeases of one TTL in one client share one etcd lease: the second one's
+    put over the first's key was not seen as another writer's (only the lease was compared),
+    and the first stayed REGISTERED with the other's value in etcd. Now they fight as any two
+    writers do: at backoff pace, with a warning."""
+    key = etcd_prefix + "twice"
+    async with (
+        etcd.persistent_lease(key, "a", ttl=10) as first,
+        etcd.persistent_lease(key, "b", ttl=10) as second,
+    ):
+        await first.registered(timeout=WAIT)
+        await second.registered(timeout=WAIT)
+        assert first.lease_id == second.lease_id
+        await first.wait_state(LeaseState.LOST, timeout=WAIT)
+        start = await etcd.get_revision()
+        await asyncio.sleep(2.0)
+        assert await etcd.get_revision() - start <= 8  # (paced: not a hot loop)

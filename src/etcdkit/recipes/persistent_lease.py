@@ -129,6 +129,7 @@ class PersistentLease:
         self._create_revision = 0
         self._put_revision = 0  # revision of our newest own put
         self._written: bytes | None = None  # value of that put
+        self._putting: bytes | None = None  # value of our put in flight (its event may come first)
         self._need_put = True
         # monotonic time our next put may go: after another writer's put over ours, or a key
         # watch etcd ended (say, refused), re-asserts are paced by this backoff
@@ -399,7 +400,9 @@ class PersistentLease:
                 continue
             if ev.type is EventType.DELETE:
                 self._lost("key was deleted (externally, or its lease revoked or expired)")
-            elif kv.lease != self.lease_id:  # our lease is only ever used by us
+            elif kv.lease != self.lease_id or kv.value not in (self._written, self._putting):
+                # Another writer: another lease, or another value on ours (the leases of one
+                # TTL of a client share one: another PersistentLease on this key, say).
                 limited.warning(
                     ("conflict", self._raw_key),
                     "lease %r: another writer put value %r with lease %#x over ours; "
@@ -512,13 +515,15 @@ class PersistentLease:
             session = await self._new_session()
             self._session = session
             self._unlisten = session.add_listener(functools.partial(self._on_session, session))
-        value = self._value
+        value = self._putting = self._value
         self._need_put = False
         try:
             put = await self._etcd.put(self._raw_key, value, lease=session.lease_id, prev_kv=True)
         except BaseException:
             self._need_put = True
             raise
+        finally:
+            self._putting = None
         prev = put.prev_kv
         ours_before = prev is not None and prev.lease == session.lease_id
         if not ours_before or not self._create_revision:
