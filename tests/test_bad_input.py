@@ -132,6 +132,9 @@ CALL_CASES = [
     ("watch", ("/b",), {"range_end": "/a"}, ValueError, "range_end .* must be greater than key"),
     ("watch", ("/a",), {"range_end": "/a"}, ValueError, "range_end .* must be greater than key"),
     ("get_prefix", (None,), {}, TypeError, "prefix must be str or bytes"),
+    # (a lone surrogate: a bare UnicodeEncodeError naming neither the key nor what to pass)
+    ("get", ("/k\udcff",), {}, ValueError, "key must be str that UTF-8 can encode"),
+    ("put", ("/k", "v\udcff"), {}, ValueError, "value must be str that UTF-8 can encode"),
     ("get_prefix", ("/p/",), {"page_size": 0}, ValueError, "page_size"),
     ("get_prefix", ("/p/",), {"page_size": "10"}, (TypeError, ValueError), "page_size"),
     ("get_prefix", ("/p/",), {"revision": -5}, ValueError, "revision"),
@@ -234,6 +237,7 @@ BAD_WAIT_TIMEOUTS: list[tuple[Any, type[Exception]]] = [
     (True, TypeError),
     (float("nan"), ValueError),
     (-1, ValueError),
+    (10**400, ValueError),  # (past a float: an OverflowError naming nothing)
 ]
 
 

@@ -358,3 +358,24 @@ def test_help_shows_examples(command: str) -> None:
     assert "etcdctl" in r.stdout  # says whose lock / election it shares
     main = run("--help")
     assert f"etcdkit {command} " in main.stdout
+
+
+def test_lock_hands_a_key_that_is_not_utf8_to_the_command_exactly(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """The lock's key went into the environment with U+FFFD for each byte UTF-8 cannot
+    decode: the command got a key that is not the one in etcd."""
+    name = etcd_prefix + "job-\udcff"  # (the byte 0xff, as Python decodes an argument)
+    script = 'printf %s "$ETCD_LOCK_KEY"; printf "|%s" "$ETCDKIT_LOCK_KEY"'
+    r = subprocess.run(
+        [*CLI, "--endpoints", etcd_server.endpoint, "lock", name, "--", "sh", "-c", script],
+        capture_output=True,
+        timeout=60,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    go, ours = r.stdout.split(b"|")
+    assert go == ours
+    assert go.startswith(etcd_prefix.encode() + b"job-\xff/")

@@ -1149,7 +1149,7 @@ def test_an_empty_prefix_is_refused_as_python_etcd3_refused_it(
     """IndexError before anything is sent (python-etcd3's, from its range end of b""): an
     empty prefix is every key here, and delete_prefix("") deleted every key in etcd."""
     e3.put(etcd_prefix + "kept", "v")
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: e3.delete_prefix(prefix),
         lambda: list(e3.get_prefix(prefix)),
         lambda: e3.watch_prefix(prefix),

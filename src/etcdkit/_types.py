@@ -50,7 +50,14 @@ def to_bytes(value: str | bytes, what: str) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        return value.encode()
+        try:
+            return value.encode()
+        except UnicodeEncodeError as exc:  # (a lone surrogate: not text UTF-8 can hold)
+            raise ValueError(
+                f"{what} must be str that UTF-8 can encode, or bytes: {exc.reason} at index "
+                f"{exc.start} of {value[max(0, exc.start - 20) : exc.start + 20]!r} (for bytes "
+                "that are not UTF-8, pass bytes)"
+            ) from None
     raise TypeError(f"{what} must be str or bytes, got {type(value).__name__}: {value!r:.80}")
 
 
@@ -378,7 +385,13 @@ def check_timeout(timeout: object, what: str = "timeout") -> float | None:
         raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r:.40}")
     if not timeout >= 0:
         raise ValueError(f"{what} must be a number of seconds >= 0 or None, got {timeout!r}")
-    return float(timeout)
+    try:
+        return float(timeout)
+    except OverflowError:  # (an int past a float's range)
+        raise ValueError(
+            f"{what} must be a number of seconds >= 0 or None, got an int too large for a "
+            "float (None waits with no bound)"
+        ) from None
 
 
 def check_bool(value: object, what: str) -> bool:

@@ -79,10 +79,11 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
             f"fencing token {lock.fencing_token}); running {cmd[0]}"
         )
         env = dict(os.environ)
+        held = lock.key.decode("utf-8", "surrogateescape")  # (the environment's bytes: the key)
         env.update(
-            ETCDKIT_LOCK_KEY=lock.key.decode(errors="replace"),
+            ETCDKIT_LOCK_KEY=held,
             ETCDKIT_FENCING_TOKEN=str(lock.fencing_token),
-            ETCD_LOCK_KEY=lock.key.decode(errors="replace"),  # as etcdctl lock sets it
+            ETCD_LOCK_KEY=held,  # as etcdctl lock sets it
         )
         # Not from a terminal (cron, CI, a service), CMD gets a process group of its own, which
         # the signals go to: a job's children stop with it when the lock is lost, as with
