@@ -479,6 +479,12 @@ def test_sync_cluster(etcd_sync: Client, etcd_prefix: str, no_leaked_threads: No
         m.synced(timeout=BOUND)
         assert cluster.members == (Member("s1", "b"),)
         assert m.member == Member("s1", "b")
+        # (the reader thread gets there too: it was not waited for, and on a loaded machine
+        # the watch could close while its last view was still the first data)
+        deadline = time.monotonic() + BOUND
+        while not views or views[-1] != (Member("s1", "b"),):
+            assert time.monotonic() < deadline, views
+            time.sleep(0.01)
         m.deregister(timeout=BOUND)
         assert not cluster.members
         assert watch.revision > 0
