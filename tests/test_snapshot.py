@@ -145,6 +145,32 @@ def test_deletes_never_call_the_transform() -> None:
     assert dict(e.tree) == {}
 
 
+@pytest.mark.parametrize("how", ["raises", "wrong shape"])
+def test_a_rejected_record_calls_the_transform_once(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In a listing and in an event: it was called a second time to say what was wrong (a
+    slow or side-effecting transform paid twice; a changing one could pass the second time,
+    and the message be of another call than the one that decided)."""
+    calls: list[bytes] = []
+
+    def counted(key: bytes, value: bytes) -> Any:
+        calls.append(key)
+        if value == b"bad":
+            if how == "raises":
+                raise ValueError("not a number")
+            return ["a", "list"]
+        return key.decode(), value
+
+    e: SnapshotEngine[str, bytes] = SnapshotEngine(counted)
+    with caplog.at_level(logging.WARNING, "etcdkit"):
+        e.reset([(b"a", b"1"), (b"b", b"bad")], 1)
+        e.apply(2, [(b"c", b"bad")])
+    assert calls == [b"a", b"b", b"c"]
+    assert e.invalid_records == 2
+    assert ("ValueError: not a number" if how == "raises" else "got list") in caplog.text
+
+
 def test_two_raw_keys_on_one_transformed_key_is_a_collision() -> None:
     e: SnapshotEngine[str, bytes] = SnapshotEngine(lambda k, v: (k.decode().lower(), v))
     e.apply(1, [(b"A", b"1")])

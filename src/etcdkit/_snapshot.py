@@ -299,6 +299,15 @@ class Record(Protocol):
     def value(self) -> bytes: ...
 
 
+class _Refused:
+    """What a transform that raised returned, for :meth:`SnapshotEngine._convert`."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class Pair(NamedTuple):
     """A :class:`Record` made from a ``(key, value)`` pair."""
 
@@ -349,17 +358,20 @@ class Listing(Generic[K, V]):
             raw = record.key
             value = record.value
             try:
+                out: Any = transform(raw, value)
+            except Exception as exc:
+                out = _Refused(exc)  # (convert() says so; the transform is not called again)
+            try:
                 # The common case, inline: a (K, V) tuple whose K is hashable (``in`` hashes
                 # it) and not yet taken. (Another length fails to unpack: convert() below then
                 # says what is wrong.)
-                out = transform(raw, value)
                 if type(out) is not tuple:
                     raise TypeError
                 k, v = out
                 taken = k in mm
             except Exception:
                 known_bad = old_invalid.get(raw) if old_invalid else None
-                rec = convert(raw, value, known_bad=known_bad, invalid=invalid)
+                rec = convert(raw, value, out, known_bad=known_bad, invalid=invalid)
                 if rec is None:
                     continue
                 k, v = rec
@@ -555,13 +567,16 @@ class SnapshotEngine(Generic[K, V]):
             # The common case inline, as Listing.add has it: a (K, V) tuple whose K hashes;
             # anything else goes through _convert, which says what is wrong.
             try:
-                out = transform(raw, value)
+                out: Any = transform(raw, value)
+            except Exception as exc:
+                out = _Refused(exc)
+            try:
                 if type(out) is not tuple:
                     raise TypeError
                 k, v = out
                 hash(k)
             except Exception:
-                rec = self._convert(raw, value, known_bad=None)
+                rec = self._convert(raw, value, out, known_bad=None)
                 if rec is None:
                     if old_k is not _ABSENT:
                         del index[raw]
@@ -729,14 +744,18 @@ class SnapshotEngine(Generic[K, V]):
         self,
         raw: bytes,
         value: bytes,
+        out: object,
         *,
         known_bad: bytes | None,
         invalid: dict[bytes, bytes] | None = None,
     ) -> tuple[K, V] | None:
-        """``(K, V)`` of a record, or ``None`` when the transform rejects it; rejected records
-        go into ``invalid`` (the engine's own by default; a listing's while it loads)."""
+        """``(K, V)`` of a record from what the transform returned for it (``out``; a
+        :class:`_Refused` if it raised), or ``None`` when that is no such pair; rejected
+        records go into ``invalid`` (the engine's own by default; a listing's while it
+        loads)."""
         try:
-            out = self._transform(raw, value)
+            if isinstance(out, _Refused):
+                raise out.error
             if not isinstance(out, tuple) or len(out) != 2:
                 raise TypeError(
                     f"the transform must return a (key, value) tuple, got {type(out).__name__}"
@@ -750,7 +769,7 @@ class SnapshotEngine(Generic[K, V]):
                 return None
             self._reject(raw, value, f"{type(exc).__name__}: {exc}", into)
             return None
-        return out
+        return cast("tuple[K, V]", out)
 
     def _reject(
         self, raw: bytes, value: bytes, why: str, invalid: dict[bytes, bytes] | None = None
