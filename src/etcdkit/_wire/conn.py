@@ -322,15 +322,6 @@ _STALE_TOKEN = (
 )
 
 
-def is_invalid_token(exc: BaseException) -> bool:
-    return is_stale_token(_details(exc))
-
-
-def is_stale_token(reason: str) -> bool:
-    """Whether etcd's error or cancel reason says the token is stale (see ``_STALE_TOKEN``)."""
-    return any(what in reason for what in _STALE_TOKEN)
-
-
 def _pick_failed(exc: grpc.aio.AioRpcError) -> bool:
     """The RPC never left this process: no connection could be made for it (so even a write
     is safe to send again). grpc says so in the details of a fail-fast pick failure."""
@@ -464,7 +455,7 @@ class Connection:
         self._key = _read(key, "key")
         _check_tls_files(ca_cert, self._ca, cert, key)
         self._token: str | None = None
-        # when the token was got (monotonic; 0.0 before the first): see WatchHub._refused
+        # when the token was got (monotonic; 0.0 before the first): see WatchHub._token_refused
         self.token_time = 0.0
         self._token_lock: asyncio.Lock | None = None
         self._channels: list[Channel] = []
@@ -689,11 +680,16 @@ class Connection:
         return self._username is not None
 
     def token_refused(self, exc: BaseException) -> bool:
-        """etcd refused a call for its token: an invalid (expired) one, or none while auth is
-        on again after it was turned off (``user name is empty``). A new login may fix it."""
-        if is_invalid_token(exc):
+        """etcd refused a call for its token (see :meth:`refused_for_token`)."""
+        return self.refused_for_token(_details(exc))
+
+    def refused_for_token(self, reason: str) -> bool:
+        """etcd's error or cancel ``reason`` says it refused the token: a stale one (see
+        ``_STALE_TOKEN``), or none while auth is on again after it was turned off (``user
+        name is empty``). A new login may fix it."""
+        if any(what in reason for what in _STALE_TOKEN):
             return True
-        return self._token == "" and "user name is empty" in _details(exc)
+        return self._token == "" and "user name is empty" in reason
 
     # -- unary calls ------------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from etcdkit._errors import (
 )
 from etcdkit._retry import Backoff
 from etcdkit._types import EventType, WatchEvent
-from etcdkit._wire.conn import Channel, Connection, is_stale_token, map_rpc_error
+from etcdkit._wire.conn import Channel, Connection, map_rpc_error
 from etcdkit._wire.kv import kv_of
 
 __all__ = ["WatchHub", "WatchSub"]
@@ -433,7 +433,9 @@ class WatchHub:
         if not self._conn.has_credentials:
             return False
         if not (
-            is_stale_token(reason) or "permission denied" in reason or "name is empty" in reason
+            self._conn.refused_for_token(reason)
+            or "permission denied" in reason
+            or "name is empty" in reason  # (whatever token the client has got since)
         ):
             return False
         got = self._token_time
