@@ -487,3 +487,29 @@ async def test_several_tasks_waiting_on_one_watch_are_all_woken(
         await watch.aclose()
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(pending.pop(), WAIT)
+
+
+async def test_transform_raising_cancelled_error_ends_the_watch(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    # A CancelledError out of the transform (or code it calls) while nobody cancelled the watch
+    # is a failure like any other exception that is not a rejection: the watch ends and says
+    # so. It used to end the watch's task as if closed, leaving the watch SYNCING, its
+    # consumers waiting until their timeout.
+    def cancelling(key: bytes, value: bytes) -> tuple[str, bytes]:
+        if value == b"cancel":
+            raise asyncio.CancelledError("from the transform")
+        return key.decode(), value
+
+    await etcd.put(etcd_prefix + "a", "cancel")
+    async with etcd.watch_prefix(etcd_prefix, cancelling) as watch:
+        with pytest.raises(RuntimeError, match="CancelledError"):
+            await watch.synced(timeout=WAIT)
+        assert watch.state is WatchState.CLOSED
+    await etcd.put(etcd_prefix + "a", "fine")
+    async with etcd.watch_prefix(etcd_prefix, cancelling) as watch:  # the same, live
+        await watch.synced(timeout=WAIT)
+        await etcd.put(etcd_prefix + "b", "cancel")
+        with pytest.raises(RuntimeError, match="CancelledError"):
+            await next_snap(watch)
+        assert watch.state is WatchState.CLOSED

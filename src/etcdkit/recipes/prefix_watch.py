@@ -243,7 +243,7 @@ class PrefixWatch(Generic[K, V]):
 
     @property
     def state(self) -> WatchState:
-        if self._closed:
+        if self._closed or self._error is not None:  # (the error is the consumer's to see)
             return WatchState.CLOSED
         if not self._synced or (not self._watching and self._stats.relists == 0):
             return WatchState.SYNCING
@@ -365,14 +365,30 @@ class PrefixWatch(Generic[K, V]):
                 )
                 reason = "ended"
                 await backoff.wait()
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if self._closed or task is None or task.cancelling():
+                raise
+            self._fail(exc)  # (raised by the transform, say: nobody cancelled the watch)
         except BaseException as exc:
-            if self._error is None:
-                self._error = exc
-            self._wake()
-            if not isinstance(exc, ClosedError):
-                log.error("watch %r failed: %s", self.prefix, exc)
+            self._fail(exc)
+        self._wake()
+        if not isinstance(self._error, ClosedError):
+            log.error("watch %r failed: %s", self.prefix, self._error)
+
+    def _fail(self, exc: BaseException) -> None:
+        """End with ``exc`` (the first error wins; re-raised to the consumer). A CancelledError
+        nobody asked for (the transform raised it) becomes a RuntimeError: the consumer was
+        not cancelled."""
+        if isinstance(exc, asyncio.CancelledError):
+            err = RuntimeError(
+                f"watch {self.prefix!r} failed: CancelledError raised inside it"
+                f" while nobody cancelled it (by the transform?): {exc}"
+            )
+            err.__cause__ = exc
+            exc = err
+        if self._error is None:
+            self._error = exc
 
     async def _list(self, *, unpaged: bool = False) -> None:
         """List the prefix into a new tree, in pages at one revision; ``unpaged``: in one read
@@ -461,8 +477,7 @@ class PrefixWatch(Generic[K, V]):
                 self._stats.events += len(events)
                 self._meter.events(len(events))
         except BaseException as exc:  # (a bug, not a record the transform rejected): end here
-            if self._error is None:
-                self._error = exc
+            self._fail(exc)
             w = self._w
             if w is not None:
                 w.cancel()
