@@ -5,6 +5,7 @@ from etcdkit's (a compacted revision, a stopped server, a refused request, a ful
 
 from __future__ import annotations
 
+import asyncio
 import io
 import queue
 import socket
@@ -421,6 +422,24 @@ def test_watch_callbacks(no_leaked_threads: None, e3: Etcd3, etcd_prefix: str) -
     e3.put(k, "3")
     time.sleep(0.2)
     assert seen.empty()
+
+
+def test_a_callback_raising_cancelled_error_is_logged_and_the_watches_go_on(
+    no_leaked_threads: None, e3: Etcd3, etcd_prefix: str
+) -> None:
+    seen: queue.Queue[Any] = queue.Queue()
+    k = etcd_prefix + "cc"
+
+    def cancelling(_: object) -> None:
+        raise asyncio.CancelledError("a plain function's own, not a cancellation")
+
+    bad = e3.add_watch_callback(k, cancelling)
+    good = e3.add_watch_callback(k, seen.put)
+    for value in ("1", "2"):
+        e3.put(k, value)
+        assert seen.get(timeout=10).events[0].value == value.encode()
+    e3.cancel_watch(bad)
+    e3.cancel_watch(good)
 
 
 def test_a_watch_cancelled_by_another_callback_is_not_called_again(

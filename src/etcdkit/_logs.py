@@ -10,14 +10,21 @@ left out in between (``"... (12 more suppressed)"``). Pure: no I/O but the loggi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
 
-__all__ = ["DEFAULT_INTERVAL", "Listeners", "RateLimitedLog"]
+__all__ = ["CALLBACK_ERRORS", "DEFAULT_INTERVAL", "Listeners", "RateLimitedLog"]
 
 DEFAULT_INTERVAL = 30.0  # seconds between two lines of one message key
 MAX_KEYS = 1024  # keys remembered at most; the oldest quiet ones are forgotten first
+
+# What a user's callback (a listener, a python-etcd3 watch callback) may raise that is logged
+# and skipped: any Exception, and CancelledError. A plain function cannot be cancelled, so a
+# CancelledError out of one is its own; let through, it ended the task that called it (the
+# client's shared Watch stream, a lock's or a lease's keeper) as if that task was cancelled.
+CALLBACK_ERRORS = (Exception, asyncio.CancelledError)
 
 
 class RateLimitedLog:
@@ -110,5 +117,5 @@ class Listeners:
         for callback in self._callbacks:
             try:
                 callback()
-            except Exception:
+            except CALLBACK_ERRORS:
                 self._logger.exception("a listener of %r failed", self._owner)

@@ -36,7 +36,7 @@ from etcdkit._errors import (
     EtcdTimeoutError,
     NotHeldError,
 )
-from etcdkit._logs import RateLimitedLog
+from etcdkit._logs import CALLBACK_ERRORS, RateLimitedLog
 from etcdkit._surface import Etcd
 from etcdkit._types import (
     Compare,
@@ -592,7 +592,7 @@ class Hold:
         for cb in [*self._shared, *self._listeners]:
             try:
                 cb(state)
-            except Exception:
+            except CALLBACK_ERRORS:
                 log.exception("%s: state listener failed", self.what)
 
 

@@ -43,6 +43,7 @@ from etcdkit._errors import (
     EtcdkitError,
     LeaseNotFoundError,
 )
+from etcdkit._logs import CALLBACK_ERRORS
 from etcdkit._types import (
     Compare,
     EventType,
@@ -596,5 +597,5 @@ class Contender:
         self.state = state
         try:
             self._on_state(state)
-        except Exception:
+        except CALLBACK_ERRORS:
             log.exception("%s: state listener failed", self.what)

@@ -17,6 +17,7 @@ from etcdkit._errors import (
     EtcdTimeoutError,
     NotHeldError,
 )
+from etcdkit._logs import CALLBACK_ERRORS
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare, EventType, KeyValue, Op, WatchEvent, to_bytes
 from etcdkit.recipes._line import Contender, HoldState, check_timeout, check_ttl, prefix_of
@@ -401,5 +402,5 @@ class Leadership:
         for cb in [*self._listeners, *self._campaign_listeners]:
             try:
                 cb(state)
-            except Exception:
+            except CALLBACK_ERRORS:
                 log.exception("leadership of %r: state listener failed", self._name)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from etcdkit._errors import EtcdkitError, EtcdTimeoutError, NotHeldError
+from etcdkit._logs import CALLBACK_ERRORS
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare
 from etcdkit.recipes._line import Contender, HoldState, check_timeout, check_ttl, prefix_of
@@ -125,7 +126,7 @@ class LockHold:
         for cb in [*self._listeners, *self._lock._listeners]:
             try:
                 cb(state)
-            except Exception:
+            except CALLBACK_ERRORS:
                 log.exception("lock %r: state listener failed", self._lock.name)
 
 

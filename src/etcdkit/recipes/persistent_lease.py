@@ -25,7 +25,7 @@ from etcdkit._errors import (
     InvalidArgumentError,
     LeaseNotFoundError,
 )
-from etcdkit._logs import RateLimitedLog
+from etcdkit._logs import CALLBACK_ERRORS, RateLimitedLog
 from etcdkit._metrics import LeaseMeter, LeaseStats
 from etcdkit._retry import Backoff
 from etcdkit._surface import Etcd
@@ -357,7 +357,7 @@ class PersistentLease:
         for cb in list(self._listeners):
             try:
                 cb(state)
-            except Exception:
+            except CALLBACK_ERRORS:
                 log.exception("lease %r: state listener failed", self._key)
 
     def _lost(self, why: str) -> None:

@@ -25,6 +25,7 @@ from etcdkit._errors import (
     LeaseNotFoundError,
     mark_retrieved,
 )
+from etcdkit._logs import CALLBACK_ERRORS
 from etcdkit._surface import Etcd
 from etcdkit._types import SessionState, check_timeout
 
@@ -303,7 +304,7 @@ class Session:
         for cb in list(self._listeners):
             try:
                 cb(state)
-            except Exception:
+            except CALLBACK_ERRORS:
                 log.exception("session %#x: state listener failed", self._lease_id)
 
 

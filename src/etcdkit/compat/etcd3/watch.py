@@ -9,6 +9,7 @@ client are called one at a time, as python-etcd3's single callback thread called
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -158,7 +159,7 @@ class Watcher:
             self._local.in_callback = True
             try:
                 callback(arg)
-            except Exception:
+            except (Exception, asyncio.CancelledError):  # (a plain function raising it: its own)
                 log.exception("watch callback %r failed", callback)
             finally:
                 self._local.in_callback = False
