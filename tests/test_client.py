@@ -238,6 +238,8 @@ def test_public_names_are_pinned() -> None:
             "SyncCounter", "SyncPriorityQueue", "SyncQueue", "SyncStm",
             "Endpoint", "EndpointManager", "SyncEndpointManager",
             "KeepAlive", "KeepAliveStatus", "SyncKeepAlive",
+            "Backoff", "Etcd", "Isolation", "KeyValueLike", "SortOrder", "SortTarget",
+            "Transform", "WatchFilter",
         ]
     )  # fmt: skip
     assert isinstance(etcdkit.__version__, str)

@@ -63,8 +63,9 @@ from etcdkit._errors import (
     WrongContextError,
 )
 from etcdkit._metrics import ClientStats, LeaseStats
-from etcdkit._retry import RetryPolicy
-from etcdkit._snapshot import Change, ChangeKind, Snapshot, default_transform
+from etcdkit._retry import Backoff, RetryPolicy
+from etcdkit._snapshot import Change, ChangeKind, Snapshot, Transform, default_transform
+from etcdkit._surface import Etcd
 from etcdkit._types import (
     Compare,
     DeleteResult,
@@ -72,15 +73,19 @@ from etcdkit._types import (
     HoldState,
     KeepAliveStatus,
     KeyValue,
+    KeyValueLike,
     LeaseGrant,
     LeaseInfo,
     Op,
     PutResult,
     RangeResult,
     ResponseHeader,
+    SortOrder,
+    SortTarget,
     TxnResult,
     WatchBatch,
     WatchEvent,
+    WatchFilter,
 )
 from etcdkit._version import __version__
 from etcdkit._watch import Watch
@@ -90,7 +95,7 @@ from etcdkit.recipes.lock import Lock, LockHold
 from etcdkit.recipes.persistent_lease import LeaseState, PersistentLease
 from etcdkit.recipes.prefix_watch import PrefixWatch, WatchState, WatchStats
 from etcdkit.recipes.session import Session, SessionState
-from etcdkit.recipes.stm import Stm, SyncStm
+from etcdkit.recipes.stm import Isolation, Stm, SyncStm
 
 __all__ = [
     "Alarm",
@@ -98,6 +103,7 @@ __all__ = [
     "Auth",
     "AuthError",
     "AuthStatus",
+    "Backoff",
     "Barrier",
     "BarrierFullError",
     "Campaign",
@@ -116,15 +122,18 @@ __all__ = [
     "Election",
     "Endpoint",
     "EndpointManager",
+    "Etcd",
     "EtcdTimeoutError",
     "EtcdkitError",
     "EventType",
     "HashKV",
     "HoldState",
     "InvalidArgumentError",
+    "Isolation",
     "KeepAlive",
     "KeepAliveStatus",
     "KeyValue",
+    "KeyValueLike",
     "Leader",
     "Leadership",
     "LeaseGrant",
@@ -158,6 +167,8 @@ __all__ = [
     "Session",
     "SessionState",
     "Snapshot",
+    "SortOrder",
+    "SortTarget",
     "Status",
     "Stm",
     "SyncAuth",
@@ -185,11 +196,13 @@ __all__ = [
     "SyncSession",
     "SyncStm",
     "SyncWatch",
+    "Transform",
     "TxnResult",
     "Watch",
     "WatchBatch",
     "WatchEndedError",
     "WatchEvent",
+    "WatchFilter",
     "WatchState",
     "WatchStats",
     "WrongContextError",
