@@ -25,8 +25,8 @@ from etcdkit._blocking.locks import SyncElection, SyncLock
 from etcdkit._blocking.portal import Portal
 from etcdkit._blocking.twin import SyncIterator, Twin, blocking, blocking_read, mirror
 from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient
-from etcdkit._errors import ClosedError, EtcdTimeoutError
-from etcdkit._metrics import ClientStats
+from etcdkit._errors import ClosedError, EtcdkitError, EtcdTimeoutError
+from etcdkit._metrics import ClientStats, LeaseStats
 from etcdkit._retry import RetryPolicy
 from etcdkit._snapshot import Snapshot, Transform
 from etcdkit._types import (
@@ -46,7 +46,7 @@ from etcdkit.recipes.barrier import SyncBarrier
 from etcdkit.recipes.counter import SyncCounter
 from etcdkit.recipes.double_barrier import SyncDoubleBarrier
 from etcdkit.recipes.persistent_lease import LeaseState, PersistentLease
-from etcdkit.recipes.prefix_watch import PrefixWatch, WatchStats
+from etcdkit.recipes.prefix_watch import PrefixWatch, WatchState, WatchStats
 from etcdkit.recipes.priority_queue import SyncPriorityQueue
 from etcdkit.recipes.queue import SyncQueue
 from etcdkit.recipes.rwlock import SyncRWLock
@@ -513,9 +513,9 @@ class SyncWatch(_StreamTwin[Watch, WatchBatch]):
         """The watched range's end (``b""``: the one key)."""
         return self.aio.range_end
 
-    connected = mirror(Watch.connected)
-    confirmed_at = mirror(Watch.confirmed_at)
-    disconnects = mirror(Watch.disconnects)
+    connected: mirror[bool] = mirror(Watch.connected)
+    confirmed_at: mirror[float] = mirror(Watch.confirmed_at)
+    disconnects: mirror[int] = mirror(Watch.disconnects)
     take = blocking_read(Watch.take)
 
 
@@ -529,9 +529,9 @@ class SyncKeepAlive(_StreamTwin[KeepAlive, KeepAliveStatus]):
         return self
 
     take = blocking_read(KeepAlive.take)
-    lease_id = mirror(KeepAlive.lease_id, direct=True)
-    ttl = mirror(KeepAlive.ttl)
-    expires = mirror(KeepAlive.expires)
+    lease_id: mirror[int] = mirror(KeepAlive.lease_id, direct=True)
+    ttl: mirror[int] = mirror(KeepAlive.ttl)
+    expires: mirror[float | None] = mirror(KeepAlive.expires)
 
 
 class SyncPrefixWatch(Twin[PrefixWatch[K, V]], Generic[K, V]):
@@ -569,11 +569,11 @@ class SyncPrefixWatch(Twin[PrefixWatch[K, V]], Generic[K, V]):
             raise StopIteration from None
 
     # Immutable objects the loop publishes in one assignment: read from any thread.
-    prefix = mirror(PrefixWatch.prefix, direct=True)
-    snapshot = mirror(PrefixWatch.snapshot, direct=True)
-    revision = mirror(PrefixWatch.revision, direct=True)
-    state = mirror(PrefixWatch.state)
-    age = mirror(PrefixWatch.age)
+    prefix: mirror[bytes] = mirror(PrefixWatch.prefix, direct=True)
+    snapshot: mirror[Snapshot[K, V] | None] = mirror(PrefixWatch.snapshot, direct=True)
+    revision: mirror[int] = mirror(PrefixWatch.revision, direct=True)
+    state: mirror[WatchState] = mirror(PrefixWatch.state)
+    age: mirror[float] = mirror(PrefixWatch.age)
 
     @property
     def stats(self) -> WatchStats:
@@ -613,14 +613,16 @@ class SyncPersistentLease(Twin[PersistentLease]):
         thread: keep it quick."""
         return self.portal.run_sync(self.aio.add_listener, callback)
 
-    key = mirror(PersistentLease.key, direct=True)
-    value = mirror(PersistentLease.value)
-    state = mirror(PersistentLease.state)
-    lease_id = mirror(PersistentLease.lease_id)
-    create_revision = mirror(PersistentLease.create_revision)
-    ttl = mirror(PersistentLease.ttl)
-    error = mirror(PersistentLease.error)
-    stats = mirror(PersistentLease.stats, direct=True)  # immutable, published in one assignment
+    key: mirror[str | bytes] = mirror(PersistentLease.key, direct=True)
+    value: mirror[bytes] = mirror(PersistentLease.value)
+    state: mirror[LeaseState] = mirror(PersistentLease.state)
+    lease_id: mirror[int] = mirror(PersistentLease.lease_id)
+    create_revision: mirror[int] = mirror(PersistentLease.create_revision)
+    ttl: mirror[int] = mirror(PersistentLease.ttl)
+    error: mirror[EtcdkitError | None] = mirror(PersistentLease.error)
+    stats: mirror[LeaseStats] = mirror(
+        PersistentLease.stats, direct=True
+    )  # immutable, published in one assignment
 
 
 class SyncSession(Twin[Session]):
@@ -674,7 +676,7 @@ class SyncSession(Twin[Session]):
         keep it quick."""
         return self.portal.run_sync(self.aio.add_listener, callback)
 
-    lease_id = mirror(Session.lease_id, direct=True)  # fixed once open
-    ttl = mirror(Session.ttl, direct=True)
-    state = mirror(Session.state)
-    expires = mirror(Session.expires)
+    lease_id: mirror[int] = mirror(Session.lease_id, direct=True)  # fixed once open
+    ttl: mirror[int] = mirror(Session.ttl, direct=True)
+    state: mirror[SessionState] = mirror(Session.state)
+    expires: mirror[float | None] = mirror(Session.expires)

@@ -79,13 +79,13 @@ class SyncLockHold(_Held[LockHold]):
     """Blocking twin of a :class:`LockHold`: one acquisition, from ``with client.lock(name) as
     held:`` or ``held = lock.acquire()``. Its release releases it alone."""
 
-    name = mirror(LockHold.name, direct=True)
-    key = mirror(LockHold.key)
-    fencing_token = mirror(LockHold.fencing_token)
-    lease_id = mirror(LockHold.lease_id)
-    state = mirror(LockHold.state)
-    wakeups = mirror(LockHold.wakeups)
-    requeues = mirror(LockHold.requeues)
+    name: mirror[str | bytes] = mirror(LockHold.name, direct=True)
+    key: mirror[bytes] = mirror(LockHold.key)
+    fencing_token: mirror[int] = mirror(LockHold.fencing_token)
+    lease_id: mirror[int] = mirror(LockHold.lease_id)
+    state: mirror[HoldState] = mirror(LockHold.state)
+    wakeups: mirror[int] = mirror(LockHold.wakeups)
+    requeues: mirror[int] = mirror(LockHold.requeues)
 
     def release(self) -> None:
         """See :meth:`LockHold.release` (a no-op once the client is closed)."""
@@ -297,7 +297,7 @@ class SyncElection(Twin[Election]):
 class SyncCampaign(Twin[Campaign]):
     """Blocking twin of a :class:`Campaign`: ``with`` it to lead."""
 
-    state = mirror(Campaign.state)
+    state: mirror[HoldState] = mirror(Campaign.state)
     add_listener = blocking_read(Campaign.add_listener)
 
     def __enter__(self) -> SyncLeadership:
@@ -318,9 +318,9 @@ class SyncCampaign(Twin[Campaign]):
 class SyncLeadership(_Held[Leadership]):
     """Blocking twin of a :class:`Leadership`; ``lost`` is a :class:`threading.Event` here."""
 
-    state = mirror(Leadership.state)
-    value = mirror(Leadership.value)
-    requeues = mirror(Leadership.requeues)
+    state: mirror[HoldState] = mirror(Leadership.state)
+    value: mirror[bytes] = mirror(Leadership.value)
+    requeues: mirror[int] = mirror(Leadership.requeues)
 
     def proclaim(self, value: str | bytes) -> None:
         """See :meth:`Leadership.proclaim`."""

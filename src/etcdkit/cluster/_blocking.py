@@ -16,6 +16,7 @@ from etcdkit._blocking.twin import PortalLike, Twin, blocking, blocking_read, mi
 from etcdkit.cluster._etcd import EtcdBackedCluster, EtcdMembership
 from etcdkit.cluster._member import Member
 from etcdkit.cluster._views import MemberWatch
+from etcdkit.recipes.prefix_watch import WatchState
 
 __all__ = ["PortalLike", "SyncCluster", "SyncMemberWatch", "SyncMembership"]
 
@@ -47,13 +48,13 @@ class SyncCluster(Twin[EtcdBackedCluster]):
             self.portal.call(self.aio.aclose())
 
     # Immutable values published in one assignment: read from any thread.
-    root = mirror(EtcdBackedCluster.root, direct=True)
-    ttl = mirror(EtcdBackedCluster.ttl, direct=True)
-    members = mirror(EtcdBackedCluster.members, direct=True)
-    revision = mirror(EtcdBackedCluster.revision, direct=True)
-    closed = mirror(EtcdBackedCluster.closed, direct=True)
-    state = mirror(EtcdBackedCluster.state)
-    invalid_records = mirror(EtcdBackedCluster.invalid_records)
+    root: mirror[str] = mirror(EtcdBackedCluster.root, direct=True)
+    ttl: mirror[int] = mirror(EtcdBackedCluster.ttl, direct=True)
+    members: mirror[tuple[Member, ...]] = mirror(EtcdBackedCluster.members, direct=True)
+    revision: mirror[int] = mirror(EtcdBackedCluster.revision, direct=True)
+    closed: mirror[bool] = mirror(EtcdBackedCluster.closed, direct=True)
+    state: mirror[WatchState] = mirror(EtcdBackedCluster.state)
+    invalid_records: mirror[int] = mirror(EtcdBackedCluster.invalid_records)
 
     def watch_members(self) -> SyncMemberWatch:
         """See :meth:`EtcdBackedCluster.watch_members`: iterate with a plain ``for``."""
@@ -68,10 +69,10 @@ class SyncCluster(Twin[EtcdBackedCluster]):
 class SyncMembership(Twin[EtcdMembership]):
     """Blocking view of an :class:`EtcdMembership`; ``set_data`` never blocks on etcd."""
 
-    id = mirror(EtcdMembership.id, direct=True)
-    data = mirror(EtcdMembership.data)
-    registered = mirror(EtcdMembership.registered)
-    member = mirror(EtcdMembership.member)
+    id: mirror[str] = mirror(EtcdMembership.id, direct=True)
+    data: mirror[str] = mirror(EtcdMembership.data)
+    registered: mirror[bool] = mirror(EtcdMembership.registered)
+    member: mirror[Member] = mirror(EtcdMembership.member)
     register = blocking(EtcdMembership.register)
     set_data = blocking_read(EtcdMembership.set_data)
     synced = blocking(EtcdMembership.synced)
@@ -98,7 +99,7 @@ class SyncMemberWatch(Twin[MemberWatch]):
         except StopAsyncIteration:
             raise StopIteration from None
 
-    revision = mirror(MemberWatch.revision, direct=True)
+    revision: mirror[int] = mirror(MemberWatch.revision, direct=True)
 
     def close(self) -> None:
         """Stop the watch; a ``for`` loop over it in another thread ends. Idempotent."""

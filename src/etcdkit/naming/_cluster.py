@@ -181,9 +181,9 @@ class SyncEndpointCluster(Twin[EndpointCluster]):
     """The blocking face of an :class:`EndpointCluster`, what a ``RoutedSyncChannel``
     follows: ``members`` and ``revision`` from any thread, ``watch_members()`` an iterator."""
 
-    members = mirror(EndpointCluster.members, direct=True)
-    revision = mirror(EndpointCluster.revision, direct=True)
-    endpoints = mirror(EndpointCluster.endpoints, direct=True)
+    members: mirror[tuple[Member, ...]] = mirror(EndpointCluster.members, direct=True)
+    revision: mirror[int] = mirror(EndpointCluster.revision, direct=True)
+    endpoints: mirror[Mapping[str, Endpoint]] = mirror(EndpointCluster.endpoints, direct=True)
     synced = blocking(EndpointCluster.synced)
 
     def watch_members(self) -> SyncMemberWatch:

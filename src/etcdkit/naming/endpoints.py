@@ -205,9 +205,9 @@ class SyncEndpointManager(Twin[EndpointManager]):
         self._watch_twin = watch_twin
         self._lease_twin = lease_twin
 
-    target = mirror(EndpointManager.target, direct=True)
-    prefix = mirror(EndpointManager.prefix, direct=True)
-    skipped = mirror(EndpointManager.skipped)
+    target: mirror[str] = mirror(EndpointManager.target, direct=True)
+    prefix: mirror[str] = mirror(EndpointManager.prefix, direct=True)
+    skipped: mirror[int] = mirror(EndpointManager.skipped)
     add = blocking(EndpointManager.add)
     delete = blocking(EndpointManager.delete)
     list = blocking(EndpointManager.list)

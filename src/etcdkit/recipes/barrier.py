@@ -138,8 +138,8 @@ class Barrier:
 class SyncBarrier(Twin[Barrier]):
     """Blocking view of a :class:`Barrier`."""
 
-    name = mirror(Barrier.name, direct=True)
-    key = mirror(Barrier.key, direct=True)
+    name: mirror[str | bytes] = mirror(Barrier.name, direct=True)
+    key: mirror[bytes] = mirror(Barrier.key, direct=True)
     hold = blocking(Barrier.hold)
     release = blocking(Barrier.release)
     wait = blocking(Barrier.wait)

@@ -126,6 +126,6 @@ class SyncCounter(Twin[Counter]):
     """Blocking view of a :class:`Counter` (``client.counter(key)`` on the threaded
     :class:`~etcdkit.Client`)."""
 
-    key = mirror(Counter.key, direct=True)
+    key: mirror[bytes] = mirror(Counter.key, direct=True)
     value = blocking(Counter.value)
     add = blocking(Counter.add)

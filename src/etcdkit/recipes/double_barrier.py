@@ -313,14 +313,14 @@ class DoubleBarrier:
 class SyncDoubleBarrier(SyncHold[DoubleBarrier]):
     """Blocking view of a :class:`DoubleBarrier`; ``lost`` is a :class:`threading.Event`."""
 
-    name = mirror(DoubleBarrier.name, direct=True)
-    count = mirror(DoubleBarrier.count, direct=True)
-    ttl = mirror(DoubleBarrier.ttl, direct=True)
-    ready_key = mirror(DoubleBarrier.ready_key, direct=True)
-    waiters_prefix = mirror(DoubleBarrier.waiters_prefix, direct=True)
-    key = mirror(DoubleBarrier.key)
-    lease_id = mirror(DoubleBarrier.lease_id)
-    state = mirror(DoubleBarrier.state)
+    name: mirror[str | bytes] = mirror(DoubleBarrier.name, direct=True)
+    count: mirror[int] = mirror(DoubleBarrier.count, direct=True)
+    ttl: mirror[int] = mirror(DoubleBarrier.ttl, direct=True)
+    ready_key: mirror[bytes] = mirror(DoubleBarrier.ready_key, direct=True)
+    waiters_prefix: mirror[bytes] = mirror(DoubleBarrier.waiters_prefix, direct=True)
+    key: mirror[bytes] = mirror(DoubleBarrier.key)
+    lease_id: mirror[int] = mirror(DoubleBarrier.lease_id)
+    state: mirror[HoldState] = mirror(DoubleBarrier.state)
 
     def enter(self, timeout: float | None = None) -> None:
         # (entered for an enter interrupted in this thread: it leaves, its key removed)

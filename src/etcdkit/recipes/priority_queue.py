@@ -131,7 +131,7 @@ class SyncPriorityQueue(Twin[PriorityQueue]):
     """Blocking view of a :class:`PriorityQueue` (``client.priority_queue(name)`` on the
     threaded :class:`~etcdkit.Client`); a ``KeyboardInterrupt`` in ``get`` takes nothing."""
 
-    name = mirror(PriorityQueue.name, direct=True)
+    name: mirror[bytes] = mirror(PriorityQueue.name, direct=True)
     put = blocking(PriorityQueue.put)
 
     def get(self, timeout: float | None = None) -> bytes:

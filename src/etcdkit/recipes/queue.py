@@ -348,7 +348,7 @@ class SyncQueue(Twin[Queue]):
     """Blocking view of a :class:`Queue` (``client.queue(name)`` on the threaded
     :class:`~etcdkit.Client`); a ``KeyboardInterrupt`` in ``get`` takes nothing."""
 
-    name = mirror(Queue.name, direct=True)
+    name: mirror[bytes] = mirror(Queue.name, direct=True)
     put = blocking(Queue.put)
 
     def get(self, timeout: float | None = None) -> bytes:

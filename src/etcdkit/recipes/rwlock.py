@@ -26,7 +26,7 @@ from typing import Literal
 from etcdkit._blocking.twin import PortalLike, Twin, mirror
 from etcdkit._errors import EtcdkitError, EtcdTimeoutError
 from etcdkit._surface import Etcd
-from etcdkit._types import Compare, KeyValue, Op, RangeResult
+from etcdkit._types import Compare, HoldState, KeyValue, Op, RangeResult
 from etcdkit.recipes._hold import (
     Gone,
     Hold,
@@ -233,13 +233,13 @@ class SyncRWHold(SyncHold[RWHold]):
     """Blocking view of an :class:`RWHold`: ``with rw.read() as hold:``; ``lost`` is a
     :class:`threading.Event` here."""
 
-    mode = mirror(RWHold.mode, direct=True)
-    key = mirror(RWHold.key)
-    lease_id = mirror(RWHold.lease_id)
-    fencing_token = mirror(RWHold.fencing_token)
-    state = mirror(RWHold.state)
-    wakeups = mirror(RWHold.wakeups)
-    requeues = mirror(RWHold.requeues)
+    mode: mirror[Mode] = mirror(RWHold.mode, direct=True)
+    key: mirror[bytes] = mirror(RWHold.key)
+    lease_id: mirror[int] = mirror(RWHold.lease_id)
+    fencing_token: mirror[int] = mirror(RWHold.fencing_token)
+    state: mirror[HoldState] = mirror(RWHold.state)
+    wakeups: mirror[int] = mirror(RWHold.wakeups)
+    requeues: mirror[int] = mirror(RWHold.requeues)
 
     def release(self) -> None:
         if not self.portal.closed:
@@ -267,10 +267,10 @@ class SyncRWHold(SyncHold[RWHold]):
 class SyncRWLock(Twin[RWLock]):
     """Blocking view of an :class:`RWLock`: ``with client.rwlock(name).write() as hold:``."""
 
-    name = mirror(RWLock.name, direct=True)
-    prefix = mirror(RWLock.prefix, direct=True)
-    ttl = mirror(RWLock.ttl, direct=True)
-    timeout = mirror(RWLock.timeout, direct=True)
+    name: mirror[str | bytes] = mirror(RWLock.name, direct=True)
+    prefix: mirror[bytes] = mirror(RWLock.prefix, direct=True)
+    ttl: mirror[int] = mirror(RWLock.ttl, direct=True)
+    timeout: mirror[float | None] = mirror(RWLock.timeout, direct=True)
 
     def __init__(self, portal: PortalLike, aio: RWLock) -> None:
         super().__init__(portal, aio)

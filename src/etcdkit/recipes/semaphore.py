@@ -368,12 +368,12 @@ class Permit(Hold):
 class SyncPermit(SyncHold[Permit]):
     """Blocking view of a :class:`Permit`; ``lost`` is a :class:`threading.Event` here."""
 
-    key = mirror(Permit.key)
-    lease_id = mirror(Permit.lease_id)
-    fencing_token = mirror(Permit.fencing_token)
-    state = mirror(Permit.state)
-    wakeups = mirror(Permit.wakeups)
-    requeues = mirror(Permit.requeues)
+    key: mirror[bytes] = mirror(Permit.key)
+    lease_id: mirror[int] = mirror(Permit.lease_id)
+    fencing_token: mirror[int] = mirror(Permit.fencing_token)
+    state: mirror[HoldState] = mirror(Permit.state)
+    wakeups: mirror[int] = mirror(Permit.wakeups)
+    requeues: mirror[int] = mirror(Permit.requeues)
 
     def release(self) -> None:
         if not self.portal.closed:
@@ -400,12 +400,12 @@ class SyncSemaphore(Twin[Semaphore]):
         super().__init__(portal, aio)
         self._entered = threading.local()
 
-    name = mirror(Semaphore.name, direct=True)
-    permits = mirror(Semaphore.permits, direct=True)
-    ttl = mirror(Semaphore.ttl, direct=True)
-    timeout = mirror(Semaphore.timeout, direct=True)
-    holders_prefix = mirror(Semaphore.holders_prefix, direct=True)
-    waiters_prefix = mirror(Semaphore.waiters_prefix, direct=True)
+    name: mirror[str | bytes] = mirror(Semaphore.name, direct=True)
+    permits: mirror[int] = mirror(Semaphore.permits, direct=True)
+    ttl: mirror[int] = mirror(Semaphore.ttl, direct=True)
+    timeout: mirror[float | None] = mirror(Semaphore.timeout, direct=True)
+    holders_prefix: mirror[bytes] = mirror(Semaphore.holders_prefix, direct=True)
+    waiters_prefix: mirror[bytes] = mirror(Semaphore.waiters_prefix, direct=True)
 
     def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
         """``callback`` runs on the client's loop thread; keep it quick."""

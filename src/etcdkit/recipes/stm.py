@@ -264,7 +264,7 @@ class Stm:
 class SyncStm(Twin[Stm]):
     """What ``fn`` gets in the threaded :meth:`Client.stm`: :class:`Stm`, blocking."""
 
-    isolation = mirror(Stm.isolation, direct=True)
+    isolation: mirror[Isolation] = mirror(Stm.isolation, direct=True)
     get = blocking(Stm.get)
     rev = blocking(Stm.rev)
     put = blocking_read(Stm.put)
