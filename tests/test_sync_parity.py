@@ -99,3 +99,20 @@ def test_names_and_signatures_match(
 
 def test_client_constructors_match() -> None:
     assert params(etcdkit.AsyncClient.__init__) == params(etcdkit.Client.__init__)
+
+
+@pytest.mark.parametrize(("aio", "sync", "aio_only", "sync_only"), PAIRS)
+def test_mirrored_attributes_declare_their_type(
+    aio: type[Any], sync: type[Any], aio_only: set[str], sync_only: set[str]
+) -> None:
+    """Each ``mirror`` declares ``name: mirror[T]``, the same ``T`` as the property it mirrors
+    returns: mypy infers ``T`` from the property, other type checkers (pyright, Pylance)
+    cannot (a ``property`` is not generic) and saw the attribute as unknown."""
+    for klass in sync.__mro__[:-1]:
+        for name, value in vars(klass).items():
+            if not isinstance(value, mirror):
+                continue
+            declared = klass.__annotations__.get(name)
+            assert declared is not None, f"{klass.__name__}.{name}: no `{name}: mirror[T]`"
+            returns = value._fget.__annotations__["return"]
+            assert declared == f"mirror[{returns}]", f"{klass.__name__}.{name}"
