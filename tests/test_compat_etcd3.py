@@ -6,6 +6,7 @@ from etcdkit's (a compacted revision, a stopped server, a refused request, a ful
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import queue
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -422,6 +424,83 @@ def test_watch_callbacks(no_leaked_threads: None, e3: Etcd3, etcd_prefix: str) -
     e3.put(k, "3")
     time.sleep(0.2)
     assert seen.empty()
+
+
+def test_a_callback_watch_keeps_its_client_open_when_the_program_drops_it(
+    no_leaked_threads: None, etcd_server: EtcdServer, e3: Etcd3, etcd_prefix: str
+) -> None:
+    # "Fire and forget": a function registers a callback watch and keeps no reference to the
+    # client. python-etcd3 went on calling the callback; the client's collection closed it
+    # (and its watches), silently.
+    seen: queue.Queue[bytes] = queue.Queue()
+
+    def register() -> weakref.ref[Etcd3]:
+        client = compat(etcd_server)
+
+        def on_response(response: Any) -> None:
+            for ev in response.events:
+                seen.put(ev.value)
+
+        client.add_watch_prefix_callback(etcd_prefix + "forget/", on_response)
+        return weakref.ref(client)
+
+    ref = register()
+    gc.collect()
+    for value in ("1", "2", "3"):
+        e3.put(etcd_prefix + "forget/a", value)
+        assert seen.get(timeout=10) == value.encode()
+    client = ref()
+    assert client is not None, "the client went while its callback watch was on"
+    client.close()
+
+
+def test_a_closed_client_refuses_watches_with_a_python_etcd3_exception(
+    etcd_server: EtcdServer,
+) -> None:
+    client = compat(etcd_server)
+    client.close()
+    calls: list[Callable[[], object]] = [
+        lambda: client.watch("/k"),
+        lambda: client.watch_prefix("/k"),
+        lambda: client.watch_response("/k"),
+        lambda: client.watch_once("/k", timeout=1),
+        lambda: client.watch_prefix_once("/k", timeout=1),
+        lambda: client.add_watch_callback("/k", print),
+        lambda: client.add_watch_prefix_callback("/k", print),
+    ]
+    for call in calls:
+        with pytest.raises(exceptions.Etcd3Exception):
+            call()
+
+
+def test_python_etcd3_argument_forms(e3: Etcd3, etcd_prefix: str) -> None:
+    k = etcd_prefix + "a"
+    e3.put(k, "1")
+    e3.put(k + "b", "2")
+    # an empty range end is no range end (etcd's reading of one): the one key
+    assert [v for v, _ in e3.get_range(k, "")] == [b"1"]
+    ok, responses = e3.transaction(compare=[], success=[e3.transactions.get(k, "")])
+    assert [v for v, _ in responses[0]] == [b"1"]
+    events, cancel = e3.watch(k, range_end="")
+    e3.put(k + "b", "3")
+    e3.put(k, "4")
+    assert [ev.value for ev in take(events, 1, cancel)] == [b"4"]
+    cancel()
+    # any iterable of compares and operations, as python-etcd3 iterated them
+    ok, _ = e3.transaction(
+        compare=(c for c in [e3.transactions.value(k) == "4"]),
+        success=(op for op in [e3.transactions.put(k, "5")]),
+        failure=iter([]),
+    )
+    assert ok
+    assert e3.get(k)[0] == b"5"
+    with pytest.raises(TypeError, match="compare"):
+        e3.transaction(compare="not compares")  # type: ignore[arg-type]
+
+
+def test_missing_tls_files_raise_file_not_found_as_in_python_etcd3(tmp_path: Any) -> None:
+    with pytest.raises(FileNotFoundError):
+        etcd3.client(HOST, free_port(), ca_cert=str(tmp_path / "missing.pem"))
 
 
 def test_a_callback_raising_cancelled_error_is_logged_and_the_watches_go_on(

@@ -191,11 +191,13 @@ class WatchEvent:
 
 class WatchBatch(NamedTuple):
     """One answer of etcd on a watch (:meth:`AsyncClient.watch`): the events of one revision
-    range, in order (a transaction's events arrive together), and the revision etcd had
-    reached when it sent them. A batch with no events is a progress notification: every
-    change up to ``revision`` has been delivered. (A watch from a revision etcd has not
-    reached yet says the revision before its start, never less: revisions a watch reports
-    only go up, and the next change it can show is at its start.)"""
+    range, in order (a transaction's events arrive together), and a revision etcd had
+    reached when it sent them: at least the last event's, often etcd's newest (a watch on one
+    key, which may share an etcd watch with other keys, says the last event's: that etcd
+    watch's header speaks of the other keys' news too). A batch with no events is a progress
+    notification: every change up to ``revision`` has been delivered. (A watch from a
+    revision etcd has not reached yet says the revision before its start, never less:
+    revisions a watch reports only go up, and the next change it can show is at its start.)"""
 
     revision: int
     events: list[WatchEvent]

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any
 
@@ -56,7 +56,7 @@ from etcdkit.compat.etcd3.results import (
     header_or_revision,
     pairs,
 )
-from etcdkit.compat.etcd3.transactions import lease_to_id, to_compares, to_ops
+from etcdkit.compat.etcd3.transactions import end_of, lease_to_id, to_compares, to_ops
 from etcdkit.compat.etcd3.watch import Watcher, WatchResponse, first_response
 
 __all__ = [
@@ -147,6 +147,10 @@ class Etcd3Client:
         scheme = "https" if ca_cert is not None else "http"
         if isinstance(host, str) and ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 address: "::1" is "[::1]" in an endpoint
+        for path in (ca_cert, cert_key, cert_cert):
+            if path is not None:  # as python-etcd3 read them: a missing one is an OSError
+                with open(path, "rb"):
+                    pass
         self.timeout = timeout
         self.native = Client(
             f"{scheme}://{host}:{port}",
@@ -225,7 +229,7 @@ class Etcd3Client:
             for name, default in _RANGE_OPTIONS.items()
         }
         with translated():
-            return self.native.range(key, range_end, prefix=prefix, **args)
+            return self.native.range(key, end_of(range_end), prefix=prefix, **args)
 
     def get_response(self, key: str | bytes, serializable: bool = False) -> RangeResult:
         """etcd's answer for one key: ``kvs``, ``count``, ``more``, ``header``."""
@@ -353,9 +357,9 @@ class Etcd3Client:
 
     def transaction(
         self,
-        compare: Sequence[transactions.BaseCompare],
-        success: Sequence[transactions.Operation] | None = None,
-        failure: Sequence[transactions.Operation] | None = None,
+        compare: Iterable[transactions.BaseCompare],
+        success: Iterable[transactions.Operation] | None = None,
+        failure: Iterable[transactions.Operation] | None = None,
     ) -> tuple[bool, list[Any]]:
         """One atomic transaction: ``(succeeded, responses)``, one response per operation run
         (a get's is a list of ``(value, KVMetadata)``; a put's, delete's or nested
@@ -385,7 +389,7 @@ class Etcd3Client:
         returns the watch id for :meth:`cancel_watch`. The arguments, positional or by
         name, are python-etcd3's ``Watcher.add_callback``'s."""
         return self.watcher.add_callback(
-            key, callback, range_end, start_revision, progress_notify, filters, prev_kv
+            key, callback, range_end, start_revision, progress_notify, filters, prev_kv, keep=self
         )
 
     def add_watch_prefix_callback(
@@ -393,7 +397,9 @@ class Etcd3Client:
     ) -> int:
         """:meth:`add_watch_callback` for every key starting with ``key_prefix``."""
         kwargs.pop("range_end", None)
-        return self.watcher.add_callback(_prefix(key_prefix), callback, prefix=True, **kwargs)
+        return self.watcher.add_callback(
+            _prefix(key_prefix), callback, prefix=True, keep=self, **kwargs
+        )
 
     def cancel_watch(self, watch_id: int) -> None:
         """End the callback watch ``watch_id``."""

@@ -13,7 +13,7 @@ has ``response_range``), as in python-etcd3.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from etcdkit import Compare, Op
@@ -46,6 +46,12 @@ def to_bytes(value: str | bytes, what: str = "key") -> bytes:
     if isinstance(value, str):
         return value.encode()
     raise TypeError(f"{what} must be str or bytes, got {type(value).__name__}: {value!r:.80}")
+
+
+def end_of(range_end: str | bytes | None) -> str | bytes | None:
+    """A range end as etcdkit takes it: python-etcd3 sent an empty one as it was, which etcd
+    reads as "no range end" (the one key); etcdkit refuses an empty one, so it is ``None``."""
+    return None if range_end in ("", b"") else range_end
 
 
 def lease_to_id(lease: LeaseObject | int | str | None) -> int:
@@ -184,7 +190,7 @@ class Get:
         self.range_end = range_end
 
     def to_op(self) -> Op:
-        return Op.range(self.key, self.range_end)
+        return Op.range(self.key, end_of(self.range_end))
 
 
 class Delete:
@@ -198,7 +204,7 @@ class Delete:
         self.prev_kv = prev_kv
 
     def to_op(self) -> Op:
-        return Op.delete_range(self.key, self.range_end, prev_kv=self.prev_kv)
+        return Op.delete_range(self.key, end_of(self.range_end), prev_kv=self.prev_kv)
 
 
 class Txn:
@@ -226,11 +232,11 @@ class Txn:
 Operation = Put | Get | Delete | Txn
 
 
-def to_ops(ops: Sequence[Operation] | None, what: str) -> list[Op]:
+def to_ops(ops: Iterable[Operation] | None, what: str) -> list[Op]:
     """etcdkit's :class:`~etcdkit.Op` for each python-etcd3 operation (TypeError for others)."""
     if ops is None:
         return []
-    if isinstance(ops, str | bytes) or not isinstance(ops, Sequence):
+    if isinstance(ops, str | bytes) or not isinstance(ops, Iterable):
         raise TypeError(f"{what} must be a list of transactions.put/get/delete, got {ops!r:.80}")
     out = []
     for op in ops:
@@ -242,11 +248,11 @@ def to_ops(ops: Sequence[Operation] | None, what: str) -> list[Op]:
     return out
 
 
-def to_compares(compare: Sequence[BaseCompare] | None) -> list[Compare]:
+def to_compares(compare: Iterable[BaseCompare] | None) -> list[Compare]:
     """etcdkit's :class:`~etcdkit.Compare` for each python-etcd3 compare."""
     if compare is None:
         return []
-    if not isinstance(compare, Sequence):
+    if isinstance(compare, str | bytes) or not isinstance(compare, Iterable):
         raise TypeError(f"compare must be a list of transactions compares, got {compare!r:.80}")
     out = []
     for c in compare:

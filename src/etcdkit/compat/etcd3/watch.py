@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from etcdkit import EtcdkitError, ResponseHeader, WatchBatch
 from etcdkit.compat.etcd3.events import Event, new_event
 from etcdkit.compat.etcd3.exceptions import Etcd3Exception, WatchTimedOut, translate
-from etcdkit.compat.etcd3.transactions import to_bytes
+from etcdkit.compat.etcd3.transactions import end_of, to_bytes
 
 if TYPE_CHECKING:
     from etcdkit import Client, SyncWatch
@@ -36,8 +36,9 @@ _FILTERS = {0: "noput", 1: "nodelete", "noput": "noput", "nodelete": "nodelete"}
 
 class WatchResponse(NamedTuple):
     """One answer of etcd on a watch: ``events`` (:class:`PutEvent` / :class:`DeleteEvent`)
-    and a ``header`` whose ``revision`` is the one etcd had reached (etcdkit's watch batches
-    carry no other header field: ``cluster_id``, ``member_id`` and ``raft_term`` are 0)."""
+    and a ``header`` whose ``revision`` is one etcd had reached, at least the last event's
+    (etcdkit's ``WatchBatch.revision``; its batches carry no other header field:
+    ``cluster_id``, ``member_id`` and ``raft_term`` are 0)."""
 
     header: ResponseHeader
     events: list[Event]
@@ -90,15 +91,19 @@ class Watcher:
     ) -> SyncWatch:
         """An etcdkit watch with python-etcd3's arguments, started (its start revision fixed:
         nothing written after this returns is missed)."""
-        watch = self.client.watch(
-            to_bytes(key),
-            None if range_end is None else to_bytes(range_end, "range_end"),
-            prefix=prefix,
-            start_revision=0 if start_revision is None else start_revision,
-            prev_kv=prev_kv,
-            filters=watch_filters(filters),  # type: ignore[arg-type]
-            progress_notify=progress_notify,
-        )
+        end = end_of(range_end)
+        try:
+            watch = self.client.watch(
+                to_bytes(key),
+                None if end is None else to_bytes(end, "range_end"),
+                prefix=prefix,
+                start_revision=0 if start_revision is None else start_revision,
+                prev_kv=prev_kv,
+                filters=watch_filters(filters),  # type: ignore[arg-type]
+                progress_notify=progress_notify,
+            )
+        except EtcdkitError as exc:  # (the client is closed)
+            raise translate(exc) from exc
         try:
             watch.start()
         except EtcdkitError as exc:
@@ -117,9 +122,12 @@ class Watcher:
         prev_kv: bool = False,
         *,
         prefix: bool = False,
+        keep: object = None,
     ) -> int:
         """Start a watch calling ``callback(response)`` for each :class:`WatchResponse` (or
-        ``callback(error)`` once, when it ends with an error); returns its id."""
+        ``callback(error)`` once, when it ends with an error); returns its id. Its thread holds
+        ``keep`` (the compat client) until it ends: a client whose callback watch is not
+        cancelled is not collected (and closed) while its program holds no reference to it."""
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r:.80}")
         watch = self.open(
@@ -128,7 +136,7 @@ class Watcher:
         watch_id = next(self._ids)
         thread = threading.Thread(
             target=self._run,
-            args=(watch_id, watch, callback),
+            args=(watch_id, watch, callback, keep),
             name=f"etcdkit-compat-watch-{watch_id}",
             daemon=True,
         )
@@ -138,7 +146,7 @@ class Watcher:
         thread.start()
         return watch_id
 
-    def _run(self, watch_id: int, watch: SyncWatch, callback: WatchCallback) -> None:
+    def _run(self, watch_id: int, watch: SyncWatch, callback: WatchCallback, keep: object) -> None:
         try:
             for batch in watch:
                 self._call(watch_id, callback, WatchResponse.of(batch))
