@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -448,3 +448,68 @@ async def test_a_session_whose_async_with_was_cancelled_leaves_no_lease(
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # (nothing comes back: no keepalive brought it to life)
         assert set(await admin.leases()) == before
+
+
+@pytest.mark.slow
+async def test_a_session_whose_await_was_cancelled_leaves_no_lease(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """``s = await client.session(30)`` cancelled while its grant is unanswered: the caller
+    never gets the session to close, as with ``async with``; its lease, granted once etcd
+    answers, is revoked (it was kept alive, refreshed, until the client closed)."""
+    server = etcd_server_factory()
+    async with _connected_pair(server) as (admin, client, before):
+
+        async def use() -> Session:
+            return await client.session(30)
+
+        with paused(server):
+            user = asyncio.create_task(use())
+            await _wait_sent()
+            assert GRANT_TASK in etcdkit_tasks()
+            user.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await user
+        async with asyncio.timeout(BOUND):
+            while set(await admin.leases()) != before or GRANT_TASK in etcdkit_tasks():
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        assert set(await admin.leases()) == before
+
+
+@pytest.mark.parametrize("what", ["session", "persistent_lease", "persistent_lease_own"])
+async def test_a_close_whose_caller_is_cancelled_goes_on_to_its_end(
+    etcd_server: EtcdServer, etcd_prefix: str, what: str
+) -> None:
+    """The caller of a close is cancelled after 1..8 turns of the loop (a timeout around an
+    ``async with`` block, a TaskGroup cancelling a task that is leaving it): the close goes on
+    to its end, and the key and lease are gone, with no second close. They stayed for the
+    lease's TTL: the close was cut short, and marked the object closed (a second close, and
+    the client's, did nothing)."""
+    async with fresh_client(etcd_server.endpoint) as admin:
+        before = set(await admin.leases())
+        for turns in range(1, 9):
+            key = f"{etcd_prefix}{what}/{turns}"
+            async with fresh_client(etcd_server.endpoint) as client:
+                close: Callable[[], Awaitable[None]]
+                if what == "session":
+                    s = await client.session(60)
+                    await client.put(key, "v", lease=s.lease_id)
+                    close = s.close
+                else:
+                    pl = client.persistent_lease(
+                        key, "v", ttl=60, own_lease=what == "persistent_lease_own"
+                    )
+                    await pl.registered(timeout=10)
+                    close = pl.aclose
+                closing = asyncio.ensure_future(close())
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                closing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await closing
+                async with asyncio.timeout(BOUND):
+                    while await admin.get(key) is not None or set(await admin.leases()) != before:
+                        await asyncio.sleep(0.02)
+                async with asyncio.timeout(BOUND):
+                    await close()  # a second close: at once, nothing left to do

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +41,21 @@ REVOKE_TIMEOUT = 2.0  # bound on the revoke a close sends (etcd may be down)
 GRANT_WAIT = 2.0  # how long a close waits for the answer to a grant in flight
 ABANDON_WAIT = 0.2  # how long a recipe that gave up on a grant waits for its close to end
 
-# Closes of sessions a recipe gave up on while their grant was in flight (a timeout or a
-# cancel), each in a task of its own: it waits (GRANT_WAIT) for the grant's answer and
-# revokes what etcd granted, then ends; at once when the client closes (its calls fail).
-_abandoned: set[asyncio.Task[None]] = set()
+# Closes under way, each in a task of its own (the loop keeps only weak references to tasks):
+# a close whose caller is cancelled half-way goes on to its end, so what it holds is revoked,
+# not left in etcd for its TTL. A session's close waits (GRANT_WAIT) for a grant in flight
+# and revokes what etcd granted; at once when the client closes (its calls fail).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def run_to_end(close: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A task that runs ``close`` to its end whatever becomes of those who wait for it (with
+    ``asyncio.shield``); its error, if nobody waits any more, is not "never retrieved"."""
+    task = asyncio.get_running_loop().create_task(close, name=name)
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    task.add_done_callback(mark_retrieved)
+    return task
 
 
 async def abandon(session: Session, what: str) -> None:
@@ -54,11 +65,7 @@ async def abandon(session: Session, what: str) -> None:
     ``ABANDON_WAIT`` seconds (a grant etcd answers at once is revoked before it returns; one
     an unreachable etcd never answers no longer adds ``GRANT_WAIT`` to the caller's timeout).
     Cancelled meanwhile, the close still runs to its end."""
-    closer = asyncio.get_running_loop().create_task(
-        session.close(), name=f"etcdkit-session-abandon {what}"
-    )
-    _abandoned.add(closer)
-    closer.add_done_callback(_abandoned.discard)
+    closer = run_to_end(session.close(), f"etcdkit-session-abandon {what}")
     await asyncio.wait({closer}, timeout=ABANDON_WAIT)
 
 
@@ -85,7 +92,7 @@ class Session:
         self._lease_id = 0
         self._state = SessionState.OPENING
         self._opening: asyncio.Task[None] | None = None
-        self._closed: asyncio.Event | None = None  # set once the close() under way ended
+        self._closer: asyncio.Task[None] | None = None  # the close, once one began
         self._kept: KeepAlive | None = None  # etcd renewing the lease
         self._expiry: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[SessionState], None]] = []
@@ -129,6 +136,8 @@ class Session:
         if self._state in (SessionState.LOST, SessionState.CLOSED) and not self._lease_id:
             raise ClosedError(f"this session is {self._state.name.lower()}; open a new one")
         opening = self._opening
+        if opening is None and self._closer is not None:  # (closing, no grant sent: send none)
+            raise ClosedError("this session is closed; open a new one")
         if opening is None or (opening.done() and (opening.cancelled() or opening.exception())):
             # first open, or the last grant failed (etcd unreachable...): grant anew
             opening = self._opening = asyncio.get_running_loop().create_task(
@@ -150,14 +159,18 @@ class Session:
         return self
 
     def __await__(self) -> Generator[Any, None, Session]:
-        return self.open().__await__()
+        return self._open_for_caller().__await__()
 
     async def __aenter__(self) -> Session:
+        return await self._open_for_caller()
+
+    async def _open_for_caller(self) -> Session:
         try:
             return await self.open()
         except BaseException:
-            # The block never runs, and nobody gets the session to close: a grant still in
-            # flight (the caller cancelled) is revoked, not kept alive for nobody.
+            # Nobody gets the session to close (``await`` raised, or the block never runs): a
+            # grant still in flight (the caller cancelled) is revoked, not kept alive for
+            # nobody until the client closes.
             await abandon(self, f"ttl {self._requested_ttl}")
             raise
 
@@ -182,15 +195,19 @@ class Session:
     async def close(self) -> None:
         """Revoke the lease (every key on it goes at once) and stop; idempotent, bounded when
         etcd is down (the lease then expires by itself after its TTL). A close while another
-        is under way waits for it: its revoke is not cut short by the client closing after."""
-        if self._closed is not None:  # (closed, or closing: only close() makes it CLOSED)
-            await self._closed.wait()
-            return
-        self._closed = closed = asyncio.Event()
+        is under way waits for it, and a close whose caller is cancelled goes on to its end
+        (its revoke is not cut short, by that or by the client closing after)."""
+        closer = self._closer
+        if closer is None:  # (closed, or closing: only close() makes it CLOSED)
+            closer = self._closer = run_to_end(
+                self._close_to_end(), f"etcdkit-session-close ttl {self._requested_ttl}"
+            )
+        await asyncio.shield(closer)
+
+    async def _close_to_end(self) -> None:
         try:
             await self._close()
         finally:
-            closed.set()
             # The client that made it no longer closes it: only now, once its revoke has an
             # answer (the client's close waits for this close until then).
             self._etcd.disown(self)
