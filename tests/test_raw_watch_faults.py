@@ -29,7 +29,7 @@ from _raw_watch import (
     sync_events_until,
     until,
 )
-from etcdkit import AsyncClient, Client, Op, Watch
+from etcdkit import AsyncClient, Client, Op, Watch, WatchState
 from etcdkit.server import EtcdCluster, EtcdServer, Proxy
 
 RETRYABLE = (etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError)
@@ -292,3 +292,37 @@ def test_threaded_watch_resumes_exactly_through_dropped_connections(
         assert time.monotonic() < deadline, "the proxy's threads did not end"
         time.sleep(0.01)
     assert_same_stream(got, acked)
+
+
+async def test_a_member_behind_what_the_client_saw_is_not_trusted_and_loses_the_stream(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """A member whose progress answers say a revision below one the client already saw the
+    cluster reach is behind (cut off from its leader's log while heartbeats get through, or
+    catching up): its silence about newer changes proves nothing. The watch is not
+    confirmed (watch_prefix turns STALE, not LIVE on old data), and after STALL_AFTER
+    seconds behind the stream is given up (it moves to the next endpoint). Here the client
+    is made to believe the cluster reached a revision its one member has not: it stays
+    STALE, until what it saw and what the member says agree again. (It stayed LIVE, confirmed
+    every second by the lagging member's own answers, however far behind: audit 3m F1.)"""
+    async with fresh_client(etcd_server.endpoint, timeout=2) as client:
+        hub = client.core._watches
+        assert hub is not None
+        async with client.watch_prefix(etcd_prefix) as watch:
+            await watch.synced(timeout=WAIT)
+            assert client.core.conn.revision >= watch.revision  # (the listing's answers)
+            client.core.conn.revision = 10**15  # "the cluster is far ahead of this member"
+            await until("the watch turns STALE", lambda: watch.state is WatchState.STALE, 10.0)
+            await until("the stream is given up", lambda: hub.lags >= 1, 10.0)
+            assert client.stats.watch_reconnects >= 1
+            client.core.conn.revision = 0
+            rev = await client.put(etcd_prefix + "k", "v")
+            await until(
+                "LIVE again, with the new key",
+                lambda: (
+                    watch.state is WatchState.LIVE
+                    and watch.snapshot is not None
+                    and watch.snapshot.revision >= rev
+                ),
+                10.0,
+            )

@@ -467,6 +467,10 @@ class Connection:
         self.meter = _metrics.CallMeter()  # unary calls and their errors, by method
         self.last_error: str | None = None  # the newest connection-level failure, for messages
         self.answered = False  # etcd answered at least one call or stream
+        # The newest store revision an answer showed: the cluster had reached it then (a
+        # member applies only what the cluster committed). A member answering below it later
+        # is behind (the watch hub's progress answers: see WatchHub._progress_answered).
+        self.revision = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -765,6 +769,9 @@ class Connection:
                         if not call.done():  # (cancelled: grpc has yet to finish it)
                             ch.live.add(call)
                     self.answered = True
+                    rev = resp.header.revision  # (every etcd answer has the store's revision)
+                    if rev > self.revision:
+                        self.revision = rev
                     break
                 except asyncio.CancelledError:
                     if _cancelled_from_outside():

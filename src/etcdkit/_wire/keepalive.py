@@ -293,7 +293,11 @@ class KeepAliveHub:
             if not self.connected:
                 self.connected = True
                 backoff.reset()
-            self._conn.answered = True
+            conn = self._conn
+            conn.answered = True
+            rev = resp.header.revision
+            if rev > conn.revision:
+                conn.revision = rev
             held = resp.ID in self._held
             self._held.discard(resp.ID)
             answer_due = self._unanswered.pop(resp.ID, None)

@@ -217,6 +217,12 @@ class WatchHub:
         self._heard = 0.0  # monotonic time of the newest response on the current stream
         self._probe: WatchSub | None = None  # the liveness probe awaiting its "created"
         self._progress_out = 0.0  # when the oldest unanswered progress request was sent
+        self._progress_floor = 0  # the revision the client knew of when it was sent
+        # Since when (monotonic) progress answers say a revision below what the cluster had
+        # reached when they were asked for (0.0: not behind); and the last such pair.
+        self._behind_since = 0.0
+        self._behind = (0, 0)
+        self.lags = 0  # streams given up on because their member stayed behind
         self._deaf = False  # this stream's server does not answer progress requests
         self._deaf_checked = False  # this stream's first progress request went with a probe
         self._ids_granted: bool | None = None  # the server grants asked ids (None: unknown)
@@ -472,6 +478,7 @@ class WatchHub:
         self._heard = time.monotonic()
         self._outbox = asyncio.Queue()
         self._progress_out = 0.0
+        self._behind_since = 0.0
         self._deaf = self._deaf_checked = False
         self._ids_granted = None
         self._next_id = ECHO_ID
@@ -499,12 +506,23 @@ class WatchHub:
                         f"watch stream at {ch.endpoint}: no answer for {silent:.1f} s "
                         "(member hung or connection black-holed)"
                     )
+                behind = self._behind_since and time.monotonic() - self._behind_since
+                if behind and behind > STALL_AFTER:
+                    self.lags += 1
+                    at, known = self._behind
+                    raise ConnectionUnavailableError(
+                        f"watch stream at {ch.endpoint}: the member is behind the cluster for "
+                        f"{behind:.1f} s (it says revision {at}; the cluster had reached "
+                        f"{known}): its leader's log does not reach it, or it is catching up"
+                    )
                 asked = bool(self._by_id or self._pending)
                 if asked and self._deaf:
                     self._send_probe()
                 elif asked:
                     self._queue_write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-                    self._progress_out = self._progress_out or time.monotonic()
+                    if not self._progress_out:
+                        self._progress_out = time.monotonic()
+                        self._progress_floor = self._conn.revision
                     if not self._deaf_checked:
                         self._deaf_checked = True
                         # The first time, also a probe: etcd answers requests in order, so if
@@ -585,12 +603,7 @@ class WatchHub:
         # A progress notification.
         rev = resp.header.revision
         if wid == -1:
-            # The answer to a progress *request*: it proves the stream and the leader are alive,
-            # but its revision is not trusted. etcd < 3.5.8 / 3.4.24 sends it on a control
-            # channel that can overtake events still queued for the watchers (etcd-io/etcd#15220),
-            # so advancing to it could skip those events. Liveness only.
-            self._progress_out = 0.0
-            self._confirm_all(now)
+            self._progress_answered(rev, now)
             return
         # A per-watch progress notification (progress_notify=True) travels on the watcher's own
         # channel, after every event it covers: everything up to header.revision was delivered.
@@ -603,6 +616,30 @@ class WatchHub:
                 one.next_rev = rev + 1
                 one.header_revision = rev
             one.on_progress(rev)
+
+    def _progress_answered(self, rev: int, now: float) -> None:
+        """The answer to a progress *request*: the stream is alive, and every watcher is as
+        current as the member. Its revision is not delivered: etcd < 3.5.8 / 3.4.24 sends it
+        on a control channel that can overtake events still queued for the watchers
+        (etcd-io/etcd#15220), so advancing to it could skip those events.
+
+        But it tells whether the member is current. Below the revision the client knew the
+        cluster had reached when it asked, the member is behind: cut off from its leader's
+        log (a black hole that lets heartbeats through keeps it a follower with a leader) or
+        catching up. Its silence about newer changes then proves nothing: the watchers are
+        not confirmed, and a member behind for STALL_AFTER seconds loses the stream, which
+        moves to the next endpoint. (A follower applies what the leader committed a few ms
+        later: one answer behind, followed by a current one, moves nothing.)"""
+        self._progress_out = 0.0
+        floor = self._progress_floor
+        if rev < floor:
+            if not self._behind_since:
+                log.debug("watch stream: the member says revision %d, below %d", rev, floor)
+                self._behind_since = now
+            self._behind = (rev, floor)
+            return
+        self._behind_since = 0.0
+        self._confirm_all(now)
 
     def _confirm_all(self, now: float) -> None:
         for sub in self._by_id.values():
