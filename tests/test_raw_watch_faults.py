@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 import etcdkit
-from _helpers import fresh_client
+from _helpers import fresh_client, quickly
+from _peer_net import StarvableCluster
 from _raw_watch import (
     WAIT,
     Row,
@@ -326,3 +327,45 @@ async def test_a_member_behind_what_the_client_saw_is_not_trusted_and_loses_the_
                 ),
                 10.0,
             )
+
+
+@pytest.mark.slow
+async def test_a_member_starved_of_its_raft_log_loses_the_watches(etcd_prefix: str) -> None:
+    """A follower whose incoming raft log stream is held while its heartbeats get through
+    keeps its leader (``hasleader`` does not end its streams) and falls behind. Once the
+    client's calls have failed over from it and seen the cluster's newer revisions, the
+    watches it carries move too: a wait_for of a key written elsewhere returns, watch_prefix
+    catches up. (They stayed on it, confirmed every second by its own answers at its old
+    revision: wait_for timed out, watch_prefix said LIVE hundreds of revisions behind.)"""
+    with StarvableCluster() as cluster:
+        async with AsyncClient(cluster.endpoints, timeout=5) as admin:
+            ids = {m.name: m.id for m in await admin.members.list()}
+        lagging = next(m for m in cluster.members if not m.is_leader())
+        good = [m.endpoint for m in cluster.members if m is not lagging]
+        async with (
+            fresh_client([lagging.endpoint, *good], timeout=2) as client,
+            AsyncClient(good, timeout=5) as writer,
+        ):
+            async with client.watch_prefix(etcd_prefix) as watch:
+                await watch.synced(timeout=WAIT)
+                cluster.starve(ids[lagging.name])
+                for i in range(20):
+                    await writer.put(f"{etcd_prefix}w{i}", "x")
+                try:  # the lagging member cannot serve a linearizable read: the call moves
+                    await client.get_revision()
+                except etcdkit.EtcdTimeoutError:
+                    await client.get_revision()
+                waiting = asyncio.create_task(client.wait_for(etcd_prefix + "ready", timeout=10.0))
+                await asyncio.sleep(0.5)  # (it read, found nothing: it watches)
+                ready = await writer.put(etcd_prefix + "ready", "1")
+                with quickly(10.0):
+                    assert await waiting >= ready
+                await until(
+                    "watch_prefix caught up",
+                    lambda: (
+                        watch.state is WatchState.LIVE
+                        and watch.snapshot is not None
+                        and watch.snapshot.revision >= ready
+                    ),
+                    10.0,
+                )
