@@ -361,3 +361,20 @@ async def test_another_value_on_our_shared_lease_is_an_overwrite(
         start = await etcd.get_revision()
         await asyncio.sleep(2.0)
         assert await etcd.get_revision() - start <= 8  # (paced: not a hot loop)
+
+
+async def test_the_session_pool_keeps_nothing_per_ttl_once_unused(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """Leases of many TTLs, opened together (several per TTL) and closed: the pool keeps no
+    lock per TTL ever used (it kept one each, for the client's life)."""
+    leases = [
+        etcd.persistent_lease(f"{etcd_prefix}{ttl}/{i}", "v", ttl=ttl)
+        for ttl in range(5, 45)
+        for i in range(2)
+    ]
+    await asyncio.gather(*(lease.registered(timeout=WAIT) for lease in leases))
+    assert len({lease.lease_id for lease in leases}) == 40  # (one shared lease per TTL)
+    await asyncio.gather(*(lease.aclose() for lease in leases))
+    assert etcd._sessions._locks == {}
+    assert etcd._sessions._by_ttl == {}

@@ -335,7 +335,8 @@ class SessionPool:
         self._etcd = etcd
         self._by_ttl: dict[int, Session] = {}
         self._users: dict[Session, set[object]] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
+        # per TTL, while someone opens a session of it: a lock, and how many hold or await it
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
 
     def new(self, ttl: int) -> Session:
         """A session of its own (not shared), not yet open."""
@@ -347,12 +348,21 @@ class SessionPool:
             session = self.new(ttl)
             await self._open(session, ttl)
         else:
-            async with self._locks.setdefault(ttl, asyncio.Lock()):
-                session = self._by_ttl.get(ttl) or self.new(ttl)
-                if session.state in (SessionState.LOST, SessionState.CLOSED):
-                    session = self.new(ttl)
-                self._by_ttl[ttl] = session
-                await self._open(session, ttl)
+            lock, n = self._locks.get(ttl) or (asyncio.Lock(), 0)
+            self._locks[ttl] = (lock, n + 1)
+            try:
+                async with lock:
+                    session = self._by_ttl.get(ttl) or self.new(ttl)
+                    if session.state in (SessionState.LOST, SessionState.CLOSED):
+                        session = self.new(ttl)
+                    self._by_ttl[ttl] = session
+                    await self._open(session, ttl)
+            finally:
+                lock, n = self._locks[ttl]
+                if n > 1:
+                    self._locks[ttl] = (lock, n - 1)
+                else:  # (kept for TTLs in use only: a client may see many TTLs come and go)
+                    del self._locks[ttl]
         self._users.setdefault(session, set()).add(user)
         return session
 
