@@ -138,6 +138,23 @@ def test_a_server_never_closed_is_ended_when_collected() -> None:
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
+def test_a_cluster_whose_members_were_all_killed_restarts_as_one() -> None:
+    with EtcdCluster(3) as cluster:
+        with Client(cluster.endpoints, timeout=5) as c:
+            c.put("/s/all-down", "1")
+        for m in cluster.members:
+            m.kill()
+        cluster.restart()  # (each member's restart() would wait for a leader: no quorum yet)
+        assert all(m.healthy() for m in cluster.members)
+        with Client(cluster.endpoints, timeout=5) as c:
+            kv = c.get("/s/all-down")
+            assert kv is not None
+            assert kv.value == b"1"  # same data dirs
+        cluster.restart()  # running members too: stopped, then started together
+        cluster.leader()
+
+
 def test_cluster_leader_kill_elects_another(etcd_cluster: EtcdCluster) -> None:
     assert len(etcd_cluster.endpoints) == 3
     leader = etcd_cluster.leader()
