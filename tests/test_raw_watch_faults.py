@@ -369,3 +369,29 @@ async def test_a_member_starved_of_its_raft_log_loses_the_watches(etcd_prefix: s
                     ),
                     10.0,
                 )
+
+
+async def test_a_revision_gone_back_on_every_member_is_taken_after_each_had_its_turn(
+    etcd_server: EtcdServer, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every endpoint says a revision below one the client saw (etcd restored from an older
+    backup): once each endpoint had its turn and stayed behind, the client takes etcd's
+    revision as it is now, with a WARNING, and the watches are confirmed again (not moved
+    between members, unconfirmed, for good)."""
+    async with fresh_client(etcd_server.endpoint, timeout=2) as client:
+        hub = client.core._watches
+        assert hub is not None
+        async with client.watch_prefix(etcd_prefix) as watch:
+            await watch.synced(timeout=WAIT)
+            client.core.conn.revision = 10**15
+            await until("the stream is given up", lambda: hub.lags >= 1, 10.0)
+            await until("confirmed again", lambda: watch.state is WatchState.LIVE, 15.0)
+            assert client.core.conn.revision < 10**15
+            assert "went back" in caplog.text
+            rev = await client.put(etcd_prefix + "k", "v")
+            await until(
+                "the new key seen",
+                lambda: watch.snapshot is not None and watch.snapshot.revision >= rev,
+                10.0,
+            )
+            assert hub.lags == 1  # (one endpoint: it had its turn once)

@@ -222,7 +222,9 @@ class WatchHub:
         # reached when they were asked for (0.0: not behind); and the last such pair.
         self._behind_since = 0.0
         self._behind = (0, 0)
+        self._stream_floor = 0  # the revision the client knew of when this stream opened
         self.lags = 0  # streams given up on because their member stayed behind
+        self._lags_in_a_row = 0  # ... with no member answering current since
         self._deaf = False  # this stream's server does not answer progress requests
         self._deaf_checked = False  # this stream's first progress request went with a probe
         self._ids_granted: bool | None = None  # the server grants asked ids (None: unknown)
@@ -360,6 +362,7 @@ class WatchHub:
                 on_status=_noop, on_end=_noop,
             )  # fmt: skip
             self._probe.confirmed_at = time.monotonic()  # when it was sent
+            self._probe.header_revision = self._conn.revision  # what the client knew then
             self._send_create(self._probe)
 
     def _queue_write(self, request: Any) -> None:
@@ -479,6 +482,7 @@ class WatchHub:
         self._outbox = asyncio.Queue()
         self._progress_out = 0.0
         self._behind_since = 0.0
+        self._stream_floor = self._conn.revision
         self._deaf = self._deaf_checked = False
         self._ids_granted = None
         self._next_id = ECHO_ID
@@ -507,8 +511,11 @@ class WatchHub:
                         "(member hung or connection black-holed)"
                     )
                 behind = self._behind_since and time.monotonic() - self._behind_since
-                if behind and behind > STALL_AFTER:
+                if behind and behind > STALL_AFTER and self._lagged_past_every_endpoint():
+                    self._behind_since = 0.0
+                elif behind and behind > STALL_AFTER:
                     self.lags += 1
+                    self._lags_in_a_row += 1
                     at, known = self._behind
                     raise ConnectionUnavailableError(
                         f"watch stream at {ch.endpoint}: the member is behind the cluster for "
@@ -558,7 +565,7 @@ class WatchHub:
                 )
                 return
             if sub is self._probe:
-                self._probe_answered(resp, sub.confirmed_at, now)
+                self._probe_answered(resp, sub, now)
                 return
             if sub.ended:
                 self._queue_write(
@@ -579,7 +586,8 @@ class WatchHub:
             # etcd's "unsynced" group, caught up every 100 ms (see _queue's _wait_deleted).
             sub.header_revision = resp.header.revision
             sub.connected = True
-            sub.confirmed_at = now
+            if resp.header.revision >= self._stream_floor:  # (else: a member behind, see below)
+                sub.confirmed_at = now
             sub.on_status(True, None)
             return
         if resp.canceled:
@@ -610,7 +618,8 @@ class WatchHub:
         one = self._by_id.get(wid)
         if one is None or one.ended:
             return
-        one.confirmed_at = now
+        if rev >= self._stream_floor:  # (else: from a member behind, see _progress_answered)
+            one.confirmed_at = now
         if rev + 1 >= one.next_rev:  # (each one, as Go's client hands them out, moved on or not)
             if rev + 1 > one.next_rev:
                 one.next_rev = rev + 1
@@ -631,7 +640,12 @@ class WatchHub:
         moves to the next endpoint. (A follower applies what the leader committed a few ms
         later: one answer behind, followed by a current one, moves nothing.)"""
         self._progress_out = 0.0
-        floor = self._progress_floor
+        self._member_says(rev, self._progress_floor, now)
+
+    def _member_says(self, rev: int, floor: int, now: float) -> None:
+        """The member answered a progress request or a probe with its revision ``rev``; the
+        client knew the cluster had reached ``floor`` when it asked. Confirm every watcher,
+        unless the member is behind."""
         if rev < floor:
             if not self._behind_since:
                 log.debug("watch stream: the member says revision %d, below %d", rev, floor)
@@ -639,14 +653,36 @@ class WatchHub:
             self._behind = (rev, floor)
             return
         self._behind_since = 0.0
+        self._lags_in_a_row = 0
         self._confirm_all(now)
+
+    def _lagged_past_every_endpoint(self) -> bool:
+        """Every endpoint had its turn and each stayed behind the revision the client saw:
+        etcd's revision went back (restored from an older backup, or another cluster behind
+        the same addresses), not a member behind its cluster. The client then takes the
+        revision etcd says now (and says so): else its watches would hop between members,
+        unconfirmed, for good."""
+        if self._lags_in_a_row < len(self._conn.endpoints):
+            return False
+        at, known = self._behind
+        log.warning(
+            "watch stream: every etcd endpoint says revision %d or less, below %d that the "
+            "client saw: etcd's revision went back (restored from an older backup?); taking "
+            "its revision as it is now. Watches resumed past it wait for revisions past their "
+            "own: reopen them",
+            at,
+            known,
+        )
+        self._conn.revision = self._stream_floor = at
+        self._lags_in_a_row = 0
+        return True
 
     def _confirm_all(self, now: float) -> None:
         for sub in self._by_id.values():
             if not sub.ended:
                 sub.confirmed_at = now
 
-    def _probe_answered(self, resp: Any, sent: float, now: float) -> None:
+    def _probe_answered(self, resp: Any, probe: WatchSub, now: float) -> None:
         # A watch created from "now" came back through the stream, from etcd (etcd's gRPC
         # proxy joins such a watch to no running one, so etcd itself answers): the stream and
         # the path to etcd are alive. Like a progress answer, it is liveness only.
@@ -655,7 +691,7 @@ class WatchHub:
             self._queue_write(
                 rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=resp.watch_id))
             )
-        if self._progress_out and self._progress_out <= sent:
+        if self._progress_out and self._progress_out <= probe.confirmed_at:  # (when sent)
             if not self._deaf:
                 log.info(
                     "watch stream: %s does not answer progress requests (etcd's gRPC "
@@ -663,7 +699,7 @@ class WatchHub:
                     self._conn.where,
                 )
             self._deaf = True
-        self._confirm_all(now)
+        self._member_says(resp.header.revision, probe.header_revision, now)
 
     def _end(self, sub: WatchSub, resp: Any) -> None:
         self._subs.discard(sub)
