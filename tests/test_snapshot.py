@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etcdkit import Change, ChangeKind, Snapshot
-from etcdkit._snapshot import SnapshotEngine, Transform, Tree
+from etcdkit._snapshot import Pair, SnapshotEngine, Transform, Tree
 
 
 def int_transform(key: bytes, value: bytes) -> tuple[str, int]:
@@ -681,3 +681,28 @@ def test_the_engine_makes_the_same_frozen_snapshots_and_changes_a_constructor_ma
         updated.new = 4  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.revision = 12  # type: ignore[misc]
+
+
+def test_a_listing_retried_after_failing_half_way_counts_its_rejections_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A first listing loads a page with a rejected record, then its next read fails; the
+    # retried listing meets the same record: it was counted and logged once, not twice (a
+    # later value of it is a new rejection).
+    caplog.set_level(logging.WARNING, logger="etcdkit")
+    engine: SnapshotEngine[str, int] = SnapshotEngine(int_transform)
+    first = engine.begin_reset()
+    first.add(Pair(k, v) for k, v in [(b"a", b"1"), (b"bad", b"x")])
+    assert engine.invalid_records == 1
+    for _ in range(2):  # failed again half-way, then retried
+        retry = engine.begin_reset()
+        retry.add(Pair(k, v) for k, v in [(b"a", b"1"), (b"bad", b"x")])
+    retry.add(Pair(k, v) for k, v in [(b"c", b"3"), (b"worse", b"y")])
+    engine.finish_reset(retry, 5)
+    assert dict(engine.view[0]) == {"a": 1, "c": 3}
+    assert engine.invalid_records == 2
+    assert sum("dropping invalid record" in r.getMessage() for r in caplog.records) == 2
+    relist = engine.begin_reset()
+    relist.add(Pair(k, v) for k, v in [(b"bad", b"z")])  # a new value: a new rejection
+    engine.finish_reset(relist, 6)
+    assert engine.invalid_records == 3

@@ -513,3 +513,43 @@ async def test_transform_raising_cancelled_error_ends_the_watch(
         with pytest.raises(RuntimeError, match="CancelledError"):
             await next_snap(watch)
         assert watch.state is WatchState.CLOSED
+
+
+@pytest.mark.slow
+async def test_a_relist_is_stale_and_ages_from_the_last_confirmation(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """While a relist (the resume revision was compacted) loads, the watch has a snapshot: it
+    is STALE, not SYNCING (the first relist said SYNCING, and synced() and iteration
+    blocked), and its age counts from etcd's last confirmation of the ended watch, not from
+    the first listing (it jumped to the watch's whole life). The transform, called for each
+    record of the relist, reads both then."""
+    seen: list[tuple[WatchState, float]] = []
+    relisting = False
+
+    def spy(key: bytes, value: bytes) -> tuple[str, bytes]:
+        if relisting:
+            seen.append((watch.state, watch.age))
+        return key.decode(), value
+
+    with Proxy(etcd_server.endpoint) as proxy:
+        async with (
+            AsyncClient(etcd_server.endpoint) as writer,
+            AsyncClient(proxy.endpoint) as client,
+        ):
+            await writer.put(etcd_prefix + "a", "1")
+            async with client.watch_prefix(etcd_prefix, spy) as watch:
+                await watch.synced(timeout=WAIT)
+                await asyncio.sleep(4.0)  # LIVE, confirmed every second, long after the listing
+                proxy.cut()
+                await writer.put(etcd_prefix + "b", "2")
+                rev = await writer.put(etcd_prefix + "c", "3")
+                await writer.compact(rev)  # (past the watch's next revision: it relists)
+                relisting = True
+                proxy.drop_connections()
+                proxy.restore()
+                await until(watch, lambda s: s.revision >= rev)
+                assert watch.stats.relists == 1
+    assert seen, "the relist called no transform"
+    assert {state for state, _ in seen} == {WatchState.STALE}
+    assert max(age for _, age in seen) < 3.5  # (from the listing: over 4 s)

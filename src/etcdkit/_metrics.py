@@ -80,8 +80,8 @@ INSTRUMENTS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     ),
     "etcdkit.stream.reconnects": (
         "counter", "{reconnect}",
-        "Times a client's shared stream was opened again after it ended; stream: watch or "
-        "keepalive.",
+        "Times a client's shared stream broke after it was up (it is then opened again; "
+        "retries that fail meanwhile are not counted); stream: watch or keepalive.",
         ("stream",),
     ),
     "etcdkit.client.failovers": (
@@ -246,12 +246,15 @@ class ClientStats:
     """A client's figures since it was created (a snapshot: read ``client.stats`` again for
     newer ones). No I/O.
 
-    - ``calls``: unary etcd calls made (each counted once, however many retries it took).
+    - ``calls``: unary etcd calls made (each counted once, however many retries it took; a
+      call its caller cancelled is not counted, nor in ``errors`` or the duration histogram:
+      neither a latency nor an error of etcd's).
     - ``errors``: of those, the ones that raised, by error class name
       (``{"ConnectionUnavailableError": 2}``).
     - ``failovers``: times the client left a failed endpoint for the next one.
     - ``watch_reconnects`` / ``keepalive_reconnects``: times the shared Watch stream / lease
-      LeaseKeepAlive stream was opened again after it ended (a restart, a cut, a hang).
+      LeaseKeepAlive stream broke after it was up (a restart, a cut, a hang), each then
+      opened again; one outage counts once, however many retries fail while it lasts.
     - ``watches``: etcd watches the client holds now (every recipe's, on its one stream);
       ``watches_unconfirmed``: of those, the ones etcd has not confirmed yet (creates in
       flight, or no connection at the moment).

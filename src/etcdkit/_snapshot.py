@@ -336,10 +336,10 @@ class Listing(Generic[K, V]):
         "owner",
     )
 
-    def __init__(self, engine: SnapshotEngine[K, V]) -> None:
+    def __init__(self, engine: SnapshotEngine[K, V], old_invalid: dict[bytes, bytes]) -> None:
         self._convert = engine._convert
         self._transform = engine._transform
-        self.old_invalid = engine._invalid
+        self.old_invalid = old_invalid  # rejected records already counted (and logged)
         self.invalid: dict[bytes, bytes] = {}
         self.index: dict[bytes, K] = {}
         # K -> raw key in the tree, made at the first collision (see SnapshotEngine._owner)
@@ -432,6 +432,7 @@ class SnapshotEngine(Generic[K, V]):
         self._hidden: dict[bytes, V] = {}  # raw key of a hidden record -> its value
         self._reported: dict[bytes, Any] = {}  # raw key -> the value it was counted hidden at
         self._invalid: dict[bytes, bytes] = {}  # raw key -> its rejected value
+        self._begun: Listing[K, V] | None = None  # a listing begun and not finished
         self._invalid_count = 0
         self._pending: dict[K, Any] = {}  # K -> value at the last delivery (or _ABSENT)
         self._dirty = False  # a listing, or an event that touched the tree, since the last take()
@@ -482,11 +483,18 @@ class SnapshotEngine(Generic[K, V]):
 
     def begin_reset(self) -> Listing[K, V]:
         """Start a listing that arrives page by page: ``add()`` each page, then
-        :meth:`finish_reset`. The tree stays as it is until then; no page is kept."""
-        return Listing(self)
+        :meth:`finish_reset`. The tree stays as it is until then; no page is kept. A listing
+        begun before and never finished (its reads failed) counted and logged the records
+        it rejected: this one does not again, at the same value."""
+        last = self._begun
+        known = self._invalid if last is None else {**last.old_invalid, **last.invalid}
+        listing = self._begun = Listing(self, known)
+        return listing
 
     def finish_reset(self, listing: Listing[K, V], revision: int) -> None:
         """Replace the tree with ``listing`` at ``revision`` (see :meth:`reset`)."""
+        if listing is self._begun:
+            self._begun = None
         old_tree = self._view[0]
         old_reported = self._reported
         new_tree = PMap.from_dict(listing.mm)

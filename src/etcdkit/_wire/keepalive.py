@@ -172,9 +172,10 @@ class KeepAliveHub:
                 self._conn.note_failure(err)
                 if isinstance(err, ConnectionUnavailableError | EtcdTimeoutError):
                     self._conn.failover(ch, str(err))
+            if self.connected:  # (a stream that was up broke: retries that fail are not news)
+                self.reconnects += 1
+                _metrics.stream_reconnected("keepalive")
             self.connected = False
-            self.reconnects += 1
-            _metrics.stream_reconnected("keepalive")
             for entry in list(self._entries.values()):
                 entry.on_suspended()
             await backoff.wait()

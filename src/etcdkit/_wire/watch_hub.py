@@ -232,6 +232,7 @@ class WatchHub:
         self._token_time = 0.0  # when the current stream's token was got (Connection.token_time)
         self._failed_at = 0.0  # when a stream last ended with an error (monotonic)
         self.reconnects = 0
+        self._up = False  # the current stream answered
         self.stalls = 0
 
     # -- public -----------------------------------------------------------------------------------
@@ -385,6 +386,7 @@ class WatchHub:
                     await self._wake.wait()
                     continue
                 ch = self._conn.channel
+                self._up = False
                 try:
                     await self._stream_once(ch, backoff)
                 except asyncio.CancelledError:
@@ -413,8 +415,9 @@ class WatchHub:
                     self._disconnected(None)
                 if not self._subs:
                     continue  # (every watcher ended: nothing to reconnect for)
-                self.reconnects += 1
-                _metrics.stream_reconnected("watch")
+                if self._up:  # (a stream that was up broke: retries that fail are not news)
+                    self.reconnects += 1
+                    _metrics.stream_reconnected("watch")
                 await backoff.wait()
         finally:
             self._disconnected(None)
@@ -549,7 +552,7 @@ class WatchHub:
             if resp is grpc.aio.EOF:
                 return
             self._heard = time.monotonic()
-            self._conn.answered = True
+            self._conn.answered = self._up = True
             self._dispatch(resp, backoff)
 
     def _dispatch(self, resp: Any, backoff: Backoff) -> None:

@@ -75,8 +75,8 @@ class WatchStats:
     events: int = 0  # watch events applied
     snapshots: int = 0  # snapshots delivered to the consumer
     invalid_records: int = 0  # records the transform rejected (each logged once)
-    relists: int = 0  # full listings after compaction (the first listing not counted)
-    disconnects: int = 0  # stream losses survived (resumed without relisting)
+    relists: int = 0  # full listings after the first (compacted history, or the watch ended)
+    disconnects: int = 0  # stream losses survived (resumed, or relisted when compacted meanwhile)
 
 
 class PrefixWatch(Generic[K, V]):
@@ -129,6 +129,10 @@ class PrefixWatch(Generic[K, V]):
         self._now: tuple[tuple[PMap[K, V], int], Snapshot[K, V]] | None = None
         self._watching = False  # etcd confirmed the watch after the newest listing
         self._disconnects = 0  # of the watches before the current one
+        # etcd confirmed a watch after a listing once: a relist is STALE from then on (a
+        # snapshot exists), not SYNCING
+        self._been_live = False
+        self._started_at = 0.0  # when start() ran (monotonic)
         self._confirmed_at = 0.0
 
     def __repr__(self) -> str:
@@ -154,6 +158,7 @@ class PrefixWatch(Generic[K, V]):
             raise ClosedError("this PrefixWatch is closed; open a new one")
         if self._task is None:
             self._etcd.adopt(self, self._close_by_client)
+            self._started_at = time.monotonic()
             self._meter.track(self)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"etcdkit-watch-prefix {self.prefix!r}"
@@ -216,7 +221,7 @@ class PrefixWatch(Generic[K, V]):
             if self._closed:  # closing ends the iteration, also for a later loop
                 raise StopAsyncIteration
             # the first snapshot comes once synced() would return (_engine_ready, inline)
-            if self._synced and (self._watching or self._stats.relists > 0):
+            if self._synced and (self._watching or self._been_live):
                 snap = self._take()
                 if snap is not None:
                     return snap
@@ -245,7 +250,7 @@ class PrefixWatch(Generic[K, V]):
     def state(self) -> WatchState:
         if self._closed or self._error is not None:  # (the error is the consumer's to see)
             return WatchState.CLOSED
-        if not self._synced or (not self._watching and self._stats.relists == 0):
+        if not self._synced or not (self._watching or self._been_live):
             return WatchState.SYNCING
         w = self._w
         if self._listing or w is None or not w.connected:
@@ -256,9 +261,12 @@ class PrefixWatch(Generic[K, V]):
 
     @property
     def age(self) -> float:
-        """Seconds since etcd last confirmed this watch's data was current (0.0 when LIVE)."""
+        """Seconds since etcd last confirmed this watch's data was current (0.0 when LIVE);
+        before the first snapshot, seconds since the watch started (it has no data etcd
+        confirmed: an alert on age fires for a watch that cannot sync, too)."""
         if not self._synced:
-            return 0.0
+            started = self._started_at
+            return 0.0 if not started or self._closed else time.monotonic() - started
         w = self._w
         confirmed = max(self._confirmed_at, w.confirmed_at if w is not None else 0.0)
         return 0.0 if self.state is WatchState.LIVE else max(0.0, time.monotonic() - confirmed)
@@ -289,7 +297,7 @@ class PrefixWatch(Generic[K, V]):
             raise self._error
         if self._closed:
             raise ClosedError(f"the watch on {self.prefix!r} was closed")
-        return self._synced and (self._watching or self._stats.relists > 0)
+        return self._synced and (self._watching or self._been_live)
 
     async def _wait_update(self) -> None:
         """Wait for the next change of state (news published after this call)."""
@@ -448,6 +456,8 @@ class PrefixWatch(Generic[K, V]):
             return exc
         finally:
             self._disconnects += w.disconnects
+            # (what it confirmed stays the data's last confirmation while a relist runs)
+            self._confirmed_at = max(self._confirmed_at, w.confirmed_at)
             self._w = None
         if self._error is not None:
             raise self._error
@@ -463,7 +473,7 @@ class PrefixWatch(Generic[K, V]):
                 if not events:  # progress, or etcd confirmed the watch
                     engine.advance(batch.revision)
                     if not self._watching:
-                        self._watching = True
+                        self._watching = self._been_live = True
                         self._wake()
                     continue
                 changed = True
