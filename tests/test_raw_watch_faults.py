@@ -395,3 +395,46 @@ async def test_a_revision_gone_back_on_every_member_is_taken_after_each_had_its_
                 10.0,
             )
             assert hub.lags == 1  # (one endpoint: it had its turn once)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+async def test_a_stream_behind_moves_alone_and_every_member_gets_its_turn(
+    etcd_cluster: EtcdCluster, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three members, each behind the revision the client saw (as after a restore from an
+    older backup, with no write of the client's to say so): the stream moves from member to
+    member, and the client's calls do not (a failover would cancel the calls in flight, a
+    write among them failing "may or may not have been applied"). Once each member had its
+    turn, the client takes etcd's revision (a WARNING) and the watch is confirmed again."""
+    async with fresh_client(etcd_cluster.endpoints, timeout=2) as client:
+        hub = client.core._watches
+        assert hub is not None
+        async with client.watch_prefix(etcd_prefix) as watch:
+            await watch.synced(timeout=WAIT)
+            client.core.conn.revision = 10**15
+            await until("confirmed again", lambda: hub.lags >= 3, 30.0)
+            await until("LIVE again", lambda: watch.state is WatchState.LIVE, 10.0)
+            assert "went back" in caplog.text
+            assert hub.lags == 3
+            assert client.stats.failovers == 0
+            assert await client.get_revision() > 0  # (the calls' endpoint answers, unmoved)
+
+
+async def test_a_write_of_the_client_says_at_once_that_etcd_went_back(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """A write is answered at the cluster's newest revision: below what the client saw,
+    etcd's revision went back (a restore), and the client takes it at once; its watches are
+    not taken for behind (they were given up on, one endpoint after the other)."""
+    async with fresh_client(etcd_server.endpoint, timeout=2) as client:
+        hub = client.core._watches
+        assert hub is not None
+        async with client.watch_prefix(etcd_prefix) as watch:
+            await watch.synced(timeout=WAIT)
+            client.core.conn.revision = 10**15
+            rev = await client.put(etcd_prefix + "k", "v")
+            assert client.core.conn.revision == rev
+            await asyncio.sleep(3.5)  # (behind for 2 s would have moved the stream)
+            assert hub.lags == 0
+            assert watch.state is WatchState.LIVE

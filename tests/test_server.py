@@ -155,6 +155,7 @@ def test_a_cluster_whose_members_were_all_killed_restarts_as_one() -> None:
         cluster.leader()
 
 
+@pytest.mark.cluster
 def test_cluster_leader_kill_elects_another(etcd_cluster: EtcdCluster) -> None:
     assert len(etcd_cluster.endpoints) == 3
     leader = etcd_cluster.leader()

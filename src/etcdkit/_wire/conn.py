@@ -229,6 +229,9 @@ def _check_tls_files(
 # -- error mapping -------------------------------------------------------------------------------
 
 
+# Calls whose answer is at the revision the cluster has reached (the write's own): see
+# Connection.revision.
+_WRITES = frozenset({"Put", "DeleteRange"})
 MESSAGE_WHAT = 300  # characters of a call's description in an error message (a key can be MBs)
 
 
@@ -770,7 +773,9 @@ class Connection:
                             ch.live.add(call)
                     self.answered = True
                     rev = resp.header.revision  # (every etcd answer has the store's revision)
-                    if rev > self.revision:
+                    if rev > self.revision or method in _WRITES:
+                        # (a write is at the cluster's newest revision: below what the
+                        # client saw, etcd's went back, restored from an older backup)
                         self.revision = rev
                     break
                 except asyncio.CancelledError:

@@ -102,6 +102,12 @@ class _TokenRefused(Exception):
     """etcd refused a watcher for the stream's token: the stream goes again with a new one."""
 
 
+class _Behind(ConnectionUnavailableError):
+    """The stream's member stayed behind the cluster: the stream goes to the next endpoint.
+    The client's calls stay where they are (a member behind cannot answer a linearizable
+    call: those move by themselves; kicked, a write in flight would fail "maybe applied")."""
+
+
 class WatchSub:
     """One watcher on the shared stream. Create with :meth:`WatchHub.watch`."""
 
@@ -225,6 +231,7 @@ class WatchHub:
         self._stream_floor = 0  # the revision the client knew of when this stream opened
         self.lags = 0  # streams given up on because their member stayed behind
         self._lags_in_a_row = 0  # ... with no member answering current since
+        self._lag_offset = 0  # endpoints past the client's preferred one the stream goes to
         self._deaf = False  # this stream's server does not answer progress requests
         self._deaf_checked = False  # this stream's first progress request went with a probe
         self._ids_granted: bool | None = None  # the server grants asked ids (None: unknown)
@@ -386,11 +393,18 @@ class WatchHub:
                     await self._wake.wait()
                     continue
                 ch = self._conn.channel
+                if self._lag_offset:
+                    chans = self._conn.channels
+                    ch = chans[(chans.index(ch) + self._lag_offset) % len(chans)]
                 self._up = False
                 try:
                     await self._stream_once(ch, backoff)
                 except asyncio.CancelledError:
                     raise
+                except _Behind as exc:
+                    log.info("watch stream moves: %s", exc)
+                    self._disconnected(None)
+                    self._lag_offset += 1
                 except _TokenRefused as exc:
                     log.info("watch stream at %s: %s; logging in again", ch.endpoint, exc)
                     self._disconnected(None)
@@ -520,7 +534,7 @@ class WatchHub:
                     self.lags += 1
                     self._lags_in_a_row += 1
                     at, known = self._behind
-                    raise ConnectionUnavailableError(
+                    raise _Behind(
                         f"watch stream at {ch.endpoint}: the member is behind the cluster for "
                         f"{behind:.1f} s (it says revision {at}; the cluster had reached "
                         f"{known}): its leader's log does not reach it, or it is catching up"
