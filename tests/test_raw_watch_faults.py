@@ -385,9 +385,9 @@ async def test_a_revision_gone_back_on_every_member_is_taken_after_each_had_its_
             await watch.synced(timeout=WAIT)
             client.core.conn.revision = 10**15
             await until("the stream is given up", lambda: hub.lags >= 1, 10.0)
-            await until("confirmed again", lambda: watch.state is WatchState.LIVE, 15.0)
-            assert client.core.conn.revision < 10**15
+            await until("etcd's revision taken", lambda: client.core.conn.revision < 10**15, 15.0)
             assert "went back" in caplog.text
+            await until("confirmed again", lambda: watch.state is WatchState.LIVE, 10.0)
             rev = await client.put(etcd_prefix + "k", "v")
             await until(
                 "the new key seen",
@@ -413,9 +413,10 @@ async def test_a_stream_behind_moves_alone_and_every_member_gets_its_turn(
         async with client.watch_prefix(etcd_prefix) as watch:
             await watch.synced(timeout=WAIT)
             client.core.conn.revision = 10**15
-            await until("confirmed again", lambda: hub.lags >= 3, 30.0)
-            await until("LIVE again", lambda: watch.state is WatchState.LIVE, 10.0)
+            await until("each had its turn", lambda: hub.lags >= 3, 30.0)
+            await until("etcd's revision taken", lambda: client.core.conn.revision < 10**15, 15.0)
             assert "went back" in caplog.text
+            await until("LIVE again", lambda: watch.state is WatchState.LIVE, 10.0)
             assert hub.lags == 3
             assert client.stats.failovers == 0
             assert await client.get_revision() > 0  # (the calls' endpoint answers, unmoved)
