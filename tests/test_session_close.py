@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 
 from _helpers import etcdkit_tasks, fresh_client
-from etcdkit import AsyncClient, ClosedError, SessionState
+from etcdkit import AsyncClient, ClosedError, EtcdTimeoutError, SessionState
 from etcdkit.recipes.session import GRANT_WAIT, REVOKE_TIMEOUT, Session
 from etcdkit.testing import HOST, EtcdServer, free_port
 
@@ -513,3 +513,44 @@ async def test_a_close_whose_caller_is_cancelled_goes_on_to_its_end(
                         await asyncio.sleep(0.02)
                 async with asyncio.timeout(BOUND):
                     await close()  # a second close: at once, nothing left to do
+
+
+async def test_an_await_that_failed_may_be_retried_and_one_cancelled_leaves_the_others(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """``await session`` that fails (etcd did not answer within the client's timeout: no
+    lease) may be awaited again, as ``open()`` may; and of two tasks awaiting one session,
+    the one cancelled does not close it for the other (which got a CLOSED session)."""
+    server = etcd_server_factory()
+    async with fresh_client(server.endpoint, timeout=0.5) as client:
+        await _connected(client)
+        s = client.session(30)
+        with paused(server), pytest.raises(EtcdTimeoutError):
+            await s
+        async with asyncio.timeout(BOUND):
+            assert await s is s
+        assert state_of(s) is SessionState.ALIVE
+        await s.close()
+
+        shared = client.session(30)
+        with paused(server):
+            impatient = asyncio.create_task(asyncio.wait_for(shared, 0.3))
+            patient = asyncio.create_task(asyncio.wait_for(shared, BOUND))
+            with pytest.raises(TimeoutError):
+                await impatient
+        got = await patient
+        assert got is shared
+        assert state_of(shared) is SessionState.ALIVE
+        await shared.close()
+
+
+async def test_an_open_after_the_close_raises_closed_error(etcd_server: EtcdServer) -> None:
+    """``open()`` (or ``await``) of a session closed after etcd granted its lease raises
+    ClosedError, as documented: it returned the CLOSED session, as if open."""
+    async with fresh_client(etcd_server.endpoint) as client:
+        s = await client.session(30)
+        await s.close()
+        with pytest.raises(ClosedError, match="closed"):
+            await s.open()
+        with pytest.raises(ClosedError, match="closed"):
+            await s

@@ -93,6 +93,7 @@ class Session:
         self._state = SessionState.OPENING
         self._opening: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None  # the close, once one began
+        self._callers = 0  # awaiting it (``await session``, ``async with``) now
         self._kept: KeepAlive | None = None  # etcd renewing the lease
         self._expiry: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[SessionState], None]] = []
@@ -156,23 +157,30 @@ class Session:
                     "the session was closed before etcd answered its lease grant"
                 ) from None
             raise
+        if self._state is SessionState.CLOSED:  # (a close came while the grant was in flight)
+            raise ClosedError("the session was closed while etcd answered its lease grant")
         return self
 
     def __await__(self) -> Generator[Any, None, Session]:
-        return self._open_for_caller().__await__()
+        return self._open_for_caller(entering=False).__await__()
 
     async def __aenter__(self) -> Session:
-        return await self._open_for_caller()
+        return await self._open_for_caller(entering=True)
 
-    async def _open_for_caller(self) -> Session:
+    async def _open_for_caller(self, *, entering: bool) -> Session:
+        self._callers += 1
         try:
             return await self.open()
-        except BaseException:
-            # Nobody gets the session to close (``await`` raised, or the block never runs): a
-            # grant still in flight (the caller cancelled) is revoked, not kept alive for
-            # nobody until the client closes.
-            await abandon(self, f"ttl {self._requested_ttl}")
+        except BaseException as exc:
+            # Nobody gets the session to close (the block never runs; ``await`` was
+            # cancelled): a grant still in flight is revoked, not kept alive for nobody until
+            # the client closes. Not while another caller still waits for the same open; and
+            # an ``await`` that failed otherwise (etcd unreachable: no lease) may be retried.
+            if self._callers == 1 and (entering or isinstance(exc, asyncio.CancelledError)):
+                await abandon(self, f"ttl {self._requested_ttl}")
             raise
+        finally:
+            self._callers -= 1
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
