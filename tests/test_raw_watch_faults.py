@@ -439,3 +439,39 @@ async def test_a_write_of_the_client_says_at_once_that_etcd_went_back(
             await asyncio.sleep(3.5)  # (behind for 2 s would have moved the stream)
             assert hub.lags == 0
             assert watch.state is WatchState.LIVE
+
+
+@pytest.mark.slow
+async def test_a_client_that_only_watches_leaves_a_member_starved_of_its_raft_log(
+    etcd_prefix: str,
+) -> None:
+    """As above, but the client makes no call of its own (a recipe-only client: its lease
+    refreshes are answered at the lagging member's revision): the stream's member cannot
+    answer the linearizable read the stream asks of it every few seconds, and the watches
+    move. (They stayed on it for as long as it was starved.) The read counts in no call
+    figure."""
+    with StarvableCluster() as cluster:
+        async with AsyncClient(cluster.endpoints, timeout=5) as admin:
+            ids = {m.name: m.id for m in await admin.members.list()}
+        lagging = next(m for m in cluster.members if not m.is_leader())
+        good = [m.endpoint for m in cluster.members if m is not lagging]
+        async with (
+            fresh_client([lagging.endpoint, *good], timeout=5) as client,
+            AsyncClient(good, timeout=5) as writer,
+        ):
+            async with client.watch_prefix(etcd_prefix) as watch:
+                await watch.synced(timeout=WAIT)
+                calls = client.stats.calls
+                cluster.starve(ids[lagging.name])
+                ready = await writer.put(etcd_prefix + "ready", "1")
+                await until(
+                    "watch_prefix caught up",
+                    lambda: (
+                        watch.state is WatchState.LIVE
+                        and watch.snapshot is not None
+                        and watch.snapshot.revision >= ready
+                    ),
+                    20.0,
+                )
+                assert client.stats.calls == calls
+                assert client.stats.failovers == 0  # (the stream moved, alone)

@@ -710,6 +710,7 @@ class Connection:
         idempotent: bool,
         channel: Channel | None = None,
         final: bool = False,
+        metered: bool = True,
     ) -> Any:
         """One unary RPC with the client's timeout, auth metadata and error mapping.
 
@@ -720,7 +721,8 @@ class Connection:
         :meth:`channel_at`) pins the call to that endpoint: it is retried there, never
         elsewhere (maintenance calls address one member). ``final``: one of an owner's last
         calls (a revoke), which the client's closing does not cut: it runs on, within its
-        bounds, until the channels close.
+        bounds, until the channels close. ``metered=False``: the client's own check, in no
+        call figure (``ClientStats.calls``, the call metrics).
         """
         # One coroutine for the call, its retries and its meter: each more frame costs every
         # call of the client (put, get, txn) a little.
@@ -828,9 +830,11 @@ class Connection:
         except asyncio.CancelledError:
             raise  # the caller gave up: neither a latency nor an error of etcd's
         except BaseException as exc:
-            self.meter.record(method, time.monotonic() - started, exc)
+            if metered:
+                self.meter.record(method, time.monotonic() - started, exc)
             raise
-        self.meter.record(method, time.monotonic() - started, None)
+        if metered:
+            self.meter.record(method, time.monotonic() - started, None)
         return resp
 
     async def server_stream(

@@ -68,6 +68,13 @@ STALL_AFTER = 2.0  # seconds of silence, with a progress request out, that make 
 # A watch on this key (from "now", cancelled at once) is the liveness probe for servers that do
 # not answer progress requests (etcd's gRPC proxy): see WatchHub._stream_once.
 PROBE_KEY = b"\0etcdkit/liveness-probe"
+# Every FRESH_EVERY seconds a stream's member is asked for a linearizable read (of PROBE_KEY):
+# a member behind its cluster cannot answer one (it waits to apply what the leader committed)
+# while it answers progress requests at its own old revision, heartbeats reaching it. No
+# answer within FRESH_WAIT seconds: the stream moves. (A client that makes calls of its own
+# tells it sooner: see WatchHub._progress_answered.)
+FRESH_EVERY = 5.0
+FRESH_WAIT = 4.0
 # A watcher refused for its stream's token (see WatchHub._token_refused) is asked for again on
 # a new stream with a new token, unless the stream's token is the client's newest, got after
 # the last stream failure and younger than this many seconds: then the refusal stands (so at
@@ -230,6 +237,8 @@ class WatchHub:
         self._behind = (0, 0)
         self._stream_floor = 0  # the revision the client knew of when this stream opened
         self.lags = 0  # streams given up on because their member stayed behind
+        self._fresh: asyncio.Task[bool] | None = None  # the member's linearizable read
+        self._fresh_sent = 0.0
         self._lags_in_a_row = 0  # ... with no member answering current since
         self._lag_offset = 0  # endpoints past the client's preferred one the stream goes to
         self._deaf = False  # this stream's server does not answer progress requests
@@ -499,6 +508,7 @@ class WatchHub:
         self._outbox = asyncio.Queue()
         self._progress_out = 0.0
         self._behind_since = 0.0
+        self._fresh_sent = time.monotonic()
         self._stream_floor = self._conn.revision
         self._deaf = self._deaf_checked = False
         self._ids_granted = None
@@ -540,6 +550,7 @@ class WatchHub:
                         f"{known}): its leader's log does not reach it, or it is catching up"
                     )
                 asked = bool(self._by_id or self._pending)
+                self._check_fresh(ch, asked)
                 if asked and self._deaf:
                     self._send_probe()
                 elif asked:
@@ -556,9 +567,56 @@ class WatchHub:
                         # stream, probes replace progress requests (no error log per request).
                         self._send_probe()
         finally:
-            for t in (reader, writer):
+            fresh, self._fresh = self._fresh, None
+            tasks: list[asyncio.Task[Any]] = [reader, writer]
+            if fresh is not None:
+                tasks.append(fresh)
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _check_fresh(self, ch: Channel, asked: bool) -> None:
+        """Ask the stream's member for a linearizable read every FRESH_EVERY seconds (while
+        there are watchers); raise :class:`_Behind` when the last one had no answer within
+        FRESH_WAIT seconds."""
+        fresh = self._fresh
+        if fresh is not None:
+            if not fresh.done():
+                return
+            self._fresh = None
+            if not fresh.cancelled() and fresh.result() is False:
+                self.lags += 1
+                self._lags_in_a_row += 1
+                raise _Behind(
+                    f"watch stream at {ch.endpoint}: a linearizable read there had no answer "
+                    f"within {FRESH_WAIT:g} s: the member cannot catch up with its cluster "
+                    "(its leader's log does not reach it?)"
+                )
+        if asked and time.monotonic() - self._fresh_sent >= FRESH_EVERY:
+            self._fresh_sent = time.monotonic()
+            self._fresh = asyncio.get_running_loop().create_task(
+                self._read_fresh(ch), name="etcdkit-watch-freshness"
+            )
+
+    async def _read_fresh(self, ch: Channel) -> bool:
+        """Whether the member behind ``ch`` answered a linearizable read within FRESH_WAIT
+        (an answer raises ``conn.revision`` to the cluster's; an error answers too)."""
+        try:
+            async with asyncio.timeout(FRESH_WAIT):
+                await self._conn.call(
+                    "watch stream freshness read",
+                    "kv",
+                    "Range",
+                    rpc.RangeRequest(key=PROBE_KEY, count_only=True),
+                    idempotent=True,
+                    channel=ch,
+                    metered=False,
+                )
+        except (TimeoutError, ConnectionUnavailableError):
+            return False
+        except EtcdkitError:
+            pass  # (no permission to read it, say: the member answered)
+        return True
 
     async def _reader(self, call: Any, backoff: Backoff) -> None:
         while True:
