@@ -11,15 +11,15 @@ import re
 import socket
 import threading
 import uuid
-from types import TracebackType
 
-from etcdkit.testing import HOST, EtcdServer, free_port
+from etcdkit.testing import HOST, EtcdCluster, EtcdServer, free_port
 
 _FROM = re.compile(rb"(?i)x-server-from:\s*([0-9a-f]+)")
 
 
-class StarvableCluster:
-    def __init__(self, size: int = 3) -> None:
+class StarvableCluster(EtcdCluster):
+    def __init__(self, size: int = 3) -> None:  # (EtcdCluster's members, made here)
+        self.start_timeout = 60.0
         self._cv = threading.Condition()
         self._starved: set[str] = set()  # member ids (hex) whose incoming log stream is held
         self._sockets: list[socket.socket] = []
@@ -45,26 +45,6 @@ class StarvableCluster:
         for ls, member in zip(self._listeners, self.members, strict=True):
             self._spawn(self._accept, ls, member)
 
-    @property
-    def endpoints(self) -> list[str]:
-        return [m.endpoint for m in self.members]
-
-    def __enter__(self) -> StarvableCluster:
-        try:
-            for m in self.members:
-                m.start(wait=False)
-            for m in self.members:
-                m.wait_healthy(60)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def starve(self, member_id: int) -> None:
         """Hold the raft log stream into the member ``member_id`` (heartbeats still flow)."""
         with self._cv:
@@ -78,8 +58,7 @@ class StarvableCluster:
 
     def close(self) -> None:
         self.heal()
-        for m in self.members:
-            m.close()
+        super().close()
         with self._cv:
             self._closed = True
             self._cv.notify_all()

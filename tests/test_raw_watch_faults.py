@@ -10,10 +10,11 @@ across the fault.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ from _raw_watch import (
     sync_events_until,
     until,
 )
-from etcdkit import AsyncClient, Client, Op, Watch, WatchState
+from etcdkit import AsyncClient, Client, Op, PrefixWatch, Watch, WatchState
 from etcdkit.server import EtcdCluster, EtcdServer, Proxy
 
 RETRYABLE = (etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError)
@@ -295,38 +296,35 @@ def test_threaded_watch_resumes_exactly_through_dropped_connections(
     assert_same_stream(got, acked)
 
 
-async def test_a_member_behind_what_the_client_saw_is_not_trusted_and_loses_the_stream(
-    etcd_server: EtcdServer, etcd_prefix: str
-) -> None:
-    """A member whose progress answers say a revision below one the client already saw the
-    cluster reach is behind (cut off from its leader's log while heartbeats get through, or
-    catching up): its silence about newer changes proves nothing. The watch is not
-    confirmed (watch_prefix turns STALE, not LIVE on old data), and after STALL_AFTER
-    seconds behind the stream is given up (it moves to the next endpoint). Here the client
-    is made to believe the cluster reached a revision its one member has not: it stays
-    STALE, until what it saw and what the member says agree again. (It stayed LIVE, confirmed
-    every second by the lagging member's own answers, however far behind: audit 3m F1.)"""
-    async with fresh_client(etcd_server.endpoint, timeout=2) as client:
-        hub = client.core._watches
-        assert hub is not None
-        async with client.watch_prefix(etcd_prefix) as watch:
-            await watch.synced(timeout=WAIT)
-            assert client.core.conn.revision >= watch.revision  # (the listing's answers)
-            client.core.conn.revision = 10**15  # "the cluster is far ahead of this member"
-            await until("the watch turns STALE", lambda: watch.state is WatchState.STALE, 10.0)
-            await until("the stream is given up", lambda: hub.lags >= 1, 10.0)
-            assert client.stats.watch_reconnects >= 1
-            client.core.conn.revision = 0
-            rev = await client.put(etcd_prefix + "k", "v")
-            await until(
-                "LIVE again, with the new key",
-                lambda: (
-                    watch.state is WatchState.LIVE
-                    and watch.snapshot is not None
-                    and watch.snapshot.revision >= rev
-                ),
-                10.0,
-            )
+@contextlib.asynccontextmanager
+async def starved_member(
+    timeout: float,
+) -> AsyncIterator[tuple[StarvableCluster, int, AsyncClient, AsyncClient]]:
+    """A 3-member cluster; a client whose endpoints start with a follower (its streams go
+    there), and a writer on the other two; and the follower's member id, to starve it."""
+    cluster = StarvableCluster()
+    with cluster:
+        async with AsyncClient(cluster.endpoints, timeout=5) as admin:
+            ids = {m.name: m.id for m in await admin.members.list()}
+        lagging = next(m for m in cluster.members if not m.is_leader())
+        good = [m.endpoint for m in cluster.members if m is not lagging]
+        async with (
+            fresh_client([lagging.endpoint, *good], timeout=timeout) as client,
+            AsyncClient(good, timeout=5) as writer,
+        ):
+            yield cluster, ids[lagging.name], client, writer
+
+
+async def live_at(watch: PrefixWatch[Any, Any], revision: int, bound: float) -> None:
+    await until(
+        f"watch_prefix LIVE at revision {revision}",
+        lambda: (
+            watch.state is WatchState.LIVE
+            and watch.snapshot is not None
+            and watch.snapshot.revision >= revision
+        ),
+        bound,
+    )
 
 
 @pytest.mark.slow
@@ -337,89 +335,62 @@ async def test_a_member_starved_of_its_raft_log_loses_the_watches(etcd_prefix: s
     watches it carries move too: a wait_for of a key written elsewhere returns, watch_prefix
     catches up. (They stayed on it, confirmed every second by its own answers at its old
     revision: wait_for timed out, watch_prefix said LIVE hundreds of revisions behind.)"""
-    with StarvableCluster() as cluster:
-        async with AsyncClient(cluster.endpoints, timeout=5) as admin:
-            ids = {m.name: m.id for m in await admin.members.list()}
-        lagging = next(m for m in cluster.members if not m.is_leader())
-        good = [m.endpoint for m in cluster.members if m is not lagging]
-        async with (
-            fresh_client([lagging.endpoint, *good], timeout=2) as client,
-            AsyncClient(good, timeout=5) as writer,
-        ):
-            async with client.watch_prefix(etcd_prefix) as watch:
-                await watch.synced(timeout=WAIT)
-                cluster.starve(ids[lagging.name])
-                for i in range(20):
-                    await writer.put(f"{etcd_prefix}w{i}", "x")
-                try:  # the lagging member cannot serve a linearizable read: the call moves
-                    await client.get_revision()
-                except etcdkit.EtcdTimeoutError:
-                    await client.get_revision()
-                waiting = asyncio.create_task(client.wait_for(etcd_prefix + "ready", timeout=10.0))
-                await asyncio.sleep(0.5)  # (it read, found nothing: it watches)
-                ready = await writer.put(etcd_prefix + "ready", "1")
-                with quickly(10.0):
-                    assert await waiting >= ready
-                await until(
-                    "watch_prefix caught up",
-                    lambda: (
-                        watch.state is WatchState.LIVE
-                        and watch.snapshot is not None
-                        and watch.snapshot.revision >= ready
-                    ),
-                    10.0,
-                )
+    async with starved_member(2) as (cluster, lagging, client, writer):
+        async with client.watch_prefix(etcd_prefix) as watch:
+            await watch.synced(timeout=WAIT)
+            cluster.starve(lagging)
+            for i in range(20):
+                await writer.put(f"{etcd_prefix}w{i}", "x")
+            try:  # the lagging member cannot serve a linearizable read: the call moves
+                await client.get_revision()
+            except etcdkit.EtcdTimeoutError:
+                await client.get_revision()
+            waiting = asyncio.create_task(client.wait_for(etcd_prefix + "ready", timeout=10.0))
+            await asyncio.sleep(0.5)  # (it read, found nothing: it watches)
+            ready = await writer.put(etcd_prefix + "ready", "1")
+            with quickly(10.0):
+                assert await waiting >= ready
+            await live_at(watch, ready, 10.0)
 
 
+@pytest.mark.parametrize(
+    "members", [1, pytest.param(3, marks=[pytest.mark.cluster, pytest.mark.slow])]
+)
 async def test_a_revision_gone_back_on_every_member_is_taken_after_each_had_its_turn(
-    etcd_server: EtcdServer, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+    request: pytest.FixtureRequest, etcd_prefix: str, caplog: pytest.LogCaptureFixture, members: int
 ) -> None:
-    """Every endpoint says a revision below one the client saw (etcd restored from an older
-    backup): once each endpoint had its turn and stayed behind, the client takes etcd's
-    revision as it is now, with a WARNING, and the watches are confirmed again (not moved
-    between members, unconfirmed, for good)."""
-    async with fresh_client(etcd_server.endpoint, timeout=2) as client:
+    """Every member says a revision below one the client saw (etcd restored from an older
+    backup, with no write of the client's to say so). A member behind what the client saw
+    confirms no watch (watch_prefix turns STALE: it stayed LIVE, confirmed every second by a
+    lagging member's own answers, however far behind), and the stream moves from member to member
+    (not the client's calls: a failover would cancel the calls in flight, a write among them
+    failing "may or may not have been applied"). Once each had its turn and stayed behind,
+    the client takes etcd's revision as it is now, with a WARNING, and the watches are
+    confirmed again (not moved between members, unconfirmed, for good)."""
+    endpoints: str | list[str] = (
+        request.getfixturevalue("etcd_server").endpoint
+        if members == 1
+        else request.getfixturevalue("etcd_cluster").endpoints
+    )
+    async with fresh_client(endpoints, timeout=2) as client:
         hub = client.core._watches
         assert hub is not None
         async with client.watch_prefix(etcd_prefix) as watch:
             await watch.synced(timeout=WAIT)
             client.core.conn.revision = 10**15
-            await until("the stream is given up", lambda: hub.lags >= 1, 10.0)
+            await until("the watch turns STALE", lambda: watch.state is WatchState.STALE, 10.0)
+            await until("each had its turn", lambda: hub.lags >= members, 10.0 * members)
             await until("etcd's revision taken", lambda: client.core.conn.revision < 10**15, 15.0)
             assert "went back" in caplog.text
             await until("confirmed again", lambda: watch.state is WatchState.LIVE, 10.0)
-            rev = await client.put(etcd_prefix + "k", "v")
+            assert hub.lags == members
+            assert client.stats.failovers == 0
+            rev = await client.put(etcd_prefix + "k", "v")  # (the calls' endpoint, unmoved)
             await until(
                 "the new key seen",
                 lambda: watch.snapshot is not None and watch.snapshot.revision >= rev,
                 10.0,
             )
-            assert hub.lags == 1  # (one endpoint: it had its turn once)
-
-
-@pytest.mark.cluster
-@pytest.mark.slow
-async def test_a_stream_behind_moves_alone_and_every_member_gets_its_turn(
-    etcd_cluster: EtcdCluster, etcd_prefix: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Three members, each behind the revision the client saw (as after a restore from an
-    older backup, with no write of the client's to say so): the stream moves from member to
-    member, and the client's calls do not (a failover would cancel the calls in flight, a
-    write among them failing "may or may not have been applied"). Once each member had its
-    turn, the client takes etcd's revision (a WARNING) and the watch is confirmed again."""
-    async with fresh_client(etcd_cluster.endpoints, timeout=2) as client:
-        hub = client.core._watches
-        assert hub is not None
-        async with client.watch_prefix(etcd_prefix) as watch:
-            await watch.synced(timeout=WAIT)
-            client.core.conn.revision = 10**15
-            await until("each had its turn", lambda: hub.lags >= 3, 30.0)
-            await until("etcd's revision taken", lambda: client.core.conn.revision < 10**15, 15.0)
-            assert "went back" in caplog.text
-            await until("LIVE again", lambda: watch.state is WatchState.LIVE, 10.0)
-            assert hub.lags == 3
-            assert client.stats.failovers == 0
-            assert await client.get_revision() > 0  # (the calls' endpoint answers, unmoved)
 
 
 async def test_a_write_of_the_client_says_at_once_that_etcd_went_back(
@@ -450,28 +421,12 @@ async def test_a_client_that_only_watches_leaves_a_member_starved_of_its_raft_lo
     answer the linearizable read the stream asks of it every few seconds, and the watches
     move. (They stayed on it for as long as it was starved.) The read counts in no call
     figure."""
-    with StarvableCluster() as cluster:
-        async with AsyncClient(cluster.endpoints, timeout=5) as admin:
-            ids = {m.name: m.id for m in await admin.members.list()}
-        lagging = next(m for m in cluster.members if not m.is_leader())
-        good = [m.endpoint for m in cluster.members if m is not lagging]
-        async with (
-            fresh_client([lagging.endpoint, *good], timeout=5) as client,
-            AsyncClient(good, timeout=5) as writer,
-        ):
-            async with client.watch_prefix(etcd_prefix) as watch:
-                await watch.synced(timeout=WAIT)
-                calls = client.stats.calls
-                cluster.starve(ids[lagging.name])
-                ready = await writer.put(etcd_prefix + "ready", "1")
-                await until(
-                    "watch_prefix caught up",
-                    lambda: (
-                        watch.state is WatchState.LIVE
-                        and watch.snapshot is not None
-                        and watch.snapshot.revision >= ready
-                    ),
-                    20.0,
-                )
-                assert client.stats.calls == calls
-                assert client.stats.failovers == 0  # (the stream moved, alone)
+    async with starved_member(5) as (cluster, lagging, client, writer):
+        async with client.watch_prefix(etcd_prefix) as watch:
+            await watch.synced(timeout=WAIT)
+            calls = client.stats.calls
+            cluster.starve(lagging)
+            ready = await writer.put(etcd_prefix + "ready", "1")
+            await live_at(watch, ready, 20.0)
+            assert client.stats.calls == calls
+            assert client.stats.failovers == 0  # (the stream moved, alone)

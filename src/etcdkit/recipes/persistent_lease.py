@@ -31,7 +31,7 @@ from etcdkit._retry import Backoff
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare, EventType, Op, SessionState, WatchEvent, key_bytes, to_bytes
 from etcdkit.recipes._hold import check_timeout
-from etcdkit.recipes.session import abandon, run_to_end
+from etcdkit.recipes.session import CloseOnce, abandon
 
 if TYPE_CHECKING:
     from etcdkit import Session, Watch
@@ -144,7 +144,7 @@ class PersistentLease:
         self._listeners: list[Callable[[LeaseState], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._closer: asyncio.Task[None] | None = None  # the close, once one began
+        self._close_once = CloseOnce()
         self._error: EtcdkitError | None = None
         self._meter = LeaseMeter()  # lease.stats, and OpenTelemetry when installed
         try:
@@ -279,22 +279,12 @@ class PersistentLease:
         """Remove the key at once and stop; idempotent, bounded when etcd is down. A close
         while another is under way waits for it, and a close whose caller is cancelled goes
         on to its end (the key is removed, not left in etcd for the lease's TTL)."""
-        closer = self._closer
-        if closer is None:
+        if not self._close_once.began:
             self._closing = True
             self._changed.set()  # waiters end with ClosedError now
-            closer = self._closer = run_to_end(
-                self._close_to_end(), f"etcdkit-lease-close {self._key!r}"
-            )
-        await asyncio.shield(closer)
-
-    async def _close_to_end(self) -> None:
-        try:
-            await self._close()
-        finally:
-            # The client no longer closes it: only now, once the key is removed (the client's
-            # close waits for this close until then).
-            self._etcd.disown(self)
+        await self._close_once.close(
+            self._etcd, self, self._close, f"etcdkit-lease-close {self._key!r}"
+        )
 
     async def _close(self) -> None:
         if self._task is not None:

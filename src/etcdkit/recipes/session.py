@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -45,17 +45,47 @@ ABANDON_WAIT = 0.2  # how long a recipe that gave up on a grant waits for its cl
 # a close whose caller is cancelled half-way goes on to its end, so what it holds is revoked,
 # not left in etcd for its TTL. A session's close waits (GRANT_WAIT) for a grant in flight
 # and revokes what etcd granted; at once when the client closes (its calls fail).
-_closing: set[asyncio.Task[None]] = set()
+_running: set[asyncio.Task[None]] = set()
 
 
 def run_to_end(close: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     """A task that runs ``close`` to its end whatever becomes of those who wait for it (with
     ``asyncio.shield``); its error, if nobody waits any more, is not "never retrieved"."""
     task = asyncio.get_running_loop().create_task(close, name=name)
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
     task.add_done_callback(mark_retrieved)
     return task
+
+
+class CloseOnce:
+    """An owner's close, run once, in a task of its own, to its end (:func:`run_to_end`);
+    every ``close()`` waits for it. Once it ended the client that made the owner no longer
+    closes it (``disown``): the client's close waits for this close until then."""
+
+    __slots__ = ("_task",)
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def began(self) -> bool:
+        return self._task is not None
+
+    async def close(
+        self, etcd: Etcd, owner: object, close: Callable[[], Awaitable[None]], name: str
+    ) -> None:
+        task = self._task
+        if task is None:
+            task = self._task = run_to_end(self._to_end(etcd, owner, close), name)
+        await asyncio.shield(task)
+
+    @staticmethod
+    async def _to_end(etcd: Etcd, owner: object, close: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await close()
+        finally:
+            etcd.disown(owner)
 
 
 async def abandon(session: Session, what: str) -> None:
@@ -92,7 +122,7 @@ class Session:
         self._lease_id = 0
         self._state = SessionState.OPENING
         self._opening: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None  # the close, once one began
+        self._closing = CloseOnce()
         self._callers = 0  # awaiting it (``await session``, ``async with``) now
         self._kept: KeepAlive | None = None  # etcd renewing the lease
         self._expiry: asyncio.TimerHandle | None = None
@@ -137,7 +167,7 @@ class Session:
         if self._state in (SessionState.LOST, SessionState.CLOSED) and not self._lease_id:
             raise ClosedError(f"this session is {self._state.name.lower()}; open a new one")
         opening = self._opening
-        if opening is None and self._closer is not None:  # (closing, no grant sent: send none)
+        if opening is None and self._closing.began:  # (closing, no grant sent: send none)
             raise ClosedError("this session is closed; open a new one")
         if opening is None or (opening.done() and (opening.cancelled() or opening.exception())):
             # first open, or the last grant failed (etcd unreachable...): grant anew
@@ -205,20 +235,9 @@ class Session:
         etcd is down (the lease then expires by itself after its TTL). A close while another
         is under way waits for it, and a close whose caller is cancelled goes on to its end
         (its revoke is not cut short, by that or by the client closing after)."""
-        closer = self._closer
-        if closer is None:  # (closed, or closing: only close() makes it CLOSED)
-            closer = self._closer = run_to_end(
-                self._close_to_end(), f"etcdkit-session-close ttl {self._requested_ttl}"
-            )
-        await asyncio.shield(closer)
-
-    async def _close_to_end(self) -> None:
-        try:
-            await self._close()
-        finally:
-            # The client that made it no longer closes it: only now, once its revoke has an
-            # answer (the client's close waits for this close until then).
-            self._etcd.disown(self)
+        await self._closing.close(
+            self._etcd, self, self._close, f"etcdkit-session-close ttl {self._requested_ttl}"
+        )
 
     async def _close(self) -> None:
         was_lost = self._state is SessionState.LOST

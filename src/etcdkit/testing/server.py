@@ -308,14 +308,7 @@ class EtcdCluster:
         which needs a leader, which needs a quorum of members back."""
         for m in self.members:
             m.stop()
-        try:
-            for m in self.members:
-                m.start(wait=False)
-            for m in self.members:
-                m.wait_healthy(self.start_timeout)
-        except BaseException:
-            self.close()
-            raise
+        self.start()
 
     def logs(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(f"== {m.name} ==\n{m.logs(lines)}" for m in self.members)
