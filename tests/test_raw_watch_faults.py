@@ -418,15 +418,113 @@ async def test_a_client_that_only_watches_leaves_a_member_starved_of_its_raft_lo
 ) -> None:
     """As above, but the client makes no call of its own (a recipe-only client: its lease
     refreshes are answered at the lagging member's revision): the stream's member cannot
-    answer the linearizable read the stream asks of it every few seconds, and the watches
-    move. (They stayed on it for as long as it was starved.) The read counts in no call
-    figure."""
+    answer the linearizable read the stream asks of it every 10 s while the client makes no
+    call, and the watches move. (They stayed on it for as long as it was starved.) The read
+    counts in no call figure."""
     async with starved_member(5) as (cluster, lagging, client, writer):
         async with client.watch_prefix(etcd_prefix) as watch:
             await watch.synced(timeout=WAIT)
             calls = client.stats.calls
             cluster.starve(lagging)
             ready = await writer.put(etcd_prefix + "ready", "1")
-            await live_at(watch, ready, 20.0)
+            await live_at(watch, ready, 30.0)
             assert client.stats.calls == calls
             assert client.stats.failovers == 0  # (the stream moved, alone)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+async def test_a_stream_moved_for_lag_follows_the_client_when_its_member_fails(
+    etcd_cluster: EtcdCluster, etcd_prefix: str
+) -> None:
+    """A stream that moved off a member behind (to the next endpoint) and whose new member
+    then fails goes back to the client's endpoint, which fails over as usual. (It kept
+    retrying the member it had moved to: a stopped member kept every watch down.)"""
+    async with (
+        fresh_client(etcd_cluster.endpoints, timeout=2) as client,
+        AsyncClient(etcd_cluster.endpoints[2], timeout=5) as writer,
+    ):
+        hub = client.core._watches
+        assert hub is not None
+        async with client.watch_prefix(etcd_prefix) as watch:
+            await watch.synced(timeout=WAIT)
+            client.core.conn.revision = 10**15  # (member 0 taken for behind: the stream moves)
+            await until("the stream moved", lambda: hub.lags == 1, 10.0)
+            client.core.conn.revision = 0
+            await until("LIVE on member 1", lambda: watch.state is WatchState.LIVE, 10.0)
+            moved_to = etcd_cluster.members[1]
+            moved_to.kill()
+            try:
+                async with asyncio.timeout(20.0):  # (it may have led: an election first)
+                    while True:
+                        try:
+                            rev = await writer.put(etcd_prefix + "k", "v")
+                            break
+                        except (etcdkit.ConnectionUnavailableError, etcdkit.EtcdTimeoutError):
+                            await asyncio.sleep(0.2)
+                await live_at(watch, rev, 15.0)
+            finally:
+                moved_to.restart()
+
+
+async def test_the_freshness_read_is_for_idle_clients_of_several_endpoints(
+    etcd_server: EtcdServer, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The linearizable read a stream asks of its member (see FRESH_EVERY) is only asked
+    when it can help: with several endpoints (somewhere to move to), while no call of the
+    client's had an answer for FRESH_EVERY seconds. (A quiet client of one etcd paid one
+    read every 5 s, for nothing.)"""
+    from etcdkit._wire import watch_hub
+
+    monkeypatch.setattr(watch_hub, "FRESH_EVERY", 0.5)
+    reads = 0
+    read_fresh = watch_hub.WatchHub._read_fresh
+
+    async def counted(self: watch_hub.WatchHub, ch: Any) -> bool:
+        nonlocal reads
+        reads += 1
+        return await read_fresh(self, ch)
+
+    monkeypatch.setattr(watch_hub.WatchHub, "_read_fresh", counted)
+    for endpoints, busy, expected in (
+        ([etcd_server.endpoint], False, 0),  # one endpoint: nowhere to move
+        ([etcd_server.endpoint] * 2, True, 0),  # its calls tell (by their revisions)
+        ([etcd_server.endpoint] * 2, False, 1),  # idle, several endpoints: asked
+    ):
+        reads = 0
+        async with fresh_client(endpoints) as client, client.watch_prefix(etcd_prefix) as w:
+            await w.synced(timeout=WAIT)
+            for _ in range(12):  # (progress ticks are 1 s apart: 3.6 s)
+                await asyncio.sleep(0.3)
+                if busy:
+                    await client.get_revision()
+        assert (reads >= 1) == bool(expected), (endpoints, busy, reads)
+
+
+@pytest.mark.cluster
+async def test_a_check_call_that_fails_moves_no_call(etcd_cluster: EtcdCluster) -> None:
+    """A check of an endpoint (the freshness read) that fails does not fail the client over:
+    that would cancel the calls in flight there, a write among them "maybe applied"."""
+    from aetcd import rpc
+
+    from etcdkit._wire.watch_hub import PROBE_KEY
+
+    m0 = etcd_cluster.members[0]
+    async with fresh_client(etcd_cluster.endpoints[:2], timeout=0.5) as client:
+        conn = client.core.conn
+        await client.get_revision()
+        with contextlib.ExitStack() as paused:
+            m0.pause()
+            paused.callback(m0.resume)
+            with pytest.raises(etcdkit.EtcdTimeoutError):
+                await conn.call(
+                    "check",
+                    "kv",
+                    "Range",
+                    rpc.RangeRequest(key=PROBE_KEY, count_only=True),
+                    idempotent=True,
+                    channel=conn.channel,
+                    check=True,
+                )
+        assert client.stats.failovers == 0
+        assert client.stats.calls == 1

@@ -474,6 +474,7 @@ class Connection:
         # member applies only what the cluster committed). A member answering below it later
         # is behind (the watch hub's progress answers: see WatchHub._progress_answered).
         self.revision = 0
+        self.answered_at = 0.0  # when a unary call (not a check) last had its answer (monotonic)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -710,7 +711,7 @@ class Connection:
         idempotent: bool,
         channel: Channel | None = None,
         final: bool = False,
-        metered: bool = True,
+        check: bool = False,
     ) -> Any:
         """One unary RPC with the client's timeout, auth metadata and error mapping.
 
@@ -721,8 +722,10 @@ class Connection:
         :meth:`channel_at`) pins the call to that endpoint: it is retried there, never
         elsewhere (maintenance calls address one member). ``final``: one of an owner's last
         calls (a revoke), which the client's closing does not cut: it runs on, within its
-        bounds, until the channels close. ``metered=False``: the client's own check, in no
-        call figure (``ClientStats.calls``, the call metrics).
+        bounds, until the channels close. ``check``: the client's own check of an endpoint
+        (pinned with ``channel``): in no call figure (``ClientStats.calls``, the call
+        metrics), and its failure moves nothing (no failover: that would cancel the calls in
+        flight there).
         """
         # One coroutine for the call, its retries and its meter: each more frame costs every
         # call of the client (put, get, txn) a little.
@@ -807,7 +810,10 @@ class Connection:
                     err = map_rpc_error(exc, str(ch.endpoint), what)
                     err.__cause__ = exc  # (kept as ``last``, it is raised later, as a cause)
                     code = status_code(exc)
-                    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if not check and code in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ):
                         self.note_failure(err)
                         self.failover(ch, f"{code.name}: {exc.details()}")
                     if code != grpc.StatusCode.UNAVAILABLE or not (idempotent or _pick_failed(exc)):
@@ -830,10 +836,11 @@ class Connection:
         except asyncio.CancelledError:
             raise  # the caller gave up: neither a latency nor an error of etcd's
         except BaseException as exc:
-            if metered:
+            if not check:
                 self.meter.record(method, time.monotonic() - started, exc)
             raise
-        if metered:
+        if not check:
+            self.answered_at = time.monotonic()
             self.meter.record(method, time.monotonic() - started, None)
         return resp
 

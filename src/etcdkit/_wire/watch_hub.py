@@ -71,9 +71,10 @@ PROBE_KEY = b"\0etcdkit/liveness-probe"
 # Every FRESH_EVERY seconds a stream's member is asked for a linearizable read (of PROBE_KEY):
 # a member behind its cluster cannot answer one (it waits to apply what the leader committed)
 # while it answers progress requests at its own old revision, heartbeats reaching it. No
-# answer within FRESH_WAIT seconds: the stream moves. (A client that makes calls of its own
-# tells it sooner: see WatchHub._progress_answered.)
-FRESH_EVERY = 5.0
+# answer within FRESH_WAIT seconds: the stream moves. Only when the client has several
+# endpoints (else there is nowhere to move) and no call of its own had an answer meanwhile
+# (a client that makes calls tells it by their revisions: see WatchHub._progress_answered).
+FRESH_EVERY = 10.0
 FRESH_WAIT = 4.0
 # A watcher refused for its stream's token (see WatchHub._token_refused) is asked for again on
 # a new stream with a new token, unless the stream's token is the client's newest, got after
@@ -421,6 +422,7 @@ class WatchHub:
                         await self._login(refresh=True)
                     continue
                 except Exception as exc:
+                    self._lag_offset = 0  # (back to the client's endpoint, which fails over)
                     err = map_rpc_error(exc, str(ch.endpoint), "watch stream")
                     log.info("watch stream down: %s", err)
                     self._failed_at = time.monotonic()
@@ -577,8 +579,8 @@ class WatchHub:
 
     def _check_fresh(self, ch: Channel, asked: bool) -> None:
         """Ask the stream's member for a linearizable read every FRESH_EVERY seconds (while
-        there are watchers); raise :class:`_Behind` when the last one had no answer within
-        FRESH_WAIT seconds."""
+        there are watchers, see FRESH_EVERY); raise :class:`_Behind` when the last one had no
+        answer within FRESH_WAIT seconds."""
         fresh = self._fresh
         if fresh is not None:
             if not fresh.done():
@@ -592,8 +594,14 @@ class WatchHub:
                     f"within {FRESH_WAIT:g} s: the member cannot catch up with its cluster "
                     "(its leader's log does not reach it?)"
                 )
-        if asked and time.monotonic() - self._fresh_sent >= FRESH_EVERY:
-            self._fresh_sent = time.monotonic()
+        now = time.monotonic()
+        if (
+            asked
+            and now - self._fresh_sent >= FRESH_EVERY
+            and now - self._conn.answered_at >= FRESH_EVERY
+            and len(self._conn.endpoints) > 1
+        ):
+            self._fresh_sent = now
             self._fresh = asyncio.get_running_loop().create_task(
                 self._read_fresh(ch), name="etcdkit-watch-freshness"
             )
@@ -610,7 +618,7 @@ class WatchHub:
                     rpc.RangeRequest(key=PROBE_KEY, count_only=True),
                     idempotent=True,
                     channel=ch,
-                    metered=False,
+                    check=True,
                 )
         except (TimeoutError, ConnectionUnavailableError):
             return False

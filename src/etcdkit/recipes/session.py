@@ -163,11 +163,16 @@ class Session:
 
     async def open(self) -> Session:
         """Grant the lease and start keeping it alive (idempotent); returns the session.
-        Raises :class:`ClosedError` when the session is closed before etcd answers."""
+        Raises :class:`ClosedError` when the session is closed before etcd answers, or was
+        closed before this call. (A close while the grant is in flight waits for etcd's
+        answer and revokes the lease: an open waiting meanwhile returns the session once the
+        grant is answered, CLOSED by then.)"""
         if self._state in (SessionState.LOST, SessionState.CLOSED) and not self._lease_id:
             raise ClosedError(f"this session is {self._state.name.lower()}; open a new one")
         opening = self._opening
-        if opening is None and self._closing.began:  # (closing, no grant sent: send none)
+        if self._closing.began and (opening is None or opening.done()):
+            # (closing before a grant was sent: send none; or closed after its grant: an open
+            # while the grant is in flight returns once it is answered, CLOSED by then)
             raise ClosedError("this session is closed; open a new one")
         if opening is None or (opening.done() and (opening.cancelled() or opening.exception())):
             # first open, or the last grant failed (etcd unreachable...): grant anew
@@ -187,8 +192,6 @@ class Session:
                     "the session was closed before etcd answered its lease grant"
                 ) from None
             raise
-        if self._state is SessionState.CLOSED:  # (a close came while the grant was in flight)
-            raise ClosedError("the session was closed while etcd answered its lease grant")
         return self
 
     def __await__(self) -> Generator[Any, None, Session]:
