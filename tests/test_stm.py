@@ -415,3 +415,45 @@ def test_state_commit_compares_by_level() -> None:
         assert s.known(b"c") == (True, b"x")
         assert s.known(b"b") == (True, None)
         assert s.known(b"z") == (False, None)
+
+
+@pytest.mark.parametrize("level", ISOLATIONS)
+async def test_an_unanswered_blind_write_is_not_sent_again(
+    etcd_server: EtcdServer, etcd_prefix: str, level: Isolation
+) -> None:
+    """A commit that writes a key fn did not read (a blind write) and whose answer is lost
+    is not sent again: no compare stops a second copy, which would write the key again,
+    over what another transaction committed in between (both told they committed). It
+    raises OutcomeUnknownError, the write applied once. (Only under serializable_snapshot
+    with reads does a compare guard every written key: sent again, its compares fail.)"""
+    flag, log = etcd_prefix + "flag", etcd_prefix + "log"
+    async with FlakyClient(etcd_server.endpoint) as etcd:
+        await etcd.put(flag, "1")
+
+        async def blind(stm: Stm) -> None:
+            await stm.get(flag)
+            stm.put(log, "T1")
+
+        etcd.lose_answers = 1  # applied, unheard
+        with pytest.raises(OutcomeUnknownError, match="may or may not have been applied"):
+            await etcd.stm(blind, isolation=level)
+        kv = await etcd.get(log)
+        assert kv is not None
+        assert kv.version == 1  # written once (a second copy wrote it again)
+
+
+def test_a_commit_is_sent_again_only_when_a_first_copy_fails_the_next() -> None:
+    from etcdkit import KeyValue, RangeResult
+
+    def state(level: Isolation, read: list[bytes], write: list[bytes]) -> StmState:
+        s = StmState(level)
+        s.record(read, [RangeResult([KeyValue(k, b"v", 1, 5, 1, 0)], 10) for k in read])
+        for k in write:
+            s.put(k, b"x", 0)
+        return s
+
+    for level in ISOLATIONS:
+        assert state(level, [b"a"], [b"a"]).resend_safe() == (level != "read_committed")
+        assert state(level, [b"a"], [b"b"]).resend_safe() == (level == "serializable_snapshot")
+        assert not state(level, [], [b"b"]).resend_safe()
+        assert state(level, [b"a"], []).resend_safe()

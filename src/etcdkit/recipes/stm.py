@@ -40,13 +40,14 @@ from etcdkit._errors import (
     ClosedError,
     CompactedError,
     ConflictError,
+    EtcdkitError,
     InvalidArgumentError,
     OutcomeUnknownError,
 )
 from etcdkit._retry import Backoff, RetryPolicy
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare, Op, OpResult, RangeResult, TxnResult, key_bytes, to_bytes
-from etcdkit.recipes.cas import contention_backoff, guarded_txn
+from etcdkit.recipes.cas import Guarded, contention_backoff, guarded_txn
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -174,6 +175,20 @@ class StmState:
         writes = [op for _, op in self._writes.values()]
         reread = [Op.get(k) for k in self._reads] if self.isolation in _SNAPSHOT else []
         return compares, writes, reread
+
+    def resend_safe(self) -> bool:
+        """Whether the commit may be sent again when its answer is lost: when a first copy
+        that applied makes the compares of every later copy fail. It does for a key the
+        commit both read and writes (its mod revision compared, except under
+        ``read_committed``), and, under ``serializable_snapshot`` with reads, for every
+        written key (its mod revision compared below the snapshot's). A key written without
+        such a compare (a blind write) would be written again, over what another
+        transaction committed in between."""
+        if self.isolation == "serializable_snapshot" and self._reads:
+            return True
+        if self.isolation == "read_committed":
+            return not self._writes
+        return all(key in self._reads for key in self._writes)
 
     def conflicted(self, result: TxnResult) -> None:
         """The commit failed: keep what its ``else`` branch read for the next attempt."""
@@ -338,7 +353,20 @@ async def _commit(etcd: Etcd, state: StmState) -> bool:
     compares, writes, reread = state.commit()
     if not compares and not writes:
         return True
-    answer = await guarded_txn(etcd, compares, writes, reread, what="STM commit")
+    if state.resend_safe():
+        answer = await guarded_txn(etcd, compares, writes, reread, what="STM commit")
+    else:
+        try:
+            answer = Guarded(await etcd.txn(compares, writes, reread), False)
+        except EtcdkitError as exc:
+            if not etcd.retry.is_retryable(exc):
+                raise  # refused: nothing applied
+            raise OutcomeUnknownError(
+                "STM commit got no answer; it is not sent again (it writes a key whose "
+                "compares a first copy would not fail: a second copy could write over "
+                "another transaction's commit), so fn's writes may or may not have been "
+                "applied (fn is not run again)"
+            ) from exc
     if answer.succeeded:
         return True
     if answer.maybe_ours:
