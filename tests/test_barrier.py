@@ -404,3 +404,106 @@ async def test_double_barrier_of_two_go_and_two_python_participants(
         for g in gos:
             await g.kill()
     assert await keys(etcd, name + "/") == []
+
+
+# -- the double barrier under faults --------------------------------------------------------------
+
+
+async def _compact_while_cut(proxy: Proxy, admin: AsyncClient) -> None:
+    """Cut the proxied client off, write and compact meanwhile, and let it back in: its
+    watches resume from a compacted revision."""
+    proxy.cut()
+    for i in range(10):
+        rev = await admin.put("/other/x", str(i))
+    await admin.compact(rev)
+    proxy.drop_connections()
+    proxy.restore()
+
+
+@pytest.mark.slow
+async def test_a_double_barrier_leave_waits_for_the_last_one_through_a_compaction(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """B and C leave, A (the oldest) is still in; B's watch comes back over a compaction and
+    B reads the waiters again: one key, A's. B waits for it. (B took it for "the last one":
+    it deleted the ready key and returned while A was inside.)"""
+    name = etcd_prefix + "dbl"
+    with Proxy(etcd_server.endpoint) as proxy:
+        async with (
+            AsyncClient(etcd_server.endpoint) as a,
+            AsyncClient(proxy.endpoint) as b,
+            AsyncClient(etcd_server.endpoint) as c,
+        ):
+            da, db, dc = (x.double_barrier(name, 3, ttl=10) for x in (a, b, c))
+            entering = asyncio.create_task(da.enter(timeout=WAIT))
+            await asyncio.sleep(0.3)  # (A's key is the oldest)
+            await asyncio.gather(db.enter(timeout=WAIT), dc.enter(timeout=WAIT), entering)
+            b_leaves = asyncio.create_task(db.leave(timeout=WAIT))
+            c_leaves = asyncio.create_task(dc.leave(timeout=WAIT))
+            await asyncio.sleep(1.0)  # (both deleted their keys: they wait for A)
+            await _compact_while_cut(proxy, a)
+            await asyncio.sleep(2.0)
+            assert not b_leaves.done(), "B left while A was still in"
+            assert await a.get(da.ready_key) is not None
+            await da.leave(timeout=WAIT)
+            await asyncio.wait_for(asyncio.gather(b_leaves, c_leaves), WAIT)
+
+
+@pytest.mark.slow
+async def test_a_requeued_double_barrier_waiter_is_counted_once(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """A's client gives up on its lease while cut off (REQUEUED) before etcd let it expire:
+    its old key is still in etcd when it queues again. The old key goes with the new one's
+    put, so A counts once: with B, 2 of 3, nobody is in. (Both of A's keys counted: A and B
+    "entered" with 2 of 3, and C got BarrierFullError.)"""
+    name = etcd_prefix + "dbc"
+    with Proxy(etcd_server.endpoint) as proxy:
+        async with (
+            AsyncClient(proxy.endpoint, timeout=1) as a,
+            AsyncClient(etcd_server.endpoint) as b,
+            AsyncClient(etcd_server.endpoint) as c,
+        ):
+            da, db, dc = (x.double_barrier(name, 3, ttl=6) for x in (a, b, c))
+            requeued = asyncio.Event()
+            da.add_listener(lambda s: requeued.set() if s is HoldState.REQUEUED else None)
+            entering = asyncio.create_task(da.enter(timeout=30))
+            await asyncio.sleep(0.5)
+            proxy.cut()
+            await asyncio.wait_for(requeued.wait(), 15)
+            proxy.restore()
+            async with asyncio.timeout(WAIT):  # A's new key is in line
+                while da.state is not HoldState.WAITING:
+                    await asyncio.sleep(0.02)
+            waiters = await b.get_prefix(da.waiters_prefix.decode() + "/")
+            assert len(waiters.kvs) == 1  # its new key: the old one went with its put
+            b_enters = asyncio.create_task(db.enter(timeout=WAIT))
+            await asyncio.sleep(1.0)
+            assert not entering.done()  # 2 of 3: nobody is in
+            assert not b_enters.done()
+            await dc.enter(timeout=WAIT)
+            await asyncio.wait_for(asyncio.gather(entering, b_enters), WAIT)
+            await asyncio.gather(*(d.leave(timeout=WAIT) for d in (da, db, dc)))
+
+
+@pytest.mark.slow
+async def test_a_double_barrier_waiter_does_not_poll_after_a_compaction(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """A waits; its watch comes back over a compaction of the history since its key: it
+    watches on from its read (it watched again from the compacted revision: ~30 etcd calls
+    a second for as long as it waited)."""
+    name = etcd_prefix + "dbs"
+    with Proxy(etcd_server.endpoint) as proxy:
+        async with AsyncClient(proxy.endpoint) as a, AsyncClient(etcd_server.endpoint) as b:
+            da, db = a.double_barrier(name, 2, ttl=10), b.double_barrier(name, 2, ttl=10)
+            entering = asyncio.create_task(da.enter(timeout=WAIT))
+            await asyncio.sleep(1.0)
+            await _compact_while_cut(proxy, b)
+            await asyncio.sleep(1.0)
+            calls = a.stats.calls
+            await asyncio.sleep(2.0)
+            assert a.stats.calls - calls <= 2
+            await db.enter(timeout=WAIT)
+            await asyncio.wait_for(entering, WAIT)
+            await asyncio.gather(da.leave(timeout=WAIT), db.leave(timeout=WAIT))

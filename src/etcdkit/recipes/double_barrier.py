@@ -49,16 +49,21 @@ class BarrierFullError(EtcdkitError):
 
 
 def _ready_or_gone(
-    ready: bytes, mine: bytes, since: int
+    ready: bytes, mine: bytes, since: int, seen: list[bool]
 ) -> tuple[Callable[[list[WatchEvent]], bool], Callable[[RangeResult], bool]]:
     """For ``watch_until`` on the barrier's keys: the ``ready`` key put at or after revision
-    ``since``, or our own key ``mine`` deleted (events; a read of the keys)."""
+    ``since`` (then ``seen[0]`` is set: we are in, whether or not it was deleted since, as
+    Go's ``Enter`` returns on that put), or our own key ``mine`` deleted (events; a read of
+    the keys)."""
 
     def done(events: list[WatchEvent]) -> bool:
-        return any(
+        if any(
             ev.kv.key == ready and ev.type is EventType.PUT and ev.kv.mod_revision >= since
             for ev in events
-        ) or any(ev.kv.key == mine and ev.type is EventType.DELETE for ev in events)
+        ):
+            seen[0] = True
+            return True
+        return any(ev.kv.key == mine and ev.type is EventType.DELETE for ev in events)
 
     def settled(now: RangeResult) -> bool:
         found = {kv.key: kv.mod_revision for kv in now.kvs}
@@ -172,6 +177,10 @@ class DoubleBarrier:
         backoff = etcd.retry.backoff()
         entered = 0  # the lease our key was put with
         first = 0  # the revision of our first key: a ready put after it lets us in
+        # our keys of leases given up on (their revoke may not have reached etcd): deleted
+        # with the put of the next, which would be counted beside them
+        stale: list[bytes] = []
+        since = 0  # the watch goes on from here (the last read's revision)
         while True:
             try:
                 session = await place.session_now()
@@ -181,13 +190,15 @@ class DoubleBarrier:
                 if entered != lease:
                     res = await etcd.txn(
                         [Compare.create_revision(key, "==", 0)],
-                        [Op.put(key, b"", lease=lease), count],
+                        [*(Op.delete(k) for k in stale), Op.put(key, b"", lease=lease), count],
                         [Op.get(key), count],
                     )
                     entered = lease
+                    if res.succeeded:
+                        stale.clear()
                 else:
                     res = await etcd.txn([], [Op.get(key), count])
-                mine, counted = res.responses
+                mine, counted = res.responses[-2:]
                 assert isinstance(counted, RangeResult)
                 if isinstance(mine, RangeResult):
                     if not mine.kvs:
@@ -211,17 +222,20 @@ class DoubleBarrier:
 
                 # Until the ready key is put since we came, or our own key goes (deleted:
                 # we queue again with a new one, or the others count one too few for ever).
-                done, settled = _ready_or_gone(self.ready_key, key, first)
+                seen = [False]
+                done, settled = _ready_or_gone(self.ready_key, key, first, seen)
                 await watch_until(
                     etcd,
                     self._prefix,
-                    first - 1,
+                    max(first - 1, since),
                     session,
                     done,
                     prefix=True,
                     filters=(),
                     settled=settled,
                 )
+                if seen[0]:  # the ready put after our first key: we are in
+                    return key, rev, res.revision
                 # which was it (or did etcd compact what the watch was to show)?
                 got = await etcd.txn([], [Op.get(self.ready_key), Op.get(key)])
                 ready_now, mine_now = got.responses
@@ -231,8 +245,11 @@ class DoubleBarrier:
                     return key, rev, res.revision
                 if not mine_now.kvs:
                     raise Gone("our key was deleted")
+                since = got.revision  # (what came before is read: watch on from here)
             except Gone as gone:
                 await place.requeue(str(gone))
+                if entered:
+                    stale.append(self.waiters_prefix + b"/" + format(entered, "x").encode())
                 entered = 0
                 await backoff.wait()
             except EtcdkitError as exc:
@@ -287,11 +304,12 @@ class DoubleBarrier:
                     return
                 lowest = min(now.kvs, key=lambda kv: kv.mod_revision)
                 highest = max(now.kvs, key=lambda kv: kv.mod_revision)
-                if len(now.kvs) == 1:  # the last one: finish up
+                if len(now.kvs) == 1 and now.kvs[0].key == mine:  # the last one: finish up
                     await etcd.delete_range(self.ready_key)
-                    if not gone:
-                        await etcd.delete_range(mine)
+                    await etcd.delete_range(mine)
                     return
+                # (one key left that is not ours: we left, it has yet to: wait for it, as for
+                # the oldest; a read after a reconnect or a compaction may see just that)
                 if lowest.key == mine:  # the oldest leaves last: wait for the newest
                     target = highest.key
                 else:
