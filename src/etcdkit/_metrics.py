@@ -253,8 +253,8 @@ class ClientStats:
       (``{"ConnectionUnavailableError": 2}``).
     - ``failovers``: times the client left a failed endpoint for the next one.
     - ``watch_reconnects`` / ``keepalive_reconnects``: times the shared Watch stream / lease
-      LeaseKeepAlive stream broke after it was up (a restart, a cut, a hang), each then
-      opened again; one outage counts once, however many retries fail while it lasts.
+      LeaseKeepAlive stream broke (a restart, a cut, a hang), each then opened again; one
+      outage counts once, however many retries fail while it lasts.
     - ``watches``: etcd watches the client holds now (every recipe's, on its one stream);
       ``watches_unconfirmed``: of those, the ones etcd has not confirmed yet (creates in
       flight, or no connection at the moment).

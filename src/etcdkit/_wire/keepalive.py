@@ -98,6 +98,7 @@ class KeepAliveHub:
         self._held: set[int] = set()  # ... of those, the ones given more time (once)
         self.connected = False
         self.reconnects = 0
+        self._failing = False  # a stream ended since the last one answered
 
     def add(
         self,
@@ -172,7 +173,11 @@ class KeepAliveHub:
                 self._conn.note_failure(err)
                 if isinstance(err, ConnectionUnavailableError | EtcdTimeoutError):
                     self._conn.failover(ch, str(err))
-            if self.connected:  # (a stream that was up broke: retries that fail are not news)
+            # Once per outage: the first stream to end after one had answered (a stream may
+            # end before its first answer: refreshes go out every TTL/3); the retries that fail
+            # while the outage lasts are not news.
+            if not self._failing:
+                self._failing = True
                 self.reconnects += 1
                 _metrics.stream_reconnected("keepalive")
             self.connected = False
@@ -293,6 +298,7 @@ class KeepAliveHub:
                 return
             if not self.connected:
                 self.connected = True
+                self._failing = False
                 backoff.reset()
             conn = self._conn
             conn.answered = True
