@@ -249,7 +249,7 @@ class WatchHub:
         self._token_time = 0.0  # when the current stream's token was got (Connection.token_time)
         self._failed_at = 0.0  # when a stream last ended with an error (monotonic)
         self.reconnects = 0
-        self._up = False  # the current stream answered
+        self._failing = False  # a stream ended since the last one answered
         self.stalls = 0
 
     # -- public -----------------------------------------------------------------------------------
@@ -406,7 +406,6 @@ class WatchHub:
                 if self._lag_offset:
                     chans = self._conn.channels
                     ch = chans[(chans.index(ch) + self._lag_offset) % len(chans)]
-                self._up = False
                 try:
                     await self._stream_once(ch, backoff)
                 except asyncio.CancelledError:
@@ -440,7 +439,8 @@ class WatchHub:
                     self._disconnected(None)
                 if not self._subs:
                     continue  # (every watcher ended: nothing to reconnect for)
-                if self._up:  # (a stream that was up broke: retries that fail are not news)
+                if not self._failing:  # (once per outage: the retries that fail are not news)
+                    self._failing = True
                     self.reconnects += 1
                     _metrics.stream_reconnected("watch")
                 await backoff.wait()
@@ -632,7 +632,8 @@ class WatchHub:
             if resp is grpc.aio.EOF:
                 return
             self._heard = time.monotonic()
-            self._conn.answered = self._up = True
+            self._conn.answered = True
+            self._failing = False
             self._dispatch(resp, backoff)
 
     def _dispatch(self, resp: Any, backoff: Backoff) -> None:
