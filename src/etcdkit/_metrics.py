@@ -80,8 +80,8 @@ INSTRUMENTS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     ),
     "etcdkit.stream.reconnects": (
         "counter", "{reconnect}",
-        "Times a client's shared stream broke after it was up (it is then opened again; "
-        "retries that fail meanwhile are not counted); stream: watch or keepalive.",
+        "Times a client's shared stream broke (it is then opened again), once per outage: "
+        "retries that fail meanwhile are not counted; stream: watch or keepalive.",
         ("stream",),
     ),
     "etcdkit.client.failovers": (
