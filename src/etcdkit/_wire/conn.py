@@ -840,8 +840,8 @@ class Connection:
                 self.meter.record(method, time.monotonic() - started, exc)
             raise
         if not check:
-            self.answered_at = time.monotonic()
-            self.meter.record(method, time.monotonic() - started, None)
+            self.answered_at = now = time.monotonic()
+            self.meter.record(method, now - started, None)
         return resp
 
     async def server_stream(

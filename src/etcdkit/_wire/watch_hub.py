@@ -230,6 +230,7 @@ class WatchHub:
         self._closed = False
         self._heard = 0.0  # monotonic time of the newest response on the current stream
         self._probe: WatchSub | None = None  # the liveness probe awaiting its "created"
+        self._probe_floor = 0  # the revision the client knew of when it was sent
         self._progress_out = 0.0  # when the oldest unanswered progress request was sent
         self._progress_floor = 0  # the revision the client knew of when it was sent
         # Since when (monotonic) progress answers say a revision below what the cluster had
@@ -380,7 +381,7 @@ class WatchHub:
                 on_status=_noop, on_end=_noop,
             )  # fmt: skip
             self._probe.confirmed_at = time.monotonic()  # when it was sent
-            self._probe.header_revision = self._conn.revision  # what the client knew then
+            self._probe_floor = self._conn.revision  # what the client knew when it was sent
             self._send_create(self._probe)
 
     def _queue_write(self, request: Any) -> None:
@@ -413,6 +414,8 @@ class WatchHub:
                 except _Behind as exc:
                     log.info("watch stream moves: %s", exc)
                     self._disconnected(None)
+                    self.lags += 1
+                    self._lags_in_a_row += 1
                     self._lag_offset += 1
                 except _TokenRefused as exc:
                     log.info("watch stream at %s: %s; logging in again", ch.endpoint, exc)
@@ -539,18 +542,7 @@ class WatchHub:
                         f"watch stream at {ch.endpoint}: no answer for {silent:.1f} s "
                         "(member hung or connection black-holed)"
                     )
-                behind = self._behind_since and time.monotonic() - self._behind_since
-                if behind and behind > STALL_AFTER and self._lagged_past_every_endpoint():
-                    self._behind_since = 0.0
-                elif behind and behind > STALL_AFTER:
-                    self.lags += 1
-                    self._lags_in_a_row += 1
-                    at, known = self._behind
-                    raise _Behind(
-                        f"watch stream at {ch.endpoint}: the member is behind the cluster for "
-                        f"{behind:.1f} s (it says revision {at}; the cluster had reached "
-                        f"{known}): its leader's log does not reach it, or it is catching up"
-                    )
+                self._check_behind(ch)
                 asked = bool(self._by_id or self._pending)
                 self._check_fresh(ch, asked)
                 if asked and self._deaf:
@@ -577,6 +569,23 @@ class WatchHub:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _check_behind(self, ch: Channel) -> None:
+        """Raise :class:`_Behind` when the member's answers said a revision below what the
+        client knew for STALL_AFTER seconds (unless every endpoint did: see
+        :meth:`_lagged_past_every_endpoint`)."""
+        since = self._behind_since
+        if not since or time.monotonic() - since <= STALL_AFTER:
+            return
+        if self._lagged_past_every_endpoint():
+            self._behind_since = 0.0
+            return
+        at, known = self._behind
+        raise _Behind(
+            f"watch stream at {ch.endpoint}: the member is behind the cluster for "
+            f"{time.monotonic() - since:.1f} s (it says revision {at}; the cluster had reached "
+            f"{known}): its leader's log does not reach it, or it is catching up"
+        )
+
     def _check_fresh(self, ch: Channel, asked: bool) -> None:
         """Ask the stream's member for a linearizable read every FRESH_EVERY seconds (while
         there are watchers, see FRESH_EVERY); raise :class:`_Behind` when the last one had no
@@ -587,8 +596,6 @@ class WatchHub:
                 return
             self._fresh = None
             if not fresh.cancelled() and fresh.result() is False:
-                self.lags += 1
-                self._lags_in_a_row += 1
                 raise _Behind(
                     f"watch stream at {ch.endpoint}: a linearizable read there had no answer "
                     f"within {FRESH_WAIT:g} s: the member cannot catch up with its cluster "
@@ -649,7 +656,7 @@ class WatchHub:
                 )
                 return
             if sub is self._probe:
-                self._probe_answered(resp, sub, now)
+                self._probe_answered(resp, sub.confirmed_at, now)
                 return
             if sub.ended:
                 self._queue_write(
@@ -766,7 +773,7 @@ class WatchHub:
             if not sub.ended:
                 sub.confirmed_at = now
 
-    def _probe_answered(self, resp: Any, probe: WatchSub, now: float) -> None:
+    def _probe_answered(self, resp: Any, sent: float, now: float) -> None:
         # A watch created from "now" came back through the stream, from etcd (etcd's gRPC
         # proxy joins such a watch to no running one, so etcd itself answers): the stream and
         # the path to etcd are alive. Like a progress answer, it is liveness only.
@@ -775,7 +782,7 @@ class WatchHub:
             self._queue_write(
                 rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=resp.watch_id))
             )
-        if self._progress_out and self._progress_out <= probe.confirmed_at:  # (when sent)
+        if self._progress_out and self._progress_out <= sent:
             if not self._deaf:
                 log.info(
                     "watch stream: %s does not answer progress requests (etcd's gRPC "
@@ -783,7 +790,7 @@ class WatchHub:
                     self._conn.where,
                 )
             self._deaf = True
-        self._member_says(resp.header.revision, probe.header_revision, now)
+        self._member_says(resp.header.revision, self._probe_floor, now)
 
     def _end(self, sub: WatchSub, resp: Any) -> None:
         self._subs.discard(sub)
