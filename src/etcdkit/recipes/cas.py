@@ -96,6 +96,9 @@ async def guarded_txn(
                 raise OutcomeUnknownError(
                     f"{what}: no answer within {window:g} s; it may or may not have been "
                     "applied (or be applied later)"
+                    if window > 0
+                    else f"{what}: no answer, and it is not sent again; it may or may not "
+                    "have been applied (or be applied later)"
                 ) from exc
             continue
         return Guarded(result, unanswered is not None)

@@ -40,14 +40,13 @@ from etcdkit._errors import (
     ClosedError,
     CompactedError,
     ConflictError,
-    EtcdkitError,
     InvalidArgumentError,
     OutcomeUnknownError,
 )
 from etcdkit._retry import Backoff, RetryPolicy
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare, Op, OpResult, RangeResult, TxnResult, key_bytes, to_bytes
-from etcdkit.recipes.cas import Guarded, contention_backoff, guarded_txn
+from etcdkit.recipes.cas import RESEND_WINDOW, contention_backoff, guarded_txn
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -353,20 +352,16 @@ async def _commit(etcd: Etcd, state: StmState) -> bool:
     compares, writes, reread = state.commit()
     if not compares and not writes:
         return True
-    if state.resend_safe():
-        answer = await guarded_txn(etcd, compares, writes, reread, what="STM commit")
-    else:
-        try:
-            answer = Guarded(await etcd.txn(compares, writes, reread), False)
-        except EtcdkitError as exc:
-            if not etcd.retry.is_retryable(exc):
-                raise  # refused: nothing applied
-            raise OutcomeUnknownError(
-                "STM commit got no answer; it is not sent again (it writes a key whose "
-                "compares a first copy would not fail: a second copy could write over "
-                "another transaction's commit), so fn's writes may or may not have been "
-                "applied (fn is not run again)"
-            ) from exc
+    # A commit that writes a key no compare guards is sent once: a second copy could write
+    # over another transaction's commit (see StmState.resend_safe).
+    answer = await guarded_txn(
+        etcd,
+        compares,
+        writes,
+        reread,
+        what="STM commit (fn is not run again)",
+        window=RESEND_WINDOW if state.resend_safe() else 0.0,
+    )
     if answer.succeeded:
         return True
     if answer.maybe_ours:
