@@ -122,13 +122,25 @@ async def test_membership_changes_made_at_once_all_apply_soon(
         (me,) = await a.members.list()
         learner = await a.members.add(f"http://{HOST}:{free_port()}", learner=True)
         dropped = 0
-        for _ in range(20):  # until etcd dropped one (it does at once, mostly)
+        for attempt in range(20):  # until etcd dropped one (it does at once, mostly)
             target = [f"http://{HOST}:{free_port()}"]
-            async with asyncio.timeout(10):  # a dropped change left alone waits the full 20 s
-                await asyncio.gather(
-                    a.members.update(learner.id, target),
-                    b.members.update(me.id, me.peer_urls),  # the same URLs: still a raft change
-                )
+            # After a first try, etcd is paused while both requests are sent and resumed
+            # at once: it then reads the two together (on a busy machine the two calls alone
+            # can arrive a few ms apart, the first change applied before the second came).
+            if attempt:
+                server.pause()
+            try:
+                async with asyncio.timeout(10):  # a dropped change left alone waits 20 s
+                    both = asyncio.gather(
+                        a.members.update(learner.id, target),
+                        b.members.update(me.id, me.peer_urls),  # same URLs: a raft change
+                    )
+                    if attempt:
+                        await asyncio.sleep(0.1)  # both sent (not answered: etcd is stopped)
+                        server.resume()
+                    await both
+            finally:
+                server.resume()
             now = {m.id: m for m in await b.members.list()}
             assert now[learner.id].peer_urls == target
             assert now[me.id].peer_urls == me.peer_urls
