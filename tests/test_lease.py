@@ -378,3 +378,93 @@ async def test_the_session_pool_keeps_nothing_per_ttl_once_unused(
     await asyncio.gather(*(lease.aclose() for lease in leases))
     assert etcd._sessions._locks == {}
     assert etcd._sessions._by_ttl == {}
+
+
+async def test_a_close_cut_off_from_etcd_removes_the_key_once_etcd_answers(
+    etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two leases of one TTL share one etcd lease. One closes while etcd is out of reach: its
+    close returns (bounded), and its key goes once etcd answers again, though the other keeps
+    the shared lease alive (the delete is sent again; before, the key stayed as long as the
+    other did)."""
+    with Proxy(etcd_server.endpoint) as proxy:
+        client = AsyncClient(proxy.endpoint, timeout=5)
+        await client.connect()
+        try:
+            stays = client.persistent_lease(etcd_prefix + "stays", "v", ttl=3)
+            goes = client.persistent_lease(etcd_prefix + "goes", "v", ttl=3)
+            await stays.registered(timeout=WAIT)
+            await goes.registered(timeout=WAIT)
+            assert stays.lease_id == goes.lease_id  # shared
+            proxy.cut()
+            t0 = time.monotonic()
+            with caplog.at_level("WARNING", logger="etcdkit"):
+                await goes.aclose()
+            assert time.monotonic() - t0 < 10
+            assert goes.state is LeaseState.CLOSED
+            assert await etcd.get(etcd_prefix + "goes") is not None  # etcd never heard
+            proxy.restore()
+            async with asyncio.timeout(WAIT):
+                while await etcd.get(etcd_prefix + "goes") is not None:
+                    await asyncio.sleep(0.1)
+            assert any("sending the delete again" in r.getMessage() for r in caplog.records)
+            await asyncio.sleep(4)  # past the TTL: the shared lease lives on, and the key too
+            assert await etcd.get(etcd_prefix + "stays") is not None
+            assert stays.state is LeaseState.REGISTERED
+        finally:
+            await client.close()
+    assert (await etcd.get_prefix(etcd_prefix)).kvs == []
+
+
+async def test_a_late_delete_ends_with_its_client(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """A close's delete still waiting for an etcd that stays out of reach ends when the client
+    closes, promptly (the client's revoke of the shared lease, bounded, takes the key)."""
+    with Proxy(etcd_server.endpoint) as proxy:
+        client = AsyncClient(proxy.endpoint, timeout=5)
+        await client.connect()
+        stays = client.persistent_lease(etcd_prefix + "stays", "v", ttl=3)
+        goes = client.persistent_lease(etcd_prefix + "goes", "v", ttl=3)
+        await stays.registered(timeout=WAIT)
+        await goes.registered(timeout=WAIT)
+        proxy.cut()
+        await goes.aclose()
+        late = [t for t in asyncio.all_tasks() if "late-delete" in t.get_name()]
+        assert len(late) == 1
+        t0 = time.monotonic()
+        await client.close()
+        assert time.monotonic() - t0 < 10
+        assert late[0].done()
+
+
+async def test_closing_one_of_two_leases_of_a_key_leaves_the_other_s_key(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """Two leases of one client on one key (a new registration opened before the old one
+    closes) share the client's etcd lease. The older one's close leaves the key the newer one
+    put after it: no delete that the newer one would then undo (a watcher saw the key go and
+    come back)."""
+    key = etcd_prefix + "handover"
+    client = AsyncClient(etcd.endpoints, timeout=5)
+    await client.connect()
+    try:
+        old = client.persistent_lease(key, "v", ttl=5)
+        await old.registered(timeout=WAIT)
+        new = client.persistent_lease(key, "v", ttl=5)
+        await new.registered(timeout=WAIT)
+        since = await etcd.get_revision() + 1
+        await old.aclose()
+        await asyncio.sleep(0.5)
+        assert new.state is LeaseState.REGISTERED
+        await new.aclose()
+        assert await etcd.get(key) is None
+        events = []
+        async with etcd.watch(key, start_revision=since) as w:
+            async for batch in w:
+                events.extend(batch.events)
+                if any(ev.type is etcdkit.EventType.DELETE for ev in events):
+                    break
+        assert [ev.type for ev in events] == [etcdkit.EventType.DELETE]  # new's close alone
+    finally:
+        await client.close()

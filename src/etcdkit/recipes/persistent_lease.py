@@ -63,7 +63,8 @@ class LeaseState(enum.Enum):
       no permission for the key, a TTL etcd refuses); :attr:`PersistentLease.error` says which,
       and the waiting methods raise it. The key is not held. Close the lease (or, failed on
       a value etcd refuses, such as one larger than its request limit, give a new value).
-    - ``CLOSED``: closed; the lease was revoked (or will expire by itself if etcd was down).
+    - ``CLOSED``: closed; the lease was revoked or the key deleted (etcd down: the key expires
+      with its lease, or goes once etcd answers when other keys keep a shared lease alive).
     """
 
     CONNECTING = "connecting"
@@ -98,8 +99,8 @@ class PersistentLease:
     Fencing: ``create_revision`` identifies this registration (with ``lease_id``, which is
     shared unless ``own_lease``); guard writes with a txn comparing them. ``close()`` removes
     the key at once (it revokes the lease when no other key of the client hangs on it, else
-    deletes the key if it still holds our lease); it is idempotent, bounded in time when etcd
-    is down, and safe after the client closed.
+    deletes the key if its last write is still ours, sent again until etcd answers); it is
+    idempotent, bounded in time when etcd is down, and safe after the client closed.
     """
 
     def __init__(
@@ -130,6 +131,10 @@ class PersistentLease:
         self._put_revision = 0  # revision of our newest own put
         self._written: bytes | None = None  # value of that put
         self._putting: bytes | None = None  # value of our put in flight (its event may come first)
+        # A put of ours had no answer (cancelled, failed): etcd may have applied it, at a
+        # revision we do not know. Until the next put's answer, the close's delete cannot
+        # tell our write by its revision (see _close).
+        self._unsure = False
         self._need_put = True
         # monotonic time our next put may go: after another writer's put over ours, or a key
         # watch etcd ended (say, refused), re-asserts are paced by this backoff
@@ -299,26 +304,31 @@ class PersistentLease:
             last = self._etcd.release_session(self, session)
             if last:
                 await session.close()  # revokes: our key goes with the lease
-            elif session.state is not SessionState.LOST:
-                # Others still hang on this lease: delete our key, if it is still ours.
+            elif session.state is not SessionState.LOST and (self._put_revision or self._unsure):
+                # Others still hang on this lease: delete our key, if it still holds our
+                # write. The lease alone does not say so: another PersistentLease of this
+                # client on the same key (a new registration opened before the old one
+                # closes) puts it under the same shared lease.
+                guard = [Compare.lease(self._raw_key, "==", session.lease_id)]
+                if not self._unsure:
+                    guard.append(Compare.mod_revision(self._raw_key, "==", self._put_revision))
                 try:
                     async with asyncio.timeout(REVOKE_TIMEOUT):
-                        await self._etcd.txn(
-                            [Compare.lease(self._raw_key, "==", session.lease_id)],
-                            [Op.delete(self._raw_key)],
-                        )
+                        await self._etcd.txn(guard, [Op.delete(self._raw_key)])
                 except ClosedError:
                     # the client is closing: it revokes the shared lease, and our key with it
                     log.debug("lease %r: the client closes; its lease takes the key", self._key)
                 except (EtcdkitError, TimeoutError) as exc:
+                    # The others keep the lease alive, and with it our key, for as long as
+                    # they stay: the delete is sent again until etcd answers it.
                     log.warning(
-                        "lease %r: could not remove the key on close (%s); it goes away when "
-                        "lease %#x ends (TTL %d s after its last refresh)",
+                        "lease %r: could not remove the key on close (%s); sending the delete "
+                        "again until etcd answers (lease %#x, shared, keeps it meanwhile)",
                         self._key,
                         str(exc) or f"no answer within {REVOKE_TIMEOUT:g} s",
                         session.lease_id,
-                        session.ttl,
                     )
+                    _LateDelete(self._etcd, self._key, guard, session)
         self._set_state(LeaseState.CLOSED)
 
     close = aclose
@@ -523,6 +533,7 @@ class PersistentLease:
             self._unlisten = session.add_listener(functools.partial(self._on_session, session))
         value = self._putting = self._value
         self._need_put = False
+        self._unsure = True
         try:
             put = await self._etcd.put(self._raw_key, value, lease=session.lease_id, prev_kv=True)
         except BaseException:
@@ -538,6 +549,7 @@ class PersistentLease:
             )
         self._put_revision = put.revision
         self._written = value
+        self._unsure = False
         if self._sub is None:
             await self._follow(put.revision + 1)
         if not self._need_put:
@@ -556,3 +568,46 @@ class PersistentLease:
             # not kept alive for a session nobody holds
             await abandon(session, f"lease {self._key!r}")
             raise
+
+
+class _LateDelete:
+    """The delete of a closed PersistentLease's key, sent again until etcd answers it: its
+    close could not (etcd unreachable for REVOKE_TIMEOUT) while other keys of the client keep
+    the shared lease, and with it the key, alive. Owned by the client (``adopt``): it ends
+    once etcd answered (whether or not the key still held our write), once the shared lease
+    ended (its end takes the key), or when the client closes (which revokes the lease)."""
+
+    def __init__(self, etcd: Etcd, key: str | bytes, guard: list[Compare], session: Session):
+        self._etcd = etcd
+        self._key = key
+        self._guard = guard
+        self._session = session
+        etcd.adopt(self, self._stop)
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"etcdkit-lease-late-delete {key!r}"
+        )
+
+    async def _run(self) -> None:
+        backoff = self._etcd.retry.backoff()
+        try:
+            while self._session.state not in (SessionState.LOST, SessionState.CLOSED):
+                await backoff.wait()
+                try:
+                    async with asyncio.timeout(REVOKE_TIMEOUT):
+                        await self._etcd.txn(self._guard, [Op.delete(self._guard[0].key)])
+                except ClosedError:
+                    return
+                except (EtcdkitError, TimeoutError) as exc:
+                    if isinstance(exc, EtcdkitError) and not self._etcd.retry.is_retryable(exc):
+                        log.warning("lease %r: the delete after close failed: %s", self._key, exc)
+                        return
+                    continue
+                log.info("lease %r: key removed (the delete after close was answered)", self._key)
+                return
+        finally:
+            self._etcd.disown(self)
+
+    async def _stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
