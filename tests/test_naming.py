@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import pytest
@@ -69,6 +70,9 @@ def test_records_are_written_as_go_marshals_them(addr: str, metadata: Any, want:
         ("h:1", object(), TypeError),
         ("h:1", {1: "x"}, TypeError),
         ("h:1", "\ud800", ValueError),
+        ("h:1", 10**400, ValueError),  # beyond a float64: Go (and list()) could not read it
+        ("h:1", {"n": [-(10**309)]}, ValueError),
+        pytest.param("h:1", 10**5000, ValueError, id="more-digits-than-str-makes"),
     ],
 )
 def test_records_that_cannot_be_written_are_refused(
@@ -76,6 +80,14 @@ def test_records_that_cannot_be_written_are_refused(
 ) -> None:
     with pytest.raises(error, match=r"pass|metadata|JSON|addr|surrogate"):
         encode_endpoint(addr, metadata)
+
+
+def test_the_largest_ints_a_float64_holds_are_written_and_read_back() -> None:
+    """Go reads every number of metadata as a float64: an int up to the largest one is written
+    (and read back rounded, as Go reads it); one past it is refused above."""
+    top = int(sys.float_info.max)
+    for n in (2**53 + 1, top, -top):
+        assert decode_endpoint(encode_endpoint("h:1", n)).metadata == float(n)
 
 
 @pytest.mark.parametrize(

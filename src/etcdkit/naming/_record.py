@@ -79,8 +79,8 @@ def encode_endpoint(addr: str, metadata: Any = None) -> str:
     """``{"Op":0,"Addr":addr,"Metadata":metadata}`` byte for byte as Go's ``json.Marshal``.
 
     Raises TypeError for an *addr* that is not a str or *metadata* that is not JSON (say what
-    to pass), ValueError for an empty *addr*, a NaN or infinite float, a lone surrogate, or
-    metadata nested deeper than the record may be (:data:`MAX_DEPTH`; or cyclic).
+    to pass), ValueError for an empty *addr*, a NaN or infinite float, an int beyond a float64
+    (Go reads every number as one), a lone surrogate, or metadata nested deeper than the record may be (:data:`MAX_DEPTH`; or cyclic).
     """
     if not isinstance(addr, str):
         raise TypeError(f'addr must be a str such as "10.0.0.5:8080", got {addr!r:.80}')
@@ -132,7 +132,17 @@ def _dump(value: Any, level: int) -> str:
         text = json.dumps(value, ensure_ascii=False)
         return _GO_ESCAPED.sub(lambda m: _GO_ESCAPES[m.group()], text)
     if isinstance(value, int):
-        return str(int(value))
+        value = int(value)  # (an int subclass, an IntEnum: its number)
+        if not -_GO_EXACT_INT <= value <= _GO_EXACT_INT:
+            try:
+                float(value)
+            except OverflowError:
+                raise ValueError(
+                    f"an int of {value.bit_length()} bits is beyond a float64, as which Go "
+                    "(and etcdkit) reads every number of metadata: the record could not be "
+                    "read back; pass a smaller number or a string"
+                ) from None
+        return str(value)
     if isinstance(value, float):
         return _go_float(value)
     if isinstance(value, list | tuple | Mapping):
