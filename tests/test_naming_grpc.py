@@ -322,6 +322,10 @@ async def test_addresses_that_cannot_be_dialled_are_left_out(
     assert "left out" in caplog.text
 
 
+async def _task_names() -> list[str]:
+    return [t.get_name() for t in asyncio.all_tasks()]
+
+
 async def test_bad_arguments(etcd: AsyncClient, etcd_sync: Client) -> None:
     with pytest.raises(ValueError, match='"round_robin" or "pick_first"'):
         channel(etcd, "svc", policy="random")  # type: ignore[arg-type]
@@ -335,6 +339,15 @@ async def test_bad_arguments(etcd: AsyncClient, etcd_sync: Client) -> None:
         channel(etcd_sync, "svc")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="AsyncClient use"):
         sync_channel(etcd, "svc")  # type: ignore[arg-type]
+    # refused before the endpoints are followed: no task, no watch left (there were)
+    with pytest.raises(TypeError, match="channel_factory must be a function"):
+        channel(etcd, "svc", channel_factory=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="channel_factory must be a function"):
+        await asyncio.to_thread(sync_channel, etcd_sync, "svc", channel_factory=5)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert channel_tasks() == []
+    sync_tasks = await asyncio.to_thread(etcd_sync.portal.call, _task_names())
+    assert [n for n in sync_tasks if n.startswith(("etcdkit-endpoints", "etcdkit-watch-"))] == []
     async with channel(etcd, "svc") as ch:
         with pytest.raises(TypeError, match="balanced by its policy"):
             ch.owner(b"k")

@@ -128,6 +128,13 @@ def _check_timeout(timeout: object) -> None:
         raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
 
 
+def _check_factory(factory: object) -> None:
+    """Before the endpoints are followed (a task and a watch): RoutedChannel checks it too,
+    too late for them."""
+    if factory is not None and not callable(factory):
+        raise TypeError(f"channel_factory must be a function address -> channel, got {factory!r}")
+
+
 def _no_owner() -> NoReturn:
     raise TypeError(
         "calls on an endpoint channel are balanced by its policy, not routed by key; "
@@ -172,6 +179,7 @@ class EndpointChannel(RoutedChannel):
         picks = _balancer(policy)
         check_args(None, attempts, grace)
         _check_timeout(timeout)
+        _check_factory(channel_factory)
         manager = EndpointManager(etcd, target)
         self._policy = policy
         self._open_timeout = timeout
@@ -260,6 +268,7 @@ class EndpointSyncChannel(RoutedSyncChannel):
         picks = _balancer(policy)
         check_args(None, attempts, grace)
         _check_timeout(timeout)
+        _check_factory(channel_factory)
         manager = client.endpoint_manager(target)
         portal = manager.portal
         source = SyncEndpointCluster(portal, portal.run_sync(EndpointCluster, manager.aio))
@@ -271,13 +280,17 @@ class EndpointSyncChannel(RoutedSyncChannel):
         self._policy = policy
         self._source = source
         self._target = target
-        super().__init__(
-            source,
-            key=picks,
-            attempts=attempts,
-            channel_factory=channel_factory,
-            grace=grace,
-        )
+        try:
+            super().__init__(
+                source,
+                key=picks,
+                attempts=attempts,
+                channel_factory=channel_factory,
+                grace=grace,
+            )
+        except BaseException:
+            source.close()
+            raise
 
     def __repr__(self) -> str:
         view = self.view
