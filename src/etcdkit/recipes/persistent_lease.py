@@ -321,14 +321,19 @@ class PersistentLease:
                 except (EtcdkitError, TimeoutError) as exc:
                     # The others keep the lease alive, and with it our key, for as long as
                     # they stay: the delete is sent again until etcd answers it.
-                    log.warning(
-                        "lease %r: could not remove the key on close (%s); sending the delete "
-                        "again until etcd answers (lease %#x, shared, keeps it meanwhile)",
-                        self._key,
-                        str(exc) or f"no answer within {REVOKE_TIMEOUT:g} s",
-                        session.lease_id,
-                    )
-                    _LateDelete(self._etcd, self._key, guard, session)
+                    try:
+                        _LateDelete(self._etcd, self._key, guard, session)
+                    except ClosedError:  # the client began closing meanwhile: as above
+                        log.debug("lease %r: the client closes; its lease takes the key", self._key)
+                    else:
+                        log.warning(
+                            "lease %r: could not remove the key on close (%s); sending the "
+                            "delete again until etcd answers (lease %#x, shared, keeps it "
+                            "meanwhile)",
+                            self._key,
+                            str(exc) or f"no answer within {REVOKE_TIMEOUT:g} s",
+                            session.lease_id,
+                        )
         self._set_state(LeaseState.CLOSED)
 
     close = aclose
