@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar, overload
@@ -123,7 +125,11 @@ class Client(Twin[AsyncClient]):
         calls in flight in other threads end with :class:`ClosedError`; a close() while
         another is under way waits for it. Interrupted (Ctrl-C), it raises at once and the
         close goes on to its end on the loop thread, as a cancelled :meth:`AsyncClient.close`
-        does. In a process forked from the one that made the client, it does nothing."""
+        does. In a process forked from the one that made the client, it does nothing, and at
+        interpreter exit (a close from a ``__del__``) too: the loop thread, a daemon, can run
+        no more (what the client kept alive expires by its TTL)."""
+        if sys.is_finalizing():
+            return
         if self.portal.closed:
             self.portal.stop()  # (waits for a close under way)
             return
@@ -169,7 +175,36 @@ class Client(Twin[AsyncClient]):
         async def wrap() -> T:
             return await coro
 
-        return self.portal.call(wrap())
+        try:
+            return self.portal.call(wrap())
+        except BaseException:
+            if (
+                inspect.iscoroutine(coro)
+                and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+            ):
+                coro.close()  # refused before it ran (a closed client): not "never awaited"
+            raise
+
+    def __del__(self) -> None:
+        # A client dropped open would keep its loop thread and sockets for good: warn, as an
+        # open file or socket does, and close it without waiting (its loop thread goes on to
+        # the end of the close). Not at exit: that thread can run no more then.
+        portal: Portal | None = self.__dict__.get("portal")
+        if portal is None or portal.closed or sys.is_finalizing():
+            return
+        close = self.aio.close()
+        if portal.in_loop_thread():  # (collected on its own loop thread: stop it from another)
+            threading.Thread(
+                target=portal.stop, kwargs={"after": close}, name="etcdkit-close", daemon=True
+            ).start()
+        else:
+            portal.stop(after=close)
+        warnings.warn(  # (after the close: warnings may be errors)
+            f"unclosed {self!r}: close() it, or use `with Client(...)`; it was closed now",
+            ResourceWarning,
+            stacklevel=2,
+            source=self,
+        )
 
     # -- administration: blocking twins, made on first use (no I/O) ---------------------------
 

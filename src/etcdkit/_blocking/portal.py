@@ -5,7 +5,6 @@ forwards its calls through one."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
 import sys
@@ -36,8 +35,10 @@ class Portal:
     def __init__(self, name: str = "etcdkit-loop") -> None:
         self.loop = asyncio.new_event_loop()
         self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._futures: set[concurrent.futures.Future[Any]] = set()
+        # Re-entrant: a signal handler (SIGTERM -> close(), say) runs in the main thread
+        # between two bytecodes of a call of its own, maybe while it holds this lock.
+        self._lock = threading.RLock()
+        self._calls: set[_Call] = set()  # the calls threads wait for
         self._stopping = False
         self._ended = threading.Event()  # the loop thread is done and the loop closed
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -101,8 +102,9 @@ class Portal:
             if self.forked:
                 raise WrongContextError(
                     "this etcdkit Client was made in another process (this one was forked from "
-                    "it): its connection and loop thread are that process's; make a new Client "
-                    "here (after the fork)"
+                    "it): its connection and loop thread are that process's. grpc does not "
+                    "survive a fork once a process used it: start worker processes with "
+                    "multiprocessing's 'spawn' or 'forkserver' method and make a Client in each"
                 )
             self.check_caller()
             if sys.is_finalizing():
@@ -115,14 +117,17 @@ class Portal:
         except BaseException:
             coro.close()
             raise
-        # the task running the call, and whether the waiting thread gave up on it (both set
-        # and read on the loop)
+        # The call, its task, and whether the waiting thread gave up on it (set and read on
+        # the loop). The waiting thread waits on a lock of its own that the loop releases:
+        # no lock the loop may need is held by the waiting thread, so that a signal handler
+        # (which runs in the main thread, between any two of its bytecodes) may use the
+        # client, close it included (a concurrent future's condition, held by the waiting
+        # thread as it looks at the future's state, would stop the loop that must set it).
+        call = _Call()
         task: asyncio.Task[Any] | None = None
         gave_up = False
 
         async def run() -> T:
-            nonlocal task
-            task = asyncio.current_task()
             try:
                 result = await coro
             except asyncio.CancelledError:
@@ -133,37 +138,65 @@ class Portal:
                 await abandon(result)  # nobody takes it
             return result
 
+        runner = run()
+
+        def start() -> None:
+            nonlocal task
+            if gave_up:  # (interrupted while it was being scheduled: see give_up)
+                runner.close()
+                coro.close()
+                return
+            task = self.loop.create_task(runner)
+            task.add_done_callback(call.finish)
+
         def give_up() -> None:
             """On the loop (so the call is suspended or done, never half-way): cancel it, or
-            undo what it made if it is done."""
+            undo what it made if it is done. Not started, it never starts: its start, if it
+            was scheduled at all, was scheduled before this, from the same thread."""
             nonlocal gave_up
             gave_up = True
             if task is None:
-                fut.cancel()  # not started: it never runs
-            elif not task.done():
+                return
+            if not task.done():
                 task.cancel()
             elif abandon is not None and not task.cancelled() and task.exception() is None:
                 undo = asyncio.ensure_future(abandon(task.result()))
                 undo.add_done_callback(mark_retrieved)
 
-        with self._lock:
-            if self.closed:
-                coro.close()
-                raise ClosedError("this etcdkit Client is closed; create a new one")
-            fut = asyncio.run_coroutine_threadsafe(run(), self.loop)
-            self._futures.add(fut)
         try:
-            return fut.result()
-        except concurrent.futures.CancelledError:
-            raise ClosedError("the etcdkit Client was closed during this call") from None
+            with self._lock:
+                if self.closed:
+                    runner.close()
+                    coro.close()
+                    raise ClosedError("this etcdkit Client is closed; create a new one")
+                try:
+                    self.loop.call_soon_threadsafe(start)
+                except RuntimeError:  # the loop closed (a signal handler in this thread?)
+                    runner.close()
+                    coro.close()
+                    raise ClosedError("this etcdkit Client is closed; create a new one") from None
+                self._calls.add(call)
+                if self._stopping:
+                    # Stopped while this was being scheduled (by a signal handler in this
+                    # thread, the lock being re-entrant): the start may have come too late
+                    # for the loop, which would then never end the call.
+                    call.end()
+                    if self.loop.is_closed():  # (then it never starts)
+                        runner.close()
+                        coro.close()
+            try:
+                call.done.acquire()
+            finally:
+                with self._lock:
+                    self._calls.discard(call)
+        except ClosedError:
+            raise
         except BaseException:
             # (a KeyboardInterrupt in this thread): cancel the call on the loop, or undo it
             with contextlib.suppress(RuntimeError):  # (the loop stopped meanwhile)
                 self.loop.call_soon_threadsafe(give_up)
             raise
-        finally:
-            with self._lock:
-                self._futures.discard(fut)
+        return call.outcome()  # type: ignore[no-any-return]
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Call ``fn(*args)`` on the loop thread and return its result (directly when called
@@ -197,15 +230,15 @@ class Portal:
         with self._lock:
             first = not self._stopping
             self._stopping = True
-            pending = list(self._futures) if first else []
+            pending = list(self._calls) if first else []
         here = self.in_loop_thread()
         if not first or here:  # (another thread stops it; or this is the loop's own thread)
             if after is not None:
                 after.close()
             elif not first and not here:
                 self._ended.wait()
-            for fut in pending:
-                fut.cancel()
+            for waiting in pending:
+                waiting.end()
             return
 
         async def shutdown() -> None:
@@ -227,5 +260,43 @@ class Portal:
             with contextlib.suppress(Exception):
                 done.result()
             self._ended.wait()
-        for fut in pending:
-            fut.cancel()
+        for waiting in pending:
+            waiting.end()
+
+
+class _Call:
+    """What a thread waits for in :meth:`Portal.call`: ``done`` is released once the task
+    ended (``finish``, on the loop) or the portal stopped (``end``, a ClosedError), whichever
+    comes first; ``outcome()`` then returns the result or raises the error."""
+
+    __slots__ = ("_error", "_result", "_set", "done")
+
+    def __init__(self) -> None:
+        self.done = threading.Lock()
+        self.done.acquire()
+        self._set = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def finish(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self._settle(None, ClosedError("the etcdkit Client was closed during this call"))
+            return
+        error = task.exception()
+        self._settle(None if error is not None else task.result(), error)
+
+    def end(self) -> None:
+        self._settle(None, ClosedError("the etcdkit Client was closed during this call"))
+
+    def _settle(self, result: Any, error: BaseException | None) -> None:
+        if self._set:  # (the loop and a stopping thread may both come: the first one counts)
+            return
+        self._set = True
+        self._result, self._error = result, error
+        with contextlib.suppress(RuntimeError):  # (both came at once: released already)
+            self.done.release()
+
+    def outcome(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._result

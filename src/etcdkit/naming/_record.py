@@ -80,7 +80,8 @@ def encode_endpoint(addr: str, metadata: Any = None) -> str:
 
     Raises TypeError for an *addr* that is not a str or *metadata* that is not JSON (say what
     to pass), ValueError for an empty *addr*, a NaN or infinite float, an int beyond a float64
-    (Go reads every number as one), a lone surrogate, or metadata nested deeper than the record may be (:data:`MAX_DEPTH`; or cyclic).
+    (Go reads every number as one), a lone surrogate, or metadata nested deeper than the
+    record may be (:data:`MAX_DEPTH`; or cyclic).
     """
     if not isinstance(addr, str):
         raise TypeError(f'addr must be a str such as "10.0.0.5:8080", got {addr!r:.80}')
