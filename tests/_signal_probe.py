@@ -12,10 +12,13 @@ the caller looks for (it runs this with a timeout).
 - ``exit``: a client closed from a ``__del__`` at interpreter exit: the process must end.
 - ``dropped``: clients dropped open are closed, with a ResourceWarning, and their loop threads
   end.
+- ``observe``: the ``next()`` after one interrupted by a Ctrl-C on a threaded iterator
+  (``observe()``, whose generator the interrupt ended).
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import functools
 import gc
@@ -139,7 +142,31 @@ def dropped(endpoint: str) -> dict[str, Any]:
     }
 
 
-MODES = {"handler": handler, "window": window, "exit": at_exit, "dropped": dropped}
+def observe(endpoint: str) -> dict[str, Any]:
+    with etcdkit.Client(endpoint) as client:
+        leaders = client.election("/signal/nobody").observe()  # blocks: no leader
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with contextlib.suppress(KeyboardInterrupt):
+            next(leaders)
+        time.sleep(0.3)
+        try:
+            next(leaders)
+            after = "an item"
+        except StopIteration:
+            after = "StopIteration"
+        except RuntimeError as exc:
+            after = str(exc)
+        leaders.close()
+    return {"after": after}
+
+
+MODES = {
+    "handler": handler,
+    "window": window,
+    "exit": at_exit,
+    "dropped": dropped,
+    "observe": observe,
+}
 
 if __name__ == "__main__":
     endpoint, mode = sys.argv[1:]

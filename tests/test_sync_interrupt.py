@@ -6,6 +6,7 @@ goes to that process's main thread), against a real etcd."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from etcdkit import Client, ClosedError
+from etcdkit import Client, ClosedError, HoldState, WrongContextError
 from etcdkit.testing import EtcdServer
 
 PROBE = Path(__file__).resolve().parent / "_interrupt_probe.py"
@@ -106,3 +107,30 @@ def test_a_coroutine_run_refuses_is_closed_not_left_never_awaited(etcd_server: E
     with pytest.raises(ClosedError):
         client.run(coro)
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # (it warned "never awaited")
+
+
+def test_an_iterator_whose_next_was_interrupted_says_so(etcd_server: EtcdServer) -> None:
+    """Its generator ended with the interrupted next(): the next one raises an error that
+    says so, not StopIteration (a listing cut short passed for a whole one, an observe()
+    for an election that ended) nor "iterate from one thread at a time"."""
+    out = signal_probe(etcd_server.endpoint, "observe", timeout=60)
+    assert "interrupted" in str(out["after"])
+    assert "start a new one" in str(out["after"])
+
+
+async def test_reads_of_the_threaded_face_work_inside_a_running_loop(
+    etcd_server: EtcdServer,
+) -> None:
+    """Reads do no I/O and wait for nothing: async code handed a Client may read its state
+    and log it (``%r``), where a blocking call raises WrongContextError."""
+    client = await asyncio.to_thread(Client, etcd_server.endpoint)
+    try:
+        lock = await asyncio.to_thread(client.lock, "/reads/lock")
+        assert client.closed is False
+        assert client.stats is not None
+        assert lock.state is HoldState.IDLE
+        assert repr(lock).startswith("<")
+        with pytest.raises(WrongContextError):
+            client.get("/reads/k")
+    finally:
+        await asyncio.to_thread(client.close)

@@ -210,8 +210,10 @@ class Portal:
         return self.call(run())
 
     def read(self, fn: Callable[[], T]) -> T:
-        """Read a value on the loop thread (directly once the loop is gone, or from inside it)."""
-        if self.closed or self.in_loop_thread():
+        """Read a value on the loop thread (directly once the loop is gone, or from inside it,
+        or from inside another running event loop, which waiting would block: a state, the
+        stats, a repr in a log line of async code)."""
+        if self.closed or self.in_loop_thread() or _in_a_running_loop():
             return fn()
         try:
             return self.run_sync(fn)
@@ -262,6 +264,14 @@ class Portal:
             self._ended.wait()
         for waiting in pending:
             waiting.end()
+
+
+def _in_a_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class _Call:

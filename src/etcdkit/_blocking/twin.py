@@ -123,13 +123,16 @@ class SyncIterator(Generic[T]):
     ``next()`` on it: that ``next()`` then raises ``StopIteration`` (a ``for`` loop over it
     ends), as closing a watch does. ``close()`` ends the async generator (its ``finally``
     runs), is idempotent, and ``with`` closes it too; one dropped unclosed is closed by the
-    loop (asyncio's async-generator hooks). One thread at a time may iterate it."""
+    loop (asyncio's async-generator hooks). One thread at a time may iterate it. A ``next()``
+    interrupted (Ctrl-C) ends what it iterated: the next one raises RuntimeError saying so
+    (never a StopIteration that would pass for the end)."""
 
     def __init__(self, portal: PortalLike, agen: AsyncGenerator[T, None]) -> None:
         self._portal = portal
         self._agen = agen
         self._closed = False  # (these two are read and set on the loop thread)
         self._step: asyncio.Future[T] | None = None  # the next() under way, if any
+        self._interrupted = False  # a next() was given up on (Ctrl-C): the generator ended
 
     def __iter__(self) -> SyncIterator[T]:
         return self
@@ -158,6 +161,13 @@ class SyncIterator(Generic[T]):
     async def _next(self) -> T:
         if self._closed:
             raise StopAsyncIteration
+        if self._interrupted:
+            # (its generator was cancelled half-way, and so ended: a next() that ends the
+            # iteration would pass for its end, a listing cut short for a whole one)
+            raise RuntimeError(
+                "an earlier next() on this iterator was interrupted (KeyboardInterrupt), which "
+                "ended what it iterated: start a new one"
+            )
         if self._step is not None and not self._step.done():
             raise RuntimeError("iterate this iterator from one thread at a time")
         step = self._step = asyncio.ensure_future(anext(self._agen))
@@ -167,6 +177,7 @@ class SyncIterator(Generic[T]):
             me = asyncio.current_task()
             if self._closed and (me is None or not me.cancelling()):
                 raise StopAsyncIteration from None  # close() ended the step
+            self._interrupted = True
             raise  # the client closing, or the waiting thread giving up
 
     async def _aclose(self) -> None:
