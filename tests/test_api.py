@@ -422,6 +422,27 @@ async def test_default_pages_after_the_first_are_sized_in_bytes(
     await etcd.delete_range(etcd_prefix, prefix=True)
 
 
+async def test_default_pages_of_big_values_hold_a_few_mb(
+    etcd: AsyncClient, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values of 512 KB: after the first page, pages of about PAGE_TARGET_BYTES (8 keys), not
+    the 100 keys a page held at least (50 MB here; with values of 1.5 MB, 150 MB a page).
+    Scaled down: a first page of 10 keys."""
+    from etcdkit._wire import kv as kv_module
+
+    monkeypatch.setattr(kv_module, "FIRST_PAGE_KEYS", 10)
+    value = b"v" * (512 * 1024)
+    for i in range(40):
+        await etcd.put(f"{etcd_prefix}{i:03d}", value)
+    sizes = []
+    async for kvs, _ in etcd.get_prefix_pages(etcd_prefix):
+        sizes.append(len(kvs))
+    assert sum(sizes) == 40
+    assert sizes[0] == 10
+    assert max(sizes[1:]) * len(value) <= kv_module.PAGE_TARGET_BYTES
+    await etcd.delete_range(etcd_prefix, prefix=True)
+
+
 def test_get_prefix_pages_threaded(etcd_sync: Client, etcd_prefix: str) -> None:
     for i in range(5):
         etcd_sync.put(f"{etcd_prefix}{i}", "v")

@@ -65,7 +65,7 @@ FIRST_PAGE_KEYS = 10_000
 PAGE_TARGET_BYTES = 4 * 1024 * 1024
 MAX_PAGE_KEYS = 500_000
 LAST_PAGE_KEYS = 2_000
-MIN_PAGE_KEYS = 100  # later pages of big values: about PAGE_TARGET_BYTES, at least this many keys
+MIN_PAGE_KEYS = 1  # later pages of big values: about PAGE_TARGET_BYTES (a key over it alone)
 SEND_TURNS = 3  # loop turns a prefetch needs to put its request on the wire
 KV_OVERHEAD = 24  # bytes of a listed key besides its key and value (revisions, lease, framing)
 # Pages after the second, while GUESS_REST_KEYS keys or more are left, are read from guessed
