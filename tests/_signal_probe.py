@@ -135,10 +135,23 @@ def dropped(endpoint: str) -> dict[str, Any]:
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     resource = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    threads_left = threading.active_count() - before
+    # A client dropped while an object made from it is still in use stays open until that
+    # object goes too.
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        lock = etcdkit.Client(endpoint).lock("/signal/dropped-lock")
+        gc.collect()
+        lock.acquire()
+        token = lock.fencing_token
+        lock.release()
+        in_use = [w for w in later if issubclass(w.category, ResourceWarning)]
     return {
-        "threads_left": threading.active_count() - before,
+        "threads_left": threads_left,
         "resource_warnings": len(resource),
         "says": str(resource[0].message) if resource else "",
+        "lock_worked": token > 0,
+        "warned_while_in_use": len(in_use),
     }
 
 

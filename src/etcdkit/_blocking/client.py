@@ -17,7 +17,6 @@ import inspect
 import os
 import sys
 import threading
-import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar, overload
@@ -108,6 +107,11 @@ class Client(Twin[AsyncClient]):
         except BaseException:
             self.portal.stop()
             raise
+        # Dropped open (the client and everything made from it), it is closed, with a
+        # ResourceWarning: else its loop thread and sockets stay for good.
+        self.portal.close_when_dropped(
+            self.aio.close, f"etcdkit.Client({', '.join(self.aio.endpoints)})"
+        )
 
     def __repr__(self) -> str:
         return repr(self.aio).replace("<AsyncClient", "<Client", 1)
@@ -184,27 +188,6 @@ class Client(Twin[AsyncClient]):
             ):
                 coro.close()  # refused before it ran (a closed client): not "never awaited"
             raise
-
-    def __del__(self) -> None:
-        # A client dropped open would keep its loop thread and sockets for good: warn, as an
-        # open file or socket does, and close it without waiting (its loop thread goes on to
-        # the end of the close). Not at exit: that thread can run no more then.
-        portal: Portal | None = self.__dict__.get("portal")
-        if portal is None or portal.closed or sys.is_finalizing():
-            return
-        close = self.aio.close()
-        if portal.in_loop_thread():  # (collected on its own loop thread: stop it from another)
-            threading.Thread(
-                target=portal.stop, kwargs={"after": close}, name="etcdkit-close", daemon=True
-            ).start()
-        else:
-            portal.stop(after=close)
-        warnings.warn(  # (after the close: warnings may be errors)
-            f"unclosed {self!r}: close() it, or use `with Client(...)`; it was closed now",
-            ResourceWarning,
-            stacklevel=2,
-            source=self,
-        )
 
     # -- administration: blocking twins, made on first use (no I/O) ---------------------------
 

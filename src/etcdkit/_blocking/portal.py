@@ -9,6 +9,8 @@ import contextlib
 import os
 import sys
 import threading
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -41,16 +43,23 @@ class Portal:
         self._calls: set[_Call] = set()  # the calls threads wait for
         self._stopping = False
         self._ended = threading.Event()  # the loop thread is done and the loop closed
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        # (the thread holds no reference to the portal: a portal nothing uses any more is
+        # collected, and its finalizer, see close_when_dropped, stops the thread)
+        self._thread = threading.Thread(
+            target=_run_loop, args=(self.loop, self._ended, self._calls), name=name, daemon=True
+        )
         self._thread.start()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            self.loop.close()
-            self._ended.set()
+    def close_when_dropped(
+        self, close: Callable[[], Coroutine[Any, Any, object]], what: str
+    ) -> None:
+        """Once nothing refers to this portal any more (its client and every object made
+        from it dropped unclosed), run ``close()`` on the loop, stop the loop thread, and warn
+        (ResourceWarning, as an open file or socket does); not at interpreter exit, where
+        the thread can run no more. :meth:`stop` cancels this."""
+        self._finalizer = weakref.finalize(self, _close_dropped, self.loop, self._pid, close, what)
+        self._finalizer.atexit = False  # (at exit the loop thread, a daemon, just ends)
 
     @property
     def forked(self) -> bool:
@@ -93,6 +102,7 @@ class Portal:
         coro: Coroutine[Any, Any, T],
         *,
         abandon: Callable[[T], Awaitable[object]] | None = None,
+        in_a_loop_ok: bool = False,
     ) -> T:
         """Run ``coro`` on the loop and wait for it. ``abandon``: what undoes its result (e.g.
         releases a lock it acquired) when the waiting thread gave up on the call (a
@@ -106,7 +116,10 @@ class Portal:
                     "survive a fork once a process used it: start worker processes with "
                     "multiprocessing's 'spawn' or 'forkserver' method and make a Client in each"
                 )
-            self.check_caller()
+            if not in_a_loop_ok:
+                self.check_caller()
+            elif self.in_loop_thread():  # (read() does not come here then)
+                raise WrongContextError("a wait on the client's own event-loop thread")
             if sys.is_finalizing():
                 # (e.g. a close() from a __del__ at exit): the loop thread, a daemon, can run
                 # no more, and waiting for it would keep the process from ever ending
@@ -213,10 +226,14 @@ class Portal:
         """Read a value on the loop thread (directly once the loop is gone, or from inside it,
         or from inside another running event loop, which waiting would block: a state, the
         stats, a repr in a log line of async code)."""
-        if self.closed or self.in_loop_thread() or _in_a_running_loop():
+        if self.closed or self.in_loop_thread():
             return fn()
+
+        async def run() -> T:
+            return fn()
+
         try:
-            return self.run_sync(fn)
+            return self.call(run(), in_a_loop_ok=True)
         except ClosedError:
             return fn()
 
@@ -233,7 +250,16 @@ class Portal:
             first = not self._stopping
             self._stopping = True
             pending = list(self._calls) if first else []
+            if self._finalizer is not None:
+                finalizer, self._finalizer = self._finalizer, None
+                finalizer.detach()
         here = self.in_loop_thread()
+        if self._ended.is_set():  # (the loop thread died already: a SystemExit on it)
+            if after is not None:
+                after.close()
+            for waiting in pending:
+                waiting.end()
+            return
         if not first or here:  # (another thread stops it; or this is the loop's own thread)
             if after is not None:
                 after.close()
@@ -243,18 +269,7 @@ class Portal:
                 waiting.end()
             return
 
-        async def shutdown() -> None:
-            if after is not None:
-                with contextlib.suppress(Exception):
-                    await after
-            me = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not me]
-            for t in tasks:
-                t.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=SHUTDOWN_BOUND)
-
-        done = asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+        done = asyncio.run_coroutine_threadsafe(_shutdown(after), self.loop)
         # (the loop stops once the shutdown is done, from the loop thread: stopped before,
         # it would never tell the caller waiting on ``done`` below)
         done.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.loop.stop))
@@ -266,12 +281,54 @@ class Portal:
             waiting.end()
 
 
-def _in_a_running_loop() -> bool:
+def _run_loop(loop: asyncio.AbstractEventLoop, ended: threading.Event, calls: set[_Call]) -> None:
+    asyncio.set_event_loop(loop)
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+        loop.run_forever()
+    finally:
+        loop.close()
+        ended.set()
+        for waiting in list(calls):  # (the loop ended otherwise than by stop(): a SystemExit)
+            waiting.end()
+
+
+async def _shutdown(after: Coroutine[Any, Any, object] | None) -> None:
+    """On the loop: run ``after`` (a close), then cancel what still runs (bounded)."""
+    if after is not None:
+        with contextlib.suppress(Exception):
+            await after
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=SHUTDOWN_BOUND)
+
+
+def _close_dropped(
+    loop: asyncio.AbstractEventLoop,
+    pid: int,
+    close: Callable[[], Coroutine[Any, Any, object]],
+    what: str,
+) -> None:
+    """A dropped portal's finalizer (see Portal.close_when_dropped): it holds no reference to
+    the portal, nor does the loop thread."""
+    if sys.is_finalizing() or os.getpid() != pid or loop.is_closed():
+        return
+
+    def start() -> None:
+        task = loop.create_task(_shutdown(close()))
+        task.add_done_callback(lambda _: loop.stop())
+
+    try:
+        loop.call_soon_threadsafe(start)
+    except RuntimeError:  # (closed meanwhile)
+        return
+    warnings.warn(
+        f"unclosed {what}: close() it, or use `with`; it was closed as it was collected",
+        ResourceWarning,
+        stacklevel=2,
+    )
 
 
 class _Call:
@@ -279,12 +336,12 @@ class _Call:
     ended (``finish``, on the loop) or the portal stopped (``end``, a ClosedError), whichever
     comes first; ``outcome()`` then returns the result or raises the error."""
 
-    __slots__ = ("_error", "_result", "_set", "done")
+    __slots__ = ("_claim", "_error", "_result", "done")
 
     def __init__(self) -> None:
         self.done = threading.Lock()
         self.done.acquire()
-        self._set = False
+        self._claim = threading.Lock()  # taken by the first to settle the call
         self._result: Any = None
         self._error: BaseException | None = None
 
@@ -299,12 +356,10 @@ class _Call:
         self._settle(None, ClosedError("the etcdkit Client was closed during this call"))
 
     def _settle(self, result: Any, error: BaseException | None) -> None:
-        if self._set:  # (the loop and a stopping thread may both come: the first one counts)
+        if not self._claim.acquire(False):  # (the loop and a stopping thread may both come)
             return
-        self._set = True
         self._result, self._error = result, error
-        with contextlib.suppress(RuntimeError):  # (both came at once: released already)
-            self.done.release()
+        self.done.release()
 
     def outcome(self) -> Any:
         if self._error is not None:

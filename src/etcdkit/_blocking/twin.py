@@ -139,9 +139,14 @@ class SyncIterator(Generic[T]):
 
     def __next__(self) -> T:
         try:
-            return self._portal.call(self._next())
+            return self._portal.call(self._next(), abandon=self._item_lost)
         except StopAsyncIteration:
             raise StopIteration from None
+
+    async def _item_lost(self, item: T) -> None:
+        """The waiting thread gave up (Ctrl-C) after its item was read: the item is lost, and
+        the iteration with it (see _next)."""
+        self._interrupted = True
 
     def close(self) -> None:
         """End the iteration, from any thread: a ``next()`` waiting in another raises
