@@ -107,7 +107,8 @@ class Portal:
         """Run ``coro`` on the loop and wait for it. ``abandon``: what undoes its result (e.g.
         releases a lock it acquired) when the waiting thread gave up on the call (a
         ``KeyboardInterrupt``) after the result was made but before it got it: else that
-        result would be held by nobody."""
+        result would be held by nobody. ``in_a_loop_ok``: the caller may be inside a running
+        event loop (a read, which waits for no I/O; never on the loop thread itself)."""
         try:
             if self.forked:
                 raise WrongContextError(
@@ -118,8 +119,6 @@ class Portal:
                 )
             if not in_a_loop_ok:
                 self.check_caller()
-            elif self.in_loop_thread():  # (read() does not come here then)
-                raise WrongContextError("a wait on the client's own event-loop thread")
             if sys.is_finalizing():
                 # (e.g. a close() from a __del__ at exit): the loop thread, a daemon, can run
                 # no more, and waiting for it would keep the process from ever ending
@@ -153,11 +152,14 @@ class Portal:
 
         runner = run()
 
+        def drop() -> None:  # (a call that never runs: neither coroutine is "never awaited")
+            runner.close()
+            coro.close()
+
         def start() -> None:
             nonlocal task
             if gave_up:  # (interrupted while it was being scheduled: see give_up)
-                runner.close()
-                coro.close()
+                drop()
                 return
             task = self.loop.create_task(runner)
             task.add_done_callback(call.finish)
@@ -179,14 +181,12 @@ class Portal:
         try:
             with self._lock:
                 if self.closed:
-                    runner.close()
-                    coro.close()
+                    drop()
                     raise ClosedError("this etcdkit Client is closed; create a new one")
                 try:
                     self.loop.call_soon_threadsafe(start)
                 except RuntimeError:  # the loop closed (a signal handler in this thread?)
-                    runner.close()
-                    coro.close()
+                    drop()
                     raise ClosedError("this etcdkit Client is closed; create a new one") from None
                 self._calls.add(call)
                 if self._stopping:
@@ -195,8 +195,7 @@ class Portal:
                     # for the loop, which would then never end the call.
                     call.end()
                     if self.loop.is_closed():  # (then it never starts)
-                        runner.close()
-                        coro.close()
+                        drop()
             try:
                 call.done.acquire()
             finally:
@@ -211,16 +210,17 @@ class Portal:
             raise
         return call.outcome()  # type: ignore[no-any-return]
 
-    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+    def run_sync(self, fn: Callable[..., T], *args: Any, in_a_loop_ok: bool = False) -> T:
         """Call ``fn(*args)`` on the loop thread and return its result (directly when called
-        on it, e.g. from a listener: ``fn`` does no I/O and never waits)."""
+        on it, e.g. from a listener: ``fn`` does no I/O and never waits). ``in_a_loop_ok``:
+        see :meth:`call`."""
         if self.in_loop_thread():
             return fn(*args)
 
         async def run() -> T:
             return fn(*args)
 
-        return self.call(run())
+        return self.call(run(), in_a_loop_ok=in_a_loop_ok)
 
     def read(self, fn: Callable[[], T]) -> T:
         """Read a value on the loop thread (directly once the loop is gone, or from inside it,
@@ -228,12 +228,8 @@ class Portal:
         stats, a repr in a log line of async code)."""
         if self.closed or self.in_loop_thread():
             return fn()
-
-        async def run() -> T:
-            return fn()
-
         try:
-            return self.call(run(), in_a_loop_ok=True)
+            return self.run_sync(fn, in_a_loop_ok=True)
         except ClosedError:
             return fn()
 
@@ -254,13 +250,9 @@ class Portal:
                 finalizer, self._finalizer = self._finalizer, None
                 finalizer.detach()
         here = self.in_loop_thread()
-        if self._ended.is_set():  # (the loop thread died already: a SystemExit on it)
-            if after is not None:
-                after.close()
-            for waiting in pending:
-                waiting.end()
-            return
-        if not first or here:  # (another thread stops it; or this is the loop's own thread)
+        # (another thread stops it; or this is the loop's own thread; or the loop thread died
+        # already, of a SystemExit on it)
+        if not first or here or self._ended.is_set():
             if after is not None:
                 after.close()
             elif not first and not here:
@@ -347,7 +339,7 @@ class _Call:
 
     def finish(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
-            self._settle(None, ClosedError("the etcdkit Client was closed during this call"))
+            self.end()
             return
         error = task.exception()
         self._settle(None if error is not None else task.result(), error)
