@@ -322,7 +322,7 @@ class PersistentLease:
                     # The others keep the lease alive, and with it our key, for as long as
                     # they stay: the delete is sent again until etcd answers it.
                     try:
-                        _LateDelete(self._etcd, self._key, guard, session)
+                        _LateDelete(self._etcd, self._key, self._raw_key, guard, session)
                     except ClosedError:  # the client began closing meanwhile: as above
                         log.debug("lease %r: the client closes; its lease takes the key", self._key)
                     else:
@@ -582,9 +582,17 @@ class _LateDelete:
     once etcd answered (whether or not the key still held our write), once the shared lease
     ended (its end takes the key), or when the client closes (which revokes the lease)."""
 
-    def __init__(self, etcd: Etcd, key: str | bytes, guard: list[Compare], session: Session):
+    def __init__(
+        self,
+        etcd: Etcd,
+        key: str | bytes,
+        raw_key: bytes,
+        guard: list[Compare],
+        session: Session,
+    ) -> None:
         self._etcd = etcd
         self._key = key
+        self._delete = [Op.delete(raw_key)]
         self._guard = guard
         self._session = session
         etcd.adopt(self, self._stop)
@@ -599,7 +607,7 @@ class _LateDelete:
                 await backoff.wait()
                 try:
                     async with asyncio.timeout(REVOKE_TIMEOUT):
-                        await self._etcd.txn(self._guard, [Op.delete(self._guard[0].key)])
+                        await self._etcd.txn(self._guard, self._delete)
                 except ClosedError:
                     return
                 except (EtcdkitError, TimeoutError) as exc:
