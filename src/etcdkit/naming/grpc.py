@@ -46,7 +46,7 @@ import grpc.aio
 from etcdkit._surface import Etcd
 from etcdkit.cluster._descriptor import NodeDescriptor
 from etcdkit.cluster.grpc import DEFAULT_ATTEMPTS, DEFAULT_GRACE, RoutedChannel, RoutedSyncChannel
-from etcdkit.cluster.grpc._routing import Balancer, check_args
+from etcdkit.cluster.grpc._routing import Balancer, check_args, check_factory
 from etcdkit.naming._cluster import EndpointCluster, SyncEndpointCluster
 from etcdkit.naming._record import Endpoint
 from etcdkit.naming.endpoints import EndpointManager
@@ -128,13 +128,6 @@ def _check_timeout(timeout: object) -> None:
         raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
 
 
-def _check_factory(factory: object) -> None:
-    """Before the endpoints are followed (a task and a watch): RoutedChannel checks it too,
-    too late for them."""
-    if factory is not None and not callable(factory):
-        raise TypeError(f"channel_factory must be a function address -> channel, got {factory!r}")
-
-
 def _no_owner() -> NoReturn:
     raise TypeError(
         "calls on an endpoint channel are balanced by its policy, not routed by key; "
@@ -179,7 +172,7 @@ class EndpointChannel(RoutedChannel):
         picks = _balancer(policy)
         check_args(None, attempts, grace)
         _check_timeout(timeout)
-        _check_factory(channel_factory)
+        check_factory(channel_factory)  # (before the endpoints are followed)
         manager = EndpointManager(etcd, target)
         self._policy = policy
         self._open_timeout = timeout
@@ -268,7 +261,7 @@ class EndpointSyncChannel(RoutedSyncChannel):
         picks = _balancer(policy)
         check_args(None, attempts, grace)
         _check_timeout(timeout)
-        _check_factory(channel_factory)
+        check_factory(channel_factory)  # (before the endpoints are followed)
         manager = client.endpoint_manager(target)
         portal = manager.portal
         source = SyncEndpointCluster(portal, portal.run_sync(EndpointCluster, manager.aio))

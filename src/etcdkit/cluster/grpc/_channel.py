@@ -17,6 +17,7 @@ from etcdkit.cluster.grpc._routing import (
     Nodes,
     Targets,
     check_args,
+    check_factory,
     route_of,
 )
 
@@ -53,10 +54,7 @@ class Router(Generic[C]):
         closed_error: Callable[[str], Exception],
     ) -> None:
         check_args(key, attempts, grace)
-        if not callable(factory):
-            raise TypeError(
-                f"channel_factory must be a function address -> channel, got {factory!r}"
-            )
+        check_factory(factory)
         self.name = name
         balancer = key if isinstance(key, Balancer) else None
         self.key = None if balancer is not None else key

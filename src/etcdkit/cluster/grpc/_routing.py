@@ -139,6 +139,12 @@ def check_args(key: object, attempts: object, grace: object) -> None:
         raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
 
 
+def check_factory(factory: object) -> None:
+    """Refuse a ``channel_factory`` that is not a function (None: the default one)."""
+    if factory is not None and not callable(factory):
+        raise TypeError(f"channel_factory must be a function address -> channel, got {factory!r}")
+
+
 class Targets:
     """The node channels' multicallables of one method, made once per node channel."""
 
