@@ -11,12 +11,18 @@ import inspect
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
 from etcdkit import Client, ClosedError, HoldState, WrongContextError
 from etcdkit.testing import EtcdServer
+
+TraceFunction = Callable[[FrameType, str, Any], Any]
 
 PROBE = Path(__file__).resolve().parent / "_interrupt_probe.py"
 
@@ -137,3 +143,112 @@ async def test_reads_of_the_threaded_face_work_inside_a_running_loop(
             client.get("/reads/k")
     finally:
         await asyncio.to_thread(client.close)
+
+
+def _at_shutdown_scheduling(action: Callable[[], object], where: str) -> TraceFunction:
+    """A trace function that runs ``action()`` once, as a signal handler would run, in the
+    stopping thread after :meth:`Portal.stop` marked the portal stopping and before the loop
+    was asked to shut down: a handler landing there, or a Ctrl-C raised there. ``where``:
+    ``marked``, the first line after the portal was marked; ``asking``, the line that asks
+    the loop (``..._threadsafe(``)."""
+    from etcdkit._blocking import portal
+
+    code = portal.Portal.stop.__code__
+    lines, first = inspect.getsourcelines(portal.Portal.stop)
+    marked = next(i for i, line in enumerate(lines) if "self._stopping = True" in line)
+    if where == "marked":
+        at = next(  # (the first statement after the ``with`` block that marked it)
+            i
+            for i in range(marked + 1, len(lines))
+            if lines[i].startswith(" " * 8) and lines[i][8] not in " #\n"
+        )
+    else:
+        at = next(i for i in range(marked + 1, len(lines)) if "_threadsafe(" in lines[i])
+    target = first + at
+    fired = False
+
+    def local(frame: FrameType, event: str, arg: Any) -> TraceFunction:
+        nonlocal fired
+        if event == "line" and not fired and frame.f_lineno == target:
+            fired = True
+            action()
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> TraceFunction | None:
+        return local if frame.f_code is code else None
+
+    return tracer
+
+
+def _in_a_thread(fn: Callable[[], object], timeout: float = 20.0) -> BaseException | None:
+    """Run ``fn`` in a thread of its own (traced there only); what it raised; fail if it
+    hangs."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # (handed to the test)
+            raised.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "the close hung"
+    return raised[0] if raised else None
+
+
+@pytest.mark.parametrize("where", ["marked", "asking"])
+def test_a_handler_that_closes_the_client_inside_its_threads_own_close_does_not_hang(
+    etcd_server: EtcdServer, where: str
+) -> None:
+    """A SIGTERM handler that closes the client, run in the thread whose own close() has just
+    marked the portal stopping and not yet scheduled its shutdown: the nested close waited for
+    a shutdown that only the frame it interrupted would schedule (a hang). Now it returns, and
+    the interrupted close finishes the job."""
+    client = Client(etcd_server.endpoint)
+    client.put(b"/sync-interrupt/handler-window", b"v")
+
+    handled: list[str] = []
+
+    def handler() -> None:
+        client.close()
+        handled.append("closed")
+
+    def close() -> None:
+        sys.settrace(_at_shutdown_scheduling(handler, where))
+        try:
+            client.close()
+        finally:
+            sys.settrace(None)
+
+    assert _in_a_thread(close) is None
+    assert handled == ["closed"]
+    assert client.closed
+    assert client.portal.stopped
+
+
+@pytest.mark.parametrize("where", ["marked", "asking"])
+def test_a_ctrl_c_as_close_schedules_the_shutdown_leaves_a_close_that_finishes(
+    etcd_server: EtcdServer, where: str
+) -> None:
+    """A KeyboardInterrupt raised just before stop() schedules the loop's shutdown: the
+    portal stayed marked stopping with nothing to end its loop thread, and every later
+    close() waited for it forever. Now the next close() stops it."""
+    client = Client(etcd_server.endpoint)
+    client.put(b"/sync-interrupt/ctrl-c-window", b"v")
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    def close() -> None:
+        sys.settrace(_at_shutdown_scheduling(interrupt, where))
+        try:
+            client.close()
+        finally:
+            sys.settrace(None)
+
+    assert isinstance(_in_a_thread(close), KeyboardInterrupt)
+    assert _in_a_thread(client.close) is None
+    assert client.closed
+    assert client.portal.stopped

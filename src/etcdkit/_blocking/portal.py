@@ -42,6 +42,7 @@ class Portal:
         self._lock = threading.RLock()
         self._calls: set[_Call] = set()  # the calls threads wait for
         self._stopping = False
+        self._shutting_down = False  # (on the loop thread) the shutdown has begun
         self._ended = threading.Event()  # the loop thread is done and the loop closed
         # (the thread holds no reference to the portal: a portal nothing uses any more is
         # collected, and its finalizer, see close_when_dropped, stops the thread)
@@ -249,28 +250,40 @@ class Portal:
             if self._finalizer is not None:
                 finalizer, self._finalizer = self._finalizer, None
                 finalizer.detach()
-        here = self.in_loop_thread()
-        # (another thread stops it; or this is the loop's own thread; or the loop thread died
-        # already, of a SystemExit on it)
-        if not first or here or self._ended.is_set():
+        if self.in_loop_thread() or self._ended.is_set():
+            # (the loop's own thread: it cannot wait for itself; or the loop thread died
+            # already, of a SystemExit on it)
             if after is not None:
                 after.close()
-            elif not first and not here:
-                self._ended.wait()
             for waiting in pending:
                 waiting.end()
             return
-
-        done = asyncio.run_coroutine_threadsafe(_shutdown(after), self.loop)
-        # (the loop stops once the shutdown is done, from the loop thread: stopped before,
-        # it would never tell the caller waiting on ``done`` below)
-        done.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.loop.stop))
+        if not first and after is not None:
+            after.close()  # (the first stop() runs the shutdown; a close under way with it)
+            after = None
+        # Every stop() asks the loop to shut down; the loop starts that once. A stop()
+        # interrupted before it asked (a Ctrl-C, or a signal handler that closes the client
+        # inside this thread's own stop()) thus leaves no later stop() waiting for a
+        # shutdown nobody asked for.
+        with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+            self.loop.call_soon_threadsafe(self._shut_down, after)
         if after is None:
-            with contextlib.suppress(Exception):
-                done.result()
             self._ended.wait()
         for waiting in pending:
             waiting.end()
+
+    def _shut_down(self, after: Coroutine[Any, Any, object] | None) -> None:
+        """On the loop: start the shutdown (run ``after``, cancel the rest, stop the loop),
+        the first time only (a later ``after`` is closed unrun: the shutdown under way cancels
+        whatever it would wait for)."""
+        if self._shutting_down:
+            if after is not None:
+                after.close()
+            return
+        self._shutting_down = True
+        task = self.loop.create_task(_shutdown(after))
+        # (the loop stops once the shutdown is done: stopped before, nothing would run it)
+        task.add_done_callback(lambda _: self.loop.stop())
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop, ended: threading.Event, calls: set[_Call]) -> None:
