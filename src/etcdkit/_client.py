@@ -323,7 +323,8 @@ class AsyncClient:
         One request: use :meth:`get_prefix` for a big prefix read page by page. (Plain reads
         of one key asked for while another is in flight go out together, in read-only
         transactions of up to 128, each read still answered as it would be alone; not on
-        etcd 3.5.0-3.5.4, which panics when such a transaction is cut short: etcd-io/etcd#14110.)
+        etcd 3.5.0-3.5.4, which panics when such a transaction is cut short: etcd-io/etcd#14110;
+        the versions are asked again whenever a connection changed.)
         Returns :class:`RangeResult` ``(kvs, revision, count, more, header)``. Raises
         :class:`CompactedError` for a compacted ``revision``; ``TypeError``/``ValueError`` for
         bad arguments, before any I/O.

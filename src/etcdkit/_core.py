@@ -215,6 +215,7 @@ class Core:
                 await self._keepalives.close()
         finally:
             self.state = CoreState.CLOSED
+            self.kv.end()
             try:
                 if was_open:
                     await self.conn.close()

@@ -712,6 +712,7 @@ class Connection:
         channel: Channel | None = None,
         final: bool = False,
         check: bool = False,
+        once: bool = False,
     ) -> Any:
         """One unary RPC with the client's timeout, auth metadata and error mapping.
 
@@ -725,7 +726,8 @@ class Connection:
         bounds, until the channels close. ``check``: the client's own check of an endpoint
         (pinned with ``channel``): in no call figure (``ClientStats.calls``, the call
         metrics), and its failure moves nothing (no failover: that would cancel the calls in
-        flight there).
+        flight there). ``once``: sent once, never again: a failure its retries would have
+        hidden is raised (the caller sends what it asked for another way).
         """
         # One coroutine for the call, its retries and its meter: each more frame costs every
         # call of the client (put, get, txn) a little.
@@ -827,6 +829,8 @@ class Connection:
                 except (ConnectionUnavailableError, EtcdTimeoutError) as exc:  # from authenticate
                     self.note_failure(exc)
                     last = exc
+                if once and last is not None:
+                    raise last
                 if backoff is None:
                     backoff = self.retry.backoff(cap=self.retry.call_cap)
                 delay = backoff.next_delay() or 0.0

@@ -428,6 +428,7 @@ _LISTS = (list, tuple)  # (txn's arguments, as given nearly always: no ABC check
 TXN_OPS = 128  # etcd's default --max-txn-ops: gets per coalesced read
 BATCH_PROBE_AGAIN = 30.0  # s before asking again the endpoints' versions, when one did not answer
 _STATUS = rpc.StatusRequest()
+_READY = grpc.ChannelConnectivity.READY
 
 log = logging.getLogger("etcdkit.kv")
 
@@ -458,6 +459,12 @@ class KV:
         self._flushing: set[asyncio.Task[None]] = set()
         self._reading = 0  # coalescable reads in flight
         self._batch_probe_at = 0.0  # (loop time) not before: the endpoints' versions
+        # One per channel while its version is known: done once that channel's connection
+        # changed (a member restarted, perhaps with another etcd binary: its version is to be
+        # asked again before a read goes out batched there).
+        self._connected: list[asyncio.Future[None]] = []
+        self._grpc_channels: list[grpc.aio.Channel] = []  # the channels watched
+        self._txn_ops_refused = False  # etcd refused a batch for --max-txn-ops: never again
         # (unbatched reads past TXN_OPS in flight wait here for one of TXN_OPS turns)
         self._plain_turns = asyncio.Semaphore(TXN_OPS)
 
@@ -495,13 +502,13 @@ class KV:
         10,000. (No :class:`Op` is made per read: ten thousand of them add up.)
 
         Only once every endpoint said its version and none is etcd 3.5.0-3.5.4
-        (:func:`batches_reads`); until then, and for good on those, each read is its own
-        Range, as Go's ``Get``. A transaction etcd refuses for what one of its reads asks (a
-        key the user may not read, ``--max-txn-ops`` below 128) sends each read again alone,
-        for its own answer. Unbatched, past :data:`TXN_OPS` such reads in flight, the next
-        wait for one of :data:`TXN_OPS` turns (ten thousand grpc calls in flight at once cost
-        ~20 KB each, and took longer)."""
-        if (not self._reading and not self._gets) or self._batches is not True:
+        (:func:`batches_reads`), on the connections that said it; until then, and on those
+        versions, each read is its own Range, as Go's ``Get``. A transaction etcd refuses for
+        what one of its reads asks (a key the user may not read, ``--max-txn-ops`` below
+        128) sends each read again alone, for its own answer. Unbatched, past
+        :data:`TXN_OPS` such reads in flight, the next wait for one of :data:`TXN_OPS` turns
+        (ten thousand grpc calls in flight at once cost ~20 KB each, and took longer)."""
+        if (not self._reading and not self._gets) or not self._batching():
             # Nothing in flight (or no batches): this read goes out at once (a lone caller
             # waits no extra turn, and one that starts before a put reads before that put).
             if self._reading and self._batches is None:
@@ -519,6 +526,30 @@ class KV:
             asyncio.get_running_loop().call_soon(self._flush_gets)
         self._gets.append((key, fut))
         return await fut
+
+    def _batching(self) -> bool:
+        """Reads may go out batched: every endpoint said a version that takes batches, and its
+        connection is the one that said it. A connection changed since (a restart, maybe an
+        upgrade or a downgrade in place) makes the versions unknown again."""
+        if self._connected and (
+            any(c.done() for c in self._connected)
+            # (a change the watches have yet to hear of: a connection lost, or being made)
+            or any(g.get_state(False) is not _READY for g in self._grpc_channels)
+        ):
+            self._forget_versions()
+        return self._batches is True
+
+    def _forget_versions(self) -> None:
+        self.end()
+        self._batches = None
+        self._batch_probe_at = 0.0
+
+    def end(self) -> None:
+        """Stop watching the connections (the client closes)."""
+        for c in self._connected:
+            c.cancel()
+        self._connected = []
+        self._grpc_channels = []
 
     async def _get_one(self, key: bytes) -> RangeResult:
         resp = await self._read(f"get {key!r}", "kv", "Range", rpc.RangeRequest(key=key))
@@ -556,6 +587,10 @@ class KV:
         self, chunk: list[tuple[bytes, asyncio.Future[RangeResult]]]
     ) -> list[RangeResult | BaseException]:
         """The answer (or error) of each read of ``chunk``."""
+        if not self._batching():  # (a connection changed since the reads were asked for)
+            return list(
+                await asyncio.gather(*(self._get_one(k) for k, _ in chunk), return_exceptions=True)
+            )
         if len(chunk) == 1:  # (a Range alone: its error is its own answer, not sent again)
             try:
                 return [await self._get_one(chunk[0][0])]
@@ -566,14 +601,20 @@ class KV:
             req = rpc.TxnRequest(
                 success=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key)) for key, _ in chunk]
             )
-            resp = await self._read(f"get {len(chunk)} keys", "kv", "Txn", req)
-        except (ConnectionUnavailableError, EtcdTimeoutError, ClosedError) as exc:
+            # Sent once: sent again, it could reach a member restarted meanwhile as another
+            # version (one that must not get batches), before its version was asked.
+            resp = await self._conn.call(
+                f"get {len(chunk)} keys", "kv", "Txn", req, idempotent=True, once=True
+            )
+        except (EtcdTimeoutError, ClosedError) as exc:
             return [exc] * len(chunk)  # (each read alone would meet the same)
         except EtcdkitError as exc:
-            # etcd refused the transaction for what one read asks, or for its size: each read
-            # goes again alone, for its own answer (as each was asked for).
+            # etcd refused the transaction for what one read asks, or for its size, or it
+            # failed on its way: each read goes again alone, for its own answer (as each was
+            # asked for, retried as a read is).
             if "too many operations" in str(exc):
                 self._batches = False
+                self._txn_ops_refused = True
                 log.info("plain reads are no longer batched: %s (etcd's --max-txn-ops)", exc)
             return list(
                 await asyncio.gather(*(self._get_one(k) for k, _ in chunk), return_exceptions=True)
@@ -594,6 +635,7 @@ class KV:
         task.add_done_callback(mark_retrieved)
 
     async def _versions(self) -> None:
+        channels = self._conn.channels
         try:
             calls = [
                 self._conn.call(
@@ -604,11 +646,22 @@ class KV:
                     idempotent=True,
                     channel=ch,
                 )
-                for ch in self._conn.channels
+                for ch in channels
             ]
             answers = await asyncio.gather(*calls, return_exceptions=True)
         finally:
             self._batch_probe_at = asyncio.get_running_loop().time() + BATCH_PROBE_AGAIN
+        # Each answer holds for the connection it came on: a channel not connected now
+        # may have answered on another (the versions are asked again later).
+        if any(ch.stubs.channel.get_state(False) is not _READY for ch in channels):
+            return
+        self.end()
+        self._grpc_channels = [ch.stubs.channel for ch in channels]
+        self._connected = [
+            asyncio.ensure_future(g.wait_for_state_change(_READY)) for g in self._grpc_channels
+        ]
+        for c in self._connected:
+            c.add_done_callback(mark_retrieved)
         old = [a.version for a in answers if not isinstance(a, BaseException)]
         old = [v for v in old if not batches_reads(v)]
         if old:
@@ -618,7 +671,7 @@ class KV:
                 "panics when one is cut short: etcd-io/etcd#14110)",
                 old[0],
             )
-        elif not any(isinstance(a, BaseException) for a in answers):
+        elif not any(isinstance(a, BaseException) for a in answers) and not self._txn_ops_refused:
             self._batches = True
 
     async def range(self, op: Op) -> RangeResult:
