@@ -11,6 +11,7 @@ threads), and the one-way waiting of nested names (as in Go).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -812,3 +813,50 @@ async def test_nested_names_with_etcdctl(
             if proc.poll() is None:
                 proc.kill()
             await asyncio.to_thread(proc.communicate)
+
+
+async def _gone_with_ttl_left(client: AsyncClient, lease: int) -> int:
+    """Poll ``lease`` until etcd no longer has it; the remaining TTL it last showed (a lease
+    revoked goes with some left; one left to expire counts down to 0 first)."""
+    last = -1
+    async with asyncio.timeout(WAIT):
+        while (left := await client.time_to_live(lease)) >= 0:
+            last = left
+            await asyncio.sleep(0.05)
+    return last
+
+
+@pytest.mark.parametrize("role", ["lock holder", "election leader"])
+async def test_a_lease_given_up_in_an_outage_is_revoked_once_etcd_is_back(
+    etcd_server_factory: Callable[..., EtcdServer], role: str
+) -> None:
+    """etcd down longer than the TTL: the hold says LOST (its lease unconfirmed for its
+    TTL). etcd, restarted, gives every lease a fresh TTL, so the lease lived on with its key
+    first in line, and kept the lock (or the leadership, which every observer reported) from
+    the others for one more TTL (an outside audit with Go's Mutex and Election). The lease is
+    now revoked once etcd answers: it goes with most of its fresh TTL left, and the next in
+    line takes over."""
+    server = etcd_server_factory()
+    ttl = 4
+    async with (
+        AsyncClient(server.endpoint, timeout=5) as etcd,
+        contextlib.AsyncExitStack() as held_,
+    ):
+        if role == "lock holder":
+            held: Any = await etcd.lock("/gone-lease/l", ttl=ttl, timeout=WAIT).acquire()
+            held_.push_async_callback(held.release)
+        else:
+            campaign = etcd.election("/gone-lease/e").campaign(b"first", ttl=ttl, timeout=WAIT)
+            held = await held_.enter_async_context(campaign)
+        lease = held.lease_id
+        server.kill()
+        await asyncio.sleep(ttl + 1.5)
+        assert held.state is HoldState.LOST
+        await asyncio.to_thread(server.start)
+        async with AsyncClient(server.endpoint, timeout=5) as other:
+            assert await _gone_with_ttl_left(other, lease) >= 2
+            if role == "lock holder":
+                next_one = await other.lock("/gone-lease/l", ttl=ttl, timeout=WAIT).acquire()
+                await next_one.release()
+            else:
+                assert await other.election("/gone-lease/e").leader() is None

@@ -31,7 +31,7 @@ from etcdkit._retry import Backoff
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare, EventType, Op, SessionState, WatchEvent, key_bytes, to_bytes
 from etcdkit.recipes._hold import check_timeout
-from etcdkit.recipes.session import CloseOnce, abandon
+from etcdkit.recipes.session import CloseOnce, Late, abandon
 
 if TYPE_CHECKING:
     from etcdkit import Session, Watch
@@ -322,7 +322,7 @@ class PersistentLease:
                     # The others keep the lease alive, and with it our key, for as long as
                     # they stay: the delete is sent again until etcd answers it.
                     try:
-                        _LateDelete(self._etcd, self._key, self._raw_key, guard, session)
+                        self._delete_later(guard, session)
                     except ClosedError:  # the client began closing meanwhile: as above
                         log.debug("lease %r: the client closes; its lease takes the key", self._key)
                     else:
@@ -337,6 +337,23 @@ class PersistentLease:
         self._set_state(LeaseState.CLOSED)
 
     close = aclose
+
+    def _delete_later(self, guard: list[Compare], session: Session) -> None:
+        """Send the delete of our key again until etcd answers it (:class:`Late`): our close
+        could not, and others keep the shared lease, and with it the key, alive. Moot once
+        the shared lease ended (its end takes the key); the client's close revokes it."""
+        delete = [Op.delete(self._raw_key)]
+
+        async def remove() -> None:
+            await self._etcd.txn(guard, delete)
+
+        Late(
+            self._etcd,
+            remove,
+            what=f"lease {self._key!r}: the delete after close",
+            name=f"etcdkit-lease-late-delete {self._key!r}",
+            moot=lambda: session.state in (SessionState.LOST, SessionState.CLOSED),
+        )
 
     async def _close_by_client(self) -> None:
         await self.aclose()
@@ -573,54 +590,3 @@ class PersistentLease:
             # not kept alive for a session nobody holds
             await abandon(session, f"lease {self._key!r}")
             raise
-
-
-class _LateDelete:
-    """The delete of a closed PersistentLease's key, sent again until etcd answers it: its
-    close could not (etcd unreachable for REVOKE_TIMEOUT) while other keys of the client keep
-    the shared lease, and with it the key, alive. Owned by the client (``adopt``): it ends
-    once etcd answered (whether or not the key still held our write), once the shared lease
-    ended (its end takes the key), or when the client closes (which revokes the lease)."""
-
-    def __init__(
-        self,
-        etcd: Etcd,
-        key: str | bytes,
-        raw_key: bytes,
-        guard: list[Compare],
-        session: Session,
-    ) -> None:
-        self._etcd = etcd
-        self._key = key
-        self._delete = [Op.delete(raw_key)]
-        self._guard = guard
-        self._session = session
-        etcd.adopt(self, self._stop)
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"etcdkit-lease-late-delete {key!r}"
-        )
-
-    async def _run(self) -> None:
-        backoff = self._etcd.retry.backoff()
-        try:
-            while self._session.state not in (SessionState.LOST, SessionState.CLOSED):
-                await backoff.wait()
-                try:
-                    async with asyncio.timeout(REVOKE_TIMEOUT):
-                        await self._etcd.txn(self._guard, self._delete)
-                except ClosedError:
-                    return
-                except (EtcdkitError, TimeoutError) as exc:
-                    if isinstance(exc, EtcdkitError) and not self._etcd.retry.is_retryable(exc):
-                        log.warning("lease %r: the delete after close failed: %s", self._key, exc)
-                        return
-                    continue
-                log.info("lease %r: key removed (the delete after close was answered)", self._key)
-                return
-        finally:
-            self._etcd.disown(self)
-
-    async def _stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task

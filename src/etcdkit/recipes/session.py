@@ -32,7 +32,7 @@ from etcdkit._types import SessionState, check_timeout
 if TYPE_CHECKING:
     from etcdkit._wire.keepalive import KeepAlive
 
-__all__ = ["Session", "SessionPool", "SessionState"]
+__all__ = ["Late", "Session", "SessionPool", "SessionState"]
 
 log = logging.getLogger("etcdkit.lease")
 
@@ -99,6 +99,57 @@ async def abandon(session: Session, what: str) -> None:
     await asyncio.wait({closer}, timeout=ABANDON_WAIT)
 
 
+class Late:
+    """A call etcd could not be reached for (a revoke, a delete), sent again until it answers:
+    else what it undoes would stay in etcd (a lease an etcd restart or a leader change gives
+    a fresh TTL, a key a shared lease keeps). Owned by the client (``adopt``): it ends once
+    etcd answered, once ``moot()`` says the call no longer matters, on an error a retry
+    cannot mend (logged), or when the client closes."""
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        call: Callable[[], Awaitable[object]],
+        *,
+        what: str,
+        name: str,
+        moot: Callable[[], bool] | None = None,
+    ) -> None:
+        self._etcd = etcd
+        self._call = call
+        self._what = what
+        self._moot = moot
+        etcd.adopt(self, self._stop)  # (ClosedError once the client closes: nothing is made)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
+
+    async def _run(self) -> None:
+        # (paced as a call's own retries: the sooner it lands once etcd is back, the sooner
+        # the next in line goes on; a refused connection fails at once)
+        backoff = self._etcd.retry.backoff(cap=self._etcd.retry.call_cap)
+        try:
+            while self._moot is None or not self._moot():
+                await backoff.wait()
+                try:
+                    async with asyncio.timeout(REVOKE_TIMEOUT):
+                        await self._call()
+                except ClosedError:
+                    return
+                except (EtcdkitError, TimeoutError) as exc:
+                    if isinstance(exc, EtcdkitError) and not self._etcd.retry.is_retryable(exc):
+                        log.warning("%s failed: %s", self._what, exc)
+                        return
+                    continue
+                log.info("%s: done (etcd answered it)", self._what)
+                return
+        finally:
+            self._etcd.disown(self)
+
+    async def _stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 class Session:
     """One etcd lease kept alive on the client's shared keepalive stream (Go's
     ``concurrency.Session``). Create with :meth:`AsyncClient.session`, then ``await`` it or use
@@ -128,6 +179,7 @@ class Session:
         self._expiry: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[SessionState], None]] = []
         self.lost = asyncio.Event()
+        self._late: Late | None = None  # the revoke, sent again until etcd answers it
 
     def __repr__(self) -> str:
         return f"<Session lease={self._lease_id:#x} ttl={self.ttl} state={self._state.name}>"
@@ -256,18 +308,40 @@ class Session:
         if self._lease_id and not was_lost:
             try:
                 async with asyncio.timeout(REVOKE_TIMEOUT):
-                    await self._etcd.revoke(self._lease_id)
-            except LeaseNotFoundError:
-                # Revoked or expired already (e.g. by someone else): gone, as closing wants.
-                log.debug("session %#x: the lease was already gone on close", self._lease_id)
+                    await self._revoke()
+            except ClosedError:
+                pass  # (the client closed meanwhile: what it held goes with its TTL)
             except (EtcdkitError, TimeoutError) as exc:
                 log.warning(
-                    "session %#x: could not revoke on close (%s); it expires %d s after its "
-                    "last refresh",
+                    "session %#x: could not revoke on close (%s); sending the revoke again "
+                    "until etcd answers (the lease expires %d s after its last refresh, or "
+                    "after etcd comes back)",
                     self._lease_id,
                     str(exc) or f"no answer within {REVOKE_TIMEOUT:g} s",
                     self.ttl,
                 )
+                self._revoke_later()
+
+    async def _revoke(self) -> None:
+        try:
+            await self._etcd.revoke(self._lease_id)
+        except LeaseNotFoundError:
+            # Revoked or expired already (e.g. by someone else): gone, as closing wants.
+            log.debug("session %#x: the lease was already gone", self._lease_id)
+
+    def _revoke_later(self) -> None:
+        """Revoke the lease once etcd answers (see :class:`Late`): an etcd that restarts, or
+        whose leader changes, gives every lease a fresh TTL, and the keys on ours would keep
+        a line or a leadership from others for one more TTL."""
+        if self._late is not None or not self._lease_id or self._etcd.closed:
+            return
+        with contextlib.suppress(ClosedError):  # (the client began closing)
+            self._late = Late(
+                self._etcd,
+                self._revoke,
+                what=f"session {self._lease_id:#x}: revoke",
+                name=f"etcdkit-session-late-revoke {self._lease_id:#x}",
+            )
 
     def mark_lost(self, why: str) -> None:
         """The lease is known gone (e.g. etcd said "lease not found")."""
@@ -333,6 +407,9 @@ class Session:
         self._expiry = None
         if self._state is SessionState.SUSPENDED:
             self.mark_lost(f"no keepalive answer for the lease's TTL ({self.ttl} s)")
+            # Given up on, unconfirmed: the lease may live on (etcd restarted, or its leader
+            # changed: either gives every lease a fresh TTL); ours is revoked once etcd answers.
+            self._revoke_later()
 
     def _stop(self, state: SessionState) -> None:
         if self._expiry is not None:
