@@ -139,6 +139,8 @@ def _alarm_kind(value: int) -> str:
 
 # -- Cluster service ------------------------------------------------------------------------------
 
+_ALARMS = rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0, alarm=rpc.NONE)
+
 
 class Members:
     """The cluster's membership (etcd's Cluster service; ``etcdctl member ...``).
@@ -173,13 +175,29 @@ class Members:
         :class:`EtcdTimeoutError`, ...)."""
         linearizable = not check_bool(serializable, "serializable")
         self._core.check_open()
-        resp = await self._core.conn.call(
-            "list members",
-            "cluster",
-            "MemberList",
-            rpc.MemberListRequest(linearizable=linearizable),
-            idempotent=True,
-        )
+        conn = self._core.conn
+        request = rpc.MemberListRequest(linearizable=linearizable)
+        if not linearizable:
+            resp = await conn.call(
+                "list members", "cluster", "MemberList", request, idempotent=True
+            )
+            return [_member_of(m) for m in resp.members]
+        for _ in range(3):
+            # etcd 3.4 has no linearizable member list (it drops the field and answers from
+            # the member's own list, stale when that member is behind): a request through
+            # raft first, which the member answers once it applied every entry before it,
+            # changes of the membership included. An alarm read is one (on every etcd, for
+            # any user); the list must then come from the same member.
+            barrier = await conn.call(
+                "list members (a raft round first)", "maintenance", "Alarm", _ALARMS,
+                idempotent=True,
+            )  # fmt: skip
+            resp = await conn.call(
+                "list members", "cluster", "MemberList", request, idempotent=True
+            )
+            if resp.header.member_id == barrier.header.member_id:
+                break
+            # (another member answered the list: the client failed over in between)
         return [_member_of(m) for m in resp.members]
 
     async def add(self, peer_urls: str | Sequence[str], *, learner: bool = False) -> Member:
@@ -406,7 +424,7 @@ class Maintenance:
             "list alarms",
             "maintenance",
             "Alarm",
-            rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0, alarm=rpc.NONE),
+            _ALARMS,
             idempotent=True,
         )
         return [Alarm(int(a.memberID), _alarm_kind(a.alarm)) for a in resp.alarms]
