@@ -5,10 +5,12 @@ own answer: found by an outside audit against etcd 3.5.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
 import etcdkit
@@ -16,7 +18,7 @@ from _helpers import fresh_client
 from etcdkit import AsyncClient
 from etcdkit._wire import kv as wire_kv
 from etcdkit._wire.kv import batches_reads
-from etcdkit.testing import EtcdCluster, EtcdServer, find_etcd_binary
+from etcdkit.testing import EtcdCluster, EtcdServer, Proxy, find_etcd_binary
 from etcdkit.testing.server import _distro_binary, etcd_version
 
 WAVE = 50  # concurrent plain reads in a wave
@@ -216,3 +218,60 @@ async def test_a_member_upgraded_in_place_gets_no_batch_before_its_version_is_as
             upgraded.binary = old
             upgraded.start()
             await _until_batched(etcd, "/k")
+
+
+async def test_reads_of_a_batch_cut_short_by_a_changed_connection_keep_their_deadline() -> None:
+    """A batch whose connection drops is not retried (the member may come back as another
+    version): its reads go again, each alone. They got a whole timeout of their own again,
+    and a read took twice the client's timeout (a review of the change: 5.5 s at a timeout
+    of 3 s); they now get what was left of the batch's."""
+    old, _new = _binaries()
+    timeout = 3.0
+    with EtcdServer(binary=old) as server, Proxy(server.endpoint) as proxy:
+        async with fresh_client(proxy.endpoint, timeout=timeout) as etcd:
+            await etcd.put("/k", "v")
+            await _until_batched(etcd, "/k")
+            proxy.cut()
+            loop = asyncio.get_running_loop()
+            loop.call_later(timeout - 0.5, proxy.drop_connections)
+            t0 = loop.time()
+
+            async def read() -> float:
+                with contextlib.suppress(etcdkit.EtcdkitError):
+                    await etcd.range("/k")
+                return loop.time() - t0
+
+            slowest = max(await asyncio.gather(*(read() for _ in range(WAVE))))
+            proxy.restore()
+            assert slowest < timeout + 1.0
+
+
+async def test_a_version_answered_before_its_member_was_upgraded_does_not_count() -> None:
+    """One endpoint answers its version (3.4) at once, another late; meanwhile the first is
+    upgraded in place to 3.5.1 and the client reconnects to it. That answer came on the old
+    connection: the client took it for the new one and sent batches to 3.5.1 (a review of
+    the change). The connections are now watched before the versions are asked."""
+    old, new = _binaries()
+    with EtcdCluster(size=3, binary=old) as cluster:
+        first, second = cluster.members[0], cluster.members[1]
+        with Proxy(second.endpoint) as late:
+            async with fresh_client([first.endpoint, late.endpoint], timeout=20) as etcd:
+                await etcd.put("/k", "v")
+                kv = etcd._core.kv
+                late.cut()  # (the second endpoint's answer comes late)
+                await _wave(etcd, ["/k"] * WAVE)  # (asks the versions)
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(first.stop)
+                first.binary = new
+                await asyncio.to_thread(first.start)
+                channel = etcd._core.conn.channels[0].stubs.channel
+                channel.get_state(True)  # (connects again, with no call)
+                async with asyncio.timeout(10):
+                    while channel.get_state(False) is not grpc.ChannelConnectivity.READY:
+                        await asyncio.sleep(0.05)
+                late.restore()
+                async with asyncio.timeout(10):
+                    while kv._batch_probe_at == float("inf"):  # (the versions asked)
+                        await asyncio.sleep(0.05)
+                for _ in range(3):
+                    assert (await _wave(etcd, ["/k"] * WAVE))[1] >= WAVE

@@ -15,7 +15,7 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -712,7 +712,8 @@ class Connection:
         channel: Channel | None = None,
         final: bool = False,
         check: bool = False,
-        once: bool = False,
+        again: Callable[[], bool] | None = None,
+        deadline: float | None = None,
     ) -> Any:
         """One unary RPC with the client's timeout, auth metadata and error mapping.
 
@@ -726,8 +727,9 @@ class Connection:
         bounds, until the channels close. ``check``: the client's own check of an endpoint
         (pinned with ``channel``): in no call figure (``ClientStats.calls``, the call
         metrics), and its failure moves nothing (no failover: that would cancel the calls in
-        flight there). ``once``: sent once, never again: a failure its retries would have
-        hidden is raised (the caller sends what it asked for another way).
+        flight there). ``again``: asked before each retry; ``False`` raises the last error
+        instead (the caller sends what it asked for another way). ``deadline``: a bound of the
+        caller's own, on the loop's clock (the client's timeout still holds).
         """
         # One coroutine for the call, its retries and its meter: each more frame costs every
         # call of the client (put, get, txn) a little.
@@ -735,7 +737,9 @@ class Connection:
         if len(what) > MESSAGE_WHAT:
             what = short(what)
         loop = asyncio.get_running_loop()
-        deadline = None if self.timeout is None else loop.time() + self.timeout
+        if self.timeout is not None:
+            own = loop.time() + self.timeout
+            deadline = own if deadline is None else min(deadline, own)
         backoff = None  # made at the first retry (most calls never need one)
         last: EtcdkitError | None = None
         # made while the client closes (one of its last revokes), or such a call made before
@@ -829,7 +833,8 @@ class Connection:
                 except (ConnectionUnavailableError, EtcdTimeoutError) as exc:  # from authenticate
                     self.note_failure(exc)
                     last = exc
-                if once and last is not None:
+                if again is not None and last is not None and not again():
+                    check = True  # (in no figure: the caller sends it again another way)
                     raise last
                 if backoff is None:
                     backoff = self.retry.backoff(cap=self.retry.call_cap)

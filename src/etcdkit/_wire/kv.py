@@ -46,7 +46,7 @@ from etcdkit._types import (
     prefix_range_end,
     to_bytes,
 )
-from etcdkit._wire.conn import Connection, map_rpc_error
+from etcdkit._wire.conn import Channel, Connection, map_rpc_error
 
 __all__ = ["KV", "KeySpace", "header_of", "kv_of"]
 
@@ -555,6 +555,22 @@ class KV:
         resp = await self._read(f"get {key!r}", "kv", "Range", rpc.RangeRequest(key=key))
         return _range_result(resp, header_of(resp.header))
 
+    async def _alone(
+        self, chunk: list[tuple[bytes, asyncio.Future[RangeResult]]], deadline: float | None
+    ) -> list[RangeResult | BaseException]:
+        """Each read of ``chunk`` as a Range of its own, by ``deadline`` (the batch's: the
+        callers wait no longer than for one read), at most :data:`TXN_OPS` in flight."""
+
+        async def one(key: bytes) -> RangeResult:
+            async with self._plain_turns:
+                resp = await self._conn.call(
+                    f"get {key!r}", "kv", "Range", rpc.RangeRequest(key=key), idempotent=True,
+                    deadline=deadline,
+                )  # fmt: skip
+            return _range_result(resp, header_of(resp.header))
+
+        return list(await asyncio.gather(*(one(k) for k, _ in chunk), return_exceptions=True))
+
     def _flush_gets(self) -> None:
         batch, self._gets = self._gets, []
         for i in range(0, len(batch), TXN_OPS):
@@ -587,10 +603,11 @@ class KV:
         self, chunk: list[tuple[bytes, asyncio.Future[RangeResult]]]
     ) -> list[RangeResult | BaseException]:
         """The answer (or error) of each read of ``chunk``."""
+        loop = asyncio.get_running_loop()
+        timeout = self._conn.timeout
+        deadline = None if timeout is None else loop.time() + timeout
         if not self._batching():  # (a connection changed since the reads were asked for)
-            return list(
-                await asyncio.gather(*(self._get_one(k) for k, _ in chunk), return_exceptions=True)
-            )
+            return await self._alone(chunk, deadline)
         if len(chunk) == 1:  # (a Range alone: its error is its own answer, not sent again)
             try:
                 return [await self._get_one(chunk[0][0])]
@@ -601,26 +618,44 @@ class KV:
             req = rpc.TxnRequest(
                 success=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key)) for key, _ in chunk]
             )
-            # Sent once: sent again, it could reach a member restarted meanwhile as another
-            # version (one that must not get batches), before its version was asked.
+            # Retried only while batches still may go out: a retry could otherwise reach a
+            # member restarted meanwhile as another version (one that must not get them)
+            # before its version was asked.
             resp = await self._conn.call(
-                f"get {len(chunk)} keys", "kv", "Txn", req, idempotent=True, once=True
+                f"get {len(chunk)} keys", "kv", "Txn", req, idempotent=True, again=self._batching
             )
         except (EtcdTimeoutError, ClosedError) as exc:
             return [exc] * len(chunk)  # (each read alone would meet the same)
         except EtcdkitError as exc:
-            # etcd refused the transaction for what one read asks, or for its size, or it
-            # failed on its way: each read goes again alone, for its own answer (as each was
-            # asked for, retried as a read is).
+            if isinstance(exc, ConnectionUnavailableError) and (
+                deadline is None or loop.time() >= deadline
+            ):
+                return [exc] * len(chunk)  # (no endpoint answered in time: as above)
+            # etcd refused the transaction for what one read asks, or for its size, or a
+            # connection changed under it: each read goes again alone, for its own answer
+            # (as each was asked for), within the time the batch had.
             if "too many operations" in str(exc):
                 self._batches = False
                 self._txn_ops_refused = True
                 log.info("plain reads are no longer batched: %s (etcd's --max-txn-ops)", exc)
-            return list(
-                await asyncio.gather(*(self._get_one(k) for k, _ in chunk), return_exceptions=True)
-            )
+            return await self._alone(chunk, deadline)
         header = header_of(resp.header)
         return [_range_result(r.response_range, header) for r in resp.responses]
+
+    async def _statuses(self, channels: Sequence[Channel]) -> list[Any]:
+        """Every endpoint's status, or the error asking it met."""
+        calls = [
+            self._conn.call(
+                "status (are plain reads batched?)",
+                "maintenance",
+                "Status",
+                _STATUS,
+                idempotent=True,
+                channel=ch,
+            )
+            for ch in channels
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
 
     def _learn_versions(self) -> None:
         """Ask every endpoint's version (once at a time, in a task of the KV's: it ends with
@@ -637,31 +672,29 @@ class KV:
     async def _versions(self) -> None:
         channels = self._conn.channels
         try:
-            calls = [
-                self._conn.call(
-                    "status (are plain reads batched?)",
-                    "maintenance",
-                    "Status",
-                    _STATUS,
-                    idempotent=True,
-                    channel=ch,
-                )
-                for ch in channels
+            # Once every channel is connected (a first round of status requests connects
+            # them), its connection is watched, and only then are the versions asked: an
+            # answer holds for the connection it came on, and one that changes meanwhile (a
+            # member restarted, maybe as another version) makes the round count for nothing.
+            if any(isinstance(a, BaseException) for a in await self._statuses(channels)):
+                return
+            if any(ch.stubs.channel.get_state(False) is not _READY for ch in channels):
+                return
+            self.end()
+            self._grpc_channels = [ch.stubs.channel for ch in channels]
+            self._connected = [
+                asyncio.ensure_future(g.wait_for_state_change(_READY)) for g in self._grpc_channels
             ]
-            answers = await asyncio.gather(*calls, return_exceptions=True)
+            for c in self._connected:
+                c.add_done_callback(mark_retrieved)
+            answers = await self._statuses(channels)
         finally:
             self._batch_probe_at = asyncio.get_running_loop().time() + BATCH_PROBE_AGAIN
-        # Each answer holds for the connection it came on: a channel not connected now
-        # may have answered on another (the versions are asked again later).
-        if any(ch.stubs.channel.get_state(False) is not _READY for ch in channels):
+        if any(c.done() for c in self._connected) or any(
+            g.get_state(False) is not _READY for g in self._grpc_channels
+        ):
+            self.end()  # (a connection changed during the round: asked again later)
             return
-        self.end()
-        self._grpc_channels = [ch.stubs.channel for ch in channels]
-        self._connected = [
-            asyncio.ensure_future(g.wait_for_state_change(_READY)) for g in self._grpc_channels
-        ]
-        for c in self._connected:
-            c.add_done_callback(mark_retrieved)
         old = [a.version for a in answers if not isinstance(a, BaseException)]
         old = [v for v in old if not batches_reads(v)]
         if old:

@@ -347,11 +347,10 @@ class PersistentLease:
         async def remove() -> None:
             await self._etcd.txn(guard, delete)
 
-        Late(
+        Late.send(
             self._etcd,
             remove,
             what=f"lease {self._key!r}: the delete after close",
-            name=f"etcdkit-lease-late-delete {self._key!r}",
             moot=lambda: session.state in (SessionState.LOST, SessionState.CLOSED),
         )
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -99,55 +100,101 @@ async def abandon(session: Session, what: str) -> None:
     await asyncio.wait({closer}, timeout=ABANDON_WAIT)
 
 
-class Late:
-    """A call etcd could not be reached for (a revoke, a delete), sent again until it answers:
-    else what it undoes would stay in etcd (a lease an etcd restart or a leader change gives
-    a fresh TTL, a key a shared lease keeps). Owned by the client (``adopt``): it ends once
-    etcd answered, once ``moot()`` says the call no longer matters, on an error a retry
-    cannot mend (logged), or when the client closes."""
+class _LateCall:
+    __slots__ = ("call", "moot", "what")
 
     def __init__(
-        self,
+        self, call: Callable[[], Awaitable[object]], what: str, moot: Callable[[], bool] | None
+    ) -> None:
+        self.call = call
+        self.what = what
+        self.moot = moot
+
+
+class Late:
+    """The calls of one client that etcd could not be reached for (a revoke, a delete), sent
+    again until etcd answers: else what they undo would stay in etcd (a lease that an etcd
+    restart or a leader change gives a fresh TTL, a key a shared lease keeps). One task a
+    client, owned by it (``adopt``): it tries the oldest call at the pace of a call's own
+    retries and, once etcd answered it, the others at once. A call ends once etcd answered
+    it, once its ``moot()`` says it no longer matters, or on an error a retry cannot mend
+    (logged). The client's close sends each call left once more (bounded), then ends it."""
+
+    @staticmethod
+    def send(
         etcd: Etcd,
         call: Callable[[], Awaitable[object]],
         *,
         what: str,
-        name: str,
         moot: Callable[[], bool] | None = None,
     ) -> None:
+        """Queue ``call``; :class:`ClosedError` once the client closes."""
+        late = _late.get(etcd)
+        if late is None or late.ended:
+            late = _late[etcd] = Late(etcd)
+        late._calls.append(_LateCall(call, what, moot))
+        late._wake.set()
+
+    def __init__(self, etcd: Etcd) -> None:
         self._etcd = etcd
-        self._call = call
-        self._what = what
-        self._moot = moot
-        etcd.adopt(self, self._stop)  # (ClosedError once the client closes: nothing is made)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
+        self._calls: list[_LateCall] = []
+        self._wake = asyncio.Event()
+        self.ended = False
+        etcd.adopt(self, self._stop)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="etcdkit-late-calls")
 
     async def _run(self) -> None:
         # (paced as a call's own retries: the sooner it lands once etcd is back, the sooner
         # the next in line goes on; a refused connection fails at once)
         backoff = self._etcd.retry.backoff(cap=self._etcd.retry.call_cap)
         try:
-            while self._moot is None or not self._moot():
-                await backoff.wait()
-                try:
-                    async with asyncio.timeout(REVOKE_TIMEOUT):
-                        await self._call()
-                except ClosedError:
-                    return
-                except (EtcdkitError, TimeoutError) as exc:
-                    if isinstance(exc, EtcdkitError) and not self._etcd.retry.is_retryable(exc):
-                        log.warning("%s failed: %s", self._what, exc)
-                        return
+            while True:
+                self._calls = [c for c in self._calls if c.moot is None or not c.moot()]
+                if not self._calls:
+                    self._wake.clear()
+                    await self._wake.wait()
                     continue
-                log.info("%s: done (etcd answered it)", self._what)
-                return
+                first = self._calls[0]
+                if not await self._send(first):
+                    await backoff.wait()
+                    continue
+                backoff.reset()
+                self._calls.remove(first)
+                rest, self._calls = self._calls, []
+                done = await asyncio.gather(*(self._send(c) for c in rest))
+                self._calls[:0] = [c for c, ok in zip(rest, done, strict=True) if not ok]
+        except ClosedError:
+            return
         finally:
+            self.ended = True
             self._etcd.disown(self)
 
+    async def _send(self, c: _LateCall) -> bool:
+        """Send ``c`` once: ``True`` once it needs sending no more."""
+        try:
+            async with asyncio.timeout(REVOKE_TIMEOUT):
+                await c.call()
+        except ClosedError:
+            raise
+        except (EtcdkitError, TimeoutError) as exc:
+            if isinstance(exc, EtcdkitError) and not self._etcd.retry.is_retryable(exc):
+                log.warning("%s failed: %s", c.what, exc)
+                return True
+            return False
+        log.info("%s: done (etcd answered it)", c.what)
+        return True
+
     async def _stop(self) -> None:
+        """The client closes: each call left is sent once more, then this ends."""
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        calls, self._calls = self._calls, []
+        with contextlib.suppress(ClosedError):
+            await asyncio.gather(*(self._send(c) for c in calls if c.moot is None or not c.moot()))
+
+
+_late: weakref.WeakKeyDictionary[Etcd, Late] = weakref.WeakKeyDictionary()
 
 
 class Session:
@@ -179,7 +226,7 @@ class Session:
         self._expiry: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[SessionState], None]] = []
         self.lost = asyncio.Event()
-        self._late: Late | None = None  # the revoke, sent again until etcd answers it
+        self._late = False  # the revoke is sent again until etcd answers it
 
     def __repr__(self) -> str:
         return f"<Session lease={self._lease_id:#x} ttl={self.ttl} state={self._state.name}>"
@@ -312,15 +359,24 @@ class Session:
             except ClosedError:
                 pass  # (the client closed meanwhile: what it held goes with its TTL)
             except (EtcdkitError, TimeoutError) as exc:
-                log.warning(
-                    "session %#x: could not revoke on close (%s); sending the revoke again "
-                    "until etcd answers (the lease expires %d s after its last refresh, or "
-                    "after etcd comes back)",
-                    self._lease_id,
-                    str(exc) or f"no answer within {REVOKE_TIMEOUT:g} s",
-                    self.ttl,
-                )
-                self._revoke_later()
+                why = str(exc) or f"no answer within {REVOKE_TIMEOUT:g} s"
+                try:
+                    self._revoke_later()
+                except ClosedError:
+                    log.warning(
+                        "session %#x: could not revoke on close (%s); it expires %d s after "
+                        "its last refresh (the client closed)",
+                        self._lease_id,
+                        why,
+                        self.ttl,
+                    )
+                else:
+                    log.warning(
+                        "session %#x: could not revoke on close (%s); sending the revoke "
+                        "again until etcd answers",
+                        self._lease_id,
+                        why,
+                    )
 
     async def _revoke(self) -> None:
         try:
@@ -332,16 +388,12 @@ class Session:
     def _revoke_later(self) -> None:
         """Revoke the lease once etcd answers (see :class:`Late`): an etcd that restarts, or
         whose leader changes, gives every lease a fresh TTL, and the keys on ours would keep
-        a line or a leadership from others for one more TTL."""
-        if self._late is not None or not self._lease_id or self._etcd.closed:
+        a line or a leadership from others for one more TTL. :class:`ClosedError` once the
+        client closes (its close revokes what it can)."""
+        if self._late or not self._lease_id:
             return
-        with contextlib.suppress(ClosedError):  # (the client began closing)
-            self._late = Late(
-                self._etcd,
-                self._revoke,
-                what=f"session {self._lease_id:#x}: revoke",
-                name=f"etcdkit-session-late-revoke {self._lease_id:#x}",
-            )
+        Late.send(self._etcd, self._revoke, what=f"session {self._lease_id:#x}: revoke")
+        self._late = True
 
     def mark_lost(self, why: str) -> None:
         """The lease is known gone (e.g. etcd said "lease not found")."""
@@ -409,7 +461,8 @@ class Session:
             self.mark_lost(f"no keepalive answer for the lease's TTL ({self.ttl} s)")
             # Given up on, unconfirmed: the lease may live on (etcd restarted, or its leader
             # changed: either gives every lease a fresh TTL); ours is revoked once etcd answers.
-            self._revoke_later()
+            with contextlib.suppress(ClosedError):  # (the client closes: it revokes what it can)
+                self._revoke_later()
 
     def _stop(self, state: SessionState) -> None:
         if self._expiry is not None:
