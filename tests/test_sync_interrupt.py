@@ -7,6 +7,7 @@ goes to that process's main thread), against a real etcd."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import subprocess
@@ -180,6 +181,16 @@ def _at_shutdown_scheduling(action: Callable[[], object], where: str) -> TraceFu
     return tracer
 
 
+def _close_traced(client: Client, action: Callable[[], object], where: str) -> None:
+    """``client.close()``, with ``action()`` run inside it at ``where`` (see
+    :func:`_at_shutdown_scheduling`)."""
+    sys.settrace(_at_shutdown_scheduling(action, where))
+    try:
+        client.close()
+    finally:
+        sys.settrace(None)
+
+
 def _in_a_thread(fn: Callable[[], object], timeout: float = 20.0) -> BaseException | None:
     """Run ``fn`` in a thread of its own (traced there only); what it raised; fail if it
     hangs."""
@@ -215,14 +226,7 @@ def test_a_handler_that_closes_the_client_inside_its_threads_own_close_does_not_
         client.close()
         handled.append("closed")
 
-    def close() -> None:
-        sys.settrace(_at_shutdown_scheduling(handler, where))
-        try:
-            client.close()
-        finally:
-            sys.settrace(None)
-
-    assert _in_a_thread(close) is None
+    assert _in_a_thread(functools.partial(_close_traced, client, handler, where)) is None
     assert handled == ["closed"]
     assert client.closed
     assert client.portal.stopped
@@ -241,14 +245,8 @@ def test_a_ctrl_c_as_close_schedules_the_shutdown_leaves_a_close_that_finishes(
     def interrupt() -> None:
         raise KeyboardInterrupt
 
-    def close() -> None:
-        sys.settrace(_at_shutdown_scheduling(interrupt, where))
-        try:
-            client.close()
-        finally:
-            sys.settrace(None)
-
-    assert isinstance(_in_a_thread(close), KeyboardInterrupt)
+    raised = _in_a_thread(functools.partial(_close_traced, client, interrupt, where))
+    assert isinstance(raised, KeyboardInterrupt)
     assert _in_a_thread(client.close) is None
     assert client.closed
     assert client.portal.stopped
