@@ -161,13 +161,17 @@ class Late:
                 backoff.reset()
                 self._calls.remove(first)
                 rest, self._calls = self._calls, []
-                done = await asyncio.gather(*(self._send(c) for c in rest))
-                self._calls[:0] = [c for c, ok in zip(rest, done, strict=True) if not ok]
+                done = await asyncio.gather(*(self._send(c) for c in rest), return_exceptions=True)
+                if any(isinstance(ok, ClosedError) for ok in done):
+                    return
+                self._calls[:0] = [c for c, ok in zip(rest, done, strict=True) if ok is not True]
         except ClosedError:
             return
         finally:
             self.ended = True
             self._etcd.disown(self)
+            if _late.get(self._etcd) is self:
+                del _late[self._etcd]  # (it refers to the client: else kept for ever)
 
     async def _send(self, c: _LateCall) -> bool:
         """Send ``c`` once: ``True`` once it needs sending no more."""
@@ -190,8 +194,8 @@ class Late:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         calls, self._calls = self._calls, []
-        with contextlib.suppress(ClosedError):
-            await asyncio.gather(*(self._send(c) for c in calls if c.moot is None or not c.moot()))
+        left = [c for c in calls if c.moot is None or not c.moot()]
+        await asyncio.gather(*(self._send(c) for c in left), return_exceptions=True)
 
 
 _late: weakref.WeakKeyDictionary[Etcd, Late] = weakref.WeakKeyDictionary()
