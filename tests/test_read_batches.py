@@ -275,3 +275,52 @@ async def test_a_version_answered_before_its_member_was_upgraded_does_not_count(
                         await asyncio.sleep(0.05)
                 for _ in range(3):
                     assert (await _wave(etcd, ["/k"] * WAVE))[1] >= WAVE
+
+
+async def test_versions_forgotten_while_they_are_asked_are_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection changes (a member upgraded in place to 3.5.1) while the client asks the
+    versions, one endpoint answering its second round late: the reads forgot the versions
+    (and the round's watches) meanwhile, and the round, ending, took its answers, from the
+    old connection, for good, with no connection watched any more: batches went to 3.5.1
+    (a review of the change, 3 of 3 runs). A round under way when the versions are
+    forgotten now counts for nothing."""
+    old, new = _binaries()
+    rounds: list[int] = []
+    statuses = wire_kv.KV._statuses
+
+    with EtcdCluster(size=3, binary=old) as cluster:
+        first, second = cluster.members[0], cluster.members[1]
+        with Proxy(second.endpoint) as late:
+
+            async def timed(kv: wire_kv.KV, channels: list[object]) -> list[object]:
+                rounds.append(1)
+                if len(rounds) == 2:
+                    late.cut()  # (the second endpoint answers the second round late)
+                return await statuses(kv, channels)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(wire_kv.KV, "_statuses", timed)
+            async with fresh_client([first.endpoint, late.endpoint], timeout=20) as etcd:
+                await etcd.put("/k", "v")
+                await _wave(etcd, ["/k"] * WAVE)  # (asks the versions)
+                async with asyncio.timeout(10):
+                    while len(rounds) < 2:
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(first.stop)
+                first.binary = new
+                await asyncio.to_thread(first.start)
+                channel = etcd._core.conn.channels[0].stubs.channel
+                channel.get_state(True)  # (connects again, with no call)
+                async with asyncio.timeout(10):
+                    while channel.get_state(False) is not grpc.ChannelConnectivity.READY:
+                        await asyncio.sleep(0.05)
+                await _wave(etcd, ["/k"] * WAVE)  # (forgets the versions)
+                late.restore()
+                kv = etcd._core.kv
+                for _ in range(2000):  # (until the late round ends and took its answers)
+                    if kv._batches is True:
+                        break
+                    await asyncio.sleep(0.001)
+                assert (await _wave(etcd, ["/k"] * WAVE))[1] >= WAVE

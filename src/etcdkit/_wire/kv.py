@@ -426,6 +426,7 @@ def _txn_result(
 
 _LISTS = (list, tuple)  # (txn's arguments, as given nearly always: no ABC check needed)
 TXN_OPS = 128  # etcd's default --max-txn-ops: gets per coalesced read
+BATCH_PROBE_SOON = 1.0  # s before asking again, when a connection changed while they were asked
 BATCH_PROBE_AGAIN = 30.0  # s before asking again the endpoints' versions, when one did not answer
 _STATUS = rpc.StatusRequest()
 _READY = grpc.ChannelConnectivity.READY
@@ -465,6 +466,7 @@ class KV:
         self._connected: list[asyncio.Future[None]] = []
         self._grpc_channels: list[grpc.aio.Channel] = []  # the channels watched
         self._txn_ops_refused = False  # etcd refused a batch for --max-txn-ops: never again
+        self._rounds = 0  # versions forgotten so far (a round begun before one counts for nothing)
         # (unbatched reads past TXN_OPS in flight wait here for one of TXN_OPS turns)
         self._plain_turns = asyncio.Semaphore(TXN_OPS)
 
@@ -542,7 +544,9 @@ class KV:
     def _forget_versions(self) -> None:
         self.end()
         self._batches = None
-        self._batch_probe_at = 0.0
+        self._rounds += 1  # (a round of status requests under way counts for nothing)
+        if self._batch_probe_at != float("inf"):  # (not while one is under way: it ends)
+            self._batch_probe_at = 0.0
 
     def end(self) -> None:
         """Stop watching the connections (the client closes)."""
@@ -671,6 +675,8 @@ class KV:
 
     async def _versions(self) -> None:
         channels = self._conn.channels
+        rounds = self._rounds
+        watches: list[asyncio.Future[None]] = []
         try:
             # Once every channel is connected (a first round of status requests connects
             # them), its connection is watched, and only then are the versions asked: an
@@ -681,19 +687,28 @@ class KV:
             if any(ch.stubs.channel.get_state(False) is not _READY for ch in channels):
                 return
             self.end()
-            self._grpc_channels = [ch.stubs.channel for ch in channels]
-            self._connected = [
-                asyncio.ensure_future(g.wait_for_state_change(_READY)) for g in self._grpc_channels
+            grpc_channels = [ch.stubs.channel for ch in channels]
+            watches = [
+                asyncio.ensure_future(g.wait_for_state_change(_READY)) for g in grpc_channels
             ]
-            for c in self._connected:
+            for c in watches:
                 c.add_done_callback(mark_retrieved)
+            self._grpc_channels, self._connected = grpc_channels, watches
             answers = await self._statuses(channels)
         finally:
             self._batch_probe_at = asyncio.get_running_loop().time() + BATCH_PROBE_AGAIN
-        if any(c.done() for c in self._connected) or any(
-            g.get_state(False) is not _READY for g in self._grpc_channels
+        if (
+            rounds != self._rounds
+            or self._connected is not watches
+            or any(c.done() for c in watches)
+            or any(ch.stubs.channel.get_state(False) is not _READY for ch in channels)
         ):
-            self.end()  # (a connection changed during the round: asked again later)
+            # (a connection changed during the round: asked again soon)
+            for c in watches:
+                c.cancel()
+            if self._connected is watches:
+                self.end()
+            self._batch_probe_at = asyncio.get_running_loop().time() + BATCH_PROBE_SOON
             return
         old = [a.version for a in answers if not isinstance(a, BaseException)]
         old = [v for v in old if not batches_reads(v)]

@@ -162,11 +162,13 @@ class Late:
                 self._calls.remove(first)
                 rest, self._calls = self._calls, []
                 done = await asyncio.gather(*(self._send(c) for c in rest), return_exceptions=True)
-                if any(isinstance(ok, ClosedError) for ok in done):
-                    return
                 self._calls[:0] = [c for c, ok in zip(rest, done, strict=True) if ok is not True]
+                if any(isinstance(ok, ClosedError) for ok in done):
+                    raise ClosedError("the client closes")
         except ClosedError:
-            return
+            # The client closes (its close cut the call in flight): what is left waits here
+            # for the close, which sends it once more (_stop), as a close's own calls.
+            await asyncio.get_running_loop().create_future()
         finally:
             self.ended = True
             self._etcd.disown(self)
