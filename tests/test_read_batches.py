@@ -246,6 +246,19 @@ async def test_reads_of_a_batch_cut_short_by_a_changed_connection_keep_their_dea
             assert slowest < timeout + 1.0
 
 
+async def _replaced_and_reconnected(etcd: AsyncClient, member: EtcdServer, binary: Path) -> None:
+    """``member`` (the client's first endpoint) restarted in place as ``binary``, and the
+    client's channel to it connected again, with no call made."""
+    await asyncio.to_thread(member.stop)
+    member.binary = binary
+    await asyncio.to_thread(member.start)
+    channel = etcd._core.conn.channels[0].stubs.channel
+    channel.get_state(True)
+    async with asyncio.timeout(10):
+        while channel.get_state(False) is not grpc.ChannelConnectivity.READY:
+            await asyncio.sleep(0.05)
+
+
 async def test_a_version_answered_before_its_member_was_upgraded_does_not_count() -> None:
     """One endpoint answers its version (3.4) at once, another late; meanwhile the first is
     upgraded in place to 3.5.1 and the client reconnects to it. That answer came on the old
@@ -261,14 +274,7 @@ async def test_a_version_answered_before_its_member_was_upgraded_does_not_count(
                 late.cut()  # (the second endpoint's answer comes late)
                 await _wave(etcd, ["/k"] * WAVE)  # (asks the versions)
                 await asyncio.sleep(0.3)
-                await asyncio.to_thread(first.stop)
-                first.binary = new
-                await asyncio.to_thread(first.start)
-                channel = etcd._core.conn.channels[0].stubs.channel
-                channel.get_state(True)  # (connects again, with no call)
-                async with asyncio.timeout(10):
-                    while channel.get_state(False) is not grpc.ChannelConnectivity.READY:
-                        await asyncio.sleep(0.05)
+                await _replaced_and_reconnected(etcd, first, new)
                 late.restore()
                 async with asyncio.timeout(10):
                     while kv._batch_probe_at == float("inf"):  # (the versions asked)
@@ -308,14 +314,7 @@ async def test_versions_forgotten_while_they_are_asked_are_asked_again(
                     while len(rounds) < 2:
                         await asyncio.sleep(0.01)
                 await asyncio.sleep(0.3)
-                await asyncio.to_thread(first.stop)
-                first.binary = new
-                await asyncio.to_thread(first.start)
-                channel = etcd._core.conn.channels[0].stubs.channel
-                channel.get_state(True)  # (connects again, with no call)
-                async with asyncio.timeout(10):
-                    while channel.get_state(False) is not grpc.ChannelConnectivity.READY:
-                        await asyncio.sleep(0.05)
+                await _replaced_and_reconnected(etcd, first, new)
                 await _wave(etcd, ["/k"] * WAVE)  # (forgets the versions)
                 late.restore()
                 kv = etcd._core.kv
