@@ -921,3 +921,45 @@ async def test_a_close_cutting_a_call_sent_again_still_sends_the_others(
                 assert await direct.get(etcd_prefix + "s") is None
         finally:
             await etcd.close()
+
+
+async def test_calls_sent_again_together_are_sent_once_more_when_a_close_cuts_them(
+    etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three revokes wait for etcd; the first lands, and the client closes while the other
+    two, sent together, are in flight (the path cut again). The close cancelled them and
+    sent nothing more: the leases lived on (a review of the change, 2 of 2 runs). They stay
+    queued until answered, and the close sends them once more."""
+    from etcdkit.recipes import session as recipe_session
+
+    closing: list[asyncio.Future[None]] = []
+    send = recipe_session.Late._send
+    with Proxy(etcd_server.endpoint) as proxy:
+        etcd = AsyncClient(proxy.endpoint, timeout=3)
+
+        async def first_lands_then_close(late: Any, call: Any) -> bool:
+            ok = await send(late, call)
+            if ok and not closing:  # (the first answer: cut again, and close)
+                proxy.cut()
+                closing.append(asyncio.ensure_future(etcd.close()))
+            return ok
+
+        monkeypatch.setattr(recipe_session.Late, "_send", first_lands_then_close)
+        await etcd.connect()
+        try:
+            async with AsyncClient(etcd_server.endpoint) as direct:
+                sessions = [await etcd.session(60) for _ in range(3)]
+                proxy.cut()
+                await asyncio.gather(*(s.close() for s in sessions))  # (their revokes wait)
+                proxy.restore()
+                async with asyncio.timeout(WAIT):
+                    while not closing:
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)
+                proxy.drop_connections()
+                proxy.restore()
+                await closing[0]
+                left = [await direct.time_to_live(s.lease_id) for s in sessions]
+                assert left == [-1, -1, -1]
+        finally:
+            await etcd.close()

@@ -160,9 +160,12 @@ class Late:
                     continue
                 backoff.reset()
                 self._calls.remove(first)
-                rest, self._calls = self._calls, []
+                # (each stays queued until answered: the close, cancelling this meanwhile,
+                # sends what is left once more)
+                rest = list(self._calls)
                 done = await asyncio.gather(*(self._send(c) for c in rest), return_exceptions=True)
-                self._calls[:0] = [c for c, ok in zip(rest, done, strict=True) if ok is not True]
+                answered = {id(c) for c, ok in zip(rest, done, strict=True) if ok is True}
+                self._calls = [c for c in self._calls if id(c) not in answered]
                 if any(isinstance(ok, ClosedError) for ok in done):
                     raise ClosedError("the client closes")
         except ClosedError:
@@ -170,10 +173,13 @@ class Late:
             # for the close, which sends it once more (_stop), as a close's own calls.
             await asyncio.get_running_loop().create_future()
         finally:
-            self.ended = True
-            self._etcd.disown(self)
-            if _late.get(self._etcd) is self:
-                del _late[self._etcd]  # (it refers to the client: else kept for ever)
+            self._end()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._etcd.disown(self)
+        if _late.get(self._etcd) is self:
+            del _late[self._etcd]  # (it refers to the client: else kept for ever)
 
     async def _send(self, c: _LateCall) -> bool:
         """Send ``c`` once: ``True`` once it needs sending no more."""
@@ -195,6 +201,7 @@ class Late:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        self._end()  # (also when the task was cancelled before it ran)
         calls, self._calls = self._calls, []
         left = [c for c in calls if c.moot is None or not c.moot()]
         await asyncio.gather(*(self._send(c) for c in left), return_exceptions=True)
