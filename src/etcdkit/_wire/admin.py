@@ -177,25 +177,22 @@ class Members:
         self._core.check_open()
         conn = self._core.conn
         request = rpc.MemberListRequest(linearizable=linearizable)
-        if not linearizable:
-            resp = await conn.call(
-                "list members", "cluster", "MemberList", request, idempotent=True
-            )
-            return [_member_of(m) for m in resp.members]
         for _ in range(3):
-            # etcd 3.4 has no linearizable member list (it drops the field and answers from
-            # the member's own list, stale when that member is behind): a request through
-            # raft first, which the member answers once it applied every entry before it,
-            # changes of the membership included. An alarm read is one (on every etcd, for
-            # any user); the list must then come from the same member.
-            barrier = await conn.call(
-                "list members (a raft round first)", "maintenance", "Alarm", _ALARMS,
-                idempotent=True,
-            )  # fmt: skip
+            barrier = None
+            if linearizable:
+                # etcd 3.4 has no linearizable member list (it drops the field and answers
+                # from the member's own list, stale when that member is behind): a request
+                # through raft first, which the member answers once it applied every entry
+                # before it, changes of the membership included. An alarm read is one (on
+                # every etcd, for any user); the list must then come from the same member.
+                barrier = await conn.call(
+                    "list members (a raft round first)", "maintenance", "Alarm", _ALARMS,
+                    idempotent=True,
+                )  # fmt: skip
             resp = await conn.call(
                 "list members", "cluster", "MemberList", request, idempotent=True
             )
-            if resp.header.member_id == barrier.header.member_id:
+            if barrier is None or resp.header.member_id == barrier.header.member_id:
                 break
             # (another member answered the list: the client failed over in between)
         return [_member_of(m) for m in resp.members]

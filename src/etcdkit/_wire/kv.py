@@ -434,6 +434,11 @@ _READY = grpc.ChannelConnectivity.READY
 log = logging.getLogger("etcdkit.kv")
 
 
+def _all_ready(channels: Sequence[grpc.aio.Channel]) -> bool:
+    """Every one of ``channels`` is connected now (grpc's own state: no I/O)."""
+    return all(g.get_state(False) is _READY for g in channels)
+
+
 def batches_reads(version: str) -> bool:
     """Whether etcd of ``version`` may be sent plain reads batched in a read-only transaction.
     Not etcd 3.5.0-3.5.4: it panics when a read-only transaction's context ends (deadline,
@@ -466,7 +471,6 @@ class KV:
         self._connected: list[asyncio.Future[None]] = []
         self._grpc_channels: list[grpc.aio.Channel] = []  # the channels watched
         self._txn_ops_refused = False  # etcd refused a batch for --max-txn-ops: never again
-        self._rounds = 0  # versions forgotten so far (a round begun before one counts for nothing)
         # (unbatched reads past TXN_OPS in flight wait here for one of TXN_OPS turns)
         self._plain_turns = asyncio.Semaphore(TXN_OPS)
 
@@ -536,7 +540,7 @@ class KV:
         if self._connected and (
             any(c.done() for c in self._connected)
             # (a change the watches have yet to hear of: a connection lost, or being made)
-            or any(g.get_state(False) is not _READY for g in self._grpc_channels)
+            or not _all_ready(self._grpc_channels)
         ):
             self._forget_versions()
         return self._batches is True
@@ -544,7 +548,6 @@ class KV:
     def _forget_versions(self) -> None:
         self.end()
         self._batches = None
-        self._rounds += 1  # (a round of status requests under way counts for nothing)
         if self._batch_probe_at != float("inf"):  # (not while one is under way: it ends)
             self._batch_probe_at = 0.0
 
@@ -675,7 +678,6 @@ class KV:
 
     async def _versions(self) -> None:
         channels = self._conn.channels
-        rounds = self._rounds
         watches: list[asyncio.Future[None]] = []
         try:
             # Once every channel is connected (a first round of status requests connects
@@ -684,10 +686,10 @@ class KV:
             # member restarted, maybe as another version) makes the round count for nothing.
             if any(isinstance(a, BaseException) for a in await self._statuses(channels)):
                 return
-            if any(ch.stubs.channel.get_state(False) is not _READY for ch in channels):
+            grpc_channels = [ch.stubs.channel for ch in channels]
+            if not _all_ready(grpc_channels):
                 return
             self.end()
-            grpc_channels = [ch.stubs.channel for ch in channels]
             watches = [
                 asyncio.ensure_future(g.wait_for_state_change(_READY)) for g in grpc_channels
             ]
@@ -697,11 +699,11 @@ class KV:
             answers = await self._statuses(channels)
         finally:
             self._batch_probe_at = asyncio.get_running_loop().time() + BATCH_PROBE_AGAIN
+        # (forgetting the versions, or the client's close, drops this round's watches)
         if (
-            rounds != self._rounds
-            or self._connected is not watches
+            self._connected is not watches
             or any(c.done() for c in watches)
-            or any(ch.stubs.channel.get_state(False) is not _READY for ch in channels)
+            or not _all_ready(grpc_channels)
         ):
             # (a connection changed during the round: asked again soon)
             for c in watches:
