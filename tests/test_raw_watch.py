@@ -6,8 +6,10 @@ Resumes through faults are in test_raw_watch_faults.py.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -269,6 +271,37 @@ async def test_a_compacted_start_raises_compacted_error(
         events = await events_until(w, r3)
     assert [e.kv.mod_revision for e in events] == [r2, r3]
     await until("the etcd watches removed", lambda: etcd.stats.watches == 0)
+
+
+async def test_a_watch_etcd_ended_leaves_no_watcher_on_etcd(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """etcd keeps a watcher it canceled itself (a compacted start) on the stream until the
+    client cancels it: without the client's cancel, each such watch stayed on etcd for as
+    long as the client was open (Go's client cancels it at once)."""
+    server = etcd_server_factory()
+
+    def watchers() -> float:
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        m = re.search(r"^etcd_debugging_mvcc_watcher_total (\S+)$", text, re.MULTILINE)
+        assert m is not None
+        return float(m.group(1))
+
+    async with fresh_client(server.endpoint) as c:
+        revs = [await c.put("k", str(i)) for i in range(3)]
+        await c.compact(revs[1])
+        async with c.watch("other") as live:  # the client's stream stays open throughout
+            await until("the live watch on etcd", lambda: watchers() == 1)
+            for one_key in (True, False):
+                for _ in range(5):
+                    async with c.watch("k", prefix=not one_key, start_revision=revs[0]) as w:
+                        with pytest.raises(etcdkit.CompactedError):
+                            await anext(w)
+            await until("the ended watches gone from etcd", lambda: watchers() == 1)
+            await c.put("other", "x")
+            assert [e.kv.value for e in (await anext(live)).events] == [b"x"]
 
 
 # -- progress notifications -----------------------------------------------------------------------

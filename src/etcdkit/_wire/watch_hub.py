@@ -686,6 +686,12 @@ class WatchHub:
             if sub_c is not None:
                 if self._token_refused(resp.cancel_reason):
                     raise _TokenRefused(f"watch on {sub_c.key!r} canceled: {resp.cancel_reason}")
+                # etcd ended it on its own (its start revision compacted, say) but keeps the
+                # watcher on this stream until the client cancels it, as Go's client does.
+                # (etcd confirms with one more "canceled", for an id no longer known here.)
+                self._queue_write(
+                    rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid))
+                )
                 self._end(sub_c, resp)
             return
         events = resp.events  # (each access of a message's field builds a new wrapper)
