@@ -268,6 +268,45 @@ async def test_a_range_at_a_past_revision_inside_a_transaction_says_it(
     assert (latest.revision, before.revision) == (failed.revision, old)
 
 
+async def test_a_range_before_a_write_in_a_transaction_says_the_revision_it_read(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """A range that runs before a transaction's first write reads the store at the revision
+    before the transaction's, and says so (its ``revision`` and header, as etcd's own
+    per-operation header and Go's client say); one after a write says the transaction's.
+    It said the transaction's for both: a revision whose keys it did not hold."""
+    p = etcd_prefix
+    first = await etcd.put(p + "a", "1")
+    read = Op.range(p, prefix=True)
+    res = await etcd.txn([], [read, Op.put(p + "b", "2"), read, Op.txn([], [read])])
+    before, put, after, nested = res.responses
+    assert isinstance(before, RangeResult)
+    assert isinstance(after, RangeResult)
+    assert isinstance(put, PutResult)
+    assert isinstance(nested, etcdkit.TxnResult)
+    assert res.revision == first + 1
+    assert (before.revision, _keys(before, p)) == (first, ["a"])
+    assert (after.revision, _keys(after, p)) == (res.revision, ["a", "b"])
+    assert before.header is not None
+    assert res.header is not None
+    assert before.header == res.header._replace(revision=first)
+    assert after.header == put.header == res.header
+    (inner,) = nested.responses
+    assert isinstance(inner, RangeResult)
+    assert (inner.revision, _keys(inner, p)) == (res.revision, ["a", "b"])
+    # what it says is what a read at that revision holds
+    assert (await etcd.range(p, prefix=True, revision=before.revision)).kvs == before.kvs
+    # a failed comparison's branch, the same
+    res = await etcd.txn(
+        [Compare.value(p + "a", "==", "no")], [], [read, Op.delete_range(p + "a"), read]
+    )
+    before, _, after = res.responses
+    assert isinstance(before, RangeResult)
+    assert isinstance(after, RangeResult)
+    assert (before.revision, _keys(before, p)) == (res.revision - 1, ["a", "b"])
+    assert (after.revision, _keys(after, p)) == (res.revision, ["b"])
+
+
 async def test_leases(etcd: AsyncClient, etcd_prefix: str) -> None:
     lease = await etcd.grant(20)
     assert lease.header is not None

@@ -395,15 +395,29 @@ def _delete_result(resp: Any, header: ResponseHeader) -> DeleteResult:
 
 
 def _op_results(pbs: Any, header: ResponseHeader, ops: Sequence[Op]) -> list[OpResult]:
-    # Inside a transaction, each operation's result carries the transaction's header (etcd
-    # fills the per-operation headers partly, and they would only repeat it); a range read at
-    # a past revision says that revision, as a range() outside does. ``ops``: the branch run
-    # (etcd answers each of its operations, in order).
+    # Inside a transaction, each operation's result carries the transaction's header: etcd
+    # fills in only the revision of the per-operation headers. That revision is the
+    # transaction's for a write, but a range reads the store as the transaction's operations
+    # before it left it: one before the first write reads the revision before the
+    # transaction's (Go's client hands out etcd's own per-operation headers). So a range
+    # says the revision it read at, in its result and its header; one read at a past revision
+    # says that revision, as a range() outside does. ``ops``: the branch run (etcd answers
+    # each of its operations, in order).
     results: list[OpResult] = []
     for resp, op in zip(pbs, ops, strict=True):
         which = resp.WhichOneof("response")
         if which == "response_range":
-            results.append(_range_result(resp.response_range, header, op.revision))
+            got = resp.response_range
+            read_at = got.header.revision
+            results.append(
+                _range_result(
+                    got,
+                    header._replace(revision=read_at)
+                    if read_at and read_at != header.revision
+                    else header,
+                    op.revision,
+                )
+            )
         elif which == "response_put":
             results.append(_put_result(resp.response_put, header))
         elif which == "response_txn":
