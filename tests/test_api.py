@@ -4,6 +4,7 @@ faces. (The raw watch has tests/test_raw_watch.py.)"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -113,6 +114,36 @@ async def test_delete_range(etcd: AsyncClient, etcd_prefix: str) -> None:
         e.encode() for e in (p + "c", p + "x/1", p + "x/2")
     ]
     assert (await etcd.range(p, prefix=True)).count == 0
+
+
+async def test_every_key_from_an_empty_key_on(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """``("", b"\\0")``: every key (Go's ``WithFromKey`` on ``""``, ``etcdctl get "" --from-key``),
+    as ``("", prefix=True)`` is, in a range, an ``Op.range``, a watch and a delete; an empty
+    key with any other range end is still refused."""
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as c:
+        for k in ("\x01", "a", "b/c", "\xff"):
+            await c.put(k, "v")
+        everything = await c.range("", prefix=True)
+        assert len(everything.kvs) == 4
+        assert (await c.range("", b"\0")).kvs == everything.kvs
+        assert (await c.range(b"", "\0", count_only=True)).count == 4
+        res = await c.txn([], [Op.range("", b"\0", keys_only=True)])
+        (read,) = res.responses
+        assert isinstance(read, RangeResult)
+        assert [kv.key for kv in read.kvs] == [kv.key for kv in everything.kvs]
+        async with c.watch("", b"\0") as w:
+            await c.put("\x00", "first key of all")
+            batch = await anext(w)
+        assert [e.kv.key for e in batch.events] == [b"\0"]
+        assert (await c.delete_range("", b"\0")).deleted == 5
+        assert (await c.range("", prefix=True)).count == 0
+        with pytest.raises(ValueError, match="key must not be empty"):
+            await c.range("", b"m")
+        with pytest.raises(ValueError, match="key must not be empty"):
+            await c.range("")
 
 
 async def test_a_plain_put_writes_what_the_same_put_through_an_op_writes(

@@ -312,7 +312,7 @@ class AsyncClient:
     ) -> RangeResult:
         """etcd's Range, with every option: one key, the keys in ``[key, range_end)``, or with
         ``prefix=True`` every key starting with ``key`` (``range_end=b"\\0"``: every key from
-        ``key`` on).
+        ``key`` on; from ``""`` on, every key).
 
         ``revision``: read at that revision (0: the latest). ``limit``: at most that many keys
         (0: all; ``more`` says whether some were left out, ``count`` how many the range holds).

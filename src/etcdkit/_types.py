@@ -367,6 +367,8 @@ def range_end_of(
             raise ValueError("pass either range_end or prefix=True, not both")
         raw = to_bytes(key, what)
         return (raw or b"\0"), prefix_range_end(raw)
+    if range_end in (b"\0", "\0") and key in (b"", ""):
+        return b"\0", b"\0"  # every key from the first on (etcd wants a key: Go's WithFromKey)
     raw = key_bytes(key, what)
     if range_end is None:
         return raw, b""
