@@ -412,7 +412,7 @@ def _op_results(pbs: Any, header: ResponseHeader, ops: Sequence[Op]) -> list[OpR
             results.append(
                 _range_result(
                     got,
-                    header._replace(revision=read_at)
+                    _new_tuple(ResponseHeader, (header[0], header[1], read_at, header[3]))
                     if read_at and read_at != header.revision
                     else header,
                     op.revision,
