@@ -272,6 +272,31 @@ async def test_hash_kv(etcd: AsyncClient, etcd_server: EtcdServer, etcd_prefix: 
         await etcd.maintenance.hash_kv(etcd_server.endpoint, rev + 1000)
 
 
+def test_hash_of_the_whole_backend_on_both_faces(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """etcd's Hash (the whole backend: python-etcd3's ``hash()``), of the member named."""
+    server = etcd_server_factory()
+
+    async def run() -> None:
+        async with fresh_client(server.endpoint) as etcd:
+            await etcd.put("a", "1")
+            first = await etcd.maintenance.hash(server.endpoint)
+            assert isinstance(first, int)
+            assert await etcd.maintenance.hash(host_port(server.endpoint)) == first
+            await etcd.put("a", "2")
+            assert await etcd.maintenance.hash(server.endpoint) != first
+            with pytest.raises(ValueError, match="not one of this client's endpoints"):
+                await etcd.maintenance.hash("127.0.0.1:1")
+
+    asyncio.run(run())
+    with Client(server.endpoint) as client:
+        now = client.maintenance.hash(server.endpoint)
+        assert now == client.maintenance.hash(server.endpoint)
+        client.put("a", "3")
+        assert client.maintenance.hash(server.endpoint) != now
+
+
 async def test_nospace_alarm_compact_defragment_disarm(
     etcd_server_factory: Callable[..., EtcdServer],
 ) -> None:

@@ -205,7 +205,7 @@ class AsyncClient:
     @property
     def maintenance(self) -> Maintenance:
         """Per-member maintenance (:class:`Maintenance`: ``status``, ``alarms``, ``disarm``,
-        ``defragment``, ``hash_kv``, ``move_leader``, ``snapshot``). No I/O here."""
+        ``defragment``, ``hash``, ``hash_kv``, ``move_leader``, ``snapshot``). No I/O here."""
         if self._maintenance is None:
             from etcdkit._wire.admin import Maintenance
 

@@ -32,6 +32,7 @@ class SyncMaintenance(Twin[Maintenance]):
     disarm = blocking(Maintenance.disarm)
     defragment = blocking(Maintenance.defragment)
     hash_kv = blocking(Maintenance.hash_kv)
+    hash = blocking(Maintenance.hash)
     move_leader = blocking(Maintenance.move_leader)
     snapshot = blocking(Maintenance.snapshot)
 

@@ -499,6 +499,18 @@ class Maintenance:
         )
         return HashKV(int(resp.hash), int(resp.compact_revision), header_of(resp.header))
 
+    async def hash(self, endpoint: str) -> int:
+        """etcd's Hash of the member at ``endpoint`` (one of the client's endpoints): of its
+        whole backend, keys, leases and etcd's own records, as it is now. etcd calls it a
+        testing aid (it takes no lock against writes in flight): to check that members agree,
+        compare :meth:`hash_kv` at one revision."""
+        ch = self._core.conn.channel_at(endpoint)
+        self._core.check_open()
+        resp = await self._core.conn.call(
+            "hash", "maintenance", "Hash", rpc.HashRequest(), idempotent=True, channel=ch
+        )
+        return int(resp.hash)
+
     async def move_leader(self, member_id: int) -> None:
         """Hand the leadership to the voting member ``member_id``; returns once it leads.
 

@@ -569,9 +569,9 @@ class Etcd3Client:
 
     @handle_errors
     def hash(self) -> int:
-        """The hash of the key-value store of the member the client talks to (etcd's
-        HashKV; python-etcd3 asked for Hash, which also covers etcd's own metadata)."""
-        return self.native.maintenance.hash_kv(self.native.endpoints[0]).hash
+        """The hash of the whole backend of the member the client talks to (etcd's Hash, as
+        python-etcd3 asked for it)."""
+        return self.native.maintenance.hash(self.native.endpoints[0])
 
     @handle_errors
     def create_alarm(self, member_id: int = 0) -> list[Alarm]:
