@@ -426,6 +426,52 @@ def test_watch_callbacks(no_leaked_threads: None, e3: Etcd3, etcd_prefix: str) -
     assert seen.empty()
 
 
+@pytest.mark.parametrize("where", ["outside", "inside a callback"])
+def test_close_hands_each_callback_one_last_exception(
+    no_leaked_threads: None, etcd_server: EtcdServer, e3: Etcd3, etcd_prefix: str, where: str
+) -> None:
+    """As python-etcd3's callbacks were handed their stream's error when the client closed:
+    each callback watch not cancelled gets one Etcd3Exception after its responses, and
+    nothing after it; a cancelled one gets nothing. (They got nothing at all.)"""
+    client = compat(etcd_server)
+    k = etcd_prefix + "k"
+    calls: dict[str, list[Any]] = {"a": [], "b": [], "cancelled": []}
+    done = threading.Event()
+
+    def callback(name: str) -> Callable[[Any], None]:
+        def on(arg: Any) -> None:
+            calls[name].append(arg)
+            if where == "inside a callback" and name == "a" and not isinstance(arg, Exception):
+                client.close()
+                done.set()
+
+        return on
+
+    client.add_watch_callback(k, callback("a"))
+    client.add_watch_prefix_callback(etcd_prefix, callback("b"))
+    client.cancel_watch(client.add_watch_callback(k, callback("cancelled")))
+    e3.put(k, "1")
+    if where == "outside":
+        deadline = time.monotonic() + 10
+        while not (calls["a"] and calls["b"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.close()
+    else:
+        assert done.wait(10)
+    deadline = time.monotonic() + 10
+    while not all(c and isinstance(c[-1], Exception) for c in (calls["a"], calls["b"])):
+        assert time.monotonic() < deadline, calls
+        time.sleep(0.01)
+    for name in ("a", "b"):
+        first, last = calls[name]
+        assert [e.value for e in first.events] == [b"1"]
+        assert isinstance(last, exceptions.Etcd3Exception)
+        assert "closed" in str(last)
+    assert calls["cancelled"] == []
+    time.sleep(0.2)
+    assert [len(calls[n]) for n in ("a", "b")] == [2, 2]
+
+
 def test_a_callback_watch_keeps_its_client_open_when_the_program_drops_it(
     no_leaked_threads: None, etcd_server: EtcdServer, e3: Etcd3, etcd_prefix: str
 ) -> None:
@@ -904,6 +950,38 @@ def test_maintenance_alarms_and_snapshot(etcd_server_factory: Callable[..., Etcd
         out = io.BytesIO()
         e3.snapshot(out)
         assert len(out.getvalue()) > 0
+
+
+def test_defragment_without_a_timeout_waits_as_long_as_etcd_takes(
+    etcd_server_factory: Callable[..., EtcdServer], no_leaked_threads: None
+) -> None:
+    """python-etcd3's ``timeout=None`` was no deadline: a defragment of a large backend took
+    what it took (15-30 s at 700 MB). Here it stopped at etcdkit's default 5 s. A member
+    that answers only after longer stands for the slow defragment."""
+    from etcdkit.compat.etcd3.client import DEFAULT_TIMEOUT
+
+    server = etcd_server_factory()
+    with compat(server) as client, compat(server, timeout=1) as bounded:
+        outcome: list[object] = []
+
+        def defragment() -> None:
+            try:
+                outcome.append(client.defragment())
+            except Exception as exc:  # (the test says which)
+                outcome.append(exc)
+
+        server.pause()
+        try:
+            with pytest.raises(exceptions.ConnectionTimeoutError):
+                bounded.defragment()  # a timeout given bounds it
+            worker = threading.Thread(target=defragment)
+            worker.start()
+            worker.join(DEFAULT_TIMEOUT + 1)
+            assert outcome == []
+        finally:
+            server.resume()
+        worker.join(30)
+        assert outcome == [None]
 
 
 def test_compacted_revisions(e3: Etcd3, etcd_prefix: str) -> None:

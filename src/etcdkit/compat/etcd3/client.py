@@ -151,16 +151,29 @@ class Etcd3Client:
             if path is not None:  # as python-etcd3 read them: a missing one is an OSError
                 with open(path, "rb"):
                     pass
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        ):
+            raise TypeError(
+                f"timeout must be a number of seconds or None, got {type(timeout).__name__}: "
+                f"{timeout!r:.40}"
+            )
+        if timeout is not None and not timeout > 0:
+            raise ValueError(
+                "timeout must be a positive number of seconds, or None (etcdkit's default of "
+                f"{DEFAULT_TIMEOUT:g} s), not {timeout!r:.40}"
+            )
         self.timeout = timeout
-        self.native = Client(
-            f"{scheme}://{host}:{port}",
-            username=user,
-            password=password,
-            ca_cert=ca_cert,
-            cert=cert_cert,
-            key=cert_key,
-            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-        )
+        # (defragment() with timeout=None opens a client of these with no timeout)
+        self._args: dict[str, Any] = {
+            "endpoints": f"{scheme}://{host}:{port}",
+            "username": user,
+            "password": password,
+            "ca_cert": ca_cert,
+            "cert": cert_cert,
+            "key": cert_key,
+        }
+        self.native = Client(**self._args, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
         if user is not None:
             # python-etcd3's client() logs in before it returns: bad credentials (or etcd out
             # of reach) fail here, not at the first call
@@ -564,8 +577,14 @@ class Etcd3Client:
 
     @handle_errors
     def defragment(self) -> None:
-        """Defragment the backend of the member the client talks to."""
-        self.native.maintenance.defragment(self.native.endpoints[0])
+        """Defragment the backend of the member the client talks to. With ``timeout=None``
+        it waits as long as etcd takes, as python-etcd3's did (a large backend takes longer
+        than etcdkit's default 5 s): on a client of its own, with no timeout."""
+        if self.timeout is not None:
+            self.native.maintenance.defragment(self.native.endpoints[0])
+            return
+        with Client(**self._args, timeout=None) as patient:
+            patient.maintenance.defragment(patient.endpoints[0])
 
     @handle_errors
     def hash(self) -> int:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from etcdkit import EtcdkitError, ResponseHeader, WatchBatch
+from etcdkit import ClosedError, EtcdkitError, ResponseHeader, WatchBatch
 from etcdkit.compat.etcd3.events import Event, new_event
 from etcdkit.compat.etcd3.exceptions import Etcd3Exception, WatchTimedOut, translate
 from etcdkit.compat.etcd3.transactions import end_of, to_bytes
@@ -77,6 +77,7 @@ class Watcher:
         # canceller, not only the first, can wait for the thread and a failed cancel be retried)
         self._watches: dict[int, tuple[SyncWatch, threading.Thread]] = {}
         self._live: set[int] = set()  # the ids not cancelled: only their callbacks are called
+        self._closed = False  # close() ended the watches: each live one's callback hears it
 
     def open(
         self,
@@ -152,6 +153,10 @@ class Watcher:
                 self._call(watch_id, callback, WatchResponse.of(batch))
         except EtcdkitError as exc:
             self._call(watch_id, callback, translate(exc))
+        else:
+            if self._closed:  # (python-etcd3's callbacks had their stream's error then)
+                closed = ClosedError("the client was closed: the watch ended")
+                self._call(watch_id, callback, translate(closed))
         finally:
             with self._mutex:
                 self._watches.pop(watch_id, None)
@@ -191,14 +196,16 @@ class Watcher:
             thread.join()
 
     def close(self) -> None:
-        """End every callback watch and wait for its thread (not the calling one)."""
+        """End every callback watch and wait for its thread (not the calling one): each
+        callback not cancelled is handed one last :class:`Etcd3Exception` (the client
+        closed), as python-etcd3's were handed their stream's error, and none after it."""
         with self._mutex:
             entries = list(self._watches.values())
-            self._live.clear()
+            self._closed = True
         for watch, _ in entries:
             watch.cancel()
         for _, thread in entries:
-            self._join(thread)
+            self._join(thread)  # (not from a callback: those threads end on their own)
 
 
 def first_response(watch: SyncWatch, timeout: float | None) -> WatchResponse:
