@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
@@ -19,7 +20,7 @@ from etcdkit._errors import (
 )
 from etcdkit._logs import CALLBACK_ERRORS
 from etcdkit._surface import Etcd
-from etcdkit._types import Compare, EventType, KeyValue, Op, WatchEvent, to_bytes
+from etcdkit._types import Compare, EventType, KeyValue, Op, to_bytes
 from etcdkit.recipes._line import Contender, HoldState, check_timeout, check_ttl, prefix_of
 
 __all__ = ["Campaign", "Election", "Leader", "Leadership"]
@@ -101,23 +102,22 @@ class Election:
 
     async def observe(self) -> AsyncGenerator[Leader, None]:
         """Each leader, and each new value of the leader (:meth:`Leadership.proclaim`), as
-        they change; latest wins (a slow consumer skips to the newest). Like Go's
-        ``Observe``, nothing is yielded while there is no leader: the next leader comes next.
-        When a leader goes, the next is read at the revision it went (not at the latest), so
-        a leader that leads briefly is still yielded, unless that revision is compacted away.
-        Survives disconnects and compaction; raises :class:`ClosedError` when the client
-        closes. ``async for leader in election.observe():``; break to stop (the watch ends)."""
+        they change; latest wins within a leader's term (a slow consumer skips to its newest
+        value), but no leader is skipped: one that leads briefly, and goes before the
+        consumer asks again, is still yielded (the consumer more than
+        :data:`OBSERVE_BACKLOG` leaders behind skips the oldest). Like Go's ``Observe``,
+        nothing is yielded while there is no leader: the next leader comes next. One watch
+        of the election's keys, from the revision they were read at, so a quick succession
+        of leaders is followed as it happens. Survives disconnects and compaction (after a
+        compaction the keys are read again: a leader that came and went in the compacted
+        history is not yielded); raises :class:`ClosedError` when the client closes. ``async
+        for leader in election.observe():``; break to stop (the watch ends)."""
         etcd = self._etcd
         backoff = etcd.retry.backoff()
         last: Leader | None = None
-        at = 0  # where the last leader went (0: not known, read the latest)
         while True:
             try:
-                kvs, rev = await self._oldest(at)
-                if kvs:
-                    kv = kvs[0]
-                else:
-                    kv, rev = await self._first_put(rev)
+                res = await etcd.range(self._prefix, prefix=True)
                 backoff.reset()
             except EtcdkitError as exc:
                 if not etcd.retry.is_retryable(exc):
@@ -128,85 +128,85 @@ class Election:
                         f"observing election {self._name!r}: the client closed"
                     ) from exc
                 continue
-            follow = _Follow(etcd, kv, rev)
+            terms = _Terms(etcd, self._prefix, res.kvs, res.revision)
             try:
                 while True:
-                    current = follow.latest
-                    if current != last:
-                        last = current
-                        yield current
-                        continue
-                    if follow.gone:
+                    if terms.leaders:
+                        head = terms.leaders[0]
+                        if head != last:
+                            last = head
+                            yield head
+                            continue
+                        if len(terms.leaders) > 1:  # its term ended: the next leader's
+                            terms.leaders.popleft()
+                            continue
+                    if terms.ended:
                         break
-                    await follow.changed()
+                    await terms.changed()
             finally:
-                await follow.aclose()
-            at = follow.gone_at
-
-    async def _first_put(self, rev: int) -> tuple[KeyValue, int]:
-        """No candidate at ``rev``: wait for the first to appear (the oldest among the first
-        puts seen together, as Go's ``observe`` does). Returns it and a revision it is known
-        at."""
-        while True:
-            kv = await self._next_put(rev)
-            if kv is not None:
-                return kv, kv.mod_revision
-            found, rev = await self._oldest()  # compacted: again
-            if found:
-                return found[0], rev
-
-    async def _next_put(self, rev: int) -> KeyValue | None:
-        try:
-            async with self._etcd.watch(self._prefix, prefix=True, start_revision=rev + 1) as w:
-                async for batch in w:
-                    puts = [ev.kv for ev in batch.events if ev.type is EventType.PUT]
-                    if puts:
-                        return min(puts, key=lambda kv: kv.create_revision)
-        except CompactedError:
-            return None
-        raise ClosedError(f"observing election {self._name!r}: the watch ended")
+                await terms.aclose()
 
 
-class _Follow:
-    """Follows one leader key from a revision: its new values, and its deletion."""
+OBSERVE_BACKLOG = 1024  # leaders an observer may be behind before it skips the oldest
 
-    def __init__(self, etcd: Etcd, kv: KeyValue, rev: int) -> None:
-        self.latest = _leader(kv)
-        self.gone = False
-        self.gone_at = 0  # the revision the key was deleted or replaced at, if seen
+
+class _Terms:
+    """The leaders of an election from a revision on, in order, each with its newest value:
+    the oldest candidate key leads (Go's order), followed through one watch of every
+    candidate key."""
+
+    def __init__(self, etcd: Etcd, prefix: bytes, kvs: list[KeyValue], rev: int) -> None:
+        self._candidates = {kv.key: kv for kv in kvs}
+        self.leaders: collections.deque[Leader] = collections.deque(maxlen=OBSERVE_BACKLOG)
+        self._note_leader()
+        self.ended = False
         self._error: EtcdkitError | None = None
         self._event = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
-            self._run(etcd, kv.key, rev), name=f"etcdkit-observe {kv.key!r}"
+            self._run(etcd, prefix, rev), name=f"etcdkit-observe {prefix!r}"
         )
 
-    async def _run(self, etcd: Etcd, key: bytes, rev: int) -> None:
+    def _note_leader(self) -> None:
+        if not self._candidates:
+            return  # no leader: nothing to yield until the next one
+        oldest = _leader(min(self._candidates.values(), key=_created))
+        leaders = self.leaders
+        if leaders and (leaders[-1].key, leaders[-1].revision) == (oldest.key, oldest.revision):
+            if leaders[-1] != oldest:
+                leaders[-1] = oldest  # a new value in the same term: latest wins
+        else:
+            leaders.append(oldest)
+
+    async def _run(self, etcd: Etcd, prefix: bytes, rev: int) -> None:
         try:
-            async with etcd.watch(key, start_revision=rev + 1) as w:
+            async with etcd.watch(prefix, prefix=True, start_revision=rev + 1) as w:
                 async for batch in w:
-                    self._on_events(batch.events)
-                    if self.gone:
-                        return
+                    if not batch.events:
+                        continue
+                    at = batch.events[0].kv.mod_revision
+                    for ev in batch.events:
+                        # the leader after each revision (a batch may hold several; a
+                        # transaction's changes, of one revision, are seen together)
+                        if ev.kv.mod_revision != at:
+                            at = ev.kv.mod_revision
+                            self._note_leader()
+                        if ev.type is EventType.DELETE:
+                            self._candidates.pop(ev.kv.key, None)
+                        else:
+                            self._candidates[ev.kv.key] = ev.kv
+                    self._note_leader()
+                    self._event.set()
         except CompactedError:
-            pass  # read the leader again
+            pass  # read the keys again
         except EtcdkitError as err:  # closed or failed: raised by changed()
             self._error = err
         finally:
-            self.gone = True
+            self.ended = True
             self._event.set()
-
-    def _on_events(self, events: list[WatchEvent]) -> None:
-        for ev in events:
-            if ev.type is EventType.DELETE or ev.kv.create_revision != self.latest.revision:
-                self.gone = True
-                self.gone_at = ev.kv.mod_revision
-                break
-            self.latest = _leader(ev.kv)
-        self._event.set()
 
     async def changed(self) -> None:
         self._event.clear()
-        if not self.gone:
+        if not self.ended:
             await self._event.wait()
         if self._error is not None:
             raise self._error
@@ -215,6 +215,10 @@ class _Follow:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _created(kv: KeyValue) -> int:
+    return kv.create_revision
 
 
 class Campaign:
