@@ -229,8 +229,9 @@ async def test_a_take_whose_answer_was_lost_is_reported(
         q = Queue(etcd, etcd_prefix + "q")
         key = await q.put("a")
         etcd.lose_answers = 1  # our take landed, we never heard: the item is gone (at most once)
-        with pytest.raises(OutcomeUnknownError, match=re.escape(repr(key))):
+        with pytest.raises(OutcomeUnknownError, match=re.escape(repr(key))) as info:
             await q.get(timeout=WAIT)
+        assert (info.value.key, info.value.value) == (key, b"a")  # the item, to act on
         with pytest.raises(EtcdTimeoutError):
             await q.get(timeout=0)  # not delivered twice
 
@@ -276,8 +277,11 @@ async def test_an_unanswered_put_is_not_sent_again(
     async with FlakyClient(etcd_server.endpoint) as etcd:
         q = Queue(etcd, etcd_prefix + "q")
         etcd.lose_answers = 1
-        with pytest.raises(OutcomeUnknownError, match="may or may not be in the queue"):
+        with pytest.raises(OutcomeUnknownError, match="may or may not be in the queue") as info:
             await q.put("maybe")
+        assert info.value.value == b"maybe"
+        assert info.value.key is not None
+        assert info.value.key.startswith((etcd_prefix + "q/").encode())
         assert len(etcd.writes) == 1
         assert await q.get(timeout=0) == b"maybe"  # (it was: once)
         pq = PriorityQueue(etcd, etcd_prefix + "pq")

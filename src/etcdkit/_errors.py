@@ -109,7 +109,16 @@ class OutcomeUnknownError(EtcdkitError):
     """A write was sent but no answer came (connection lost, deadline passed, member hung): it
     may or may not have been applied, and the recipe that sent it could not settle which (it
     never re-sends a write that could then apply twice). The message says what was at stake;
-    ``__cause__`` is the error of the last attempt."""
+    ``__cause__`` is the error of the last attempt. A queue's item at stake is in ``key`` and
+    ``value`` (a take that may have removed it: the item is lost unless you act on it; a put
+    that may or may not have added it); ``None`` otherwise."""
+
+    def __init__(
+        self, message: str, *, key: bytes | None = None, value: bytes | None = None
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.value = value
 
 
 class ConflictError(EtcdkitError):

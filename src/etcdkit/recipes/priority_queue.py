@@ -102,7 +102,9 @@ class PriorityQueue:
             if answer.maybe_ours:
                 raise OutcomeUnknownError(
                     f"priority queue {self._name!r}: adding item {key!r} got no answer at "
-                    "first, and a later try was refused: it may or may not be in the queue"
+                    "first, and a later try was refused: it may or may not be in the queue",
+                    key=key,
+                    value=raw,
                 )
 
     async def get(self, timeout: float | None = None) -> bytes:

@@ -221,7 +221,9 @@ class ItemLine:
             raise OutcomeUnknownError(
                 f"{self._label}: taking item {kv.key!r} got no answer at first, and then the "
                 "item was gone: if our first try took it, the item is lost (a queue delivers "
-                "each item at most once)"
+                "each item at most once; the error's key and value are the item's)",
+                key=kv.key,
+                value=kv.value,
             )
         return answer.succeeded
 
@@ -323,7 +325,9 @@ class Queue:
                     raise OutcomeUnknownError(
                         f"queue {self._name!r}: adding item {key!r} got no answer: it may or may "
                         "not be in the queue (not sent again: a second copy could be delivered "
-                        "twice)"
+                        "twice)",
+                        key=key,
+                        value=raw,
                     ) from exc
                 raise
             if res.succeeded:
