@@ -47,6 +47,34 @@ def test_binary_lookup_prefers_the_environment(
     assert "PATH" in msg
 
 
+def test_a_binary_that_is_not_etcd_is_named_in_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ETCDKIT_ETCD_BIN", "/bin/true")
+    with pytest.raises(EtcdServerError, match=r"/bin/true.*ETCDKIT_ETCD_BIN.*is not an etcd"):
+        etcd_version()
+    server = EtcdServer(start_timeout=5)
+    try:
+        with pytest.raises(EtcdServerError, match="binary '/bin/true' from ETCDKIT_ETCD_BIN"):
+            server.start()
+    finally:
+        server.close()
+
+
+def test_logs_take_a_count_of_lines(etcd_server_factory: Callable[..., EtcdServer]) -> None:
+    server = etcd_server_factory()
+    assert server.logs(0) == ""  # (it was the whole log: text.splitlines()[-0:])
+    assert len(server.logs(3).splitlines()) == 3
+    with pytest.raises(ValueError, match="lines must be >= 0"):
+        server.logs(-2)
+    with pytest.raises(TypeError, match="lines must be an int"):
+        server.logs("3")  # type: ignore[arg-type]
+    from etcdkit import server as server_names
+    from etcdkit import testing
+
+    assert set(server_names.__all__) == set(testing.__all__)  # "the same names"
+
+
 def test_kill_and_restart_keep_the_data(etcd_server_factory: Callable[..., EtcdServer]) -> None:
     server = etcd_server_factory()
     with Client(server.endpoint, timeout=2) as c:
@@ -82,6 +110,34 @@ def test_pause_freezes_and_resume_thaws(etcd_server_factory: Callable[..., EtcdS
             server.resume()
         server.wait_healthy(10)
         assert c.get("/s/p") is not None
+
+
+def test_a_wrapper_script_binary_is_killed_paused_and_stopped_with_its_etcd(
+    tmp_path: Path,
+) -> None:
+    """A binary that is a script starting etcd without ``exec`` (etcd its child): a signal
+    to the script alone left etcd running, answering on the server's ports after kill() and
+    pause() said otherwise (and restarts then talked to the leftover)."""
+    wrapper = tmp_path / "etcd-wrapper"
+    wrapper.write_text(f'#!/bin/sh\n"{find_etcd_binary()}" "$@"\n')
+    wrapper.chmod(0o755)
+    with EtcdServer(binary=wrapper) as server:
+        assert server.healthy()
+        server.pause()
+        try:
+            assert not server.healthy(timeout=0.3)
+        finally:
+            server.resume()
+        server.wait_healthy(10)
+        server.kill()
+        assert not server.healthy(timeout=0.3)  # etcd went with the script
+        server.start()
+        pid = server.pid
+        server.stop()
+        assert not server.healthy(timeout=0.3)
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # nothing left of its process group
 
 
 def test_startup_failure_shows_the_log(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from etcdkit.testing import (
     Proxy,
     etcd_version,
     find_etcd_binary,
+    free_port,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "Proxy",
     "etcd_version",
     "find_etcd_binary",
+    "free_port",
 ]

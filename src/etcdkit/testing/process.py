@@ -42,6 +42,33 @@ def _wait_stopped(pid: int, bound: float = 2.0) -> None:
         time.sleep(0.005)
 
 
+def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send ``sig`` to ``proc``'s process group (its own: ``start_new_session``): a binary
+    that is a wrapper script starting etcd without ``exec`` has etcd as its child, and a
+    signal to the script alone would leave etcd running (killed, or paused, in name only)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)  # (the group is gone: only a zombie leader, if anything)
+
+
+def _reap_group(pgid: int, bound: float = 10.0) -> None:
+    """After the group's leader exited: wait (bounded) for the rest of its process group (a
+    wrapper's etcd), then SIGKILL what is left of it."""
+    deadline = time.monotonic() + bound
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.01)
+
+
 def _end(children: list[subprocess.Popen[bytes]], work: Path, owner: int) -> None:
     """Kill what is left running of a process's children and remove its work dir; only in
     the process that started them (``owner``): a forked child (a test's multiprocessing
@@ -52,10 +79,11 @@ def _end(children: list[subprocess.Popen[bytes]], work: Path, owner: int) -> Non
     for proc in children:
         if proc.poll() is None:
             with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGCONT)  # (a paused one must not stay stopped)
-                proc.kill()
+                _signal(proc, signal.SIGKILL)
+                _signal(proc, signal.SIGCONT)  # (a paused one must not stay stopped)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
+        _reap_group(proc.pid, bound=2.0)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -133,7 +161,13 @@ class ManagedProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def logs(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last ``lines`` lines the process wrote (all its runs)."""
+        """The last ``lines`` lines the process wrote (all its runs; ``0``: none)."""
+        if not isinstance(lines, int) or isinstance(lines, bool):
+            raise TypeError(f"lines must be an int, got {lines!r:.40}")
+        if lines < 0:
+            raise ValueError(f"lines must be >= 0, got {lines}")
+        if not lines:
+            return ""
         try:
             text = self.log_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -211,16 +245,24 @@ class ManagedProcess:
             if proc is None or proc.poll() is not None:
                 code = proc.returncode if proc is not None else None
                 raise EtcdServerError(
-                    f"{self.what} exited (code {code}) while starting; its log:\n{self.logs(40)}"
+                    f"{self.what} exited (code {code}) while starting{self._binary_note()}; "
+                    f"its log:\n{self.logs(40)}"
                 )
             if self.healthy():
                 return
             if time.monotonic() > deadline:
                 raise EtcdServerError(
-                    f"{self.what} was not healthy within {limit:.0f}s{self._unhealthy_hint()}; "
-                    f"its log:\n{self.logs(40)}"
+                    f"{self.what} was not healthy within {limit:.0f}s{self._unhealthy_hint()}"
+                    f"{self._binary_note()}; its log:\n{self.logs(40)}"
                 )
             time.sleep(0.05)
+
+    def _binary_note(self) -> str:
+        """Which binary ran, and whether ``ETCDKIT_ETCD_BIN`` chose it (a binary that is not
+        etcd fails this way too)."""
+        chosen = os.environ.get("ETCDKIT_ETCD_BIN")
+        came = " from ETCDKIT_ETCD_BIN" if chosen and Path(chosen) == Path(self.binary) else ""
+        return f" (binary {str(self.binary)!r}{came})"
 
     def kill(self) -> None:
         """SIGKILL the process (no clean shutdown) and reap it."""
@@ -235,15 +277,15 @@ class ManagedProcess:
             proc = self._proc
             if proc is None or proc.poll() is not None:
                 return
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-                if self._paused:
-                    proc.send_signal(signal.SIGCONT)
+            _signal(proc, sig)
+            if self._paused:
+                _signal(proc, signal.SIGCONT)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal(proc, signal.SIGKILL)
                 proc.wait(10)
+            _reap_group(proc.pid, timeout)
             self._paused = False
 
     def restart(self) -> None:
@@ -258,7 +300,7 @@ class ManagedProcess:
         with self._lock:
             if self.running and not self._paused:
                 assert self._proc is not None
-                self._proc.send_signal(signal.SIGSTOP)
+                _signal(self._proc, signal.SIGSTOP)
                 self._paused = True
                 _wait_stopped(self._proc.pid)
 
@@ -267,7 +309,7 @@ class ManagedProcess:
         with self._lock:
             if self.running and self._paused:
                 assert self._proc is not None
-                self._proc.send_signal(signal.SIGCONT)
+                _signal(self._proc, signal.SIGCONT)
             self._paused = False
 
     def close(self) -> None:

@@ -24,12 +24,14 @@ started are killed and their directories removed before it exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,18 +54,23 @@ def _track(request: pytest.FixtureRequest, server: Any) -> None:
 
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EtcdServer]:
+    """One real etcd on free loopback ports, shared by the session (do not kill it; fault
+    tests use ``etcd_server_factory``)."""
     with EtcdServer() as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def etcd_cluster() -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster on loopback, shared by the session."""
     with EtcdCluster(size=3) as cluster:
         yield cluster
 
 
 @pytest.fixture
 def etcd_server_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., EtcdServer]]:
+    """``factory(**kwargs) -> EtcdServer`` (:class:`EtcdServer`'s arguments), started; every
+    server it made is closed after the test."""
     made: list[EtcdServer] = []
 
     def factory(**kwargs: Any) -> EtcdServer:
@@ -82,6 +89,8 @@ def etcd_server_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
 
 @pytest.fixture
 def etcd_grpc_proxy(request: pytest.FixtureRequest, etcd_server: EtcdServer) -> Iterator[GrpcProxy]:
+    """etcd's own gRPC proxy in front of ``etcd_server``, started for the test and killed
+    after it."""
     with GrpcProxy(etcd_server) as proxy:
         _track(request, proxy)
         yield proxy
@@ -89,6 +98,8 @@ def etcd_grpc_proxy(request: pytest.FixtureRequest, etcd_server: EtcdServer) -> 
 
 @pytest.fixture
 def etcd_prefix(request: pytest.FixtureRequest, etcd_server: EtcdServer) -> Iterator[str]:
+    """A key prefix of the test's own (``/etcdkit-test/<name>-<hex>/``); everything under it
+    is deleted after the test."""
     _track(request, etcd_server)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60]
     prefix = f"/etcdkit-test/{name}-{uuid.uuid4().hex[:8]}/"
@@ -105,6 +116,7 @@ def etcd_prefix(request: pytest.FixtureRequest, etcd_server: EtcdServer) -> Iter
 
 @pytest.fixture
 def etcd_sync(etcd_server: EtcdServer, etcd_prefix: str) -> Iterator[Client]:
+    """A connected threaded :class:`Client` on ``etcd_server``, closed after the test."""
     with Client(etcd_server.endpoint) as client:
         yield client
 
@@ -117,6 +129,7 @@ else:
 
     @pytest_asyncio.fixture
     async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[AsyncClient]:
+        """A connected :class:`AsyncClient` on ``etcd_server``, closed after the test."""
         async with AsyncClient(etcd_server.endpoint) as client:
             yield client
 
@@ -146,10 +159,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _end_then_die(signum: int, frame: object) -> None:
     """A signal that ends the test run: its etcd processes end first (they run in sessions of
-    their own, and the run's own cleanup will not run), then the signal's default action."""
+    their own, and the run's own cleanup will not run), then the signal's default action.
+    The process's children have the signal too: pytest-xdist's workers, whose etcds would
+    else outlive the run (the signal reaches the run's main process only)."""
     end_all()
+    for child in _children():
+        with contextlib.suppress(OSError):
+            os.kill(child, signum)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _children() -> list[int]:
+    """The pids of this process's children (from ``/proc``; none where there is none)."""
+    me, found = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if len(fields) > 1 and fields[1] == str(me):
+                found.append(int(entry.name))
+    return found
 
 
 def pytest_configure(config: pytest.Config) -> None:

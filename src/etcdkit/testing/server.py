@@ -79,15 +79,19 @@ def find_etcd_binary() -> Path:
 
 @functools.cache
 def _version_of(binary: str) -> str:
+    chosen = os.environ.get("ETCDKIT_ETCD_BIN")
+    came = " (from ETCDKIT_ETCD_BIN)" if chosen and Path(chosen) == Path(binary) else ""
     try:
         out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EtcdServerError(f"cannot run {binary} --version: {exc}") from exc
+        raise EtcdServerError(f"cannot run {binary}{came} --version: {exc}") from exc
     m = re.search(r"etcd Version:\s*(\S+)", out)
     if not m:
-        raise EtcdServerError(f"cannot read the version of {binary}: {out[:200]!r}")
+        raise EtcdServerError(
+            f"{binary}{came} is not an etcd binary: its --version said {out[:120]!r}"
+        )
     return m.group(1)
 
 
