@@ -18,6 +18,7 @@ from etcdkit.server import (
     EtcdCluster,
     EtcdServer,
     EtcdServerError,
+    GrpcProxy,
     Proxy,
     etcd_version,
     find_etcd_binary,
@@ -326,6 +327,10 @@ def test_proxy_cut_holds_an_end_of_stream_too() -> None:
         ({"extra_args": 5}, TypeError, "extra_args"),
         ({"start_timeout": "5"}, TypeError, "start_timeout"),
         ({"start_timeout": 0}, ValueError, "start_timeout"),
+        ({"client_port": "abc"}, TypeError, "client_port must be an int"),
+        ({"client_port": 70000}, ValueError, "client_port must be a TCP port"),
+        ({"peer_port": -5}, ValueError, "peer_port must be a TCP port"),
+        ({"peer_port": True}, TypeError, "peer_port"),
     ],
 )
 def test_bad_server_arguments_name_what_to_fix_and_leave_no_dir(
@@ -346,6 +351,15 @@ def test_bad_proxy_and_cluster_arguments() -> None:
         Proxy(123)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="size"):
         EtcdCluster(size=True)
+    target = "http://127.0.0.1:2379"
+    with pytest.raises(TypeError, match="port must be an int"):
+        GrpcProxy(target, port="2379")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="port must be a TCP port"):
+        GrpcProxy(target, port=-1)
+    with pytest.raises(TypeError, match="extra_args must be a list of str"):
+        GrpcProxy(target, extra_args="--debug")
+    with pytest.raises(ValueError, match="start_timeout"):
+        GrpcProxy(target, start_timeout=-1)
 
 
 def test_a_proxy_in_front_of_a_server_object_and_a_paused_server_started_again(

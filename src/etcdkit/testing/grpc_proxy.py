@@ -19,7 +19,13 @@ from pathlib import Path
 
 from etcdkit.testing.ports import HOST, free_port
 from etcdkit.testing.process import ManagedProcess
-from etcdkit.testing.server import EtcdCluster, EtcdServer, etcd_version, find_etcd_binary
+from etcdkit.testing.server import (
+    EtcdCluster,
+    EtcdServer,
+    check_args,
+    etcd_version,
+    find_etcd_binary,
+)
 
 __all__ = ["GrpcProxy"]
 
@@ -61,6 +67,8 @@ class GrpcProxy(ManagedProcess):
         extra_args: Sequence[str] = (),
         start_timeout: float = 30.0,
     ) -> None:
+        check_args(binary=binary, data_dir=None, name="grpc-proxy", extra_args=extra_args,
+                    start_timeout=start_timeout, ports=(("port", port),))  # fmt: skip
         self.targets = _target_endpoints(target)
         if binary is None:
             if isinstance(target, EtcdServer):

@@ -104,10 +104,28 @@ def _is_set(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
 
 
-def _check_args(
-    *, binary: object, data_dir: object, name: object, extra_args: object, start_timeout: object
+def check_port(port: object, what: str) -> None:
+    """``None`` (a free port is taken) or a TCP port number; TypeError/ValueError otherwise."""
+    if port is None:
+        return
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"{what} must be an int (a TCP port) or None, got {port!r:.60}")
+    if not 0 < port < 65536:
+        raise ValueError(f"{what} must be a TCP port, 1-65535 (None: a free one), got {port}")
+
+
+def check_args(
+    *,
+    binary: object,
+    data_dir: object,
+    name: object,
+    extra_args: object,
+    start_timeout: object,
+    ports: tuple[tuple[str, object], ...] = (),
 ) -> None:
     """TypeError/ValueError naming what to fix, before anything is made (a temp dir)."""
+    for what, port in ports:
+        check_port(port, what)
     for what, path in (("binary", binary), ("data_dir", data_dir)):
         if path is not None and not isinstance(path, str | os.PathLike):
             raise TypeError(f"{what} must be a path (str or os.PathLike), got {path!r:.60}")
@@ -149,8 +167,9 @@ class EtcdServer(ManagedProcess):
         start_timeout: float = 30.0,
         _cluster_args: Sequence[str] | None = None,
     ) -> None:
-        _check_args(binary=binary, data_dir=data_dir, name=name, extra_args=extra_args,
-                    start_timeout=start_timeout)  # fmt: skip
+        check_args(binary=binary, data_dir=data_dir, name=name, extra_args=extra_args,
+                    start_timeout=start_timeout,
+                    ports=(("client_port", client_port), ("peer_port", peer_port)))  # fmt: skip
         self.binary = Path(binary) if binary is not None else find_etcd_binary()
         self.name = name
         self.tls = tls
