@@ -4,6 +4,7 @@ faces. (The raw watch has tests/test_raw_watch.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,60 @@ async def test_range_options(etcd: AsyncClient, etcd_prefix: str) -> None:
     assert _keys(await etcd.range(p, prefix=True, min_create_revision=revs[1]), p) == ["a", "c"]
     assert _keys(await etcd.range(p, prefix=True, max_create_revision=revs[1]), p) == ["a", "b"]
     assert _keys(await etcd.range(p, prefix=True, serializable=True), p) == ["a", "b", "c"]
+
+
+async def test_a_whole_prefix_is_read_in_pages_as_one_range(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    """``range(prefix, prefix=True)`` with no limit, sort or filter is read in pages at one
+    revision (as ``get_prefix``): its result is the one Range's at that revision, keys,
+    count and header; a compaction of that revision between two pages and it is one Range."""
+    server = etcd_server_factory()
+    async with AsyncClient(server.endpoint) as c:
+        for i in range(0, 25_000, 100):  # more keys than the first page's 10,000
+            await c.txn([], [Op.put(f"/p/{j:06d}", f"v{j}") for j in range(i, i + 100)])
+        await c.put("/q", "not under /p/")
+
+        async def one_range(**kw: Any) -> RangeResult:
+            (read,) = (await c.txn([], [Op.range("/p/", prefix=True, **kw)])).responses
+            assert isinstance(read, RangeResult)
+            return read
+
+        whole = await c.range("/p/", prefix=True)
+        assert len(whole.kvs) == whole.count == 25_000
+        assert not whole.more
+        assert whole.header is not None
+        assert whole.header.revision == whole.revision
+        assert whole.kvs == (await one_range(revision=whole.revision)).kvs
+        first = whole.revision
+        await c.put("/p/000007", "changed")
+        assert (await c.range("/p/", prefix=True, revision=first)).kvs == whole.kvs
+        names = await c.range("/p/", prefix=True, keys_only=True)
+        assert [kv.key for kv in names.kvs] == [kv.key for kv in whole.kvs]
+        assert {kv.value for kv in names.kvs} == {b""}
+        everything = await c.range("", prefix=True)
+        assert len(everything.kvs) == 25_001
+
+        # etcd compacts the revision the pages are read at, after the first page
+        pages = c._core.kv.pages
+
+        compacted: list[int] = []
+
+        async def compacted_after_the_first(*args: Any, **kwargs: Any) -> Any:
+            async with contextlib.aclosing(pages(*args, **kwargs)) as them:
+                async for page in them:
+                    yield page
+                    if not compacted:
+                        compacted.append(await c.put("/other", "x"))
+                        await c.compact(compacted[0])
+
+        c._core.kv.pages = compacted_after_the_first  # type: ignore[method-assign]
+        late = await c.range("/p/", prefix=True)
+        assert compacted
+        assert late.revision >= compacted[0]  # read again, after the compaction
+        assert late.kvs == (await one_range(revision=late.revision)).kvs
+        with pytest.raises(etcdkit.CompactedError):
+            await c.range("/p/", prefix=True, revision=first)
 
 
 async def test_range_with_a_compacted_revision_raises(etcd: AsyncClient, etcd_prefix: str) -> None:
