@@ -81,24 +81,11 @@ class Election:
 
     async def leader(self) -> Leader | None:
         """The current leader (the oldest candidate key), or ``None`` when there is none."""
-        kvs, _rev = await self._oldest()
-        return _leader(kvs[0]) if kvs else None
-
-    async def _oldest(self, at: int = 0) -> tuple[list[KeyValue], int]:
-        """The oldest candidate key by create revision (Go's ``WithFirstCreate``), if any, at
-        revision ``at`` (0, or compacted away: the latest), and the revision it was read at."""
-        try:
-            res = await self._etcd.range(
-                self._prefix,
-                prefix=True,
-                revision=at,
-                sort_target="create",
-                sort_order="ascend",
-                limit=1,
-            )
-        except CompactedError:
-            return await self._oldest()
-        return res.kvs, at or res.revision
+        # the oldest candidate key by create revision (Go's ``WithFirstCreate``)
+        res = await self._etcd.range(
+            self._prefix, prefix=True, sort_target="create", sort_order="ascend", limit=1
+        )
+        return _leader(res.kvs[0]) if res.kvs else None
 
     async def observe(self) -> AsyncGenerator[Leader, None]:
         """Each leader, and each new value of the leader (:meth:`Leadership.proclaim`), as
