@@ -110,6 +110,10 @@ class _LateCall:
         self.what = what
         self.moot = moot
 
+    def due(self) -> bool:
+        """Whether it still matters (not made moot)."""
+        return self.moot is None or not self.moot()
+
 
 class Late:
     """The calls of one client that etcd could not be reached for (a revoke, a delete), sent
@@ -149,7 +153,7 @@ class Late:
         backoff = self._etcd.retry.backoff(cap=self._etcd.retry.call_cap)
         try:
             while True:
-                self._calls = [c for c in self._calls if c.moot is None or not c.moot()]
+                self._calls = [c for c in self._calls if c.due()]
                 if not self._calls:
                     self._wake.clear()
                     await self._wake.wait()
@@ -203,8 +207,7 @@ class Late:
             await self._task
         self._end()  # (also when the task was cancelled before it ran)
         calls, self._calls = self._calls, []
-        left = [c for c in calls if c.moot is None or not c.moot()]
-        await asyncio.gather(*(self._send(c) for c in left), return_exceptions=True)
+        await asyncio.gather(*(self._send(c) for c in calls if c.due()), return_exceptions=True)
 
 
 _late: weakref.WeakKeyDictionary[Etcd, Late] = weakref.WeakKeyDictionary()
