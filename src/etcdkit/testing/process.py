@@ -29,15 +29,28 @@ LOG_TAIL_LINES = 200
 P = TypeVar("P", bound="ManagedProcess")
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command's name (state, parent pid, ...);
+    ``None`` without it (the process gone, or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def from_env(binary: str | os.PathLike[str]) -> bool:
+    """Whether ``ETCDKIT_ETCD_BIN`` names ``binary`` (for errors that say where it came from)."""
+    chosen = os.environ.get("ETCDKIT_ETCD_BIN")
+    return chosen is not None and chosen != "" and Path(chosen) == Path(binary)
+
+
 def _wait_stopped(pid: int, bound: float = 2.0) -> None:
     """Wait (bounded) until ``/proc/PID/stat`` shows the process stopped; no-op without /proc."""
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return
-        if stat[stat.rindex(")") + 2 :].startswith(("T", "t")):
+        fields = stat_fields(pid)
+        if fields is None or fields[0] in ("T", "t"):
             return
         time.sleep(0.005)
 
@@ -260,8 +273,7 @@ class ManagedProcess:
     def _binary_note(self) -> str:
         """Which binary ran, and whether ``ETCDKIT_ETCD_BIN`` chose it (a binary that is not
         etcd fails this way too)."""
-        chosen = os.environ.get("ETCDKIT_ETCD_BIN")
-        came = " from ETCDKIT_ETCD_BIN" if chosen and Path(chosen) == Path(self.binary) else ""
+        came = " from ETCDKIT_ETCD_BIN" if from_env(self.binary) else ""
         return f" (binary {str(self.binary)!r}{came})"
 
     def kill(self) -> None:

@@ -31,14 +31,13 @@ import signal
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from etcdkit import AsyncClient, Client
 from etcdkit.testing.grpc_proxy import GrpcProxy
-from etcdkit.testing.process import end_all
+from etcdkit.testing.process import end_all, stat_fields
 from etcdkit.testing.server import EtcdCluster, EtcdServer
 
 _SERVERS_KEY = pytest.StashKey[list[Any]]()
@@ -172,18 +171,13 @@ def _end_then_die(signum: int, frame: object) -> None:
 
 def _children() -> list[int]:
     """The pids of this process's children (from ``/proc``; none where there is none)."""
-    me, found = os.getpid(), []
+    me, found = str(os.getpid()), []
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if len(fields) > 1 and fields[1] == str(me):
-                found.append(int(entry.name))
+            if entry.name.isdigit():
+                fields = stat_fields(entry.name)
+                if fields is not None and len(fields) > 1 and fields[1] == me:
+                    found.append(int(entry.name))
     return found
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 from etcdkit.testing.ports import HOST, free_port
-from etcdkit.testing.process import LOG_TAIL_LINES, EtcdServerError, ManagedProcess
+from etcdkit.testing.process import LOG_TAIL_LINES, EtcdServerError, ManagedProcess, from_env
 
 __all__ = [
     "EtcdBinaryNotFoundError",
@@ -79,8 +79,7 @@ def find_etcd_binary() -> Path:
 
 @functools.cache
 def _version_of(binary: str) -> str:
-    chosen = os.environ.get("ETCDKIT_ETCD_BIN")
-    came = " (from ETCDKIT_ETCD_BIN)" if chosen and Path(chosen) == Path(binary) else ""
+    came = " (from ETCDKIT_ETCD_BIN)" if from_env(binary) else ""
     try:
         out = subprocess.run(
             [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
