@@ -12,6 +12,10 @@ the caller looks for (it runs this with a timeout).
 - ``exit``: a client closed from a ``__del__`` at interpreter exit: the process must end.
 - ``dropped``: clients dropped open are closed, with a ResourceWarning, and their loop threads
   end.
+- ``dropped_recipes``: clients dropped open after a recipe ran on them (a lock held or
+  released, a session, a semaphore permit, a read-write lock, a leadership, a double
+  barrier), the recipe's object dropped too: each closed, with a ResourceWarning, its loop
+  thread ended, and what it held released.
 - ``observe``: the ``next()`` after one interrupted by a Ctrl-C on a threaded iterator
   (``observe()``, whose generator the interrupt ended).
 """
@@ -155,6 +159,78 @@ def dropped(endpoint: str) -> dict[str, Any]:
     }
 
 
+def _used(endpoint: str, kind: str, i: int) -> None:
+    """A client, a recipe run on it, both dropped (the client unclosed; a hold maybe still
+    held)."""
+    client = etcdkit.Client(endpoint)
+    name = f"/signal/recipes/{kind}/{i}"
+    if kind == "lock_released":
+        with client.lock(name):
+            pass
+    elif kind == "lock_held":
+        client.lock(name).acquire()
+    elif kind == "session":
+        with client.session(10):
+            pass
+    elif kind == "session_open":
+        client.session(10)
+    elif kind == "semaphore":
+        client.semaphore(name, 2).acquire()
+    elif kind == "rwlock":
+        client.rwlock(name).write().acquire()
+    elif kind == "leadership":
+        client.election(name).campaign("me").__enter__()
+    elif kind == "double_barrier":
+        client.double_barrier(name, 1).enter()
+    else:
+        raise ValueError(kind)
+
+
+RECIPE_KINDS = (
+    "lock_released",
+    "lock_held",
+    "session",
+    "session_open",
+    "semaphore",
+    "rwlock",
+    "leadership",
+    "double_barrier",
+)
+
+
+def dropped_recipes(endpoint: str) -> dict[str, Any]:
+    with etcdkit.Client(endpoint) as first:  # (grpc's own threads start with the first)
+        first.put("/signal/dropped", "x")
+        before = threading.active_count()
+        out: dict[str, Any] = {}
+        for kind in RECIPE_KINDS:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                _used(endpoint, kind, 0)
+                gc.collect()
+            deadline = time.monotonic() + 4
+            while threading.active_count() > before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            deadline = time.monotonic() + 4  # (the close revokes in the loop thread's last turns)
+            while (
+                len(first.get_prefix(f"/signal/recipes/{kind}/").kvs) > (kind == "double_barrier")
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+            # (a double barrier's ready key has no lease, as in Go's layout: it stays)
+            left = [
+                kv.key
+                for kv in first.get_prefix(f"/signal/recipes/{kind}/").kvs
+                if not kv.key.endswith(b"/ready")
+            ]
+            out[kind] = {
+                "resource_warnings": sum(issubclass(w.category, ResourceWarning) for w in caught),
+                "threads_left": threading.active_count() - before,
+                "keys_left": len(left),
+            }
+    return out
+
+
 def observe(endpoint: str) -> dict[str, Any]:
     with etcdkit.Client(endpoint) as client:
         leaders = client.election("/signal/nobody").observe()  # blocks: no leader
@@ -178,6 +254,7 @@ MODES = {
     "window": window,
     "exit": at_exit,
     "dropped": dropped,
+    "dropped_recipes": dropped_recipes,
     "observe": observe,
 }
 

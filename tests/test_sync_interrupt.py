@@ -106,6 +106,19 @@ def test_a_client_dropped_open_is_closed_with_a_resource_warning(etcd_server: Et
     assert out["warned_while_in_use"] == 0
 
 
+def test_a_client_dropped_open_after_a_recipe_ran_on_it_is_closed_too(
+    etcd_server: EtcdServer,
+) -> None:
+    """A recipe's threaded object follows its asyncio object's state through a listener the
+    client's loop keeps; that listener kept the object, and through it the client, alive: a
+    client dropped open after a lock, a session, a permit, a leadership... was never closed
+    (no warning; its loop thread, connection and lease kept for nobody, a lock still held
+    held until the process ended)."""
+    out = signal_probe(etcd_server.endpoint, "dropped_recipes", timeout=180)
+    for kind, seen in out.items():
+        assert seen == {"resource_warnings": 1, "threads_left": 0, "keys_left": 0}, kind
+
+
 def test_a_coroutine_run_refuses_is_closed_not_left_never_awaited(etcd_server: EtcdServer) -> None:
     client = Client(etcd_server.endpoint)
     client.close()

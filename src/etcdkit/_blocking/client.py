@@ -24,7 +24,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast, overload
 from etcdkit._blocking.admin import SyncAuth, SyncMaintenance, SyncMembers
 from etcdkit._blocking.locks import SyncElection, SyncLock
 from etcdkit._blocking.portal import Portal
-from etcdkit._blocking.twin import SyncIterator, Twin, blocking, blocking_read, mirror
+from etcdkit._blocking.twin import SetOn, SyncIterator, Twin, blocking, blocking_read, mirror
 from etcdkit._client import DEFAULT_TIMEOUT, AsyncClient
 from etcdkit._errors import ClosedError, EtcdkitError, EtcdTimeoutError
 from etcdkit._metrics import ClientStats, LeaseStats
@@ -638,21 +638,23 @@ class SyncPersistentLease(Twin[PersistentLease]):
     )  # immutable, published in one assignment
 
 
+_SESSION_OVER = (SessionState.LOST, SessionState.CLOSED)
+
+
 class SyncSession(Twin[Session]):
     """Blocking view of a :class:`Session`; ``lost`` is a :class:`threading.Event` here."""
 
     def __init__(self, portal: Portal, session: Session) -> None:
         super().__init__(portal, session)
         self.lost = threading.Event()
-        if session.lost.is_set():
+        portal.read(self._follow)  # (directly once the client is closed: its loop is gone)
+
+    def _follow(self) -> None:
+        """On the loop thread, as are the listener's calls: a loss cannot fall between the
+        look and the listener."""
+        if self.aio.lost.is_set() or self.aio.state in _SESSION_OVER:
             self.lost.set()
-        else:
-            portal.run_sync(
-                session.add_listener,
-                lambda state: (
-                    self.lost.set() if state in (SessionState.LOST, SessionState.CLOSED) else None
-                ),
-            )
+        self.aio.add_listener(SetOn(self.lost, _SESSION_OVER))
 
     def __enter__(self) -> SyncSession:
         return self

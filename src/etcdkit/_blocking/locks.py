@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from etcdkit._blocking.twin import (
     PortalLike,
+    SetOn,
     SyncIterator,
     Twin,
     blocking,
@@ -53,11 +54,7 @@ class _Held(Twin[H]):
     def _follow(self) -> None:  # on the loop thread, as are the listener's calls
         if self.aio.state in _OVER:
             self._lost.set()
-        self.aio.add_listener(self._on_state)
-
-    def _on_state(self, state: HoldState) -> None:
-        if state in _OVER:
-            self._lost.set()
+        self.aio.add_listener(SetOn(self._lost, _OVER))
 
     def guard(self) -> Compare:
         """A :class:`Compare` that holds only while this acquisition holds: put it in the

@@ -17,16 +17,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable, Container, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from etcdkit._errors import ClosedError
 
-__all__ = ["PortalLike", "SyncIterator", "Twin", "blocking", "blocking_read", "mirror"]
+__all__ = [
+    "PortalLike",
+    "SetOn",
+    "SyncIterator",
+    "Twin",
+    "blocking",
+    "blocking_read",
+    "mirror",
+]
 
 A = TypeVar("A")
 P = ParamSpec("P")
+S = TypeVar("S")
 T = TypeVar("T")
 
 
@@ -62,6 +72,23 @@ class Twin(Generic[A]):
         text = self.portal.read(lambda: repr(self.aio))
         name = type(self.aio).__name__
         return text.replace(f"<{name}", f"<{type(self).__name__}", 1)
+
+
+class SetOn(Generic[S]):
+    """A state listener that sets ``event`` once it is called with one of ``states``: how a
+    twin follows its asyncio object's state. It holds the event alone, not the twin: the
+    asyncio object, which the client's loop keeps, keeps its listeners, and one that held the
+    twin held its portal too, so a client dropped open was never collected nor closed."""
+
+    __slots__ = ("event", "states")
+
+    def __init__(self, event: threading.Event, states: Container[S]) -> None:
+        self.event = event
+        self.states = states
+
+    def __call__(self, state: S) -> None:
+        if state in self.states:
+            self.event.set()
 
 
 def blocking(

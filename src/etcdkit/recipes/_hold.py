@@ -28,7 +28,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from etcdkit._blocking.twin import PortalLike, Twin
+from etcdkit._blocking.twin import PortalLike, SetOn, Twin
 from etcdkit._errors import (
     ClosedError,
     CompactedError,
@@ -608,11 +608,7 @@ class SyncHold(Twin[H]):
     def _follow(self) -> None:  # on the loop thread, as are the listener's calls
         if self.aio.lost.is_set():
             self._lost.set()
-        self.aio.add_listener(self._on_state)
-
-    def _on_state(self, state: HoldState) -> None:
-        if state in (HoldState.LOST, HoldState.RELEASED):
-            self._lost.set()
+        self.aio.add_listener(SetOn(self._lost, (HoldState.LOST, HoldState.RELEASED)))
 
     @property
     def lost(self) -> threading.Event:
