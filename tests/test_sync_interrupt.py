@@ -1,8 +1,9 @@
 """A Ctrl-C (KeyboardInterrupt) in a thread blocked on a threaded recipe call, as the call got
 what it waited for: what was made for it is undone, since nobody will have it. A lock,
 permit, read-write hold, leadership or double-barrier place is released; a queue's taken item
-goes back. Each case runs ``tests/_interrupt_probe.py`` in a process of its own (the SIGINT
-goes to that process's main thread), against a real etcd."""
+goes back; a session's granted lease is revoked. Each case runs ``tests/_interrupt_probe.py``
+in a process of its own (the SIGINT goes to that process's main thread), against a real
+etcd."""
 
 from __future__ import annotations
 
@@ -30,7 +31,16 @@ PROBE = Path(__file__).resolve().parent / "_interrupt_probe.py"
 
 @pytest.mark.parametrize(
     "kind",
-    ["lock", "semaphore", "rwlock", "election", "double_barrier", "queue", "priority_queue"],
+    [
+        "lock",
+        "semaphore",
+        "rwlock",
+        "election",
+        "double_barrier",
+        "queue",
+        "priority_queue",
+        "session",
+    ],
 )
 def test_an_interrupted_threaded_call_leaves_nothing_held_and_loses_no_item(
     etcd_server: EtcdServer, kind: str

@@ -332,7 +332,12 @@ class Client(Twin[AsyncClient]):
         """See :meth:`AsyncClient.session`: grants the lease (blocking) and returns the open
         session; use with ``with`` to close it."""
         session = self.portal.run_sync(self.aio.session, ttl)
-        self.portal.call(session.open())
+
+        async def opened() -> Session:
+            return await session  # (as the asyncio face's ``await``: given up on, it revokes)
+
+        # (and given up on once granted, a Ctrl-C as it returned: nobody has it, close it)
+        self.portal.call(opened(), abandon=Session.close)
         return SyncSession(self.portal, session)
 
     @overload
