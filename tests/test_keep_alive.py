@@ -292,3 +292,20 @@ def test_threaded_face(etcd_sync: Client) -> None:
     etcd_sync.revoke(lease.id)
     with etcd_sync.keep_alive(lease.id) as gone, pytest.raises(LeaseNotFoundError):
         next(gone)
+
+
+async def test_a_second_reader_of_one_keep_alive_is_refused(etcd: AsyncClient) -> None:
+    lease = (await etcd.grant(30)).id
+    try:
+        async with etcd.keep_alive(lease) as kept:
+            await anext(kept)  # (the first renewal goes at once)
+            first = asyncio.create_task(anext(kept))
+            await asyncio.sleep(0.05)
+            with pytest.raises(RuntimeError, match="one reader at a time"):
+                await anext(kept)
+            kept.cancel()
+            async with asyncio.timeout(2.0):
+                with pytest.raises(StopAsyncIteration):
+                    await first
+    finally:
+        await etcd.revoke(lease)

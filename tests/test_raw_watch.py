@@ -848,3 +848,39 @@ def test_threaded_take_and_listener(etcd_sync: Client, etcd_prefix: str) -> None
         assert w.disconnects == 0
         assert w.connected
         assert w.confirmed_at > 0
+
+
+async def test_a_second_reader_of_one_watch_is_refused_and_the_first_keeps_its_batches(
+    etcd: AsyncClient, etcd_prefix: str
+) -> None:
+    """One watch, one reader at a time (as an async generator refuses a second ``anext``): a
+    second reader waiting at once took the first one's place, so the first got no batch and
+    was never woken, by a cancel or the client's close."""
+    async with etcd.watch(etcd_prefix, prefix=True) as w:
+        first = asyncio.create_task(anext(w))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError, match="one reader at a time"):
+            await anext(w)
+        await etcd.put(etcd_prefix + "k", "1")
+        with quickly(5.0):
+            batch = await first
+        assert [ev.kv.value for ev in batch.events] == [b"1"]
+        first = asyncio.create_task(anext(w))
+        await asyncio.sleep(0.05)
+        w.cancel()
+        with quickly(2.0), pytest.raises(StopAsyncIteration):
+            await first
+
+
+def test_a_second_thread_reading_one_watch_is_refused(etcd_sync: Client, etcd_prefix: str) -> None:
+    with etcd_sync.watch(etcd_prefix, prefix=True) as w:
+        got: list[object] = []
+        reader = threading.Thread(target=lambda: got.extend(next(w).events))
+        reader.start()
+        time.sleep(0.2)
+        with pytest.raises(RuntimeError, match="one reader at a time"):
+            next(w)
+        etcd_sync.put(etcd_prefix + "k", "1")
+        reader.join(5.0)
+        assert not reader.is_alive()
+        assert [ev.kv.value for ev in got] == [b"1"]  # type: ignore[attr-defined]

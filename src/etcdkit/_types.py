@@ -70,6 +70,15 @@ def key_bytes(key: str | bytes, what: str = "key") -> bytes:
     return raw
 
 
+def second_reader(what: str) -> RuntimeError:
+    """The error for a second reader waiting on a stream that hands each item to one reader
+    (a watch, a keep-alive stream), as an async generator refuses a second ``anext``."""
+    return RuntimeError(
+        f"this {what} is already being read by another task or thread: iterate it from one "
+        "reader at a time (for two consumers, make two)"
+    )
+
+
 def check_int64(value: object, what: str, *, low: int = 0, hint: str = "") -> int:
     """An int in ``[low, 2**63)``: TypeError for another type, ValueError for another value."""
     if type(value) is int and low <= value < 2**63:

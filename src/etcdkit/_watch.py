@@ -27,7 +27,14 @@ from etcdkit._core import Core
 from etcdkit._errors import ClosedError, EtcdkitError
 from etcdkit._key_watches import KeyWatch
 from etcdkit._logs import Listeners
-from etcdkit._types import WATCH_FILTERS, WatchBatch, WatchEvent, WatchFilter, check_int64
+from etcdkit._types import (
+    WATCH_FILTERS,
+    WatchBatch,
+    WatchEvent,
+    WatchFilter,
+    check_int64,
+    second_reader,
+)
 from etcdkit._wire.watch_hub import WatchSub
 
 __all__ = ["MAX_BUFFERED", "RESUME_BELOW", "Watch", "check_filters"]
@@ -265,6 +272,8 @@ class Watch:
                 err, self._error = self._error, None
                 self.cancel()
                 raise err
+            if self._waiter is not None:
+                raise second_reader("watch")
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter

@@ -472,9 +472,9 @@ class _StreamTwin(Twin[S], Generic[S, T]):
                 raise
 
     def cancel(self) -> None:
-        """End it (idempotent, from any thread, or a listener): the iteration stops (iterate
-        one stream from one thread at a time: a second thread waiting at once may wait on
-        until the client closes)."""
+        """End it (idempotent, from any thread, or a listener): the iteration stops (one
+        stream has one reader at a time: a second thread's ``next()`` while another waits
+        raises RuntimeError)."""
         if not self.portal.closed:
             self.portal.run_sync(self.aio.cancel)
 

@@ -46,7 +46,7 @@ from etcdkit._errors import (
 )
 from etcdkit._logs import Listeners
 from etcdkit._retry import Backoff
-from etcdkit._types import KeepAliveStatus, check_int64
+from etcdkit._types import KeepAliveStatus, check_int64, second_reader
 from etcdkit._wire.conn import Channel, Connection, map_rpc_error
 
 __all__ = ["KeepAlive", "KeepAliveHub"]
@@ -453,6 +453,8 @@ class KeepAlive:
                 return status
             if self._error is not None:
                 raise self._error
+            if self._waiter is not None:
+                raise second_reader("keep-alive stream")
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter
