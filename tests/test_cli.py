@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import functools
 import json
 import os
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -722,3 +724,120 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_1(
     assert r.returncode == 1, r.stderr
     assert "No space left on device" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# -- output whose reader is gone ------------------------------------------------------------------
+
+
+def test_register_stays_registered_when_its_reader_leaves(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    """`etcdkit register ... | head -2`: the next status line (here: the key deleted from
+    outside) found no reader, the lease was revoked and the command exited 0, so that nobody
+    restarted it. Status lines are best effort now: the key is put back, until SIGTERM."""
+    key = etcd_prefix + "svc"
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [*CLI, "--endpoints", etcd_server.endpoint, "register", key, "v", "--ttl", "5"],
+        stdout=w, stderr=subprocess.PIPE, text=True, env=cli_env(), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        with os.fdopen(r, "r") as status:
+            for line in status:
+                if "registered: " in line:
+                    break
+        # the reader is gone now
+        etcd_sync.delete(key)
+        wait_until(lambda: etcd_sync.get(key) is not None, "the key put back")
+        time.sleep(0.5)
+        assert proc.poll() is None, "register exited"
+        assert etcd_sync.get(key) is not None
+        proc.send_signal(signal.SIGTERM)
+        _, errs = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, errs
+        assert "Traceback" not in errs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+    assert etcd_sync.get(key) is None
+
+
+DATA_COMMANDS = [["watch", "--json"], ["members", "--json"], ["endpoints", "--json"]]
+
+
+@pytest.mark.parametrize("command", DATA_COMMANDS, ids=lambda c: c[0])
+def test_data_output_whose_reader_is_gone_ends_quietly(
+    etcd_server: EtcdServer, etcd_prefix: str, command: list[str]
+) -> None:
+    """The JSON lines are the command's output: with no reader left it stops, exit 0."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        res = subprocess.run(
+            [*CLI, "--endpoints", etcd_server.endpoint, command[0], etcd_prefix + "x",
+             *command[1:]],
+            stdout=w, stderr=subprocess.PIPE, text=True, timeout=60, env=cli_env(),
+            stdin=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(w)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+
+
+@pytest.mark.parametrize("command", DATA_COMMANDS, ids=lambda c: c[0])
+def test_data_output_to_a_closed_stdout_is_one_line_and_exit_1(
+    etcd_server: EtcdServer, etcd_prefix: str, command: list[str]
+) -> None:
+    """``watch --json >&-``: no stdout at all (``sys.stdout`` is None) ended in a traceback."""
+    res = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *CLI, "--endpoints", etcd_server.endpoint,
+         command[0], etcd_prefix + "x", *command[1:]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60, env=cli_env(),
+        stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert "stdout is closed" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.splitlines()) == 1, res.stderr
+
+
+def test_watch_json_line_is_written_whole_when_a_signal_cuts_its_write(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    """Unbuffered (``PYTHONUNBUFFERED=1``), a JSON line longer than the pipe holds was cut
+    where a SIGINT interrupted its write (the text layer drops what a short write left): the
+    reader got a line without its end. Each line is written whole now."""
+    for i in range(8):
+        etcd_sync.put(f"{etcd_prefix}k{i}", "v" * 40_000)  # (one line of ~320 kB)
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [*CLI, "--endpoints", etcd_server.endpoint, "watch", etcd_prefix, "--json"],
+        stdout=w, stderr=subprocess.PIPE, env=cli_env(PYTHONUNBUFFERED="1"),
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(w)
+
+    def queued() -> int:
+        buf = fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(buf, sys.byteorder)
+
+    try:
+        # the pipe is full: the writer waits in its write
+        wait_until(lambda: queued() >= 65536, "a full pipe")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        with os.fdopen(r, "rb") as reader:
+            data = reader.read()
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert data.endswith(b"\n"), f"cut at {len(data)} bytes: ...{data[-60:]!r}"
+    doc = json.loads(data.splitlines()[0])
+    assert len(doc["tree"]) == 8

@@ -379,3 +379,95 @@ def test_lock_hands_a_key_that_is_not_utf8_to_the_command_exactly(
     go, ours = r.stdout.split(b"|")
     assert go == ours
     assert go.startswith(etcd_prefix.encode() + b"job-\xff/")
+
+
+def _reader_gone() -> int:
+    """The write end of a pipe whose reader has exited (as under `| head -1` once head is
+    done): each write to it fails with EPIPE."""
+    r, w = os.pipe()
+    os.close(r)
+    return w
+
+
+def test_lock_runs_the_command_when_its_status_lines_have_no_reader(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    """`etcdkit lock NAME -- CMD 2>&1 | head -1`: the status lines on stderr find no reader.
+    The first one ended the command with exit 0: CMD never ran, and a pipeline said it went
+    well. Status lines are best effort now: CMD runs, and its status is ours."""
+    name = etcd_prefix + "nostatus"
+    w = _reader_gone()
+    try:
+        r = subprocess.run(
+            [*CLI, "--endpoints", etcd_server.endpoint, "lock", name, "--", "sh", "-c",
+             "echo ran; exit 3"],
+            stdout=subprocess.PIPE, stderr=w, text=True, timeout=60, env=env(),
+            stdin=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(w)
+    assert r.stdout == "ran\n"
+    assert r.returncode == 3
+    assert etcd_sync.get_prefix(name + "/").kvs == []
+
+
+def test_lock_exits_with_the_commands_status_when_the_status_reader_leaves(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """The reader of the status lines leaves while CMD runs (`2>&1 | head -2`): CMD's
+    failure was reported as exit 0 (the "released" line failed)."""
+    name = etcd_prefix + "statusgone"
+    go = tmp_path / "go"
+    job = f"while [ ! -e {go} ]; do sleep 0.02; done; exit 3"
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [*CLI, "--endpoints", etcd_server.endpoint, "lock", name, "--", "sh", "-c", job],
+        stdout=subprocess.DEVNULL, stderr=w, env=env(), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        with os.fdopen(r, "r") as status:
+            for line in status:
+                if "holding lock" in line:
+                    break
+        # the reader is gone now
+        go.touch()
+        assert proc.wait(WAIT) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+    assert etcd_sync.get_prefix(name + "/").kvs == []
+
+
+def test_elect_keeps_leading_when_its_status_lines_have_no_reader(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    """`etcdkit elect NAME VALUE | head -1`: the "elected" line found no reader, and the
+    leadership was given up at once (exit 0). It leads until SIGTERM now."""
+    name = etcd_prefix + "el"
+    w = _reader_gone()
+    proc = subprocess.Popen(
+        [*CLI, "--endpoints", etcd_server.endpoint, "elect", name, "node-a"],
+        stdout=w, stderr=subprocess.PIPE, text=True, env=env(), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        deadline = time.monotonic() + WAIT
+        while (leader := etcd_sync.election(name).leader()) is None:
+            assert proc.poll() is None, "elect exited"
+            assert time.monotonic() < deadline, "not elected"
+            time.sleep(0.05)
+        assert leader.value == b"node-a"
+        time.sleep(0.5)  # (the "elected" line has been written by now)
+        assert proc.poll() is None, "elect gave up its leadership"
+        assert etcd_sync.election(name).leader() == leader
+        proc.send_signal(signal.SIGTERM)
+        _, errs = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, errs
+        assert "Traceback" not in errs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+    assert etcd_sync.election(name).leader() is None

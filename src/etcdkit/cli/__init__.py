@@ -28,6 +28,7 @@ from etcdkit.cli.common import (
     ConnOptions,
     UsageError,
     err,
+    nowhere,
     setup_logging,
 )
 
@@ -506,7 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         err("etcdkit: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): not an error; keep Python's exit quiet.
+        # The reader of the data output went away (e.g. `| head`): not an error; keep
+        # Python's exit quiet. (Status lines never get here: they are best effort.)
         _stdout_nowhere()
         return EXIT_OK
     except OSError as exc:  # e.g. ENOSPC writing the output (`> /dev/full`, a full disk)
@@ -517,6 +519,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stdout_nowhere() -> None:
-    """What is left in stdout's buffer goes nowhere: its flush at exit cannot fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    """What is left in stdout's buffer goes nowhere: its flush at exit cannot fail again (no
+    stdout at all, `>&-`, has nothing to flush)."""
+    nowhere("stdout")

@@ -229,10 +229,11 @@ class StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
+            text = self.format(record)
         except Exception:
             self.handleError(record)
+            return
+        err(text)
 
 
 class _NotRaisedAgain(logging.Filter):
@@ -268,13 +269,94 @@ def timestamp() -> str:
     return datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+# Streams a status line could not be written to: nothing more is written there.
+_dropped: set[str] = set()
+
+
+def nowhere(name: str) -> None:
+    """Point ``sys.<name>``'s file descriptor at /dev/null: what is left in its buffer, and
+    anything written later, goes nowhere, so the flush at exit cannot fail again (Python would
+    print "Exception ignored ..." and exit 120)."""
+    stream = getattr(sys, name)
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):  # (None, closed, or not a file)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    except OSError:  # (EBADF: the descriptor itself was closed)
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _status(name: str, text: str) -> None:
+    """Best effort: a status line tells what a command does, it never decides it. A reader
+    gone (`2>&1 | head -1`), a full disk or a closed descriptor drops the stream from then
+    on; the command goes on (a lock's CMD still runs, a registration stays)."""
+    if name in _dropped:
+        return
+    stream = getattr(sys, name)
+    if stream is None:  # (started with it closed: `>&-`)
+        _dropped.add(name)
+        return
+    try:
+        stream.write(text)
+        stream.flush()
+    except UnicodeError:  # (a character the stream's encoding lacks: escaped, not dropped)
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        _status(name, text.encode(encoding, "backslashreplace").decode(encoding))
+    except (OSError, ValueError) as exc:  # (ValueError: the file object was closed)
+        _dropped.add(name)
+        nowhere(name)
+        if name == "stdout":
+            log.info("status lines on stdout dropped: %s", exc)
+
+
 def out(line: str) -> None:
-    """A status line on stdout, flushed at once (the output may be a pipe)."""
-    print(line, flush=True)
+    """A status line on stdout, flushed at once (the output may be a pipe); best effort (see
+    :func:`_status`). A command's data lines go through :func:`emit`."""
+    _status("stdout", line + "\n")
 
 
-def err(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def err(line: str, end: str = "\n") -> None:
+    """A status line (or a message) on stderr; best effort (see :func:`_status`)."""
+    _status("stderr", line + end)
+
+
+def emit(line: str) -> None:
+    """One line of a command's data output (``watch``/``members``/``endpoints --json``,
+    ``elect --listen``), written whole. Not through ``sys.stdout.write``: with unbuffered
+    output (``PYTHONUNBUFFERED``, ``python -u``) its binary layer is a raw file, and a write
+    a signal interrupts after a part of the line returns short; the text layer drops the rest
+    (a cut JSON line). Unlike a status line, an error here ends the command: a reader gone
+    (BrokenPipeError) quietly with exit 0, another error (ENOSPC) with its message."""
+    stream = sys.stdout
+    if stream is None:
+        raise CliError("stdout is closed (>&-): give the output somewhere to go, e.g. > FILE")
+    data = (line + "\n").encode(
+        getattr(stream, "encoding", None) or "utf-8", getattr(stream, "errors", None) or "strict"
+    )
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):  # (not a file: written as it takes it)
+        stream.write(line + "\n")
+        stream.flush()
+        return
+    stream.flush()  # (what a status line left there goes first)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def is_terminal(stream: object) -> bool:
+    """Whether ``stream`` (``sys.stdout``...) is a terminal; not when it is closed (``>&-``:
+    ``None``) or not a file."""
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def need_rich(what: str, hint: str = "") -> None:

@@ -96,9 +96,9 @@ async def run_dev(args: argparse.Namespace, opts: ConnOptions) -> int:
                 _announce(target, version, data_dir)
             return await _supervise(target, stop)
         finally:
-            # (stdout may be gone, e.g. `| grep` ended: etcd is stopped all the same)
-            with contextlib.suppress(BrokenPipeError):
-                out("stopping etcd ...")
+            # (stdout may be gone, e.g. `| grep` ended: out() drops it, etcd is stopped all
+            # the same)
+            out("stopping etcd ...")
             await asyncio.to_thread(_shutdown, target)
             out("etcd stopped")
 

@@ -13,6 +13,7 @@ from etcdkit.cli.common import (
     Stopper,
     UsageError,
     connected,
+    emit,
     err,
     key_gone,
     out,
@@ -44,7 +45,7 @@ async def run_elect(args: argparse.Namespace, opts: ConnOptions) -> int:
             leaders = election.observe()
             try:
                 while (leader := await stop.run(anext(leaders))) is not None:
-                    out(f"{timestamp()} leader: {_show(leader)}")
+                    emit(f"{timestamp()} leader: {_show(leader)}")
             finally:
                 await leaders.aclose()
             return EXIT_OK

@@ -10,7 +10,17 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from etcdkit import ChangeKind, PrefixWatch, Snapshot, WatchState
-from etcdkit.cli.common import EXIT_OK, ConnOptions, Stopper, UsageError, connected, need_rich, pump
+from etcdkit.cli.common import (
+    EXIT_OK,
+    ConnOptions,
+    Stopper,
+    UsageError,
+    connected,
+    emit,
+    is_terminal,
+    need_rich,
+    pump,
+)
 from etcdkit.naming import Endpoint
 
 if TYPE_CHECKING:
@@ -51,8 +61,7 @@ class JsonView:
             "updated": _keys(view, ChangeKind.UPDATED),
             "removed": _keys(view, ChangeKind.REMOVED),
         }
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        emit(json.dumps(doc, ensure_ascii=False))
 
     def tick(self, watch: Watch) -> None:
         return None
@@ -131,7 +140,7 @@ async def run_endpoints(args: argparse.Namespace, opts: ConnOptions) -> int:
     target: str = args.target
     if not target or target.endswith("/"):
         raise UsageError('TARGET must be a non-empty name without a trailing "/", e.g. "svc/api"')
-    json_mode = bool(args.json) or not sys.stdout.isatty()
+    json_mode = bool(args.json) or not is_terminal(sys.stdout)
     if not json_mode:
         need_rich("the live view", " or use --json")
     async with connected(opts) as client, Stopper() as stop:

@@ -15,6 +15,7 @@ from etcdkit.cli.common import (
     UsageError,
     connected,
     err,
+    is_terminal,
     key_gone,
     out,
     raw,
@@ -37,7 +38,9 @@ async def run_wait(args: argparse.Namespace, opts: ConnOptions) -> int:
             if not holds:
                 err(f"etcdkit: {key} {state_now} (checked once: --timeout 0)")
             return EXIT_OK if holds else EXIT_TIMEOUT
-        progress = _Progress(f"waiting for {key} to {want}", limit) if sys.stderr.isatty() else None
+        progress = (
+            _Progress(f"waiting for {key} to {want}", limit) if is_terminal(sys.stderr) else None
+        )
         try:
             if progress is not None:
                 progress.start()
@@ -79,8 +82,7 @@ class _Progress:
             elapsed = loop.time() - t0
             of = f" of {self.limit:g} s" if self.limit is not None else ""
             frame = self.FRAMES[i % len(self.FRAMES)]
-            sys.stderr.write(f"\r\033[K{frame} {self.what} ({elapsed:.1f} s{of})")
-            sys.stderr.flush()
+            err(f"\r\033[K{frame} {self.what} ({elapsed:.1f} s{of})", end="")
             i += 1
             await asyncio.sleep(0.1)
 
@@ -88,8 +90,7 @@ class _Progress:
         if self._task is not None:
             self._task.cancel()
             self._task = None
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+            err("\r\033[K", end="")
 
 
 async def run_register(args: argparse.Namespace, opts: ConnOptions) -> int:

@@ -17,6 +17,7 @@ from etcdkit.cli.common import (
     UsageError,
     connected,
     err,
+    is_terminal,
     key_gone,
     raw,
     shown,
@@ -89,7 +90,7 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
         # the signals go to: a job's children stop with it when the lock is lost, as with
         # coreutils' timeout. From a terminal it stays in ours (the terminal's group), so that
         # it may read the terminal; Ctrl-C reaches all of it there.
-        group = not _isatty(sys.stdin)
+        group = not is_terminal(sys.stdin)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, env=env, process_group=0 if group else None
@@ -130,13 +131,6 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
             return code
         err(f"{timestamp()} released lock {name}; {cmd[0]} exited with {code}")
         return code
-
-
-def _isatty(stream: object) -> bool:
-    try:
-        return bool(stream.isatty())  # type: ignore[attr-defined]
-    except (AttributeError, ValueError, OSError):  # (None, or closed)
-        return False
 
 
 def _signal(proc: asyncio.subprocess.Process, sig: int, group: bool) -> None:

@@ -8,7 +8,16 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from etcdkit import WatchState
-from etcdkit.cli.common import EXIT_OK, ConnOptions, Stopper, connected, need_rich, pump
+from etcdkit.cli.common import (
+    EXIT_OK,
+    ConnOptions,
+    Stopper,
+    connected,
+    emit,
+    is_terminal,
+    need_rich,
+    pump,
+)
 from etcdkit.cluster import (
     DEFAULT_OPEN_TIMEOUT,
     EtcdBackedCluster,
@@ -68,8 +77,7 @@ class JsonView:
             "updated": updated,
             "removed": removed,
         }
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        emit(json.dumps(doc, ensure_ascii=False))
 
     def tick(self, cluster: EtcdBackedCluster) -> None:
         return None
@@ -168,7 +176,7 @@ async def _pump(cluster: EtcdBackedCluster, view: JsonView | LiveView, stop: Sto
 
 async def run_members(args: argparse.Namespace, opts: ConnOptions) -> int:
     root: str = args.root
-    json_mode = bool(args.json) or not sys.stdout.isatty()
+    json_mode = bool(args.json) or not is_terminal(sys.stdout)
     if not json_mode:
         need_rich("the live view", " or use --json")
     async with (

@@ -27,6 +27,8 @@ from etcdkit.cli.common import (
     ConnOptions,
     Stopper,
     connected,
+    emit,
+    is_terminal,
     need_rich,
     pump,
     raw,
@@ -134,8 +136,7 @@ class JsonView:
         if self.first:
             doc["tree"] = {k: json_value(v, mode) for k, v in sorted(snap.tree.items())}
             self.first = False
-        sys.stdout.write(json_line(doc) + "\n")
-        sys.stdout.flush()
+        emit(json_line(doc))
 
     def tick(self, watch: PrefixWatch[str, Any]) -> None:
         return None
@@ -315,7 +316,7 @@ async def _pump(watch: PrefixWatch[str, Any], view: View, stop: Stopper) -> None
 async def run_watch(args: argparse.Namespace, opts: ConnOptions) -> int:
     prefix: str = args.prefix
     mode: str = args.transform
-    json_mode = bool(args.json) or not sys.stdout.isatty()
+    json_mode = bool(args.json) or not is_terminal(sys.stdout)
     if not json_mode:
         need_rich("the live view", " or use --json")
     async with (
