@@ -471,3 +471,27 @@ def test_elect_keeps_leading_when_its_status_lines_have_no_reader(
             proc.kill()
             proc.wait(WAIT)
     assert etcd_sync.election(name).leader() is None
+
+
+def test_lock_does_not_run_the_command_when_the_hold_is_lost_as_it_comes(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """A hold lost as ``acquire()`` hands it out (its session expiring after an outage, in
+    the audit): the command said "holding lock", started CMD and stopped it a moment later.
+    It says the lock was lost and does not start CMD (``tests/_lock_lost_probe.py`` deletes
+    the hold's key before ``acquire()`` returns)."""
+    name = etcd_prefix + "lostfirst"
+    marker = tmp_path / "ran"
+    probe = Path(__file__).resolve().parent / "_lock_lost_probe.py"
+    r = subprocess.run(
+        [sys.executable, str(probe), "--endpoints", etcd_server.endpoint, "lock", name, "--",
+         "touch", str(marker)],
+        capture_output=True, text=True, timeout=60, env=env(), stdin=subprocess.DEVNULL,
+        check=False,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert not marker.exists()
+    assert "holding lock" not in r.stderr
+    assert "was lost before touch started" in r.stderr
+    assert "touch was not run" in r.stderr
+    assert etcd_sync.get_prefix(name + "/").kvs == []

@@ -124,7 +124,8 @@ CMD with $ETCDKIT_LOCK_KEY, $ETCDKIT_FENCING_TOKEN (higher for every later holde
 what CMD writes, so late writes of an old holder can be refused) and $ETCD_LOCK_KEY. Exits
 with CMD's status and releases the lock. SIGINT/SIGTERM are passed on to CMD, then the lock is
 released. If the lock is lost (its lease expired or was revoked, its key deleted), CMD gets
-SIGTERM (SIGKILL after 10 s) and the exit status is 1. If etcd does not confirm the release
+SIGTERM (SIGKILL after 10 s) and the exit status is 1; lost before CMD started, CMD is not
+run (exit 1). If etcd does not confirm the release
 (our key then stays, and others wait, until the lease TTL runs out), it says so. 127: CMD not
 found.
 """

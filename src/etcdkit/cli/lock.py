@@ -75,6 +75,17 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
             err(f"etcdkit: interrupted while waiting for lock {name}")
             await lock.release()
             return stop.exit_code
+        # A hold can be lost as it is handed out (our session's lease near its expiry, the
+        # keepalive not through yet after an outage): CMD must not start without the lock.
+        # Nothing awaits from here to CMD's start, so the hold cannot be lost in between.
+        if lock.lost.is_set():
+            state = lock.state.value
+            await lock.release()
+            err(
+                f"etcdkit: lock {name} was lost before {cmd[0]} started ({state}): another may "
+                f"hold it now; {cmd[0]} was not run"
+            )
+            return EXIT_ERROR
         err(
             f"{timestamp()} holding lock {name} (key {lock.key.decode(errors='replace')}, "
             f"fencing token {lock.fencing_token}); running {cmd[0]}"
