@@ -495,3 +495,21 @@ def test_lock_does_not_run_the_command_when_the_hold_is_lost_as_it_comes(
     assert "was lost before touch started" in r.stderr
     assert "touch was not run" in r.stderr
     assert etcd_sync.get_prefix(name + "/").kvs == []
+
+
+def test_sighup_while_waiting_exits_129_as_documented(
+    etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str
+) -> None:
+    """SIGHUP (the terminal closed) cleans up as SIGTERM does and exits 129, the shells'
+    128 + signal number. The docs said it "counts as SIGTERM" (143)."""
+    name = etcd_prefix + "hup"
+    with etcd_sync.lock(name):
+        with Proc("--endpoints", etcd_server.endpoint, "lock", name, "--", "true") as p:
+            p.expect("waiting for lock")
+            p.proc.send_signal(signal.SIGHUP)
+            assert p.wait() == 129, p.lines
+    assert etcd_sync.get_prefix(name + "/").kvs == []
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert "counts as SIGTERM" not in docs
+    assert "exits 129" in docs
+    assert "129 hung up (SIGHUP)" in run("--help").stdout

@@ -1,7 +1,8 @@
 """The ``etcdkit`` command: a local etcd, live prefix views, registrations and waits.
 
 Exit codes: 0 success, 1 runtime error (etcd unreachable, auth failed, ...), 2 bad usage,
-3 ``wait`` timed out, 130/143 interrupted by SIGINT/SIGTERM where that is not the normal end.
+3 ``wait`` timed out, 130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP where that is not the
+normal end.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ environment:
 
 exit codes:
   0 success, 1 runtime error (etcd unreachable, auth failed, ...), 2 bad usage,
-  3 `wait` timed out, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)
+  3 `wait` timed out, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP)
 """
 
 DEV_EPILOG = """\
