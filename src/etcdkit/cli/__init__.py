@@ -89,8 +89,10 @@ With --json, or when stdout is not a terminal: one JSON object per snapshot and 
   {"revision": R, "state": "live", "keys": N, "changes": [{"kind": "added|updated|removed",
    "key": K, "old": V, "new": V}, ...]}   (the first line also has "tree": {K: V, ...})
 
---transform: text (UTF-8 values; others are dropped with a warning), json (JSON values;
-invalid JSON is dropped with a warning), raw (bytes: repr in the table, base64 in JSON).
+--transform: text (values as UTF-8 text, a byte that is not UTF-8 as a \\xNN escape), json
+(values parsed as JSON: a value that is not JSON is left out with a warning on stderr, so a key
+whose value stops being JSON leaves the view and is reported as removed), raw (bytes: repr in
+the table, base64 in JSON).
 """
 
 REGISTER_EPILOG = """\
@@ -310,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--transform",
         choices=["text", "json", "raw"],
         default="text",
-        help="how to decode values (default text)",
+        help="how to decode values (default text; see below)",
     )
 
     p = command("register", "keep KEY=VALUE registered under a lease", REGISTER_EPILOG)

@@ -56,7 +56,10 @@ def _key(raw: bytes) -> str:
 
 
 def text_transform(key: bytes, value: bytes) -> tuple[str, str]:
-    return _key(key), value.decode()
+    # Never rejects a value: a rejected record leaves the view, and a key whose value stopped
+    # being UTF-8 was reported as removed. Bytes that are not UTF-8 show as \xNN, as etcdctl
+    # prints them raw.
+    return _key(key), value.decode("utf-8", "backslashreplace")
 
 
 def json_transform(key: bytes, value: bytes) -> tuple[str, Any]:
