@@ -865,3 +865,31 @@ def test_watch_json_line_is_written_whole_when_a_signal_cuts_its_write(
     assert data.endswith(b"\n"), f"cut at {len(data)} bytes: ...{data[-60:]!r}"
     doc = json.loads(data.splitlines()[0])
     assert len(doc["tree"]) == 8
+
+
+@pytest.mark.parametrize("command", DATA_COMMANDS, ids=lambda c: c[0])
+def test_json_lines_say_when_the_state_changes(
+    etcd_server_factory: Callable[..., EtcdServer], command: list[str]
+) -> None:
+    """A JSON line was written per snapshot only: with etcd unreachable, a reader was left
+    with "live" for data nobody confirmed any more. A change of state is a line too (no
+    changes), as the terminal view re-renders its state line."""
+    server = etcd_server_factory()
+    with Cli("--endpoints", server.endpoint, command[0], "/st/x", *command[1:]) as cli:
+        lines = JsonLines(cli)
+        first = lines.next()
+        while first["state"] != "live":
+            first = lines.next()
+        server.pause()
+        try:
+            stale = lines.next()
+        finally:
+            server.resume()
+        assert stale["state"] == "stale", stale
+        assert stale["revision"] >= first["revision"]
+        empty = ["changes"] if command[0] == "watch" else ["added", "updated", "removed"]
+        assert all(stale[k] == [] for k in empty), stale
+        live = lines.next()
+        assert live["state"] == "live", live
+        cli.signal(signal.SIGTERM)
+        assert cli.wait() == 0, cli._why("wrong exit status")

@@ -88,6 +88,9 @@ last known data). Added rows are green, updated yellow, removed red (until the n
 With --json, or when stdout is not a terminal: one JSON object per snapshot and line:
   {"revision": R, "state": "live", "keys": N, "changes": [{"kind": "added|updated|removed",
    "key": K, "old": V, "new": V}, ...]}   (the first line also has "tree": {K: V, ...})
+and one more line, with "changes": [], each time the state changes: "state" is "live" (etcd
+confirmed the data current) or "stale" (etcd unreachable: the last known data) from that line
+until the next.
 
 --transform: text (values as UTF-8 text, a byte that is not UTF-8 as a \\xNN escape), json
 (values parsed as JSON: a value that is not JSON is left out with a warning on stderr, so a key
@@ -157,6 +160,8 @@ state (LIVE, or STALE while etcd is unreachable); added rows green, updated yell
 With --json, or when stdout is not a terminal: one JSON object per view and line:
   {"revision": R, "state": "live", "members": [{"id": ID, "data": DATA}, ...],
    "added": [ID, ...], "updated": [ID, ...], "removed": [ID, ...]}
+and one more line, with nothing added, updated or removed, each time the state changes: "state"
+is "live" or "stale" (etcd unreachable: the last known members) from that line until the next.
 """
 
 ENDPOINTS_EPILOG = """\
@@ -175,6 +180,8 @@ on Ctrl-C. Records that do not decode are left out.
 With --json, or when stdout is not a terminal: one JSON object per view and line:
   {"revision": R, "state": "live", "endpoints": {KEY: {"Addr": A, "Metadata": M}, ...},
    "added": [KEY, ...], "updated": [KEY, ...], "removed": [KEY, ...]}
+and one more line, with nothing added, updated or removed, each time the state changes: "state"
+is "live" or "stale" (etcd unreachable: the last known endpoints) from that line until the next.
 """
 
 DEMO_EPILOG = """\

@@ -47,24 +47,47 @@ def _keys(view: View, kind: ChangeKind) -> list[str]:
 
 
 class JsonView:
-    """One JSON object per view and line."""
+    """One JSON object per view and line; a change of the watch's state (LIVE <-> STALE)
+    between views is a line too, with nothing added, updated or removed."""
+
+    def __init__(self) -> None:
+        self.last: View | None = None
+        self.state: WatchState | None = None  # as the last line said
 
     def view(self, view: View, watch: Watch) -> None:
-        doc: dict[str, Any] = {
-            "revision": view.revision,
-            "state": watch.state.value,
-            "endpoints": {
-                key: {"Addr": ep.addr, "Metadata": ep.metadata}
-                for key, ep in sorted(view.tree.items())
-            },
-            "added": _keys(view, ChangeKind.ADDED),
-            "updated": _keys(view, ChangeKind.UPDATED),
-            "removed": _keys(view, ChangeKind.REMOVED),
-        }
-        emit(json.dumps(doc, ensure_ascii=False))
+        self.last = view
+        self.state = watch.state
+        self._line(
+            view.revision,
+            _keys(view, ChangeKind.ADDED),
+            _keys(view, ChangeKind.UPDATED),
+            _keys(view, ChangeKind.REMOVED),
+        )
 
     def tick(self, watch: Watch) -> None:
-        return None
+        state = watch.state
+        if self.last is None or state is self.state:  # (no line before the first view)
+            return
+        self.state = state
+        self._line(self.last.revision, [], [], [])
+
+    def _line(
+        self, revision: int, added: list[str], updated: list[str], removed: list[str]
+    ) -> None:
+        assert self.last is not None
+        assert self.state is not None
+        doc: dict[str, Any] = {
+            "revision": revision,
+            "state": self.state.value,
+            "endpoints": {
+                key: {"Addr": ep.addr, "Metadata": ep.metadata}
+                for key, ep in sorted(self.last.tree.items())
+            },
+            "added": added,
+            "updated": updated,
+            "removed": removed,
+        }
+        emit(json.dumps(doc, ensure_ascii=False))
 
 
 class LiveView:

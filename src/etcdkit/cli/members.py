@@ -61,26 +61,39 @@ def describe(member: Member) -> NodeDescriptor | None:
 
 
 class JsonView:
-    """One JSON object per view and line."""
+    """One JSON object per view and line; a change of the view's state (LIVE <-> STALE)
+    between views is a line too, with nothing added, updated or removed."""
 
     def __init__(self) -> None:
         self.last: View = ()
+        self.revision = 0
+        self.state: WatchState | None = None  # as the last line said
 
     def view(self, members: View, revision: int, cluster: EtcdBackedCluster) -> None:
         added, updated, removed = diff(self.last, members)
         self.last = members
+        self.revision = revision
+        self.state = cluster.state
+        self._line(added, updated, removed)
+
+    def tick(self, cluster: EtcdBackedCluster) -> None:
+        state = cluster.state
+        if self.state is None or state is self.state:  # (no line before the first view)
+            return
+        self.state = state
+        self._line([], [], [])
+
+    def _line(self, added: list[str], updated: list[str], removed: list[str]) -> None:
+        assert self.state is not None
         doc: dict[str, Any] = {
-            "revision": revision,
-            "state": cluster.state.value,
-            "members": [{"id": m.id, "data": m.data} for m in members],
+            "revision": self.revision,
+            "state": self.state.value,
+            "members": [{"id": m.id, "data": m.data} for m in self.last],
             "added": added,
             "updated": updated,
             "removed": removed,
         }
         emit(json.dumps(doc, ensure_ascii=False))
-
-    def tick(self, cluster: EtcdBackedCluster) -> None:
-        return None
 
 
 class LiveView:

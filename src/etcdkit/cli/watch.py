@@ -114,17 +114,24 @@ class View(Protocol):
 
 
 class JsonView:
-    """One JSON object per snapshot and line; the first one carries the whole tree."""
+    """One JSON object per snapshot and line; the first one carries the whole tree. A change
+    of the watch's state (LIVE <-> STALE) between snapshots is a line too, with no changes:
+    without it a reader kept "live" for data etcd no longer confirmed (the terminal view
+    re-renders its state line on its tick)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.first = True
+        self.state: WatchState | None = None  # as the last line said
+        self.keys = 0
 
     async def snapshot(self, snap: Snapshot[str, Any], watch: PrefixWatch[str, Any]) -> None:
         mode = self.mode
+        self.state = watch.state
+        self.keys = len(snap.tree)
         doc: dict[str, Any] = {
             "revision": snap.revision,
-            "state": watch.state.value,
+            "state": self.state.value,
             "keys": len(snap.tree),
             "changes": [
                 {
@@ -142,7 +149,19 @@ class JsonView:
         emit(json_line(doc))
 
     def tick(self, watch: PrefixWatch[str, Any]) -> None:
-        return None
+        state = watch.state
+        if self.state is None or state is self.state:  # (no line before the first snapshot)
+            return
+        self.state = state
+        # (the watch's own revision: also past progress notifications, which deliver no
+        # snapshot; the tree is exact there too)
+        doc: dict[str, Any] = {
+            "revision": watch.revision,
+            "state": state.value,
+            "keys": self.keys,
+            "changes": [],
+        }
+        emit(json_line(doc))
 
 
 STATE_STYLE = {
