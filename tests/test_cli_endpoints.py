@@ -36,6 +36,10 @@ def test_missing_or_bad_target_is_a_usage_error(etcd_server: EtcdServer) -> None
     res = run("--endpoints", etcd_server.endpoint, "endpoints", "svc/")
     assert res.returncode == 2
     assert "trailing" in res.stderr
+    # (--metadata without --add was taken, and ignored)
+    res = run("--endpoints", etcd_server.endpoint, "endpoints", "svc/api", "--metadata", "m")
+    assert res.returncode == 2
+    assert "--add" in res.stderr
 
 
 def test_endpoints_json_lines(etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str) -> None:

@@ -163,6 +163,8 @@ async def run_endpoints(args: argparse.Namespace, opts: ConnOptions) -> int:
     target: str = args.target
     if not target or target.endswith("/"):
         raise UsageError('TARGET must be a non-empty name without a trailing "/", e.g. "svc/api"')
+    if args.metadata is not None and args.add is None:
+        raise UsageError("--metadata goes with --add ADDR (the endpoint it describes)")
     json_mode = bool(args.json) or not is_terminal(sys.stdout)
     if not json_mode:
         need_rich("the live view", " or use --json")
