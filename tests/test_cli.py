@@ -291,6 +291,8 @@ def test_auth_failures_are_one_line(etcd_server_factory: Callable[..., EtcdServe
     anonymous = run(*ep, "wait", "/k", "--timeout", "0")
     assert anonymous.returncode == 1
     assert "--user" in anonymous.stderr
+    # (one hint: the library's "(pass username and password)" was printed before ours)
+    assert "pass username and password" not in anonymous.stderr
     right = run(
         *ep,
         "--user",

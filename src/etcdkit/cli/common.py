@@ -109,8 +109,11 @@ async def check_reachable(client: AsyncClient, opts: ConnOptions) -> None:
     except PermissionDeniedError:
         return  # authenticated and answering; the role just may not read that key
     except AuthError as exc:
-        hint = "" if opts.user else "; pass --user NAME --password PASSWORD"
-        raise CliError(f"{exc}{hint}") from exc
+        if opts.user:
+            raise CliError(str(exc)) from exc
+        # (the library's own hint names its arguments: the command's options instead)
+        text = str(exc).removesuffix(" (pass username and password)")
+        raise CliError(f"{text}; pass --user NAME --password PASSWORD") from exc
     except (ConnectionUnavailableError, EtcdTimeoutError, TimeoutError) as exc:
         log.debug("connectivity check failed: %r", exc)
         what = "" if opts.configured else " (the default endpoint)"
