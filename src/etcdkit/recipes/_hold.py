@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from etcdkit.recipes.session import Session
 
 __all__ = [
+    "UNCONFIRMED",
     "Gone",
     "Hold",
     "Holds",
@@ -64,6 +65,7 @@ __all__ = [
     "check_count",
     "check_timeout",
     "check_ttl",
+    "confirmed",
     "deleted",
     "lost_margin",
     "name_prefix",
@@ -130,6 +132,43 @@ def lost_margin(ttl: int) -> float:
     """How long before the lease's expiry (as last confirmed) a SUSPENDED holder says LOST: we
     learn of a refresh when its answer arrives, etcd counts the TTL from a little earlier."""
     return min(1.0, ttl / 10.0)
+
+
+UNCONFIRMED = "our turn came while our lease went unconfirmed for nearly its TTL"
+
+
+async def confirmed(session: Session, ttl: int) -> bool:
+    """Whether a hold may begin now on ``session``: not when its lease is lost, nor when its
+    keep-alive has gone unanswered for so long that the hold would be LOST at once (etcd back
+    from an outage, our keep-alive stream not yet: the turn came through a read). Then this
+    waits for the keep-alive's next word first: ALIVE (the hold begins HELD) or not (the
+    caller queues again with a new lease), bounded by the lease's expiry (as the session
+    knows it: it gives the lease up then)."""
+    if session.lost.is_set() or session.state is SessionState.CLOSED:
+        return False
+    if session.state is not SessionState.SUSPENDED:
+        return True
+    loop = asyncio.get_running_loop()
+    expires = session.expires
+    if expires is None:
+        return False
+    left = expires - loop.time()  # (time.monotonic(), the loop's clock)
+    if left > lost_margin(ttl):
+        return True  # begins SUSPENDED, as any hold whose keep-alive is not answered
+    changed: asyncio.Future[SessionState] = loop.create_future()
+
+    def on_state(state: SessionState) -> None:
+        if state is not SessionState.SUSPENDED and not changed.done():
+            changed.set_result(state)
+
+    unlisten = session.add_listener(on_state)
+    try:
+        async with asyncio.timeout(max(0.0, left) + 1.0):
+            return await changed is SessionState.ALIVE
+    except TimeoutError:
+        return False
+    finally:
+        unlisten()
 
 
 # -- waiting --------------------------------------------------------------------------------------
@@ -371,7 +410,11 @@ class Hold:
         try:
             try:
                 async with asyncio.timeout(timeout if wait else None):
-                    got = await take(wait)
+                    while True:
+                        got = await take(wait)
+                        if got is None or await self._confirmed():
+                            break
+                        await self.requeue(UNCONFIRMED)
             except TimeoutError as exc:
                 await self._leave(promptly=True)
                 if isinstance(exc, EtcdkitError):
@@ -397,6 +440,11 @@ class Hold:
             return False
         self._hold(*got)
         return True
+
+    async def _confirmed(self) -> bool:
+        """Our turn came: may the hold begin (see :func:`confirmed`)?"""
+        session = self._session
+        return session is not None and await confirmed(session, self._ttl)
 
     async def session_now(self) -> Session:
         """Our session; a new one (a new lease) when there is none or it was lost."""

@@ -53,7 +53,13 @@ from etcdkit._types import (
     RangeResult,
     SessionState,
 )
-from etcdkit.recipes._hold import check_timeout, check_ttl, lost_margin
+from etcdkit.recipes._hold import (
+    UNCONFIRMED,
+    check_timeout,
+    check_ttl,
+    confirmed,
+    lost_margin,
+)
 from etcdkit.recipes._hold import name_prefix as prefix_of
 from etcdkit.recipes.session import abandon
 
@@ -199,7 +205,10 @@ class Contender:
                     look = await self._enter(session)
                 if self.state is HoldState.REQUEUED:
                     self._set(HoldState.WAITING)  # in line again, with the new key
-                return await self._turn(session, wait, look)
+                held_at = await self._turn(session, wait, look)
+                if held_at is not None and not await confirmed(session, self.ttl):
+                    raise _Gone(UNCONFIRMED)
+                return held_at
             except _Gone as gone:
                 self._requeue(str(gone))
                 await self._drop_session()
