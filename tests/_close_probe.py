@@ -6,12 +6,14 @@
   close() raised KeyboardInterrupt, and how long it took to; the caller's test then looks for
   the leases it held.
 - ``fork``: a child forked from this process, which holds an open client, calls ``get()`` and
-  then ``close()`` on it: what each did there (the child ends itself if it hangs); then
-  whether the parent's client still works.
+  then ``close()`` on it, then makes a client of its own (threaded, then asyncio) and reads:
+  what each did there (the child ends itself if it hangs); then whether the parent's client
+  still works.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -41,6 +43,11 @@ def interrupt(endpoint: str, etcd_pid: int) -> dict[str, object]:
     return {"interrupted": interrupted, "raised_after": took, "closed": client.closed}
 
 
+async def _async_get(endpoint: str) -> object:
+    async with etcdkit.AsyncClient(endpoint, timeout=2) as client:
+        return await client.get("/close-probe/k")
+
+
 def fork(endpoint: str) -> dict[str, object]:
     client = etcdkit.Client(endpoint)
     client.put("/close-probe/k", "1")
@@ -52,6 +59,10 @@ def fork(endpoint: str) -> dict[str, object]:
         calls: dict[str, Callable[[], object]] = {
             "get": lambda: client.get("/close-probe/k"),
             "close": client.close,
+            # a client of its own (grpc's core, which the parent started, does not survive
+            # the fork: its calls would wait for ever, past any timeout)
+            "new_client": lambda: etcdkit.Client(endpoint, timeout=2).get("/close-probe/k"),
+            "new_async_client": lambda: asyncio.run(_async_get(endpoint)),
         }
         for name, call in calls.items():
             try:

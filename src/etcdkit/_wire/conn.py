@@ -36,6 +36,7 @@ from etcdkit._errors import (
     LeaseNotFoundError,
     PermissionDeniedError,
     ServerError,
+    WrongContextError,
 )
 from etcdkit._logs import RateLimitedLog
 from etcdkit._retry import RetryPolicy
@@ -48,6 +49,25 @@ limited = RateLimitedLog(log)  # failovers of a flapping endpoint: one line per 
 _NO_METADATA: tuple[tuple[str, str], ...] = ()  # a call's metadata when no user is configured
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
+
+# The process whose connections started grpc's core. Its threads and poller do not survive a
+# fork: in a child forked from a process that used it, a channel's calls never answer, and no
+# deadline ends them (a client there waited for ever, past its timeout).
+_grpc_started_in: int | None = None
+
+
+def _check_grpc_usable() -> None:
+    global _grpc_started_in
+    pid = os.getpid()
+    if _grpc_started_in is None:
+        _grpc_started_in = pid
+    elif _grpc_started_in != pid:
+        raise WrongContextError(
+            f"this process was forked from one that used grpc (pid {_grpc_started_in}), and "
+            "grpc does not work in such a child: its calls never answer. Start worker "
+            "processes with multiprocessing's 'spawn' or 'forkserver' method (or exec a "
+            "program), or fork before the first client, and make a client in each"
+        )
 ENV_ENDPOINTS = "ETCDKIT_ENDPOINTS"
 # The longest client timeout: each call's gRPC deadline (grpc fails every call at once past
 # about 1e10 s); None is no timeout at all.
@@ -482,6 +502,7 @@ class Connection:
         """Create the channels (no network I/O: grpc connects lazily)."""
         if self._channels:
             return
+        _check_grpc_usable()
         for endpoint in self.endpoints:
             options = list(_CHANNEL_OPTIONS)
             target = _grpc_target(endpoint)
