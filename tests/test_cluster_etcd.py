@@ -351,7 +351,9 @@ async def test_client_close_closes_the_cluster(etcd_server: EtcdServer, etcd_pre
     assert await next_view(watch) == (m.member,)
     await client.close()
     assert cluster.closed
-    assert await next_view(watch) is None
+    # (as every watch of a closing client: a loop over it can tell from a cluster's own close)
+    with pytest.raises(ClosedError, match="client was closed"):
+        await next_view(watch)
     await asyncio.sleep(0)
     assert etcdkit_tasks() == []
 
@@ -516,6 +518,30 @@ def test_sync_watch_ends_when_the_cluster_closes(etcd_sync: Client, etcd_prefix:
     t.join(BOUND)
     assert not t.is_alive()
     assert got == []
+
+
+def test_sync_watch_raises_closed_error_when_the_client_closes(etcd_server: EtcdServer) -> None:
+    """README: ``close()`` ends watch iterations with ClosedError on both faces; a member
+    watch's loop just fell through, as if its cluster had been closed on purpose."""
+    client = Client(etcd_server.endpoint)
+    watch = client.cluster("/sync-client-close/s").watch_members()
+    assert next(watch) == ()
+    ended: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            for _ in watch:
+                pass
+        except ClosedError as exc:
+            ended.append(exc)
+
+    t = threading.Thread(target=follow)
+    t.start()
+    time.sleep(0.1)
+    client.close()
+    t.join(BOUND)
+    assert not t.is_alive()
+    assert len(ended) == 1
 
 
 # -- the README's example --------------------------------------------------------------------------

@@ -68,6 +68,8 @@ def _check_grpc_usable() -> None:
             "processes with multiprocessing's 'spawn' or 'forkserver' method (or exec a "
             "program), or fork before the first client, and make a client in each"
         )
+
+
 ENV_ENDPOINTS = "ETCDKIT_ENDPOINTS"
 # The longest client timeout: each call's gRPC deadline (grpc fails every call at once past
 # about 1e10 s); None is no timeout at all.

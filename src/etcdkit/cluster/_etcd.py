@@ -164,7 +164,7 @@ class EtcdBackedCluster:
             self._check_open()
             return self
         watch = PrefixWatch(self._etcd, self._prefix, self._transform)
-        self._etcd.adopt(self, self.aclose)
+        self._etcd.adopt(self, self._closed_with_client)
         self._watch = watch
         try:
             snap = await watch.synced(self._timeout)
@@ -193,7 +193,7 @@ class EtcdBackedCluster:
         self._closed = True
         self._ready.set()
         self._etcd.disown(self)
-        self._hub.close()
+        self._hub.close()  # (its watches end: StopAsyncIteration; see _closed_with_client)
         for membership in self._owners.take_all():
             membership._drop()
         for lease in list(self._leases):
@@ -208,6 +208,14 @@ class EtcdBackedCluster:
             await self._watch.aclose()
 
     close = aclose
+
+    async def _closed_with_client(self) -> None:
+        """The client's close closes the cluster: its member watches raise ClosedError, as
+        every watch of a closing client does (closed alone, the cluster ends them)."""
+        self._hub.close(
+            ClosedError(f"the etcdkit client was closed; the cluster {self._root!r} with it")
+        )
+        await self.aclose()
 
     async def __aenter__(self) -> EtcdBackedCluster:
         return await self.open()
@@ -234,7 +242,7 @@ class EtcdBackedCluster:
             async for snap in watch:
                 self._publish(snap)
         except ClosedError:
-            pass  # the client is closing; it closes this cluster too
+            pass  # the client is closing; it closes this cluster too (_closed_with_client)
         except EtcdkitError as exc:  # permanent (permission denied): every reader learns it
             log.error("cluster %r: the view of its members ended: %s", self._root, exc)
             self._hub.close(exc)

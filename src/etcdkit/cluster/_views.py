@@ -188,7 +188,8 @@ class MemberWatch:
     Each ``__anext__`` returns the newest view this watch has not returned yet, waiting for a
     change if there is none: views you were too slow for are skipped, never queued. Iteration
     ends (StopAsyncIteration) when the watch or its cluster is closed; if the cluster's view
-    ended on a failure (e.g. no permission to read the root), that error is raised instead.
+    ended on a failure (e.g. no permission to read the root), that error is raised instead,
+    and :class:`ClosedError` when the cluster closed with its client.
     Use it as ``async for members in cluster.watch_members(): ...`` or ``async with`` it to
     close it. ``revision`` is the revision of the view returned last.
     """
