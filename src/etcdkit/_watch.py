@@ -377,7 +377,9 @@ class Watch:
         if self._cancelled:
             return
         if isinstance(err, ClosedError):
-            err = ClosedError("the etcdkit client was closed; this watch ended with it")
+            # (named by its key: a recipe's caller, waiting on a lock or a queue, never made
+            # the watch it waited through)
+            err = ClosedError(f"the etcdkit client was closed; the watch of {self._key!r} ended")
         self._error = err
         if self._listeners is not None:
             self._listeners.call()

@@ -389,9 +389,11 @@ class Session:
                 else:
                     log.warning(
                         "session %#x: could not revoke on close (%s); sending the revoke "
-                        "again until etcd answers",
+                        "again until etcd answers, while this client is open (once it "
+                        "closes, the lease expires %d s after its last refresh)",
                         self._lease_id,
                         why,
+                        self.ttl,
                     )
 
     async def _revoke(self) -> None:
