@@ -146,6 +146,9 @@ async def test_range_with_a_compacted_revision_raises(etcd: AsyncClient, etcd_pr
     await etcd.compact(now)
     with pytest.raises(etcdkit.CompactedError):
         await etcd.range(etcd_prefix + "k", revision=first)
+    # a whole prefix is read in pages: its error still names the range it is
+    with pytest.raises(etcdkit.CompactedError, match=r"^range "):
+        await etcd.range(etcd_prefix, prefix=True, revision=first)
 
 
 async def test_delete_range(etcd: AsyncClient, etcd_prefix: str) -> None:

@@ -151,6 +151,29 @@ async def test_bad_input_is_rejected_before_io(
         await call(etcd)  # type: ignore[operator]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"page_size": 0}, ValueError),
+        ({"page_size": 1.5}, TypeError),
+        ({"revision": -1}, ValueError),
+    ],
+)
+def test_get_prefix_pages_checks_its_arguments_at_the_call(
+    etcd_server: EtcdServer, kwargs: dict[str, object], exc: type[Exception]
+) -> None:
+    """As ``get_prefix`` does, on both faces (they were checked at the first ``next()``)."""
+
+    async def aio() -> None:
+        async with AsyncClient(etcd_server.endpoint) as client:
+            with pytest.raises(exc):
+                client.get_prefix_pages("p", **kwargs)  # type: ignore[arg-type]
+
+    asyncio.run(aio())
+    with etcdkit.Client(etcd_server.endpoint) as client, pytest.raises(exc):
+        client.get_prefix_pages("p", **kwargs)  # type: ignore[arg-type]
+
+
 async def test_unreachable_endpoint_fails_within_the_timeout() -> None:
     # Issue 12: a call waits for a ready endpoint within its timeout (as Go's clientv3 does),
     # then fails with the endpoint's address and the last connection error.

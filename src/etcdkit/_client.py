@@ -269,7 +269,7 @@ class AsyncClient:
                 read_at, header = rev, page_header
         return RangeResult(kvs, read_at, len(kvs), False, header)
 
-    async def get_prefix_pages(
+    def get_prefix_pages(
         self,
         prefix: str | bytes,
         *,
@@ -283,8 +283,14 @@ class AsyncClient:
         answer (a :class:`KeyValueLike`, read-only). The next page is requested while you
         handle this one. Use ``async with contextlib.aclosing(etcd.get_prefix_pages(p)) as
         pages:`` when you may stop early. Raises :class:`CompactedError` if ``revision`` is
-        compacted while paging."""
+        compacted while paging. Its arguments are checked at the call."""
         self._core.check_open()
+        self._core.kv.check_pages(prefix, revision, page_size)
+        return self._prefix_pages(prefix, revision, page_size, keys_only)
+
+    async def _prefix_pages(
+        self, prefix: str | bytes, revision: int, page_size: int | None, keys_only: bool
+    ) -> AsyncGenerator[tuple[Sequence[KeyValueLike], int], None]:
         async with contextlib.aclosing(
             self._core.kv.record_pages(
                 prefix, revision=revision, page_size=page_size, keys_only=keys_only
@@ -396,7 +402,7 @@ class AsyncClient:
         read_at, header = op.revision, None
         every = (op.key, op.range_end) == (b"\0", b"\0")  # (prefix "": etcd's key is b"\0")
         pages = self._core.kv.pages(
-            b"" if every else op.key, revision=op.revision, keys_only=op.keys_only
+            b"" if every else op.key, revision=op.revision, keys_only=op.keys_only, what="range"
         )
         try:
             async with contextlib.aclosing(pages):

@@ -752,19 +752,32 @@ class KV:
         )
         return int(resp.header.revision)
 
-    async def _pb_pages(
-        self, prefix: str | bytes, revision: int, page_size: int | None, keys_only: bool
-    ) -> AsyncGenerator[tuple[Any, int, Any], None]:
+    @staticmethod
+    def check_pages(prefix: str | bytes, revision: int, page_size: int | None) -> bytes:
+        """The arguments of a paged listing, checked (so a caller may check them before its
+        first page is asked for); the prefix as bytes."""
         raw = to_bytes(prefix, "prefix")
-        rev = _revision(revision)
+        _revision(revision)
         if page_size is not None:
             if isinstance(page_size, bool) or not isinstance(page_size, int):
                 raise TypeError(f"page_size must be an int or None, got {page_size!r}")
             if page_size < 1:
                 raise ValueError(f"page_size must be a positive int or None, got {page_size!r}")
+        return raw
+
+    async def _pb_pages(
+        self,
+        prefix: str | bytes,
+        revision: int,
+        page_size: int | None,
+        keys_only: bool,
+        what: str = "get_prefix",
+    ) -> AsyncGenerator[tuple[Any, int, Any], None]:
+        raw = self.check_pages(prefix, revision, page_size)
+        rev = revision
         limit = page_size or FIRST_PAGE_KEYS
         end = prefix_range_end(raw)
-        what = f"get_prefix {raw!r}"
+        what = f"{what} {raw!r}"
         space: KeySpace | None = None  # where the keys lie, once the first page says
         rest = -1  # keys after the pages read so far (etcd's count on the first page)
 
@@ -878,6 +891,7 @@ class KV:
         revision: int = 0,
         page_size: int | None = None,
         keys_only: bool = False,
+        what: str = "get_prefix",
     ) -> AsyncGenerator[tuple[list[KeyValue], int, ResponseHeader], None]:
         """Every key under ``prefix``, page by page, all pages at one revision, with the
         header of the page's answer.
@@ -886,8 +900,9 @@ class KV:
         ``None`` for pages of about :data:`PAGE_TARGET_BYTES`. The next page is requested while
         the caller handles this one. Raises :class:`CompactedError` if that revision is
         compacted while paging. Close the iterator if you stop early (``contextlib.aclosing``).
+        ``what`` names the listing in errors (``range`` when it reads a whole prefix).
         """
-        async for page, rev, header in self._pb_pages(prefix, revision, page_size, keys_only):
+        async for page, rev, header in self._pb_pages(prefix, revision, page_size, keys_only, what):
             yield [kv_of(kv) for kv in page], rev, header_of(header)
 
     async def record_pages(
