@@ -489,3 +489,26 @@ def test_threaded_a_client_in_a_forked_child_says_so_and_closes_as_a_no_op(
     for made in ("new_client", "new_async_client"):
         assert out["child"][made].startswith("WrongContextError: this process was forked"), out
     assert out["parent_reads"] == "1"
+
+
+async def test_closing_the_client_releases_what_it_held_without_calling_it_lost(
+    etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README: closing the client releases what it held. The holds said LOST, each with a
+    WARNING ("lost: the client closed"), as if something had gone wrong."""
+    client = AsyncClient(etcd_server.endpoint)
+    await client.connect()
+    holds = [
+        await client.lock("/close-release/lock").acquire(),
+        await client.semaphore("/close-release/sem", 1).acquire(),
+        await client.rwlock("/close-release/rw").write().acquire(),
+    ]
+    async with client.election("/close-release/el").campaign("me") as leadership:
+        holds.append(leadership)
+        with caplog.at_level("WARNING", logger="etcdkit"):
+            await client.close()
+    assert [h.state for h in holds] == [HoldState.RELEASED] * 4
+    assert all(h.lost.is_set() for h in holds)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    async with AsyncClient(etcd_server.endpoint) as other:
+        assert (await other.get_prefix("/close-release/")).kvs == []

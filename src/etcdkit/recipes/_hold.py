@@ -542,7 +542,7 @@ class Hold:
                     return
                 start = now.revision + 1
             except ClosedError:
-                self._lose("the client was closed")
+                self._closed_with_client()
                 return
             except EtcdkitError as exc:
                 if not self._etcd.retry.is_retryable(exc):
@@ -562,8 +562,8 @@ class Hold:
             self._start_expiry()
         elif state is SessionState.LOST:
             self._lose("our lease expired or was revoked")
-        elif state is SessionState.CLOSED:
-            self._lose("our session was closed (the client was closed?)")
+        elif state is SessionState.CLOSED:  # (ours is closed here only by the client's close)
+            self._closed_with_client()
 
     def _start_expiry(self) -> None:
         if self._expiry is not None:
@@ -583,6 +583,17 @@ class Hold:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+
+    def _closed_with_client(self) -> None:
+        """The client is closing (our key's watch, or our session, ended with it): its close
+        releases this hold, which it adopted. So RELEASED, as a release says, not LOST with a
+        warning (the client's close revokes our lease next)."""
+        if self._state not in (HoldState.HELD, HoldState.SUSPENDED):
+            return
+        log.info("%s released: the client is closing", self.what)
+        self.stop_watching()
+        self._set(HoldState.RELEASED)
+        self._lost.set()
 
     def _lose(self, why: str) -> None:
         """We can no longer trust that we hold: final for this acquisition. Our lease is revoked

@@ -459,7 +459,7 @@ class Contender:
         try:
             await w.start()
         except ClosedError:
-            self.lose("the client closed")
+            self._closed_with_client()
 
     def _on_own(self) -> None:
         w = self._own
@@ -475,7 +475,7 @@ class Contender:
                 )
             return
         except ClosedError:
-            self.lose("the client closed")
+            self._closed_with_client()
             return
         except EtcdkitError as exc:
             self.lose(f"cannot watch our key any more ({exc})")
@@ -525,8 +525,10 @@ class Contender:
         elif state is SessionState.SUSPENDED:
             self._set(HoldState.SUSPENDED)
             self._start_expiry()
-        elif state in (SessionState.LOST, SessionState.CLOSED):
+        elif state is SessionState.LOST:
             self.lose("our lease expired or was revoked")
+        elif state is SessionState.CLOSED:  # (ours is closed here only by the client's close)
+            self._closed_with_client()
 
     def _start_expiry(self) -> None:
         if self._expiry is not None:
@@ -548,6 +550,17 @@ class Contender:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+
+    def _closed_with_client(self) -> None:
+        """The client is closing (our key's watch, or our session, ended with it): its close
+        releases this hold, which it adopted. So RELEASED, as a release says, not LOST with a
+        warning (the client's close revokes our lease next)."""
+        if self.state not in (HoldState.HELD, HoldState.SUSPENDED):
+            return
+        log.info("%s released: the client is closing", self.what)
+        self._stop_watching()
+        self._set(HoldState.RELEASED)
+        self.lost.set()
 
     def lose(self, why: str) -> None:
         """We can no longer trust that we hold (final for this acquisition). Our lease is
