@@ -498,7 +498,7 @@ async def test_closing_the_client_releases_what_it_held_without_calling_it_lost(
     WARNING ("lost: the client closed"), as if something had gone wrong."""
     client = AsyncClient(etcd_server.endpoint)
     await client.connect()
-    holds = [
+    holds: list[Any] = [
         await client.lock("/close-release/lock").acquire(),
         await client.semaphore("/close-release/sem", 1).acquire(),
         await client.rwlock("/close-release/rw").write().acquire(),

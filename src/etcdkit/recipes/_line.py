@@ -76,8 +76,6 @@ __all__ = [
     "prefix_of",
 ]
 
-log = logging.getLogger("etcdkit.lock")
-
 
 @functools.lru_cache(maxsize=256)
 def _line_read(prefix: bytes) -> Op:
@@ -118,6 +116,7 @@ class Contender:
         self.ttl = ttl
         self.what = what  # "lock '/locks/x'", for messages
         self.kind = kind
+        self.log = logging.getLogger(f"etcdkit.{kind}")  # (an election's lines are its own)
         self.state = HoldState.IDLE
         self.lost = asyncio.Event()
         self.session: Session | None = None
@@ -217,7 +216,7 @@ class Contender:
             except EtcdkitError as exc:
                 if not wait or not self.etcd.retry.is_retryable(exc):
                     raise
-                log.info("%s: etcd unreachable (%s); retrying", self.what, exc)
+                self.log.info("%s: etcd unreachable (%s); retrying", self.what, exc)
                 backoff = backoff or self.etcd.retry.backoff()
                 await self._pause(backoff.next_delay() or 0.0)
 
@@ -232,7 +231,7 @@ class Contender:
         """Our key or lease vanished while we waited: we lose our place. Said once, loudly."""
         self.requeues += 1
         _metrics.lock_requeued(self.kind)
-        log.warning(
+        self.log.warning(
             "%s: %s while waiting; our place in line is lost: queuing again at the back with a "
             "new lease (state REQUEUED; %d time(s) for this acquisition)",
             self.what,
@@ -557,7 +556,7 @@ class Contender:
         warning (the client's close revokes our lease next)."""
         if self.state not in (HoldState.HELD, HoldState.SUSPENDED):
             return
-        log.info("%s released: the client is closing", self.what)
+        self.log.info("%s released: the client is closing", self.what)
         self._stop_watching()
         self._set(HoldState.RELEASED)
         self.lost.set()
@@ -568,7 +567,7 @@ class Contender:
         margin before etcd would have), the next in line need not wait for our release."""
         if self.state not in (HoldState.HELD, HoldState.SUSPENDED):
             return
-        log.warning("%s lost: %s", self.what, why)
+        self.log.warning("%s lost: %s", self.what, why)
         self._stop_watching()
         self._set(HoldState.LOST)
         self.lost.set()
@@ -614,10 +613,10 @@ class Contender:
     def _set(self, state: HoldState) -> None:
         if state is self.state:
             return
-        if log.isEnabledFor(logging.DEBUG):  # (an enum's name is a property: 0.2 us each)
-            log.debug("%s: %s -> %s", self.what, self.state.name, state.name)
+        if self.log.isEnabledFor(logging.DEBUG):  # (an enum's name is a property: 0.2 us each)
+            self.log.debug("%s: %s -> %s", self.what, self.state.name, state.name)
         self.state = state
         try:
             self._on_state(state)
         except CALLBACK_ERRORS:
-            log.exception("%s: state listener failed", self.what)
+            self.log.exception("%s: state listener failed", self.what)
