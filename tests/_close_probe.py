@@ -43,6 +43,11 @@ def interrupt(endpoint: str, etcd_pid: int) -> dict[str, object]:
     return {"interrupted": interrupted, "raised_after": took, "closed": client.closed}
 
 
+def _says_forked(text: str) -> None:
+    if "state=forked" not in text:
+        raise AssertionError(text)
+
+
 async def _async_get(endpoint: str) -> object:
     async with etcdkit.AsyncClient(endpoint, timeout=2) as client:
         return await client.get("/close-probe/k")
@@ -59,6 +64,7 @@ def fork(endpoint: str) -> dict[str, object]:
         calls: dict[str, Callable[[], object]] = {
             "get": lambda: client.get("/close-probe/k"),
             "close": client.close,
+            "repr": lambda: _says_forked(repr(client)),
             # a client of its own (grpc's core, which the parent started, does not survive
             # the fork: its calls would wait for ever, past any timeout)
             "new_client": lambda: etcdkit.Client(endpoint, timeout=2).get("/close-probe/k"),

@@ -485,6 +485,7 @@ def test_threaded_a_client_in_a_forked_child_says_so_and_closes_as_a_no_op(
     assert out["child_signal"] is None, out
     assert out["child"]["get"].startswith("WrongContextError: this etcdkit Client was made in")
     assert out["child"]["close"] == "ok"
+    assert out["child"]["repr"] == "ok"  # it says forked, not open
     # a client made in the child says why it cannot work (it waited for ever, past its timeout)
     for made in ("new_client", "new_async_client"):
         assert out["child"][made].startswith("WrongContextError: this process was forked"), out

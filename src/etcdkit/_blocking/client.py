@@ -114,7 +114,10 @@ class Client(Twin[AsyncClient]):
         )
 
     def __repr__(self) -> str:
-        return repr(self.aio).replace("<AsyncClient", "<Client", 1)
+        text = repr(self.aio).replace("<AsyncClient", "<Client", 1)
+        if self.portal.forked:  # (the state there is the parent's: unusable here)
+            text = text.replace("state=open", "state=forked", 1)
+        return text
 
     def __enter__(self) -> Client:
         return self
