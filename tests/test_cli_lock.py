@@ -151,6 +151,22 @@ def test_usage_errors_exit_2(etcd_server: EtcdServer, args: list[str], needle: s
     assert "Traceback" not in r.stderr
 
 
+def test_a_name_with_a_newline_or_undecodable_bytes_stays_on_one_status_line(
+    etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """A newline in a name split the status lines; its undecodable bytes were shown two ways
+    in one line (\\xff as the name, U+FFFD in the key)."""
+    name = etcd_prefix + "a\nb\udcff"  # (an argument's byte 0xff, as Python hands it over)
+    r = run("--endpoints", etcd_server.endpoint, "lock", name, "--", "true")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    holding = [line for line in lines if "holding lock" in line]
+    assert len(holding) == 1, lines
+    assert holding[0].count("a\\nb\\xff") == 2, holding  # the name and the key, alike
+    assert "\ufffd" not in r.stderr
+    assert not any(line.startswith("b") for line in lines), lines
+
+
 def test_lock_waits_for_the_holder(
     etcd_server: EtcdServer, etcd_sync: Client, etcd_prefix: str, tmp_path: Path
 ) -> None:

@@ -129,10 +129,25 @@ def raw(arg: str) -> bytes:
     return arg.encode("utf-8", "surrogateescape")
 
 
+# Control characters as escapes: a newline in a key split a status line, or a table row into
+# what looked like two keys.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    0x09: "\\t",
+    0x0A: "\\n",
+    0x0D: "\\r",
+}
+
+
+def shown_bytes(data: bytes) -> str:
+    """Bytes (a key, a value) as one line of printable text: undecodable bytes and control
+    characters as escapes (\\xff, \\n), the same way wherever they are shown."""
+    return data.decode("utf-8", "backslashreplace").translate(_CONTROL)
+
+
 def shown(text: str) -> str:
-    """A key (an argument, or decoded with surrogateescape) as printable text: undecodable
-    bytes as \\x escapes (printing a lone surrogate raises)."""
-    return raw(text).decode("utf-8", "backslashreplace")
+    """A key (an argument, or decoded with surrogateescape) as one line of printable text
+    (see :func:`shown_bytes`; printing a lone surrogate raises)."""
+    return shown_bytes(raw(text))
 
 
 async def key_gone(client: AsyncClient, key: str | bytes, opts: ConnOptions) -> bool:

@@ -19,14 +19,14 @@ from etcdkit.cli.common import (
     out,
     raw,
     shown,
+    shown_bytes,
     timestamp,
 )
 
 
 def _show(leader: Leader) -> str:
     return (
-        f"{leader.value.decode(errors='replace')} (key {leader.key.decode(errors='replace')}, "
-        f"revision {leader.revision})"
+        f"{shown_bytes(leader.value)} (key {shown_bytes(leader.key)}, revision {leader.revision})"
     )
 
 
@@ -60,7 +60,7 @@ async def run_elect(args: argparse.Namespace, opts: ConnOptions) -> int:
         try:
             out(
                 f"{timestamp()} elected: {name} = {value} (key "
-                f"{leadership.key.decode(errors='replace')}, revision {leadership.revision}, "
+                f"{shown_bytes(leadership.key)}, revision {leadership.revision}, "
                 f"lease {leadership.lease_id:#x})"
             )
             await stop.run(leadership.lost.wait())
@@ -75,7 +75,7 @@ async def run_elect(args: argparse.Namespace, opts: ConnOptions) -> int:
         if not await key_gone(client, key, opts):
             err(
                 f"etcdkit: resignation from {name} not confirmed (the revoke went unanswered or "
-                f"our key is still there): {key.decode(errors='replace')} may stay, and others "
+                f"our key is still there): {shown_bytes(key)} may stay, and others "
                 f"see us as leader, until its lease (ttl {args.ttl} s) runs out"
             )
             return EXIT_ERROR

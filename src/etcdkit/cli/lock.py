@@ -21,6 +21,7 @@ from etcdkit.cli.common import (
     key_gone,
     raw,
     shown,
+    shown_bytes,
     timestamp,
 )
 
@@ -87,7 +88,7 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
             )
             return EXIT_ERROR
         err(
-            f"{timestamp()} holding lock {name} (key {lock.key.decode(errors='replace')}, "
+            f"{timestamp()} holding lock {name} (key {shown_bytes(lock.key)}, "
             f"fencing token {lock.fencing_token}); running {cmd[0]}"
         )
         env = dict(os.environ)
@@ -136,7 +137,7 @@ async def run_lock(args: argparse.Namespace, opts: ConnOptions) -> int:
         if not await key_gone(client, key, opts):
             err(
                 f"etcdkit: release of lock {name} not confirmed (the revoke went unanswered or "
-                f"our key is still there): {key.decode(errors='replace')} may stay, and others "
+                f"our key is still there): {shown_bytes(key)} may stay, and others "
                 f"wait, until its lease (ttl {ttl} s) runs out; {cmd[0]} exited with {code}"
             )
             return code
