@@ -20,7 +20,7 @@ import pytest
 
 import etcdkit
 from _helpers import etcdkit_tasks
-from etcdkit import AsyncClient, Client, HoldState
+from etcdkit import AsyncClient, Client, HoldState, Op
 from etcdkit.testing import EtcdServer
 
 BOUND = 1.0  # every wait ends within this after close()
@@ -513,3 +513,48 @@ async def test_closing_the_client_releases_what_it_held_without_calling_it_lost(
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
     async with AsyncClient(etcd_server.endpoint) as other:
         assert (await other.get_prefix("/close-release/")).kvs == []
+
+
+async def test_what_the_client_adopted_may_still_call_etcd_as_it_closes(
+    etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/api.md: closing the client first awaits ``close()`` of what it adopted, "etcd can
+    still be called then": only a revoke could (a recipe deleting its key in its close left
+    it behind). A caller's own call is still refused from the moment the close begins, and an
+    adopted close that fails is logged while the others close all the same (it came out of
+    the client's close, past the rest of it)."""
+    client = AsyncClient(etcd_server.endpoint)
+    await client.connect()
+    await client.put("/adopt-close/mine", "x")
+    seen: dict[str, object] = {}
+
+    class Recipe:
+        async def close(self) -> None:
+            seen["get"] = (await client.get("/adopt-close/mine")) is not None
+            seen["deleted"] = (await client.delete("/adopt-close/mine")) is True
+            txn = await client.txn([], [Op.put("/adopt-close/after", "y")], [])
+            seen["txn"] = txn.succeeded
+            await client.delete("/adopt-close/after")
+
+    class Broken:
+        async def close(self) -> None:
+            raise RuntimeError("boom in an adopted close")
+
+    recipe, broken = Recipe(), Broken()
+    client.adopt(broken, broken.close)
+    client.adopt(recipe, recipe.close)
+
+    async def caller() -> None:
+        await asyncio.sleep(0)  # (once the close has begun)
+        with pytest.raises(etcdkit.ClosedError, match="closing"):
+            await client.get("/adopt-close/mine")
+        seen["caller_refused"] = True
+
+    refused = asyncio.create_task(caller())
+    with caplog.at_level("ERROR", logger="etcdkit.client"):
+        await client.close()
+    await refused
+    assert seen == {"get": True, "deleted": True, "txn": True, "caller_refused": True}
+    assert any("boom in an adopted close" in str(r.exc_info) for r in caplog.records)
+    async with AsyncClient(etcd_server.endpoint) as other:
+        assert (await other.get_prefix("/adopt-close/")).kvs == []

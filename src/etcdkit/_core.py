@@ -8,7 +8,9 @@ Recipes (wait, prefix watch, persistent lease, election, lock, cluster) are hand
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
+import logging
 from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -40,6 +42,16 @@ def core_of(owner: Core | SupportsCore) -> Core:
     if not isinstance(core, Core):
         raise TypeError(f"expected an etcdkit.AsyncClient, got {owner!r:.80}")
     return core
+
+
+log = logging.getLogger("etcdkit.client")
+
+# True in the close's own task (and the tasks it starts) while it closes what the client
+# adopted: their close() may still call etcd (a recipe deleting its key), while every other
+# call is refused from the moment the close begins.
+_closing_children: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "etcdkit_closing_children", default=False
+)
 
 
 class CoreState(enum.Enum):
@@ -155,7 +167,7 @@ class Core:
         if self.state is CoreState.OPEN and _get_running_loop() is self._loop:
             return  # (the common case)
         if self.state is not CoreState.OPEN and not (
-            closing_ok and self.state is CoreState.CLOSING
+            (closing_ok or _closing_children.get()) and self.state is CoreState.CLOSING
         ):
             self._check_usable()
             raise ClosedError("this etcdkit client is closing; create a new one")
@@ -206,7 +218,14 @@ class Core:
                 await self._watches.close()
             if self._keepalives is not None:
                 await self._keepalives.close()
-            await asyncio.gather(*(close() for close in list(self._children.values())))
+            _closing_children.set(True)  # (this task's own context: see its definition)
+            children = list(self._children.items())
+            done = await asyncio.gather(*(close() for _, close in children), return_exceptions=True)
+            for (child, _), result in zip(children, done, strict=True):
+                if isinstance(result, Exception):  # (the others closed all the same)
+                    log.error("closing %r with its client failed", child, exc_info=result)
+                elif isinstance(result, BaseException):
+                    raise result
             for close in self.after_children:
                 await close()
             if self._watches is not None:
