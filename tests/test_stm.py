@@ -284,6 +284,12 @@ async def test_bad_input(etcd: AsyncClient, etcd_sync: Any, etcd_prefix: str) ->
         await etcd.stm("fn")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="attempts must be an int >= 1"):
         await etcd.stm(ok, attempts=0)
+    # a wrong type is a TypeError, as everywhere else (it was a ValueError)
+    for wrong in ("3", 2.0, True):
+        with pytest.raises(TypeError, match="attempts must be an int >= 1"):
+            await etcd.stm(ok, attempts=wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="isolation must be a str"):
+        await etcd.stm(ok, 123)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="prefetch must be a list of keys"):
         await etcd.stm(ok, prefetch="abc")
     with pytest.raises(ValueError, match="prefetch key must not be empty"):

@@ -293,12 +293,20 @@ def _check(
 ) -> tuple[Isolation, list[bytes]]:
     if not callable(fn):
         raise TypeError(f"fn must be a function that takes the stm, got {fn!r:.60}")
+    if not isinstance(isolation, str):
+        raise TypeError(
+            f"isolation must be a str, one of {', '.join(ISOLATIONS)}; got {isolation!r:.60}"
+        )
     if isolation not in ISOLATIONS:
         raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}; got {isolation!r}")
     if isinstance(prefetch, str | bytes) or not isinstance(prefetch, Sequence):
         raise TypeError(f"prefetch must be a list of keys, got {prefetch!r:.60}")
     keys = [key_bytes(k, "prefetch key") for k in prefetch]
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+    if not isinstance(attempts, int) or isinstance(attempts, bool):
+        raise TypeError(
+            f"attempts must be an int >= 1, got {type(attempts).__name__}: {attempts!r:.40}"
+        )
+    if attempts < 1:
         raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
     return isolation, keys
 
