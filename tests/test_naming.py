@@ -400,6 +400,8 @@ async def test_metadata_that_go_cannot_carry_is_warned_once(
     eps = etcd.endpoint_manager(target)
     with caplog.at_level(logging.WARNING, logger="etcdkit.naming"):
         await eps.add(f"{target}/a", "a:1", "plain")
+        for i, comparable in enumerate((7, 2.5, True)):  # (Go compares them: no panic)
+            await eps.add(f"{target}/n{i}", "n:1", comparable)
         assert "19700" not in caplog.text
         await eps.add(f"{target}/b", "b:1", {"weight": 2})
         await eps.add(f"{target}/c", "c:1", [1])

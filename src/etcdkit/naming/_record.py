@@ -112,8 +112,9 @@ def decode_endpoint(value: str | bytes) -> Endpoint:
 
 
 def metadata_is_safe(metadata: object) -> bool:
-    """Whether Go's resolver can carry *metadata* (a string or None) without crashing."""
-    return metadata is None or isinstance(metadata, str)
+    """Whether Go's resolver can carry *metadata* without crashing: a value Go can compare
+    with ``==`` (null, a string, a number, a bool), not a map or a list."""
+    return not isinstance(metadata, dict | list | tuple)
 
 
 # -- writing ---------------------------------------------------------------------------------------
