@@ -134,7 +134,7 @@ def lost_margin(ttl: int) -> float:
     return min(1.0, ttl / 10.0)
 
 
-UNCONFIRMED = "our turn came while our lease went unconfirmed for nearly its TTL"
+UNCONFIRMED = "our lease went unconfirmed for nearly its TTL as our turn came"
 
 
 async def confirmed(session: Session, ttl: int) -> bool:
