@@ -181,7 +181,10 @@ class Core:
             raise ClosedError("this etcdkit client is closed; create a new one")
 
     def adopt(self, child: object, close: Callable[[], Awaitable[None]]) -> None:
-        """``child`` closes with the client, through ``close()``."""
+        """``child`` closes with the client, through ``close()``. Not once the close began,
+        not even from what it closes (which may call etcd): the close would never close it."""
+        if self.state is CoreState.CLOSING:
+            raise ClosedError("this etcdkit client is closing; create a new one")
         self.check_open()
         self._children[child] = close
 
