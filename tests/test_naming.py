@@ -19,11 +19,13 @@ from etcdkit import (
     Endpoint,
     EndpointManager,
     LeaseState,
+    PersistentLease,
     SyncEndpointManager,
 )
 from etcdkit.cluster._gojson import GO_MAX_DEPTH, loads_object
 from etcdkit.naming import decode_endpoint, encode_endpoint
 from etcdkit.naming._record import MAX_DEPTH
+from etcdkit.testing import EtcdServer
 
 WAIT = 10.0
 
@@ -433,3 +435,53 @@ def test_the_threaded_face(etcd_sync: Client, etcd_prefix: str, no_leaked_thread
                 break
     assert eps.list() == {}
     assert eps.skipped == 0
+
+
+@pytest.mark.parametrize("leaves", ["new", "old"])
+async def test_two_registrations_of_one_address_do_not_contest_it(
+    etcd_server: EtcdServer, etcd_prefix: str, leaves: str
+) -> None:
+    """An old and a new process overlapping on one host:port (a rolling restart) each put
+    their record back over the other's, at backoff pace, for as long as both were open, and
+    when the one holding the key left, the address was gone for up to ~2 s. Now the last one
+    registered keeps it, as with Go's endpoints.Manager; the other stands by and puts its own
+    back at once when the key goes."""
+    target = etcd_prefix + "roll"
+    key = f"{target}/10.9.9.9:9"
+    async with (
+        AsyncClient(etcd_server.endpoint) as old_client,
+        AsyncClient(etcd_server.endpoint) as new_client,
+        AsyncClient(etcd_server.endpoint) as probe,
+    ):
+        old = await old_client.endpoint_manager(target).register("10.9.9.9:9", "v1", 3).__aenter__()
+        await old.registered(timeout=WAIT)
+        # (made in a running loop, a registration starts at once: the new one once the old is in)
+        new = await new_client.endpoint_manager(target).register("10.9.9.9:9", "v2", 3).__aenter__()
+        await new.registered(timeout=WAIT)
+        rev = (await probe.get(key)).mod_revision  # type: ignore[union-attr]
+        await asyncio.sleep(2.5)  # (a contest rewrote the key every 0.5-2 s)
+        kv = await probe.get(key)
+        assert kv is not None
+        assert (kv.mod_revision, decode_endpoint(kv.value).metadata) == (rev, "v2")
+        assert (old.state, new.state) == (LeaseState.LOST, LeaseState.REGISTERED)
+        if leaves == "new":
+            await new.aclose()
+            async with asyncio.timeout(0.5):  # at once, not at backoff pace
+                await old.registered()
+            kv = await probe.get(key)
+            assert kv is not None
+            assert decode_endpoint(kv.value).metadata == "v1"
+            await old.aclose()
+        else:
+            await old.aclose()  # standing by: its close leaves the holder's key alone
+            kv = await probe.get(key)
+            assert kv is not None
+            assert kv.mod_revision == rev
+            assert new.state is LeaseState.REGISTERED
+            await new.aclose()
+        assert await probe.get(key) is None
+
+
+def test_yield_to_must_be_a_function(etcd_sync: Client) -> None:
+    with pytest.raises(TypeError, match="yield_to"):
+        PersistentLease(etcd_sync.aio, "/k", "v", yield_to="addr")  # type: ignore[arg-type]

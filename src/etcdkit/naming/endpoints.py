@@ -21,9 +21,10 @@ from etcdkit._blocking.twin import PortalLike, Twin, blocking, mirror
 from etcdkit._surface import Etcd
 from etcdkit._types import check_int64
 from etcdkit.naming._record import Endpoint, decode_endpoint, encode_endpoint, metadata_is_safe
+from etcdkit.recipes.persistent_lease import PersistentLease
 
 if TYPE_CHECKING:
-    from etcdkit import PersistentLease, PrefixWatch, SyncPersistentLease, SyncPrefixWatch
+    from etcdkit import PrefixWatch, SyncPersistentLease, SyncPrefixWatch
 
 __all__ = ["EndpointManager", "SyncEndpointManager", "endpoint_item"]
 
@@ -34,6 +35,14 @@ _METADATA_WARNING = (
     "attributes, and a map or a list there crashes Go clients (etcd-io/etcd#19700). Pass a "
     "string (e.g. JSON text) if Go services resolve this target."
 )
+
+
+def _same(addr: str, value: bytes) -> bool:
+    """Whether ``value`` is an endpoint record of ``addr`` (another registration of it)."""
+    try:
+        return decode_endpoint(value).addr == addr
+    except ValueError:
+        return False
 
 
 def endpoint_item(key: bytes, value: bytes) -> tuple[str, Endpoint]:
@@ -163,10 +172,19 @@ class EndpointManager:
 
         A :class:`etcdkit.PersistentLease` of *ttl* seconds: the key comes back after a
         delete, a lease revoke or expiry, or an outage; leaving the block removes it at once.
+        Another registration of the same address (another process's, say) takes the key over
+        and keeps it (the last one wins, as in Go): this one then stands by (LOST) and puts it
+        back at once when the key goes.
         Raises TypeError / ValueError for a bad *addr*, *metadata* or *ttl* (no I/O).
         """
         value = self._encode(addr, metadata)
-        return self._etcd.persistent_lease(self._prefix + addr, value, ttl)
+        # Two registrations of one address (an old and a new process overlapping on one
+        # host:port): the last one registered keeps the key, as with Go's endpoints.Manager;
+        # the other stands by and puts its own back at once when that one goes. (Each put its
+        # own back over the other's, at backoff pace, for as long as both were open.)
+        return PersistentLease(
+            self._etcd, self._prefix + addr, value, ttl, yield_to=functools.partial(_same, addr)
+        )
 
     def _check_key(self, key: object) -> None:
         if not isinstance(key, str):

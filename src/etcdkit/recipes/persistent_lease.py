@@ -89,7 +89,11 @@ class PersistentLease:
     Another writer: if someone else overwrites the key (other value or lease), the lease goes
     LOST, logs a warning and re-asserts its value at backoff pace: 0.5 s, doubling with each of
     its own re-asserts that is overwritten again, up to the retry policy's cap (2 s by default);
-    never in a hot loop, and never later than that cap after the other writer stops.
+    never in a hot loop, and never later than that cap after the other writer stops. With
+    ``yield_to``, a function of the other writer's value: when it says ``True`` (another
+    registration of the same thing, say), that writer keeps the key (the last writer wins, as
+    with Go's ``endpoints.Manager``) and this lease stands by, LOST, putting nothing, until the
+    key is deleted (or its lease ends): then it puts its value back at once.
 
     One etcd lease per TTL is shared by all PersistentLeases of a client (a session, as in
     etcd's Go ``concurrency`` package or ZooKeeper): one keepalive message per ttl/3 for all of
@@ -111,6 +115,7 @@ class PersistentLease:
         ttl: int = 10,
         *,
         own_lease: bool = False,
+        yield_to: Callable[[bytes], bool] | None = None,
     ) -> None:
         self._raw_key = key_bytes(key)
         self._key = key
@@ -121,6 +126,10 @@ class PersistentLease:
             raise ValueError(f"ttl must be >= 1 second (and fit etcd's int64), got {ttl}")
         if not isinstance(own_lease, bool):
             raise TypeError(f"own_lease must be True or False, got {own_lease!r}")
+        if yield_to is not None and not callable(yield_to):
+            raise TypeError(f"yield_to must be a function of a value, or None; got {yield_to!r}")
+        self._yield_to = yield_to
+        self._standing_by = False  # another writer's value we yield to holds the key
         self._etcd = etcd
         self._ttl = ttl
         self._own_lease = own_lease
@@ -397,10 +406,37 @@ class PersistentLease:
             except CALLBACK_ERRORS:
                 log.exception("lease %r: state listener failed", self._key)
 
+    def _yields(self, value: bytes) -> bool:
+        """``yield_to(value)``; one that raises does not yield (logged)."""
+        if self._yield_to is None:
+            return False
+        try:
+            return bool(self._yield_to(value))
+        except Exception:
+            log.exception("lease %r: yield_to failed on %r; not yielding", self._key, value[:80])
+            return False
+
+    def _stand_by(self, lease: int) -> None:
+        """Another writer we yield to (``yield_to``) holds the key: put nothing until the key
+        is deleted (the key watch goes on: its delete brings our value back at once)."""
+        if self._closing:
+            return
+        if not self._standing_by:
+            log.info(
+                "lease %r: another writer (lease %#x) took the key over; standing by until it goes",
+                self._key,
+                lease,
+            )
+        self._standing_by = True
+        self._need_put = False
+        self._create_revision = 0
+        self._set_state(LeaseState.LOST)
+
     def _lost(self, why: str) -> None:
         if self._closing:
             return
         log.info("lease %r: %s; re-registering", self._key, why)
+        self._standing_by = False
         self._need_put = True
         self._create_revision = 0
         self._set_state(LeaseState.LOST)
@@ -419,7 +455,8 @@ class PersistentLease:
             self._wake.set()
         elif state is SessionState.LOST:
             self._drop_session()
-            self._lost("lease expired or was revoked")
+            if not self._standing_by:  # (standing by, the key is not on our lease)
+                self._lost("lease expired or was revoked")
 
     def _drop_session(self) -> None:
         session, self._session = self._session, None
@@ -440,6 +477,9 @@ class PersistentLease:
             elif kv.lease != self.lease_id or kv.value not in (self._written, self._putting):
                 # Another writer: another lease, or another value on ours (the leases of one
                 # TTL of a client share one: another PersistentLease on this key, say).
+                if self._yields(kv.value):
+                    self._stand_by(kv.lease)
+                    continue
                 limited.warning(
                     ("conflict", self._raw_key),
                     "lease %r: another writer put value %r with lease %#x over ours; "
@@ -562,6 +602,7 @@ class PersistentLease:
             raise
         finally:
             self._putting = None
+        self._standing_by = False
         prev = put.prev_kv
         ours_before = prev is not None and prev.lease == session.lease_id
         if not ours_before or not self._create_revision:
