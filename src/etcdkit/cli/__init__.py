@@ -520,16 +520,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader of the data output went away (e.g. `| head`): not an error; keep
         # Python's exit quiet. (Status lines never get here: they are best effort.)
-        _stdout_nowhere()
+        nowhere("stdout")  # (what is left in its buffer: its flush at exit cannot fail again)
         return EXIT_OK
     except OSError as exc:  # e.g. ENOSPC writing the output (`> /dev/full`, a full disk)
         log.debug("%s failed", prog, exc_info=True)
-        _stdout_nowhere()
+        nowhere("stdout")
         err(f"etcdkit: {prog}: {exc.strerror or exc}")
         return EXIT_ERROR
-
-
-def _stdout_nowhere() -> None:
-    """What is left in stdout's buffer goes nowhere: its flush at exit cannot fail again (no
-    stdout at all, `>&-`, has nothing to flush)."""
-    nowhere("stdout")
