@@ -169,6 +169,23 @@ def test_help_shows_examples(command: str | None) -> None:
     assert "etcdkit " + (command or "") in res.stdout
 
 
+def test_a_user_without_a_password_and_stdin_closed_is_a_usage_error() -> None:
+    """No password to ask for from a closed stdin (``<&-``: ``sys.stdin`` is None): the same
+    one-line usage error as from a stdin that is not a terminal (it was a traceback)."""
+    command = [*CLI, "--endpoints", "127.0.0.1:1", "--user", "u", "wait", "/k"]
+    res = subprocess.run(  # (through sh: no fork of this process, which grpc's handlers run in)
+        ["sh", "-c", 'exec "$@" <&-', "sh", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "--user u needs a password" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -29,6 +29,7 @@ from etcdkit.cli.common import (
     ConnOptions,
     UsageError,
     err,
+    is_terminal,
     nowhere,
     setup_logging,
 )
@@ -382,7 +383,7 @@ def _conn_options(args: argparse.Namespace) -> ConnOptions:
     if user is not None and password is None:
         password = os.environ.get(ENV_PASSWORD)
         if password is None:
-            if not sys.stdin.isatty():
+            if not is_terminal(sys.stdin):  # (nobody to ask; None when closed: `<&-`)
                 raise UsageError(
                     f"--user {user} needs a password: --user NAME:PASSWORD, --password, "
                     f"or ${ENV_PASSWORD}"
