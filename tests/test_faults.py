@@ -340,3 +340,74 @@ async def test_a_timeout_while_waiting_is_kept_when_etcd_goes_away(
                 took = time.monotonic() - t0
                 proxy.restore()
             assert took < timeout + 0.9, f"raised after {took:.2f} s"
+
+
+@pytest.mark.cluster
+async def test_pages_read_at_a_member_behind_their_revision_wait_for_it(
+    etcd_cluster: EtcdCluster, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pages at a known revision are serializable reads (no ReadIndex round each); a member
+    # that has not reached the revision answers "a future revision", and the pages are read
+    # linearizably from then on: every key of the revision, none lost, no error. The member
+    # is made to lag: paused while the other two take writes, resumed as the listing starts.
+    leader = etcd_cluster.leader()
+    behind = next(m for m in etcd_cluster.members if m is not leader)
+    others = [m.endpoint for m in etcd_cluster.members if m is not behind]
+    keys = 3_000
+    fell_back = 0
+    async with (
+        AsyncClient(others, timeout=10) as writer,
+        fresh_client(behind.endpoint, timeout=10) as reader,
+    ):
+        read = reader.core.kv._read
+
+        def watched(what: str, service: str, method: str, req: Any) -> Any:
+            async def answer() -> Any:
+                nonlocal fell_back
+                try:
+                    return await read(what, service, method, req)
+                except etcdkit.InvalidArgumentError as exc:
+                    if req.serializable and "future revision" in str(exc):
+                        fell_back += 1
+                    raise
+
+            return answer()
+
+        monkeypatch.setattr(reader.core.kv, "_read", watched)
+        await reader.get_revision()  # (connected before the member stops)
+        for attempt in range(5):
+            await writer.delete_range(etcd_prefix, prefix=True)
+            behind.pause()
+            try:
+                for start in range(0, keys, 128):
+                    batch = range(start, min(start + 128, keys))
+                    value = f"{attempt}-{start}"
+                    rev = (
+                        await writer.txn(
+                            success=[Op.put(f"{etcd_prefix}{i:05d}", value) for i in batch]
+                        )
+                    ).revision
+                listing = asyncio.create_task(
+                    _collect_pages(reader, etcd_prefix, revision=rev, page_size=500)
+                )
+                await asyncio.sleep(0.05)  # (the first page's request waits at the member)
+            finally:
+                behind.resume()
+            pages = await listing
+            want = await writer.get_prefix(etcd_prefix, revision=rev)
+            assert [kv.key for page in pages for kv in page] == [kv.key for kv in want.kvs]
+            assert [kv.value for page in pages for kv in page] == [kv.value for kv in want.kvs]
+            if fell_back:
+                break
+    assert fell_back, "the member was never behind the listing's revision: nothing shown"
+
+
+async def _collect_pages(
+    client: AsyncClient, prefix: str, *, revision: int, page_size: int
+) -> list[list[etcdkit.KeyValue]]:
+    return [
+        page
+        async for page, _rev in client.get_prefix_pages(
+            prefix, revision=revision, page_size=page_size
+        )
+    ]
