@@ -410,6 +410,24 @@ async def test_failed_snapshot_leaves_no_file(tmp_path: Path) -> None:
         assert names(tmp_path) == []
 
 
+async def test_a_snapshot_path_that_names_no_file_is_refused_before_anything_is_read(
+    tmp_path: Path,
+) -> None:
+    # '' and a directory were found out once the whole backend had streamed in (a bare OSError
+    # at the rename), the temporary file made in the directory's parent meanwhile. Refused
+    # before any I/O: here nobody listens, and the refusal is not a connection error.
+    inside = tmp_path / "dir"
+    inside.mkdir()
+    async with fresh_client(f"{HOST}:{free_port()}", timeout=2.0) as etcd:
+        with pytest.raises(ValueError, match="name the snapshot's file"):
+            await etcd.maintenance.snapshot("")
+        with pytest.raises(IsADirectoryError, match="a directory: name a file"):
+            await etcd.maintenance.snapshot(inside)
+        assert etcd.stats.calls == 0
+    assert names(tmp_path) == ["dir"]
+    assert names(inside) == []
+
+
 # -- the threaded face ----------------------------------------------------------------------------
 
 

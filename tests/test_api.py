@@ -433,6 +433,12 @@ BAD: list[tuple[str, dict[str, Any], type[Exception]]] = [
     ("range", {"key": b""}, ValueError),
     ("range", {"key": "k", "sort_order": "up"}, ValueError),
     ("range", {"key": "k", "sort_target": "size"}, ValueError),
+    ("range", {"key": "k", "sort_order": 5}, TypeError),
+    ("range", {"key": "k", "sort_order": b"ascend"}, TypeError),
+    ("range", {"key": "k", "sort_target": None}, TypeError),
+    ("get_prefix", {"prefix": "k", "keys_only": "yes"}, TypeError),
+    ("get_prefix", {"prefix": "k", "keys_only": None}, TypeError),
+    ("get_prefix", {"prefix": "k", "page_size": 2**63}, ValueError),
     ("range", {"key": "k", "serializable": 1}, TypeError),
     ("range", {"key": "k", "prefix": "yes"}, TypeError),
     ("range", {"key": "k", "min_mod_revision": -2}, ValueError),
@@ -593,3 +599,11 @@ async def test_watch_status_is_public(etcd: AsyncClient, etcd_prefix: str) -> No
         assert w.connected
         assert w.confirmed_at > 0
         assert w.disconnects == 0
+
+
+@pytest.mark.parametrize("op", [None, 1, b"=="])
+def test_a_compare_operator_of_another_type_is_a_type_error(op: object) -> None:
+    with pytest.raises(TypeError, match="compare op must be one of"):
+        Compare.value("/k", op, "v")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compare op must be one of"):
+        Compare.value("/k", "=", "v")  # type: ignore[arg-type]

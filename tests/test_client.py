@@ -156,7 +156,11 @@ async def test_bad_input_is_rejected_before_io(
     [
         ({"page_size": 0}, ValueError),
         ({"page_size": 1.5}, TypeError),
+        ({"page_size": 2**63}, ValueError),
         ({"revision": -1}, ValueError),
+        ({"keys_only": "yes"}, TypeError),
+        ({"keys_only": 1}, TypeError),
+        ({"keys_only": None}, TypeError),
     ],
 )
 def test_get_prefix_pages_checks_its_arguments_at_the_call(

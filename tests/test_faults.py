@@ -411,3 +411,59 @@ async def _collect_pages(
             prefix, revision=revision, page_size=page_size
         )
     ]
+
+
+@pytest.mark.parametrize("call", ["keep_alive_once", "snapshot"])
+async def test_stream_calls_wait_for_a_ready_endpoint_as_unary_calls_do(
+    etcd_server_factory: Any, tmp_path: Any, call: str
+) -> None:
+    # keep_alive_once (a stream of its own) and snapshot (a server stream) failed at once on an
+    # endpoint that refused them, and never left it: the first endpoint dead, or etcd
+    # restarting, and they raised where every unary call waits and fails over.
+    from etcdkit.testing.ports import free_port
+
+    server = etcd_server_factory()
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    async def run(client: AsyncClient, lease_id: int) -> None:
+        if call == "keep_alive_once":
+            assert await client.keep_alive_once(lease_id) > 0
+        else:
+            assert await client.maintenance.snapshot(tmp_path / "snap.db") > 0
+
+    async with fresh_client(server.endpoint, timeout=20) as owner:
+        lease = await owner.grant(60)
+        async with fresh_client([dead, server.endpoint], timeout=20) as client:
+            await run(client, lease.id)  # the first call: the dead endpoint is left
+            assert client.stats.failovers == 1
+            if call == "keep_alive_once":
+                assert client.stats.calls == 1
+        server.stop()
+        async with fresh_client(server.endpoint, timeout=20) as client:
+            pending = asyncio.create_task(run(client, lease.id))  # while etcd is down
+            await asyncio.sleep(0.5)
+            assert not pending.done()
+            server.restart()
+            await pending
+
+
+async def test_the_retry_policys_allow_list_decides_what_a_call_retries(
+    etcd_server_factory: Any,
+) -> None:
+    # RetryPolicy.retryable, "the errors worth retrying", was consulted by recipes alone: a
+    # call retried a refused endpoint until its timeout whatever the policy said.
+    from etcdkit.testing.ports import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    never = etcdkit.RetryPolicy(retryable=())
+    async with fresh_client(dead, timeout=60, retry=never) as client:
+        async with asyncio.timeout(20):  # (not the call's 60 s of retries)
+            with pytest.raises(etcdkit.ConnectionUnavailableError) as caught:
+                await client.get("/k")
+            with pytest.raises(etcdkit.ConnectionUnavailableError):
+                await client.grant(5)
+    assert "no etcd endpoint answered" not in str(caught.value)  # the attempt's own error
+    async with fresh_client(dead, timeout=1) as client:  # the default: retried to the end
+        with pytest.raises(etcdkit.ConnectionUnavailableError) as caught:
+            await client.get("/k")
+    assert "no etcd endpoint answered within 1" in str(caught.value)

@@ -285,7 +285,7 @@ class AsyncClient:
         pages:`` when you may stop early. Raises :class:`CompactedError` if ``revision`` is
         compacted while paging. Its arguments are checked at the call."""
         self._core.check_open()
-        self._core.kv.check_pages(prefix, revision, page_size)
+        self._core.kv.check_pages(prefix, revision, page_size, keys_only)
         return self._prefix_pages(prefix, revision, page_size, keys_only)
 
     async def _prefix_pages(

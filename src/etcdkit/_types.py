@@ -351,7 +351,8 @@ class Compare:
         prefix: bool,
     ) -> Compare:
         if op not in _OPS:
-            raise ValueError(f"compare op must be one of {', '.join(_OPS)}; got {op!r}")
+            error = ValueError if isinstance(op, str) else TypeError
+            raise error(f"compare op must be one of {', '.join(_OPS)} (a str); got {op!r}")
         raw = key_bytes(key)
         prefixed = check_bool(prefix, "prefix")
         return cls(raw, target, op, operand, prefix_range_end(raw) if prefixed else b"")
@@ -521,9 +522,10 @@ class Op:
         starting with ``key`` (see :meth:`AsyncClient.range` for the options)."""
         raw, end = range_end_of(key, range_end, prefix)
         if sort_order is not None and sort_order not in SORT_ORDERS:
-            raise ValueError(f"sort_order must be 'ascend', 'descend' or None; got {sort_order!r}")
+            error = ValueError if isinstance(sort_order, str) else TypeError
+            raise error(f"sort_order must be 'ascend', 'descend' or None; got {sort_order!r}")
         if sort_target not in SORT_TARGETS:
-            raise ValueError(
+            raise (ValueError if isinstance(sort_target, str) else TypeError)(
                 f"sort_target must be one of {', '.join(map(repr, SORT_TARGETS))}; "
                 f"got {sort_target!r}"
             )

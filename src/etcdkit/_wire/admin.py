@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import errno
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -564,7 +565,13 @@ class Maintenance:
             raise TypeError(f"path must be a str or a path, got {type(path).__name__}")
         import tempfile  # (here: tempfile, shutil and hashlib weigh 1.3 MB, for snapshots only)
 
+        if not os.fspath(path):
+            raise ValueError("path must name the snapshot's file, got ''")
         target = Path(path)
+        if await asyncio.to_thread(target.is_dir):  # (checked before etcd streams anything)
+            raise IsADirectoryError(
+                errno.EISDIR, "the snapshot's path is a directory: name a file", str(path)
+            )
         ch = _channel(self._core, endpoint)
         self._core.check_open()
         fd, name = await asyncio.to_thread(

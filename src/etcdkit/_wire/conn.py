@@ -775,7 +775,7 @@ class Connection:
                     ch = channel
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
-                    raise self._gave_up(what, last)
+                    raise self.gave_up(what, last)
                 call: Any = None
                 hang_check = None  # (a timer: see READ_PROBE_AFTER)
                 try:
@@ -856,6 +856,8 @@ class Connection:
                 except (ConnectionUnavailableError, EtcdTimeoutError) as exc:  # from authenticate
                     self.note_failure(exc)
                     last = exc
+                if last is not None and not self.retry.is_retryable(last):
+                    raise last  # (the policy's allow-list: not worth another attempt)
                 if again is not None and last is not None and not again():
                     check = True  # (in no figure: the caller sends it again another way)
                     raise last
@@ -882,12 +884,17 @@ class Connection:
         """The responses of one server-streaming RPC (e.g. ``Maintenance.Snapshot``), on
         ``channel`` or the preferred endpoint, with auth metadata and error mapping.
 
-        No deadline (a stream takes as long as it takes; keepalive notices a dead peer within
-        seconds) and no retry once a response arrived; an invalid auth token before that is
-        refreshed once. The call ends when the iteration does (use ``contextlib.aclosing``),
-        and with :class:`ClosedError` when the client closes.
+        No deadline once it answered (a stream takes as long as it takes; keepalive notices a
+        dead peer within seconds) and no retry once a response arrived. Before that, as a unary
+        call: within the client's timeout it waits for a ready endpoint (an unavailable one is
+        left for the next, unless ``channel`` pins it) and refreshes an invalid auth token once.
+        The call ends when the iteration does (use ``contextlib.aclosing``), and with
+        :class:`ClosedError` when the client closes.
         """
         refreshed = False
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        backoff = None
         while True:
             ch = self.channel  # raises ClosedError once closed
             if channel is not None:
@@ -912,13 +919,29 @@ class Connection:
                     refreshed = True
                     continue
                 err = map_rpc_error(exc, str(ch.endpoint), what)
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    self.note_failure(err)
-                raise err from exc
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise err from exc
+                self.note_failure(err)
+                if started:
+                    raise err from exc
+                if channel is None:
+                    self.failover(ch, f"UNAVAILABLE: {exc.details()}")
+                err.__cause__ = exc
+                if not self.retry.is_retryable(err):
+                    raise err from exc
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise self.gave_up(what, err) from exc
             finally:
                 call.cancel()
+            if backoff is None:
+                backoff = self.retry.backoff(cap=self.retry.call_cap)
+            delay = backoff.next_delay() or 0.0
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - loop.time()))
+            await self.pause(delay)
 
-    def _gave_up(self, what: str, last: EtcdkitError | None) -> EtcdkitError:
+    def gave_up(self, what: str, last: EtcdkitError | None) -> EtcdkitError:
         if last is None:
             return EtcdTimeoutError(f"{what}: no answer from {self.where} within {self.timeout} s")
         err = type(last)(

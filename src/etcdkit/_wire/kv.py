@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from typing import Any
 
@@ -753,16 +754,16 @@ class KV:
         return int(resp.header.revision)
 
     @staticmethod
-    def check_pages(prefix: str | bytes, revision: int, page_size: int | None) -> bytes:
+    def check_pages(
+        prefix: str | bytes, revision: int, page_size: int | None, keys_only: bool
+    ) -> bytes:
         """The arguments of a paged listing, checked (so a caller may check them before its
         first page is asked for); the prefix as bytes."""
         raw = to_bytes(prefix, "prefix")
         _revision(revision)
         if page_size is not None:
-            if isinstance(page_size, bool) or not isinstance(page_size, int):
-                raise TypeError(f"page_size must be an int or None, got {page_size!r}")
-            if page_size < 1:
-                raise ValueError(f"page_size must be a positive int or None, got {page_size!r}")
+            check_int64(page_size, "page_size", low=1, hint=" (keys per page, or None)")
+        check_bool(keys_only, "keys_only")
         return raw
 
     async def _pb_pages(
@@ -773,7 +774,7 @@ class KV:
         keys_only: bool,
         what: str = "get_prefix",
     ) -> AsyncGenerator[tuple[Any, int, Any], None]:
-        raw = self.check_pages(prefix, revision, page_size)
+        raw = self.check_pages(prefix, revision, page_size, keys_only)
         rev = revision
         limit = page_size or FIRST_PAGE_KEYS
         end = prefix_range_end(raw)
@@ -1042,28 +1043,66 @@ class KV:
         return [int(lease.ID) for lease in resp.leases]
 
     async def keep_alive_once(self, lease_id: int) -> int:
-        """One keepalive on a stream of its own; the TTL etcd renewed the lease to."""
+        """One keepalive on a stream of its own; the TTL etcd renewed the lease to.
+
+        As a unary read: within the client's timeout it waits for a ready endpoint, leaving an
+        unavailable one for the next, and retries (a keepalive sent twice renews the lease
+        twice: no harm); counted as a call (``LeaseKeepAlive``)."""
         lid = check_int64(lease_id, "lease_id")
         conn = self._conn
-        ch = conn.channel
         what = f"keep lease {lid:#x} alive"
-        call = ch.stream("lease", "LeaseKeepAlive", await conn.metadata())
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        deadline = None if conn.timeout is None else loop.time() + conn.timeout
+        backoff = None
         try:
-            async with asyncio.timeout(conn.timeout):
-                await call.write(rpc.LeaseKeepAliveRequest(ID=lid))
-                resp = await call.read()
-        except TimeoutError:
-            raise EtcdTimeoutError(
-                f"{what}: no answer from {ch.endpoint} within {conn.timeout} s"
-            ) from None
-        except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc, str(ch.endpoint), what) from exc
-        finally:
-            call.cancel()
-        if resp is grpc.aio.EOF:
-            raise ConnectionUnavailableError(f"{what}: {ch.endpoint} closed the stream")
-        if resp.TTL <= 0:
-            raise LeaseNotFoundError(
-                f"lease {lid:#x} not found at {self.where} (expired or revoked)"
-            )
+            while True:
+                ch = conn.channel  # raises ClosedError once closed
+                call = ch.stream("lease", "LeaseKeepAlive", await conn.metadata())
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    async with asyncio.timeout(left):
+                        await call.write(rpc.LeaseKeepAliveRequest(ID=lid))
+                        resp = await call.read()
+                except TimeoutError:
+                    raise EtcdTimeoutError(
+                        f"{what}: no answer from {ch.endpoint} within {conn.timeout} s"
+                    ) from None
+                except grpc.aio.AioRpcError as exc:
+                    if conn.closed or conn.closing:
+                        raise ClosedError(f"{what}: the etcdkit client was closed") from exc
+                    err = map_rpc_error(exc, str(ch.endpoint), what)
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise err from exc
+                    err.__cause__ = exc
+                    conn.note_failure(err)
+                    conn.failover(ch, f"UNAVAILABLE: {exc.details()}")
+                    if not conn.retry.is_retryable(err):
+                        raise err from exc
+                    if deadline is not None and loop.time() >= deadline:
+                        raise conn.gave_up(what, err) from exc
+                else:
+                    if resp is not grpc.aio.EOF:
+                        break
+                    err = ConnectionUnavailableError(f"{what}: {ch.endpoint} closed the stream")
+                    if deadline is not None and loop.time() >= deadline:
+                        raise err
+                finally:
+                    call.cancel()
+                if backoff is None:
+                    backoff = conn.retry.backoff(cap=conn.retry.call_cap)
+                delay = backoff.next_delay() or 0.0
+                if deadline is not None:
+                    delay = min(delay, max(0.0, deadline - loop.time()))
+                await conn.pause(delay)
+            if resp.TTL <= 0:
+                raise LeaseNotFoundError(
+                    f"lease {lid:#x} not found at {self.where} (expired or revoked)"
+                )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            conn.meter.record("LeaseKeepAlive", time.monotonic() - started, exc)
+            raise
+        conn.meter.record("LeaseKeepAlive", time.monotonic() - started, None)
         return int(resp.TTL)
