@@ -382,6 +382,42 @@ def test_descriptor_reads_go_variants() -> None:
     assert (desc.host, desc.port) == ("fe80::1%eth0", 443)
 
 
+# What Go 1.19's json.Unmarshal made of these into registry.NodeDescriptor (the outside check's
+# Go program): keys are matched to field names by simple case folding, in which only the long
+# s (U+017F) and the Kelvin sign (U+212A) fold to ASCII letters; U+00DF is not "ss".
+@pytest.mark.parametrize(
+    ("data", "go"),
+    [
+        (
+            '{"id":"a","addre\u017f\u017f":{"ip":"10.0.0.1","port":80},"weight":5}',
+            "a@10.0.0.1:80/5",
+        ),
+        ('{"ADDRESS":{"IP":"h","PORT":1},"\u017fome":1}', "m@h:1/0"),
+        ('{"address":{"ip":"h","port":1},"weight":5,"\u212aeep":1}', "m@h:1/5"),
+        ('{"address":{"ip":"h","port":1},"weight":5,"weight\u017f":7}', "m@h:1/5"),
+        ('{"addre\u00df":{"ip":"h","port":1}}', None),  # ß: no field ("addreß" != "address")
+        ('{"addre\u017fs":{"ip":"h","port":1}}', "m@h:1/0"),
+        ('{"\u0130p":1,"address":{"\u0130p":"h","port":1}}', None),  # U+0130 is no "i" for Go
+        ('{"address":{"\u0131p":"h","port":1}}', None),  # nor is U+0131
+    ],
+)
+def test_descriptor_keys_fold_as_go_folds_them(data: str, go: str | None) -> None:
+    if go is None:
+        with pytest.raises(ValueError, match="not a valid node descriptor"):
+            NodeDescriptor.decode(data, id="m")
+        return
+    desc = NodeDescriptor.decode(data, id="a" if go.startswith("a@") else "m")
+    assert f"{desc.id}@{desc.address}/{desc.weight}" == go
+
+
+def test_member_record_keys_fold_as_go_folds_them() -> None:
+    record = '{"\u0130d":"x","id":"m","d\u0430ta":"no","DATA":"yes"}'
+    assert decode_member("/r", b"/r/m", record.encode()) == Member("m", "yes")
+    dotless = '{"\\u0131d":"m","data":"v"}'
+    with pytest.raises(ValueError, match="has id None"):  # (U+0131 is no i: no id)
+        decode_member("/r", b"/r/m", dotless.encode())
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -7,13 +7,15 @@ diff in ``etcdctl``, sees no difference). (The bytes are Go 1.22's and later's: 
 wrote backspace and form feed as ``\\u0008`` and ``\\u000c``, where it now writes ``\\b`` and
 ``\\f``, as Python does; the same JSON either way.)
 
-Reading follows ``json.Unmarshal`` into a struct: object keys match field names case-insensitively
-(the last occurrence wins), unknown keys are ignored, ``null`` leaves a field at its zero value,
-a value of the wrong JSON type is an error, and invalid UTF-8 (or a lone surrogate escape) reads
-as U+FFFD, one for each byte that is not part of a valid character (as Go counts them: Python's
-own ``errors="replace"`` puts one for a whole broken sequence). A document nested deeper than
-Go's limit (10,000 levels), or than a reader's own lower limit, is an error too, never a
-RecursionError.
+Reading follows ``json.Unmarshal`` into a struct: object keys match field names as Go folds
+case (Unicode simple case folding, as ``bytes.EqualFold``: besides ASCII case, the long s
+U+017F matches ``s`` and the Kelvin sign U+212A matches ``k``; nothing else, not the sharp s
+U+00DF for ``ss``; the last occurrence wins), unknown keys are ignored, ``null`` leaves a field
+at its zero value, a value of the wrong JSON type is an error, and invalid UTF-8 (or a lone
+surrogate escape) reads as U+FFFD, one for each byte that is not part of a valid character (as
+Go counts them: Python's own ``errors="replace"`` puts one for a whole broken sequence). A
+document nested deeper than Go's limit (10,000 levels), or than a reader's own lower limit, is
+an error too, never a RecursionError.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+# The only characters outside ASCII whose simple case folding orbit holds an ASCII letter
+# (Unicode's CaseFolding.txt, C and S entries): Go's encoding/json matches them to a field
+# name's "s" and "k" (equalFoldRight in Go's fold.go). Python's casefold() would also fold
+# U+00DF to "ss" and lower() leaves U+017F alone: neither is Go's rule.
+_GO_ASCII_FOLDS = str.maketrans({"\u017f": "s", "\u212a": "k"})
 
 
 class GoObject(list[tuple[str, Any]]):
@@ -162,14 +169,15 @@ def _depth(text: str) -> int:
 
 
 def field(obj: GoObject, name: str, kind: type, what: str) -> Any:
-    """The value of field *name* (lower case) in *obj*, as ``json.Unmarshal`` would fill it.
+    """The value of field *name* (lower-case ASCII) in *obj*, as ``json.Unmarshal`` would fill
+    it: a key matches as Go folds it (see the module docstring).
 
     Returns None when the field is absent or null. Raises ValueError when its value is not of
     *kind* (``bool`` never counts as ``int``).
     """
     value: Any = None
     for key, item in obj:
-        if key.lower() != name or item is None:
+        if item is None or not _go_name_match(key, name):
             continue
         if not isinstance(item, kind) or (kind is int and isinstance(item, bool)):
             raise ValueError(
@@ -177,6 +185,15 @@ def field(obj: GoObject, name: str, kind: type, what: str) -> Any:
             )
         value = _SURROGATE.sub("\ufffd", item) if isinstance(item, str) else item
     return value
+
+
+def _go_name_match(key: str, name: str) -> bool:
+    """Whether JSON object key *key* names the field *name* (lower-case ASCII) for Go."""
+    if not key.isascii():
+        key = key.translate(_GO_ASCII_FOLDS)
+        if not key.isascii():  # (no other character folds to an ASCII letter)
+            return False
+    return key.lower() == name
 
 
 def _strings(obj: Any) -> list[str]:

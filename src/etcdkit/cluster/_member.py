@@ -89,9 +89,10 @@ def decode_member(root: str, key: bytes, value: bytes) -> Member:
     """The member stored as (*key*, *value*) under *root*; ValueError if it is not a valid one.
 
     Valid means: *key* is ``root + "/" + id`` for a valid id, and *value* is a JSON object whose
-    ``"id"`` equals that id (read like Go's json.Unmarshal: keys case-insensitive, unknown keys
-    ignored, a missing or null ``"data"`` is ``""``). Fit for a watch transform: a record it
-    rejects is left out of the view.
+    ``"id"`` equals that id (read like Go's json.Unmarshal: keys matched as Go folds case, the
+    long s U+017F as "s" and the Kelvin sign as "k" too, unknown keys ignored, a missing or
+    null ``"data"`` is ``""``). Fit for a watch transform: a record it rejects is left out of
+    the view.
     """
     prefix = member_prefix(root)
     if isinstance(key, str):
