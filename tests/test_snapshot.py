@@ -130,6 +130,28 @@ def test_invalid_records_are_dropped_counted_and_logged_once(
     assert e.invalid_records == 2
 
 
+def test_a_rejected_value_put_again_is_not_counted_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The README: logged "once per record (not again while its value stays the same)".
+    e = engine()
+    with caplog.at_level(logging.WARNING, "etcdkit"):
+        e.apply(1, [(b"bad", b"x")])
+        e.apply(2, [(b"bad", b"x")])  # put again, same value: the same rejected record
+        e.apply(3, [(b"bad", b"x"), (b"good", b"1")])
+        assert e.invalid_records == 1
+        e.apply(4, [(b"bad", b"y")])  # another value: a new rejection
+        assert e.invalid_records == 2
+        e.apply(5, [(b"bad", b"2")])  # valid, then the old bad value again: new again
+        e.apply(6, [(b"bad", b"y")])
+        assert e.invalid_records == 3
+        e.apply(7, [(b"bad", None)])
+        e.apply(8, [(b"bad", b"y")])  # deleted and put back: a new record
+    assert e.invalid_records == 4
+    assert sum("dropping invalid record" in r.getMessage() for r in caplog.records) == 4
+    assert dict(e.tree) == {"good": 1}
+
+
 def test_deletes_never_call_the_transform() -> None:
     calls: list[bytes] = []
 

@@ -24,7 +24,8 @@ equals what a fresh engine builds from a listing at the same revision.
 
 ``invalid_records`` counts the records left out, each with one warning:
 
-- every put the transform rejects (a relist finding the same rejected value does not count again);
+- every value the transform rejects, once while the record keeps it (a put of the same value
+  again, or a relist finding it, does not count again; a put of another value does);
 - every put the first time it is hidden by a collision, whether it arrives hidden or is pushed
   out of the tree later by a smaller raw key. Taking over and being pushed out again, or being
   found hidden again by a relist (at the same value), does not count again; a new put does.
@@ -584,7 +585,9 @@ class SnapshotEngine(Generic[K, V]):
                 k, v = out
                 hash(k)
             except Exception:
-                rec = self._convert(raw, value, out, known_bad=None)
+                # (a put of the value it already rejected is the same record: not again)
+                known_bad = invalid.get(raw) if invalid else None
+                rec = self._convert(raw, value, out, known_bad=known_bad)
                 if rec is None:
                     if old_k is not _ABSENT:
                         del index[raw]
