@@ -148,6 +148,9 @@ async def test_implements_the_cluster_protocol(cluster: EtcdBackedCluster) -> No
     assert repr(cluster).startswith("<EtcdBackedCluster root=")
     m = cluster.membership("d")
     assert repr(m) == f"<EtcdMembership id={m.id!r} unregistered data='d'>"
+    big = cluster.membership("y" * 100_000)
+    assert len(repr(big)) < 200
+    assert repr(big).endswith("data='" + "y" * 60 + "'... (100000 chars)>")
 
 
 async def test_members_are_go_format_keys_under_a_lease(
@@ -496,6 +499,11 @@ def test_sync_cluster(etcd_sync: Client, etcd_prefix: str, no_leaked_threads: No
         assert views[0] == ()
         assert views[-1] in ((), (Member("s1", "b"),))
         assert "SyncCluster" in repr(cluster)
+        big = cluster.membership("z" * 100_000, id="big")
+        assert (
+            repr(big)
+            == "<SyncMembership id='big' unregistered data='" + "z" * 60 + "'... (100000 chars)>"
+        )
     with pytest.raises(ClosedError):
         cluster.membership()
 

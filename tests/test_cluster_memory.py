@@ -85,6 +85,12 @@ async def test_implements_the_cluster_protocol() -> None:
         assert cluster.store.root == "/cluster"
         assert repr(cluster) == "<MemoryCluster root='/cluster' connected members=0 revision=1>"
         assert repr(membership) == f"<MemoryMembership id={membership.id!r} unregistered data='d'>"
+        # Long data: a short preview and the size, not the whole data (repr lands in logs).
+        big = cluster.membership("x" * 1_000_000, id="big")
+        text = repr(big)
+        assert len(text) < 200
+        assert text.startswith("<MemoryMembership id='big' unregistered data='xxxx")
+        assert text.endswith("... (1000000 chars)>")
     assert cluster.closed
 
 

@@ -28,7 +28,14 @@ from etcdkit.cluster._member import (
     member_key,
     member_prefix,
 )
-from etcdkit.cluster._views import MemberIntent, MemberWatch, Owners, ViewHub, new_member_id
+from etcdkit.cluster._views import (
+    MemberIntent,
+    MemberWatch,
+    Owners,
+    ViewHub,
+    data_preview,
+    new_member_id,
+)
 from etcdkit.recipes.prefix_watch import PrefixWatch, WatchState
 
 if TYPE_CHECKING:
@@ -318,7 +325,7 @@ class EtcdMembership:
         state = lease.state.name.lower() if lease is not None else "unregistered"
         if lease is None and want.registered:
             state = "starting"
-        return f"<EtcdMembership id={want.id!r} {state} data={want.data!r}>"
+        return f"<EtcdMembership id={want.id!r} {state} data={data_preview(want.data)}>"
 
     @property
     def id(self) -> str:

@@ -25,7 +25,14 @@ from etcdkit.cluster._member import (
     member_key,
     member_prefix,
 )
-from etcdkit.cluster._views import MemberIntent, MemberWatch, Owners, ViewHub, new_member_id
+from etcdkit.cluster._views import (
+    MemberIntent,
+    MemberWatch,
+    Owners,
+    ViewHub,
+    data_preview,
+    new_member_id,
+)
 
 __all__ = ["MemoryCluster", "MemoryMembership", "MemoryStore"]
 
@@ -269,7 +276,7 @@ class MemoryMembership:
 
     def __repr__(self) -> str:
         state = "registered" if self.registered else "unregistered"
-        return f"<MemoryMembership id={self.id!r} {state} data={self.data!r}>"
+        return f"<MemoryMembership id={self.id!r} {state} data={data_preview(self.data)}>"
 
     @property
     def id(self) -> str:

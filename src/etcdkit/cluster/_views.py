@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 from etcdkit._errors import ClosedError
 from etcdkit.cluster._member import Member, check_id, encode_member
 
-__all__ = ["MemberIntent", "MemberWatch", "Owners", "ViewHub", "new_member_id"]
+__all__ = ["MemberIntent", "MemberWatch", "Owners", "ViewHub", "data_preview", "new_member_id"]
 
 View = tuple[Member, ...]
 M = TypeVar("M")
@@ -34,6 +34,14 @@ def new_member_id(data: str, id: str | None) -> str:
     member_id = str(uuid.uuid4()) if id is None else check_id(id)
     encode_member(Member(member_id, data))
     return member_id
+
+
+def data_preview(data: str, limit: int = 60) -> str:
+    """*data* as a membership's repr shows it: its repr, or for longer data its first *limit*
+    characters and its size (a repr lands in logs and tracebacks: it stays one short line)."""
+    if len(data) <= limit:
+        return repr(data)
+    return f"{data[:limit]!r}... ({len(data)} chars)"
 
 
 class MemberIntent:
