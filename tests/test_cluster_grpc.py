@@ -162,6 +162,18 @@ def test_registry_view_is_nodes_and_ring_of_one_revision() -> None:
         view.revision = 9  # type: ignore[misc]
 
 
+def test_a_node_weighing_more_than_the_maximum_is_left_out() -> None:
+    # Go's registry takes any uint32, and every router would build a token per unit of weight
+    # in its event loop (2**32-1: hours). Above NodeDescriptor.MAX_WEIGHT it is no node.
+    ok = NodeDescriptor("a", "10.0.0.1:80", NodeDescriptor.MAX_WEIGHT)
+    heavy = '{"id":"h","address":{"ip":"10.0.0.2","port":80},"weight":%d}'
+    members = [Member("a", ok.encode()), Member("h", heavy % (NodeDescriptor.MAX_WEIGHT + 1))]
+    view = RegistryView.from_members(members, 3)
+    assert list(view.nodes) == ["a"]
+    assert [m.id for m in view.invalid] == ["h"]
+    assert view.ring == HashRing({"a": NodeDescriptor.MAX_WEIGHT})
+
+
 async def test_registry_follows_a_cluster(caplog: pytest.LogCaptureFixture) -> None:
     async with MemoryCluster(MemoryStore("/svc")) as cluster:
         registry = Registry(cluster)

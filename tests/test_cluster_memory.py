@@ -360,8 +360,8 @@ def test_member_round_trip(id: str, data: str) -> None:
             '{"id":"m1","address":{"ip":"10.0.0.5","port":8080},"weight":100}',
         ),
         (
-            NodeDescriptor("m2", "[::1]:80", 2**32 - 1),
-            '{"id":"m2","address":{"ip":"[::1]","port":80},"weight":4294967295}',
+            NodeDescriptor("m2", "[::1]:80", 65535),
+            '{"id":"m2","address":{"ip":"[::1]","port":80},"weight":65535}',
         ),
         (
             NodeDescriptor("m3", "db-1.internal:5432", 7),
@@ -441,6 +441,9 @@ def test_member_record_keys_fold_as_go_folds_them() -> None:
         '{"id":"m","address":{"ip":"h","port":1},"weight":-1}',
         '{"id":"m","address":{"ip":"h","port":1},"weight":-0}',  # (Go's uint32 refuses it)
         '{"id":"m","address":{"ip":"h","port":1},"weight":4294967296}',
+        # a ring token per unit of weight: above MAX_WEIGHT no router builds it (Go would)
+        '{"id":"m","address":{"ip":"h","port":1},"weight":65536}',
+        '{"id":"m","address":{"ip":"h","port":1},"weight":4294967295}',
         '{"id":"m","address":{"ip":"h","port":1},"weight":1.5}',
         '{"id":"m","address":{"ip":"[nope]","port":1}}',
         '{"id":"a/b","address":{"ip":"h","port":1}}',
@@ -475,8 +478,12 @@ def test_descriptor_address_validation(address: object, error: type[Exception]) 
 
 def test_descriptor_field_validation() -> None:
     assert NodeDescriptor("m", "h:65535").port == 65535
-    with pytest.raises(ValueError, match="weight must be an int from 0 to 2"):
+    with pytest.raises(ValueError, match="weight must be an int from 0 to 65535"):
         NodeDescriptor("m", "h:1", -1)
+    assert NodeDescriptor.MAX_WEIGHT == 65535
+    assert NodeDescriptor("m", "h:1", NodeDescriptor.MAX_WEIGHT).weight == 65535
+    with pytest.raises(ValueError, match=r"weight must be an int from 0 to 65535 \(NodeDesc"):
+        NodeDescriptor("m", "h:1", 65536)
     with pytest.raises(TypeError, match="weight must be an int"):
         NodeDescriptor("m", "h:1", True)
     with pytest.raises(ValueError, match="member id"):

@@ -5,7 +5,13 @@ The JSON is Go's ``registry.NodeDescriptor`` as ``encoding/json`` writes it::
     {"id":"<member id>","address":{"ip":"10.0.0.5","port":8080},"weight":100}
 
 ``weight`` (a uint32, the node's claims on the hash ring) is left out when it is 0
-(``omitempty``). Go's registry splits the address on ``":"`` and its router dials
+(``omitempty``). Go takes any uint32, but the ring holds one token per unit of weight, built
+at once by every process that routes (about 1 µs a token here): one record of weight 2**32-1
+would stall each of them for hours. So a weight is at most :data:`MAX_WEIGHT` (65,535, about
+0.1 s to build), written or read; a record above it is no descriptor (a registry leaves that
+member out and logs it). Rings of weights up to it are Go's, token for token.
+
+Go's registry splits the address on ``":"`` and its router dials
 ``fmt.Sprintf("%s:%d", ip, port)``, so it knows no IPv6; we write an IPv6 host *with* its
 brackets (``"ip":"[::1]"``), which makes that same Sprintf dial the right address, and read a
 bare IPv6 ``ip`` too. A record without an ip or with port 0 is refused, as Go's router drops it.
@@ -15,14 +21,17 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from etcdkit.cluster import _gojson
 from etcdkit.cluster._member import Member, check_id
 
-__all__ = ["NodeDescriptor"]
+__all__ = ["MAX_WEIGHT", "NodeDescriptor"]
 
-_MAX_WEIGHT = 2**32 - 1
+MAX_WEIGHT = 65_535
+"""The greatest weight a :class:`NodeDescriptor` takes (and a registry reads): the ring has a
+token per unit of weight, built in every routing process's event loop (see the module)."""
+_WEIGHT_HELP = f"weight must be an int from 0 to {MAX_WEIGHT} (NodeDescriptor.MAX_WEIGHT)"
 _ADDRESS_HELP = 'pass "host:port", e.g. "10.0.0.5:8080", "db-1:5432" or "[::1]:8080"'
 
 
@@ -31,12 +40,15 @@ class NodeDescriptor:
     """A node's id, its ``"host:port"`` address and its ring weight, validated on creation.
 
     ``id`` is the member id; ``address`` is ``"host:port"`` with an IPv6 host in brackets
-    (``"[::1]:80"``) and a port from 1 to 65535; ``weight`` an int from 0 to 2**32-1 (the
-    node's claims on a :class:`HashRing`; 0 takes no keys). Raises TypeError / ValueError.
+    (``"[::1]:80"``) and a port from 1 to 65535; ``weight`` an int from 0 to
+    :attr:`MAX_WEIGHT` (65,535: the node's claims on a :class:`HashRing`, one token each; 0
+    takes no keys). Raises TypeError / ValueError.
 
     ``encode()`` gives the member data to publish; ``NodeDescriptor.decode(member.data,
     id=member.id)`` (or ``from_member(member)``) reads one back, whoever wrote it.
     """
+
+    MAX_WEIGHT: ClassVar[int] = MAX_WEIGHT
 
     id: str
     address: str
@@ -46,9 +58,9 @@ class NodeDescriptor:
         check_id(self.id)
         _split_address(self.address)
         if isinstance(self.weight, bool) or not isinstance(self.weight, int):
-            raise TypeError(f"weight must be an int from 0 to 2**32-1, got {self.weight!r}")
-        if not 0 <= self.weight <= _MAX_WEIGHT:
-            raise ValueError(f"weight must be an int from 0 to 2**32-1, got {self.weight}")
+            raise TypeError(f"{_WEIGHT_HELP}, got {self.weight!r}")
+        if not 0 <= self.weight <= MAX_WEIGHT:
+            raise ValueError(f"{_WEIGHT_HELP}, got {self.weight}")
 
     @property
     def host(self) -> str:

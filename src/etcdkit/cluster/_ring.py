@@ -40,6 +40,8 @@ class HashRing:
       the other nodes' tokens. Only keys of the changed node move: to it when it grows, from it
       when it shrinks.
 
+    Building one hashes and sorts every token (about a microsecond each: 100,000 tokens take
+    ~0.1 s), so a registry caps a node's weight (:attr:`NodeDescriptor.MAX_WEIGHT`).
     Lookups bisect a sorted list of ints (about a microsecond) and take no lock: a ring never
     changes, so share it between tasks and threads and swap in a new one on membership changes.
 
