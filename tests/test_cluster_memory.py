@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 import etcdkit.cluster
 from cluster_conformance import BOUND, CHECKS, Check, next_view, nothing_arrives
-from etcdkit import ClosedError, EtcdTimeoutError
+from etcdkit import ClosedError, EtcdTimeoutError, WatchState
 from etcdkit.cluster import (
     Cluster,
+    EtcdBackedCluster,
     Member,
     Membership,
     MemoryCluster,
@@ -126,6 +127,29 @@ async def test_an_id_is_registered_by_one_membership_at_a_time() -> None:
         await first.deregister(timeout=BOUND)
         await second.register(timeout=BOUND)
         assert a.members == (Member("same", "b"),)
+
+
+async def test_memory_cluster_has_the_etcd_backed_clusters_api() -> None:
+    # The README: "MemoryCluster is the same API in memory" (it has no client and no ttl).
+    public = {n for n in dir(EtcdBackedCluster) if not n.startswith("_")}
+    assert public - {n for n in dir(MemoryCluster) if not n.startswith("_")} == {"client", "ttl"}
+    store = MemoryStore("/svc")
+    store.put_raw("/svc/bad", "not json")
+    store.put_raw("/svc/bad", "not json")  # the same value again: the same record
+    cluster = MemoryCluster(store)
+    assert await cluster.open() is cluster
+    assert (cluster.root, cluster.invalid_records) == ("/svc", 1)
+    states = [cluster.state]
+    cluster.disconnect()
+    states.append(cluster.state)
+    cluster.reconnect()
+    store.put_raw("/svc/other", '{"id":"nope"}')
+    assert cluster.invalid_records == 2
+    await cluster.close()
+    states.append(cluster.state)
+    assert states == [WatchState.LIVE, WatchState.STALE, WatchState.CLOSED]
+    with pytest.raises(ClosedError):
+        await cluster.open()
 
 
 async def test_disconnected_cluster_freezes_and_its_writes_time_out() -> None:

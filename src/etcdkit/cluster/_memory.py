@@ -33,6 +33,7 @@ from etcdkit.cluster._views import (
     data_preview,
     new_member_id,
 )
+from etcdkit.recipes.prefix_watch import WatchState
 
 __all__ = ["MemoryCluster", "MemoryMembership", "MemoryStore"]
 
@@ -58,6 +59,7 @@ class MemoryStore:
         self._revision = 1
         self._owners: Owners[MemoryMembership] = Owners()  # ids are unique store-wide
         self._clusters: weakref.WeakSet[MemoryCluster] = weakref.WeakSet()
+        self._invalid_records = 0
 
     def __repr__(self) -> str:
         return f"<MemoryStore root={self._root!r} members={len(self._view)} rev={self._revision}>"
@@ -74,6 +76,11 @@ class MemoryStore:
     def members(self) -> tuple[Member, ...]:
         """Every valid member record in the store, sorted by id."""
         return self._view
+
+    @property
+    def invalid_records(self) -> int:
+        """How many records written to the store were not valid members (each left out)."""
+        return self._invalid_records
 
     def put_raw(self, key: str | bytes, value: str | bytes) -> int:
         """Write *value* at *key* (under the root) as another etcd client would; the revision."""
@@ -96,6 +103,7 @@ class MemoryStore:
             self._members[key] = decode_member(self._root, key, value)
         except ValueError as exc:
             log.warning("member record left out of the view: %s", exc)
+            self._invalid_records += 1
             self._members.pop(key, None)
         self._commit()
 
@@ -132,6 +140,12 @@ class MemoryCluster:
     Pass a :class:`MemoryStore` to share one keyspace between clusters ("processes"). Closing
     deregisters this cluster's memberships (one revision) and ends its watches; it starts no
     tasks, so nothing is left running. Methods of a closed cluster raise ClosedError.
+
+    It has the etcd-backed cluster's API (``root``, ``members``, ``revision``, ``state``,
+    ``invalid_records``, ``closed``, ``watch_members()``, ``membership()``, ``open()``,
+    ``aclose()`` / ``close()``), but no ``client`` and no ``ttl``: it has neither, and a
+    member leaves when its cluster closes or disconnects for good, not when a lease expires.
+    It is open once made (``open()`` returns it at once).
     """
 
     def __init__(self, store: MemoryStore | None = None) -> None:
@@ -157,6 +171,11 @@ class MemoryCluster:
         )
 
     @property
+    def root(self) -> str:
+        """The root its members live under (its store's)."""
+        return self._store.root
+
+    @property
     def store(self) -> MemoryStore:
         """The keyspace this cluster lives in; ``MemoryCluster(cluster.store)`` joins it."""
         return self._store
@@ -172,6 +191,20 @@ class MemoryCluster:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def state(self) -> WatchState:
+        """How fresh the view is, as an etcd-backed cluster says it: LIVE, STALE while
+        :meth:`disconnect`-ed (the view is the last one seen), CLOSED."""
+        if self._closed:
+            return WatchState.CLOSED
+        return WatchState.LIVE if self._connected else WatchState.STALE
+
+    @property
+    def invalid_records(self) -> int:
+        """How many records under the root were not valid members (each left out of the
+        view; its store's count: a record another writer put there counts too)."""
+        return self._store.invalid_records
 
     @property
     def closed(self) -> bool:
@@ -204,6 +237,12 @@ class MemoryCluster:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
+    async def open(self) -> MemoryCluster:
+        """This cluster: it is open once made (the etcd-backed one's ``open()`` loads its
+        first view). Raises ClosedError once it is closed."""
+        self._check_open()
+        return self
+
     async def aclose(self) -> None:
         """Deregister this cluster's memberships and end its watches. Idempotent."""
         if self._closed:
@@ -217,6 +256,8 @@ class MemoryCluster:
             store._owners.release(membership.id, membership)
         store._delete(m._key for m in tracked)
         self._hub.close()
+
+    close = aclose
 
     async def __aenter__(self) -> MemoryCluster:
         return self
