@@ -512,6 +512,37 @@ def test_bad_arguments() -> None:
         pass
 
 
+def test_a_channel_refuses_what_is_no_cluster_of_its_face(no_leaked_threads: None) -> None:
+    async def aio(cluster: Any) -> None:
+        RoutedChannel(cluster)
+
+    for bad in (None, "/services/api", 42):
+        with pytest.raises(TypeError, match="RoutedChannel takes an asyncio cluster"):
+            asyncio.run(aio(bad))
+
+    async def sync_on_aio() -> None:
+        async with MemoryCluster() as cluster:
+            # (it used to start, its thread died at once, and it routed on its first view)
+            with pytest.raises(TypeError, match="an asyncio cluster: use RoutedChannel"):
+                RoutedSyncChannel(cluster)
+
+    asyncio.run(sync_on_aio())
+    with pytest.raises(TypeError, match="RoutedSyncChannel takes a blocking cluster"):
+        RoutedSyncChannel(None)
+
+
+def test_an_asyncio_channel_refuses_a_blocking_cluster(
+    etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None
+) -> None:
+    with etcd_sync.cluster(etcd_prefix + "face") as cluster:
+
+        async def make() -> None:
+            RoutedChannel(cluster)  # type: ignore[arg-type]
+
+        with pytest.raises(TypeError, match="a blocking one: use RoutedSyncChannel"):
+            asyncio.run(make())
+
+
 # -- on real etcd --------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import grpc.aio
 from etcdkit.cluster._api import Cluster
 from etcdkit.cluster._registry import Registry, RegistryView
 from etcdkit.cluster.grpc._calls import RoutedCall, RoutedUnaryStreamCall, RoutedUnaryUnaryCall
-from etcdkit.cluster.grpc._channel import ChannelMethods, MultiCallable, Router
+from etcdkit.cluster.grpc._channel import ChannelMethods, MultiCallable, Router, check_cluster
 from etcdkit.cluster.grpc._routing import (
     DEFAULT_ATTEMPTS,
     DEFAULT_GRACE,
@@ -103,8 +103,9 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
 
     ``RoutedChannel(cluster, key=None, attempts=3, channel_factory=None, grace=5.0)``:
 
-    - *cluster*: an open cluster (etcd-backed or :class:`MemoryCluster`); its members whose
-      data is a :class:`NodeDescriptor` are the nodes.
+    - *cluster*: an open asyncio cluster (etcd-backed or :class:`MemoryCluster`); its members
+      whose data is a :class:`NodeDescriptor` are the nodes. Anything else (a blocking
+      cluster: use :class:`RoutedSyncChannel`) raises TypeError.
     - *key*: ``key(request) -> str | bytes | None``, the routing key of a request when no
       :func:`route_key` block sets one.
     - *attempts*: how many distinct nodes a unary call may try.
@@ -136,6 +137,7 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
         grace: float = DEFAULT_GRACE,
         first_view: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
+        check_cluster(cluster, "RoutedChannel", blocking=False)
         self._router: Router[grpc.aio.Channel] = Router(
             "RoutedChannel",
             key=key,

@@ -17,11 +17,12 @@ from etcdkit.cluster.grpc._routing import (
     Nodes,
     Targets,
     check_args,
+    check_cluster,
     check_factory,
     route_of,
 )
 
-__all__ = ["ChannelMethods", "MultiCallable", "Router"]
+__all__ = ["ChannelMethods", "MultiCallable", "Router", "check_cluster"]
 
 C = TypeVar("C")  # a node channel: grpc.aio.Channel or grpc.Channel
 # a face's multicallables: unary-unary, unary-stream, and both kinds with a request stream

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import contextvars
+import inspect
 import itertools
 import logging
 import random
@@ -28,6 +29,7 @@ __all__ = [
     "Nodes",
     "Targets",
     "check_args",
+    "check_cluster",
     "current_route_key",
     "route_key",
     "route_of",
@@ -137,6 +139,29 @@ def check_args(key: object, attempts: object, grace: object) -> None:
         raise TypeError(f"grace must be a number of seconds >= 0, got {grace!r}")
     if not grace >= 0:
         raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
+
+
+def check_cluster(cluster: object, channel: str, *, blocking: bool) -> None:
+    """Refuse (TypeError) what is not a cluster of the channel's face, before anything is
+    opened: the blocking channel iterates a blocking cluster's watch in a thread, the asyncio
+    channel awaits an asyncio cluster's in its loop; given the other face, either stopped
+    following the cluster at once and went on routing on its first view."""
+    aio_hint = "an asyncio cluster (etcd.cluster(root), MemoryCluster(...))"
+    sync_hint = "a blocking cluster (etcdkit.Client(...).cluster(root))"
+    want = sync_hint if blocking else aio_hint
+    if not all(hasattr(cluster, name) for name in ("members", "revision", "watch_members")):
+        raise TypeError(f"{channel} takes {want}, got {type(cluster).__name__} {cluster!r:.80}")
+    is_aio = inspect.iscoroutinefunction(getattr(cluster, "aclose", None))
+    if blocking and is_aio:
+        raise TypeError(
+            f"{channel} takes {want}, got {type(cluster).__name__}, an asyncio cluster: "
+            "use RoutedChannel in its event loop (MemoryCluster has no blocking face)"
+        )
+    if not blocking and not is_aio:
+        raise TypeError(
+            f"{channel} takes {want}, got {type(cluster).__name__}, a blocking one: "
+            "use RoutedSyncChannel"
+        )
 
 
 def check_factory(factory: object) -> None:

@@ -12,7 +12,7 @@ import grpc
 
 from etcdkit.cluster._member import Member
 from etcdkit.cluster._registry import RegistryView
-from etcdkit.cluster.grpc._channel import ChannelMethods, MultiCallable, Router
+from etcdkit.cluster.grpc._channel import ChannelMethods, MultiCallable, Router, check_cluster
 from etcdkit.cluster.grpc._routing import (
     DEFAULT_ATTEMPTS,
     DEFAULT_GRACE,
@@ -83,7 +83,8 @@ _SyncMethods = ChannelMethods[grpc.Channel, _SyncUnaryUnary, _SyncAny, _SyncAny]
 
 class RoutedSyncChannel(_SyncMethods, grpc.Channel):  # type: ignore[misc]
     """The blocking twin of :class:`RoutedChannel` (a ``grpc.Channel``) over a
-    :class:`etcdkit.cluster.SyncCluster` (``etcdkit.Client.cluster()``).
+    :class:`etcdkit.cluster.SyncCluster` (``etcdkit.Client.cluster()``); an asyncio cluster
+    (``MemoryCluster`` too: it has no blocking face) raises TypeError.
 
     Same arguments and routing. It follows the cluster in a thread of its own
     (``etcdkit-routed-channel``) until :meth:`close` (or ``with``), which joins it. Unary
@@ -106,6 +107,7 @@ class RoutedSyncChannel(_SyncMethods, grpc.Channel):  # type: ignore[misc]
         channel_factory: Callable[[str], grpc.Channel] | None = None,
         grace: float = DEFAULT_GRACE,
     ) -> None:
+        check_cluster(cluster, "RoutedSyncChannel", blocking=True)
         self._router: Router[grpc.Channel] = Router(
             "RoutedSyncChannel",
             key=key,
