@@ -462,6 +462,32 @@ async def test_streaming_calls_are_routed(nodes: list[Node]) -> None:
             assert got[0].startswith(channel.view.ring.nodes(key, 2)[1].encode())
 
 
+async def test_streaming_calls_on_a_channel_with_a_key_function(nodes: list[Node]) -> None:
+    # The key function takes a request; a call whose requests are a stream has none when it
+    # starts: route_key routes it, else a random node (the function was called with None).
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes)
+        async with RoutedChannel(cluster, key=lambda request: request.decode()) as channel:
+            stub = EchoStub(channel)
+            assert owner_name(await stub.Who(b"k", timeout=BOUND)) == channel.owner("k").id  # type: ignore[union-attr]
+            names = {n.name for n in nodes}
+            assert owner_name(await stub.Upload(parts(), timeout=BOUND)) in names
+            chat = [r async for r in stub.Chat(parts(), timeout=BOUND)]
+            assert len(chat) == 2
+            assert owner_name(chat[0]) in names
+            with route_key(KEYS[5]):
+                owner = channel.owner(KEYS[5]).id  # type: ignore[union-attr]
+                assert owner_name(await stub.Upload(parts(), timeout=BOUND)) == owner
+                assert [r async for r in stub.Chat(parts(), timeout=BOUND)] == [
+                    f"{owner}:a".encode(),
+                    f"{owner}:b".encode(),
+                ]
+
+
 async def test_call_api_cancel_and_metadata(nodes: list[Node]) -> None:
     async with MemoryCluster() as cluster:
         await register_all(cluster, nodes)
@@ -592,11 +618,20 @@ class SyncNode:
         def count(request: bytes, context: Any) -> Iterator[bytes]:
             yield name.encode()
 
+        def upload(requests: Iterator[bytes], context: Any) -> bytes:
+            return name.encode() + b":" + b"".join(requests)
+
+        def chat(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+            for r in requests:
+                yield name.encode() + b":" + r
+
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
             {
                 "Who": grpc.unary_unary_rpc_method_handler(who),
                 "Count": grpc.unary_stream_rpc_method_handler(count),
+                "Upload": grpc.stream_unary_rpc_method_handler(upload),
+                "Chat": grpc.stream_stream_rpc_method_handler(chat),
             },
         )
         self.server.add_generic_rpc_handlers((handler,))
@@ -681,3 +716,27 @@ def test_routed_sync_channel_on_etcd(
             assert "RoutedSyncChannel open" in repr(channel)
         with pytest.raises(ValueError, match="closed"):
             stub.Who(b"")
+
+
+def test_sync_streaming_calls_on_a_channel_with_a_key_function(
+    etcd_sync: Client, etcd_prefix: str, sync_nodes: list[SyncNode], no_leaked_threads: None
+) -> None:
+    # As on the asyncio face: route_key routes a request stream, else a random node.
+    with etcd_sync.cluster(etcd_prefix + "keyfn") as cluster:
+        for n in sync_nodes:
+            cluster.membership(n.descriptor(), id=n.name).register(timeout=BOUND)
+        names = {n.name for n in sync_nodes}
+        with RoutedSyncChannel(cluster, key=lambda request: request.decode()) as channel:
+            stub = EchoStub(channel)
+            assert owner_name(stub.Who(b"k", timeout=BOUND)) == channel.owner("k").id  # type: ignore[union-attr]
+            assert owner_name(stub.Upload(iter([b"a", b"b"]), timeout=BOUND)) in names
+            reply, call = stub.Upload.with_call(iter([b"a"]), timeout=BOUND)
+            assert owner_name(reply) in names
+            assert call.code() is grpc.StatusCode.OK
+            assert owner_name(stub.Upload.future(iter([b"a"]), timeout=BOUND).result()) in names
+            chat = list(stub.Chat(iter([b"a", b"b"]), timeout=BOUND))
+            assert len(chat) == 2
+            with route_key(KEYS[5]):
+                owner = channel.owner(KEYS[5]).id  # type: ignore[union-attr]
+                assert stub.Upload(iter([b"a", b"b"]), timeout=BOUND) == f"{owner}:ab".encode()
+                assert list(stub.Chat(iter([b"a"]), timeout=BOUND)) == [f"{owner}:a".encode()]

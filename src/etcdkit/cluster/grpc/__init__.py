@@ -8,7 +8,8 @@ period for the calls still on it). Each call goes to:
 
 - the ring owner of its routing key: set with ``with route_key(b"user-42"):`` (a contextvar,
   so it follows the task or thread), or computed from the request by ``key=lambda req:
-  req.user_id``;
+  req.user_id`` (for unary and server-streaming calls: a call whose requests are a stream has
+  no request when it starts, so only a ``route_key`` block routes it by key);
 - without a key, a node picked at random in proportion to its weight (Go's picker).
 
 A unary call (and a server-streaming call before its first response) that fails with

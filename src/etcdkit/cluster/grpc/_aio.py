@@ -81,7 +81,7 @@ class _AioStreamAny(_AioMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        _, channel, left = self.router.first(None, timeout)
+        _, channel, left = self.router.first_of_stream(timeout)
         return self.target(channel)(
             request_iterator,
             timeout=left,
@@ -106,8 +106,10 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
     - *cluster*: an open asyncio cluster (etcd-backed or :class:`MemoryCluster`); its members
       whose data is a :class:`NodeDescriptor` are the nodes. Anything else (a blocking
       cluster: use :class:`RoutedSyncChannel`) raises TypeError.
-    - *key*: ``key(request) -> str | bytes | None``, the routing key of a request when no
-      :func:`route_key` block sets one.
+    - *key*: ``key(request) -> str | bytes | None``, the routing key of a unary or
+      server-streaming call's request when no :func:`route_key` block sets one. Calls whose
+      requests are a stream (client-streaming, bidi) have no request to ask it about: they go
+      to the owner of their ``route_key`` block's key, else to a random node.
     - *attempts*: how many distinct nodes a unary call may try.
     - *channel_factory*: ``factory(address) -> grpc.aio.Channel`` (TLS, options, interceptors);
       default: an insecure channel with keepalive pings (:data:`DEFAULT_OPTIONS`).

@@ -96,6 +96,17 @@ class Router(Generic[C]):
         """(node id, node channel, timeout) of a call that is not retried."""
         return self.attempts(request, timeout, 1).next()
 
+    def first_of_stream(self, timeout: float | None) -> tuple[str, C, float | None]:
+        """(node id, node channel, timeout) of a call whose requests are a stream: routed by
+        its :func:`route_key` block, else at random. The key function is not asked: it takes
+        a request, and such a call has none when it starts (reading the first one from the
+        iterator first would block a call whose server speaks first, and the asyncio call
+        must start before anything is awaited)."""
+        if self.closed:
+            raise self.closed_error()
+        key = None if self.nodes.balancer is not None else route_of(None, None)
+        return Attempts(self.nodes, key, timeout, 1, self._error).next()
+
 
 class ChannelMethods(Generic[C, UU, US, SA]):
     """The channel methods both faces answer alike: the repr, ``view``, ``owner`` and grpc's

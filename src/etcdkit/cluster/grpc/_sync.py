@@ -29,8 +29,10 @@ class _SyncAny(MultiCallable[grpc.Channel]):
     """A blocking multicallable: the first attempt's node; no retry (streams, futures)."""
 
     def _first(self, request: Any, timeout: float | None) -> tuple[Any, float | None]:
-        request = None if self.kind.startswith("stream") else request
-        _, channel, left = self.router.first(request, timeout)
+        if self.kind.startswith("stream"):  # (a request iterator: route_key alone routes it)
+            _, channel, left = self.router.first_of_stream(timeout)
+        else:
+            _, channel, left = self.router.first(request, timeout)
         return self.target(channel), left
 
     def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
