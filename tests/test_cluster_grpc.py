@@ -4,6 +4,7 @@ protoc), on MemoryCluster and on real etcd; the registry view they route on."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -370,6 +371,36 @@ async def test_close_ends_the_calls_in_flight_with_cancelled(nodes: list[Node]) 
         assert {(type(e), e.code()) for e in ended} == {  # type: ignore[union-attr]
             (grpc.aio.AioRpcError, grpc.StatusCode.CANCELLED)
         }
+
+
+async def test_calls_fail_once_the_cluster_closed(
+    nodes: list[Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its members left with it: the channel no longer routes to them, and says why.
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"a"
+
+    caplog.set_level(logging.INFO, "etcdkit")
+    cluster = MemoryCluster()
+    await register_all(cluster, nodes)
+    async with RoutedChannel(cluster, grace=0) as channel:
+        stub = EchoStub(channel)
+        assert owner_name(await stub.Who(b"", timeout=BOUND)) in {n.name for n in nodes}
+        await cluster.aclose()
+        deadline = time.monotonic() + BOUND
+        while channel.view.nodes:
+            assert time.monotonic() < deadline, "still routing on the closed cluster's nodes"
+            await asyncio.sleep(0.01)
+        assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+        with pytest.raises(
+            grpc.aio.UsageError, match="the cluster of this RoutedChannel was closed"
+        ):
+            stub.Who(b"", timeout=BOUND)
+        with pytest.raises(grpc.aio.UsageError, match="close the RoutedChannel"):
+            stub.Upload(parts(), timeout=BOUND)
+        assert "open (its cluster closed)" in repr(channel)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "the cluster of this RoutedChannel was closed" in caplog.text
 
 
 def test_default_options_ping_no_more_than_a_default_grpc_server_allows() -> None:
@@ -740,3 +771,38 @@ def test_sync_streaming_calls_on_a_channel_with_a_key_function(
                 owner = channel.owner(KEYS[5]).id  # type: ignore[union-attr]
                 assert stub.Upload(iter([b"a", b"b"]), timeout=BOUND) == f"{owner}:ab".encode()
                 assert list(stub.Chat(iter([b"a"]), timeout=BOUND)) == [f"{owner}:a".encode()]
+
+
+@pytest.mark.parametrize("first", ["cluster", "client"])
+def test_sync_calls_fail_once_the_cluster_closed(
+    etcd_server: EtcdServer,
+    etcd_prefix: str,
+    sync_nodes: list[SyncNode],
+    first: str,
+    caplog: pytest.LogCaptureFixture,
+    no_leaked_threads: None,
+) -> None:
+    # An orderly close, in either order, is no ERROR; the nodes that left get no more calls.
+    caplog.set_level(logging.INFO, "etcdkit")
+    client = Client(etcd_server.endpoint)
+    try:
+        cluster = client.cluster(etcd_prefix + "ends")
+        for n in sync_nodes:
+            cluster.membership(n.descriptor(), id=n.name).register(timeout=BOUND)
+        with RoutedSyncChannel(cluster, grace=0) as channel:
+            stub = EchoStub(channel)
+            assert owner_name(stub.Who(b"", timeout=BOUND)) in {n.name for n in sync_nodes}
+            (cluster if first == "cluster" else client).close()
+            deadline = time.monotonic() + BOUND
+            while channel.view.nodes:
+                assert time.monotonic() < deadline, "still routing on the closed cluster's nodes"
+                time.sleep(0.01)
+            with pytest.raises(
+                ValueError, match="the cluster of this RoutedSyncChannel was closed"
+            ):
+                stub.Who(b"", timeout=BOUND)
+            with pytest.raises(ValueError, match="close the RoutedSyncChannel"):
+                stub.Upload(iter([b"a"]), timeout=BOUND)
+    finally:
+        client.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import grpc.aio
 
+from etcdkit._errors import ClosedError
 from etcdkit.cluster._api import Cluster
 from etcdkit.cluster._registry import Registry, RegistryView
 from etcdkit.cluster.grpc._calls import RoutedCall, RoutedUnaryStreamCall, RoutedUnaryUnaryCall
@@ -121,7 +122,9 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
       for a new channel's first name resolution; then they are routed on the view.
 
     Create it inside the event loop of the cluster; it follows the cluster's view in a task
-    until :meth:`close` (or ``async with``). ``view`` is the :class:`RegistryView` it routes
+    until :meth:`close` (or ``async with``). Once the cluster closes (its members leave with
+    it), calls raise ``grpc.aio.UsageError`` saying so, and the node channels close after
+    *grace*; close the channel then. ``view`` is the :class:`RegistryView` it routes
     on; ``owner(key)`` the node a key goes to.
     """
 
@@ -166,9 +169,9 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
     # -- grpc.aio.Channel (and the methods of ChannelMethods) -----------------------------------
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        """The best state of the node channels (READY if one is ready); SHUTDOWN once closed,
-        TRANSIENT_FAILURE while there is no node."""
-        if self._router.closed:
+        """The best state of the node channels (READY if one is ready); SHUTDOWN once closed
+        (or its cluster is), TRANSIENT_FAILURE while there is no node."""
+        if self._router.closed or self._router.ended is not None:
             return grpc.ChannelConnectivity.SHUTDOWN
         channels = self._router.nodes.channels.values()
         states = {ch.get_state(try_to_connect) for _, ch in channels}
@@ -228,8 +231,17 @@ class RoutedChannel(_AioMethods, grpc.aio.Channel):  # type: ignore[misc]
         try:
             async for view in self._registry.watch():
                 self._route_on(view)
+        except ClosedError as exc:  # the client's close closed the cluster: an orderly end
+            why: str | None = str(exc)
         except Exception as exc:  # the cluster's view ended on a failure: keep the last view
             log.error("routed channel: the cluster view ended (%s); keeping the last one", exc)
+            return
+        else:
+            why = None
+        # (our own close cancels this task first: this is the cluster's close)
+        self._router.end(why)
+        log.info("routed channel: %s", self._router.ended)
+        self._route_on(RegistryView.from_members((), self._router.nodes.view.revision))
 
     async def _see_first_view(
         self, first_view: Callable[[], Awaitable[object]], gate: asyncio.Future[None]

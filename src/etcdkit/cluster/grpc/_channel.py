@@ -63,16 +63,30 @@ class Router(Generic[C]):
         self.grace = grace
         self.nodes: Nodes[C] = Nodes(lambda node: factory(node.address), balancer)
         self.closed = False
+        # Why calls fail now that the cluster followed has closed (None: it is open). Its
+        # members were deregistered with it: routing on its last view would reach nodes gone.
+        self.ended: str | None = None
         self._error = error
         self._closed_error = closed_error
 
     def describe(self) -> str:
         """The channel's repr: ``<RoutedChannel open 3 nodes, 3 with weight, rev 7>``."""
-        state = "closed" if self.closed else "open"
+        state = "closed" if self.closed else "open (its cluster closed)" if self.ended else "open"
         return f"<{self.name} {state} {self.nodes.describe()}>"
 
     def closed_error(self) -> Exception:
+        if not self.closed and self.ended is not None:
+            return self._closed_error(self.ended)
         return self._closed_error(f"the {self.name} is closed")
+
+    def end(self, why: str | None) -> None:
+        """The cluster followed closed (*why*: how, if known): from now on every call fails
+        with :meth:`closed_error`, which says so."""
+        how = "" if why is None else f" ({why})"
+        self.ended = (
+            f"the cluster of this {self.name} was closed{how}; its calls fail from now on: "
+            f"close the {self.name} (and route on an open cluster)"
+        )
 
     def mark_closed(self) -> bool:
         """Mark the channel closed: True the first time, False if it already was."""
@@ -85,8 +99,8 @@ class Router(Generic[C]):
         self, request: Any, timeout: float | None, attempts: int | None = None
     ) -> Attempts:
         """The attempts of a new call (at most *attempts* nodes, default the channel's);
-        raises :meth:`closed_error` once the channel is closed."""
-        if self.closed:
+        raises :meth:`closed_error` once the channel, or the cluster it follows, is closed."""
+        if self.closed or self.ended is not None:
             raise self.closed_error()
         limit = self.max_attempts if attempts is None else attempts
         key = None if self.nodes.balancer is not None else route_of(self.key, request)
@@ -102,7 +116,7 @@ class Router(Generic[C]):
         a request, and such a call has none when it starts (reading the first one from the
         iterator first would block a call whose server speaks first, and the asyncio call
         must start before anything is awaited)."""
-        if self.closed:
+        if self.closed or self.ended is not None:
             raise self.closed_error()
         key = None if self.nodes.balancer is not None else route_of(None, None)
         return Attempts(self.nodes, key, timeout, 1, self._error).next()

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from etcdkit._errors import ClosedError
 from etcdkit.cluster._member import Member
 from etcdkit.cluster._registry import RegistryView
 from etcdkit.cluster.grpc._channel import ChannelMethods, MultiCallable, Router, check_cluster
@@ -89,7 +90,8 @@ class RoutedSyncChannel(_SyncMethods, grpc.Channel):  # type: ignore[misc]
     (``MemoryCluster`` too: it has no blocking face) raises TypeError.
 
     Same arguments and routing. It follows the cluster in a thread of its own
-    (``etcdkit-routed-channel``) until :meth:`close` (or ``with``), which joins it. Unary
+    (``etcdkit-routed-channel``) until :meth:`close` (or ``with``), which joins it. Once the
+    cluster closes, calls raise ``ValueError`` (as grpc's on a closed channel) saying so. Unary
     calls (``stub.Method(req)``, ``.with_call``) retry on the next node on UNAVAILABLE;
     ``.future()``, streaming calls go to the first node picked, without retry.
     ``subscribe()`` reports READY while the view has a node with weight, else
@@ -175,9 +177,20 @@ class RoutedSyncChannel(_SyncMethods, grpc.Channel):  # type: ignore[misc]
         try:
             for members in self._watch:
                 self._update(members, self._watch.revision)
+        except ClosedError as exc:  # the client's close closed the cluster: an orderly end
+            why: str | None = str(exc)
         except Exception as exc:
             if not self._router.closed:
                 log.error("routed channel: the cluster view ended (%s); keeping the last", exc)
+            return
+        else:
+            why = None
+        with self._lock:
+            if self._router.closed:  # (our own close ended the watch)
+                return
+            self._router.end(why)
+        log.info("routed channel: %s", self._router.ended)
+        self._update((), self._router.nodes.view.revision)
 
     def _update(self, members: tuple[Member, ...], revision: int) -> None:
         view = RegistryView.from_members(members, revision, previous=self._router.nodes.view)
@@ -211,7 +224,7 @@ class RoutedSyncChannel(_SyncMethods, grpc.Channel):  # type: ignore[misc]
                 log.exception("routed channel: connectivity callback failed")
 
     def _connectivity(self) -> grpc.ChannelConnectivity:
-        if self._router.closed:
+        if self._router.closed or self._router.ended is not None:
             return grpc.ChannelConnectivity.SHUTDOWN
         if any(n.weight for n in self._router.nodes.view.nodes.values()):
             return grpc.ChannelConnectivity.READY
