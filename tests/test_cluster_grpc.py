@@ -273,6 +273,41 @@ async def test_unavailable_owner_is_retried_on_the_next_ring_node(nodes: list[No
             assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
+async def test_a_call_being_retried_is_not_done(nodes: list[Node]) -> None:
+    # grpc.aio's contract: done() and the done callbacks mean the RPC ended. A call whose
+    # owner is down is retried on the next node even when nobody awaits it (an interceptor,
+    # code collecting calls later): done, and its callbacks, come after that retry.
+    async with MemoryCluster() as cluster:
+        await register_all(cluster, nodes)
+        async with RoutedChannel(cluster) as channel:
+            stub = EchoStub(channel)
+            key = KEYS[7]
+            owner, later = channel.view.ring.nodes(key, 2)
+            await next(n for n in nodes if n.name == owner).stop()
+            second = next(n for n in nodes if n.name == later)
+            seen: list[int] = []
+            with route_key(key):
+                call = stub.Who(b"x", timeout=BOUND)
+                call.add_done_callback(lambda c: seen.append(second.calls))
+            deadline = time.monotonic() + BOUND
+            while not seen:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert seen == [1]  # it fired once the retry had been answered, not before
+            assert call.done()
+            assert await call.code() is grpc.StatusCode.OK
+            assert await call == f"{later}:x".encode()
+            # asked by polling done(), without a callback
+            with route_key(key):
+                polled = stub.Who(b"y", timeout=BOUND)
+            while not polled.done():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert second.calls == 2
+            assert await polled == f"{later}:y".encode()
+            assert second.calls == 2  # (awaited after: no attempt more)
+
+
 async def test_no_node_fails_at_once_with_unavailable() -> None:
     async with MemoryCluster() as cluster, RoutedChannel(cluster) as channel:
         stub = EchoStub(channel)

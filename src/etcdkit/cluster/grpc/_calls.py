@@ -226,7 +226,9 @@ class RoutedCall:
 
 class RoutedUnaryUnaryCall(RoutedCall, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     """A unary call that moves to the next node of the ring on UNAVAILABLE. The first attempt
-    starts at once (as grpc's calls do); retries happen while it is awaited."""
+    starts at once (as grpc's calls do); retries happen while it is awaited, or, for a call
+    not awaited whose attempt ended, in a task of its own once ``done()`` is asked or a done
+    callback waits: ``done()`` and the callbacks mean the final outcome, as grpc's do."""
 
     def __init__(
         self,
@@ -239,21 +241,44 @@ class RoutedUnaryUnaryCall(RoutedCall, grpc.aio.UnaryUnaryCall):  # type: ignore
         self._outcome: tuple[bool, Any] | None = None
         self._awaited = False
         self._settled: asyncio.Event | None = None  # made for a second awaiter
+        self._driver: asyncio.Task[None] | None = None  # retries for a caller not awaiting
         self._begin("unary_unary")
 
     def done(self) -> bool:
+        """Whether the call has its final outcome: not while an attempt that failed may
+        still be retried on the next node (as grpc's, done callbacks fire then)."""
         if self._outcome is not None:
             return True
         if self._awaited or self._waiting():
             return False
-        return self._call is None or self._call.done()
+        if self._call is None:
+            return True  # (no attempt could start: that failure is the outcome)
+        if not self._call.done():
+            return False
+        # The attempt ended and nobody awaits the call, whose retries run while it is
+        # awaited: a task of its own awaits it now; its outcome makes the call done.
+        self._drive()
+        return self._outcome is not None
+
+    def _drive(self) -> None:
+        if self._driver is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # (asked outside its loop: it can only say not yet)
+                return
+            self._driver = loop.create_task(self._settle(), name="etcdkit-routed-call-retry")
 
     def __await__(self) -> Generator[Any, None, Any]:
         if self._awaited:
             if self._outcome is None:
                 if self._settled is None:
                     self._settled = asyncio.Event()
-                yield from self._settled.wait().__await__()
+                try:
+                    yield from self._settled.wait().__await__()
+                except asyncio.CancelledError:
+                    if self._driver is not None:  # (the caller's own await: as grpc's)
+                        self.cancel()
+                    raise
             assert self._outcome is not None
             ok, value = self._outcome
             if ok:
