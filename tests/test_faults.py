@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -404,7 +405,7 @@ async def test_pages_read_at_a_member_behind_their_revision_wait_for_it(
 
 async def _collect_pages(
     client: AsyncClient, prefix: str, *, revision: int, page_size: int
-) -> list[list[etcdkit.KeyValue]]:
+) -> list[Sequence[etcdkit.KeyValueLike]]:
     return [
         page
         async for page, _rev in client.get_prefix_pages(
