@@ -410,6 +410,11 @@ async def test_leases(etcd: AsyncClient, etcd_prefix: str) -> None:
         with_keys = await etcd.lease_info(lease.id, keys=True)
         assert sorted(with_keys.keys) == [(etcd_prefix + k).encode() for k in "ab"]
         assert with_keys.header is not None
+        # LeaseInfo(id, ttl, granted_ttl, keys), the header beside it (it unpacked as five)
+        lid, ttl, granted, keys = with_keys
+        assert (lid, granted, sorted(keys)) == (lease.id, lease.ttl, sorted(with_keys.keys))
+        assert with_keys == (lid, ttl, granted, keys)
+        assert with_keys.header.revision > 0
         assert await etcd.keep_alive_once(lease.id) == 20
     finally:
         await etcd.revoke(lease.id)
@@ -484,6 +489,9 @@ def test_threaded_face(etcd_sync: Client, etcd_prefix: str) -> None:
     c.put(p + "c", "v", lease=lease.id)
     assert lease.id in c.leases()
     assert c.lease_info(lease.id, keys=True).keys == [(p + "c").encode()]
+    lid, _ttl, granted, keys = c.lease_info(lease.id, keys=True)
+    assert (lid, granted, keys) == (lease.id, 15, [(p + "c").encode()])
+    assert c.lease_info(lease.id).header is not None
     assert c.keep_alive_once(lease.id) == 15
     c.revoke(lease.id)
     gone = c.delete_range(p, prefix=True, prev_kv=True)
@@ -508,6 +516,27 @@ def test_threaded_methods_have_docstrings() -> None:
         for face in faces
         for name, value in vars(face).items()
         if not name.startswith("_") and callable(value) and not (value.__doc__ or "").strip()
+    ]
+    assert missing == []
+
+
+def test_threaded_attributes_have_docstrings() -> None:
+    """As methods do, every public property of the threaded client and twins has a docstring
+    (``Client.endpoints`` and ``stats``, and most of ``SyncLock``'s, were left out of the
+    reference). A mirrored one takes the asyncio property's."""
+    faces = [Client] + [
+        getattr(etcdkit, name)
+        for name in etcdkit.__all__
+        if name.startswith("Sync") and isinstance(getattr(etcdkit, name), type)
+    ]
+    missing = [
+        f"{face.__name__}.{name}"
+        for face in faces
+        for name, value in vars(face).items()
+        if not name.startswith("_")
+        and not callable(value)
+        and hasattr(type(value), "__get__")
+        and not (value.__doc__ or "").strip()
     ]
     assert missing == []
 

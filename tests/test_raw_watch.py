@@ -119,6 +119,8 @@ async def test_prev_kv_on_put_and_delete(etcd: AsyncClient, etcd_prefix: str) ->
     assert delete.kv.mod_revision == r2
     assert again.prev_kv is None  # the key did not exist before
     assert again.kv.create_revision == r3
+    kind, kv, prev = delete  # WatchEvent(type, kv, prev_kv) unpacks, as WatchBatch does
+    assert (kind, kv, prev) == (delete.type, delete.kv, delete.prev_kv)
 
 
 async def test_filters_leave_out_puts_or_deletes(etcd: AsyncClient, etcd_prefix: str) -> None:

@@ -171,16 +171,34 @@ class LeaseGrant(NamedTuple):
     header: ResponseHeader | None = None
 
 
-class LeaseInfo(NamedTuple):
-    """A lease as etcd reports it (:meth:`AsyncClient.lease_info`): its id, the seconds it has
-    left, the TTL it was granted, and the keys attached to it (when asked for with
-    ``keys=True``, else empty)."""
-
+class _LeaseFields(NamedTuple):
     id: int
     ttl: int
     granted_ttl: int
     keys: list[bytes]
+
+
+class LeaseInfo(_LeaseFields):
+    """A lease as etcd reports it (:meth:`AsyncClient.lease_info`): its id, the seconds it has
+    left, the TTL it was granted, and the keys attached to it (when asked for with
+    ``keys=True``, else empty): the tuple ``(id, ttl, granted_ttl, keys)``. ``header``, etcd's
+    :class:`ResponseHeader`, is an attribute beside the tuple's fields (it takes no part in
+    unpacking, indexing or equality)."""
+
     header: ResponseHeader | None = None
+
+    def __new__(
+        cls,
+        id: int,
+        ttl: int,
+        granted_ttl: int,
+        keys: list[bytes],
+        header: ResponseHeader | None = None,
+    ) -> LeaseInfo:
+        self = super().__new__(cls, id, ttl, granted_ttl, keys)
+        if header is not None:
+            self.header = header
+        return self
 
 
 class EventType(enum.Enum):
@@ -191,11 +209,15 @@ class EventType(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
     """One change seen by a watch. For a DELETE, ``kv`` has the key, an empty value and the
-    delete's ``mod_revision``; ``prev_kv`` is the entry before the change when asked for."""
+    delete's ``mod_revision``; ``prev_kv`` is the entry before the change when asked for.
+    It unpacks as ``type, kv, prev_kv = event``, as a :class:`WatchBatch` does."""
 
     type: EventType
     kv: KeyValue
     prev_kv: KeyValue | None = None
+
+    def __iter__(self) -> Iterator[EventType | KeyValue | None]:
+        return iter((self.type, self.kv, self.prev_kv))
 
 
 class WatchBatch(NamedTuple):

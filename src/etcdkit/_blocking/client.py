@@ -154,6 +154,7 @@ class Client(Twin[AsyncClient]):
 
     @property
     def endpoints(self) -> list[str]:
+        """The endpoints the client was given, in order."""
         return self.aio.endpoints
 
     @property
@@ -163,6 +164,8 @@ class Client(Twin[AsyncClient]):
 
     @property
     def stats(self) -> ClientStats:
+        """The client's call and failover counters (:class:`ClientStats`, read on the loop
+        thread)."""
         return self.portal.read(lambda: self.aio.stats)
 
     @property

@@ -175,33 +175,43 @@ class SyncLock(Twin[Lock]):
 
     @property
     def name(self) -> str | bytes:
+        """The lock's name."""
         return self.aio.name
 
     @property
     def ttl(self) -> int:
+        """The TTL (seconds) of each acquisition's lease."""
         return self.aio.ttl
 
     @property
     def timeout(self) -> float | None:
+        """How long an acquisition waits by default (``None``: as long as it takes)."""
         return self.aio.timeout
 
     @property
     def key(self) -> bytes:
+        """Our key in etcd of the current thread's acquisition (else the latest), once it has
+        one, else ``b""`` (see :attr:`Lock.key`)."""
         hold = self._current()
         return hold.key if hold is not None else b""
 
     @property
     def fencing_token(self) -> int:
+        """The fencing token of the current thread's acquisition (else the latest); 0 before
+        one held (see :attr:`LockHold.fencing_token`)."""
         hold = self._current()
         return hold.fencing_token if hold is not None else 0
 
     @property
     def lease_id(self) -> int:
+        """The lease of the current thread's acquisition (else the latest); 0 when none."""
         hold = self._current()
         return hold.lease_id if hold is not None else 0
 
     @property
     def state(self) -> HoldState:
+        """Where the current thread's acquisition (else the latest) stands: a
+        :class:`HoldState` (``IDLE`` before the first)."""
         hold = self._current()
         return hold.state if hold is not None else HoldState.IDLE
 
@@ -213,11 +223,15 @@ class SyncLock(Twin[Lock]):
 
     @property
     def wakeups(self) -> int:
+        """How many times the key just before the acquisition's woke it (see
+        :attr:`LockHold.wakeups`)."""
         hold = self._current()
         return hold.wakeups if hold is not None else 0
 
     @property
     def requeues(self) -> int:
+        """How many times the acquisition lost its place in line and queued again (see
+        :attr:`LockHold.requeues`)."""
         hold = self._current()
         return hold.requeues if hold is not None else 0
 
@@ -270,10 +284,12 @@ class SyncElection(Twin[Election]):
 
     @property
     def name(self) -> str | bytes:
+        """The election's name."""
         return self.aio.name
 
     @property
     def prefix(self) -> bytes:
+        """The key prefix the candidates' keys go under (``name/``)."""
         return self.aio.prefix
 
     def campaign(
@@ -330,14 +346,17 @@ class SyncLeadership(_Held[Leadership]):
 
     @property
     def key(self) -> bytes:
+        """Our candidate key in etcd."""
         return self.aio.key
 
     @property
     def revision(self) -> int:
+        """The create revision of our candidate key: the fencing token of this leadership."""
         return self.aio.revision
 
     @property
     def lease_id(self) -> int:
+        """The lease our candidate key is on."""
         return self.aio.lease_id
 
 

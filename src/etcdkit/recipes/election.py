@@ -328,6 +328,7 @@ class Leadership:
 
     @property
     def key(self) -> bytes:
+        """Our candidate key in etcd (``name/<lease id hex>``)."""
         return self._c.key
 
     @property
@@ -337,14 +338,17 @@ class Leadership:
 
     @property
     def lease_id(self) -> int:
+        """The lease our candidate key is on."""
         return self._c.lease_id
 
     @property
     def value(self) -> bytes:
+        """The value we campaigned (or last proclaimed) with."""
         return self._value
 
     @property
     def state(self) -> HoldState:
+        """Where this leadership stands (a :class:`HoldState`: ``HELD`` while we lead)."""
         return self._c.state
 
     @property

@@ -178,6 +178,7 @@ class PersistentLease:
 
     @property
     def key(self) -> str | bytes:
+        """The key this lease keeps in etcd."""
         return self._key
 
     @property
@@ -192,6 +193,7 @@ class PersistentLease:
 
     @property
     def state(self) -> LeaseState:
+        """Where the key stands (a :class:`LeaseState`: what each means)."""
         return self._state
 
     @property

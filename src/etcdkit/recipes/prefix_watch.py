@@ -248,6 +248,8 @@ class PrefixWatch(Generic[K, V]):
 
     @property
     def state(self) -> WatchState:
+        """Where the watch stands (a :class:`WatchState`: ``SYNCING``, ``LIVE``, ``STALE``,
+        ``CLOSED``: what each means)."""
         if self._closed or self._error is not None:  # (the error is the consumer's to see)
             return WatchState.CLOSED
         if not self._synced or not (self._watching or self._been_live):

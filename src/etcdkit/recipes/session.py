@@ -259,6 +259,7 @@ class Session:
 
     @property
     def state(self) -> SessionState:
+        """Where the session stands (a :class:`SessionState`: what each means)."""
         return self._state
 
     @property
