@@ -468,3 +468,40 @@ async def test_the_retry_policys_allow_list_decides_what_a_call_retries(
         with pytest.raises(etcdkit.ConnectionUnavailableError) as caught:
             await client.get("/k")
     assert "no etcd endpoint answered within 1" in str(caught.value)
+
+
+@pytest.mark.parametrize("recipe", ["lock", "campaign", "semaphore", "rwlock"])
+async def test_a_hold_found_lost_guards_no_write_while_its_key_outlives_it(
+    etcd_server: EtcdServer, etcd_prefix: str, recipe: str
+) -> None:
+    # A holder cut off from etcd says LOST a margin before its lease's TTL ends: until etcd
+    # expires the lease, the key is still there, and a write guarded by a compare on the key
+    # alone landed (the guard said "refused once lost"). Asked for once the hold is lost, the
+    # guard holds for no key.
+    name = etcd_prefix + recipe
+    with Proxy(etcd_server.endpoint) as proxy:
+        async with (
+            AsyncClient(proxy.endpoint, timeout=2) as holder,
+            AsyncClient(etcd_server.endpoint) as writer,
+        ):
+            if recipe == "lock":
+                hold: Any = await holder.lock(name, ttl=5).acquire()
+            elif recipe == "campaign":
+                hold = await holder.election(name).campaign("v", ttl=5).__aenter__()
+            elif recipe == "semaphore":
+                hold = await holder.semaphore(name, 1, ttl=5).acquire()
+            else:
+                hold = await holder.rwlock(name, ttl=5).write().acquire()
+            before = hold.guard()
+            assert (await writer.txn([before], [Op.put(name + "-w", "1")])).succeeded
+            proxy.cut()
+            await asyncio.wait_for(hold.lost.wait(), 10)
+            assert hold.state is etcdkit.HoldState.LOST
+            guard = hold.guard()
+            result = await writer.txn([guard], [Op.put(name + "-w", "2")])
+            still = await writer.get(hold.key)
+            proxy.restore()
+            assert not result.succeeded
+            assert (await writer.get(name + "-w")).value == b"1"  # type: ignore[union-attr]
+            if still is None:
+                pytest.skip("etcd had expired the lease already: no window to show")

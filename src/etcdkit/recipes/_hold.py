@@ -92,6 +92,21 @@ class Holds(Protocol):
 H = TypeVar("H", bound=Holds)
 
 
+# -- fencing --------------------------------------------------------------------------------------
+
+
+def fence(key: bytes, token: int, state: HoldState) -> Compare:
+    """The ``guard()`` of a hold of ``key`` at create revision ``token``: true while the key is
+    in etcd at that revision, and never true once the hold knows it is over (``LOST``,
+    ``RELEASED``): between a hold found lost here (its lease unconfirmed for its TTL, etcd
+    unreachable) and etcd expiring or revoking the lease, the key is still there, and a write
+    guarded by the plain compare would land (a guard asked for before that keeps comparing the
+    key alone). Revisions are never negative: ``create_revision < 0`` holds for no key."""
+    if state is HoldState.LOST or state is HoldState.RELEASED:
+        return Compare.create_revision(key, "<", 0)
+    return Compare.create_revision(key, "==", token)
+
+
 # -- argument checks (before any I/O) -------------------------------------------------------------
 
 
@@ -366,11 +381,12 @@ class Hold:
         """A :class:`Compare` that holds only while this acquisition holds: its key exists with
         the create revision it held at. Put it in the ``compare`` of every write it protects
         (``etcd.txn(compare=[hold.guard()], success=[...])``): etcd refuses the write once the
-        hold is lost, even if this process has not heard of it yet. Raises
-        :class:`NotHeldError` if it never held."""
+        hold is lost, even if this process has not heard of it yet (asked for once it is
+        ``LOST`` or ``RELEASED``, it holds for no key, also while the key outlives the hold in
+        etcd). Raises :class:`NotHeldError` if it never held."""
         if not self._token:
             raise NotHeldError(f"{self.what} was never acquired here: nothing to guard with")
-        return Compare.create_revision(self._key, "==", self._token)
+        return fence(self._key, self._token, self._state)
 
     def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
         """Call ``callback(state)`` on every later state change (on the event loop); returns a

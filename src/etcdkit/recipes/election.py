@@ -21,6 +21,7 @@ from etcdkit._errors import (
 from etcdkit._logs import CALLBACK_ERRORS
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare, EventType, KeyValue, Op, to_bytes
+from etcdkit.recipes._hold import fence
 from etcdkit.recipes._line import Contender, HoldState, check_timeout, check_ttl, prefix_of
 
 __all__ = ["Campaign", "Election", "Leader", "Leadership"]
@@ -363,8 +364,9 @@ class Leadership:
 
     def guard(self) -> Compare:
         """A :class:`Compare` that holds only while we lead (our key exists with our create
-        revision): put it in the ``compare`` of every write only the leader may make."""
-        return Compare.create_revision(self._c.key, "==", self._c.token)
+        revision): put it in the ``compare`` of every write only the leader may make (asked for
+        once this leadership is ``LOST`` or ``RELEASED``, it holds for no key)."""
+        return fence(self._c.key, self._c.token, self._c.state)
 
     def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
         """Call ``callback(state)`` on every state change (on the event loop); returns a

@@ -14,6 +14,7 @@ from etcdkit._errors import EtcdkitError, EtcdTimeoutError, NotHeldError
 from etcdkit._logs import CALLBACK_ERRORS
 from etcdkit._surface import Etcd
 from etcdkit._types import Compare
+from etcdkit.recipes._hold import fence
 from etcdkit.recipes._line import Contender, HoldState, check_timeout, check_ttl, prefix_of
 
 __all__ = ["Lock", "LockHold"]
@@ -99,14 +100,16 @@ class LockHold:
     def guard(self) -> Compare:
         """A :class:`Compare` that holds only while this acquisition holds the lock: our key
         exists with the create revision we acquired it at. Put it in the ``compare`` of every
-        write the lock protects (it keeps failing in etcd after a release or a loss). Raises
-        :class:`NotHeldError` if this acquisition never held the lock."""
+        write the lock protects (it keeps failing in etcd after a release or a loss; asked for
+        once this acquisition is ``LOST`` or ``RELEASED``, it holds for no key, also while our
+        key outlives the hold in etcd). Raises :class:`NotHeldError` if this acquisition never
+        held the lock."""
         if not self._c.token:
             raise NotHeldError(
                 f"lock {self.name!r} was never acquired by this acquisition (state "
                 f"{self.state.name}): nothing to guard with"
             )
-        return Compare.create_revision(self._c.key, "==", self._c.token)
+        return fence(self._c.key, self._c.token, self._c.state)
 
     def add_listener(self, callback: Callable[[HoldState], None]) -> Callable[[], None]:
         """Call ``callback(state)`` on each state change of this acquisition (on the event
