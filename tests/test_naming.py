@@ -395,22 +395,25 @@ async def test_register_keeps_the_endpoint_and_removes_it_on_exit(
     assert await eps.list() == {}
 
 
-async def test_metadata_that_go_cannot_carry_is_warned_once(
-    etcd: AsyncClient, etcd_prefix: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("metadata", [{"weight": 2}, [1], 7, 2.5, True])
+async def test_metadata_that_is_not_a_string_is_warned_once(
+    etcd: AsyncClient, etcd_prefix: str, caplog: pytest.LogCaptureFixture, metadata: Any
 ) -> None:
+    # Issue 24: "log once, when metadata is not a string or null" (a map or a list crashes Go
+    # clients; a number or a bool is no string to Go code reading it).
     target = etcd_prefix + "svc"
     eps = etcd.endpoint_manager(target)
     with caplog.at_level(logging.WARNING, logger="etcdkit.naming"):
         await eps.add(f"{target}/a", "a:1", "plain")
-        for i, comparable in enumerate((7, 2.5, True)):  # (Go compares them: no panic)
-            await eps.add(f"{target}/n{i}", "n:1", comparable)
+        await eps.add(f"{target}/none", "z:1", None)
         assert "19700" not in caplog.text
-        await eps.add(f"{target}/b", "b:1", {"weight": 2})
-        await eps.add(f"{target}/c", "c:1", [1])
+        await eps.add(f"{target}/b", "b:1", metadata)
+        await eps.add(f"{target}/c", "c:1", metadata)
+        await eps.add(f"{target}/d", "d:1", {"other": 1})
     warnings = [r for r in caplog.records if "19700" in r.getMessage()]
     assert len(warnings) == 1
-    assert "dict" in warnings[0].getMessage()
-    assert (await eps.list())[f"{target}/b"] == Endpoint("b:1", {"weight": 2})
+    assert type(metadata).__name__ in warnings[0].getMessage()
+    assert (await eps.list())[f"{target}/b"] == Endpoint("b:1", metadata)
 
 
 def test_the_threaded_face(etcd_sync: Client, etcd_prefix: str, no_leaked_threads: None) -> None:

@@ -112,9 +112,10 @@ def decode_endpoint(value: str | bytes) -> Endpoint:
 
 
 def metadata_is_safe(metadata: object) -> bool:
-    """Whether Go's resolver can carry *metadata* without crashing: a value Go can compare
-    with ``==`` (null, a string, a number, a bool), not a map or a list."""
-    return not isinstance(metadata, dict | list | tuple)
+    """Whether *metadata* is what Go programs expect of it: a string or null. (Go's resolver
+    puts it into gRPC address attributes: a map or a list there crashes Go clients; a number
+    or a bool is carried, but is no string to Go code reading it.)"""
+    return metadata is None or isinstance(metadata, str)
 
 
 # -- writing ---------------------------------------------------------------------------------------

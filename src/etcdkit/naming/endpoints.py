@@ -31,9 +31,10 @@ __all__ = ["EndpointManager", "SyncEndpointManager", "endpoint_item"]
 log = logging.getLogger("etcdkit.naming")
 
 _METADATA_WARNING = (
-    "endpoint metadata for target %r is a %s: Go's etcd resolver puts it into gRPC address "
-    "attributes, and a map or a list there crashes Go clients (etcd-io/etcd#19700). Pass a "
-    "string (e.g. JSON text) if Go services resolve this target."
+    "endpoint metadata for target %r is a %s, not a string: Go's etcd resolver puts it into "
+    "gRPC address attributes, where a map or a list crashes Go clients (etcd-io/etcd#19700) "
+    "and any other value is no string to Go code reading it. Pass a string (e.g. JSON text) "
+    "if Go services resolve this target."
 )
 
 
