@@ -25,7 +25,9 @@ What etcdkit's lock changes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
 import time
 from types import TracebackType
@@ -92,14 +94,18 @@ class Lock:
 
     def acquire(self, timeout: float | None = DEFAULT_ACQUIRE_TIMEOUT) -> bool:
         """Acquire the lock, waiting up to ``timeout`` seconds (``None``: for ever; 0: only a
-        free lock). ``True`` once acquired, ``False`` when the time ran out, and ``False`` at
-        once when this Lock already holds it.
+        free lock; a negative one too, as in python-etcd3). ``True`` once acquired, ``False``
+        when the time ran out, and ``False`` at once when this Lock already holds it. A
+        ``timeout`` that is not a number raises ``TypeError`` before anything is sent.
 
         As in python-etcd3, an etcd that cannot be reached raises instead of waiting:
         :class:`ConnectionFailedError` (or :class:`ConnectionTimeoutError` for one that does
         not answer), within the client's timeout whatever ``timeout`` is. Once etcd answered
         that another holds the lock, the wait rides out faults (etcdkit's lock retries) until
         ``timeout``."""
+        # (checked before the look below, which may take the lock: a bad timeout found after
+        # it left the lock held by nobody)
+        wait = _wait(timeout)
         client = self._client()
         if self._holding():
             return False
@@ -109,21 +115,27 @@ class Lock:
         with translated():
             probe = client.native.lock(self.key, self.ttl, 0)
             hold = probe.hold if probe.try_acquire() else None
-        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        if hold is None and left != 0:
-            try:
-                hold = client.native.lock(self.key, self.ttl, left).acquire()
-            except EtcdTimeoutError:
-                hold = None
-            except EtcdkitError as exc:
-                raise translate(exc) from exc
-        if hold is None:
-            self.lease = None  # (python-etcd3 too forgot its lease when it did not acquire)
-            return False
-        with self._mutex:
-            self._hold = hold
-            self.lease = Lease(hold.lease_id, self.ttl, client)
-            self._arm(hold)
+        try:
+            left = None if wait is None else max(0.0, wait - (time.monotonic() - started))
+            if hold is None and left != 0:
+                try:
+                    hold = client.native.lock(self.key, self.ttl, left).acquire()
+                except EtcdTimeoutError:
+                    hold = None
+                except EtcdkitError as exc:
+                    raise translate(exc) from exc
+            if hold is None:
+                self.lease = None  # (python-etcd3 too forgot its lease when it did not acquire)
+                return False
+            with self._mutex:
+                self._hold = hold
+                self.lease = Lease(hold.lease_id, self.ttl, client)
+                self._arm(hold)
+        except BaseException:
+            if hold is not None and self._hold is not hold:  # (held, by nobody: let it go)
+                with contextlib.suppress(EtcdkitError):
+                    hold.release()
+            raise
         client.track_lock(self)
         return True
 
@@ -213,3 +225,22 @@ class Lock:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+def _wait(timeout: object) -> float | None:
+    """``acquire()``'s ``timeout`` as seconds to wait (``None``: for ever): a negative one is
+    0 (one look, as tenacity's ``stop_after_delay`` gave in python-etcd3), an infinite one
+    ``None``; what is not a number is a TypeError (python-etcd3's last code raised it before
+    anything was sent)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"timeout must be a number of seconds or None (wait for ever), got "
+            f"{type(timeout).__name__}: {timeout!r:.40}"
+        )
+    if isinstance(timeout, float) and math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None (wait for ever), got nan")
+    if timeout >= 2**53:  # (infinity too: no wait reaches it)
+        return None
+    return max(0.0, float(timeout))
