@@ -5,7 +5,10 @@ the callbacks of one client."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -67,3 +70,56 @@ def test_lock_acquire_takes_python_etcd3s_numbers(e3: Etcd3, etcd_prefix: str) -
     assert holder.release() is True
     assert waiter.acquire(timeout=10**400) is True
     assert waiter.release() is True
+
+
+def bounded(fn: Callable[[], object], bound: float = 10.0) -> BaseException | object:
+    """What ``fn()`` returned or raised, run in a thread: a hang fails the test after
+    ``bound`` seconds instead of hanging it."""
+    box: list[BaseException | object] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # (the test says which)
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(bound)
+    assert box, f"still blocked after {bound} s"
+    return box[0]
+
+
+ONCE = ["watch_once", "watch_prefix_once", "watch_once_response", "watch_prefix_once_response"]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [
+        ("1", TypeError),
+        (b"1", TypeError),
+        ([1], TypeError),
+        (-1, ValueError),
+        (float("nan"), ValueError),
+        (float("inf"), OverflowError),
+    ],
+)
+def test_watch_once_with_a_bad_timeout_raises_at_once_and_leaves_no_watch(
+    e3: Etcd3, etcd_prefix: str, timeout: Any, error: type[BaseException]
+) -> None:
+    """python-etcd3 handed the timeout to ``queue.Queue.get``, which raised at once. Here a
+    timer thread died of it: the call waited for an event for ever, and each left an etcd
+    watch behind (-1 gave WatchTimedOut)."""
+    for name in ONCE:
+        outcome = bounded(partial(getattr(e3, name), etcd_prefix + "nothing", timeout=timeout))
+        assert isinstance(outcome, error), (name, outcome)
+    deadline = time.monotonic() + 10
+    while e3.native.stats.watches:
+        assert time.monotonic() < deadline, f"{e3.native.stats.watches} watches left"
+        time.sleep(0.01)
+
+
+def test_watch_once_with_timeout_0_times_out_at_once(e3: Etcd3, etcd_prefix: str) -> None:
+    for name in ONCE:
+        outcome = bounded(partial(getattr(e3, name), etcd_prefix + "nothing", timeout=0))
+        assert isinstance(outcome, etcd3.watch.WatchTimedOut), (name, outcome)

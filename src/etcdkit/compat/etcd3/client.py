@@ -57,7 +57,7 @@ from etcdkit.compat.etcd3.results import (
     pairs,
 )
 from etcdkit.compat.etcd3.transactions import end_of, lease_to_id, to_compares, to_ops
-from etcdkit.compat.etcd3.watch import Watcher, WatchResponse, first_response
+from etcdkit.compat.etcd3.watch import Watcher, WatchResponse, first_response, once_timeout
 
 __all__ = [
     "Alarm",
@@ -470,8 +470,11 @@ class Etcd3Client:
         self, key: str | bytes, timeout: float | None = None, **kwargs: Any
     ) -> WatchResponse:
         """The first :class:`WatchResponse` with events on ``key``; :class:`WatchTimedOut`
-        when none came within ``timeout`` seconds."""
-        return first_response(self.watcher.open(key, **kwargs), timeout)
+        when none came within ``timeout`` seconds (a ``timeout`` not a number is a
+        ``TypeError``, a negative one a ``ValueError``, as in python-etcd3, before anything
+        is sent)."""
+        wait = once_timeout(timeout)
+        return first_response(self.watcher.open(key, **kwargs), wait)
 
     def watch_once(self, key: str | bytes, timeout: float | None = None, **kwargs: Any) -> Event:
         """The first event on ``key``; :class:`WatchTimedOut` after ``timeout`` seconds."""
@@ -481,9 +484,10 @@ class Etcd3Client:
         self, key_prefix: str | bytes, timeout: float | None = None, **kwargs: Any
     ) -> WatchResponse:
         """:meth:`watch_once_response` for every key starting with ``key_prefix``."""
+        wait = once_timeout(timeout)
         kwargs.pop("range_end", None)
         watch = self.watcher.open(_prefix(key_prefix), prefix=True, **kwargs)
-        return first_response(watch, timeout)
+        return first_response(watch, wait)
 
     def watch_prefix_once(
         self, key_prefix: str | bytes, timeout: float | None = None, **kwargs: Any

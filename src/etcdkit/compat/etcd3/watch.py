@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -24,7 +25,14 @@ from etcdkit.compat.etcd3.transactions import end_of, to_bytes
 if TYPE_CHECKING:
     from etcdkit import Client, SyncWatch
 
-__all__ = ["WatchResponse", "WatchTimedOut", "Watcher", "first_response", "watch_filters"]
+__all__ = [
+    "WatchResponse",
+    "WatchTimedOut",
+    "Watcher",
+    "first_response",
+    "once_timeout",
+    "watch_filters",
+]
 
 log = logging.getLogger("etcdkit.compat.etcd3")
 
@@ -208,10 +216,35 @@ class Watcher:
             self._join(thread)  # (not from a callback: those threads end on their own)
 
 
+def once_timeout(timeout: object) -> float | None:
+    """``watch_once``'s ``timeout`` (``None``: no limit), checked before any watch is opened,
+    with the errors python-etcd3's ``queue.Queue.get(timeout=...)`` raised: ``TypeError`` for
+    what is not a number, ``ValueError`` for a negative one (and NaN, on which it waited for
+    ever), ``OverflowError`` for one past what a thread can wait (``None`` waits with no
+    limit)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, got {type(timeout).__name__}: "
+            f"{timeout!r:.40}"
+        )
+    if isinstance(timeout, float) and math.isnan(timeout):
+        raise ValueError("'timeout' must be a non-negative number, got nan")
+    if timeout < 0:
+        raise ValueError(f"'timeout' must be a non-negative number, got {timeout!r}")
+    if timeout > threading.TIMEOUT_MAX:
+        raise OverflowError(
+            f"timeout {timeout!r:.40} is more than a thread can wait "
+            f"({threading.TIMEOUT_MAX:g} s); None waits with no limit"
+        )
+    return float(timeout)
+
+
 def first_response(watch: SyncWatch, timeout: float | None) -> WatchResponse:
     """The first batch with events of the started ``watch``, as a :class:`WatchResponse`;
-    :class:`WatchTimedOut` when none came within ``timeout`` seconds (``None``: no limit).
-    The watch is cancelled in every case."""
+    :class:`WatchTimedOut` when none came within ``timeout`` seconds (``None``: no limit;
+    checked already, see :func:`once_timeout`). The watch is cancelled in every case."""
     timer: threading.Timer | None = None
     if timeout is not None:
         timer = threading.Timer(timeout, watch.cancel)
