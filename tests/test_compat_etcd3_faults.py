@@ -5,6 +5,8 @@ the callbacks of one client."""
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import etcdkit.compat.etcd3 as etcd3
-from etcdkit import Client
+from etcdkit import Client, WrongContextError
 from etcdkit.testing import EtcdServer
 
 Etcd3 = etcd3.Etcd3Client
@@ -123,3 +125,51 @@ def test_watch_once_with_timeout_0_times_out_at_once(e3: Etcd3, etcd_prefix: str
     for name in ONCE:
         outcome = bounded(partial(getattr(e3, name), etcd_prefix + "nothing", timeout=0))
         assert isinstance(outcome, etcd3.watch.WatchTimedOut), (name, outcome)
+
+
+# -- inside a running event loop ------------------------------------------------------------------
+
+
+async def test_calls_inside_a_running_event_loop_block_it_as_python_etcd3s_did(
+    no_leaked_threads: None, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    """An ``async def`` handler (a web framework's, a Jupyter cell) calling the client: its
+    calls were plain blocking grpc calls in python-etcd3, which blocked the loop and worked.
+    Here each raised WrongContextError (``client()`` a raw etcdkit one)."""
+    asyncio.get_running_loop()  # (inside one)
+    k = etcd_prefix + "k"
+    client = compat(etcd_server)
+    try:
+        client.put(k, "v")
+        assert client.get(k)[0] == b"v"
+        assert [v for v, _ in client.get_prefix(etcd_prefix)] == [b"v"]
+        ok, _ = client.transaction([client.transactions.value(k) == "v"], [], [])
+        assert ok
+        lease = client.lease(5)
+        lease.revoke()
+        lock = client.lock(etcd_prefix + "lock", ttl=5)
+        assert lock.acquire(timeout=5) is True
+        assert lock.release() is True
+        with pytest.raises(etcd3.watch.WatchTimedOut):
+            client.watch_once(k, timeout=0.1)
+        seen: queue.Queue[Any] = queue.Queue()
+        client.add_watch_callback(k, seen.put)
+        client.put(k, "w")
+        assert seen.get(timeout=10).events[0].value == b"w"
+        assert client.status().version
+    finally:
+        client.close()
+    assert client.native.closed
+
+
+async def test_etcdkits_own_client_still_refuses_a_running_loop(
+    etcd_server: EtcdServer,
+) -> None:
+    """The compat client's way is its own: etcdkit's Client, which async code should not
+    block a loop with, refuses as before."""
+    plain = await asyncio.to_thread(Client, etcd_server.endpoint)
+    try:
+        with pytest.raises(WrongContextError):
+            plain.get("/k")
+    finally:
+        await asyncio.to_thread(plain.close)

@@ -22,7 +22,7 @@ PAIRS: list[tuple[type[Any], type[Any], set[str], set[str]]] = [
         etcdkit.AsyncClient,
         etcdkit.Client,
         {"aclose", "connect", "core", "adopt", "disown", "shared_session", "release_session"},
-        {"aio", "run"},
+        {"aio", "run", "blocks_running_loops"},
     ),
     (etcdkit.PrefixWatch, etcdkit.SyncPrefixWatch, {"aclose"}, {"aio"}),
     (etcdkit.Watch, etcdkit.SyncWatch, set(), {"aio"}),

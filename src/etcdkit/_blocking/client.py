@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, TypeVar, cast, overload
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, cast, overload
 
 from etcdkit._blocking.admin import SyncAuth, SyncMaintenance, SyncMembers
 from etcdkit._blocking.locks import SyncElection, SyncLock
@@ -75,9 +75,19 @@ class Client(Twin[AsyncClient]):
 
     Runs one :class:`AsyncClient` on a private event-loop thread, which ``close()`` stops.
     Use as ``with Client(...) as etcd:``. Safe to call from any number of threads; a call
-    made inside a running event loop raises :class:`WrongContextError` (use AsyncClient there).
+    made inside a running event loop raises :class:`WrongContextError` (use AsyncClient there;
+    or see :attr:`blocks_running_loops`).
     ``close()`` ends every call in flight in other threads with :class:`ClosedError`.
     """
+
+    blocks_running_loops: ClassVar[bool] = False
+    """``True`` in a subclass (``class Blocking(etcdkit.Client): blocks_running_loops =
+    True``): a call made inside a running asyncio event loop blocks that loop until it
+    returns, as a plain blocking library's does, instead of raising
+    :class:`WrongContextError`; every other coroutine of that loop waits meanwhile. For code
+    written for a blocking library that calls it from ``async def`` functions (and so
+    ``etcdkit.compat.etcd3``'s client); new code should use :class:`AsyncClient` there. A
+    call from the client's own loop thread (a listener) is refused all the same."""
 
     def __init__(
         self,
@@ -101,7 +111,7 @@ class Client(Twin[AsyncClient]):
             timeout=timeout,
             retry=retry,
         )
-        self.portal: Portal = Portal()
+        self.portal: Portal = Portal(blocks_running_loops=self.blocks_running_loops)
         try:
             self.portal.call(self.aio.connect())
         except BaseException:

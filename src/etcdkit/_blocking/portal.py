@@ -32,9 +32,14 @@ class Portal:
     A process forked from the one that made it has no loop thread: there every call raises
     :class:`WrongContextError` and ``stop()`` does nothing (what the loop holds is the
     parent's).
+
+    ``blocks_running_loops``: a call made inside a running event loop (another thread's
+    loop, not this one's) blocks that loop until it returns, as a plain blocking library
+    does, where it is refused by default (see :meth:`check_caller`).
     """
 
-    def __init__(self, name: str = "etcdkit-loop") -> None:
+    def __init__(self, name: str = "etcdkit-loop", *, blocks_running_loops: bool = False) -> None:
+        self.blocks_running_loops = blocks_running_loops
         self.loop = asyncio.new_event_loop()
         self._pid = os.getpid()
         # Re-entrant: a signal handler (SIGTERM -> close(), say) runs in the main thread
@@ -82,12 +87,16 @@ class Portal:
 
     def check_caller(self) -> None:
         """Raise :class:`WrongContextError` where a blocking call would block the loop (or
-        deadlock on it): on the client's loop thread, or inside any running event loop."""
+        deadlock on it): on the client's loop thread, or inside any running event loop
+        (unless ``blocks_running_loops``: then it blocks that loop; never this one's, which
+        would wait for itself)."""
         if self.in_loop_thread():
             raise WrongContextError(
                 "a blocking etcdkit call was made from the client's own event-loop thread "
                 "(e.g. inside a listener callback); do the call from another thread"
             )
+        if self.blocks_running_loops:
+            return
         try:
             asyncio.get_running_loop()
         except RuntimeError:

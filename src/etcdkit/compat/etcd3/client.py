@@ -104,6 +104,15 @@ class Transactions:
         self.txn = transactions.Txn
 
 
+class _NativeClient(Client):
+    """The :class:`etcdkit.Client` under a compat client (``native``): its calls made inside a
+    running asyncio event loop block that loop, as python-etcd3's plain grpc calls did (an
+    ``async def`` handler of a web framework, a Jupyter cell), where etcdkit's own Client
+    refuses them."""
+
+    blocks_running_loops = True
+
+
 class Etcd3Client:
     """python-etcd3's client, on an :class:`etcdkit.Client` (``native``).
 
@@ -173,7 +182,10 @@ class Etcd3Client:
             "cert": cert_cert,
             "key": cert_key,
         }
-        self.native = Client(**self._args, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+        with translated():
+            self.native: Client = _NativeClient(
+                **self._args, timeout=DEFAULT_TIMEOUT if timeout is None else timeout
+            )
         if user is not None:
             # python-etcd3's client() logs in before it returns: bad credentials (or etcd out
             # of reach) fail here, not at the first call
@@ -587,7 +599,7 @@ class Etcd3Client:
         if self.timeout is not None:
             self.native.maintenance.defragment(self.native.endpoints[0])
             return
-        with Client(**self._args, timeout=None) as patient:
+        with _NativeClient(**self._args, timeout=None) as patient:
             patient.maintenance.defragment(patient.endpoints[0])
 
     @handle_errors
