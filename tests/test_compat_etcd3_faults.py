@@ -18,6 +18,7 @@ import pytest
 
 import etcdkit.compat.etcd3 as etcd3
 from etcdkit import Client, WrongContextError
+from etcdkit.compat.etcd3 import exceptions
 from etcdkit.testing import EtcdServer
 
 Etcd3 = etcd3.Etcd3Client
@@ -173,3 +174,55 @@ async def test_etcdkits_own_client_still_refuses_a_running_loop(
             plain.get("/k")
     finally:
         await asyncio.to_thread(plain.close)
+
+
+# -- defragment with no timeout -------------------------------------------------------------------
+
+
+def test_defragment_without_a_timeout_fails_at_once_while_etcd_is_down(
+    no_leaked_threads: None, etcd_server_factory: Callable[..., EtcdServer]
+) -> None:
+    """python-etcd3's ``timeout=None`` was no deadline, but its call did not wait for etcd to
+    come back: a refused connection failed at once. Here it waited for ever."""
+    server = etcd_server_factory()
+    with compat(server) as client:
+        client.put("/k", "v")
+        server.stop()
+        outcome = bounded(client.defragment)
+        assert isinstance(outcome, exceptions.ConnectionFailedError), outcome
+        server.start()
+        assert bounded(client.defragment, 30) is None
+
+
+def test_close_ends_a_defragment_under_way(
+    no_leaked_threads: None, etcd_server_factory: Callable[..., EtcdServer]
+) -> None:
+    """The defragment (``timeout=None``) runs on a client of its own, which close() did not
+    know: a defragment waiting for a hung etcd went on after close(), its loop thread too."""
+    server = etcd_server_factory()
+    client = compat(server)
+    outcome: list[object] = []
+    started = threading.Event()
+
+    def defragment() -> None:
+        started.set()
+        try:
+            outcome.append(client.defragment())
+        except Exception as exc:  # (the test says which)
+            outcome.append(exc)
+
+    server.pause()
+    try:
+        worker = threading.Thread(target=defragment)
+        worker.start()
+        assert started.wait(10)
+        time.sleep(0.5)  # (it waits on the hung etcd now)
+        assert outcome == []
+        client.close()
+        worker.join(10)
+        assert not worker.is_alive(), "close() did not end the defragment"
+    finally:
+        server.resume()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], exceptions.Etcd3Exception), outcome
+    assert "closed" in str(outcome[0])

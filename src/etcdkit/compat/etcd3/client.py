@@ -27,17 +27,20 @@ from typing import IO, Any
 from etcdkit import Alarm as KitAlarm
 from etcdkit import (
     Client,
+    ClosedError,
     DeleteResult,
     EtcdkitError,
     LeaseNotFoundError,
     PutResult,
     RangeResult,
     ResponseHeader,
+    RetryPolicy,
     TxnResult,
 )
 from etcdkit.compat.etcd3 import transactions
 from etcdkit.compat.etcd3.events import NO_KV, Event
 from etcdkit.compat.etcd3.exceptions import (
+    ConnectionFailedError,
     Etcd3Exception,
     handle_errors,
     translate,
@@ -111,6 +114,18 @@ class _NativeClient(Client):
     refuses them."""
 
     blocks_running_loops = True
+
+
+class _UntilRefused(RetryPolicy):
+    """etcdkit's retries, but none once etcd refused the connection (it is down): with no
+    timeout etcdkit would retry until it is back, where python-etcd3's call, with no
+    wait-for-ready, failed at once. A connection attempt that went unanswered (a hung or
+    busy etcd) is tried again, as python-etcd3's call waited on its open connection."""
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, EtcdkitError) and isinstance(translate(exc), ConnectionFailedError):
+            return False
+        return super().is_retryable(exc)
 
 
 class Etcd3Client:
@@ -199,13 +214,22 @@ class Etcd3Client:
         self.watcher = Watcher(self.native)
         self._locks: weakref.WeakSet[Lock] = weakref.WeakSet()
         self._locks_mutex = threading.Lock()
+        # the clients of defragment() calls under way (timeout=None), which close() ends
+        self._patients: set[Client] = set()
+        self._closing = False
 
     def __repr__(self) -> str:
         return f"<Etcd3Client on {self.native!r}>"
 
     def close(self) -> None:
         """End the watches, stop the locks' ttl countdowns, and close the etcdkit client
-        (which releases the locks still held and revokes what it kept alive)."""
+        (which releases the locks still held and revokes what it kept alive); a
+        ``defragment()`` under way raises :class:`Etcd3Exception`."""
+        with self._locks_mutex:
+            self._closing = True
+            patients = list(self._patients)
+        for patient in patients:
+            patient.close()
         self.watcher.close()
         with self._locks_mutex:
             locks = list(self._locks)
@@ -595,12 +619,26 @@ class Etcd3Client:
     def defragment(self) -> None:
         """Defragment the backend of the member the client talks to. With ``timeout=None``
         it waits as long as etcd takes, as python-etcd3's did (a large backend takes longer
-        than etcdkit's default 5 s): on a client of its own, with no timeout."""
+        than etcdkit's default 5 s), on a client of its own, with no timeout (a hung etcd too);
+        and as python-etcd3's, it raises :class:`ConnectionFailedError` at once when etcd
+        refuses the connection (it does not wait for etcd to come back). :meth:`close` ends
+        it."""
         if self.timeout is not None:
             self.native.maintenance.defragment(self.native.endpoints[0])
             return
-        with _NativeClient(**self._args, timeout=None) as patient:
+        patient = _NativeClient(**self._args, timeout=None, retry=_UntilRefused())
+        try:
+            with self._locks_mutex:
+                closing = self._closing
+                if not closing:
+                    self._patients.add(patient)
+            if closing:
+                raise ClosedError("defragment: the client was closed")
             patient.maintenance.defragment(patient.endpoints[0])
+        finally:
+            with self._locks_mutex:
+                self._patients.discard(patient)
+            patient.close()
 
     @handle_errors
     def hash(self) -> int:
