@@ -434,29 +434,33 @@ def test_close_hands_each_callback_one_last_exception(
     each callback watch not cancelled gets one Etcd3Exception after its responses, and
     nothing after it; a cancelled one gets nothing. (They got nothing at all.)"""
     client = compat(etcd_server)
-    k = etcd_prefix + "k"
+    k = etcd_prefix + "w/k"
     calls: dict[str, list[Any]] = {"a": [], "b": [], "cancelled": []}
     done = threading.Event()
 
     def callback(name: str) -> Callable[[Any], None]:
         def on(arg: Any) -> None:
             calls[name].append(arg)
-            if where == "inside a callback" and name == "a" and not isinstance(arg, Exception):
-                client.close()
-                done.set()
 
         return on
 
+    def closing(arg: Any) -> None:
+        if not isinstance(arg, Exception):
+            client.close()
+            done.set()
+
     client.add_watch_callback(k, callback("a"))
-    client.add_watch_prefix_callback(etcd_prefix, callback("b"))
+    client.add_watch_prefix_callback(etcd_prefix + "w/", callback("b"))
     client.cancel_watch(client.add_watch_callback(k, callback("cancelled")))
+    client.add_watch_callback(etcd_prefix + "closer", closing)  # (b does not see it)
     e3.put(k, "1")
+    deadline = time.monotonic() + 10
+    while not (calls["a"] and calls["b"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
     if where == "outside":
-        deadline = time.monotonic() + 10
-        while not (calls["a"] and calls["b"]) and time.monotonic() < deadline:
-            time.sleep(0.01)
         client.close()
     else:
+        e3.put(etcd_prefix + "closer", "now")
         assert done.wait(10)
     deadline = time.monotonic() + 10
     while not all(c and isinstance(c[-1], Exception) for c in (calls["a"], calls["b"])):
@@ -682,9 +686,9 @@ def test_an_interrupted_cancel_watch_can_be_retried(
     no_leaked_threads: None, e3: Etcd3, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cancel_watch interrupted (Ctrl-C) while it cancels: calling it again still ends the
-    watch and its thread (the id is not forgotten by the first try)."""
+    watch and the callbacks' thread (the id is not forgotten by the first try)."""
     wid = e3.add_watch_callback(etcd_prefix + "k", lambda _: None)
-    thread = next(t for t in threading.enumerate() if t.name == f"etcdkit-compat-watch-{wid}")
+    thread = next(t for t in threading.enumerate() if t.name == "etcdkit-compat-callbacks")
     real = etcdkit.SyncWatch.cancel
     tries = []
 
@@ -700,6 +704,10 @@ def test_an_interrupted_cancel_watch_can_be_retried(
     e3.cancel_watch(wid)
     thread.join(5)
     assert not thread.is_alive(), "the retried cancel_watch did not end the watch"
+    deadline = time.monotonic() + 10
+    while e3.native.stats.watches:
+        assert time.monotonic() < deadline, "the retried cancel_watch left the etcd watch"
+        time.sleep(0.01)
 
 
 def test_watch_resumes_through_a_restart(etcd_server_factory: Callable[..., EtcdServer]) -> None:

@@ -226,3 +226,100 @@ def test_close_ends_a_defragment_under_way(
     assert len(outcome) == 1
     assert isinstance(outcome[0], exceptions.Etcd3Exception), outcome
     assert "closed" in str(outcome[0])
+
+
+# -- callbacks: one thread, the stream's order ----------------------------------------------------
+
+
+def test_callbacks_of_different_watches_run_in_revision_order(
+    no_leaked_threads: None, etcd_server: EtcdServer, e3: Etcd3, etcd_prefix: str
+) -> None:
+    """python-etcd3 called every callback of a client from the one thread that read its
+    Watch stream, as each response came: in revision order across watches ("write the
+    config keys, then the commit marker"). Each watch had a thread of its own here, taking
+    turns through a lock: the one that got it first went first (with the program's own
+    threads busy, a few rounds in twenty came out of order). While one callback is held (as
+    a slow one held python-etcd3's thread), keys are written one by one: once it returns,
+    their callbacks come in the order of the writes, on one thread."""
+    n = 10
+    seen: list[int] = []
+    threads: set[str] = set()
+    entered, go, done = threading.Event(), threading.Event(), threading.Event()
+
+    def on(response: Any) -> None:
+        threads.add(threading.current_thread().name)
+        if not isinstance(response, Exception):
+            seen.extend(e.mod_revision for e in response.events)
+
+    def holding(response: Any) -> None:
+        if not isinstance(response, Exception):
+            entered.set()
+            go.wait(10)
+
+    def busy() -> None:  # (the program's own work: its threads contend for the GIL)
+        while not done.is_set():
+            sum(range(10_000))
+
+    ids = [e3.add_watch_callback(f"{etcd_prefix}o/{i}", on) for i in range(n)]
+    ids.append(e3.add_watch_callback(etcd_prefix + "hold", holding))
+    spinner = threading.Thread(target=busy)
+    spinner.start()
+    out_of_order = []
+    try:
+        with compat(etcd_server) as writer:
+            for _ in range(12):
+                seen.clear()
+                entered.clear()
+                go.clear()
+                writer.put(etcd_prefix + "hold", "x")
+                assert entered.wait(10)
+                written = [writer.put(f"{etcd_prefix}o/{i}", "v").header.revision for i in range(n)]
+                go.set()
+                deadline = time.monotonic() + 10
+                while len(seen) < n:
+                    assert time.monotonic() < deadline, seen
+                    time.sleep(0.01)
+                if seen != written:
+                    out_of_order.append((written, list(seen)))
+    finally:
+        done.set()
+        spinner.join()
+    assert out_of_order == []
+    assert len(threads) == 1, threads
+    for watch_id in ids:
+        e3.cancel_watch(watch_id)
+
+
+def test_a_callback_far_behind_gets_every_response_in_order(
+    no_leaked_threads: None, e3: Etcd3, etcd_prefix: str
+) -> None:
+    """Past ``QUEUED_PER_WATCH`` responses queued for a callback, its watch keeps the rest
+    until the callback caught up: none is lost or repeated, and they stay in order."""
+    e3.watcher.QUEUED_PER_WATCH = 2
+    k = etcd_prefix + "k"
+    seen: list[bytes] = []
+    entered, go = threading.Event(), threading.Event()
+
+    def on(response: Any) -> None:
+        if isinstance(response, Exception):
+            return
+        entered.set()
+        go.wait(10)
+        seen.extend(e.value for e in response.events)
+
+    watch_id = e3.add_watch_callback(k, on)
+    e3.put(k, "0")
+    assert entered.wait(10)
+    for i in range(1, 20):
+        e3.put(k, str(i))
+    go.set()
+    deadline = time.monotonic() + 10
+    while len(seen) < 20:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.01)
+    e3.put(k, "20")
+    while len(seen) < 21:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.01)
+    assert seen == [str(i).encode() for i in range(21)]
+    e3.cancel_watch(watch_id)

@@ -3,13 +3,16 @@
 Each watch is one etcdkit watch on the client's shared Watch stream: after a disconnect, a
 restart or a hung member it resumes from the revision after the last one delivered, so no
 event is lost or repeated (python-etcd3 dropped its watches on a stream error and passed the
-error to the callbacks). A callback watch is read by a thread of its own; the callbacks of one
-client are called one at a time, as python-etcd3's single callback thread called them.
+error to the callbacks). The callbacks of one client are called on one thread, one at a time,
+in the order their responses arrived (revision order across watches), as python-etcd3's
+single callback thread called them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -73,18 +76,34 @@ def watch_filters(filters: Sequence[object] | None) -> tuple[str, ...]:
 
 class Watcher:
     """The callback watches of one compat client: ``add_callback`` starts one, ``cancel``
-    ends it, ``close`` ends them all (and waits for their threads)."""
+    ends it, ``close`` ends them all.
+
+    Their callbacks run on one thread, in the order their responses arrived on the client's
+    Watch stream (revision order), as python-etcd3's one thread read its stream and called
+    them: a slow callback delays the others. Each watch's responses are taken on the loop as
+    they arrive (a listener, in arrival order) and queued for that thread; a watch with
+    ``QUEUED_PER_WATCH`` responses queued is left to buffer (and so, past etcdkit's bound,
+    to step off the stream) until its callback catches up. The thread runs while a callback
+    watch is on (it holds the client meanwhile) and ends when none is, or at ``close``.
+    """
+
+    QUEUED_PER_WATCH = 1024
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self._ids = itertools.count(1)
-        self._mutex = threading.Lock()
-        self._calling = threading.Lock()  # one callback at a time, as python-etcd3 did
+        # guards everything below; notified when the queue grows or a callback ends
+        self._cond = threading.Condition(threading.Lock())
         self._local = threading.local()  # .in_callback: this thread is running a callback
-        # every callback watch until its thread ends (cancelled ones too, so that each
-        # canceller, not only the first, can wait for the thread and a failed cancel be retried)
-        self._watches: dict[int, tuple[SyncWatch, threading.Thread]] = {}
+        # every callback watch until it ended or was cancelled (kept until its cancel is
+        # done, so that a failed cancel can be retried)
+        self._watches: dict[int, _Entry] = {}
         self._live: set[int] = set()  # the ids not cancelled: only their callbacks are called
+        self._queue: collections.deque[tuple[int, WatchBatch | EtcdkitError | None]] = (
+            collections.deque()
+        )  # (watch id, a response, the error that ended it, or None: the client closed)
+        self._running = 0  # the id whose callback runs now (0: none)
+        self._thread: threading.Thread | None = None  # the callbacks' thread, while it runs
         self._closed = False  # close() ended the watches: each live one's callback hears it
 
     def open(
@@ -134,49 +153,139 @@ class Watcher:
         keep: object = None,
     ) -> int:
         """Start a watch calling ``callback(response)`` for each :class:`WatchResponse` (or
-        ``callback(error)`` once, when it ends with an error); returns its id. Its thread holds
-        ``keep`` (the compat client) until it ends: a client whose callback watch is not
-        cancelled is not collected (and closed) while its program holds no reference to it."""
+        ``callback(error)`` once, when it ends with an error); returns its id. The callbacks'
+        thread holds ``keep`` (the compat client) while a callback watch is on: a client whose
+        callback watch is not cancelled is not collected (and closed) while its program holds
+        no reference to it."""
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r:.80}")
         watch = self.open(
             key, range_end, start_revision, progress_notify, filters, prev_kv, prefix=prefix
         )
-        watch_id = next(self._ids)
-        thread = threading.Thread(
-            target=self._run,
-            args=(watch_id, watch, callback, keep),
-            name=f"etcdkit-compat-watch-{watch_id}",
-            daemon=True,
-        )
-        with self._mutex:
-            self._watches[watch_id] = (watch, thread)
-            self._live.add(watch_id)
-        thread.start()
-        return watch_id
+        entry = _Entry(next(self._ids), watch, callback)
 
-    def _run(self, watch_id: int, watch: SyncWatch, callback: WatchCallback, keep: object) -> None:
+        def on_news() -> None:  # (on the loop, as responses arrive: in the stream's order)
+            self._take(entry)
+
+        async def attach() -> None:  # (one turn of the loop: no response comes in between)
+            entry.remove = watch.add_listener(on_news)
+            on_news()  # what came since the start
+
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                self._watches[entry.id] = entry
+                self._live.add(entry.id)
         try:
-            for batch in watch:
-                self._call(watch_id, callback, WatchResponse.of(batch))
+            if closed:
+                raise ClosedError("the client was closed")
+            self.client.run(attach())
+        except BaseException as exc:
+            with self._cond:
+                self._watches.pop(entry.id, None)
+                self._live.discard(entry.id)
+            watch.cancel()
+            if isinstance(exc, EtcdkitError):
+                raise translate(exc) from exc
+            raise
+        with self._cond:
+            # (also when close() came meanwhile: the thread hands the callback its end)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run,
+                    args=(keep,),
+                    name="etcdkit-compat-callbacks",
+                    daemon=True,
+                )
+                self._thread.start()
+        return entry.id
+
+    def _take(self, entry: _Entry) -> None:
+        """On the loop: queue what ``entry``'s watch received (its end too), unless its
+        callback is that far behind (then its watch keeps it: see :meth:`_called`)."""
+        with self._cond:
+            if entry.queued >= self.QUEUED_PER_WATCH or entry.ended or self._closed:
+                entry.held = not entry.ended
+                return
+        try:
+            items: list[WatchBatch | EtcdkitError] = list(entry.watch.take())
         except EtcdkitError as exc:
-            self._call(watch_id, callback, translate(exc))
-        else:
-            if self._closed:  # (python-etcd3's callbacks had their stream's error then)
-                closed = ClosedError("the client was closed: the watch ended")
-                self._call(watch_id, callback, translate(closed))
-        finally:
-            with self._mutex:
-                self._watches.pop(watch_id, None)
-                self._live.discard(watch_id)
+            items = [exc]
+        if not items:
+            return
+        with self._cond:
+            if self._closed:
+                return
+            entry.queued += len(items)
+            entry.ended = isinstance(items[-1], EtcdkitError)
+            self._queue.extend((entry.id, item) for item in items)
+            self._cond.notify_all()
+
+    def _run(self, keep: object) -> None:
+        """The callbacks' thread: each queued item in turn, until no watch is on (or the
+        client closed and each live callback heard it)."""
+        while True:
+            with self._cond:
+                while not self._queue:
+                    if not self._watches:
+                        self._thread = None
+                        return
+                    self._cond.wait()
+                watch_id, item = self._queue.popleft()
+                if item is None:  # the client closed
+                    live = sorted(self._live)
+                    entries = [self._watches[i] for i in live]
+                else:
+                    entry = self._watches.get(watch_id)
+                    live = [watch_id] if entry is not None and watch_id in self._live else []
+                    entries = [entry] if entry is not None else []
+            if item is None:
+                closed = translate(ClosedError("the client was closed: the watch ended"))
+                for wid, entry in zip(live, entries):  # (python-etcd3's had the stream's error)
+                    self._call(wid, entry.callback, closed)
+                with self._cond:
+                    self._watches.clear()
+                    self._live.clear()
+                    self._queue.clear()
+                    self._thread = None
+                    self._cond.notify_all()
+                return
+            if not entries:
+                continue  # cancelled meanwhile
+            (entry,) = entries
+            if isinstance(item, EtcdkitError):
+                self._call(watch_id, entry.callback, translate(item))
+                with self._cond:  # (its watch ended: nothing more comes of it)
+                    self._watches.pop(watch_id, None)
+                    self._live.discard(watch_id)
+                continue
+            self._call(watch_id, entry.callback, WatchResponse.of(item))
+            self._called(entry)
+
+    def _called(self, entry: _Entry) -> None:
+        """One of ``entry``'s queued responses was handed over: once its callback caught up,
+        take again what its watch kept meanwhile."""
+        with self._cond:
+            entry.queued -= 1
+            resume = entry.held and entry.queued == 0
+            if resume:
+                entry.held = False
+        if resume:
+
+            async def again() -> None:
+                self._take(entry)
+
+            with contextlib.suppress(EtcdkitError):  # (the client closed: nothing comes)
+                self.client.run(again())
 
     def _call(
         self, watch_id: int, callback: WatchCallback, arg: WatchResponse | Etcd3Exception
     ) -> None:
-        with self._calling:
-            with self._mutex:
-                if watch_id not in self._live:
-                    return  # cancelled (e.g. by another watch's callback) while this waited
+        with self._cond:
+            if watch_id not in self._live:
+                return  # cancelled (e.g. by another watch's callback) while this waited
+            self._running = watch_id
+        try:
             self._local.in_callback = True
             try:
                 callback(arg)
@@ -184,36 +293,67 @@ class Watcher:
                 log.exception("watch callback %r failed", callback)
             finally:
                 self._local.in_callback = False
+        finally:
+            with self._cond:
+                self._running = 0
+                self._cond.notify_all()
 
     def cancel(self, watch_id: int) -> None:
         """End the watch ``watch_id`` (idempotent; unknown ids are ignored). Once it returns,
         its callback is not called again (unless this runs inside a callback, which cannot
         wait for the others); so too when several threads cancel it at once."""
-        with self._mutex:
+        with self._cond:
             self._live.discard(watch_id)  # no callback of it starts from here on
-            entry = self._watches.get(watch_id)  # (its thread removes it when it ends)
+            entry = self._watches.get(watch_id)
         if entry is not None:
-            watch, thread = entry
-            watch.cancel()
-            self._join(thread)
+            entry.watch.cancel()
+        with self._cond:
+            if entry is not None and self._watches.get(watch_id) is entry:
+                del self._watches[watch_id]
+                self._cond.notify_all()  # (the callbacks' thread ends with the last watch)
+            if not self._in_callback():  # (another canceller's too: each waits for it)
+                while self._running == watch_id:
+                    self._cond.wait()
 
-    def _join(self, thread: threading.Thread) -> None:
-        if thread is not threading.current_thread() and not getattr(
-            self._local, "in_callback", False
-        ):
-            thread.join()
+    def _in_callback(self) -> bool:
+        return getattr(self._local, "in_callback", False) or (
+            self._thread is threading.current_thread()
+        )
 
     def close(self) -> None:
-        """End every callback watch and wait for its thread (not the calling one): each
-        callback not cancelled is handed one last :class:`Etcd3Exception` (the client
-        closed), as python-etcd3's were handed their stream's error, and none after it."""
-        with self._mutex:
-            entries = list(self._watches.values())
-            self._closed = True
-        for watch, _ in entries:
-            watch.cancel()
-        for _, thread in entries:
-            self._join(thread)  # (not from a callback: those threads end on their own)
+        """End every callback watch and wait for the callbacks' thread (not from a
+        callback): each callback not cancelled is handed one last :class:`Etcd3Exception`
+        (the client closed), as python-etcd3's were handed their stream's error, and none
+        after the responses that arrived before."""
+        with self._cond:
+            if self._closed:
+                thread = self._thread
+                entries = []
+            else:
+                self._closed = True
+                entries = list(self._watches.values())
+                self._queue.append((0, None))
+                self._cond.notify_all()
+                thread = self._thread
+        for entry in entries:
+            entry.watch.cancel()
+        if thread is not None and not self._in_callback():
+            thread.join()
+
+
+class _Entry:
+    """A callback watch: its etcdkit watch, its callback, and its responses in the queue."""
+
+    __slots__ = ("callback", "ended", "held", "id", "queued", "remove", "watch")
+
+    def __init__(self, watch_id: int, watch: SyncWatch, callback: WatchCallback) -> None:
+        self.id = watch_id
+        self.watch = watch
+        self.callback = callback
+        self.remove: Callable[[], None] | None = None  # removes its listener
+        self.queued = 0  # its responses in the queue, not handed over yet
+        self.held = False  # it has more, which its watch keeps until the callback catches up
+        self.ended = False  # its end (an error) is queued: nothing more comes of it
 
 
 def once_timeout(timeout: object) -> float | None:
