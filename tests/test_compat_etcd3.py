@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -237,6 +238,17 @@ def test_listings_sort_and_keys_only(e3: Etcd3, etcd_prefix: str) -> None:
     assert [kv.key for kv in mine] == [(etcd_prefix + n).encode() for n in "cab"]
     assert {kv.value for kv in mine} == {b""}
 
+    # generators of (value, metadata), as the issue and python-etcd3 say (they were list
+    # iterators: no close(), no send()); the keys are read at the call all the same
+    for listing in (
+        e3.get_prefix(etcd_prefix),
+        e3.get_range(etcd_prefix + "a", etcd_prefix + "c"),
+        e3.get_all(),
+    ):
+        assert isinstance(listing, types.GeneratorType)
+        first = next(listing)
+        listing.close()
+        assert isinstance(first[0], bytes)
     with pytest.raises(TypeError, match="range_end"):
         e3.get_prefix(etcd_prefix, range_end=b"x")
     with pytest.raises(ValueError, match="sort_order"):

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any
 
@@ -302,7 +302,7 @@ class Etcd3Client:
 
     def get_prefix(
         self, key_prefix: str | bytes, **kwargs: Any
-    ) -> Iterator[tuple[bytes, KVMetadata]]:
+    ) -> Generator[tuple[bytes, KVMetadata], None, None]:
         """``(value, KVMetadata)`` of every key starting with ``key_prefix``; options:
         ``sort_order`` ("ascend"/"descend"), ``sort_target`` ("key", "version", "create",
         "mod", "value"), ``keys_only``, ``limit``, ``revision``, ``serializable``, ..."""
@@ -323,7 +323,7 @@ class Etcd3Client:
 
     def get_range(
         self, range_start: str | bytes, range_end: str | bytes, **kwargs: Any
-    ) -> Iterator[tuple[bytes, KVMetadata]]:
+    ) -> Generator[tuple[bytes, KVMetadata], None, None]:
         """``(value, KVMetadata)`` of every key in ``[range_start, range_end)``."""
         return pairs(self.get_range_response(range_start, range_end, **kwargs))
 
@@ -344,7 +344,7 @@ class Etcd3Client:
             **kwargs,
         )
 
-    def get_all(self, **kwargs: Any) -> Iterator[tuple[bytes, KVMetadata]]:
+    def get_all(self, **kwargs: Any) -> Generator[tuple[bytes, KVMetadata], None, None]:
         """``(value, KVMetadata)`` of every key in etcd."""
         return pairs(self.get_all_response(**kwargs))
 

@@ -5,7 +5,7 @@ from etcdkit's results: :class:`KVMetadata`, :class:`Status`, :class:`Alarm`,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import NamedTuple
 
 from etcdkit import DeleteResult, KeyValue, RangeResult, ResponseHeader
@@ -122,7 +122,9 @@ def header_or_revision(result_header: ResponseHeader | None, revision: int) -> R
     return result_header if result_header is not None else ResponseHeader(0, 0, revision, 0)
 
 
-def pairs(result: RangeResult) -> Iterator[tuple[bytes, KVMetadata]]:
-    """python-etcd3's listing: ``(value, KVMetadata)`` for each key read."""
+def pairs(result: RangeResult) -> Generator[tuple[bytes, KVMetadata], None, None]:
+    """python-etcd3's listing: a generator of ``(value, KVMetadata)`` for each key read (as its
+    ``get_prefix`` returned: the keys were read when it was called)."""
     header = result.header
-    return iter([(kv.value, KVMetadata(kv, header)) for kv in result.kvs])
+    items = [(kv.value, KVMetadata(kv, header)) for kv in result.kvs]
+    return (item for item in items)
