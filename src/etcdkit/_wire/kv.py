@@ -782,10 +782,10 @@ class KV:
         space: KeySpace | None = None  # where the keys lie, once the first page says
         rest = -1  # keys after the pages read so far (etcd's count on the first page)
         # Pages at a known revision are read as they are at that revision, which no later write
-        # changes: serializable reads, with no round of raft's ReadIndex each (100k keys in
-        # 8 pages: 14-17 ms less). A member that has not reached the revision yet says so
-        # ("a future revision"): the listing's pages are linearizable from then on (such a
-        # read waits for the member to catch up).
+        # changes: serializable reads, with no round of raft's ReadIndex each (a few ms a page
+        # here, within the noise of bench/initial.py). A member that has not reached the
+        # revision yet says so ("a future revision"): the listing's pages are linearizable
+        # from then on (such a read waits for the member to catch up).
         serial = True
 
         async def page(start: bytes, want: int, rev: int) -> tuple[Any, Any, bool, bytes]:
