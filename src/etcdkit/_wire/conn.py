@@ -39,7 +39,7 @@ from etcdkit._errors import (
     WrongContextError,
 )
 from etcdkit._logs import RateLimitedLog
-from etcdkit._retry import RetryPolicy
+from etcdkit._retry import Backoff, RetryPolicy
 
 __all__ = ["Connection", "Endpoint", "Stubs", "map_rpc_error", "parse_endpoints"]
 
@@ -660,6 +660,20 @@ class Connection:
         if self.closed or (self.closing and not last):
             raise ClosedError("the etcdkit client was closed")
 
+    async def pause_to_retry(
+        self, backoff: Backoff | None, deadline: float | None, *, last: bool = False
+    ) -> Backoff:
+        """Sleep before a call's next attempt: the next delay of ``backoff`` (the policy's,
+        capped at ``call_cap``, made at a call's first retry when ``None``), at most until
+        ``deadline`` (on the loop's clock); see :meth:`pause`. Returns the backoff."""
+        if backoff is None:
+            backoff = self.retry.backoff(cap=self.retry.call_cap)
+        delay = backoff.next_delay() or 0.0
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - asyncio.get_running_loop().time()))
+        await self.pause(delay, last=last)
+        return backoff
+
     def note_failure(self, err: BaseException) -> None:
         self.last_error = str(err)
 
@@ -861,12 +875,7 @@ class Connection:
                 if again is not None and last is not None and not again():
                     check = True  # (in no figure: the caller sends it again another way)
                     raise last
-                if backoff is None:
-                    backoff = self.retry.backoff(cap=self.retry.call_cap)
-                delay = backoff.next_delay() or 0.0
-                if deadline is not None:
-                    delay = min(delay, max(0.0, deadline - loop.time()))
-                await self.pause(delay, last=closing)
+                backoff = await self.pause_to_retry(backoff, deadline, last=closing)
         except asyncio.CancelledError:
             raise  # the caller gave up: neither a latency nor an error of etcd's
         except BaseException as exc:
@@ -934,12 +943,7 @@ class Connection:
                     raise self.gave_up(what, err) from exc
             finally:
                 call.cancel()
-            if backoff is None:
-                backoff = self.retry.backoff(cap=self.retry.call_cap)
-            delay = backoff.next_delay() or 0.0
-            if deadline is not None:
-                delay = min(delay, max(0.0, deadline - loop.time()))
-            await self.pause(delay)
+            backoff = await self.pause_to_retry(backoff, deadline)
 
     def gave_up(self, what: str, last: EtcdkitError | None) -> EtcdkitError:
         if last is None:

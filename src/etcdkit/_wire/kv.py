@@ -1089,12 +1089,7 @@ class KV:
                         raise err
                 finally:
                     call.cancel()
-                if backoff is None:
-                    backoff = conn.retry.backoff(cap=conn.retry.call_cap)
-                delay = backoff.next_delay() or 0.0
-                if deadline is not None:
-                    delay = min(delay, max(0.0, deadline - loop.time()))
-                await conn.pause(delay)
+                backoff = await conn.pause_to_retry(backoff, deadline)
             if resp.TTL <= 0:
                 raise LeaseNotFoundError(
                     f"lease {lid:#x} not found at {self.where} (expired or revoked)"
