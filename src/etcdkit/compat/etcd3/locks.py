@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
 from types import TracebackType
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING
 from etcdkit import EtcdkitError, EtcdTimeoutError, HoldState
 from etcdkit.compat.etcd3.exceptions import LockTimeout, translate, translated
 from etcdkit.compat.etcd3.leases import Lease, LeaseKeepAliveResponse
+from etcdkit.compat.etcd3.transactions import seconds_or_none
 
 if TYPE_CHECKING:
     from etcdkit import SyncLockHold
@@ -232,15 +232,7 @@ def _wait(timeout: object) -> float | None:
     0 (one look, as tenacity's ``stop_after_delay`` gave in python-etcd3), an infinite one
     ``None``; what is not a number is a TypeError (python-etcd3's last code raised it before
     anything was sent)."""
-    if timeout is None:
+    seconds = seconds_or_none(timeout)
+    if seconds is None or seconds >= 2**53:  # (infinity too: no wait reaches it)
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(
-            f"timeout must be a number of seconds or None (wait for ever), got "
-            f"{type(timeout).__name__}: {timeout!r:.40}"
-        )
-    if isinstance(timeout, float) and math.isnan(timeout):
-        raise ValueError("timeout must be a number of seconds or None (wait for ever), got nan")
-    if timeout >= 2**53:  # (infinity too: no wait reaches it)
-        return None
-    return max(0.0, float(timeout))
+    return max(0.0, float(seconds))

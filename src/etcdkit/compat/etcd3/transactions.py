@@ -13,6 +13,7 @@ has ``response_range``), as in python-etcd3.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -38,6 +39,22 @@ __all__ = [
 
 Target = Literal["value", "version", "create", "mod", "lease"]
 CompareOp = Literal["==", "!=", "<", ">"]
+
+
+def seconds_or_none(timeout: object) -> float | None:
+    """A ``timeout`` argument checked (``None`` stays ``None``): ``TypeError`` for what is
+    not a number (a bool either), ``ValueError`` for NaN. Each caller then applies its own
+    call's rule to a negative or a huge one."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, got {type(timeout).__name__}: "
+            f"{timeout!r:.40}"
+        )
+    if isinstance(timeout, float) and math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None, got nan")
+    return timeout  # (an int as it is: one past a float's range is still "huge")
 
 
 def to_bytes(value: str | bytes, what: str = "key") -> bytes:

@@ -15,7 +15,6 @@ import collections
 import contextlib
 import itertools
 import logging
-import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from etcdkit import ClosedError, EtcdkitError, ResponseHeader, WatchBatch
 from etcdkit.compat.etcd3.events import Event, new_event
 from etcdkit.compat.etcd3.exceptions import Etcd3Exception, WatchTimedOut, translate
-from etcdkit.compat.etcd3.transactions import end_of, to_bytes
+from etcdkit.compat.etcd3.transactions import end_of, seconds_or_none, to_bytes
 
 if TYPE_CHECKING:
     from etcdkit import Client, SyncWatch
@@ -362,23 +361,17 @@ def once_timeout(timeout: object) -> float | None:
     what is not a number, ``ValueError`` for a negative one (and NaN, on which it waited for
     ever), ``OverflowError`` for one past what a thread can wait (``None`` waits with no
     limit)."""
-    if timeout is None:
+    seconds = seconds_or_none(timeout)
+    if seconds is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(
-            f"timeout must be a number of seconds or None, got {type(timeout).__name__}: "
-            f"{timeout!r:.40}"
-        )
-    if isinstance(timeout, float) and math.isnan(timeout):
-        raise ValueError("'timeout' must be a non-negative number, got nan")
-    if timeout < 0:
+    if seconds < 0:
         raise ValueError(f"'timeout' must be a non-negative number, got {timeout!r}")
-    if timeout > threading.TIMEOUT_MAX:
+    if seconds > threading.TIMEOUT_MAX:
         raise OverflowError(
             f"timeout {timeout!r:.40} is more than a thread can wait "
             f"({threading.TIMEOUT_MAX:g} s); None waits with no limit"
         )
-    return float(timeout)
+    return float(seconds)
 
 
 def first_response(watch: SyncWatch, timeout: float | None) -> WatchResponse:
