@@ -7,8 +7,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
+import etcdkit.compat.etcd3 as etcd3
 from etcdkit import AsyncClient
+from etcdkit.testing import EtcdServer
 
 BOUND = 5.0  # a refusal must arrive within this
 
@@ -32,3 +35,11 @@ def quickly(bound: float = BOUND) -> Iterator[None]:
     yield
     took = time.monotonic() - t0
     assert took < bound, f"took {took:.1f} s, more than {bound} s"
+
+
+def compat(server: EtcdServer, **kwargs: Any) -> etcd3.Etcd3Client:
+    """A python-etcd3 compat client (``etcd3.client(host, port, ...)``) of ``server``."""
+    url = urlsplit(server.endpoint)
+    assert url.hostname is not None
+    assert url.port is not None
+    return etcd3.client(url.hostname, url.port, **kwargs)

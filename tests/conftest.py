@@ -8,6 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+import etcdkit.compat.etcd3 as etcd3
+from _helpers import compat
+from etcdkit.testing import EtcdServer
+
 # asyncio debug mode for every loop the tests create (slow callbacks, never-awaited coroutines).
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
@@ -23,6 +27,13 @@ def no_leaked_threads() -> Iterator[None]:
         if t.ident not in before and t.name.startswith("etcdkit") and t.is_alive()
     ]
     assert not leaked, f"threads left running: {leaked}"
+
+
+@pytest.fixture
+def e3(etcd_server: EtcdServer, etcd_prefix: str) -> Iterator[etcd3.Etcd3Client]:
+    """A python-etcd3 compat client of the session's etcd (``etcd_prefix`` cleans up)."""
+    with compat(etcd_server) as client:
+        yield client
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -25,6 +25,7 @@ from aetcd import rpc
 
 import etcdkit
 import etcdkit.compat.etcd3 as etcd3
+from _helpers import compat
 from etcdkit.compat.etcd3 import exceptions
 from etcdkit.compat.etcd3.events import DeleteEvent, PutEvent
 from etcdkit.compat.etcd3.results import ResponseOp
@@ -34,21 +35,8 @@ T = TypeVar("T")
 Etcd3 = etcd3.Etcd3Client
 
 
-def compat(server: EtcdServer, **kwargs: Any) -> Etcd3:
-    url = urlsplit(server.endpoint)
-    assert url.hostname is not None
-    assert url.port is not None
-    return etcd3.client(url.hostname, url.port, **kwargs)
-
-
 def compat_at(port: int, **kwargs: Any) -> Etcd3:
     return etcd3.client(HOST, port, **kwargs)
-
-
-@pytest.fixture
-def e3(etcd_server: EtcdServer, etcd_prefix: str) -> Iterator[Etcd3]:
-    with compat(etcd_server) as client:
-        yield client
 
 
 def take(items: Iterator[T], n: int, cancel: Callable[[], None], bound: float = 10.0) -> list[T]:

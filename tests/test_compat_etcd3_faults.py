@@ -9,32 +9,19 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 import etcdkit.compat.etcd3 as etcd3
+from _helpers import compat
 from etcdkit import Client, WrongContextError
 from etcdkit.compat.etcd3 import exceptions
 from etcdkit.testing import EtcdServer
 
 Etcd3 = etcd3.Etcd3Client
-
-
-def compat(server: EtcdServer, **kwargs: Any) -> Etcd3:
-    url = urlsplit(server.endpoint)
-    assert url.hostname is not None
-    assert url.port is not None
-    return etcd3.client(url.hostname, url.port, **kwargs)
-
-
-@pytest.fixture
-def e3(etcd_server: EtcdServer, etcd_prefix: str) -> Iterator[Etcd3]:
-    with compat(etcd_server) as client:
-        yield client
 
 
 def lock_keys(server: EtcdServer, name: str) -> list[bytes]:
