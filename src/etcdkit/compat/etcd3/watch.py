@@ -167,7 +167,7 @@ class Watcher:
             self._take(entry)
 
         async def attach() -> None:  # (one turn of the loop: no response comes in between)
-            entry.remove = watch.add_listener(on_news)
+            watch.add_listener(on_news)  # (it ends with the watch: cancel() ends both)
             on_news()  # what came since the start
 
         with self._cond:
@@ -343,13 +343,12 @@ class Watcher:
 class _Entry:
     """A callback watch: its etcdkit watch, its callback, and its responses in the queue."""
 
-    __slots__ = ("callback", "ended", "held", "id", "queued", "remove", "watch")
+    __slots__ = ("callback", "ended", "held", "id", "queued", "watch")
 
     def __init__(self, watch_id: int, watch: SyncWatch, callback: WatchCallback) -> None:
         self.id = watch_id
         self.watch = watch
         self.callback = callback
-        self.remove: Callable[[], None] | None = None  # removes its listener
         self.queued = 0  # its responses in the queue, not handed over yet
         self.held = False  # it has more, which its watch keeps until the callback catches up
         self.ended = False  # its end (an error) is queued: nothing more comes of it
